@@ -1,0 +1,225 @@
+//! Configuration: every setting is a `FLOTILLA_*` environment variable that a command-line
+//! flag of the same meaning overrides (clap `env`). Values are parsed into types at the
+//! edge, so a bad value stops the process at start with one line naming the variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+/// Where a service listens and keeps its files.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (HOST:PORT; port 0 picks a free port).
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen_addr)]
+    pub listen: SocketAddr,
+
+    /// Directory for databases, blobs, keys and mail written to files.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `HOST:PORT`, where HOST may be a name (`localhost:8080`) or an IP address.
+pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let hint = "expected HOST:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080";
+    if !value.contains(':') {
+        return Err(hint.to_owned());
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| hint.to_owned())
+}
+
+/// A size in bytes, with an optional binary suffix: `1048576`, `512KiB`, `64MiB`, `2GiB`.
+pub fn parse_byte_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| "expected a size such as 1048576, 64MiB or 2GiB".to_owned())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "KB" | "k" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "size must be greater than zero and fit in 64 bits".to_owned())
+}
+
+/// A duration: `30s`, `500ms`, `5m`, `24h`, or plain seconds.
+pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| "expected a duration such as 30s, 500ms, 5m or 24h".to_owned())?;
+    let seconds = |n: u64| std::time::Duration::from_secs(n);
+    let duration = match unit {
+        "" | "s" => seconds(number),
+        "ms" => std::time::Duration::from_millis(number),
+        "m" => seconds(number.saturating_mul(60)),
+        "h" => seconds(number.saturating_mul(3600)),
+        "d" => seconds(number.saturating_mul(86_400)),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err("duration must be greater than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// Turns a clap value error into one line that names both the environment variable and
+/// the flag, e.g. `invalid FLOTILLA_LISTEN (--listen) value 'nonsense': expected HOST:PORT …`.
+/// Returns `None` for errors that are not about a bad value (help, usage …).
+pub fn explain_clap_error(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let arg_text = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(text)) => text.clone(),
+        _ => return None,
+    };
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let flag = arg_text
+        .split_whitespace()
+        .next()
+        .unwrap_or(&arg_text)
+        .to_owned();
+    let env = find_env(command, &flag);
+    let reason = std::error::Error::source(error)
+        .map(ToString::to_string)
+        .or_else(|| match error.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => {
+                Some(format!("expected one of {}", valid.join(", ")))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| "not a valid value".to_owned());
+    let name = match env {
+        Some(env) => format!("{env} ({flag})"),
+        None => flag,
+    };
+    Some(format!("invalid {name} value '{value}': {reason}"))
+}
+
+fn find_env(command: &clap::Command, flag: &str) -> Option<String> {
+    let long = flag.strip_prefix("--")?;
+    for arg in command.get_arguments() {
+        if arg.get_long() == Some(long) {
+            return arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        }
+    }
+    command
+        .get_subcommands()
+        .find_map(|sub| find_env(sub, flag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, env = "FLOTILLA_TEST_ONLY_SIZE", default_value = "1MiB", value_parser = parse_byte_size)]
+        size: u64,
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:8080"),
+            Ok("0.0.0.0:8080".parse().expect("literal"))
+        );
+        assert!(parse_listen_addr("[::1]:0").is_ok());
+        assert!(parse_listen_addr("localhost:0").is_ok());
+        assert!(parse_listen_addr("nonsense").is_err());
+        assert!(parse_listen_addr("127.0.0.1:99999").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
+        assert!(parse_byte_size("0").is_err());
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("-1").is_err());
+        assert!(parse_byte_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_are_parsed_and_defaults_apply() {
+        let cli =
+            Cli::try_parse_from(["x", "--listen", "127.0.0.1:0", "--size", "2KiB"]).expect("valid");
+        assert_eq!(cli.server.listen.port(), 0);
+        assert_eq!(cli.size, 2048);
+        assert_eq!(cli.server.data_dir, PathBuf::from("./flotilla-data"));
+    }
+
+    #[test]
+    fn a_bad_value_is_explained_in_one_line_naming_the_variable() {
+        let error = Cli::try_parse_from(["x", "--listen", "nonsense"]).expect_err("invalid");
+        let line = explain_clap_error(&Cli::command(), &error).expect("a value error");
+        assert!(line.contains("FLOTILLA_LISTEN"), "{line}");
+        assert!(line.contains("--listen"), "{line}");
+        assert!(line.contains("'nonsense'"), "{line}");
+        assert!(line.contains("HOST:PORT"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn usage_errors_are_left_to_clap() {
+        let error = Cli::try_parse_from(["x", "--no-such-flag"]).expect_err("invalid");
+        assert!(explain_clap_error(&Cli::command(), &error).is_none());
+    }
+}

@@ -1,0 +1,117 @@
+//! `/healthz` says the process is alive; `/readyz` says every dependency of the service
+//! (database, broker, blob store, upstreams …) answers, and that it is not draining.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use futures::{FutureExt, future::BoxFuture};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::Problem;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+/// The named readiness checks of a service.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(String, Arc<CheckFn>)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.checks.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check; `Err` carries a short reason shown in `/readyz`.
+    pub fn with_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks
+            .push((name.into(), Arc::new(move || check().boxed())));
+        self
+    }
+
+    /// Runs every check concurrently; `Ok` lists them, `Err` lists the failures too.
+    pub async fn run(&self) -> Result<Map<String, Value>, Map<String, Value>> {
+        let results =
+            futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
+                let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+                };
+                (name.clone(), outcome)
+            }))
+            .await;
+        let mut all_ok = true;
+        let mut report = Map::new();
+        for (name, outcome) in results {
+            let value = match outcome {
+                Ok(()) => Value::from("ok"),
+                Err(reason) => {
+                    all_ok = false;
+                    Value::from(reason)
+                }
+            };
+            report.insert(name, value);
+        }
+        if all_ok { Ok(report) } else { Err(report) }
+    }
+
+    /// The `/readyz` answer: 200 with the checks, or a 503 problem listing them.
+    pub async fn respond(&self, shutdown: &CancellationToken) -> Response {
+        if shutdown.is_cancelled() {
+            return Problem::service_unavailable("shutting down").into_response();
+        }
+        match self.run().await {
+            Ok(checks) => Json(json!({"status": "ready", "checks": checks})).into_response(),
+            Err(checks) => Problem::service_unavailable("a dependency is not ready")
+                .with_title("Not ready")
+                .with_extension("checks", checks)
+                .into_response(),
+        }
+    }
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failing_check_makes_the_service_not_ready() {
+        let readiness = Readiness::new()
+            .with_check("db", || async { Ok(()) })
+            .with_check("broker", || async { Err("connection refused".to_owned()) });
+        let report = readiness.run().await.expect_err("broker is down");
+        assert_eq!(report["db"], "ok");
+        assert_eq!(report["broker"], "connection refused");
+    }
+
+    #[tokio::test]
+    async fn draining_service_is_not_ready() {
+        let token = CancellationToken::new();
+        token.cancel();
+        let response = Readiness::new().respond(&token).await;
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,170 @@
+//! The HTTP side of a service: binding (port 0 allowed), serving with graceful drain,
+//! and the middlewares of the common stack (request ids, access log, metrics, timeout).
+
+use std::{net::SocketAddr, time::Duration, time::Instant};
+
+use axum::{Router, extract::MatchedPath, extract::Request, middleware::Next, response::Response};
+use http::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Problem;
+
+/// The header that carries a request's id across services and back to the client.
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served, put in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// How long in-flight requests get to finish once shutdown starts.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Binds a listener; port 0 picks a free port (read it back with `local_addr`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+/// Serves `router` until `shutdown` is cancelled, then stops accepting, lets in-flight
+/// requests finish (at most `drain_timeout`) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(?drain_timeout, "requests still running after the drain timeout; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Accepts a well-formed incoming `x-request-id` (so a trace spans services) or makes a
+/// new one, records it in the request's extensions and echoes it on the response.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_acceptable_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER.clone(), header.clone());
+    request.extensions_mut().insert(RequestId(id));
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER.clone(), header);
+    response
+}
+
+/// Ids from outside end up in logs and headers: keep them short and plain.
+fn is_acceptable_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Access log and request metrics. The span it opens carries the request id, so every
+/// log line written while serving the request has it.
+pub async fn observe(service: &'static str, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", service, request_id, %method, path);
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
+    crate::metrics::record_request(service, method.as_str(), &route_label, status, elapsed);
+    span.in_scope(|| {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if is_probe(&path) {
+            tracing::debug!(status, latency_ms, "request finished");
+        } else if status >= 500 {
+            tracing::warn!(status, latency_ms, "request failed");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+    });
+    response
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// [`timeout`] as a middleware with state, for per-route limits:
+/// `route.layer(middleware::from_fn_with_state(limit, enforce_timeout))`.
+pub async fn enforce_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    timeout(limit, request, next).await
+}
+
+/// Ends requests that take longer than `limit` to produce response headers with a 503
+/// problem. Streaming bodies are not cut: the limit covers time to first byte.
+pub async fn timeout(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(
+            Problem::service_unavailable(format!(
+                "the request did not complete within {} s",
+                limit.as_secs_f64()
+            ))
+            .with_title("Request timed out"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_outside_are_checked() {
+        assert!(is_acceptable_request_id("3f2a-11:ab_c.d"));
+        assert!(!is_acceptable_request_id(""));
+        assert!(!is_acceptable_request_id("a b"));
+        assert!(!is_acceptable_request_id("line\nbreak"));
+        assert!(!is_acceptable_request_id(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,284 @@
+//! One error type for every HTTP answer that is not a success: RFC 9457
+//! `application/problem+json` with `type`, `title`, `status`, `detail` and the request id.
+//!
+//! Handlers return [`Problem`] (or an error type that converts into it). The
+//! [`normalize`] middleware makes sure that *every* error response leaving a service has
+//! this shape, including the ones produced by the framework itself (unknown route,
+//! wrong method, body too large, timeouts, panics), and stamps the request id in.
+
+use axum::{
+    body::Body,
+    extract::Request,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::http::RequestId;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// How much of a non-problem error body is read to turn it into a problem `detail`.
+const MAX_FOREIGN_ERROR_BODY: usize = 4 * 1024;
+
+/// An RFC 9457 problem document, and the HTTP response it becomes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    #[serde(flatten)]
+    extensions: Map<String, Value>,
+    #[serde(skip)]
+    retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    /// A problem with the canonical reason phrase of `status` as its title.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            request_id: None,
+            extensions: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
+    }
+
+    /// 429 with a `Retry-After` header.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests; retry after {retry_after_secs} s"),
+        )
+        .with_retry_after(retry_after_secs)
+    }
+
+    pub fn service_unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
+
+    /// A 500 whose cause is logged but never shown to the client.
+    pub fn internal(cause: &(dyn std::fmt::Display + '_)) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an internal error occurred; quote the request id when reporting it",
+        )
+    }
+
+    pub fn with_title(mut self, title: impl Into<String>) -> Self {
+        self.title = title.into();
+        self
+    }
+
+    /// A URI (or `urn:`) naming the kind of problem, for clients that branch on it.
+    pub fn with_type(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    /// An extension member (RFC 9457 §3.2), e.g. per-field validation errors.
+    pub fn with_extension(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
+    fn render(&self) -> Response {
+        let body = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.title, self.detail)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = self.render();
+        // Kept so that `normalize` can re-render with the request id.
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Middleware: every error response leaves as `application/problem+json` carrying the
+/// request id. Responses that already are problems are re-rendered with the id; other
+/// error responses (from axum, tower-http, a proxied upstream) are converted, using a
+/// short text body, if any, as the `detail`.
+pub async fn normalize(request: Request, next: Next) -> Response {
+    let request_id = request.extensions().get::<RequestId>().cloned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let mut problem = if let Some(problem) = response.extensions().get::<Problem>() {
+        problem.clone()
+    } else if is_problem(&response) {
+        // Already a problem from elsewhere (a remote upstream): leave it as it is.
+        return response;
+    } else {
+        foreign_error_to_problem(response, &method, &path).await
+    };
+    problem.request_id = request_id.map(|id| id.0);
+    let mut rendered = problem.render();
+    rendered.extensions_mut().insert(problem);
+    rendered
+}
+
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON))
+}
+
+async fn foreign_error_to_problem(
+    response: Response,
+    method: &http::Method,
+    path: &str,
+) -> Problem {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    let text = if is_text {
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_FOREIGN_ERROR_BODY);
+        match limited.collect().await {
+            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+                .trim()
+                .to_owned(),
+            Err(_) => String::new(),
+        }
+    } else {
+        String::new()
+    };
+    let detail = if !text.is_empty() {
+        text
+    } else {
+        match status {
+            StatusCode::NOT_FOUND => format!("no resource at {path}"),
+            StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {path}"),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "the request body is larger than this route accepts".to_owned()
+            }
+            StatusCode::REQUEST_TIMEOUT => "the request took too long".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        }
+    };
+    let problem = Problem::new(status, detail);
+    match retry_after {
+        Some(secs) => problem.with_retry_after(secs),
+        None => problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_rfc9457_members() {
+        let mut problem = Problem::not_found("no such job").with_extension("job_id", "j1");
+        problem.request_id = Some("abc".into());
+        let value = serde_json::to_value(&problem).expect("serializes");
+        assert_eq!(value["type"], "about:blank");
+        assert_eq!(value["title"], "Not Found");
+        assert_eq!(value["status"], 404);
+        assert_eq!(value["detail"], "no such job");
+        assert_eq!(value["request_id"], "abc");
+        assert_eq!(value["job_id"], "j1");
+    }
+
+    #[test]
+    fn response_has_problem_content_type_and_retry_after() {
+        let response = Problem::too_many_requests(7).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let problem = Problem::internal(&"password=hunter2 at db.rs:42");
+        assert_eq!(problem.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.detail().contains("hunter2"));
+    }
+}

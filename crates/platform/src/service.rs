@@ -1,0 +1,127 @@
+//! A service as the rest of the system sees it: routes, readiness checks, and the
+//! common stack wrapped around them in one place.
+
+use std::{path::PathBuf, time::Duration};
+
+use axum::{Router, extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::{Problem, health::Readiness, http};
+
+/// What a service gets from whoever starts it (`flotilla up`, `flotilla serve`, a test).
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// Where the service keeps its files (SQLite databases, keys, blobs, mail).
+    pub data_dir: PathBuf,
+    /// Cancelled when the process shuts down; background tasks must watch it.
+    pub shutdown: CancellationToken,
+    /// Background tasks (consumers, relays) are spawned here, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+impl ServiceContext {
+    pub fn new(data_dir: PathBuf, shutdown: CancellationToken) -> Self {
+        Self {
+            data_dir,
+            shutdown,
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// Limits applied to every request of a service unless a route sets its own.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Time allowed until response headers are ready.
+    pub request_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A built service, ready to be served on its own or mounted behind the gateway.
+#[derive(Debug)]
+pub struct ServiceApp {
+    pub name: &'static str,
+    pub routes: Router,
+    pub readiness: Readiness,
+    pub limits: HttpLimits,
+}
+
+impl ServiceApp {
+    pub fn new(name: &'static str, routes: Router) -> Self {
+        Self {
+            name,
+            routes,
+            readiness: Readiness::new(),
+            limits: HttpLimits::default(),
+        }
+    }
+
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The service's routes plus `/healthz`, `/readyz`, `/metrics`, wrapped in the
+    /// common stack. Layers, outermost first:
+    /// 1. request id — accept or make `x-request-id`, echo it;
+    /// 2. observe — a span with the request id around everything below, access log, metrics;
+    /// 3. normalize — every error leaves as problem+json with the request id;
+    /// 4. catch panic — a panicking handler is a 500 problem, not a dropped connection;
+    /// 5. timeout — no response headers within the limit → 503 problem;
+    /// 6. body limit — larger bodies → 413 problem.
+    pub fn into_router(self, shutdown: CancellationToken) -> Router {
+        let _ = crate::metrics::handle();
+        let name = self.name;
+        let readiness = self.readiness;
+        let limits = self.limits;
+        let readyz = get(move || {
+            let readiness = readiness.clone();
+            let shutdown = shutdown.clone();
+            async move { readiness.respond(&shutdown).await }
+        });
+        self.routes
+            .route("/healthz", get(crate::health::healthz))
+            .route("/readyz", readyz)
+            .route("/metrics", get(|| async { crate::metrics::render() }))
+            .fallback(|| async { Problem::not_found("no such route") })
+            .layer(
+                ServiceBuilder::new()
+                    .layer(middleware::from_fn(http::request_id))
+                    .layer(middleware::from_fn(move |req, next| {
+                        http::observe(name, req, next)
+                    }))
+                    .layer(middleware::from_fn(crate::problem::normalize))
+                    .layer(CatchPanicLayer::custom(panic_to_problem))
+                    .layer(middleware::from_fn(move |req, next| {
+                        http::timeout(limits.request_timeout, req, next)
+                    }))
+                    .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+            )
+    }
+}
+
+fn panic_to_problem(cause: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = cause
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| cause.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    Problem::internal(&format!("handler panicked: {message}")).into_response()
+}

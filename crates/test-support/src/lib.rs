@@ -1,0 +1,122 @@
+//! Test helpers. Tests start the system exactly as `main` does — through
+//! `flotilla::up` / `flotilla::serve` — on port 0 with a temporary data directory, and
+//! talk to it over real HTTP.
+//!
+//! Real servers (RabbitMQ, PostgreSQL, MariaDB) are found through
+//! `FLOTILLA_TEST_AMQP_URL`, `FLOTILLA_TEST_POSTGRES_URL`, `FLOTILLA_TEST_MYSQL_URL`
+//! (`.ci/run` starts them and sets these). Without one a test that needs it is skipped
+//! with a note — except under `CI=true`, where a missing server is a failure.
+
+use std::{path::Path, time::Duration};
+
+use flotilla::{Running, ServeArgs, ServiceName, UpArgs};
+use platform::config::ServerArgs;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// A whole system started with `up` for one test.
+#[derive(Debug)]
+pub struct TestSystem {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    running: Running,
+    /// Kept alive so the directory is removed when the test ends.
+    _data_dir: Option<TempDir>,
+}
+
+impl TestSystem {
+    /// `GET`-ready URL of `path` on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.running.data_dir
+    }
+
+    /// Graceful stop: drain and wait.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await
+    }
+}
+
+/// Starts `flotilla up` on 127.0.0.1:0 in a fresh temporary data directory.
+pub async fn spawn_system() -> TestSystem {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().to_owned();
+    let mut system = spawn_system_in(&path).await;
+    system._data_dir = Some(dir);
+    system
+}
+
+/// Starts `flotilla up` on 127.0.0.1:0 in `data_dir` (which the caller keeps, e.g. to
+/// restart on it).
+pub async fn spawn_system_in(data_dir: &Path) -> TestSystem {
+    platform::telemetry::init_for_tests();
+    let args = UpArgs {
+        server: server_args(data_dir),
+    };
+    let running = flotilla::up(args, CancellationToken::new())
+        .await
+        .expect("flotilla up starts");
+    running
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("system becomes ready");
+    TestSystem {
+        base_url: format!("http://{}", running.addr),
+        client: http_client(),
+        running,
+        _data_dir: None,
+    }
+}
+
+/// Starts one service as `flotilla serve` would, on 127.0.0.1:0.
+pub async fn spawn_service(service: ServiceName, data_dir: &Path) -> TestSystem {
+    platform::telemetry::init_for_tests();
+    let args = ServeArgs {
+        service,
+        server: server_args(data_dir),
+        gateway: Default::default(),
+    };
+    let running = flotilla::serve(args, CancellationToken::new())
+        .await
+        .expect("flotilla serve starts");
+    TestSystem {
+        base_url: format!("http://{}", running.addr),
+        client: http_client(),
+        running,
+        _data_dir: None,
+    }
+}
+
+fn server_args(data_dir: &Path) -> ServerArgs {
+    ServerArgs {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        data_dir: data_dir.to_owned(),
+    }
+}
+
+/// A client that never follows redirects and gives up after 30 s.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// The URL of a real server from `var`, or `None` (test skipped) outside CI.
+/// Under `CI=true` a missing variable panics: CI must run every test.
+pub fn real_server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set, but CI=true: .ci/run must start the server and set it")
+        }
+        _ => {
+            eprintln!("skipped: {var} is not set (start the server and set it to run this test)");
+            None
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Wiring only: which services exist, how `up` puts them in one process behind the
+//! gateway, and how `serve` runs one of them. Every decision about *how* a service works
+//! lives in that service's crate or in `platform`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, body::Body, extract::Request};
+use platform::{ServiceApp, ServiceContext, config::ServerArgs, http::DEFAULT_DRAIN_TIMEOUT};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The services of the system (CONTRACTS §1), as accepted by `flotilla serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    Gateway,
+    Auth,
+    Media,
+    Converter,
+    Notification,
+    Posts,
+    Comments,
+    Moderation,
+    Query,
+    EventBus,
+}
+
+impl ServiceName {
+    /// Every service but the gateway, in the order `up` builds them.
+    pub const BEHIND_GATEWAY: [ServiceName; 9] = [
+        ServiceName::Auth,
+        ServiceName::Media,
+        ServiceName::Converter,
+        ServiceName::Notification,
+        ServiceName::Posts,
+        ServiceName::Comments,
+        ServiceName::Moderation,
+        ServiceName::Query,
+        ServiceName::EventBus,
+    ];
+}
+
+/// Settings of `flotilla up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Settings of `flotilla serve SERVICE`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The service to run.
+    #[arg(value_enum)]
+    pub service: ServiceName,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub gateway: gateway::GatewayArgs,
+}
+
+/// A running server: its address, and the means to wait for it or stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    context: ServiceContext,
+    router: Router,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Waits until `/readyz` answers 200 (every dependency ready), at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let request = Request::get("/readyz").body(Body::empty())?;
+            let response = self.router.clone().oneshot(request).await?;
+            if response.status().is_success() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "not ready after {} s: {}",
+                    limit.as_secs(),
+                    response.status()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The token that stops everything when cancelled (signals cancel it too).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the server to stop (after shutdown), then for background tasks.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("server task failed")?;
+        served.context("server failed")?;
+        self.context.tasks.close();
+        if tokio::time::timeout(DEFAULT_DRAIN_TIMEOUT, self.context.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within the drain timeout");
+        }
+        Ok(())
+    }
+
+    /// Starts the drain and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// `flotilla up`: every service in this process, behind the gateway on `--listen`.
+pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let context = prepare_context(&args.server, &shutdown)?;
+    let mut upstreams = gateway::Upstreams::new();
+    for name in ServiceName::BEHIND_GATEWAY {
+        let app = build_service(name, &context, None).await?;
+        upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
+    }
+    let router = gateway::build(upstreams).into_router(shutdown.clone());
+    start(&args.server, router, context, shutdown).await
+}
+
+/// `flotilla serve SERVICE`: one service in this process.
+pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let context = prepare_context(&args.server, &shutdown)?;
+    let app = build_service(args.service, &context, Some(&args.gateway)).await?;
+    let router = app.into_router(shutdown.clone());
+    start(&args.server, router, context, shutdown).await
+}
+
+fn prepare_context(
+    server: &ServerArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ServiceContext> {
+    std::fs::create_dir_all(&server.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            server.data_dir.display()
+        )
+    })?;
+    Ok(ServiceContext::new(
+        server.data_dir.clone(),
+        shutdown.clone(),
+    ))
+}
+
+async fn build_service(
+    name: ServiceName,
+    context: &ServiceContext,
+    gateway_args: Option<&gateway::GatewayArgs>,
+) -> anyhow::Result<ServiceApp> {
+    let app = match name {
+        ServiceName::Gateway => {
+            let args = gateway_args.cloned().unwrap_or_default();
+            gateway::build(args.upstreams())
+        }
+        ServiceName::Auth => auth::build(context).await?,
+        ServiceName::Media => media::build(context).await?,
+        ServiceName::Converter => converter::build(context).await?,
+        ServiceName::Notification => notification::build(context).await?,
+        ServiceName::Posts => posts::build(context).await?,
+        ServiceName::Comments => comments::build(context).await?,
+        ServiceName::Moderation => moderation::build(context).await?,
+        ServiceName::Query => query::build(context).await?,
+        ServiceName::EventBus => event_bus::build(context).await?,
+    };
+    Ok(app)
+}
+
+async fn start(
+    server: &ServerArgs,
+    router: Router,
+    context: ServiceContext,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let listener = platform::http::bind(server.listen).await?;
+    let addr = listener.local_addr()?;
+    let server_task = tokio::spawn(platform::http::serve(
+        listener,
+        router.clone(),
+        shutdown.clone(),
+        DEFAULT_DRAIN_TIMEOUT,
+    ));
+    Ok(Running {
+        addr,
+        data_dir: server.data_dir.clone(),
+        shutdown,
+        context,
+        router,
+        server: server_task,
+    })
+}

@@ -1,0 +1,85 @@
+//! `flotilla`: parse the command line, set up logging, run.
+
+use std::{io::Write, process::ExitCode, time::Duration};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use flotilla::{ServeArgs, UpArgs};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Microservices, run the way production software should."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process on embedded defaults.
+    Up(UpArgs),
+    /// Run one service in this process (for containers).
+    Serve(ServeArgs),
+}
+
+/// How long `up` waits for every service to report ready.
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => match platform::config::explain_clap_error(&Cli::command(), &error) {
+            Some(line) => {
+                eprintln!("flotilla: {line}");
+                return ExitCode::from(2);
+            }
+            None => error.exit(),
+        },
+    };
+    platform::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flotilla: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "flotilla stopped on an error");
+            eprintln!("flotilla: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    platform::shutdown::cancel_on_signals(shutdown.clone());
+    let (running, what) = match cli.command {
+        Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
+        Command::Serve(args) => {
+            let what = format!("flotilla {:?}", args.service).to_lowercase();
+            (flotilla::serve(args, shutdown).await?, what)
+        }
+    };
+    running.wait_ready(READY_LIMIT).await?;
+    let url = format!("http://{}", running.addr);
+    tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{what} ready at {url}")?;
+    stdout.flush()?;
+    drop(stdout);
+    running.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

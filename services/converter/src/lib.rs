@@ -1,0 +1,12 @@
+//! Workers that turn uploaded videos into MP3 files.
+//!
+//! Not built yet: the service answers only its health, readiness and metrics routes.
+
+use platform::{ServiceApp, ServiceContext};
+
+pub const NAME: &str = "converter";
+
+/// Builds the service; `flotilla up`, `flotilla serve converter` and tests all call this.
+pub async fn build(_context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+    Ok(ServiceApp::new(NAME, axum::Router::new()))
+}

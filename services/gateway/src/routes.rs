@@ -1,0 +1,92 @@
+//! The route table of the system (CONTRACTS §2), in one place: which upstream serves
+//! which path and method, and how long each route may take.
+
+use std::time::Duration;
+
+use axum::{
+    Router, middleware,
+    response::IntoResponse,
+    routing::{MethodRouter, any_service, get_service, post_service},
+};
+use platform::Problem;
+
+use crate::{Upstream, Upstreams};
+
+/// Time to response headers for ordinary routes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// An upload's response comes after its whole body has been stored.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+pub fn table(upstreams: &Upstreams) -> Router {
+    let to = |name: &'static str| Target {
+        upstreams,
+        name,
+        timeout: DEFAULT_TIMEOUT,
+    };
+    Router::new()
+        // auth
+        .route("/signup", to("auth").post())
+        .route("/login", to("auth").post())
+        .route("/validate", to("auth").post())
+        .route("/.well-known/jwks.json", to("auth").get())
+        // media
+        .route("/upload", to("media").within(UPLOAD_TIMEOUT).post())
+        .route("/download", to("media").get())
+        .route("/jobs", to("media").get())
+        .route("/jobs/{id}", to("media").get())
+        // blog: the write side and the read model share `/posts`
+        .route("/posts/create", to("posts").post())
+        .route("/posts", to("posts").post().merge(to("query").get()))
+        .route("/posts/{id}/comments", to("comments").any())
+        .route("/events", to("event-bus").any())
+}
+
+struct Target<'a> {
+    upstreams: &'a Upstreams,
+    name: &'static str,
+    timeout: Duration,
+}
+
+impl Target<'_> {
+    fn within(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
+    }
+
+    fn upstream(&self) -> Upstream {
+        match self.upstreams.get(self.name) {
+            Some(upstream) => upstream.clone(),
+            None => not_configured(self.name),
+        }
+    }
+
+    fn post(&self) -> MethodRouter {
+        self.limited(post_service(self.upstream()))
+    }
+
+    fn get(&self) -> MethodRouter {
+        self.limited(get_service(self.upstream()))
+    }
+
+    fn any(&self) -> MethodRouter {
+        self.limited(any_service(self.upstream()))
+    }
+
+    fn limited(&self, route: MethodRouter) -> MethodRouter {
+        route.layer(middleware::from_fn_with_state(
+            self.timeout,
+            platform::http::enforce_timeout,
+        ))
+    }
+}
+
+/// Stands in for an upstream the configuration does not name.
+fn not_configured(name: &'static str) -> Upstream {
+    let handler = move || async move {
+        Problem::service_unavailable(format!(
+            "the {name} service is not configured on this gateway ({} is unset)",
+            contracts::upstream_url_var(name)
+        ))
+        .into_response()
+    };
+    Upstream::new(Router::new().fallback(handler))
+}

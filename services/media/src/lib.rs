@@ -1,0 +1,12 @@
+//! Video uploads, conversion jobs and MP3 downloads.
+//!
+//! Not built yet: the service answers only its health, readiness and metrics routes.
+
+use platform::{ServiceApp, ServiceContext};
+
+pub const NAME: &str = "media";
+
+/// Builds the service; `flotilla up`, `flotilla serve media` and tests all call this.
+pub async fn build(_context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+    Ok(ServiceApp::new(NAME, axum::Router::new()))
+}

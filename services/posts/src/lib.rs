@@ -1,0 +1,12 @@
+//! Blog posts: the write side.
+//!
+//! Not built yet: the service answers only its health, readiness and metrics routes.
+
+use platform::{ServiceApp, ServiceContext};
+
+pub const NAME: &str = "posts";
+
+/// Builds the service; `flotilla up`, `flotilla serve posts` and tests all call this.
+pub async fn build(_context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+    Ok(ServiceApp::new(NAME, axum::Router::new()))
+}

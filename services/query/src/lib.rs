@@ -1,0 +1,12 @@
+//! The blog read model, built only from events.
+//!
+//! Not built yet: the service answers only its health, readiness and metrics routes.
+
+use platform::{ServiceApp, ServiceContext};
+
+pub const NAME: &str = "query";
+
+/// Builds the service; `flotilla up`, `flotilla serve query` and tests all call this.
+pub async fn build(_context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+    Ok(ServiceApp::new(NAME, axum::Router::new()))
+}
