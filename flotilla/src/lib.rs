@@ -41,11 +41,37 @@ impl ServiceName {
     ];
 }
 
+/// The settings of every service, each service's own struct. In `up` they all apply;
+/// in `serve SERVICE` only the served one's are used.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten, next_help_heading = "Auth")]
+    pub auth: auth::Args,
+    #[command(flatten, next_help_heading = "Media")]
+    pub media: media::Args,
+    #[command(flatten, next_help_heading = "Converter")]
+    pub converter: converter::Args,
+    #[command(flatten, next_help_heading = "Notification")]
+    pub notification: notification::Args,
+    #[command(flatten, next_help_heading = "Posts")]
+    pub posts: posts::Args,
+    #[command(flatten, next_help_heading = "Comments")]
+    pub comments: comments::Args,
+    #[command(flatten, next_help_heading = "Moderation")]
+    pub moderation: moderation::Args,
+    #[command(flatten, next_help_heading = "Query")]
+    pub query: query::Args,
+    #[command(flatten, next_help_heading = "Event bus")]
+    pub event_bus: event_bus::Args,
+}
+
 /// Settings of `flotilla up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub services: ServiceArgs,
 }
 
 /// Settings of `flotilla serve SERVICE`.
@@ -56,8 +82,14 @@ pub struct ServeArgs {
     pub service: ServiceName,
     #[command(flatten)]
     pub server: ServerArgs,
-    #[command(flatten)]
+    /// The service's database; unset → SQLite in the data directory.
+    /// `postgres://…` or `mysql://…` in production.
+    #[arg(long, env = "FLOTILLA_DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[command(flatten, next_help_heading = "Gateway")]
     pub gateway: gateway::GatewayArgs,
+    #[command(flatten)]
+    pub services: ServiceArgs,
 }
 
 /// A running server: its address, and the means to wait for it or stop it.
@@ -120,10 +152,10 @@ impl Running {
 
 /// `flotilla up`: every service in this process, behind the gateway on `--listen`.
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let context = prepare_context(&args.server, &shutdown)?;
+    let context = prepare_context(&args.server, None, &shutdown)?;
     let mut upstreams = gateway::Upstreams::new();
     for name in ServiceName::BEHIND_GATEWAY {
-        let app = build_service(name, &context, None).await?;
+        let app = build_service(name, &context, &args.services, None).await?;
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
     let router = gateway::build(upstreams).into_router(shutdown.clone());
@@ -132,14 +164,15 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
 
 /// `flotilla serve SERVICE`: one service in this process.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let context = prepare_context(&args.server, &shutdown)?;
-    let app = build_service(args.service, &context, Some(&args.gateway)).await?;
+    let context = prepare_context(&args.server, args.database_url.clone(), &shutdown)?;
+    let app = build_service(args.service, &context, &args.services, Some(&args.gateway)).await?;
     let router = app.into_router(shutdown.clone());
     start(&args.server, router, context, shutdown).await
 }
 
 fn prepare_context(
     server: &ServerArgs,
+    database_url: Option<String>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ServiceContext> {
     std::fs::create_dir_all(&server.data_dir).with_context(|| {
@@ -148,15 +181,15 @@ fn prepare_context(
             server.data_dir.display()
         )
     })?;
-    Ok(ServiceContext::new(
-        server.data_dir.clone(),
-        shutdown.clone(),
-    ))
+    let mut context = ServiceContext::new(server.data_dir.clone(), shutdown.clone());
+    context.database_url = database_url;
+    Ok(context)
 }
 
 async fn build_service(
     name: ServiceName,
     context: &ServiceContext,
+    args: &ServiceArgs,
     gateway_args: Option<&gateway::GatewayArgs>,
 ) -> anyhow::Result<ServiceApp> {
     let app = match name {
@@ -164,15 +197,15 @@ async fn build_service(
             let args = gateway_args.cloned().unwrap_or_default();
             gateway::build(args.upstreams())
         }
-        ServiceName::Auth => auth::build(context).await?,
-        ServiceName::Media => media::build(context).await?,
-        ServiceName::Converter => converter::build(context).await?,
-        ServiceName::Notification => notification::build(context).await?,
-        ServiceName::Posts => posts::build(context).await?,
-        ServiceName::Comments => comments::build(context).await?,
-        ServiceName::Moderation => moderation::build(context).await?,
-        ServiceName::Query => query::build(context).await?,
-        ServiceName::EventBus => event_bus::build(context).await?,
+        ServiceName::Auth => auth::build(context, &args.auth).await?,
+        ServiceName::Media => media::build(context, &args.media).await?,
+        ServiceName::Converter => converter::build(context, &args.converter).await?,
+        ServiceName::Notification => notification::build(context, &args.notification).await?,
+        ServiceName::Posts => posts::build(context, &args.posts).await?,
+        ServiceName::Comments => comments::build(context, &args.comments).await?,
+        ServiceName::Moderation => moderation::build(context, &args.moderation).await?,
+        ServiceName::Query => query::build(context, &args.query).await?,
+        ServiceName::EventBus => event_bus::build(context, &args.event_bus).await?,
     };
     Ok(app)
 }

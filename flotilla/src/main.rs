@@ -83,3 +83,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::try_parse_from([
+            "flotilla",
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .expect("valid command line");
+        let Command::Up(args) = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(args.server.listen.port(), 0);
+        assert_eq!(args.server.data_dir, std::path::PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn every_service_can_be_served() {
+        for name in [
+            "gateway",
+            "auth",
+            "media",
+            "converter",
+            "notification",
+            "posts",
+            "comments",
+            "moderation",
+            "query",
+            "event-bus",
+        ] {
+            let cli = Cli::try_parse_from(["flotilla", "serve", name]);
+            assert!(cli.is_ok(), "serve {name}: {cli:?}");
+        }
+        assert!(Cli::try_parse_from(["flotilla", "serve", "nonsense"]).is_err());
+    }
+}

@@ -19,6 +19,9 @@ pub struct ServiceContext {
     pub shutdown: CancellationToken,
     /// Background tasks (consumers, relays) are spawned here, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// `FLOTILLA_DATABASE_URL` of `serve`; `None` in `up`, where every service has
+    /// its own SQLite file (see [`ServiceContext::database_url_for`]).
+    pub database_url: Option<String>,
 }
 
 impl ServiceContext {
@@ -27,6 +30,18 @@ impl ServiceContext {
             data_dir,
             shutdown,
             tasks: TaskTracker::new(),
+            database_url: None,
+        }
+    }
+
+    /// The database of `service`: the configured URL, or `<data>/<service>.db`.
+    pub fn database_url_for(&self, service: &str) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(format!("{service}.db")).display()
+            ),
         }
     }
 }

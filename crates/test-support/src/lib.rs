@@ -55,6 +55,7 @@ pub async fn spawn_system_in(data_dir: &Path) -> TestSystem {
     platform::telemetry::init_for_tests();
     let args = UpArgs {
         server: server_args(data_dir),
+        services: Default::default(),
     };
     let running = flotilla::up(args, CancellationToken::new())
         .await
@@ -77,7 +78,9 @@ pub async fn spawn_service(service: ServiceName, data_dir: &Path) -> TestSystem 
     let args = ServeArgs {
         service,
         server: server_args(data_dir),
+        database_url: None,
         gateway: Default::default(),
+        services: Default::default(),
     };
     let running = flotilla::serve(args, CancellationToken::new())
         .await

@@ -4,9 +4,14 @@
 
 use platform::{ServiceApp, ServiceContext};
 
+/// Settings of the service: flags, each with a `FLOTILLA_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(id = "notification-args")]
+pub struct Args {}
+
 pub const NAME: &str = "notification";
 
 /// Builds the service; `flotilla up`, `flotilla serve notification` and tests all call this.
-pub async fn build(_context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
     Ok(ServiceApp::new(NAME, axum::Router::new()))
 }
