@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts the real servers the test suite talks to, without
+# systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), and ffmpeg for
+# media fixtures. Idempotent: a server that already answers is left alone.
+# Writes the FLOTILLA_TEST_* variables to the file named by $1 (default
+# /tmp/flotilla-test-env.sh); `source` it before `cargo test`.
+set -euo pipefail
+env_file=${1:-/tmp/flotilla-test-env.sh}
+log_dir=${FLOTILLA_SERVER_LOGS:-/tmp/flotilla-servers}
+mkdir -p "$log_dir"
+
+need=()
+command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+[ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >"$log_dir/apt.log" 2>&1 \
+    || { tail -n 30 "$log_dir/apt.log"; exit 1; }
+fi
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  pip install -q aiosmtpd >"$log_dir/pip.log" 2>&1 || { tail -n 30 "$log_dir/pip.log"; exit 1; }
+fi
+
+wait_for() { # name, tries, command...
+  local name=$1 tries=$2; shift 2
+  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
+  echo "$name did not start"; return 1
+}
+
+# PostgreSQL
+pg_version=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+if ! su postgres -c "pg_isready -q -h 127.0.0.1" 2>/dev/null; then
+  install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+  touch "$log_dir/postgres.log" && chown postgres "$log_dir/postgres.log"
+  su postgres -c "/usr/lib/postgresql/$pg_version/bin/pg_ctl -D /var/lib/postgresql/$pg_version/main \
+    -o '-c config_file=/etc/postgresql/$pg_version/main/postgresql.conf -c max_connections=300' \
+    -l $log_dir/postgres.log -w start" >/dev/null
+fi
+su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='app'\"" | grep -q 1 \
+  || su postgres -c "psql -q -c \"CREATE ROLE app LOGIN CREATEDB PASSWORD 'app'\" -c 'CREATE DATABASE app OWNER app'"
+
+# MariaDB
+if ! mariadb-admin ping >/dev/null 2>&1; then
+  install -d -o mysql -g mysql /run/mysqld /var/log/mysql
+  /usr/sbin/mariadbd --user=mysql --max-connections=500 --log-error="$log_dir/mariadb.log" >/dev/null 2>&1 &
+  wait_for mariadb 200 mariadb-admin ping
+fi
+mariadb -e "CREATE DATABASE IF NOT EXISTS app; CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app'; \
+  GRANT ALL ON *.* TO 'app'@'%'; FLUSH PRIVILEGES"
+
+# RabbitMQ
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 240); do rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 && break; sleep 0.5; done
+  rabbitmqctl -q await_startup --timeout 10 >/dev/null
+fi
+
+# SMTP sink: every message stored as a file in a Maildir
+if ! (exec 3<>/dev/tcp/127.0.0.1/2525) 2>/dev/null; then
+  mkdir -p "$log_dir/maildir"
+  nohup python3 -m aiosmtpd -n -l 127.0.0.1:2525 -c aiosmtpd.handlers.Mailbox "$log_dir/maildir" \
+    >"$log_dir/smtp.log" 2>&1 &
+  wait_for smtp 80 bash -c 'exec 3<>/dev/tcp/127.0.0.1/2525'
+fi
+
+cat >"$env_file" <<ENV
+export FLOTILLA_TEST_POSTGRES_URL=postgres://app:app@127.0.0.1:5432/app
+export FLOTILLA_TEST_MYSQL_URL=mysql://app:app@127.0.0.1:3306/app
+export FLOTILLA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
+export FLOTILLA_TEST_SMTP_URL=smtp://127.0.0.1:2525
+export FLOTILLA_TEST_MAILDIR=$log_dir/maildir
+ENV
+echo "servers ready; variables in $env_file"
