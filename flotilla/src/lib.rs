@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+pub use gateway::{GatewayArgs, parse_upstream_url};
+
 /// The services of the system (CONTRACTS §1), as accepted by `flotilla serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceName {

@@ -22,7 +22,7 @@ enum Command {
     /// Run every service in this process on embedded defaults.
     Up(UpArgs),
     /// Run one service in this process (for containers).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 /// How long `up` waits for every service to report ready.
@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
-            (flotilla::serve(args, shutdown).await?, what)
+            (flotilla::serve(*args, shutdown).await?, what)
         }
     };
     running.wait_ready(READY_LIMIT).await?;

@@ -74,7 +74,10 @@ fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStat
 async fn up_prints_ready_serves_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut up = start_up(dir.path());
-    eprintln!("ready line after {:?} (includes process start)", up.started_in);
+    eprintln!(
+        "ready line after {:?} (includes process start)",
+        up.started_in
+    );
 
     let client = reqwest::Client::new();
     for path in ["/healthz", "/readyz"] {
@@ -106,12 +109,20 @@ async fn up_prints_ready_serves_and_exits_zero_on_sigterm() {
         .map_while(Result::ok)
         .collect();
     let of_request: Vec<&String> = lines.iter().filter(|l| l.contains("cli-test-7")).collect();
-    assert!(!of_request.is_empty(), "no log line with the request id: {lines:#?}");
+    assert!(
+        !of_request.is_empty(),
+        "no log line with the request id: {lines:#?}"
+    );
     let mut services = Vec::new();
     for line in of_request {
         let value: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
         assert_eq!(value["span"]["request_id"], "cli-test-7", "{line}");
-        services.push(value["span"]["service"].as_str().unwrap_or_default().to_owned());
+        services.push(
+            value["span"]["service"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
     assert!(services.iter().any(|s| s == "gateway"), "{services:?}");
     assert!(services.iter().any(|s| s == "auth"), "{services:?}");
@@ -151,5 +162,8 @@ fn an_unusable_listen_address_fails_clearly() {
         .expect("flotilla runs");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot listen on 192.0.2.1:8080"), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on 192.0.2.1:8080"),
+        "{stderr}"
+    );
 }

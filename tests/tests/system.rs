@@ -5,15 +5,32 @@ use test_support::{spawn_system, spawn_system_in};
 #[tokio::test]
 async fn gateway_is_healthy_and_every_service_ready() {
     let system = spawn_system().await;
-    let health = system.client.get(system.url("/healthz")).send().await.expect("sent");
+    let health = system
+        .client
+        .get(system.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(health.status(), 200);
 
-    let ready = system.client.get(system.url("/readyz")).send().await.expect("sent");
+    let ready = system
+        .client
+        .get(system.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.expect("json");
     assert_eq!(body["status"], "ready");
     for service in [
-        "auth", "media", "converter", "notification", "posts", "comments", "moderation", "query",
+        "auth",
+        "media",
+        "converter",
+        "notification",
+        "posts",
+        "comments",
+        "moderation",
+        "query",
         "event-bus",
     ] {
         assert_eq!(body["checks"][service], "ok", "{service} in {body}");
@@ -32,15 +49,26 @@ async fn unknown_routes_and_methods_are_problems_with_the_request_id() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(response.headers()["x-request-id"], "e2e-1");
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["status"], 404);
     assert_eq!(body["request_id"], "e2e-1");
 
-    let response = system.client.delete(system.url("/login")).send().await.expect("sent");
+    let response = system
+        .client
+        .delete(system.url("/login"))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     system.stop().await.expect("clean stop");
 }
 
@@ -66,7 +94,12 @@ async fn a_second_start_on_the_same_data_dir_works() {
     let first = spawn_system_in(dir.path()).await;
     first.stop().await.expect("clean stop");
     let second = spawn_system_in(dir.path()).await;
-    let ready = second.client.get(second.url("/readyz")).send().await.expect("sent");
+    let ready = second
+        .client
+        .get(second.url("/readyz"))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ready.status(), 200);
     second.stop().await.expect("clean stop");
 }

@@ -74,14 +74,31 @@ pub async fn spawn_system_in(data_dir: &Path) -> TestSystem {
 
 /// Starts one service as `flotilla serve` would, on 127.0.0.1:0.
 pub async fn spawn_service(service: ServiceName, data_dir: &Path) -> TestSystem {
-    platform::telemetry::init_for_tests();
-    let args = ServeArgs {
+    spawn_served(ServeArgs {
         service,
         server: server_args(data_dir),
         database_url: None,
         gateway: Default::default(),
         services: Default::default(),
-    };
+    })
+    .await
+}
+
+/// Starts `flotilla serve gateway` on 127.0.0.1:0 with the given upstream URLs.
+pub async fn spawn_gateway(upstreams: flotilla::GatewayArgs, data_dir: &Path) -> TestSystem {
+    spawn_served(ServeArgs {
+        service: ServiceName::Gateway,
+        server: server_args(data_dir),
+        database_url: None,
+        gateway: upstreams,
+        services: Default::default(),
+    })
+    .await
+}
+
+/// Starts one service from complete `serve` settings, on whatever `args` says.
+pub async fn spawn_served(args: ServeArgs) -> TestSystem {
+    platform::telemetry::init_for_tests();
     let running = flotilla::serve(args, CancellationToken::new())
         .await
         .expect("flotilla serve starts");
