@@ -106,7 +106,15 @@ async fn every_error_is_problem_json_with_the_request_id() {
     assert!(!body["detail"].as_str().expect("text").contains("unwrap"));
 
     let big = "x".repeat(4096);
-    let body = problem(client.post(url("/echo")).body(big).send().await.expect("sent")).await;
+    let body = problem(
+        client
+            .post(url("/echo"))
+            .body(big)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
     assert_eq!(body["status"], 413);
 
     let body = problem(client.get(url("/forever")).send().await.expect("sent")).await;
@@ -150,19 +158,33 @@ async fn request_ids_are_echoed_or_generated() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
-    let failing = Readiness::new().with_check("database", || async { Err("connection refused".to_owned()) });
+    let failing = Readiness::new().with_check("database", || async {
+        Err("connection refused".to_owned())
+    });
     let served = serve(test_app().with_readiness(failing)).await;
     let client = reqwest::Client::new();
 
-    let health = client.get(format!("{}/healthz", served.base)).send().await.expect("sent");
+    let health = client
+        .get(format!("{}/healthz", served.base))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(health.status(), 200);
 
-    let ready = client.get(format!("{}/readyz", served.base)).send().await.expect("sent");
+    let ready = client
+        .get(format!("{}/readyz", served.base))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ready.status(), 503);
     let body = problem(ready).await;
     assert_eq!(body["checks"]["database"], "connection refused");
 
-    client.get(format!("{}/hello", served.base)).send().await.expect("sent");
+    client
+        .get(format!("{}/hello", served.base))
+        .send()
+        .await
+        .expect("sent");
     let metrics = client
         .get(format!("{}/metrics", served.base))
         .send()
@@ -172,10 +194,15 @@ async fn health_readiness_and_metrics() {
         .await
         .expect("body");
     assert!(
-        metrics.contains(r#"http_requests_total{service="stack-test",method="GET",route="/hello",status="200"}"#),
+        metrics.contains(
+            r#"http_requests_total{service="stack-test",method="GET",route="/hello",status="200"}"#
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("http_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     served.shutdown.cancel();
 }
 
@@ -199,5 +226,11 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
         .expect("joined")
         .expect("server stopped cleanly");
     // Nothing listens any more.
-    assert!(client.get(format!("{}/hello", served.base)).send().await.is_err());
+    assert!(
+        client
+            .get(format!("{}/hello", served.base))
+            .send()
+            .await
+            .is_err()
+    );
 }
