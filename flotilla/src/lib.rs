@@ -47,6 +47,8 @@ impl ServiceName {
 /// in `serve SERVICE` only the served one's are used.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServiceArgs {
+    #[command(flatten, next_help_heading = "Gateway")]
+    pub gateway: gateway::Args,
     #[command(flatten, next_help_heading = "Auth")]
     pub auth: auth::Args,
     #[command(flatten, next_help_heading = "Media")]
@@ -88,7 +90,7 @@ pub struct ServeArgs {
     /// `postgres://…` or `mysql://…` in production.
     #[arg(long, env = "FLOTILLA_DATABASE_URL")]
     pub database_url: Option<String>,
-    #[command(flatten, next_help_heading = "Gateway")]
+    #[command(flatten, next_help_heading = "Gateway upstreams")]
     pub gateway: gateway::GatewayArgs,
     #[command(flatten)]
     pub services: ServiceArgs,
@@ -160,7 +162,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
         let app = build_service(name, &context, &args.services, None).await?;
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
-    let router = gateway::build(upstreams).into_router(shutdown.clone());
+    let router = gateway::build(upstreams, &args.services.gateway).into_router(shutdown.clone());
     start(&args.server, router, context, shutdown).await
 }
 
@@ -196,8 +198,8 @@ async fn build_service(
 ) -> anyhow::Result<ServiceApp> {
     let app = match name {
         ServiceName::Gateway => {
-            let args = gateway_args.cloned().unwrap_or_default();
-            gateway::build(args.upstreams())
+            let urls = gateway_args.cloned().unwrap_or_default();
+            gateway::build(urls.upstreams(&args.gateway.policy()), &args.gateway)
         }
         ServiceName::Auth => auth::build(context, &args.auth).await?,
         ServiceName::Media => media::build(context, &args.media).await?,

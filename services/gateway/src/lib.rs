@@ -6,16 +6,20 @@
 //! TCP hop; in `flotilla serve gateway` it is an HTTP client for `FLOTILLA_<SERVICE>_URL`.
 //! The route table does not know which, so both modes behave the same.
 
+mod discovery;
+mod ratelimit;
 mod remote;
+pub mod resilience;
 mod routes;
 
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
-use axum::{body::Body, extract::Request, response::Response};
+use axum::{body::Body, extract::Request, middleware, response::Response};
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
-pub use remote::{UpstreamUrl, parse_upstream_url};
+pub use discovery::{UpstreamUrl, parse_upstream_url};
+pub use resilience::Policy;
 
 pub const NAME: &str = "gateway";
 
@@ -45,12 +49,10 @@ impl Upstreams {
         self
     }
 
-    /// A service reached over HTTP.
-    pub fn remote(mut self, name: &'static str, url: UpstreamUrl) -> Self {
-        self.by_name.insert(
-            name,
-            BoxCloneSyncService::new(remote::HttpUpstream::new(name, url)),
-        );
+    /// A service reached over HTTP, through the resilience stack of `policy`.
+    pub fn remote(mut self, name: &'static str, url: UpstreamUrl, policy: &Policy) -> Self {
+        self.by_name
+            .insert(name, resilience::remote_upstream(name, url, policy));
         self
     }
 
@@ -60,6 +62,44 @@ impl Upstreams {
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.by_name.keys().copied()
+    }
+}
+
+/// How the gateway protects itself and its upstreams, in `up` and `serve` alike.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "gateway-args")]
+pub struct Args {
+    /// Requests per second allowed from one client address (bursts of twice that);
+    /// 0 turns the limit off.
+    #[arg(long, env = "FLOTILLA_GATEWAY_RATE_LIMIT", default_value_t = 500)]
+    pub gateway_rate_limit: u32,
+    /// Requests in flight to one upstream beyond which the gateway sheds load with 503.
+    #[arg(long, env = "FLOTILLA_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_in_flight: u32,
+    /// How often upstream host names are resolved again (new instances, restarts).
+    #[arg(long, env = "FLOTILLA_GATEWAY_RESOLVE_INTERVAL", default_value = "5s",
+          value_parser = platform::config::parse_duration)]
+    pub gateway_resolve_interval: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            gateway_rate_limit: 500,
+            gateway_max_in_flight: 1024,
+            gateway_resolve_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Args {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_in_flight: self.gateway_max_in_flight as usize,
+            resolve_interval: self.gateway_resolve_interval,
+            ..Policy::default()
+        }
     }
 }
 
@@ -84,7 +124,7 @@ pub struct GatewayArgs {
 
 impl GatewayArgs {
     /// The remote upstreams named by the configuration.
-    pub fn upstreams(&self) -> Upstreams {
+    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
         let configured = [
             ("auth", &self.auth_url),
             ("media", &self.media_url),
@@ -96,7 +136,7 @@ impl GatewayArgs {
         let mut upstreams = Upstreams::new();
         for (name, url) in configured {
             match url {
-                Some(url) => upstreams = upstreams.remote(name, url.clone()),
+                Some(url) => upstreams = upstreams.remote(name, url.clone(), policy),
                 None => tracing::warn!(
                     service = name,
                     variable = contracts::upstream_url_var(name),
@@ -109,7 +149,7 @@ impl GatewayArgs {
 }
 
 /// Builds the gateway over `upstreams`. It is ready when every upstream is.
-pub fn build(upstreams: Upstreams) -> ServiceApp {
+pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
     let mut readiness = Readiness::new();
     for name in upstreams.names() {
         let Some(upstream) = upstreams.get(name).cloned() else {
@@ -123,7 +163,10 @@ pub fn build(upstreams: Upstreams) -> ServiceApp {
         request_timeout: routes::UPLOAD_TIMEOUT + Duration::from_secs(5),
         ..HttpLimits::default()
     };
-    ServiceApp::new(NAME, routes::table(&upstreams))
+    let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
+    let routes = routes::table(&upstreams)
+        .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
+    ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)
 }

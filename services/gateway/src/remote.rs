@@ -1,7 +1,8 @@
-//! An upstream reached over HTTP (`flotilla serve gateway`): the request is forwarded
+//! The innermost part of a remote upstream: pick an endpoint (power of two choices,
+//! least outstanding requests, ejected endpoints avoided) and forward the request to it
 //! with its body streaming through, hop-by-hop headers removed and `X-Forwarded-*` set.
 
-use std::{convert::Infallible, net::SocketAddr, task::Poll};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, task::Poll};
 
 use axum::{
     body::Body,
@@ -16,28 +17,20 @@ use hyper_util::{
 };
 use platform::Problem;
 
-/// The base URL of an upstream, `http://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl(Uri);
+use crate::discovery::{Endpoint, Endpoints};
 
-impl std::fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+/// Marks a response the gateway made because the upstream could not be reached (the
+/// request was not processed), so retries know it is safe to try elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Unreachable;
 
-pub fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
-    let uri: Uri = value
-        .parse()
-        .map_err(|_| "expected a URL such as http://auth:8080".to_owned())?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(UpstreamUrl(uri)),
-        (Some(other), Some(_)) => Err(format!(
-            "scheme '{other}' is not supported for upstreams; use http://"
-        )),
-        _ => Err("expected a URL with scheme and host, such as http://auth:8080".to_owned()),
-    }
-}
+/// The endpoint that produced a response (response extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ServedBy(pub SocketAddr);
+
+/// Endpoints a retry should not pick again (request extension).
+#[derive(Debug, Clone, Default)]
+pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
 /// Headers that belong to one connection and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -51,38 +44,65 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 #[derive(Clone)]
-pub struct HttpUpstream {
+pub struct Balancer {
     name: &'static str,
-    base: UpstreamUrl,
+    endpoints: Arc<Endpoints>,
     client: Client<HttpConnector, Body>,
 }
 
-impl HttpUpstream {
-    pub fn new(name: &'static str, base: UpstreamUrl) -> Self {
+impl Balancer {
+    pub fn new(name: &'static str, endpoints: Arc<Endpoints>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { name, base, client }
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            name,
+            endpoints,
+            client,
+        }
     }
 
-    fn target(&self, original: &Uri) -> Result<Uri, http::Error> {
-        let base_path = self.base.0.path().trim_end_matches('/');
-        let path_and_query = original
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let mut parts = self.base.0.clone().into_parts();
-        parts.path_and_query = Some(
-            format!("{base_path}{path_and_query}")
-                .parse()
-                .map_err(http::Error::from)?,
-        );
-        Uri::from_parts(parts).map_err(http::Error::from)
+    /// Power of two choices over the endpoints that are not ejected (all of them if
+    /// every one is ejected: better to try than to refuse everything).
+    fn pick(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+        let all = self.endpoints.snapshot();
+        let preferred: Vec<&Arc<Endpoint>> = all
+            .iter()
+            .filter(|e| !e.is_ejected() && !avoid.contains(&e.addr))
+            .collect();
+        let healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.is_ejected()).collect();
+        let pool: Vec<&Arc<Endpoint>> = if !preferred.is_empty() {
+            preferred
+        } else if !healthy.is_empty() {
+            healthy
+        } else {
+            all.iter().collect()
+        };
+        match pool.len() {
+            0 => None,
+            1 => Some(pool[0].clone()),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (pool[a], pool[b]);
+                Some(if a.in_flight() <= b.in_flight() {
+                    a.clone()
+                } else {
+                    b.clone()
+                })
+            }
+        }
     }
 }
 
-impl tower::Service<Request> for HttpUpstream {
+impl tower::Service<Request> for Balancer {
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
@@ -94,7 +114,21 @@ impl tower::Service<Request> for HttpUpstream {
     fn call(&mut self, mut request: Request) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let target = match this.target(request.uri()) {
+            let avoid = request
+                .extensions_mut()
+                .remove::<AvoidEndpoints>()
+                .unwrap_or_default();
+            let Some(endpoint) = this.pick(&avoid.0) else {
+                let mut response = Problem::service_unavailable(format!(
+                    "no instance of the {} service is known yet",
+                    this.name
+                ))
+                .with_retry_after(1)
+                .into_response();
+                response.extensions_mut().insert(Unreachable);
+                return Ok(response);
+            };
+            let target = match target_uri(endpoint.addr, request.uri()) {
                 Ok(uri) => uri,
                 Err(error) => {
                     return Ok(
@@ -104,24 +138,56 @@ impl tower::Service<Request> for HttpUpstream {
                 }
             };
             *request.uri_mut() = target;
-            prepare_forwarded_headers(&mut request);
-            match this.client.request(request).await {
+            prepare_forwarded_headers(&mut request, &endpoint.authority);
+            let in_flight = endpoint.start();
+            let outcome = this.client.request(request).await;
+            drop(in_flight);
+            match outcome {
                 Ok(response) => {
+                    if is_overload(response.status()) {
+                        endpoint.record_failure();
+                    } else {
+                        endpoint.record_success();
+                    }
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    parts.extensions.insert(ServedBy(endpoint.addr));
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
                 Err(error) => {
-                    tracing::warn!(upstream = this.name, %error, "upstream request failed");
-                    Ok(Problem::new(
+                    endpoint.record_failure();
+                    tracing::warn!(upstream = this.name, endpoint = %endpoint.addr, %error, "upstream request failed");
+                    let mut response = Problem::new(
                         http::StatusCode::BAD_GATEWAY,
                         format!("the {} service could not be reached", this.name),
                     )
-                    .into_response())
+                    .into_response();
+                    if error.is_connect() {
+                        response.extensions_mut().insert(Unreachable);
+                    }
+                    response.extensions_mut().insert(ServedBy(endpoint.addr));
+                    Ok(response)
                 }
             }
         })
     }
+}
+
+/// Statuses that say "this instance cannot serve now", as opposed to "your request failed".
+pub fn is_overload(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+fn target_uri(addr: SocketAddr, original: &Uri) -> Result<Uri, http::Error> {
+    let path_and_query = original
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(addr.to_string())
+        .path_and_query(path_and_query)
+        .build()
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -138,15 +204,14 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-fn prepare_forwarded_headers(request: &mut Request) {
+fn prepare_forwarded_headers(request: &mut Request, upstream_authority: &str) {
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string());
-    let host = request.headers().get(header::HOST).cloned();
+    let original_host = request.headers().get(header::HOST).cloned();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
     if let Some(client) = client {
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(previous) => format!("{previous}, {client}"),
@@ -156,10 +221,13 @@ fn prepare_forwarded_headers(request: &mut Request) {
             headers.insert("x-forwarded-for", value);
         }
     }
-    if let Some(host) = host {
+    if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(host) = HeaderValue::from_str(upstream_authority) {
+        headers.insert(header::HOST, host);
+    }
 }
 
 #[cfg(test)]
@@ -167,26 +235,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_urls_are_checked() {
-        assert!(parse_upstream_url("http://auth:8080").is_ok());
-        assert!(parse_upstream_url("https://auth:8080").is_err());
-        assert!(parse_upstream_url("auth:8080").is_err());
-        assert!(parse_upstream_url("not a url").is_err());
-    }
-
-    #[test]
-    fn target_keeps_path_and_query_under_the_base() {
-        let upstream = HttpUpstream::new(
-            "media",
-            parse_upstream_url("http://media:8080/base/").expect("valid"),
-        );
-        let target = upstream
-            .target(&"/download?fid=abc".parse().expect("valid"))
-            .expect("forwardable");
-        assert_eq!(
-            target.to_string(),
-            "http://media:8080/base/download?fid=abc"
-        );
+    fn target_keeps_path_and_query() {
+        let target = target_uri(
+            "10.0.0.7:8080".parse().expect("addr"),
+            &"/download?fid=abc".parse().expect("valid"),
+        )
+        .expect("forwardable");
+        assert_eq!(target.to_string(), "http://10.0.0.7:8080/download?fid=abc");
     }
 
     #[test]
@@ -202,5 +257,24 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn forwarded_headers_name_the_client_and_the_upstream_host() {
+        let mut request = Request::builder()
+            .uri("/jobs")
+            .header(header::HOST, "flotilla.example")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Body::empty())
+            .expect("request");
+        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
+            "192.0.2.4:5555".parse().expect("addr"),
+        ));
+        prepare_forwarded_headers(&mut request, "media:8080");
+        let headers = request.headers();
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 192.0.2.4");
+        assert_eq!(headers["x-forwarded-host"], "flotilla.example");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers[header::HOST], "media:8080");
     }
 }

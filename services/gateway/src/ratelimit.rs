@@ -1,0 +1,72 @@
+//! Per-client rate limiting at the edge: each client address gets a token bucket
+//! (governor's GCRA); past it the gateway answers 429 with `Retry-After` before any
+//! upstream sees the request.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
+use platform::Problem;
+
+/// Shared limiter; `None` when rate limiting is off.
+pub type ClientLimiter = Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>;
+
+/// A limiter allowing `per_second` requests per client (bursts of twice that);
+/// 0 turns limiting off.
+pub fn client_limiter(per_second: u32) -> ClientLimiter {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+    let limiter = Arc::new(DefaultKeyedRateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ));
+    // Forget idle clients now and then so memory stays bounded.
+    let weak = Arc::downgrade(&limiter);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(limiter) = weak.upgrade() else {
+                    return;
+                };
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
+    }
+    Some(limiter)
+}
+
+pub async fn enforce(
+    State(limiter): State<ClientLimiter>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = limiter else {
+        return next.run(request).await;
+    };
+    let Some(ConnectInfo(addr)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    else {
+        return next.run(request).await;
+    };
+    match limiter.check_key(&addr.ip()) {
+        Ok(()) => next.run(request).await,
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            metrics::counter!("gateway_rate_limited_total").increment(1);
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            Problem::too_many_requests(secs).into_response()
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! How the gateway protects itself and its upstreams. The stack of a remote upstream is
+//! composed in one place, [`remote_upstream`]; each piece is a small tower layer here.
+//! Per-route timeouts live in the route table (`routes.rs`) and the per-client rate limit
+//! in front of every route (`lib.rs`).
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    response::{IntoResponse, Response},
+};
+use futures::future::BoxFuture;
+use http::Method;
+use http_body::Body as _;
+use platform::Problem;
+use tokio::sync::Semaphore;
+use tower::{
+    Layer, Service, ServiceBuilder, ServiceExt,
+    retry::budget::{Budget, TpsBudget},
+    util::BoxCloneSyncService,
+};
+
+use crate::{
+    Upstream,
+    discovery::{Endpoints, UpstreamUrl, spawn_resolver},
+    remote::{AvoidEndpoints, Balancer, ServedBy, Unreachable, is_overload},
+};
+
+/// Settings of the resilience stack of every remote upstream.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Requests in flight to one upstream beyond which the gateway sheds load (503).
+    pub max_in_flight: usize,
+    /// Retries of one idempotent request (on other endpoints).
+    pub max_retries: u32,
+    /// How often DNS names of upstreams are resolved again.
+    pub resolve_interval: Duration,
+    pub breaker: BreakerSettings,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1024,
+            max_retries: 2,
+            resolve_interval: Duration::from_secs(5),
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// The stack of one remote upstream, outermost first.
+pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) -> Upstream {
+    let endpoints = Arc::new(Endpoints::default());
+    spawn_resolver(
+        name,
+        url,
+        Arc::downgrade(&endpoints),
+        policy.resolve_interval,
+    );
+    let stack = ServiceBuilder::new()
+        // 1. Load shedding: past `max_in_flight` answer 503 at once instead of queueing
+        //    without bound (a queue only adds latency to requests that will time out).
+        .layer(ShedLayer::new(name, policy.max_in_flight))
+        // 2. Retries: only idempotent requests without a body, only when the endpoint was
+        //    unreachable or overloaded, and only within a budget (≈20 % extra load), so
+        //    retries cannot multiply an outage.
+        .layer(RetryLayer::new(name, policy.max_retries))
+        // 3. Circuit breaker: when most recent requests failed, fail fast with 503 and
+        //    `Retry-After` for a while, then let single probes through until one succeeds.
+        .layer(BreakerLayer::new(name, policy.breaker.clone()))
+        // 4. Balancing: power of two choices by outstanding requests, over the endpoints
+        //    discovery found, skipping endpoints ejected for repeated failures.
+        .service(Balancer::new(name, endpoints));
+    BoxCloneSyncService::new(stack)
+}
+
+// ---------------------------------------------------------------------------------------
+// Load shedding
+
+#[derive(Clone)]
+pub struct ShedLayer {
+    name: &'static str,
+    permits: Arc<Semaphore>,
+}
+
+impl ShedLayer {
+    pub fn new(name: &'static str, max_in_flight: usize) -> Self {
+        Self {
+            name,
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        }
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    layer: ShedLayer,
+    inner: S,
+}
+
+impl<S> Service<Request> for Shed<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let permit = self.layer.permits.clone().try_acquire_owned();
+        let name = self.layer.name;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Ok(_permit) = permit else {
+                metrics::counter!("gateway_shed_total", "upstream" => name).increment(1);
+                return Ok(Problem::service_unavailable(format!(
+                    "the {name} service has too many requests in flight; try again shortly"
+                ))
+                .with_title("Overloaded")
+                .with_retry_after(1)
+                .into_response());
+            };
+            inner.oneshot(request).await
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    name: &'static str,
+    max_retries: u32,
+    budget: Arc<TpsBudget>,
+}
+
+impl RetryLayer {
+    pub fn new(name: &'static str, max_retries: u32) -> Self {
+        Self {
+            name,
+            max_retries,
+            // Retries may add 20 % to the request rate (at least 10/s), over a 10 s window.
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    layer: RetryLayer,
+    inner: S,
+}
+
+/// Safe to send twice: idempotent by method and no body that would have to be replayed.
+fn is_retryable(request: &Request) -> bool {
+    let idempotent = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    idempotent && request.body().size_hint().exact() == Some(0)
+}
+
+fn should_retry(response: &Response) -> bool {
+    if response.extensions().get::<CircuitOpen>().is_some() {
+        return false;
+    }
+    response.extensions().get::<Unreachable>().is_some() || is_overload(response.status())
+}
+
+impl<S> Service<Request> for Retry<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let layer = self.layer.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            layer.budget.deposit();
+            if !is_retryable(&request) {
+                return inner.oneshot(request).await;
+            }
+            let (parts, _) = request.into_parts();
+            let mut attempt = 0;
+            let mut tried = Vec::new();
+            loop {
+                let mut request = Request::from_parts(parts.clone(), Body::empty());
+                request
+                    .extensions_mut()
+                    .insert(AvoidEndpoints(tried.clone()));
+                let response = inner.clone().oneshot(request).await?;
+                if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
+                    tried.push(*addr);
+                }
+                if attempt >= layer.max_retries
+                    || !should_retry(&response)
+                    || !layer.budget.withdraw()
+                {
+                    return Ok(response);
+                }
+                attempt += 1;
+                metrics::counter!("gateway_retries_total", "upstream" => layer.name).increment(1);
+                let backoff = Duration::from_millis(10 * 2u64.pow(attempt) + fastrand::u64(..10));
+                tokio::time::sleep(backoff).await;
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Circuit breaker
+
+/// Marks the fast 503 of an open breaker (retrying it would be pointless).
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitOpen;
+
+#[derive(Debug, Clone)]
+pub struct BreakerSettings {
+    /// Failures are counted over this many one-second buckets.
+    pub window_secs: usize,
+    /// Fewer requests than this in the window never open the breaker.
+    pub min_requests: u32,
+    /// Share of failed requests in the window that opens the breaker.
+    pub failure_ratio: f64,
+    /// How long the breaker stays open before letting a probe through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            window_secs: 10,
+            min_requests: 10,
+            failure_ratio: 0.5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+#[derive(Debug)]
+struct Breaker {
+    name: &'static str,
+    settings: BreakerSettings,
+    state: State,
+    /// (second, successes, failures) per bucket.
+    buckets: Vec<(u64, u32, u32)>,
+    started: Instant,
+}
+
+enum Admission {
+    Allowed { probe: bool },
+    Rejected { retry_after: Duration },
+}
+
+impl Breaker {
+    fn new(name: &'static str, settings: BreakerSettings) -> Self {
+        let buckets = vec![(u64::MAX, 0, 0); settings.window_secs.max(1)];
+        Self {
+            name,
+            settings,
+            state: State::Closed,
+            buckets,
+            started: Instant::now(),
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> Admission {
+        match self.state {
+            State::Closed => Admission::Allowed { probe: false },
+            State::Open { until } if now < until => Admission::Rejected {
+                retry_after: until - now,
+            },
+            State::Open { .. } | State::HalfOpen { probing: false } => {
+                self.set_state(State::HalfOpen { probing: true });
+                Admission::Allowed { probe: true }
+            }
+            State::HalfOpen { probing: true } => Admission::Rejected {
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn record(&mut self, now: Instant, probe: bool, failed: bool) {
+        if probe {
+            if failed {
+                self.open(now);
+            } else {
+                self.buckets.iter_mut().for_each(|b| *b = (u64::MAX, 0, 0));
+                self.set_state(State::Closed);
+            }
+            return;
+        }
+        let second = now.saturating_duration_since(self.started).as_secs();
+        let len = self.buckets.len();
+        let slot = &mut self.buckets[(second as usize) % len];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        if failed {
+            slot.2 += 1;
+        } else {
+            slot.1 += 1;
+        }
+        if matches!(self.state, State::Closed) && failed {
+            let window = len as u64;
+            let (ok, bad) = self
+                .buckets
+                .iter()
+                .filter(|(s, _, _)| *s != u64::MAX && second.saturating_sub(*s) < window)
+                .fold((0u32, 0u32), |(ok, bad), (_, s, f)| (ok + s, bad + f));
+            let total = ok + bad;
+            if total >= self.settings.min_requests
+                && f64::from(bad) / f64::from(total) >= self.settings.failure_ratio
+            {
+                self.open(now);
+            }
+        }
+    }
+
+    /// A probe that never finished (its caller went away) frees the half-open slot.
+    fn abandon_probe(&mut self) {
+        if matches!(self.state, State::HalfOpen { probing: true }) {
+            self.set_state(State::HalfOpen { probing: false });
+        }
+    }
+
+    fn open(&mut self, now: Instant) {
+        tracing::warn!(upstream = self.name, open_for = ?self.settings.open_for, "circuit breaker opened");
+        self.set_state(State::Open {
+            until: now + self.settings.open_for,
+        });
+    }
+
+    fn set_state(&mut self, state: State) {
+        let gauge = match state {
+            State::Closed => 0.0,
+            State::Open { .. } => 1.0,
+            State::HalfOpen { .. } => 2.0,
+        };
+        if matches!(state, State::Closed) && !matches!(self.state, State::Closed) {
+            tracing::info!(upstream = self.name, "circuit breaker closed");
+        }
+        metrics::gauge!("gateway_circuit_state", "upstream" => self.name).set(gauge);
+        self.state = state;
+    }
+}
+
+#[derive(Clone)]
+pub struct BreakerLayer {
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+impl BreakerLayer {
+    pub fn new(name: &'static str, settings: BreakerSettings) -> Self {
+        Self {
+            breaker: Arc::new(Mutex::new(Breaker::new(name, settings))),
+        }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = CircuitBreaker<S>;
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            breaker: self.breaker.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CircuitBreaker<S> {
+    breaker: Arc<Mutex<Breaker>>,
+    inner: S,
+}
+
+fn lock(breaker: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
+    match breaker.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Frees the half-open slot if a probe is dropped before its outcome is known.
+struct ProbeGuard {
+    breaker: Arc<Mutex<Breaker>>,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.breaker).abandon_probe();
+        }
+    }
+}
+
+impl<S> Service<Request> for CircuitBreaker<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let breaker = self.breaker.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let admission = lock(&breaker).admit(Instant::now());
+            let probe = match admission {
+                Admission::Allowed { probe } => probe,
+                Admission::Rejected { retry_after } => {
+                    let name = lock(&breaker).name;
+                    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                    let mut response = Problem::service_unavailable(format!(
+                        "the {name} service is failing; the gateway stops sending it requests for a moment"
+                    ))
+                    .with_title("Circuit open")
+                    .with_retry_after(secs)
+                    .into_response();
+                    response.extensions_mut().insert(CircuitOpen);
+                    return Ok(response);
+                }
+            };
+            let mut guard = ProbeGuard {
+                breaker: breaker.clone(),
+                armed: probe,
+            };
+            let response = inner.oneshot(request).await?;
+            guard.armed = false;
+            let failed = response.extensions().get::<Unreachable>().is_some()
+                || is_overload(response.status());
+            lock(&breaker).record(Instant::now(), probe, failed);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            window_secs: 10,
+            min_requests: 4,
+            failure_ratio: 0.5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn breaker_opens_on_a_failure_ratio_and_closes_after_a_good_probe() {
+        let mut breaker = Breaker::new("t", settings());
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            breaker.record(t0, false, false);
+        }
+        breaker.record(t0, false, true);
+        assert!(
+            matches!(breaker.admit(t0), Admission::Allowed { probe: false }),
+            "3 < min requests"
+        );
+        breaker.record(t0, false, true);
+        // 2 of 4 failed: open.
+        assert!(matches!(breaker.admit(t0), Admission::Rejected { .. }));
+        let later = t0 + Duration::from_secs(6);
+        assert!(matches!(
+            breaker.admit(later),
+            Admission::Allowed { probe: true }
+        ));
+        assert!(
+            matches!(breaker.admit(later), Admission::Rejected { .. }),
+            "one probe at a time"
+        );
+        breaker.record(later, true, false);
+        assert!(matches!(
+            breaker.admit(later),
+            Admission::Allowed { probe: false }
+        ));
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again_and_an_abandoned_one_frees_the_slot() {
+        let mut breaker = Breaker::new("t", settings());
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            breaker.record(t0, false, true);
+        }
+        let later = t0 + Duration::from_secs(6);
+        assert!(matches!(
+            breaker.admit(later),
+            Admission::Allowed { probe: true }
+        ));
+        breaker.abandon_probe();
+        assert!(matches!(
+            breaker.admit(later),
+            Admission::Allowed { probe: true }
+        ));
+        breaker.record(later, true, true);
+        assert!(matches!(breaker.admit(later), Admission::Rejected { .. }));
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let mut breaker = Breaker::new("t", settings());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            breaker.record(t0, false, true);
+        }
+        let later = t0 + Duration::from_secs(30);
+        for _ in 0..3 {
+            breaker.record(later, false, false);
+        }
+        breaker.record(later, false, true);
+        assert!(matches!(
+            breaker.admit(later),
+            Admission::Allowed { probe: false }
+        ));
+    }
+
+    #[test]
+    fn only_bodiless_idempotent_requests_are_retried() {
+        let get = Request::get("/jobs").body(Body::empty()).expect("request");
+        assert!(is_retryable(&get));
+        let post = Request::post("/login")
+            .body(Body::empty())
+            .expect("request");
+        assert!(!is_retryable(&post));
+        let put_with_body = Request::put("/x")
+            .body(Body::from("data"))
+            .expect("request");
+        assert!(!is_retryable(&put_with_body));
+    }
+}

@@ -1,0 +1,279 @@
+//! The gateway in front of real HTTP upstreams on loopback: balancing, passive ejection,
+//! retries, the circuit breaker, load shedding and per-client rate limits.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Router, routing::get};
+use gateway::{
+    Args, Upstreams, parse_upstream_url,
+    resilience::{BreakerSettings, Policy},
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A tiny upstream that answers `GET|POST /posts` with its own name.
+struct Instance {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn instance(name: &'static str, addr: SocketAddr) -> Instance {
+    let routes = Router::new()
+        .route(
+            "/posts",
+            get(move |uri: axum::http::Uri| async move {
+                // `?slow` holds the request for a while, to fill in-flight slots.
+                if uri.query() == Some("slow") {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                name
+            })
+            .post(move || async move { name }),
+        )
+        .route("/readyz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(platform::http::serve(
+        listener,
+        routes,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    Instance { addr, stop, task }
+}
+
+impl Instance {
+    async fn shut(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Gateway {
+    base: String,
+    client: reqwest::Client,
+    stop: CancellationToken,
+}
+
+async fn gateway(urls: &str, policy: Policy, args: Args) -> Gateway {
+    let url = parse_upstream_url(urls).expect("valid upstream URLs");
+    let upstreams = Upstreams::new()
+        .remote("query", url.clone(), &policy)
+        .remote("posts", url, &policy);
+    let stop = CancellationToken::new();
+    let router = gateway::build(upstreams, &args).into_router(stop.clone());
+    let listener = platform::http::bind("127.0.0.1:0".parse().expect("literal"))
+        .await
+        .expect("bind gateway");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(platform::http::serve(
+        listener,
+        router,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    // Discovery runs in the background; wait for the first resolution.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Gateway {
+        base,
+        client: reqwest::Client::new(),
+        stop,
+    }
+}
+
+impl Gateway {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+}
+
+fn no_rate_limit() -> Args {
+    Args {
+        gateway_rate_limit: 0,
+        ..Args::default()
+    }
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("literal")
+}
+
+/// A port that nothing listens on (bound, then released).
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn requests_are_spread_over_every_endpoint() {
+    let a = instance("a", any_port()).await;
+    let b = instance("b", any_port()).await;
+    let gw = gateway(
+        &format!("http://{},http://{}", a.addr, b.addr),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await;
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let response = gw.get("/posts").await;
+        assert_eq!(response.status(), 200);
+        *seen
+            .entry(response.text().await.expect("body"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both instances served: {seen:?}");
+    gw.stop.cancel();
+    a.shut().await;
+    b.shut().await;
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_is_retried_around_and_ejected() {
+    let live = instance("live", any_port()).await;
+    let dead = closed_port();
+    let gw = gateway(
+        &format!("http://{dead},http://{}", live.addr),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await;
+    // Idempotent requests never see the dead endpoint: they are retried elsewhere.
+    for _ in 0..20 {
+        let response = gw.get("/posts").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "live");
+    }
+    // After enough failures the dead endpoint is ejected, so even POSTs (never retried)
+    // stop failing.
+    let mut last_failures = 0;
+    for round in 0..40 {
+        let response = gw
+            .client
+            .post(format!("{}/posts", gw.base))
+            .send()
+            .await
+            .expect("gateway answers");
+        if response.status() != 200 {
+            assert_eq!(response.status(), 502);
+            last_failures = round;
+        }
+    }
+    assert!(
+        last_failures < 20,
+        "dead endpoint still chosen at round {last_failures}"
+    );
+    gw.stop.cancel();
+    live.shut().await;
+}
+
+#[tokio::test]
+async fn the_breaker_opens_while_the_upstream_is_down_and_closes_when_it_returns() {
+    let up = instance("up", any_port()).await;
+    let addr = up.addr;
+    let policy = Policy {
+        max_retries: 0,
+        breaker: BreakerSettings {
+            min_requests: 5,
+            open_for: Duration::from_millis(300),
+            ..BreakerSettings::default()
+        },
+        ..Policy::default()
+    };
+    let gw = gateway(&format!("http://{addr}"), policy, no_rate_limit()).await;
+    assert_eq!(gw.get("/posts").await.status(), 200);
+
+    up.shut().await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(gw.get("/posts").await.status().as_u16());
+    }
+    assert!(statuses.contains(&502), "{statuses:?}");
+    let open = gw.get("/posts").await;
+    assert_eq!(open.status(), 503, "{statuses:?}");
+    assert!(open.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = open.json().await.expect("problem+json");
+    assert_eq!(problem["title"], "Circuit open");
+
+    // The upstream comes back on the same address; after `open_for` a probe closes the
+    // breaker again.
+    let back = instance("back", addr).await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = gw.get("/posts").await;
+        if response.status() == 200 {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the breaker never closed");
+    gw.stop.cancel();
+    back.shut().await;
+}
+
+#[tokio::test]
+async fn load_beyond_the_in_flight_limit_is_shed_not_queued() {
+    let up = instance("up", any_port()).await;
+    let policy = Policy {
+        max_in_flight: 1,
+        ..Policy::default()
+    };
+    let gw = gateway(&format!("http://{}", up.addr), policy, no_rate_limit()).await;
+    let slow = {
+        let client = gw.client.clone();
+        let url = format!("{}/posts?slow", gw.base);
+        tokio::spawn(async move { client.get(url).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shed = gw.get("/posts").await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let slow = slow.await.expect("joined").expect("answered");
+    assert_eq!(slow.status(), 200, "the request holding the slot completes");
+    assert_eq!(
+        gw.get("/posts").await.status(),
+        200,
+        "and the slot is free again"
+    );
+    gw.stop.cancel();
+    up.shut().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let up = instance("up", any_port()).await;
+    let args = Args {
+        gateway_rate_limit: 5,
+        ..Args::default()
+    };
+    let gw = gateway(&format!("http://{}", up.addr), Policy::default(), args).await;
+    let mut limited = None;
+    for _ in 0..30 {
+        let response = gw.get("/posts").await;
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let limited = limited.expect("the limit was reached");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        limited.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Health probes are not rate limited.
+    assert_eq!(gw.get("/healthz").await.status(), 200);
+    gw.stop.cancel();
+    up.shut().await;
+}
