@@ -1,6 +1,8 @@
 //! The shapes other programs see: service names, gateway routes, message bodies.
 //! Services share these types instead of importing each other.
 
+pub mod media;
+
 /// Every service of the system, in start order (the gateway last).
 pub const SERVICES: [&str; 10] = [
     "auth",
