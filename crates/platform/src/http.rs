@@ -1,12 +1,24 @@
 //! The HTTP side of a service: binding (port 0 allowed), serving with graceful drain,
 //! and the middlewares of the common stack (request ids, access log, metrics, timeout).
 
-use std::{net::SocketAddr, time::Duration, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
-use axum::{Router, extract::MatchedPath, extract::Request, middleware::Next, response::Response};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, MatchedPath, Request},
+    middleware::Next,
+    response::Response,
+};
 use http::{HeaderName, HeaderValue};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::Problem;
@@ -35,6 +47,31 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
+/// Limits of the connection layer, below HTTP routing: what a client can make the
+/// server hold before a request even exists.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A client must send its complete request head within this time (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers); larger → 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more → 431.
+    pub max_headers: usize,
+    /// Open connections beyond this are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// Serves `router` until `shutdown` is cancelled, then stops accepting, lets in-flight
 /// requests finish (at most `drain_timeout`) and returns.
 pub async fn serve(
@@ -43,22 +80,76 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    let server = axum::serve(
+    serve_with_limits(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        shutdown,
+        drain_timeout,
+        ConnectionLimits::default(),
     )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
+    .await
+}
+
+/// [`serve`] with explicit connection limits.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move { router.oneshot(request.map(Body::new)).await }
+            },
+        );
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = watched.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
     tokio::select! {
-        result = server => result,
-        () = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(?drain_timeout, "requests still running after the drain timeout; closing them");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Accepts a well-formed incoming `x-request-id` (so a trace spans services) or makes a
