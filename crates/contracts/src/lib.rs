@@ -1,6 +1,7 @@
 //! The shapes other programs see: service names, gateway routes, message bodies.
 //! Services share these types instead of importing each other.
 
+pub mod blog;
 pub mod media;
 
 /// Every service of the system, in start order (the gateway last).

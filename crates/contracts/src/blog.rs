@@ -1,0 +1,277 @@
+//! Events and inputs of the blog (CONTRACTS §6), with the course's names: the four
+//! events travel as `{"type": "...", "data": {...}}` envelopes whose `data` fields are
+//! camelCase (`postId`), exactly what the course's event bus and React client expect.
+//!
+//! Flow: `posts` emits [`PostCreated`]; `comments` emits [`CommentCreated`] (status
+//! `pending`); `moderation` answers with [`CommentModerated`]; `comments` applies it and
+//! emits [`CommentUpdated`]. `query` folds all of them into the read model; `event-bus`
+//! records every one in its ordered log. The routing key of an event on the bus is its
+//! type name.
+//!
+//! Every event has a message id derived from what it says ([`BlogEvent::message_id`]),
+//! not a random one: the same event reaching a consumer twice — redelivered by the bus,
+//! pushed to `POST /events`, or replayed from the log — is recognised by every inbox as
+//! one message.
+
+use serde::{Deserialize, Serialize};
+
+/// Routing keys (= event type names).
+pub const POST_CREATED: &str = "PostCreated";
+pub const COMMENT_CREATED: &str = "CommentCreated";
+pub const COMMENT_MODERATED: &str = "CommentModerated";
+pub const COMMENT_UPDATED: &str = "CommentUpdated";
+/// Every blog event type, in causal order of a comment's life.
+pub const EVENT_TYPES: [&str; 4] = [
+    POST_CREATED,
+    COMMENT_CREATED,
+    COMMENT_MODERATED,
+    COMMENT_UPDATED,
+];
+
+/// The longest title or comment accepted, in characters.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
+/// A comment's moderation state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommentStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl CommentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommentStatus::Pending => "pending",
+            CommentStatus::Approved => "approved",
+            CommentStatus::Rejected => "rejected",
+        }
+    }
+
+    /// The status stored as text, `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(CommentStatus::Pending),
+            "approved" => Some(CommentStatus::Approved),
+            "rejected" => Some(CommentStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostCreated {
+    pub id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentCreated {
+    pub id: String,
+    pub content: String,
+    pub post_id: String,
+    pub status: CommentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentModerated {
+    pub id: String,
+    pub post_id: String,
+    pub status: CommentStatus,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommentUpdated {
+    pub id: String,
+    pub status: CommentStatus,
+    pub post_id: String,
+    pub content: String,
+}
+
+/// One blog event in its `{"type", "data"}` envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum BlogEvent {
+    PostCreated(PostCreated),
+    CommentCreated(CommentCreated),
+    CommentModerated(CommentModerated),
+    CommentUpdated(CommentUpdated),
+}
+
+impl BlogEvent {
+    /// The type name, which is also the routing key.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            BlogEvent::PostCreated(_) => POST_CREATED,
+            BlogEvent::CommentCreated(_) => COMMENT_CREATED,
+            BlogEvent::CommentModerated(_) => COMMENT_MODERATED,
+            BlogEvent::CommentUpdated(_) => COMMENT_UPDATED,
+        }
+    }
+
+    /// The id of the message that carries this event, derived from its content so that
+    /// every copy of the same event has the same id. A decision (moderated, updated)
+    /// includes its status: a comment moderated again with another outcome is a new
+    /// event, the same outcome twice is not.
+    pub fn message_id(&self) -> String {
+        match self {
+            BlogEvent::PostCreated(e) => format!("{POST_CREATED}:{}", e.id),
+            BlogEvent::CommentCreated(e) => format!("{COMMENT_CREATED}:{}", e.id),
+            BlogEvent::CommentModerated(e) => {
+                format!("{COMMENT_MODERATED}:{}:{}", e.id, e.status.as_str())
+            }
+            BlogEvent::CommentUpdated(e) => {
+                format!("{COMMENT_UPDATED}:{}:{}", e.id, e.status.as_str())
+            }
+        }
+    }
+
+    /// The envelope as JSON text, the body of a bus message.
+    pub fn to_json(&self) -> String {
+        // Plain strings and enums only: serialisation cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Any event as the course's event bus accepts it: a type name and free-form data.
+/// Known types parse further into [`BlogEvent`]; others are carried as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Envelope {
+    /// The blog event this envelope holds, if it is one of the four known types with
+    /// well-formed data. `Ok(None)` for another type; `Err` for a known type whose data
+    /// does not fit.
+    pub fn blog_event(&self) -> Result<Option<BlogEvent>, serde_json::Error> {
+        if !EVENT_TYPES.contains(&self.event_type.as_str()) {
+            return Ok(None);
+        }
+        serde_json::from_value(serde_json::json!({"type": self.event_type, "data": self.data}))
+            .map(Some)
+    }
+}
+
+impl From<&BlogEvent> for Envelope {
+    fn from(event: &BlogEvent) -> Self {
+        let mut value = serde_json::to_value(event).unwrap_or_default();
+        let data = value
+            .get_mut("data")
+            .map(serde_json::Value::take)
+            .unwrap_or_default();
+        Envelope {
+            event_type: event.event_type().to_owned(),
+            data,
+        }
+    }
+}
+
+/// Why a title or a comment's content was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("'{0}' is missing or empty")]
+    Empty(&'static str),
+    #[error("'{field}' has {chars} characters; at most {MAX_TEXT_CHARS} are allowed")]
+    TooLong { field: &'static str, chars: usize },
+    #[error("'{0}' must be a string")]
+    NotText(&'static str),
+}
+
+/// The text of `field` in a JSON request body, checked: a non-blank string of at most
+/// [`MAX_TEXT_CHARS`] characters. The text is kept as sent (not trimmed).
+pub fn text_field(body: &serde_json::Value, field: &'static str) -> Result<String, TextError> {
+    match body.get(field) {
+        None | Some(serde_json::Value::Null) => Err(TextError::Empty(field)),
+        Some(serde_json::Value::String(text)) => {
+            let chars = text.chars().count();
+            if text.trim().is_empty() {
+                Err(TextError::Empty(field))
+            } else if chars > MAX_TEXT_CHARS {
+                Err(TextError::TooLong { field, chars })
+            } else {
+                Ok(text.clone())
+            }
+        }
+        Some(_) => Err(TextError::NotText(field)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_have_the_course_envelope_and_field_names() {
+        let event = BlogEvent::CommentCreated(CommentCreated {
+            id: "c1".into(),
+            content: "hi".into(),
+            post_id: "p1".into(),
+            status: CommentStatus::Pending,
+        });
+        assert_eq!(
+            serde_json::to_value(&event).expect("serializes"),
+            json!({"type": "CommentCreated", "data": {"id": "c1", "content": "hi", "postId": "p1", "status": "pending"}})
+        );
+        let moderated: BlogEvent = serde_json::from_value(json!({
+            "type": "CommentModerated",
+            "data": {"id": "c1", "postId": "p1", "status": "rejected", "content": "orange"}
+        }))
+        .expect("deserializes");
+        assert_eq!(moderated.event_type(), COMMENT_MODERATED);
+        assert_eq!(moderated.message_id(), "CommentModerated:c1:rejected");
+    }
+
+    #[test]
+    fn envelopes_of_unknown_types_are_kept_and_known_ones_checked() {
+        let other: Envelope =
+            serde_json::from_value(json!({"type": "Hello", "data": {"x": 1}})).expect("parses");
+        assert_eq!(other.blog_event().expect("no error"), None);
+        let bad: Envelope =
+            serde_json::from_value(json!({"type": "PostCreated", "data": {"id": 1}}))
+                .expect("parses");
+        assert!(bad.blog_event().is_err());
+        let post = BlogEvent::PostCreated(PostCreated {
+            id: "p".into(),
+            title: "t".into(),
+        });
+        let envelope = Envelope::from(&post);
+        assert_eq!(envelope.data, json!({"id": "p", "title": "t"}));
+        assert_eq!(envelope.blog_event().expect("valid"), Some(post));
+    }
+
+    #[test]
+    fn text_fields_are_checked() {
+        assert_eq!(
+            text_field(&json!({"title": "hello"}), "title"),
+            Ok("hello".to_owned())
+        );
+        assert_eq!(
+            text_field(&json!({}), "title"),
+            Err(TextError::Empty("title"))
+        );
+        assert_eq!(
+            text_field(&json!({"title": "  "}), "title"),
+            Err(TextError::Empty("title"))
+        );
+        assert_eq!(
+            text_field(&json!({"title": 3}), "title"),
+            Err(TextError::NotText("title"))
+        );
+        let longest = "é".repeat(MAX_TEXT_CHARS);
+        assert!(text_field(&json!({ "content": longest }), "content").is_ok());
+        assert!(matches!(
+            text_field(&json!({ "content": format!("{longest}x") }), "content"),
+            Err(TextError::TooLong { chars: 10_001, .. })
+        ));
+    }
+}
