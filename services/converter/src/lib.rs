@@ -1,17 +1,87 @@
 //! Workers that turn uploaded videos into MP3 files.
 //!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! The conversion engine decodes in-process with symphonia (MP4/MOV, MKV/WebM, WAV,
+//! AIFF, CAF, Ogg, MP3, FLAC; AAC-LC, MP3, FLAC, Vorbis, PCM, ALAC, ADPCM) and encodes
+//! with LAME, one packet at a time, so memory does not grow with the input. Inputs it
+//! cannot read (AVI, Opus, HE-AAC, multichannel AAC …) go to the `ffmpeg` command when
+//! one is available. [`Converter`] is the async entry point the `video` message handler
+//! calls; [`convert`] is the blocking core for any `Read + Seek` source and
+//! `Write + Seek` sink. Failures are [`ConvertError`]s whose text is the reason a job
+//! carries and which say whether retrying can help.
+
+mod engine;
+mod error;
+mod ffmpeg;
+mod in_process;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use platform::{ServiceApp, ServiceContext};
 
+pub use engine::{Converter, ConverterConfig, default_workers};
+pub use error::ConvertError;
+pub use ffmpeg::find_on_path as find_ffmpeg;
+pub use in_process::convert;
+pub use report::{ConversionReport, Engine, probe_mp3};
+
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "converter-args")]
-pub struct Args {}
+pub struct Args {
+    /// Conversions run at once; default: one per CPU core.
+    #[arg(long, env = "FLOTILLA_CONVERTER_WORKERS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub converter_workers: Option<u32>,
+    /// The ffmpeg used for inputs the built-in decoder cannot read: a path, or `off`.
+    /// Default: `ffmpeg` from PATH when there is one.
+    #[arg(long, env = "FLOTILLA_CONVERTER_FFMPEG")]
+    pub converter_ffmpeg: Option<String>,
+    /// Longest a single conversion may take before it is stopped.
+    #[arg(long, env = "FLOTILLA_CONVERTER_TIMEOUT", default_value = "30m",
+          value_parser = platform::config::parse_duration)]
+    pub converter_timeout: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            converter_workers: None,
+            converter_ffmpeg: None,
+            converter_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl Args {
+    pub fn converter_config(&self) -> ConverterConfig {
+        let ffmpeg = match self.converter_ffmpeg.as_deref().map(str::trim) {
+            None | Some("") => find_ffmpeg(),
+            Some("off") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        ConverterConfig {
+            workers: self
+                .converter_workers
+                .map_or_else(default_workers, |n| n as usize),
+            ffmpeg,
+            timeout: self.converter_timeout,
+        }
+    }
+}
 
 pub const NAME: &str = "converter";
 
 /// Builds the service; `flotilla up`, `flotilla serve converter` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
+pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    let converter = Converter::new(args.converter_config(), context.shutdown.clone());
+    let config = converter.config();
+    tracing::info!(
+        workers = config.workers,
+        ffmpeg = ?config.ffmpeg,
+        timeout = ?config.timeout,
+        "conversion engine ready"
+    );
     Ok(ServiceApp::new(NAME, axum::Router::new()))
 }

@@ -1,0 +1,87 @@
+//! What a finished conversion produced.
+
+use std::io::{Read, Seek};
+
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::error::ConvertError;
+use crate::in_process::SeekableSource;
+
+/// Which engine made the MP3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// symphonia + LAME inside this process.
+    InProcess,
+    /// The `ffmpeg` command, for inputs the in-process decoder cannot read.
+    Ffmpeg,
+}
+
+/// The outcome of a successful conversion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversionReport {
+    /// Length of the MP3's audio (encoder delay and padding excluded), in seconds.
+    pub duration_secs: f64,
+    /// Sample rate of the encoded audio, in Hz.
+    pub sample_rate: u32,
+    /// Channels in the MP3: 1 or 2 (more are mixed down to stereo).
+    pub channels: u8,
+    /// Size of the MP3 file.
+    pub bytes_written: u64,
+    pub engine: Engine,
+}
+
+/// Reads an MP3's length, sample rate and channels without decoding it: the frame
+/// headers give the rest, the LAME tag gives the delay and padding to leave out.
+pub fn probe_mp3<R>(source: R) -> Result<(f64, u32, u8), ConvertError>
+where
+    R: Read + Seek + Send + Sync + 'static,
+{
+    let stream = MediaSourceStream::new(Box::new(SeekableSource::new(source)?), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension("mp3");
+    let options = FormatOptions {
+        enable_gapless: true,
+        ..Default::default()
+    };
+    let mut format = symphonia::default::get_probe()
+        .format(&hint, stream, &options, &MetadataOptions::default())
+        .map_err(|err| ConvertError::Corrupt(format!("the MP3 written is unreadable: {err}")))?
+        .format;
+    let track = format
+        .default_track()
+        .ok_or_else(|| ConvertError::Corrupt("the MP3 written has no audio".to_owned()))?;
+    let track_id = track.id;
+    let sample_rate = track.codec_params.sample_rate.unwrap_or(0);
+    let channels = track.codec_params.channels.map_or(0, |c| c.count());
+    let mut frames: u64 = 0;
+    loop {
+        match format.next_packet() {
+            Ok(packet) if packet.track_id() == track_id => frames += packet.dur(),
+            Ok(_) => {}
+            Err(SymphoniaError::IoError(err))
+                if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                break;
+            }
+            Err(err) => {
+                return Err(ConvertError::Corrupt(format!(
+                    "the MP3 written is unreadable: {err}"
+                )));
+            }
+        }
+    }
+    if sample_rate == 0 || frames == 0 {
+        return Err(ConvertError::Corrupt(
+            "no audio could be decoded".to_owned(),
+        ));
+    }
+    Ok((
+        frames as f64 / f64::from(sample_rate),
+        sample_rate,
+        u8::try_from(channels).unwrap_or(2),
+    ))
+}
