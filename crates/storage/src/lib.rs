@@ -17,6 +17,7 @@
 //! Transactions: [`Database::begin`] gives a `sqlx::Transaction` on the same pool, so a
 //! service can write its own rows and, say, an outbox record atomically.
 
+pub mod blob;
 mod migrate;
 mod placeholders;
 pub mod scratch;

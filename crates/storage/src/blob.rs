@@ -1,0 +1,442 @@
+//! Blob storage for large files (uploaded videos, converted MP3s) over `object_store`,
+//! chosen by URL like the databases are:
+//!
+//! * `file:///abs/dir` — a directory on local disk (the default in `flotilla up`:
+//!   `file://<data>/blobs`), written with fsync so a finished write survives a crash;
+//! * `s3://bucket[/prefix]` — Amazon S3 or any S3-compatible store, configured by the
+//!   standard `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, …);
+//! * `memory://` — in this process only, for tests.
+//!
+//! Writes stream: a [`BlobWriter`] takes chunks as they arrive and uploads them in parts
+//! (a multipart upload on S3, a staging file renamed into place on disk), so a file
+//! never has to fit in memory and a half-written blob is never visible under its key.
+//! Reads stream too, whole or a byte range ([`BlobStore::get`]).
+
+use std::{ops::Range, path::Path as FsPath, sync::Arc};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream::BoxStream};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart, local::LocalFileSystem,
+    memory::InMemory, path::Path, prefix::PrefixStore,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Size of one uploaded part. S3 requires at least 5 MiB for every part but the last.
+const PART_BYTES: usize = 5 * 1024 * 1024;
+/// Parts uploading at once per writer: bounds a writer's memory to about
+/// `PART_BYTES × (PARTS_IN_FLIGHT + 1)` however fast the data arrives.
+const PARTS_IN_FLIGHT: usize = 3;
+/// Read size when copying a local file into the store.
+const FILE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// What can go wrong with a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error(
+        "unsupported blob store URL '{0}': expected file:///absolute/dir, s3://bucket[/prefix] or memory://"
+    )]
+    UnsupportedUrl(String),
+    #[error("invalid blob key '{0}': use letters, digits, '-', '_' and '.' only")]
+    InvalidKey(String),
+    #[error("no blob named '{0}'")]
+    NotFound(String),
+    #[error("the byte range {start}..{end} is outside the blob of {size} bytes")]
+    RangeNotSatisfiable { start: u64, end: u64, size: u64 },
+    #[error("cannot prepare the blob directory {path}: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob file i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("blob store error: {0}")]
+    Store(object_store::Error),
+}
+
+impl From<object_store::Error> for BlobError {
+    fn from(error: object_store::Error) -> Self {
+        match error {
+            object_store::Error::NotFound { path, .. } => BlobError::NotFound(path),
+            other => BlobError::Store(other),
+        }
+    }
+}
+
+/// A place to keep blobs by key. Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// The URL it was opened from, for logs (it never carries credentials: those come
+    /// from the environment).
+    description: String,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("url", &self.description)
+            .finish()
+    }
+}
+
+impl BlobStore {
+    /// Opens the store a URL names (see the module documentation). A local directory is
+    /// created when missing.
+    pub fn from_url(url: &str) -> Result<Self, BlobError> {
+        let unsupported = || BlobError::UnsupportedUrl(url.to_owned());
+        let (scheme, rest) = url.split_once("://").ok_or_else(unsupported)?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(unsupported());
+                }
+                Self::local(FsPath::new(rest))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(unsupported());
+                }
+                // reqwest is built without a default TLS provider so that the process
+                // carries one crypto library (ring, as sqlx does); make it the default.
+                // An error means another part of the process installed one first: fine.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?;
+                let prefix = prefix.trim_matches('/');
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, prefix))
+                };
+                Ok(Self {
+                    store,
+                    description: url.to_owned(),
+                })
+            }
+            "memory" => Ok(Self {
+                store: Arc::new(InMemory::new()),
+                description: url.to_owned(),
+            }),
+            _ => Err(unsupported()),
+        }
+    }
+
+    /// Blobs as files under `dir`, created when missing.
+    pub fn local(dir: &FsPath) -> Result<Self, BlobError> {
+        let directory_error = |source| BlobError::Directory {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(directory_error)?;
+        let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("file://{}", dir.display()),
+        })
+    }
+
+    /// The default of `flotilla up`: `<data>/blobs`.
+    pub fn default_url(data_dir: &FsPath) -> String {
+        let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+        format!("file://{}", dir.join("blobs").display())
+    }
+
+    pub fn url(&self) -> &str {
+        &self.description
+    }
+
+    /// Starts writing the blob `key`. Nothing is visible under `key` until
+    /// [`BlobWriter::finish`]; an existing blob is replaced then.
+    pub async fn writer(&self, key: &str) -> Result<BlobWriter, BlobError> {
+        let location = location(key)?;
+        let upload = self.store.put_multipart(&location).await?;
+        Ok(BlobWriter {
+            upload: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
+            written: 0,
+        })
+    }
+
+    /// Copies a local file into the blob `key` (replacing it), one chunk at a time.
+    pub async fn put_file(&self, key: &str, file: &FsPath) -> Result<u64, BlobError> {
+        let mut source = tokio::fs::File::open(file).await?;
+        let mut writer = self.writer(key).await?;
+        loop {
+            let mut chunk = Vec::with_capacity(FILE_CHUNK_BYTES);
+            let read = (&mut source)
+                .take(FILE_CHUNK_BYTES as u64)
+                .read_to_end(&mut chunk)
+                .await;
+            match read {
+                Ok(0) => break,
+                Ok(_) => {
+                    if let Err(error) = writer.write(Bytes::from(chunk)).await {
+                        writer.abort().await;
+                        return Err(error);
+                    }
+                }
+                Err(error) => {
+                    writer.abort().await;
+                    return Err(error.into());
+                }
+            }
+        }
+        writer.finish().await
+    }
+
+    /// Copies the blob `key` into a local file (created or replaced), streaming.
+    pub async fn get_to_file(&self, key: &str, file: &FsPath) -> Result<u64, BlobError> {
+        let read = self.get(key, None).await?;
+        let mut sink = tokio::fs::File::create(file).await?;
+        let mut stream = read.stream;
+        let mut copied = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            sink.write_all(&chunk).await?;
+            copied += chunk.len() as u64;
+        }
+        sink.flush().await?;
+        Ok(copied)
+    }
+
+    /// The size of the blob `key` in bytes.
+    pub async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        Ok(self.store.head(&location(key)?).await?.size)
+    }
+
+    /// Streams the blob `key`, or the byte `range` of it (end exclusive). A range must
+    /// lie within the blob ([`BlobError::RangeNotSatisfiable`] otherwise).
+    pub async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<BlobRead, BlobError> {
+        let location = location(key)?;
+        if let Some(range) = &range {
+            // object_store clamps a range that runs past the end; a caller asking for
+            // bytes that are not there has made a mistake we should say out loud.
+            let size = self.store.head(&location).await?.size;
+            if range.start >= range.end || range.end > size {
+                return Err(BlobError::RangeNotSatisfiable {
+                    start: range.start,
+                    end: range.end,
+                    size,
+                });
+            }
+        }
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let result = self.store.get_opts(&location, options).await?;
+        let size = result.meta.size;
+        let range = result.range.clone();
+        Ok(BlobRead {
+            size,
+            range,
+            stream: result.into_stream().map_err(BlobError::from).boxed(),
+        })
+    }
+
+    /// Removes the blob `key`; a missing blob is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&location(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// A blob being read: its total size, the range being sent, and the bytes.
+pub struct BlobRead {
+    pub size: u64,
+    pub range: Range<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
+}
+
+impl std::fmt::Debug for BlobRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRead")
+            .field("size", &self.size)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A blob being written. Call [`BlobWriter::finish`] to make it visible, or
+/// [`BlobWriter::abort`] to throw it away; dropping it also throws it away.
+pub struct BlobWriter {
+    upload: WriteMultipart,
+    written: u64,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobWriter {
+    /// Appends `chunk`. Waits while too many parts are in flight, so a fast producer is
+    /// slowed to the store's pace instead of filling memory.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        self.written += chunk.len() as u64;
+        self.upload.put(chunk);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Completes the upload; the blob is visible under its key from now on.
+    pub async fn finish(self) -> Result<u64, BlobError> {
+        let written = self.written;
+        self.upload.finish().await?;
+        Ok(written)
+    }
+
+    /// Discards what was written (best effort: a store that cannot abort leaves the
+    /// parts to its own expiry rules, e.g. an S3 lifecycle rule).
+    pub async fn abort(self) {
+        if let Err(error) = self.upload.abort().await {
+            tracing::warn!(%error, "could not abort a blob upload");
+        }
+    }
+}
+
+/// Keys are flat names made by the services (`video-…`, `mp3-…`); anything else, in
+/// particular `/` and `..`, is refused so that a key can never leave the store's root.
+fn location(key: &str) -> Result<Path, BlobError> {
+    let valid = !key.is_empty()
+        && key.len() <= 200
+        && !key.starts_with('.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(BlobError::InvalidKey(key.chars().take(64).collect()));
+    }
+    Ok(Path::from(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn write_all(store: &BlobStore, key: &str, chunks: &[&[u8]]) -> u64 {
+        let mut writer = store.writer(key).await.expect("writer");
+        for chunk in chunks {
+            writer
+                .write(Bytes::copy_from_slice(chunk))
+                .await
+                .expect("write");
+        }
+        writer.finish().await.expect("finish")
+    }
+
+    async fn read_all(read: BlobRead) -> Vec<u8> {
+        let chunks: Vec<Bytes> = read.stream.try_collect().await.expect("read");
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn local_blobs_stream_in_and_out_with_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = BlobStore::default_url(dir.path());
+        let store = BlobStore::from_url(&url).expect("opens");
+        // More than one part, so the multipart path is really taken.
+        let big = vec![7u8; PART_BYTES + 123];
+        let written = write_all(&store, "video-1", &[b"head", &big, b"tail"]).await;
+        assert_eq!(written, 4 + big.len() as u64 + 4);
+        assert_eq!(store.size("video-1").await.expect("size"), written);
+        assert!(dir.path().join("blobs/video-1").is_file());
+
+        let whole = read_all(store.get("video-1", None).await.expect("get")).await;
+        assert_eq!(whole.len() as u64, written);
+        assert_eq!(&whole[..4], b"head");
+        assert_eq!(&whole[whole.len() - 4..], b"tail");
+
+        let part = store.get("video-1", Some(2..6)).await.expect("range");
+        assert_eq!((part.size, part.range.clone()), (written, 2..6));
+        assert_eq!(read_all(part).await, b"ad\x07\x07");
+
+        let error = store
+            .get("video-1", Some(written..written + 1))
+            .await
+            .expect_err("past the end");
+        assert!(
+            matches!(error, BlobError::RangeNotSatisfiable { .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_aborted_write_leaves_nothing_and_a_rewrite_replaces() {
+        let store = BlobStore::from_url("memory://").expect("opens");
+        let mut writer = store.writer("mp3-j").await.expect("writer");
+        writer
+            .write(Bytes::from_static(b"partial"))
+            .await
+            .expect("write");
+        writer.abort().await;
+        assert!(matches!(
+            store.size("mp3-j").await,
+            Err(BlobError::NotFound(_))
+        ));
+
+        write_all(&store, "mp3-j", &[b"first"]).await;
+        write_all(&store, "mp3-j", &[b"second"]).await;
+        let read = store.get("mp3-j", None).await.expect("get");
+        assert_eq!(read_all(read).await, b"second");
+        store.delete("mp3-j").await.expect("delete");
+        store.delete("mp3-j").await.expect("deleting twice is fine");
+    }
+
+    #[tokio::test]
+    async fn files_copy_in_and_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::local(&dir.path().join("blobs")).expect("opens");
+        let source = dir.path().join("in.bin");
+        let data: Vec<u8> = (0..3 * FILE_CHUNK_BYTES + 5).map(|i| i as u8).collect();
+        std::fs::write(&source, &data).expect("write source");
+        let put = store.put_file("mp3-x", &source).await.expect("put_file");
+        assert_eq!(put, data.len() as u64);
+        let target = dir.path().join("out.bin");
+        store
+            .get_to_file("mp3-x", &target)
+            .await
+            .expect("get_to_file");
+        assert_eq!(std::fs::read(&target).expect("read"), data);
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_store() {
+        for bad in ["", "../etc/passwd", "a/b", ".hidden", "sp ace", "%2e%2e"] {
+            assert!(location(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(location("mp3-0192f0c4-7a4e-7c3a-9d1e-2f6c1a2b3c4d").is_ok());
+    }
+
+    #[test]
+    fn urls_choose_the_backend() {
+        assert!(matches!(
+            BlobStore::from_url("ftp://x"),
+            Err(BlobError::UnsupportedUrl(_))
+        ));
+        assert!(matches!(
+            BlobStore::from_url("file://relative/dir"),
+            Err(BlobError::UnsupportedUrl(_))
+        ));
+        assert!(matches!(
+            BlobStore::from_url("s3://"),
+            Err(BlobError::UnsupportedUrl(_))
+        ));
+        let s3 = BlobStore::from_url("s3://bucket/some/prefix").expect("s3 store");
+        assert_eq!(s3.url(), "s3://bucket/some/prefix");
+    }
+}
