@@ -1,0 +1,21 @@
+//! The claims of a Flotilla access token (CONTRACTS §3).
+
+use serde::{Deserialize, Serialize};
+
+/// The `iss` of every token the auth service issues; other issuers are rejected.
+pub const ISSUER: &str = "flotilla-auth";
+
+/// What an access token says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user's id (stable; the email may change one day).
+    pub sub: String,
+    /// The user's email, named `username` as in the reference system.
+    pub username: String,
+    pub admin: bool,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+    pub iss: String,
+}

@@ -1,0 +1,301 @@
+//! Local token verification against a cached key set.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    DecodingKey, Validation,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm},
+};
+
+use crate::{ALGORITHM, Claims, ISSUER, JwksSource};
+
+/// Why a token was not accepted. Everything but [`VerifyError::KeysUnavailable`] is
+/// the caller's fault (401); that one is ours (503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signing algorithm is not accepted")]
+    UnsupportedAlgorithm,
+    #[error("the token does not name its signing key (kid)")]
+    MissingKeyId,
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token's claims are invalid")]
+    InvalidClaims,
+    #[error("the signing keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl From<VerifyError> for platform::Problem {
+    fn from(error: VerifyError) -> Self {
+        match error {
+            VerifyError::KeysUnavailable(cause) => {
+                tracing::warn!(%cause, "cannot verify tokens: signing keys unavailable");
+                platform::Problem::service_unavailable(
+                    "tokens cannot be verified right now; try again shortly",
+                )
+            }
+            other => platform::Problem::unauthorized(other.to_string()),
+        }
+    }
+}
+
+/// Tuning of a [`Verifier`].
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    /// An unknown `kid` triggers a refetch at most this often.
+    pub min_refetch_interval: Duration,
+    /// Keys older than this are refetched (in the background of one request) so that a
+    /// key withdrawn by auth stops verifying.
+    pub max_key_age: Duration,
+    /// Clock skew tolerated on `exp`.
+    pub leeway: Duration,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        Self {
+            min_refetch_interval: Duration::from_secs(5),
+            max_key_age: Duration::from_secs(5 * 60),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Verifies access tokens locally. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .inner
+            .keys
+            .read()
+            .map(|ring| ring.iter().flat_map(|r| r.by_kid.keys().cloned()).collect())
+            .unwrap_or_default();
+        f.debug_struct("Verifier").field("kids", &kids).finish()
+    }
+}
+
+struct Inner {
+    source: JwksSource,
+    settings: VerifierSettings,
+    validation: Validation,
+    /// `None` until the first successful fetch.
+    keys: RwLock<Option<Arc<KeyRing>>>,
+    /// When the last fetch was attempted; the lock also makes fetches single-flight.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+struct KeyRing {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched_at: Instant,
+}
+
+impl Verifier {
+    pub fn new(source: JwksSource) -> Self {
+        Self::with_settings(source, VerifierSettings::default())
+    }
+
+    pub fn with_settings(source: JwksSource, settings: VerifierSettings) -> Self {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = settings.leeway.as_secs();
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                settings,
+                validation,
+                keys: RwLock::new(None),
+                last_fetch: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A verifier over a fixed key set, usable at once.
+    pub fn from_jwks(keys: &JwkSet) -> Self {
+        let verifier = Self::new(JwksSource::fixed(keys.clone()));
+        verifier.install(keys);
+        verifier
+    }
+
+    /// An axum layer putting this verifier into every request's extensions, where the
+    /// [`crate::Caller`] extractor finds it.
+    pub fn layer(&self) -> axum::Extension<Verifier> {
+        axum::Extension(self.clone())
+    }
+
+    /// The claims of `token` if it is authentic, unexpired and ours.
+    pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != ALGORITHM {
+            return Err(VerifyError::UnsupportedAlgorithm);
+        }
+        let kid = header.kid.ok_or(VerifyError::MissingKeyId)?;
+        let ring = self.current_ring().await?;
+        let ring = if ring.by_kid.contains_key(&kid) {
+            ring
+        } else {
+            // Perhaps auth rotated its key since we fetched: look again (rate-limited).
+            self.refetch(false).await?;
+            self.ring().ok_or(VerifyError::UnknownKey)?
+        };
+        let key = ring.by_kid.get(&kid).ok_or(VerifyError::UnknownKey)?;
+        self.decode(token, key)
+    }
+
+    /// Verification with the keys already in memory, never fetching: for callers that
+    /// cannot wait (and for measuring the cost of the check itself).
+    pub fn verify_cached(&self, token: &str) -> Result<Claims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != ALGORITHM {
+            return Err(VerifyError::UnsupportedAlgorithm);
+        }
+        let kid = header.kid.ok_or(VerifyError::MissingKeyId)?;
+        let ring = self
+            .ring()
+            .ok_or_else(|| VerifyError::KeysUnavailable("no keys fetched yet".into()))?;
+        let key = ring.by_kid.get(&kid).ok_or(VerifyError::UnknownKey)?;
+        self.decode(token, key)
+    }
+
+    /// The key ids currently trusted.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.ring()
+            .map(|ring| ring.by_kid.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn decode(&self, token: &str, key: &DecodingKey) -> Result<Claims, VerifyError> {
+        jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    VerifyError::UnsupportedAlgorithm
+                }
+                ErrorKind::InvalidIssuer
+                | ErrorKind::MissingRequiredClaim(_)
+                | ErrorKind::InvalidClaimFormat(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::ImmatureSignature => VerifyError::InvalidClaims,
+                _ => VerifyError::Malformed,
+            })
+    }
+
+    fn ring(&self) -> Option<Arc<KeyRing>> {
+        self.inner.keys.read().ok().and_then(|guard| guard.clone())
+    }
+
+    /// The key ring, fetching it first if there is none; an old one is refreshed by
+    /// whichever request notices first, the others carry on with the old keys.
+    async fn current_ring(&self) -> Result<Arc<KeyRing>, VerifyError> {
+        match self.ring() {
+            Some(ring) => {
+                if ring.fetched_at.elapsed() > self.inner.settings.max_key_age
+                    && let Ok(mut last) = self.inner.last_fetch.try_lock()
+                {
+                    *last = Some(Instant::now());
+                    match self.inner.source.fetch().await {
+                        Ok(keys) => self.install(&keys),
+                        // Availability first: auth being down for a moment must not log
+                        // everyone out; the old keys stay until a fetch succeeds.
+                        Err(error) => tracing::warn!(%error, "cannot refresh signing keys"),
+                    }
+                }
+                Ok(self.ring().unwrap_or(ring))
+            }
+            None => {
+                self.refetch(true).await?;
+                self.ring()
+                    .ok_or_else(|| VerifyError::KeysUnavailable("no keys yet".into()))
+            }
+        }
+    }
+
+    /// Fetches the key set unless one was fetched within the minimum interval.
+    async fn refetch(&self, first: bool) -> Result<(), VerifyError> {
+        let started = Instant::now();
+        let mut last = self.inner.last_fetch.lock().await;
+        if let Some(at) = *last {
+            // Someone fetched while we waited for the lock: use that.
+            if at >= started {
+                return Ok(());
+            }
+            let interval = if first {
+                // Nothing to verify with yet: retry sooner, still bounded.
+                Duration::from_secs(1).min(self.inner.settings.min_refetch_interval)
+            } else {
+                self.inner.settings.min_refetch_interval
+            };
+            if at.elapsed() < interval {
+                return if first {
+                    Err(VerifyError::KeysUnavailable(
+                        "the last attempt failed moments ago".into(),
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
+        }
+        *last = Some(Instant::now());
+        match self.inner.source.fetch().await {
+            Ok(keys) => {
+                self.install(&keys);
+                Ok(())
+            }
+            Err(error) if first => Err(VerifyError::KeysUnavailable(error.to_string())),
+            Err(error) => {
+                tracing::warn!(%error, "cannot refetch signing keys");
+                Ok(())
+            }
+        }
+    }
+
+    fn install(&self, keys: &JwkSet) {
+        let mut by_kid = HashMap::new();
+        for jwk in &keys.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let is_ed25519 = matches!(
+                &jwk.algorithm,
+                AlgorithmParameters::OctetKeyPair(params) if params.curve == EllipticCurve::Ed25519
+            );
+            let alg_ok = matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::EdDSA));
+            if !(is_ed25519 && alg_ok) {
+                tracing::debug!(%kid, "ignoring a key that is not an Ed25519 signing key");
+                continue;
+            }
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    by_kid.insert(kid, key);
+                }
+                Err(error) => tracing::warn!(%kid, %error, "ignoring an unusable key"),
+            }
+        }
+        tracing::debug!(keys = by_kid.len(), "signing keys installed");
+        let ring = Arc::new(KeyRing {
+            by_kid,
+            fetched_at: Instant::now(),
+        });
+        if let Ok(mut guard) = self.inner.keys.write() {
+            *guard = Some(ring);
+        }
+    }
+}
