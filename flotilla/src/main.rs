@@ -23,6 +23,8 @@ enum Command {
     Up(UpArgs),
     /// Run one service in this process (for containers).
     Serve(Box<ServeArgs>),
+    /// Talk to a running gateway: login, upload, jobs, download.
+    Client(client::ClientArgs),
 }
 
 /// How long `up` waits for every service to report ready.
@@ -64,8 +66,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    platform::shutdown::cancel_on_signals(shutdown.clone());
+    if !matches!(cli.command, Command::Client(_)) {
+        platform::shutdown::cancel_on_signals(shutdown.clone());
+    }
     let (running, what) = match cli.command {
+        Command::Client(args) => return client::run(args).await,
         Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();

@@ -1,0 +1,238 @@
+//! A client for a running Flotilla gateway, and the `flotilla client` command built on it.
+//! Uploads and downloads stream from and to disk (memory does not grow with file size)
+//! and show progress; errors from the server are its `application/problem+json` detail.
+
+mod cli;
+
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+pub use cli::{ClientArgs, run};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{status}: {detail}")]
+    Server { status: u16, detail: String },
+    #[error("cannot reach the gateway at {url}: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not logged in: run `flotilla client login` or set FLOTILLA_TOKEN")]
+    NoToken,
+    #[error("the server's answer was not understood: {0}")]
+    Unexpected(String),
+}
+
+/// What `POST /upload` answers with `Accept: application/json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadReceipt {
+    pub job_id: String,
+    pub video_fid: String,
+    #[serde(default)]
+    pub status_url: Option<String>,
+}
+
+/// A connection to one gateway, with or without a token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+fn install_crypto_provider() {
+    // rustls needs one process-wide provider; ring builds with just a C compiler.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Client {
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base_url.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+            token,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn bearer(&self) -> Result<String, ClientError> {
+        self.token
+            .as_ref()
+            .map(|t| format!("Bearer {t}"))
+            .ok_or(ClientError::NoToken)
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Err(ClientError::Server { status, detail })
+    }
+
+    /// `POST /login` with HTTP Basic; returns the token.
+    pub async fn login(&self, email: &str, password: &str) -> Result<String, ClientError> {
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/login"))
+                    .basic_auth(email, Some(password)),
+            )
+            .await?;
+        let token = response
+            .text()
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// Streams `path` to `POST /upload`; `progress` is told the bytes sent so far.
+    pub async fn upload(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<UploadReceipt, ClientError> {
+        let file_error = |source| ClientError::File {
+            path: path.to_owned(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+        let length = file.metadata().await.map_err(file_error)?.len();
+        let mut sent = 0u64;
+        let stream = ReaderStream::with_capacity(file, 256 * 1024).inspect_ok(move |chunk| {
+            sent += chunk.len() as u64;
+            progress(sent);
+        });
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "upload".to_owned());
+        let part = reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(stream),
+            length,
+        )
+        .file_name(name);
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/upload"))
+                    .header("authorization", self.bearer()?)
+                    .header("accept", "application/json")
+                    .multipart(form),
+            )
+            .await?;
+        response
+            .json::<UploadReceipt>()
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))
+    }
+
+    /// `GET /jobs`: the caller's jobs as the server describes them.
+    pub async fn jobs(&self) -> Result<serde_json::Value, ClientError> {
+        self.get_json("/jobs").await
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn job(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.get_json(&format!("/jobs/{id}")).await
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .send(
+                self.http
+                    .get(self.url(path))
+                    .header("authorization", self.bearer()?)
+                    .header("accept", "application/json"),
+            )
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))
+    }
+
+    /// Streams `GET /download?fid=` into `destination`; `progress` gets (done, total).
+    pub async fn download(
+        &self,
+        fid: &str,
+        destination: &Path,
+        progress: impl Fn(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        let url = reqwest::Url::parse_with_params(&self.url("/download"), [("fid", fid)])
+            .map_err(|e| ClientError::Unexpected(format!("bad gateway URL: {e}")))?;
+        let response = self
+            .send(self.http.get(url).header("authorization", self.bearer()?))
+            .await?;
+        let total = response.content_length();
+        // Written beside the destination and renamed at the end, so an interrupted
+        // download never leaves a truncated file under the final name.
+        let partial = destination.with_extension("part");
+        let file_error = |source| ClientError::File {
+            path: partial.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(file_error)?;
+        let mut written = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?
+        {
+            file.write_all(&chunk).await.map_err(file_error)?;
+            written += chunk.len() as u64;
+            progress(written, total);
+        }
+        file.flush().await.map_err(file_error)?;
+        file.sync_all().await.map_err(file_error)?;
+        drop(file);
+        tokio::fs::rename(&partial, destination)
+            .await
+            .map_err(|source| ClientError::File {
+                path: destination.to_owned(),
+                source,
+            })?;
+        Ok(written)
+    }
+}
