@@ -30,6 +30,41 @@ pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+/// The W3C trace context of the request being served (request extension), so that work
+/// it causes — messages published, calls made — carries the same trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent(pub String);
+
+pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
+
+impl TraceParent {
+    /// A new root trace context: random trace id and span id, sampled.
+    pub fn new_root() -> Self {
+        let trace = uuid::Uuid::new_v4().simple().to_string();
+        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        Self(format!("00-{trace}-{span}-01"))
+    }
+
+    /// Accepts a header value only if it is a well-formed version-00 traceparent.
+    pub fn parse(value: &str) -> Option<Self> {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let well_formed = parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && parts[1] != "0".repeat(32)
+            && hex(parts[2], 16)
+            && parts[2] != "0".repeat(16)
+            && hex(parts[3], 2);
+        well_formed.then(|| Self(value.trim().to_owned()))
+    }
+
+    /// The 32-hex-digit trace id.
+    pub fn trace_id(&self) -> &str {
+        self.0.get(3..35).unwrap_or("")
+    }
+}
+
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,6 +202,16 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(REQUEST_ID_HEADER.clone(), header.clone());
     request.extensions_mut().insert(RequestId(id));
+    let trace = request
+        .headers()
+        .get(&TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::new_root);
+    if let Ok(value) = HeaderValue::from_str(&trace.0) {
+        request.headers_mut().insert(TRACEPARENT_HEADER.clone(), value);
+    }
+    request.extensions_mut().insert(trace);
     let mut response = next.run(request).await;
     response
         .headers_mut()
@@ -198,7 +243,12 @@ pub async fn observe(service: &'static str, request: Request, next: Next) -> Res
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .unwrap_or_default();
-    let span = tracing::info_span!("request", service, request_id, %method, path);
+    let trace_id = request
+        .extensions()
+        .get::<TraceParent>()
+        .map(|t| t.trace_id().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", service, request_id, trace_id, %method, path);
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -249,6 +299,19 @@ pub async fn timeout(limit: Duration, request: Request, next: Next) -> Response 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_contexts_are_parsed_strictly() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(good).expect("valid");
+        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
+        assert!(TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none());
+        assert!(TraceParent::parse("garbage").is_none());
+        let root = TraceParent::new_root();
+        assert!(TraceParent::parse(&root.0).is_some(), "{}", root.0);
+    }
 
     #[test]
     fn request_ids_from_outside_are_checked() {

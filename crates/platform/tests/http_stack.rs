@@ -52,6 +52,10 @@ fn test_app() -> ServiceApp {
         )
         .route("/echo", post(|body: String| async move { body }))
         .route(
+            "/trace",
+            get(|axum::Extension(trace): axum::Extension<platform::http::TraceParent>| async move { trace.0 }),
+        )
+        .route(
             "/teapot",
             get(|| async { Err::<(), _>(Problem::conflict("the job is already done")) }),
         )
@@ -233,4 +237,27 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn trace_context_is_continued_or_started() {
+    let served = serve(test_app()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/trace", served.base);
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let continued = client
+        .get(&url)
+        .header("traceparent", incoming)
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(continued, incoming);
+
+    let started = client.get(&url).send().await.expect("sent").text().await.expect("body");
+    assert!(platform::http::TraceParent::parse(&started).is_some(), "{started}");
+    assert_ne!(started, incoming);
+    served.shutdown.cancel();
 }
