@@ -20,8 +20,13 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >"$log_dir/apt.log" 2>&1 \
     || { tail -n 30 "$log_dir/apt.log"; exit 1; }
 fi
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-  pip install -q aiosmtpd >"$log_dir/pip.log" 2>&1 || { tail -n 30 "$log_dir/pip.log"; exit 1; }
+if ! python3 -c 'import aiosmtpd' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
+  pip install -q aiosmtpd kubernetes-validate >"$log_dir/pip.log" 2>&1 || { tail -n 30 "$log_dir/pip.log"; exit 1; }
+fi
+command -v kubectl >/dev/null || need_kubectl=1
+if [ "${need_kubectl:-0}" = 1 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >>"$log_dir/apt.log" 2>&1 \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >>"$log_dir/apt.log" 2>&1
 fi
 
 wait_for() { # name, tries, command...
