@@ -1,0 +1,425 @@
+//! Benchmarks the converter's engine on this machine, in one run so the numbers compare:
+//! a 60 s AAC-in-MP4 file converted in-process (symphonia + LAME) against the `ffmpeg`
+//! command line doing the same job; throughput of parallel conversions as workers grow
+//! to the number of cores; peak RSS converting 10 s against 10 min of audio.
+//!
+//! `cargo run --release -p convert-bench -- [--runs N] [--update BENCHMARKS.md]`
+//! prints a Markdown section, and with `--update` replaces the `## Converter` section of
+//! the file (other sections are kept). Needs `ffmpeg` on PATH to make the inputs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use converter::{Converter, ConverterConfig, Engine};
+use tokio_util::sync::CancellationToken;
+
+const SECTION: &str = "## Converter";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [command, input] = args.as_slice()
+        && command == "rss"
+    {
+        return rss_child(Path::new(input));
+    }
+    let mut runs = 7usize;
+    let mut update = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--runs" => runs = rest.next().context("--runs N")?.parse()?,
+            "--update" => update = Some(PathBuf::from(rest.next().context("--update FILE")?)),
+            other => bail!("unknown argument {other}; usage: [--runs N] [--update BENCHMARKS.md]"),
+        }
+    }
+    ensure!(converter::find_ffmpeg().is_some(), "ffmpeg must be on PATH");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let section = runtime.block_on(run(runs.max(1)))?;
+    println!("{section}");
+    if let Some(path) = update {
+        update_section(&path, &section)?;
+        eprintln!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run(runs: usize) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let cores = converter::default_workers();
+    let mut out = String::new();
+    writeln!(out, "{SECTION} (bench/convert)\n")?;
+    writeln!(
+        out,
+        "`cargo run --release -p convert-bench -- --runs {runs} --update BENCHMARKS.md`, \
+         {} on {cores} cores ({}), ffmpeg {}; load average at the start: {}.\n",
+        now_utc(),
+        cpu_model(),
+        ffmpeg_version(),
+        load_average()
+    )?;
+
+    // 1. One 60 s file: in-process against the ffmpeg command, alternating runs, for a
+    // plain tone (what the tests use) and a music-like signal (LAME works harder).
+    let single = single_worker();
+    writeln!(
+        out,
+        "**60 s AAC-in-MP4 (44.1 kHz stereo, 128 kbit/s) → MP3, one conversion at a time, \
+         {runs} runs each, alternating**\n"
+    )?;
+    writeln!(
+        out,
+        "| input | engine | median | best | MP3 size | MP3 duration |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    let mut ratios = Vec::new();
+    let mut music = None;
+    for signal in [Signal::Tone, Signal::Music] {
+        let input = make_input(dir.path(), &format!("{}60.mp4", signal.name()), 60, signal)?;
+        let ours = dir.path().join("ours.mp3");
+        let theirs = dir.path().join("ffmpeg.mp3");
+        single.convert_file(&input, &ours).await?; // warm-up: page cache, allocator
+        ffmpeg_cli(&input, &theirs)?;
+        let (mut ours_times, mut theirs_times) = (Vec::new(), Vec::new());
+        let mut report = None;
+        for _ in 0..runs {
+            let started = Instant::now();
+            report = Some(single.convert_file(&input, &ours).await?);
+            ours_times.push(started.elapsed());
+            let started = Instant::now();
+            ffmpeg_cli(&input, &theirs)?;
+            theirs_times.push(started.elapsed());
+        }
+        let report = report.context("no run")?;
+        ensure!(
+            report.engine == Engine::InProcess,
+            "expected the in-process engine"
+        );
+        let theirs_report = converter::probe_mp3(std::fs::File::open(&theirs)?)?;
+        let (ours_median, theirs_median) = (median(&mut ours_times), median(&mut theirs_times));
+        writeln!(
+            out,
+            "| {} | in-process (symphonia + LAME, VBR q2) | {} | {} | {} KiB | {:.3} s |",
+            signal.label(),
+            ms(ours_median),
+            ms(min(&ours_times)),
+            report.bytes_written / 1024,
+            report.duration_secs
+        )?;
+        writeln!(
+            out,
+            "| {} | `ffmpeg -i in.mp4 -vn -codec:a libmp3lame -q:a 2 out.mp3` | {} | {} | {} KiB | {:.3} s |",
+            signal.label(),
+            ms(theirs_median),
+            ms(min(&theirs_times)),
+            std::fs::metadata(&theirs)?.len() / 1024,
+            theirs_report.0
+        )?;
+        ratios.push((
+            signal.label(),
+            ours_median.as_secs_f64() / theirs_median.as_secs_f64(),
+        ));
+        if signal == Signal::Music {
+            music = Some(input);
+        }
+    }
+    writeln!(out)?;
+    for (label, ratio) in ratios {
+        writeln!(
+            out,
+            "Ratio in-process / ffmpeg (medians), {label}: **{ratio:.2}×** (goal ≤ 0.8×).  "
+        )?;
+    }
+    writeln!(out)?;
+    let input = music.context("music-like input")?;
+
+    // 2. Parallel conversions: a batch of 2×cores files, workers from 1 up.
+    let jobs = 2 * cores;
+    writeln!(
+        out,
+        "**{jobs} conversions of the 60 s music-like file submitted at once** \
+         (throughput = seconds of audio converted per second of wall time)\n"
+    )?;
+    writeln!(out, "| workers | wall time | throughput | speed-up |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    let mut worker_counts: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n < cores)
+        .collect();
+    worker_counts.extend([cores, 2 * cores]);
+    let mut base = None;
+    for workers in worker_counts {
+        let wall = parallel_batch(&input, dir.path(), workers, jobs).await?;
+        let base = *base.get_or_insert(wall);
+        writeln!(
+            out,
+            "| {workers} | {} | {:.0}× real time | {:.2}× |",
+            ms(wall),
+            (jobs as f64 * 60.0) / wall.as_secs_f64(),
+            base.as_secs_f64() / wall.as_secs_f64()
+        )?;
+    }
+
+    // 3. Peak memory against input length, each in a fresh process.
+    let short = make_input(dir.path(), "in10s.mp4", 10, Signal::Music)?;
+    let long = make_input(dir.path(), "in10m.mp4", 600, Signal::Music)?;
+    let (short_rss, long_rss) = (peak_rss_kib(&short)?, peak_rss_kib(&long)?);
+    writeln!(
+        out,
+        "\n**Peak RSS of a process converting one file** (VmHWM, whole process)\n"
+    )?;
+    writeln!(out, "| input | peak RSS |")?;
+    writeln!(out, "|---|---|")?;
+    writeln!(
+        out,
+        "| 10 s AAC-in-MP4 ({} KiB) | {short_rss} KiB |",
+        file_kib(&short)?
+    )?;
+    writeln!(
+        out,
+        "| 10 min AAC-in-MP4 ({} KiB) | {long_rss} KiB |",
+        file_kib(&long)?
+    )?;
+    writeln!(
+        out,
+        "\n60× the audio costs {} KiB more peak memory: the engine streams packet by packet \
+         and writes MP3 frames as LAME produces them.",
+        long_rss.saturating_sub(short_rss)
+    )?;
+    Ok(out)
+}
+
+fn single_worker() -> Converter {
+    Converter::new(
+        ConverterConfig {
+            workers: 1,
+            ..ConverterConfig::default()
+        },
+        CancellationToken::new(),
+    )
+}
+
+async fn parallel_batch(
+    input: &Path,
+    dir: &Path,
+    workers: usize,
+    jobs: usize,
+) -> anyhow::Result<Duration> {
+    let converter = Converter::new(
+        ConverterConfig {
+            workers,
+            ..ConverterConfig::default()
+        },
+        CancellationToken::new(),
+    );
+    let outputs: Vec<PathBuf> = (0..jobs)
+        .map(|i| dir.join(format!("parallel-{i}.mp3")))
+        .collect();
+    let started = Instant::now();
+    let results =
+        futures::future::join_all(outputs.iter().map(|out| converter.convert_file(input, out)))
+            .await;
+    let wall = started.elapsed();
+    for result in results {
+        result?;
+    }
+    Ok(wall)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// Two sine tones, one per side: cheap for LAME.
+    Tone,
+    /// Stereo pink noise under two tones: a full spectrum like music, so LAME's
+    /// psychoacoustic model and quantiser do real work.
+    Music,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tone => "tone",
+            Self::Music => "music",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tone => "tone",
+            Self::Music => "music-like",
+        }
+    }
+}
+
+/// A 44.1 kHz stereo signal as AAC 128 kbit/s in MP4, the shape of a phone video's audio.
+fn make_input(dir: &Path, name: &str, secs: u32, signal: Signal) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    let tones = format!("aevalsrc=0.2*sin(440*2*PI*t)|0.2*sin(554*2*PI*t):s=44100:d={secs}");
+    let mut command = Command::new("ffmpeg");
+    command.args(["-nostdin", "-y", "-hide_banner", "-loglevel", "error"]);
+    match signal {
+        Signal::Tone => {
+            command.args(["-f", "lavfi", "-i"]).arg(tones);
+        }
+        Signal::Music => {
+            for seed in [1, 2] {
+                command.args(["-f", "lavfi", "-i"]).arg(format!(
+                    "anoisesrc=color=pink:amplitude=0.3:sample_rate=44100:duration={secs}:seed={seed}"
+                ));
+            }
+            command.args(["-f", "lavfi", "-i"]).arg(tones).args([
+                "-filter_complex",
+                "[0][1]amerge=inputs=2[n];[n][2]amix=inputs=2:normalize=0",
+            ]);
+        }
+    }
+    let status = command
+        .args(["-c:a", "aac", "-b:a", "128k"])
+        .arg(&path)
+        .status()?;
+    ensure!(status.success(), "ffmpeg could not make {name}");
+    Ok(path)
+}
+
+/// The reference: exactly the command the original system ran.
+fn ffmpeg_cli(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-hide_banner", "-loglevel", "error", "-i"])
+        .arg(input)
+        .args(["-vn", "-codec:a", "libmp3lame", "-q:a", "2"])
+        .arg(output)
+        .status()?;
+    ensure!(status.success(), "ffmpeg failed");
+    Ok(())
+}
+
+fn peak_rss_kib(input: &Path) -> anyhow::Result<u64> {
+    let output = Command::new(std::env::current_exe()?)
+        .arg("rss")
+        .arg(input)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "rss child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_RSS_KIB="))
+        .context("child printed no PEAK_RSS_KIB")?
+        .trim()
+        .parse()
+        .context("PEAK_RSS_KIB is a number")
+}
+
+/// Child process: convert one file with the blocking core, print VmHWM.
+fn rss_child(input: &Path) -> anyhow::Result<()> {
+    let source = std::fs::File::open(input)?;
+    let sink = std::fs::File::create(input.with_extension("rss.mp3"))?;
+    converter::convert(source, Some("mp4"), sink, &CancellationToken::new())?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .to_owned();
+    println!("PEAK_RSS_KIB={peak}");
+    Ok(())
+}
+
+/// Replaces the `## Converter` section (up to the next `## ` heading) or appends it.
+fn update_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let mut lines = existing.lines().peekable();
+    let mut before = String::new();
+    let mut after = String::new();
+    let mut found = false;
+    while let Some(line) = lines.next() {
+        if line.starts_with(SECTION) {
+            found = true;
+            while lines.peek().is_some_and(|l| !l.starts_with("## ")) {
+                lines.next();
+            }
+            for rest in lines.by_ref() {
+                after.push_str(rest);
+                after.push('\n');
+            }
+            break;
+        }
+        before.push_str(line);
+        before.push('\n');
+    }
+    let mut text = before.trim_end().to_owned();
+    text.push_str("\n\n");
+    text.push_str(section.trim_end());
+    text.push('\n');
+    if found && !after.is_empty() {
+        text.push('\n');
+        text.push_str(&after);
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn min(times: &[Duration]) -> Duration {
+    times.iter().copied().min().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn file_kib(path: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(path)?.len() / 1024)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+fn ffmpeg_version() -> String {
+    Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Other work on the machine skews every figure here; the reader should know.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
