@@ -67,6 +67,17 @@ pub struct ServiceArgs {
     pub query: query::Args,
     #[command(flatten, next_help_heading = "Event bus")]
     pub event_bus: event_bus::Args,
+    #[command(flatten, next_help_heading = "Message bus")]
+    pub bus: BusArgs,
+}
+
+/// The message bus every service of the process uses.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BusArgs {
+    /// `amqp://user:pw@host:5672/%2f` for RabbitMQ; unset → the embedded bus,
+    /// `sqlite://<data>/bus.db`.
+    #[arg(long, env = "FLOTILLA_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
 }
 
 /// Settings of `flotilla up`.
@@ -156,7 +167,8 @@ impl Running {
 
 /// `flotilla up`: every service in this process, behind the gateway on `--listen`.
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let context = prepare_context(&args.server, None, &shutdown)?;
+    let mut context = prepare_context(&args.server, None, &shutdown)?;
+    context.bus_url = args.services.bus.bus_url.clone();
     let mut upstreams = gateway::Upstreams::new();
     for name in ServiceName::BEHIND_GATEWAY {
         let app = build_service(name, &context, &args.services, None).await?;
@@ -168,7 +180,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
 
 /// `flotilla serve SERVICE`: one service in this process.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let context = prepare_context(&args.server, args.database_url.clone(), &shutdown)?;
+    let mut context = prepare_context(&args.server, args.database_url.clone(), &shutdown)?;
+    context.bus_url = args.services.bus.bus_url.clone();
     let app = build_service(args.service, &context, &args.services, Some(&args.gateway)).await?;
     let router = app.into_router(shutdown.clone());
     start(&args.server, router, context, shutdown).await

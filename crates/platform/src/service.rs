@@ -22,6 +22,10 @@ pub struct ServiceContext {
     /// `FLOTILLA_DATABASE_URL` of `serve`; `None` in `up`, where every service has
     /// its own SQLite file (see [`ServiceContext::database_url_for`]).
     pub database_url: Option<String>,
+    /// `FLOTILLA_BUS_URL`; `None` means the embedded bus in the data directory (see
+    /// [`ServiceContext::bus_url_or_embedded`]). Every service of a process opens the
+    /// same URL, and the embedded bus shares one writer per file within a process.
+    pub bus_url: Option<String>,
 }
 
 impl ServiceContext {
@@ -31,6 +35,15 @@ impl ServiceContext {
             shutdown,
             tasks: TaskTracker::new(),
             database_url: None,
+            bus_url: None,
+        }
+    }
+
+    /// The bus to connect to: the configured URL, or `sqlite://<data>/bus.db`.
+    pub fn bus_url_or_embedded(&self) -> String {
+        match &self.bus_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("bus.db").display()),
         }
     }
 
