@@ -1,0 +1,138 @@
+//! A handler loop over a subscription: bounded concurrency, explicit settlement, and a
+//! clean stop on shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{EventBus, Message, Nack, Subscription};
+
+/// Runs a handler for every delivery of one subscription.
+///
+/// `Ok(())` acks; `Err(Nack::Retry(_))` retries with backoff (dead-lettered after the
+/// last attempt); `Err(Nack::Reject(_))` dead-letters at once. A handler that panics
+/// leaves its delivery unsettled, so it is redelivered (and dead-lettered if it keeps
+/// crashing) — the consumer itself keeps running. Handlers must be idempotent (use the
+/// [`crate::Inbox`]): delivery is at least once.
+pub struct Consumer {
+    bus: Arc<dyn EventBus>,
+    subscription: Subscription,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("subscription", &self.subscription)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub fn new(bus: Arc<dyn EventBus>, subscription: Subscription) -> Self {
+        Self {
+            bus,
+            subscription,
+            concurrency: 1,
+        }
+    }
+
+    /// How many deliveries are handled at once (default 1: in order).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Spawns the loop; it ends, after the handlers in progress finish, when `shutdown`
+    /// is cancelled.
+    pub fn run<F, Fut>(self, shutdown: CancellationToken, handler: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Nack>> + Send + 'static,
+    {
+        tokio::spawn(self.consume(shutdown, Arc::new(handler)))
+    }
+
+    async fn consume<F, Fut>(self, shutdown: CancellationToken, handler: Arc<F>)
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Nack>> + Send + 'static,
+    {
+        let group = self.subscription.group.clone();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        'subscribe: while !shutdown.is_cancelled() {
+            let mut subscriber = tokio::select! {
+                () = shutdown.cancelled() => break,
+                subscribed = self.bus.subscribe(self.subscription.clone()) => match subscribed {
+                    Ok(subscriber) => subscriber,
+                    Err(error) => {
+                        tracing::warn!(%group, %error, "cannot subscribe; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                // Reap finished handlers so the set does not grow; a panic is logged.
+                while let Some(done) = running.try_join_next() {
+                    if let Err(error) = done {
+                        tracing::error!(%group, %error, "message handler panicked; the delivery will be redelivered");
+                    }
+                }
+                let slot = tokio::select! {
+                    () = shutdown.cancelled() => break 'subscribe,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break 'subscribe,
+                    },
+                };
+                let delivery = tokio::select! {
+                    () = shutdown.cancelled() => break 'subscribe,
+                    next = subscriber.next() => next,
+                };
+                let delivery = match delivery {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => {
+                        tracing::warn!(%group, %error, "consuming failed; subscribing again");
+                        tokio::time::sleep(backoff).await;
+                        continue 'subscribe;
+                    }
+                    None => continue 'subscribe,
+                };
+                let handler = handler.clone();
+                let group = group.clone();
+                running.spawn(async move {
+                    let _slot = slot;
+                    let id = delivery.message.id.clone();
+                    let outcome = handler(delivery.message.clone()).await;
+                    let settled = match outcome {
+                        Ok(()) => delivery.ack().await,
+                        Err(nack) => {
+                            tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
+                            delivery.nack(nack).await
+                        }
+                    };
+                    if let Err(error) = settled {
+                        // Unsettled means redelivered later; the inbox makes that harmless.
+                        tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
+                    }
+                });
+            }
+        }
+        while let Some(done) = running.join_next().await {
+            if let Err(error) = done {
+                tracing::error!(%group, %error, "message handler panicked during shutdown");
+            }
+        }
+    }
+}

@@ -1,0 +1,1063 @@
+//! The embedded bus: a durable SQLite file, no server.
+//!
+//! Layout: `messages` holds each published body once (with a count of groups still owing
+//! it); `deliveries` holds one row per (group, message) — fan-out happens at publish time,
+//! for the groups bound to a matching routing key, as a topic exchange does; `dead_letters`
+//! keeps what exhausted its attempts; `bindings` records each group's patterns.
+//!
+//! Durability and speed: every write goes through one writer thread that owns the
+//! connection and commits whatever has queued up meanwhile in one transaction (group
+//! commit), so a burst of publishes, leases and acks costs one WAL fsync, not one each. A
+//! publish is answered only after its transaction commits, in WAL mode with
+//! `synchronous=FULL` by default, so an acknowledged publish survives `kill -9` and power
+//! loss.
+//!
+//! Delivery: a consumer *leases* up to `prefetch` deliveries (attempt count +1, lease
+//! until now + `lease`). Ack deletes the delivery; nack sets it available again after the
+//! backoff, or moves it to `dead_letters` after the last attempt; a lease that expires
+//! (the consumer died) makes it available to any consumer of the group, and one that
+//! expires on the last attempt dead-letters it. Consumers in this process are woken at
+//! once by publishes; other processes sharing the file notice within the poll interval.
+//! Opening the same file twice in one process shares one writer.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::{StreamExt, future::BoxFuture};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    BusError, BusOptions, DeadLetter, Delivery, EventBus, Message, Nack, RetryPolicy, Subscriber,
+    Subscription, message::Settle, now_ms, topic_matches,
+};
+
+/// How many queued commands one transaction may take.
+const MAX_BATCH: usize = 2048;
+/// How often an idle consumer looks for work published by another process or whose
+/// retry delay has passed.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    routing_key TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    published_at INTEGER NOT NULL,
+    pending INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    group_name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    available_at INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_group ON deliveries (group_name, seq);
+CREATE INDEX IF NOT EXISTS deliveries_leased ON deliveries (group_name, lease_until) WHERE lease_until > 0;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    group_name TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_group ON dead_letters (group_name, id);
+CREATE TABLE IF NOT EXISTS bindings (
+    group_name TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    PRIMARY KEY (group_name, pattern)
+);
+";
+
+/// The embedded bus; see the module documentation.
+#[derive(Debug)]
+pub struct EmbeddedBus {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+    wakeups: Wakeups,
+    /// Cancelled when the last handle goes: stops the maintenance task.
+    stop: CancellationToken,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Per-group counters bumped after a commit that made work available to the group.
+type Wakeups = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
+
+fn wake(wakeups: &Wakeups, group: &str) {
+    if let Ok(map) = wakeups.lock()
+        && let Some(sender) = map.get(group)
+    {
+        sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn subscribe_wakeups(wakeups: &Wakeups, group: &str) -> watch::Receiver<u64> {
+    match wakeups.lock() {
+        Ok(mut map) => map
+            .entry(group.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe(),
+        // A poisoned map only costs promptness: the consumer still polls.
+        Err(_) => watch::channel(0).1,
+    }
+}
+
+/// Files opened in this process, so that every service of `flotilla up` shares one
+/// writer and wakes the others' consumers at once.
+fn open_files() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+type Reply<T> = oneshot::Sender<Result<T, BusError>>;
+
+struct Leased {
+    delivery_id: i64,
+    attempts: i64,
+    message: Message,
+}
+
+enum Command {
+    Publish(Vec<Message>, Reply<()>),
+    Bind(String, Vec<String>, Reply<()>),
+    Lease(String, usize, Reply<Vec<Leased>>),
+    Ack(i64, Reply<()>),
+    /// An unsettled delivery was dropped (its handler failed or panicked): make it
+    /// available again now instead of when the lease expires. The attempt still counts.
+    Release(i64, i64),
+    Nack {
+        delivery_id: i64,
+        attempt: i64,
+        nack: Nack,
+        reply: Reply<()>,
+    },
+    DeadLetters(Option<String>, usize, Reply<Vec<DeadLetter>>),
+    Replay(Option<String>, Vec<String>, Reply<u64>),
+    Depth(String, Reply<u64>),
+    /// Refresh the queue-depth gauges.
+    Maintain,
+}
+
+impl Command {
+    /// Answers with an error (the batch's transaction failed).
+    fn fail(self, error: &str) {
+        let error = || BusError::Embedded(error.to_owned());
+        match self {
+            Command::Publish(_, reply) | Command::Bind(_, _, reply) | Command::Ack(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Nack { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Lease(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::DeadLetters(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Replay(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Depth(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Maintain | Command::Release(..) => {}
+        }
+    }
+}
+
+impl EmbeddedBus {
+    /// Opens `sqlite://PATH[?synchronous=full|normal]`.
+    pub async fn open_url(url: &str, options: BusOptions) -> Result<Self, BusError> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| BusError::UnsupportedUrl(url.to_owned()))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut synchronous = Synchronous::Full;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("synchronous", "full")) => synchronous = Synchronous::Full,
+                Some(("synchronous", "normal")) => synchronous = Synchronous::Normal,
+                // sqlx-style options that mean nothing here.
+                Some(("mode", _)) => {}
+                _ => {
+                    return Err(BusError::InvalidSetting(format!(
+                        "unknown embedded bus URL parameter '{pair}' (expected synchronous=full|normal)"
+                    )));
+                }
+            }
+        }
+        if path.is_empty() || path.contains(":memory:") {
+            return Err(BusError::InvalidSetting(
+                "the embedded bus needs a file path (sqlite://PATH), not an in-memory database"
+                    .to_owned(),
+            ));
+        }
+        Self::open(Path::new(path), options, synchronous).await
+    }
+
+    /// Opens (creating if missing) the bus in the SQLite file `path`.
+    pub async fn open(
+        path: &Path,
+        options: BusOptions,
+        synchronous: Synchronous,
+    ) -> Result<Self, BusError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                BusError::InvalidSetting(format!("cannot create {}: {error}", parent.display()))
+            })?;
+        }
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        if let Ok(files) = open_files().lock()
+            && let Some(shared) = files.get(&key).and_then(Weak::upgrade)
+        {
+            return Ok(Self { shared });
+        }
+        let path_for_open = key.clone();
+        let conn =
+            tokio::task::spawn_blocking(move || open_connection(&path_for_open, synchronous))
+                .await
+                .map_err(|e| BusError::Embedded(format!("opening the bus file panicked: {e}")))??;
+
+        let (commands, receiver) = mpsc::channel(16 * 1024);
+        let wakeups: Wakeups = Arc::default();
+        let mut writer = Writer {
+            conn,
+            bindings: Vec::new(),
+            data_version: -1,
+            retry: options.retry.clone(),
+            lease_ms: i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX),
+            wakeups: wakeups.clone(),
+        };
+        std::thread::Builder::new()
+            .name("bus-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| BusError::Embedded(format!("cannot start the writer thread: {e}")))?;
+
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            path: key.clone(),
+            commands: commands.clone(),
+            wakeups,
+            stop: stop.clone(),
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        if commands.send(Command::Maintain).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        if let Ok(mut files) = open_files().lock() {
+            files.retain(|_, weak| weak.strong_count() > 0);
+            files.insert(key, Arc::downgrade(&shared));
+        }
+        Ok(Self { shared })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+}
+
+impl Shared {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, BusError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| BusError::Closed)?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+}
+
+/// How hard SQLite pushes a commit to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: a committed publish survives power loss.
+    Full,
+    /// WAL fsync at checkpoints only: survives a process crash, not a power loss.
+    Normal,
+}
+
+fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, BusError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Another process (the CLI, a second `serve`) may hold the write lock for a moment.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let mut attempt = 0;
+    // Switching to WAL needs exclusive access for an instant; retry if another process
+    // is opening the file at the same time.
+    loop {
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        {
+            Ok(_) => break,
+            Err(_) if attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Owns the connection; runs on its own thread.
+struct Writer {
+    conn: Connection,
+    /// (group, pattern), reloaded when another connection changed the file.
+    bindings: Vec<(String, String)>,
+    data_version: i64,
+    retry: RetryPolicy,
+    lease_ms: i64,
+    wakeups: Wakeups,
+}
+
+/// What a command produced, answered after the commit.
+enum Outcome {
+    Unit(Reply<()>),
+    Leased(Reply<Vec<Leased>>, Vec<Leased>),
+    Dead(Reply<Vec<DeadLetter>>, Vec<DeadLetter>),
+    Count(Reply<u64>, u64),
+    None,
+}
+
+impl Writer {
+    fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+        // Leave a small WAL behind for the next start.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn run_batch(&mut self, batch: Vec<Command>) {
+        let mut woken: Vec<String> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut pending = batch.into_iter();
+        let result = (|| -> Result<(), rusqlite::Error> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.refresh_bindings()?;
+            for command in pending.by_ref() {
+                outcomes.push(self.apply(command, &mut woken)?);
+            }
+            self.conn.execute_batch("COMMIT")
+        })();
+        match result {
+            Ok(()) => {
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Unit(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Outcome::Leased(reply, rows) => {
+                            let _ = reply.send(Ok(rows));
+                        }
+                        Outcome::Dead(reply, rows) => {
+                            let _ = reply.send(Ok(rows));
+                        }
+                        Outcome::Count(reply, n) => {
+                            let _ = reply.send(Ok(n));
+                        }
+                        Outcome::None => {}
+                    }
+                }
+                woken.sort();
+                woken.dedup();
+                for group in &woken {
+                    wake(&self.wakeups, group);
+                }
+            }
+            Err(error) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                // A binding added in the failed transaction is gone again.
+                self.data_version = -1;
+                let message = error.to_string();
+                tracing::error!(error = %message, "embedded bus transaction failed");
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Unit(reply) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Leased(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Dead(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Count(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::None => {}
+                    }
+                }
+                for command in pending {
+                    command.fail(&message);
+                }
+            }
+        }
+    }
+
+    /// Reloads the bindings if another connection committed since we last looked.
+    fn refresh_bindings(&mut self) -> Result<(), rusqlite::Error> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if version != self.data_version {
+            let mut statement = self
+                .conn
+                .prepare_cached("SELECT group_name, pattern FROM bindings")?;
+            self.bindings = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            self.data_version = version;
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        command: Command,
+        woken: &mut Vec<String>,
+    ) -> Result<Outcome, rusqlite::Error> {
+        Ok(match command {
+            Command::Publish(messages, reply) => {
+                for message in &messages {
+                    self.publish(message, woken)?;
+                }
+                Outcome::Unit(reply)
+            }
+            Command::Bind(group, patterns, reply) => {
+                for pattern in patterns {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO bindings (group_name, pattern) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![group, pattern])?;
+                    if !self
+                        .bindings
+                        .iter()
+                        .any(|(g, p)| *g == group && *p == pattern)
+                    {
+                        self.bindings.push((group.clone(), pattern));
+                    }
+                }
+                Outcome::Unit(reply)
+            }
+            Command::Lease(group, max, reply) => {
+                let rows = self.lease(&group, max)?;
+                Outcome::Leased(reply, rows)
+            }
+            Command::Ack(delivery_id, reply) => {
+                let seq: Option<i64> = self
+                    .conn
+                    .prepare_cached("DELETE FROM deliveries WHERE id = ?1 RETURNING seq")?
+                    .query_row(params![delivery_id], |row| row.get(0))
+                    .optional()?;
+                if let Some(seq) = seq {
+                    self.release_message(seq)?;
+                }
+                Outcome::Unit(reply)
+            }
+            Command::Nack {
+                delivery_id,
+                attempt,
+                nack,
+                reply,
+            } => {
+                self.nack(delivery_id, attempt, nack)?;
+                Outcome::Unit(reply)
+            }
+            Command::Release(delivery_id, attempt) => {
+                // Expire the lease: the next lease takes it, or dead-letters it if this
+                // was the last attempt.
+                let released = self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET lease_until = 1 WHERE id = ?1 AND attempts = ?2 AND lease_until > 1",
+                    )?
+                    .execute(params![delivery_id, attempt])?;
+                if released > 0
+                    && let Ok(group) = self
+                        .conn
+                        .prepare_cached("SELECT group_name FROM deliveries WHERE id = ?1")?
+                        .query_row(params![delivery_id], |row| row.get::<_, String>(0))
+                {
+                    woken.push(group);
+                }
+                Outcome::None
+            }
+            Command::DeadLetters(group, limit, reply) => {
+                let rows = self.dead_letters(group.as_deref(), limit)?;
+                Outcome::Dead(reply, rows)
+            }
+            Command::Replay(group, ids, reply) => {
+                let n = self.replay(group.as_deref(), &ids, woken)?;
+                Outcome::Count(reply, n)
+            }
+            Command::Depth(group, reply) => {
+                let n: i64 = self
+                    .conn
+                    .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE group_name = ?1")?
+                    .query_row(params![group], |row| row.get(0))?;
+                Outcome::Count(reply, u64::try_from(n).unwrap_or(0))
+            }
+            Command::Maintain => {
+                let mut statement = self.conn.prepare_cached(
+                    "SELECT b.group_name, (SELECT COUNT(*) FROM deliveries d WHERE d.group_name = b.group_name)
+                     FROM (SELECT DISTINCT group_name FROM bindings) b",
+                )?;
+                let depths = statement
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (group, depth) in depths {
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!("bus_queue_depth", "group" => group).set(depth as f64);
+                }
+                Outcome::None
+            }
+        })
+    }
+
+    fn publish(
+        &mut self,
+        message: &Message,
+        woken: &mut Vec<String>,
+    ) -> Result<(), rusqlite::Error> {
+        metrics::counter!("bus_published_total", "routing_key" => message.routing_key.clone())
+            .increment(1);
+        let groups: Vec<&str> = {
+            let mut groups: Vec<&str> = self
+                .bindings
+                .iter()
+                .filter(|(_, pattern)| topic_matches(pattern, &message.routing_key))
+                .map(|(group, _)| group.as_str())
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            groups
+        };
+        // Like an exchange with no bound queue: nobody is listening, nothing to keep.
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".into());
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO messages (msg_id, routing_key, headers, body, published_at, pending)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                message.id,
+                message.routing_key,
+                headers,
+                message.body.as_ref(),
+                now,
+                groups.len() as i64
+            ])?;
+        // The same id again (a publisher retrying) while the first copy is still owed.
+        if inserted == 0 {
+            return Ok(());
+        }
+        let seq = self.conn.last_insert_rowid();
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO deliveries (group_name, seq, available_at) VALUES (?1, ?2, ?3)",
+        )?;
+        for group in groups {
+            insert.execute(params![group, seq, now])?;
+            woken.push(group.to_owned());
+        }
+        Ok(())
+    }
+
+    fn lease(&mut self, group: &str, max: usize) -> Result<Vec<Leased>, rusqlite::Error> {
+        let now = now_ms();
+        let max_attempts = i64::from(self.retry.max_attempts);
+        // Deliveries whose last allowed attempt was never settled: the consumer keeps
+        // dying on them. Dead-letter instead of handing them out forever.
+        let expired: Vec<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, attempts FROM deliveries
+                 WHERE group_name = ?1 AND lease_until > 0 AND lease_until <= ?2 AND attempts >= ?3
+                 LIMIT 100",
+            )?
+            .query_map(params![group, now, max_attempts], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (id, attempts) in expired {
+            self.dead_letter(
+                id,
+                &format!("not acknowledged within the lease on any of {attempts} deliveries"),
+            )?;
+        }
+        let mut leased: Vec<(i64, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET attempts = attempts + 1, lease_until = ?1
+                 WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE group_name = ?2 AND lease_until <= ?3 AND available_at <= ?3
+                     ORDER BY seq LIMIT ?4)
+                 RETURNING id, seq, attempts",
+            )?
+            .query_map(
+                params![now.saturating_add(self.lease_ms), group, now, max as i64],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        leased.sort_by_key(|&(_, seq, _)| seq);
+        let mut select = self.conn.prepare_cached(
+            "SELECT msg_id, routing_key, headers, body FROM messages WHERE seq = ?1",
+        )?;
+        let mut rows = Vec::with_capacity(leased.len());
+        for (delivery_id, seq, attempts) in leased {
+            let message = select.query_row(params![seq], |row| {
+                let headers: String = row.get(2)?;
+                Ok(Message {
+                    id: row.get(0)?,
+                    routing_key: row.get(1)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: Bytes::from(row.get::<_, Vec<u8>>(3)?),
+                })
+            })?;
+            rows.push(Leased {
+                delivery_id,
+                attempts,
+                message,
+            });
+        }
+        if !rows.is_empty() {
+            metrics::counter!("bus_delivered_total", "group" => group.to_owned())
+                .increment(rows.len() as u64);
+        }
+        Ok(rows)
+    }
+
+    fn nack(&mut self, delivery_id: i64, attempt: i64, nack: Nack) -> Result<(), rusqlite::Error> {
+        let current: Option<(String, i64)> = self
+            .conn
+            .prepare_cached("SELECT group_name, attempts FROM deliveries WHERE id = ?1")?
+            .query_row(params![delivery_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        // Gone or leased again since (our lease expired): the newer attempt decides.
+        let Some((group, attempts)) = current.filter(|(_, attempts)| *attempts == attempt) else {
+            return Ok(());
+        };
+        match nack {
+            Nack::Reject(reason) => self.dead_letter(delivery_id, &reason),
+            Nack::Retry(reason) if attempts >= i64::from(self.retry.max_attempts) => self
+                .dead_letter(
+                    delivery_id,
+                    &format!("failed {attempts} attempts; last error: {reason}"),
+                ),
+            Nack::Retry(reason) => {
+                metrics::counter!("bus_retried_total", "group" => group).increment(1);
+                let delay = self
+                    .retry
+                    .backoff(u32::try_from(attempts).unwrap_or(u32::MAX));
+                let available_at =
+                    now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                self.conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET lease_until = 0, available_at = ?1, last_error = ?2 WHERE id = ?3",
+                    )?
+                    .execute(params![available_at, reason, delivery_id])?;
+                Ok(())
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, delivery_id: i64, reason: &str) -> Result<(), rusqlite::Error> {
+        let row: Option<(String, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE id = ?1 RETURNING group_name, seq, attempts",
+            )?
+            .query_row(params![delivery_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        let Some((group, seq, attempts)) = row else {
+            return Ok(());
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dead_letters (group_name, msg_id, routing_key, headers, body, attempts, reason, dead_at)
+                 SELECT ?1, msg_id, routing_key, headers, body, ?2, ?3, ?4 FROM messages WHERE seq = ?5",
+            )?
+            .execute(params![group, attempts, reason, now_ms(), seq])?;
+        tracing::warn!(%group, seq, attempts, %reason, "message dead-lettered");
+        metrics::counter!("bus_dead_lettered_total", "group" => group).increment(1);
+        self.release_message(seq)
+    }
+
+    /// One group fewer owes message `seq`; the last one deletes it.
+    fn release_message(&mut self, seq: i64) -> Result<(), rusqlite::Error> {
+        let deleted = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND pending <= 1")?
+            .execute(params![seq])?;
+        if deleted == 0 {
+            self.conn
+                .prepare_cached("UPDATE messages SET pending = pending - 1 WHERE seq = ?1")?
+                .execute(params![seq])?;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(
+        &mut self,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, rusqlite::Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT msg_id, group_name, routing_key, attempts, reason, dead_at, body, headers
+             FROM dead_letters WHERE ?1 IS NULL OR group_name = ?1 ORDER BY id LIMIT ?2",
+        )?;
+        statement
+            .query_map(params![group, limit as i64], |row| {
+                let headers: String = row.get(7)?;
+                Ok(DeadLetter {
+                    id: row.get(0)?,
+                    group: row.get(1)?,
+                    routing_key: row.get(2)?,
+                    attempts: row.get(3)?,
+                    reason: row.get(4)?,
+                    dead_at_ms: Some(row.get(5)?),
+                    body: Bytes::from(row.get::<_, Vec<u8>>(6)?),
+                    headers: serde_json::from_str::<BTreeMap<String, String>>(&headers)
+                        .unwrap_or_default(),
+                })
+            })?
+            .collect()
+    }
+
+    fn replay(
+        &mut self,
+        group: Option<&str>,
+        ids: &[String],
+        woken: &mut Vec<String>,
+    ) -> Result<u64, rusqlite::Error> {
+        let chosen: Vec<(i64, String, String, String, String, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, group_name, msg_id, routing_key, headers, body FROM dead_letters
+                 WHERE ?1 IS NULL OR group_name = ?1 ORDER BY id",
+            )?
+            .query_map(params![group], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })?
+            .filter(|row| {
+                row.as_ref().map_or(true, |(_, _, msg_id, ..)| {
+                    ids.is_empty() || ids.contains(msg_id)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let now = now_ms();
+        let mut replayed = 0;
+        for (dead_id, group, msg_id, routing_key, headers, body) in chosen {
+            let existing: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT seq FROM messages WHERE msg_id = ?1")?
+                .query_row(params![msg_id], |row| row.get(0))
+                .optional()?;
+            let seq = match existing {
+                Some(seq) => {
+                    self.conn
+                        .prepare_cached("UPDATE messages SET pending = pending + 1 WHERE seq = ?1")?
+                        .execute(params![seq])?;
+                    seq
+                }
+                None => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO messages (msg_id, routing_key, headers, body, published_at, pending)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+                        )?
+                        .execute(params![msg_id, routing_key, headers, body, now])?;
+                    self.conn.last_insert_rowid()
+                }
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (group_name, seq, available_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![group, seq, now])?;
+            self.conn
+                .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                .execute(params![dead_id])?;
+            tracing::info!(%group, %msg_id, "dead letter replayed");
+            woken.push(group);
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+}
+
+impl EventBus for EmbeddedBus {
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
+        self.publish_all(vec![message])
+    }
+
+    fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.shared
+                .call(|reply| Command::Publish(messages, reply))
+                .await
+        })
+    }
+
+    fn subscribe(&self, subscription: Subscription) -> BoxFuture<'_, Result<Subscriber, BusError>> {
+        Box::pin(async move {
+            if subscription.group.is_empty() || subscription.routing_keys.is_empty() {
+                return Err(BusError::InvalidSetting(
+                    "a subscription needs a group name and at least one routing key".to_owned(),
+                ));
+            }
+            let group = subscription.group.clone();
+            self.shared
+                .call(|reply| Command::Bind(group, subscription.routing_keys.clone(), reply))
+                .await?;
+            Ok(subscriber(self.shared.clone(), subscription))
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        group: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
+        Box::pin(async move {
+            let group = group.map(str::to_owned);
+            self.shared
+                .call(|reply| Command::DeadLetters(group, limit, reply))
+                .await
+        })
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        group: Option<&'a str>,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(async move {
+            let group = group.map(str::to_owned);
+            self.shared
+                .call(|reply| Command::Replay(group, ids.to_vec(), reply))
+                .await
+        })
+    }
+
+    fn queue_depth<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
+        Box::pin(async move {
+            let group = group.to_owned();
+            let depth = self
+                .shared
+                .call(|reply| Command::Depth(group, reply))
+                .await?;
+            Ok(Some(depth))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // Every write is answered after its commit, so there is nothing to flush; the
+        // writer stops when the last handle (and delivery) is dropped.
+        Box::pin(async {})
+    }
+}
+
+struct EmbeddedSettle {
+    shared: Arc<Shared>,
+    delivery_id: i64,
+    attempt: i64,
+    settled: bool,
+    /// A slot of the consumer's prefetch window, freed when this is settled or dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for EmbeddedSettle {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Best effort: if the queue is full the lease expiry does the same later.
+            let _ = self
+                .shared
+                .commands
+                .try_send(Command::Release(self.delivery_id, self.attempt));
+        }
+    }
+}
+
+impl Settle for EmbeddedSettle {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        self.settled = true;
+        Box::pin(async move {
+            self.shared
+                .call(|reply| Command::Ack(self.delivery_id, reply))
+                .await
+        })
+    }
+
+    fn nack(mut self: Box<Self>, nack: Nack) -> BoxFuture<'static, Result<(), BusError>> {
+        self.settled = true;
+        Box::pin(async move {
+            self.shared
+                .call(|reply| Command::Nack {
+                    delivery_id: self.delivery_id,
+                    attempt: self.attempt,
+                    nack,
+                    reply,
+                })
+                .await
+        })
+    }
+}
+
+struct Consuming {
+    shared: Arc<Shared>,
+    group: String,
+    window: Arc<Semaphore>,
+    prefetch: usize,
+    buffered: VecDeque<Delivery>,
+    wakeups: watch::Receiver<u64>,
+}
+
+fn subscriber(shared: Arc<Shared>, subscription: Subscription) -> Subscriber {
+    let prefetch = usize::from(subscription.prefetch.max(1));
+    let state = Consuming {
+        wakeups: subscribe_wakeups(&shared.wakeups, &subscription.group),
+        shared,
+        group: subscription.group,
+        window: Arc::new(Semaphore::new(prefetch)),
+        prefetch,
+        buffered: VecDeque::new(),
+    };
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        let next = state.next().await;
+        Some((next, state))
+    });
+    Subscriber {
+        inner: stream.boxed(),
+    }
+}
+
+impl Consuming {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            if let Some(delivery) = self.buffered.pop_front() {
+                return Ok(delivery);
+            }
+            // Wait for a free slot in the prefetch window, then take every free slot.
+            let mut permits = vec![
+                self.window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| BusError::Closed)?,
+            ];
+            while permits.len() < self.prefetch {
+                match self.window.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            // Mark the wakeups seen *before* looking, so a publish that commits after
+            // the lease is not missed.
+            self.wakeups.borrow_and_update();
+            let group = self.group.clone();
+            let wanted = permits.len();
+            let rows = self
+                .shared
+                .call(|reply| Command::Lease(group, wanted, reply))
+                .await?;
+            if rows.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = self.wakeups.changed() => {}
+                    () = tokio::time::sleep(POLL_INTERVAL) => {}
+                }
+                continue;
+            }
+            for (row, permit) in rows.into_iter().zip(permits) {
+                self.buffered.push_back(Delivery {
+                    message: row.message,
+                    attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                    group: self.group.clone(),
+                    settle: Box::new(EmbeddedSettle {
+                        shared: self.shared.clone(),
+                        delivery_id: row.delivery_id,
+                        attempt: row.attempts,
+                        settled: false,
+                        _permit: permit,
+                    }),
+                });
+            }
+        }
+    }
+}

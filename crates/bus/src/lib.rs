@@ -1,0 +1,227 @@
+//! The event bus every Flotilla service publishes to and consumes from: one object-safe
+//! [`EventBus`] trait, chosen at start-up from a URL by [`connect`], with two backends —
+//! an embedded, durable SQLite file (`sqlite://<data>/bus.db`, the default of
+//! `flotilla up`; no server) and RabbitMQ (`amqp://user:pw@host:5672/%2f`).
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bus::BusError> {
+//! use std::sync::Arc;
+//! use bus::{BusOptions, EventBus, Message, Nack, Subscription};
+//!
+//! let bus: Arc<dyn EventBus> = bus::connect("sqlite:///tmp/bus.db", BusOptions::default()).await?;
+//! // Publish: returns once the message is durable (committed / confirmed by the broker).
+//! bus.publish(Message::json("video", &serde_json::json!({"job_id": "j1"}))?).await?;
+//!
+//! // Consume as group `video`: every group gets every matching message, consumers of one
+//! // group share them. Settle each delivery explicitly.
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let worker = bus::Consumer::new(bus.clone(), Subscription::new("video", "video").with_prefetch(8))
+//!     .concurrency(2)
+//!     .run(shutdown.clone(), |message| async move {
+//!         let job: serde_json::Value = message.decode().map_err(|e| Nack::Reject(e.to_string()))?;
+//!         // … do the work; an Err(Nack::Retry(reason)) retries with backoff …
+//!         let _ = job;
+//!         Ok(())
+//!     });
+//! # let _ = worker; Ok(()) }
+//! ```
+//!
+//! * **Publishing** — [`Message::new`]/[`Message::json`] give a unique time-ordered id and a
+//!   W3C `traceparent` header (continue a trace with [`Message::with_traceparent`]).
+//!   Delivery is at least once, so a message may arrive twice: consumers make effects
+//!   idempotent with the [`Inbox`].
+//! * **Consuming** — [`EventBus::subscribe`] gives a stream of [`Delivery`]s (at most
+//!   `prefetch` unsettled); [`Consumer`] runs a handler over it with a concurrency limit,
+//!   acks on `Ok`, and on `Err(`[`Nack`]`)` retries with exponential backoff
+//!   ([`RetryPolicy`], default 5 attempts) or dead-letters at once ([`Nack::Reject`], for
+//!   bodies that can never be handled). A consumer that dies without settling gets its
+//!   deliveries redelivered.
+//! * **Dead letters** — [`EventBus::dead_letters`] lists them with the reason;
+//!   [`EventBus::replay_dead_letters`] puts them back in their group's queue
+//!   (`flotilla bus dlq list|replay`).
+//! * **Transactional outbox** — write business rows and the outgoing message in one
+//!   transaction with [`Outbox::enqueue`]; an [`OutboxRelay`] publishes them in order and
+//!   marks them sent, retrying while the bus is away.
+//! * **Inbox** — [`Inbox::record`] inserts the message id in the same transaction as the
+//!   consumer's effects; `false` means "already processed, skip and ack".
+//!
+//! Metrics (`metrics` facade; the process installs the recorder): `bus_published_total`,
+//! `bus_delivered_total`, `bus_acked_total`, `bus_retried_total`,
+//! `bus_dead_lettered_total` (label `group`), `bus_queue_depth` (gauge per group),
+//! `bus_outbox_lag` and `bus_outbox_lag_seconds` (per outbox table).
+//!
+//! Backend details: [`embedded`] (SQLite: WAL, group commit, leases) and [`amqp`]
+//! (RabbitMQ topology, confirms, reconnects).
+
+pub mod amqp;
+mod consumer;
+pub mod embedded;
+mod message;
+mod outbox;
+
+use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
+
+use futures::{Stream, future::BoxFuture, stream::BoxStream};
+
+pub use consumer::Consumer;
+pub use message::{
+    DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT, new_traceparent,
+    topic_matches,
+};
+pub use outbox::{Inbox, Outbox, OutboxRelay, migrations as outbox_migrations};
+
+/// What can go wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "unsupported bus URL '{0}': expected sqlite://PATH (embedded) or amqp://HOST (RabbitMQ)"
+    )]
+    UnsupportedUrl(String),
+    #[error("invalid bus setting: {0}")]
+    InvalidSetting(String),
+    #[error("cannot encode the message body: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("embedded bus storage failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("embedded bus transaction failed: {0}")]
+    Embedded(String),
+    #[error("the embedded bus is closed")]
+    Closed,
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused (nacked) message {0}")]
+    PublishRefused(String),
+    #[error("RabbitMQ is unreachable: {0}")]
+    Unavailable(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A stream of deliveries for one consumer of a group. Dropping it stops consuming;
+/// deliveries already handed out stay valid until settled.
+pub struct Subscriber {
+    pub(crate) inner: BoxStream<'static, Result<Delivery, BusError>>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Result<Delivery, BusError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+    ) -> task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// The bus. Object safe: services hold an `Arc<dyn EventBus>`.
+pub trait EventBus: Send + Sync + fmt::Debug {
+    /// Publishes `message`; returns once it is durable (committed to the embedded store
+    /// or confirmed by the broker), so an `Ok` is never lost.
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Publishes several messages, each durable when this returns `Ok`; cheaper than one
+    /// call each (one transaction / pipelined confirms).
+    fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            futures::future::try_join_all(messages.into_iter().map(|m| self.publish(m))).await?;
+            Ok(())
+        })
+    }
+
+    /// Declares the group (durably: messages published from now on are kept for it even
+    /// while no consumer runs) and starts one consumer of it.
+    fn subscribe(&self, subscription: Subscription) -> BoxFuture<'_, Result<Subscriber, BusError>>;
+
+    /// Dead letters of `group` (every group when `None`, if the backend can list them all),
+    /// oldest first, at most `limit`.
+    fn dead_letters<'a>(
+        &'a self,
+        group: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>>;
+
+    /// Puts dead letters back into their group's queue with a fresh attempt count: those
+    /// with the given message `ids`, or all of `group` when `ids` is empty. Returns how
+    /// many were replayed.
+    fn replay_dead_letters<'a>(
+        &'a self,
+        group: Option<&'a str>,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BusError>>;
+
+    /// Messages waiting in `group` (not yet acknowledged), when the backend knows.
+    fn queue_depth<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>>;
+
+    /// Flushes and closes; later calls fail.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Settings shared by both backends (URL query parameters override some, see
+/// [`connect`]).
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    pub retry: RetryPolicy,
+    /// Embedded: how long a delivery stays leased to a consumer before it is given to
+    /// another (the consumer is presumed dead).
+    pub lease: Duration,
+    /// RabbitMQ: the topic exchange all messages go through.
+    pub exchange: String,
+    /// RabbitMQ: how long a publish keeps retrying while the broker is unreachable.
+    pub publish_timeout: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(30),
+            exchange: "flotilla".to_owned(),
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Opens the bus named by `url`:
+///
+/// * `sqlite://PATH` (or `sqlite:PATH`) — the embedded bus in that file, created if
+///   missing. Query: `synchronous=full|normal` (default `full`: an acknowledged publish
+///   survives power loss; `normal` only process crashes).
+/// * `amqp://…` / `amqps://…` — RabbitMQ. Query parameters other than the broker's own:
+///   `exchange=NAME` (default `flotilla`).
+pub async fn connect(url: &str, options: BusOptions) -> Result<Arc<dyn EventBus>, BusError> {
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("sqlite") => Ok(Arc::new(
+            embedded::EmbeddedBus::open_url(url, options).await?,
+        )),
+        Some("amqp" | "amqps") => Ok(Arc::new(amqp::AmqpBus::connect(url, options).await?)),
+        _ => Err(BusError::UnsupportedUrl(storage::redact(url))),
+    }
+}
+
+/// The default bus URL of `flotilla up`: the embedded bus in `data_dir`.
+pub fn default_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}", data_dir.join("bus.db").display())
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

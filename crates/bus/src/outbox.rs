@@ -1,0 +1,319 @@
+//! Transactional outbox and inbox on a service's own database (SQLite, PostgreSQL,
+//! MySQL/MariaDB through `storage::Database`).
+//!
+//! *Outbox*: instead of publishing after its commit (a dual write that loses the message
+//! if the process dies in between), a service inserts the outgoing [`Message`] into
+//! `bus_outbox` inside the transaction that writes its business rows
+//! ([`Outbox::enqueue`]). An [`OutboxRelay`] then publishes unsent rows in insertion order
+//! and marks them sent. A crash between publish and mark re-publishes the same message id
+//! — harmless, because consumers deduplicate.
+//!
+//! *Inbox*: a consumer calls [`Inbox::record`] inside the transaction that applies a
+//! message's effects. It inserts `(consumer, message id)` into `bus_inbox`; `false` means
+//! the id was already processed, so the handler commits nothing and acks. Effect and
+//! "processed" mark commit together, so a redelivery never repeats an effect.
+//!
+//! Both tables come from [`migrations`]; apply them with the service's own:
+//! `db.migrate("bus", bus::outbox_migrations())`.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{AnyConnection, Row};
+use storage::{Database, Dialect, Migration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{BusError, EventBus, Message, now_ms};
+
+const MIGRATIONS: &[Migration] = &[
+    Migration::per_dialect(
+        1,
+        "bus outbox",
+        "CREATE TABLE IF NOT EXISTS bus_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id VARCHAR(64) NOT NULL,
+            routing_key VARCHAR(255) NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT
+        );
+        CREATE INDEX IF NOT EXISTS bus_outbox_unsent ON bus_outbox (sent_at, seq)",
+        "CREATE TABLE IF NOT EXISTS bus_outbox (
+            seq BIGSERIAL PRIMARY KEY,
+            message_id VARCHAR(64) NOT NULL,
+            routing_key VARCHAR(255) NOT NULL,
+            headers TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT
+        );
+        CREATE INDEX IF NOT EXISTS bus_outbox_unsent ON bus_outbox (sent_at, seq)",
+        "CREATE TABLE IF NOT EXISTS bus_outbox (
+            seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+            message_id VARCHAR(64) NOT NULL,
+            routing_key VARCHAR(255) NOT NULL,
+            headers TEXT NOT NULL,
+            body LONGBLOB NOT NULL,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT,
+            INDEX bus_outbox_unsent (sent_at, seq)
+        )",
+    ),
+    Migration::portable(
+        2,
+        "bus inbox",
+        "CREATE TABLE IF NOT EXISTS bus_inbox (
+            consumer VARCHAR(128) NOT NULL,
+            message_id VARCHAR(64) NOT NULL,
+            processed_at BIGINT NOT NULL,
+            PRIMARY KEY (consumer, message_id)
+        )",
+    ),
+];
+
+/// The schema of `bus_outbox` and `bus_inbox`, for `Database::migrate("bus", …)`.
+pub fn migrations() -> &'static [Migration] {
+    MIGRATIONS
+}
+
+/// Writes outgoing messages inside a service's transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbox {
+    dialect: Dialect,
+}
+
+impl Outbox {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            dialect: db.dialect(),
+        }
+    }
+
+    /// Adds `message` to the outbox as part of the transaction on `conn` (pass
+    /// `&mut *tx`). It is published after the transaction commits, never if it rolls back.
+    pub async fn enqueue(
+        &self,
+        conn: &mut AnyConnection,
+        message: &Message,
+    ) -> Result<(), BusError> {
+        let headers = serde_json::to_string(&message.headers).map_err(BusError::Encode)?;
+        sqlx::query(self.dialect.sql(
+            "INSERT INTO bus_outbox (message_id, routing_key, headers, body, created_at) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(message.id.clone())
+        .bind(message.routing_key.clone())
+        .bind(headers)
+        .bind(message.body.to_vec())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Publishes a database's outbox: in order, in batches, retrying while the bus is away.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    db: Database,
+    bus: Arc<dyn EventBus>,
+    wake: Arc<Notify>,
+    batch: usize,
+    /// How long sent rows are kept (for an operator to look at) before pruning.
+    keep_sent: Duration,
+    /// A label for metrics and logs (the service name).
+    name: String,
+}
+
+impl OutboxRelay {
+    pub fn new(name: impl Into<String>, db: Database, bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            db,
+            bus,
+            wake: Arc::new(Notify::new()),
+            batch: 256,
+            keep_sent: Duration::from_secs(3600),
+            name: name.into(),
+        }
+    }
+
+    /// Call after committing a transaction that enqueued messages, to publish them now
+    /// instead of at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Runs until `shutdown`; spawn it on the service's task tracker.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut last_prune = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            let wait = match self.relay_once().await {
+                Ok(n) => {
+                    failures = 0;
+                    if n == self.batch {
+                        continue;
+                    }
+                    Duration::from_millis(200)
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let wait = Duration::from_millis(100)
+                        .saturating_mul(2u32.saturating_pow(failures.min(6)))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "outbox relay cannot publish");
+                    wait
+                }
+            };
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(error) = self.prune().await {
+                    tracing::warn!(relay = %self.name, %error, "cannot prune the outbox");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch of unsent messages; returns how many.
+    pub async fn relay_once(&self) -> Result<usize, BusError> {
+        let dialect = self.db.dialect();
+        // The row locks make a second relay (another replica) wait instead of publishing
+        // the same rows out of order. SQLite has a single writer anyway.
+        let lock = match dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
+        };
+        let mut tx = self.db.begin().await?;
+        let rows = sqlx::query(dialect.sql(format!(
+            "SELECT seq, message_id, routing_key, headers, body, created_at FROM bus_outbox
+             WHERE sent_at IS NULL ORDER BY seq LIMIT {}{lock}",
+            self.batch
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut oldest = None;
+        for row in &rows {
+            seqs.push(row.try_get::<i64, _>(0)?);
+            let headers: String = row.try_get(3)?;
+            messages.push(Message {
+                id: row.try_get(1)?,
+                routing_key: row.try_get(2)?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                body: row.try_get::<Vec<u8>, _>(4)?.into(),
+            });
+            oldest = oldest.or(Some(row.try_get::<i64, _>(5)?));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        {
+            let lag_seconds = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+            metrics::gauge!("bus_outbox_lag_seconds", "outbox" => self.name.clone())
+                .set(lag_seconds);
+            metrics::gauge!("bus_outbox_lag", "outbox" => self.name.clone()).set(rows.len() as f64);
+        }
+        if messages.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let count = messages.len();
+        self.bus.publish_all(messages).await?;
+        let placeholders = vec!["?"; seqs.len()].join(", ");
+        let mut update = sqlx::query(dialect.sql(format!(
+            "UPDATE bus_outbox SET sent_at = ? WHERE seq IN ({placeholders})"
+        )))
+        .bind(now_ms());
+        for seq in seqs {
+            update = update.bind(seq);
+        }
+        update.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Messages not yet published.
+    pub async fn backlog(&self) -> Result<u64, BusError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM bus_outbox WHERE sent_at IS NULL")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
+    }
+
+    async fn prune(&self) -> Result<(), BusError> {
+        let cutoff = now_ms() - i64::try_from(self.keep_sent.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(
+            self.db
+                .sql("DELETE FROM bus_outbox WHERE sent_at IS NOT NULL AND sent_at < ?"),
+        )
+        .bind(cutoff)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+/// Records processed message ids inside a consumer's transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbox {
+    dialect: Dialect,
+}
+
+impl Inbox {
+    pub fn new(db: &Database) -> Self {
+        Self {
+            dialect: db.dialect(),
+        }
+    }
+
+    /// Marks `message_id` processed by `consumer` in the transaction on `conn`. `true`:
+    /// first time, apply the effects in the same transaction and commit. `false`: already
+    /// processed — apply nothing, just ack.
+    pub async fn record(
+        &self,
+        conn: &mut AnyConnection,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        // "Insert unless present" without an error, because on PostgreSQL a failed
+        // statement would abort the caller's transaction. A concurrent duplicate waits
+        // on the key until the first commits, then inserts nothing.
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "INSERT OR IGNORE INTO bus_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?)"
+            }
+            Dialect::Postgres => {
+                "INSERT INTO bus_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            }
+            Dialect::MySql => {
+                "INSERT IGNORE INTO bus_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?)"
+            }
+        };
+        let done = sqlx::query(self.dialect.sql(sql))
+            .bind(consumer.to_owned())
+            .bind(message_id.to_owned())
+            .bind(now_ms())
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets ids processed before `age` ago (after which a redelivery is implausible).
+    pub async fn prune(&self, db: &Database, age: Duration) -> Result<u64, BusError> {
+        let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(db.sql("DELETE FROM bus_inbox WHERE processed_at < ?"))
+            .bind(cutoff)
+            .execute(db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
