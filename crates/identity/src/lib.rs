@@ -7,12 +7,17 @@
 //! so forged `kid`s cannot turn into a flood of fetches, and again when it is older than
 //! [`VerifierSettings::max_key_age`] (so a withdrawn key stops verifying).
 //!
+//! A token verified once is remembered (bounded, keyed by its exact text) so its next
+//! uses cost a lookup, not a signature check; it still expires on time, and stops being
+//! accepted as soon as its key leaves the key set.
+//!
 //! Services learn the caller with the [`Caller`] extractor. Behind the gateway in `flotilla
 //! up` the gateway has already verified the token and hands the [`Caller`] over in the
 //! request's extensions (which only in-process code can set); a service reached over
 //! HTTP verifies the `Authorization: Bearer` token itself with the [`Verifier`] put into
 //! its extensions by [`Verifier::layer`].
 
+mod cache;
 mod caller;
 mod claims;
 mod signing;

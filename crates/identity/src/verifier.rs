@@ -12,7 +12,7 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm},
 };
 
-use crate::{ALGORITHM, Claims, ISSUER, JwksSource};
+use crate::{ALGORITHM, Claims, ISSUER, JwksSource, cache::VerifiedTokens};
 
 /// Why a token was not accepted. Everything but [`VerifyError::KeysUnavailable`] is
 /// the caller's fault (401); that one is ours (503).
@@ -60,6 +60,9 @@ pub struct VerifierSettings {
     pub max_key_age: Duration,
     /// Clock skew tolerated on `exp`.
     pub leeway: Duration,
+    /// How many verified tokens are remembered, so that a token's next use skips the
+    /// signature check (0: none).
+    pub cache_capacity: usize,
 }
 
 impl Default for VerifierSettings {
@@ -68,6 +71,7 @@ impl Default for VerifierSettings {
             min_refetch_interval: Duration::from_secs(5),
             max_key_age: Duration::from_secs(5 * 60),
             leeway: Duration::from_secs(30),
+            cache_capacity: 16 * 1024,
         }
     }
 }
@@ -98,6 +102,7 @@ struct Inner {
     keys: RwLock<Option<Arc<KeyRing>>>,
     /// When the last fetch was attempted; the lock also makes fetches single-flight.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    verified: VerifiedTokens,
 }
 
 struct KeyRing {
@@ -118,6 +123,7 @@ impl Verifier {
         Self {
             inner: Arc::new(Inner {
                 source,
+                verified: VerifiedTokens::new(settings.cache_capacity),
                 settings,
                 validation,
                 keys: RwLock::new(None),
@@ -141,6 +147,13 @@ impl Verifier {
 
     /// The claims of `token` if it is authentic, unexpired and ours.
     pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        // A stale key ring goes the long way, which refreshes it.
+        if let Some(ring) = self.ring()
+            && ring.fetched_at.elapsed() <= self.inner.settings.max_key_age
+            && let Some(claims) = self.remembered(token, &ring)
+        {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != ALGORITHM {
             return Err(VerifyError::UnsupportedAlgorithm);
@@ -155,12 +168,17 @@ impl Verifier {
             self.ring().ok_or(VerifyError::UnknownKey)?
         };
         let key = ring.by_kid.get(&kid).ok_or(VerifyError::UnknownKey)?;
-        self.decode(token, key)
+        self.decode(token, &kid, key)
     }
 
     /// Verification with the keys already in memory, never fetching: for callers that
     /// cannot wait (and for measuring the cost of the check itself).
     pub fn verify_cached(&self, token: &str) -> Result<Claims, VerifyError> {
+        if let Some(ring) = self.ring()
+            && let Some(claims) = self.remembered(token, &ring)
+        {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != ALGORITHM {
             return Err(VerifyError::UnsupportedAlgorithm);
@@ -170,7 +188,7 @@ impl Verifier {
             .ring()
             .ok_or_else(|| VerifyError::KeysUnavailable("no keys fetched yet".into()))?;
         let key = ring.by_kid.get(&kid).ok_or(VerifyError::UnknownKey)?;
-        self.decode(token, key)
+        self.decode(token, &kid, key)
     }
 
     /// The key ids currently trusted.
@@ -180,8 +198,19 @@ impl Verifier {
             .unwrap_or_default()
     }
 
-    fn decode(&self, token: &str, key: &DecodingKey) -> Result<Claims, VerifyError> {
-        jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation)
+    /// The claims of a token verified before, if it is still unexpired and the key that
+    /// signed it is still trusted.
+    fn remembered(&self, token: &str, ring: &KeyRing) -> Option<Claims> {
+        let entry = self.inner.verified.get(token)?;
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).ok()?;
+        let leeway = i64::try_from(self.inner.validation.leeway).ok()?;
+        let unexpired = entry.claims.exp.saturating_add(leeway) >= now;
+        let trusted = ring.by_kid.contains_key(&*entry.kid);
+        (unexpired && trusted).then_some(entry.claims)
+    }
+
+    fn decode(&self, token: &str, kid: &str, key: &DecodingKey) -> Result<Claims, VerifyError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.inner.validation)
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => VerifyError::Expired,
@@ -195,7 +224,9 @@ impl Verifier {
                 | ErrorKind::Json(_)
                 | ErrorKind::ImmatureSignature => VerifyError::InvalidClaims,
                 _ => VerifyError::Malformed,
-            })
+            })?;
+        self.inner.verified.insert(token, claims.clone(), kid);
+        Ok(claims)
     }
 
     fn ring(&self) -> Option<Arc<KeyRing>> {

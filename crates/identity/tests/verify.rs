@@ -342,3 +342,41 @@ async fn the_guard_hands_the_verified_caller_to_the_service_behind_it() {
         .expect("infallible");
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_remembered_token_stops_verifying_when_its_key_is_withdrawn() {
+    let old = new_key();
+    let new = new_key();
+    let (source, keys, _fetches) = switchable(jwks(&[&old]));
+    let verifier = Verifier::with_settings(
+        source,
+        VerifierSettings {
+            // Every use finds the keys stale and refreshes them.
+            max_key_age: std::time::Duration::ZERO,
+            ..VerifierSettings::default()
+        },
+    );
+    let token = old.sign(&claims(60)).expect("sign");
+    verifier.verify(&token).await.expect("first use");
+    verifier.verify(&token).await.expect("remembered");
+    *keys.lock().expect("lock") = jwks(&[&new]);
+    assert_eq!(verifier.verify(&token).await, Err(VerifyError::UnknownKey));
+}
+
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let key = new_key();
+    let verifier = Verifier::with_settings(
+        JwksSource::fixed(jwks(&[&key])),
+        VerifierSettings {
+            leeway: std::time::Duration::ZERO,
+            ..VerifierSettings::default()
+        },
+    );
+    let token = key.sign(&claims(1)).expect("sign");
+    verifier.verify(&token).await.expect("fresh");
+    // Past `exp` by at least one whole second.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(verifier.verify(&token).await, Err(VerifyError::Expired));
+    assert_eq!(verifier.verify_cached(&token), Err(VerifyError::Expired));
+}
