@@ -74,11 +74,38 @@ impl Converter {
         input: &Path,
         output: &Path,
     ) -> Result<ConversionReport, ConvertError> {
+        let started = std::time::Instant::now();
         let result = self.convert_file_inner(input, output).await;
-        if result.is_err() {
-            // Best effort: the file may never have been created.
-            let _ = tokio::fs::remove_file(output).await;
-        }
+        let outcome = match &result {
+            Ok(report) => {
+                let engine = match report.engine {
+                    Engine::InProcess => "in_process",
+                    Engine::Ffmpeg => "ffmpeg",
+                };
+                metrics::histogram!("converter_conversion_seconds", "engine" => engine)
+                    .record(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    engine,
+                    audio_secs = report.duration_secs,
+                    bytes = report.bytes_written,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "converted to mp3"
+                );
+                engine
+            }
+            Err(err) => {
+                // Best effort: the file may never have been created.
+                let _ = tokio::fs::remove_file(output).await;
+                let permanent = err.is_permanent();
+                tracing::info!(reason = %err, permanent, "conversion failed");
+                if permanent {
+                    "failed_permanent"
+                } else {
+                    "failed_transient"
+                }
+            }
+        };
+        metrics::counter!("converter_conversions_total", "outcome" => outcome).increment(1);
         result
     }
 

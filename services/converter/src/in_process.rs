@@ -558,3 +558,91 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod edge_tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn convert_bytes(bytes: Vec<u8>) -> Result<ConversionReport, ConvertError> {
+        let mut sink = Cursor::new(Vec::new());
+        convert(
+            Cursor::new(bytes),
+            None,
+            &mut sink,
+            &CancellationToken::new(),
+        )
+    }
+
+    /// A canonical 16-bit PCM WAV header for `frames` stereo frames at 44.1 kHz.
+    fn wav_header(frames: u32) -> Vec<u8> {
+        let data_len = frames * 4;
+        let mut header = Vec::new();
+        header.extend_from_slice(b"RIFF");
+        header.extend_from_slice(&(36 + data_len).to_le_bytes());
+        header.extend_from_slice(b"WAVEfmt ");
+        header.extend_from_slice(&16u32.to_le_bytes());
+        header.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        header.extend_from_slice(&2u16.to_le_bytes()); // channels
+        header.extend_from_slice(&44_100u32.to_le_bytes());
+        header.extend_from_slice(&(44_100u32 * 4).to_le_bytes());
+        header.extend_from_slice(&4u16.to_le_bytes());
+        header.extend_from_slice(&16u16.to_le_bytes());
+        header.extend_from_slice(b"data");
+        header.extend_from_slice(&data_len.to_le_bytes());
+        header
+    }
+
+    fn wav(frames: u32) -> Vec<u8> {
+        let mut bytes = wav_header(frames);
+        for i in 0..frames {
+            let sample = ((f64::from(i) * 0.05).sin() * 10_000.0) as i16;
+            for _ in 0..2 {
+                bytes.extend_from_slice(&sample.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn an_empty_upload_is_not_a_media_file() {
+        let error = convert_bytes(Vec::new()).expect_err("empty");
+        assert!(matches!(error, ConvertError::NotMedia), "{error:?}");
+    }
+
+    #[test]
+    fn a_generated_wav_converts_with_its_exact_length() {
+        let report = convert_bytes(wav(44_100)).expect("converts");
+        assert_eq!(report.engine, Engine::InProcess);
+        assert_eq!(report.channels, 2);
+        assert!((report.duration_secs - 1.0).abs() < 1e-9, "{report:?}");
+        assert!(report.bytes_written > 1000);
+    }
+
+    #[test]
+    fn a_wav_cut_in_half_is_truncated() {
+        let mut bytes = wav(4 * 44_100);
+        bytes.truncate(bytes.len() / 2);
+        let error = convert_bytes(bytes).expect_err("truncated");
+        assert!(
+            matches!(error, ConvertError::Corrupt(ref reason) if reason.contains("ends after")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_header_without_samples_has_no_audio_to_convert() {
+        let error = convert_bytes(wav_header(0)).expect_err("no samples");
+        assert!(matches!(error, ConvertError::Corrupt(_)), "{error:?}");
+    }
+
+    #[test]
+    fn a_cancelled_token_stops_before_the_first_packet() {
+        let token = CancellationToken::new();
+        token.cancel();
+        let mut sink = Cursor::new(Vec::new());
+        let error = convert(Cursor::new(wav(44_100)), None, &mut sink, &token).expect_err("stop");
+        assert!(matches!(error, ConvertError::Cancelled), "{error:?}");
+    }
+}
