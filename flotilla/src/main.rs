@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         },
     };
     platform::telemetry::init();
+    platform::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

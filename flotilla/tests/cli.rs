@@ -79,7 +79,7 @@ async fn up_prints_ready_serves_and_exits_zero_on_sigterm() {
         up.started_in
     );
 
-    let client = reqwest::Client::new();
+    let client = client();
     for path in ["/healthz", "/readyz"] {
         let response = client
             .get(format!("{}{path}", up.url))
@@ -166,4 +166,10 @@ fn an_unusable_listen_address_fails_clearly() {
         stderr.contains("cannot listen on 192.0.2.1:8080"),
         "{stderr}"
     );
+}
+
+/// A plain HTTP client (installs the process's TLS provider first, see `platform::tls`).
+fn client() -> reqwest::Client {
+    platform::tls::install_crypto_provider();
+    reqwest::Client::new()
 }

@@ -48,14 +48,9 @@ pub struct Client {
     token: Option<String>,
 }
 
-fn install_crypto_provider() {
-    // rustls needs one process-wide provider; ring builds with just a C compiler.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Client {
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        install_crypto_provider();
+        platform::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()

@@ -48,7 +48,11 @@ impl TraceParent {
     /// Accepts a header value only if it is a well-formed version-00 traceparent.
     pub fn parse(value: &str) -> Option<Self> {
         let parts: Vec<&str> = value.trim().split('-').collect();
-        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
         let well_formed = parts.len() == 4
             && parts[0] == "00"
             && hex(parts[1], 32)
@@ -209,7 +213,9 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .and_then(TraceParent::parse)
         .unwrap_or_else(TraceParent::new_root);
     if let Ok(value) = HeaderValue::from_str(&trace.0) {
-        request.headers_mut().insert(TRACEPARENT_HEADER.clone(), value);
+        request
+            .headers_mut()
+            .insert(TRACEPARENT_HEADER.clone(), value);
     }
     request.extensions_mut().insert(trace);
     let mut response = next.run(request).await;
@@ -305,9 +311,15 @@ mod tests {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(good).expect("valid");
         assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
-        assert!(TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
-        assert!(TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none());
+        assert!(
+            TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none()
+        );
         assert!(TraceParent::parse("garbage").is_none());
         let root = TraceParent::new_root();
         assert!(TraceParent::parse(&root.0).is_some(), "{}", root.0);

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use problem::Problem;
 pub use service::{ServiceApp, ServiceContext};

@@ -26,6 +26,9 @@ pub struct ServiceContext {
     /// [`ServiceContext::bus_url_or_embedded`]). Every service of a process opens the
     /// same URL, and the embedded bus shares one writer per file within a process.
     pub bus_url: Option<String>,
+    /// `FLOTILLA_BLOB_URL`; `None` means files under `<data>/blobs` (see
+    /// [`ServiceContext::blob_url_or_local`]).
+    pub blob_url: Option<String>,
 }
 
 impl ServiceContext {
@@ -36,6 +39,19 @@ impl ServiceContext {
             tasks: TaskTracker::new(),
             database_url: None,
             bus_url: None,
+            blob_url: None,
+        }
+    }
+
+    /// The blob store: the configured URL, or `file://<data>/blobs` (absolute).
+    pub fn blob_url_or_local(&self) -> String {
+        match &self.blob_url {
+            Some(url) => url.clone(),
+            None => {
+                let dir =
+                    std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+                format!("file://{}", dir.join("blobs").display())
+            }
         }
     }
 

@@ -53,7 +53,11 @@ fn test_app() -> ServiceApp {
         .route("/echo", post(|body: String| async move { body }))
         .route(
             "/trace",
-            get(|axum::Extension(trace): axum::Extension<platform::http::TraceParent>| async move { trace.0 }),
+            get(
+                |axum::Extension(trace): axum::Extension<platform::http::TraceParent>| async move {
+                    trace.0
+                },
+            ),
         )
         .route(
             "/teapot",
@@ -92,7 +96,7 @@ async fn problem(response: reqwest::Response) -> serde_json::Value {
 #[tokio::test]
 async fn every_error_is_problem_json_with_the_request_id() {
     let served = serve(test_app()).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = |p: &str| format!("{}{p}", served.base);
 
     let body = problem(client.get(url("/nope")).send().await.expect("sent")).await;
@@ -134,7 +138,7 @@ async fn every_error_is_problem_json_with_the_request_id() {
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
     let served = serve(test_app()).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{}/hello", served.base);
 
     let given = client
@@ -166,7 +170,7 @@ async fn health_readiness_and_metrics() {
         Err("connection refused".to_owned())
     });
     let served = serve(test_app().with_readiness(failing)).await;
-    let client = reqwest::Client::new();
+    let client = client();
 
     let health = client
         .get(format!("{}/healthz", served.base))
@@ -213,7 +217,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_then_stops() {
     let served = serve(test_app()).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let in_flight = tokio::spawn({
         let url = format!("{}/slow", served.base);
         let client = client.clone();
@@ -242,7 +246,7 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
 #[tokio::test]
 async fn trace_context_is_continued_or_started() {
     let served = serve(test_app()).await;
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("{}/trace", served.base);
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let continued = client
@@ -256,8 +260,24 @@ async fn trace_context_is_continued_or_started() {
         .expect("body");
     assert_eq!(continued, incoming);
 
-    let started = client.get(&url).send().await.expect("sent").text().await.expect("body");
-    assert!(platform::http::TraceParent::parse(&started).is_some(), "{started}");
+    let started = client
+        .get(&url)
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        platform::http::TraceParent::parse(&started).is_some(),
+        "{started}"
+    );
     assert_ne!(started, incoming);
     served.shutdown.cancel();
+}
+
+/// A plain HTTP client (installs the process's TLS provider first, see `platform::tls`).
+fn client() -> reqwest::Client {
+    platform::tls::install_crypto_provider();
+    reqwest::Client::new()
 }

@@ -53,6 +53,7 @@ pub async fn spawn_system() -> TestSystem {
 /// restart on it).
 pub async fn spawn_system_in(data_dir: &Path) -> TestSystem {
     platform::telemetry::init_for_tests();
+    platform::tls::install_crypto_provider();
     let args = UpArgs {
         server: server_args(data_dir),
         services: Default::default(),
@@ -99,6 +100,7 @@ pub async fn spawn_gateway(upstreams: flotilla::GatewayArgs, data_dir: &Path) ->
 /// Starts one service from complete `serve` settings, on whatever `args` says.
 pub async fn spawn_served(args: ServeArgs) -> TestSystem {
     platform::telemetry::init_for_tests();
+    platform::tls::install_crypto_provider();
     let running = flotilla::serve(args, CancellationToken::new())
         .await
         .expect("flotilla serve starts");
@@ -119,6 +121,7 @@ fn server_args(data_dir: &Path) -> ServerArgs {
 
 /// A client that never follows redirects and gives up after 30 s.
 pub fn http_client() -> reqwest::Client {
+    platform::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))

@@ -80,7 +80,7 @@ async fn gateway(urls: &str, policy: Policy, args: Args) -> Gateway {
     tokio::time::sleep(Duration::from_millis(50)).await;
     Gateway {
         base,
-        client: reqwest::Client::new(),
+        client: client(),
         stop,
     }
 }
@@ -276,4 +276,10 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(gw.get("/healthz").await.status(), 200);
     gw.stop.cancel();
     up.shut().await;
+}
+
+/// A plain HTTP client (installs the process's TLS provider first, see `platform::tls`).
+fn client() -> reqwest::Client {
+    platform::tls::install_crypto_provider();
+    reqwest::Client::new()
 }
