@@ -140,12 +140,6 @@ impl BlobStore {
         })
     }
 
-    /// The default of `flotilla up`: `<data>/blobs`.
-    pub fn default_url(data_dir: &FsPath) -> String {
-        let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-        format!("file://{}", dir.join("blobs").display())
-    }
-
     pub fn url(&self) -> &str {
         &self.description
     }
@@ -347,7 +341,7 @@ mod tests {
     #[tokio::test]
     async fn local_blobs_stream_in_and_out_with_ranges() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = BlobStore::default_url(dir.path());
+        let url = format!("file://{}", dir.path().join("blobs").display());
         let store = BlobStore::from_url(&url).expect("opens");
         // More than one part, so the multipart path is really taken.
         let big = vec![7u8; PART_BYTES + 123];

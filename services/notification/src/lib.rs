@@ -1,17 +1,161 @@
-//! Emails the uploader when a conversion finishes or fails.
+//! Emails the uploader when a conversion finishes or fails: one email per job.
 //!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! The service consumes `mp3` messages (done or failed) and sends the email through SMTP
+//! (`FLOTILLA_SMTP_URL`, lettre over rustls) or, without a server, writes it as an `.eml`
+//! file under `<data>/mail/`.
+//!
+//! # Exactly one email per job
+//!
+//! Delivery is at least once, and a converter may even publish two `mp3` messages for one
+//! job (it crashed after publishing and redid the work), so duplicates are recognised by
+//! *job*, not by message id: the `notification_emails` ledger has one row per job. Sending
+//! an email is the one effect that cannot join a database transaction, so the ledger
+//! records it in two steps — `sending` (committed before the email is handed over) and
+//! `sent` (committed after):
+//!
+//! * a message for a job already `sent` is acknowledged and nothing is sent;
+//! * a message for a job left `sending` means a previous attempt may or may not have
+//!   reached the server before the process died. We send again, deliberately: a lost
+//!   "your MP3 is ready" is worse than a rare duplicate, and the duplicate carries the
+//!   same `Message-ID` (derived from the job, see [`email::message_id`]) so mail stores
+//!   and clients that dedupe by it show one email. The window is the time between the
+//!   server's "250 OK" and the next commit — milliseconds.
+//! * With the file fallback the email is written under a name derived from the job and
+//!   replaced atomically, so a resend rewrites the same file: exactly one `.eml` per job.
 
-use platform::{ServiceApp, ServiceContext};
+pub mod email;
+pub mod ledger;
+pub mod sender;
+
+use std::{path::PathBuf, sync::Arc};
+
+use bus::{Consumer, Message, Nack, Subscription};
+use contracts::media::{MP3, Mp3Message};
+use lettre::message::Mailbox;
+use platform::{ServiceApp, ServiceContext, health::Readiness};
+
+pub use ledger::{Ledger, LedgerState};
+pub use sender::{SendError, Sender};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "notification-args")]
-pub struct Args {}
+pub struct Args {
+    /// SMTP server for outgoing mail (`smtp://host:25`, `smtps://user:pw@host:465`);
+    /// unset → emails are written as `.eml` files under `<data>/mail/`.
+    #[arg(long, env = "FLOTILLA_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of notification emails.
+    #[arg(long, env = "FLOTILLA_MAIL_FROM", default_value = DEFAULT_FROM)]
+    pub mail_from: String,
+}
+
+const DEFAULT_FROM: &str = "Flotilla <noreply@flotilla.invalid>";
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            mail_from: DEFAULT_FROM.to_owned(),
+        }
+    }
+}
 
 pub const NAME: &str = "notification";
 
+/// The consumer group (and RabbitMQ queue) of this service.
+pub const GROUP: &str = "notification";
+
+/// Where `.eml` files go without an SMTP server.
+pub fn mail_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("mail")
+}
+
 /// Builds the service; `flotilla up`, `flotilla serve notification` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    let from: Mailbox = args.mail_from.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "FLOTILLA_MAIL_FROM '{}' is not an email address",
+            args.mail_from
+        )
+    })?;
+    let sender = Sender::new(args.smtp_url.as_deref(), &mail_dir(&context.data_dir))?;
+    tracing::info!(transport = %sender.describe(), "notification emails");
+
+    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    db.migrate(NAME, ledger::MIGRATIONS).await?;
+    let ledger = Ledger::new(db.clone());
+    let notifier = Arc::new(Notifier {
+        ledger,
+        sender,
+        from,
+    });
+
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let consumer = Consumer::new(bus, Subscription::new(GROUP, MP3).with_prefetch(16))
+        .concurrency(4)
+        .run(context.shutdown.clone(), move |message| {
+            let notifier = notifier.clone();
+            async move { notifier.handle(&message).await }
+        });
+    context.tasks.spawn(async move {
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "the notification consumer stopped");
+        }
+    });
+
+    let readiness = Readiness::new().with_check("db", move || {
+        let db = db.clone();
+        async move { db.ping().await.map_err(|e| e.to_string()) }
+    });
+    Ok(ServiceApp::new(NAME, axum::Router::new()).with_readiness(readiness))
+}
+
+/// Turns `mp3` messages into emails, one per job.
+#[derive(Debug)]
+pub struct Notifier {
+    pub ledger: Ledger,
+    pub sender: Sender,
+    pub from: Mailbox,
+}
+
+impl Notifier {
+    /// Handles one `mp3` message (see the crate docs for the exactly-once reasoning).
+    pub async fn handle(&self, message: &Message) -> Result<(), Nack> {
+        let finished: Mp3Message = message
+            .decode()
+            .map_err(|e| Nack::Reject(format!("bad {MP3} body: {e}")))?;
+        let retry = |e: &dyn std::fmt::Display| Nack::Retry(e.to_string());
+        let state = self
+            .ledger
+            .begin_sending(&finished.job_id, &finished.username)
+            .await
+            .map_err(|e| retry(&e))?;
+        match state {
+            LedgerState::Sent => {
+                tracing::debug!(job_id = %finished.job_id, "email already sent; skipped");
+                return Ok(());
+            }
+            LedgerState::Resending => tracing::warn!(
+                job_id = %finished.job_id,
+                "a previous attempt may have sent this email already; sending again with the same Message-ID"
+            ),
+            LedgerState::New => {}
+        }
+        let email =
+            email::compose(&finished, &self.from).map_err(|e| Nack::Reject(e.to_string()))?;
+        match self.sender.send(&finished.job_id, &email).await {
+            Ok(()) => {}
+            Err(error) if error.is_permanent() => return Err(Nack::Reject(error.to_string())),
+            Err(error) => return Err(retry(&error)),
+        }
+        self.ledger
+            .mark_sent(&finished.job_id)
+            .await
+            .map_err(|e| retry(&e))?;
+        metrics::counter!("notification_emails_sent_total", "kind" => email::subject(&finished))
+            .increment(1);
+        tracing::info!(job_id = %finished.job_id, status = finished.status.as_str(), "email sent");
+        Ok(())
+    }
 }

@@ -1,0 +1,212 @@
+//! The HTTP face of the media service: upload, jobs, download. Every route needs a
+//! caller ([`identity::Caller`]); a job and its MP3 are visible to their owner and to
+//! admins only — to anyone else they do not exist (404, not 403, so ids cannot be
+//! probed).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::multipart::MultipartRejection,
+    extract::{DefaultBodyLimit, Path, Query, State, multipart::Multipart},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use contracts::media::{VIDEO, VideoMessage};
+use http::{HeaderMap, header};
+use identity::Caller;
+use platform::Problem;
+use serde::Serialize;
+use storage::blob::BlobStore;
+
+use crate::{
+    download,
+    jobs::{Job, JobStore, NewJob},
+    upload,
+};
+
+/// Time to response headers for every route but the upload.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The upload answers once the whole file is stored; the gateway allows as long.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Jobs listed by `GET /jobs`.
+const MAX_LISTED_JOBS: i64 = 500;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct MediaState {
+    pub jobs: JobStore,
+    pub blobs: BlobStore,
+    pub outbox: bus::Outbox,
+    /// Woken after an upload commits, so the `video` message goes out at once.
+    pub relay: bus::OutboxRelay,
+    pub max_upload_bytes: u64,
+}
+
+pub fn router(state: Arc<MediaState>) -> Router {
+    let limited = |timeout: Duration| {
+        middleware::from_fn_with_state(timeout, platform::http::enforce_timeout)
+    };
+    Router::new()
+        .route(
+            "/upload",
+            post(upload_video)
+                // The platform's 1 MiB default is for JSON; an upload is bounded by
+                // `max_upload_bytes`, counted while it streams.
+                .layer(DefaultBodyLimit::disable())
+                .layer(limited(UPLOAD_TIMEOUT)),
+        )
+        .route("/jobs", get(list_jobs).layer(limited(DEFAULT_TIMEOUT)))
+        .route("/jobs/{id}", get(get_job).layer(limited(DEFAULT_TIMEOUT)))
+        .route(
+            "/download",
+            get(download_mp3).layer(limited(DEFAULT_TIMEOUT)),
+        )
+        .with_state(state)
+}
+
+#[derive(Debug, Serialize)]
+struct Uploaded {
+    job_id: String,
+    video_fid: String,
+    status_url: String,
+}
+
+async fn upload_video(
+    State(state): State<Arc<MediaState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, Problem> {
+    upload::check_announced_length(&headers, state.max_upload_bytes)?;
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let video_fid = format!("video-{job_id}");
+    let file =
+        upload::store_single_file(multipart, &state.blobs, &video_fid, state.max_upload_bytes)
+            .await?;
+
+    let message = VideoMessage {
+        video_fid: video_fid.clone(),
+        mp3_fid: None,
+        username: caller.username.clone(),
+        job_id: job_id.clone(),
+    };
+    let recorded = record_job(&state, &caller, &job_id, &video_fid, &file, &message).await;
+    if let Err(error) = recorded {
+        // The job does not exist, so neither should its video.
+        if let Err(cleanup) = state.blobs.delete(&video_fid).await {
+            tracing::warn!(error = %cleanup, %video_fid, "could not delete an orphaned upload");
+        }
+        return Err(Problem::internal(&error));
+    }
+    tracing::info!(%job_id, %video_fid, bytes = file.size, "video uploaded");
+    metrics::counter!("media_uploads_total").increment(1);
+    metrics::counter!("media_upload_bytes_total").increment(file.size);
+
+    if accepts_json(&headers) {
+        let status_url = format!("/jobs/{job_id}");
+        Ok(Json(Uploaded {
+            job_id,
+            video_fid,
+            status_url,
+        })
+        .into_response())
+    } else {
+        // The reference client expects exactly this body.
+        Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "success!",
+        )
+            .into_response())
+    }
+}
+
+/// The job row and its `video` message in one transaction: either both exist or
+/// neither does, so no job waits for a message that was never sent.
+async fn record_job(
+    state: &MediaState,
+    caller: &Caller,
+    job_id: &str,
+    video_fid: &str,
+    file: &upload::StoredFile,
+    message: &VideoMessage,
+) -> anyhow::Result<()> {
+    let message = bus::Message::json(VIDEO, message)?;
+    let mut tx = state.jobs.database().begin().await?;
+    let job = NewJob {
+        job_id,
+        owner_id: &caller.user_id,
+        owner_email: &caller.username,
+        video_fid,
+        filename: &file.filename,
+        size_bytes: i64::try_from(file.size)?,
+    };
+    state.jobs.insert(&mut tx, &job).await?;
+    state.outbox.enqueue(&mut tx, &message).await?;
+    tx.commit().await?;
+    state.relay.wake();
+    Ok(())
+}
+
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/json"))
+}
+
+async fn list_jobs(
+    State(state): State<Arc<MediaState>>,
+    caller: Caller,
+) -> Result<Json<Vec<Job>>, Problem> {
+    let jobs = state
+        .jobs
+        .list_for_owner(&caller.user_id, MAX_LISTED_JOBS)
+        .await
+        .map_err(|error| Problem::internal(&error))?;
+    Ok(Json(jobs))
+}
+
+async fn get_job(
+    State(state): State<Arc<MediaState>>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> Result<Json<Job>, Problem> {
+    let job = state
+        .jobs
+        .get(&job_id)
+        .await
+        .map_err(|error| Problem::internal(&error))?
+        .filter(|job| may_see(&caller, job))
+        .ok_or_else(|| Problem::not_found(format!("no job {job_id}")))?;
+    Ok(Json(job))
+}
+
+async fn download_mp3(
+    State(state): State<Arc<MediaState>>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let fid = query
+        .get("fid")
+        .map(|fid| fid.trim())
+        .filter(|fid| !fid.is_empty())
+        .ok_or_else(|| Problem::bad_request("missing query parameter fid"))?;
+    let job = state
+        .jobs
+        .find_by_mp3(fid)
+        .await
+        .map_err(|error| Problem::internal(&error))?
+        .filter(|job| may_see(&caller, job))
+        .ok_or_else(|| Problem::not_found(format!("no file {fid}")))?;
+    metrics::counter!("media_downloads_total").increment(1);
+    let fid = job.mp3_fid.as_deref().unwrap_or(fid);
+    download::respond(&state.blobs, fid, &headers).await
+}
+
+fn may_see(caller: &Caller, job: &Job) -> bool {
+    caller.admin || caller.user_id == job.owner_id
+}
