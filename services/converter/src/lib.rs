@@ -14,6 +14,7 @@ mod error;
 mod ffmpeg;
 mod in_process;
 mod report;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -83,5 +84,56 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         timeout = ?config.timeout,
         "conversion engine ready"
     );
+    // The `video` consumer (worker.rs): blobs in, MP3s out, outcomes on `mp3`.
+    let blobs = storage::blob::BlobStore::from_url(&context.blob_url_or_local())?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    worker::Worker {
+        bus,
+        blobs,
+        converter,
+        work_dir: context.data_dir.join("converter-work"),
+    }
+    .spawn(&context.tasks, context.shutdown.clone());
     Ok(ServiceApp::new(NAME, axum::Router::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_choose_workers_ffmpeg_and_timeout() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--converter-workers",
+            "3",
+            "--converter-ffmpeg",
+            "off",
+            "--converter-timeout",
+            "90s",
+        ])
+        .expect("valid flags");
+        let config = cli.args.converter_config();
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.ffmpeg, None);
+        assert_eq!(config.timeout, Duration::from_secs(90));
+
+        let config = Cli::try_parse_from(["x", "--converter-ffmpeg", "/opt/ffmpeg/bin/ffmpeg"])
+            .expect("valid flags")
+            .args
+            .converter_config();
+        assert_eq!(config.workers, default_workers());
+        assert_eq!(config.ffmpeg, Some(PathBuf::from("/opt/ffmpeg/bin/ffmpeg")));
+        assert_eq!(config.timeout, Args::default().converter_timeout);
+
+        assert!(Cli::try_parse_from(["x", "--converter-workers", "0"]).is_err());
+    }
 }

@@ -1,0 +1,181 @@
+//! The `video` consumer: fetch the upload from the blob store into a scratch file,
+//! convert it on a blocking thread, store the MP3 under the key derived from the job,
+//! and publish the outcome on `mp3`.
+//!
+//! Redelivery is safe by construction: the MP3 key ([`mp3_fid_for_job`]) and the ids of
+//! the messages published (`converting-<job>`, `mp3-<job>`) are derived from the job, so
+//! doing a job twice overwrites the same object and publishes the same message ids,
+//! which the consumers' inboxes drop. Unusable input is a *result* (a `failed` message
+//! with the reason), acknowledged once — never retried; only transient trouble (the blob
+//! store or the bus away, shutdown, a crashed decoder thread) is retried by the bus.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bus::{Consumer, EventBus, Message, Nack, Subscription};
+use contracts::media::{
+    CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message, VIDEO, VideoMessage, mp3_fid_for_job,
+};
+use storage::blob::{BlobError, BlobStore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{ConvertError, Converter};
+
+/// The consumer group: its RabbitMQ queue is named `video`, as in the reference system.
+pub const GROUP: &str = VIDEO;
+
+/// What a worker needs.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub bus: Arc<dyn EventBus>,
+    pub blobs: BlobStore,
+    pub converter: Converter,
+    /// Scratch space for inputs and outputs being converted.
+    pub work_dir: PathBuf,
+}
+
+impl Worker {
+    /// Starts consuming `video`, as many at once as the converter has workers.
+    pub fn spawn(self, tasks: &TaskTracker, shutdown: CancellationToken) {
+        let concurrency = self.converter.config().workers;
+        let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+        let subscription = Subscription::new(GROUP, VIDEO).with_prefetch(prefetch);
+        let worker = Arc::new(self);
+        let consumer = Consumer::new(worker.bus.clone(), subscription)
+            .concurrency(concurrency)
+            .run(shutdown, move |message| {
+                let worker = worker.clone();
+                async move { worker.handle(&message).await }
+            });
+        tasks.spawn(async move {
+            if let Err(error) = consumer.await {
+                tracing::error!(%error, "the video consumer stopped");
+            }
+        });
+    }
+
+    /// Converts the video of one `video` message.
+    pub async fn handle(&self, message: &Message) -> Result<(), Nack> {
+        let video: VideoMessage = message
+            .decode()
+            .map_err(|e| Nack::Reject(format!("bad {VIDEO} body: {e}")))?;
+        let started = ConversionStarted {
+            job_id: video.job_id.clone(),
+            video_fid: video.video_fid.clone(),
+        };
+        // Only a status for the job list: a lost one is overtaken by the outcome.
+        match Message::json(CONVERTING, &started) {
+            Ok(started) => {
+                let started = started.with_id(format!("converting-{}", video.job_id));
+                if let Err(error) = self.bus.publish(started).await {
+                    tracing::warn!(%error, job_id = %video.job_id, "could not publish converting");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not encode converting"),
+        }
+
+        let scratch = self.work_dir.join(safe_name(&video.job_id));
+        let outcome = self.convert(&video, &scratch).await;
+        if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %scratch.display(), "could not remove scratch files");
+        }
+        let finished = match outcome {
+            Ok(finished) => finished,
+            Err(Outcome::Retry(reason)) => return Err(Nack::Retry(reason)),
+            Err(Outcome::Failed(reason)) => {
+                tracing::info!(job_id = %video.job_id, %reason, "conversion failed");
+                metrics::counter!("converter_jobs_total", "outcome" => "failed").increment(1);
+                Mp3Message {
+                    video_fid: video.video_fid.clone(),
+                    mp3_fid: None,
+                    username: video.username.clone(),
+                    job_id: video.job_id.clone(),
+                    status: JobStatus::Failed,
+                    error: Some(reason),
+                    duration_secs: None,
+                }
+            }
+        };
+        let outcome = Message::json(MP3, &finished)
+            .map_err(|e| Nack::Retry(e.to_string()))?
+            .with_id(format!("mp3-{}", video.job_id));
+        self.bus
+            .publish(outcome)
+            .await
+            .map_err(|e| Nack::Retry(format!("could not publish the outcome: {e}")))?;
+        Ok(())
+    }
+
+    async fn convert(&self, video: &VideoMessage, scratch: &Path) -> Result<Mp3Message, Outcome> {
+        let transient =
+            |what: &str, e: &dyn std::fmt::Display| Outcome::Retry(format!("{what}: {e}"));
+        tokio::fs::create_dir_all(scratch)
+            .await
+            .map_err(|e| transient("scratch directory", &e))?;
+        let input = scratch.join("input");
+        let output = scratch.join("output.mp3");
+        match self.blobs.get_to_file(&video.video_fid, &input).await {
+            Ok(_) => {}
+            Err(BlobError::NotFound(_)) => {
+                return Err(Outcome::Failed("the uploaded file is missing".to_owned()));
+            }
+            Err(error) => return Err(transient("fetching the upload", &error)),
+        }
+        let report = match self.converter.convert_file(&input, &output).await {
+            Ok(report) => report,
+            // A job that ran out of time would run out of time again: say so once
+            // rather than spend the timeout again on every retry.
+            Err(error) if error.is_permanent() || matches!(error, ConvertError::Timeout(_)) => {
+                return Err(Outcome::Failed(error.to_string()));
+            }
+            Err(error) => return Err(Outcome::Retry(error.to_string())),
+        };
+        let mp3_fid = mp3_fid_for_job(&video.job_id);
+        self.blobs
+            .put_file(&mp3_fid, &output)
+            .await
+            .map_err(|e| transient("storing the mp3", &e))?;
+        tracing::info!(
+            job_id = %video.job_id,
+            %mp3_fid,
+            duration_secs = report.duration_secs,
+            engine = ?report.engine,
+            "conversion done"
+        );
+        metrics::counter!("converter_jobs_total", "outcome" => "done").increment(1);
+        Ok(Mp3Message {
+            video_fid: video.video_fid.clone(),
+            mp3_fid: Some(mp3_fid),
+            username: video.username.clone(),
+            job_id: video.job_id.clone(),
+            status: JobStatus::Done,
+            error: None,
+            duration_secs: Some(report.duration_secs),
+        })
+    }
+}
+
+enum Outcome {
+    /// Worth another attempt later.
+    Retry(String),
+    /// The job is over: this is the reason to tell the user.
+    Failed(String),
+}
+
+/// A directory name from a job id (ids are UUIDs; anything else is filtered).
+fn safe_name(job_id: &str) -> String {
+    let name: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "job".to_owned()
+    } else {
+        name
+    }
+}
