@@ -1,0 +1,141 @@
+//! Input parsed into types at the edge: an [`Email`] is normalised and plausible, a
+//! [`Password`] is long enough and never printed.
+
+/// Shortest password accepted (CONTRACTS §3).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest password accepted; argon2 copes with more, but nobody needs more and a
+/// megabyte "password" is only a way to waste our CPU.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// RFC 5321's limit on a forward path.
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// An email address, trimmed and lower-cased so that `A@X.com` and `a@x.com` are one
+/// account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("'{0}' is not a valid email address")]
+    Email(String),
+    #[error("the password must be at least {MIN_PASSWORD_CHARS} characters long")]
+    PasswordTooShort,
+    #[error("the password must be at most {MAX_PASSWORD_BYTES} bytes long")]
+    PasswordTooLong,
+}
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, InputError> {
+        let email = raw.trim().to_lowercase();
+        let invalid = || InputError::Email(raw.chars().take(64).collect());
+        if email.is_empty() || email.len() > MAX_EMAIL_BYTES {
+            return Err(invalid());
+        }
+        let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
+        let plausible_domain = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..");
+        let clean = email
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '<' && c != '>');
+        if local.is_empty() || local.contains('@') || !plausible_domain || !clean {
+            return Err(invalid());
+        }
+        Ok(Self(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password that meets the policy. Its `Debug` hides it, so it cannot end up in logs.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl Password {
+    /// A new password, checked against the policy (signup, `user add`, admin seed).
+    pub fn new(raw: String) -> Result<Self, InputError> {
+        if raw.chars().count() < MIN_PASSWORD_CHARS {
+            return Err(InputError::PasswordTooShort);
+        }
+        if raw.len() > MAX_PASSWORD_BYTES {
+            return Err(InputError::PasswordTooLong);
+        }
+        Ok(Self(raw))
+    }
+
+    /// A password offered at login: no policy (old accounts may predate it), only the
+    /// length cap.
+    pub fn offered(raw: String) -> Option<Self> {
+        (raw.len() <= MAX_PASSWORD_BYTES).then_some(Self(raw))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised() {
+        let email = Email::parse("  Georgio@Email.COM ").expect("valid");
+        assert_eq!(email.as_str(), "georgio@email.com");
+    }
+
+    #[test]
+    fn implausible_emails_are_refused() {
+        for bad in [
+            "",
+            "plain",
+            "@x.com",
+            "a@",
+            "a@localhost",
+            "a@.com",
+            "a@x.com.",
+            "a@x..com",
+            "a b@x.com",
+            "a@b@x.com",
+            "<a@x.com>",
+            &format!("{}@x.com", "a".repeat(300)),
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn password_policy() {
+        assert_eq!(
+            Password::new("1234567".into()).err(),
+            Some(InputError::PasswordTooShort)
+        );
+        assert!(Password::new("12345678".into()).is_ok());
+        // Eight characters, more bytes: characters count.
+        assert!(Password::new("ééééééé".into()).is_err());
+        assert_eq!(
+            Password::new("x".repeat(MAX_PASSWORD_BYTES + 1)).err(),
+            Some(InputError::PasswordTooLong)
+        );
+        assert!(Password::offered("short".into()).is_some());
+        assert_eq!(
+            format!("{:?}", Password::new("secret123".into())),
+            "Ok(Password(***))"
+        );
+    }
+}
