@@ -5,8 +5,9 @@
 //! Flow: `posts` emits [`PostCreated`]; `comments` emits [`CommentCreated`] (status
 //! `pending`); `moderation` answers with [`CommentModerated`]; `comments` applies it and
 //! emits [`CommentUpdated`]. `query` folds all of them into the read model; `event-bus`
-//! records every one in its ordered log. The routing key of an event on the bus is its
-//! type name.
+//! records every one in its ordered log. On the bus an event's routing key is
+//! `blog.<type>` ([`routing_key`]), so `blog.#` ([`ALL_EVENTS`]) subscribes to all of
+//! them, including types the course's client may post that this crate does not know.
 //!
 //! Every event has a message id derived from what it says ([`BlogEvent::message_id`]),
 //! not a random one: the same event reaching a consumer twice — redelivered by the bus,
@@ -27,6 +28,28 @@ pub const EVENT_TYPES: [&str; 4] = [
     COMMENT_MODERATED,
     COMMENT_UPDATED,
 ];
+
+/// The topic pattern matching every blog event.
+pub const ALL_EVENTS: &str = "blog.#";
+
+/// The bus routing key of events of type `event_type`.
+pub fn routing_key(event_type: &str) -> String {
+    format!("blog.{event_type}")
+}
+
+/// The event type carried by a message with `routing_key`, if it is a blog one.
+pub fn event_type_of(routing_key: &str) -> Option<&str> {
+    routing_key.strip_prefix("blog.")
+}
+
+/// Whether `name` can be an event type: 1–100 characters, none of which would change
+/// its routing key's meaning (`.`, `*`, `#`) or be invisible.
+pub fn is_valid_event_type(name: &str) -> bool {
+    (1..=100).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| !matches!(c, '.' | '*' | '#') && !c.is_whitespace() && !c.is_control())
+}
 
 /// The longest title or comment accepted, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
@@ -247,6 +270,18 @@ mod tests {
         let envelope = Envelope::from(&post);
         assert_eq!(envelope.data, json!({"id": "p", "title": "t"}));
         assert_eq!(envelope.blog_event().expect("valid"), Some(post));
+    }
+
+    #[test]
+    fn routing_keys_carry_the_type() {
+        assert_eq!(routing_key(POST_CREATED), "blog.PostCreated");
+        assert_eq!(event_type_of("blog.PostCreated"), Some(POST_CREATED));
+        assert_eq!(event_type_of("video"), None);
+        assert!(is_valid_event_type("CommentCreated"));
+        assert!(!is_valid_event_type(""));
+        assert!(!is_valid_event_type("a.b"));
+        assert!(!is_valid_event_type("#"));
+        assert!(!is_valid_event_type("a b"));
     }
 
     #[test]

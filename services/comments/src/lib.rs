@@ -1,17 +1,190 @@
-//! Blog comments: the write side.
+//! Comments of blog posts, as the course's comments service: `POST /posts/{id}/comments`
+//! stores a `pending` comment and its `CommentCreated` in one transaction (the outbox)
+//! and answers 201 with the post's comments; `GET /posts/{id}/comments` lists them.
+//! Consuming `CommentModerated`, it stores the moderator's status and emits
+//! `CommentUpdated`, again in one transaction, with the message recorded in its inbox
+//! so a redelivery changes nothing.
 //!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! A comment on an unknown post is a 404. The service learns posts from `PostCreated`
+//! events into its own table instead of asking the posts service, so it keeps working
+//! while posts is down. The price is a short window after a post is created in which
+//! the event has not arrived yet; a request in that window waits for the event (woken
+//! as soon as it is applied, and re-checking the database for events applied by another
+//! replica) for at most `--comments-post-wait`, and only then answers 404.
 
-use platform::{ServiceApp, ServiceContext};
+mod events;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use tokio::sync::Notify;
+
+pub use store::{Comment, CommentError, CommentStore};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "comments-args")]
-pub struct Args {}
+pub struct Args {
+    /// How long a comment on a post this service has not heard of yet waits for the
+    /// post's `PostCreated` before the answer is 404.
+    #[arg(long, env = "FLOTILLA_COMMENTS_POST_WAIT", default_value = "3s",
+          value_parser = platform::config::parse_duration)]
+    pub comments_post_wait: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            comments_post_wait: Duration::from_secs(3),
+        }
+    }
+}
 
 pub const NAME: &str = "comments";
 
+/// How often a waiting request looks at the database again, for posts learned by
+/// another replica (whose wake-up does not reach this process).
+const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+struct AppState {
+    store: CommentStore,
+    /// Woken whenever this process learns a post.
+    post_learned: Arc<Notify>,
+    post_wait: Duration,
+}
+
 /// Builds the service; `flotilla up`, `flotilla serve comments` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    db.migrate(NAME, store::MIGRATIONS).await?;
+    let (publisher, bus) = events::Publisher::start(context, &db).await?;
+    let state = AppState {
+        store: CommentStore::new(db.clone(), publisher),
+        post_learned: Arc::new(Notify::new()),
+        post_wait: args.comments_post_wait,
+    };
+    events::start_consumer(
+        context,
+        bus,
+        state.store.clone(),
+        state.post_learned.clone(),
+    );
+    let readiness = Readiness::new().with_check("db", move || {
+        let db = db.clone();
+        async move { db.ping().await.map_err(|e| e.to_string()) }
+    });
+    Ok(ServiceApp::new(NAME, routes(state)).with_readiness(readiness))
+}
+
+fn routes(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/posts/{id}/comments",
+            get(list_comments).post(create_comment),
+        )
+        .route("/events", post(receive_event))
+        .with_state(state)
+}
+
+async fn create_comment(
+    State(state): State<AppState>,
+    Path(post_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, Problem> {
+    let body = json_body(&body).map_err(not_json)?;
+    let content = contracts::blog::text_field(&body, "content")
+        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    wait_for_post(&state, &post_id).await?;
+    match state.store.create(&post_id, content).await {
+        Ok(comments) => Ok((StatusCode::CREATED, Json(comments))),
+        Err(CommentError::UnknownPost(id)) => Err(unknown_post(&id)),
+        Err(CommentError::Storage(e)) => Err(Problem::internal(&e)),
+        Err(CommentError::Bus(e)) => Err(Problem::internal(&e)),
+    }
+}
+
+async fn list_comments(
+    State(state): State<AppState>,
+    Path(post_id): Path<String>,
+) -> Result<Json<Vec<Comment>>, Problem> {
+    wait_for_post(&state, &post_id).await?;
+    let comments = state
+        .store
+        .list(&post_id)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(comments))
+}
+
+/// Returns once `post_id` is known, or 404 after the configured wait.
+async fn wait_for_post(state: &AppState, post_id: &str) -> Result<(), Problem> {
+    let deadline = tokio::time::Instant::now() + state.post_wait;
+    loop {
+        // Registered before the check, so a post learned in between still wakes us.
+        let learned = state.post_learned.notified();
+        tokio::pin!(learned);
+        learned.as_mut().enable();
+        if state
+            .store
+            .post_is_known(post_id)
+            .await
+            .map_err(|e| Problem::internal(&e))?
+        {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(unknown_post(post_id));
+        }
+        let _ = tokio::time::timeout((deadline - now).min(RECHECK_INTERVAL), learned).await;
+    }
+}
+
+fn unknown_post(post_id: &str) -> Problem {
+    Problem::not_found(format!("there is no post {post_id}"))
+}
+
+/// The course's push style: an event posted here is applied exactly as if the bus had
+/// delivered it (same inbox, so a pushed copy and a delivered copy count once).
+async fn receive_event(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let body = json_body(&body).map_err(not_json)?;
+    let envelope: contracts::blog::Envelope = serde_json::from_value(body)
+        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
+    let event = envelope
+        .blog_event()
+        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
+    if let Some(event) = event {
+        events::apply(
+            &state.store,
+            &state.post_learned,
+            &event.message_id(),
+            &event,
+        )
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The request body as JSON, whatever its content type: the course's client sends
+/// `application/json`, curl users often forget it.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+fn not_json(error: serde_json::Error) -> Problem {
+    Problem::bad_request(format!("the body is not JSON: {error}"))
 }

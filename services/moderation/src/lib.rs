@@ -1,17 +1,153 @@
-//! Approves or rejects blog comments.
+//! Moderation of blog comments, as the course's moderation service: on every
+//! `CommentCreated` it decides `approved` or `rejected` and emits `CommentModerated`.
+//! The rule is a list of blocked words (`--blocked-words`, default `orange`): a comment
+//! whose content contains one anywhere, in any letter case, is rejected.
 //!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! The decision and its event are written in one transaction together with the
+//! message's inbox record, so a redelivered `CommentCreated` is not moderated twice.
+//! `POST /events` accepts the course's pushed events through the same path.
 
-use platform::{ServiceApp, ServiceContext};
+mod events;
+
+use axum::{Json, Router, body::Bytes, extract::State, routing::post};
+use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus};
+use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "moderation-args")]
-pub struct Args {}
+pub struct Args {
+    /// Words that get a comment rejected, comma-separated; matched anywhere in the
+    /// content, ignoring letter case.
+    #[arg(
+        long,
+        env = "FLOTILLA_BLOCKED_WORDS",
+        default_value = "orange",
+        value_delimiter = ','
+    )]
+    pub blocked_words: Vec<String>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            blocked_words: vec!["orange".to_owned()],
+        }
+    }
+}
 
 pub const NAME: &str = "moderation";
 
+/// The moderation rule.
+#[derive(Debug, Clone)]
+pub struct Moderator {
+    /// Lower-cased, blanks removed.
+    blocked: Vec<String>,
+}
+
+impl Moderator {
+    pub fn new<S: AsRef<str>>(blocked_words: &[S]) -> Self {
+        Self {
+            blocked: blocked_words
+                .iter()
+                .map(|word| word.as_ref().trim().to_lowercase())
+                .filter(|word| !word.is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn decide(&self, content: &str) -> CommentStatus {
+        let content = content.to_lowercase();
+        if self
+            .blocked
+            .iter()
+            .any(|word| content.contains(word.as_str()))
+        {
+            CommentStatus::Rejected
+        } else {
+            CommentStatus::Approved
+        }
+    }
+
+    /// The `CommentModerated` answering `comment`.
+    pub fn moderate(&self, comment: &CommentCreated) -> BlogEvent {
+        BlogEvent::CommentModerated(CommentModerated {
+            id: comment.id.clone(),
+            post_id: comment.post_id.clone(),
+            status: self.decide(&comment.content),
+            content: comment.content.clone(),
+        })
+    }
+}
+
 /// Builds the service; `flotilla up`, `flotilla serve moderation` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    let moderator = Moderator::new(&args.blocked_words);
+    tracing::info!(blocked_words = ?moderator.blocked, "moderation rule");
+    let (publisher, bus) = events::Publisher::start(context, &db).await?;
+    let state = events::Moderation {
+        db: db.clone(),
+        publisher,
+        moderator,
+    };
+    state.start_consumer(context, bus);
+    let readiness = Readiness::new().with_check("db", move || {
+        let db = db.clone();
+        async move { db.ping().await.map_err(|e| e.to_string()) }
+    });
+    let routes = Router::new()
+        .route("/events", post(receive_event))
+        .with_state(state);
+    Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
+}
+
+/// The course's push style: handled exactly like a delivery from the bus.
+async fn receive_event(
+    State(state): State<events::Moderation>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let envelope: contracts::blog::Envelope = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
+    let event = envelope
+        .blog_event()
+        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
+    if let Some(BlogEvent::CommentCreated(comment)) = event {
+        let id = BlogEvent::CommentCreated(comment.clone()).message_id();
+        state
+            .moderate(&id, &comment)
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_words_reject_in_any_case_anywhere() {
+        let moderator = Moderator::default_rule();
+        assert_eq!(moderator.decide("I like apples"), CommentStatus::Approved);
+        assert_eq!(moderator.decide("Orange"), CommentStatus::Rejected);
+        assert_eq!(moderator.decide("an ORANGE cat"), CommentStatus::Rejected);
+        assert_eq!(moderator.decide("blood-oranges!"), CommentStatus::Rejected);
+    }
+
+    #[test]
+    fn the_list_is_configurable() {
+        let moderator = Moderator::new(&[" Spam ", "", "Ärger"]);
+        assert_eq!(moderator.decide("orange"), CommentStatus::Approved);
+        assert_eq!(moderator.decide("buy SPAM now"), CommentStatus::Rejected);
+        assert_eq!(moderator.decide("viel ärger"), CommentStatus::Rejected);
+        let nothing = Moderator::new::<&str>(&[]);
+        assert_eq!(nothing.decide("orange"), CommentStatus::Approved);
+    }
+
+    impl Moderator {
+        fn default_rule() -> Self {
+            Moderator::new(&Args::default().blocked_words)
+        }
+    }
 }

@@ -1,8 +1,28 @@
-//! Blog posts: the write side.
-//!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! Blog posts: the write side of the course's posts service. `POST /posts/create` (and
+//! `POST /posts`) stores a post and its `PostCreated` event in one transaction (the
+//! outbox); a relay publishes the event on the bus. `GET /posts` lists what this service
+//! wrote (`{"<id>": {"id", "title"}}`), with optional `?limit=&after=` paging; the
+//! gateway sends the client's `GET /posts` to the query service instead, whose view
+//! also has the comments. `POST /events` accepts the course's pushed events and ignores
+//! them: this service reacts to no event.
 
-use platform::{ServiceApp, ServiceContext};
+mod events;
+mod store;
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use serde::Deserialize;
+
+pub use store::{Post, PostError, PostStore};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -12,6 +32,80 @@ pub struct Args {}
 pub const NAME: &str = "posts";
 
 /// Builds the service; `flotilla up`, `flotilla serve posts` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
+    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    db.migrate(NAME, store::MIGRATIONS).await?;
+    let (publisher, _bus) = events::Publisher::start(context, &db).await?;
+    let store = PostStore::new(db.clone(), publisher);
+    let readiness = Readiness::new().with_check("db", move || {
+        let db = db.clone();
+        async move { db.ping().await.map_err(|e| e.to_string()) }
+    });
+    Ok(ServiceApp::new(NAME, routes(store)).with_readiness(readiness))
+}
+
+fn routes(store: PostStore) -> Router {
+    Router::new()
+        .route("/posts", get(list_posts).post(create_post))
+        .route("/posts/create", post(create_post))
+        .route("/events", post(receive_event))
+        .with_state(store)
+}
+
+async fn create_post(
+    State(store): State<PostStore>,
+    body: Bytes,
+) -> Result<impl IntoResponse, Problem> {
+    let body = json_body(&body).map_err(not_json)?;
+    let title = contracts::blog::text_field(&body, "title")
+        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    let post = store
+        .create(title)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok((StatusCode::CREATED, Json(post)))
+}
+
+/// `?limit=N&after=ID`: at most N posts created after post ID. Both optional; without
+/// them the whole map, as the course's client expects.
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn list_posts(
+    State(store): State<PostStore>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<BTreeMap<String, Post>>, Problem> {
+    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let posts = store
+        .list(page.after.as_deref(), page.limit)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(
+        posts
+            .into_iter()
+            .map(|post| (post.id.clone(), post))
+            .collect(),
+    ))
+}
+
+/// The course's services are pushed every event; this one has nothing to do with them,
+/// but answers as the course's does so a course-style event bus can push to it.
+async fn receive_event(body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
+    let body = json_body(&body).map_err(not_json)?;
+    let _: contracts::blog::Envelope = serde_json::from_value(body)
+        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// The request body as JSON, whatever its content type: the course's client sends
+/// `application/json`, curl users often forget it.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+fn not_json(error: serde_json::Error) -> Problem {
+    Problem::bad_request(format!("the body is not JSON: {error}"))
 }

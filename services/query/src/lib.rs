@@ -1,17 +1,324 @@
-//! The blog read model, built only from events.
+//! The blog's read model, as the course's query service: `GET /posts` answers
+//! `{"<id>": {"id", "title", "comments": [{"id", "content", "status"}]}}`, built only
+//! from events — `PostCreated`, `CommentCreated`, `CommentUpdated` consumed from the bus
+//! as group `query`, or pushed to `POST /events`.
 //!
-//! Not built yet: the service answers only its health, readiness and metrics routes.
+//! The view is stored (it survives restarts) and is rebuilt from the event-bus
+//! service's durable log whenever it is behind it: the store keeps a cursor into the
+//! log, and a follower reads `GET /events?after=CURSOR` at start (the service is ready
+//! only once caught up) and then every `--query-log-poll`. An empty store — a new
+//! instance, a deleted file, `flotilla query rebuild` — has cursor 0 and so replays the
+//! whole log. Replayed and delivered copies of an event carry the same message id and
+//! are applied once (see [`store`]). The follower also repairs the view if a delivery
+//! to this group was ever lost: the log is the source of truth.
+//!
+//! `GET /posts?limit=N&after=ID` pages through posts in creation order; without
+//! parameters the whole map is returned, as the course's client expects, and the last
+//! rendering is reused while the view has not changed.
 
-use platform::{ServiceApp, ServiceContext};
+pub mod event_log;
+pub mod store;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use contracts::blog::{self, BlogEvent, Envelope};
+use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+pub use event_log::{EventLogClient, EventLogError, EventLogService};
+pub use store::{View, ViewStore};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[group(id = "query-args")]
-pub struct Args {}
+pub struct Args {
+    /// How often the view is compared with the event-bus service's log and caught up.
+    #[arg(long, env = "FLOTILLA_QUERY_LOG_POLL", default_value = "2s",
+          value_parser = platform::config::parse_duration)]
+    pub query_log_poll: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            query_log_poll: Duration::from_secs(2),
+        }
+    }
+}
 
 pub const NAME: &str = "query";
 
-/// Builds the service; `flotilla up`, `flotilla serve query` and tests all call this.
-pub async fn build(_context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+/// The consumer group of the view.
+pub const GROUP: &str = "query";
+
+/// Events read from the log per request.
+const LOG_PAGE: u32 = 500;
+
+#[derive(Debug, Clone)]
+struct AppState {
+    store: ViewStore,
+    /// The last full rendering of `GET /posts` and the view version it shows.
+    rendered: Arc<Mutex<Option<(i64, Bytes)>>>,
+}
+
+/// Builds the service without access to the event log (it then cannot rebuild).
+pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    build_with_event_log(context, args, None).await
+}
+
+/// Builds the service; `flotilla up` passes the event-bus service's router, `flotilla
+/// serve query` an HTTP client for `FLOTILLA_EVENT_BUS_URL`.
+pub async fn build_with_event_log(
+    context: &ServiceContext,
+    args: &Args,
+    event_log: Option<EventLogClient>,
+) -> anyhow::Result<ServiceApp> {
+    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    let store = ViewStore::open(db.clone()).await?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    start_consumer(context, bus, store.clone());
+    let caught_up = Arc::new(AtomicBool::new(false));
+    match event_log {
+        Some(log) => {
+            let follower = follow_log(
+                store.clone(),
+                log,
+                caught_up.clone(),
+                args.query_log_poll,
+                context.shutdown.clone(),
+            );
+            context.tasks.spawn(follower);
+        }
+        None => {
+            tracing::warn!(
+                "no event log configured (FLOTILLA_EVENT_BUS_URL): the view cannot be rebuilt"
+            );
+            caught_up.store(true, Ordering::Release);
+        }
+    }
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("event-log", move || {
+            let caught_up = caught_up.load(Ordering::Acquire);
+            async move {
+                if caught_up {
+                    Ok(())
+                } else {
+                    Err("catching up with the event log".to_owned())
+                }
+            }
+        });
+    let state = AppState {
+        store,
+        rendered: Arc::new(Mutex::new(None)),
+    };
+    let routes = Router::new()
+        .route("/posts", get(read_posts))
+        .route("/events", post(receive_event))
+        .with_state(state);
+    Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
+}
+
+/// Empties the view at `database_url` and, when the log is given, rebuilds it now
+/// (otherwise the query service rebuilds it when it next starts, or within one poll
+/// interval if it is running). Returns how many events were folded in.
+pub async fn rebuild(
+    database_url: &str,
+    event_log: Option<EventLogClient>,
+) -> anyhow::Result<usize> {
+    let db = storage::Database::connect(database_url).await?;
+    let store = ViewStore::open(db.clone()).await?;
+    store.clear().await?;
+    let applied = match event_log {
+        Some(log) => catch_up(&store, &log).await?,
+        None => 0,
+    };
+    db.close().await;
+    Ok(applied)
+}
+
+fn start_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, store: ViewStore) {
+    let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
+        .also(blog::routing_key(blog::COMMENT_CREATED))
+        .also(blog::routing_key(blog::COMMENT_UPDATED))
+        .with_prefetch(64);
+    let consumer =
+        bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+            let store = store.clone();
+            async move {
+                let event: BlogEvent = message
+                    .decode()
+                    .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
+                store
+                    .apply(&message.id, &event)
+                    .await
+                    .map(drop)
+                    .map_err(|e| bus::Nack::Retry(e.to_string()))
+            }
+        });
+    context.tasks.spawn(async move {
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "the view's consumer stopped");
+        }
+    });
+}
+
+/// Folds in what the log has beyond the store's cursor, then keeps doing so.
+async fn follow_log(
+    store: ViewStore,
+    log: EventLogClient,
+    caught_up: Arc<AtomicBool>,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut first = true;
+    while !shutdown.is_cancelled() {
+        match catch_up(&store, &log).await {
+            Ok(applied) => {
+                if first || applied > 0 {
+                    tracing::info!(applied, "view caught up with the event log");
+                }
+                first = false;
+                caught_up.store(true, Ordering::Release);
+            }
+            // At start the event-bus service may not be up yet (serve mode): keep trying.
+            Err(error) => tracing::warn!(%error, "cannot read the event log"),
+        }
+        let pause = if caught_up.load(Ordering::Acquire) {
+            interval
+        } else {
+            interval.min(Duration::from_millis(500))
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Reads the log from the store's cursor to its end; returns how many events were new.
+async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    loop {
+        let cursor = store.log_cursor().await?;
+        let page = log.read(cursor, LOG_PAGE).await?;
+        let Some(last) = page.last().map(|entry| entry.seq) else {
+            return Ok(applied);
+        };
+        let events: Vec<_> = page.iter().filter_map(event_log::LogEntry::event).collect();
+        applied += store.apply_log_page(&events, last).await?;
+        if page.len() < LOG_PAGE as usize {
+            return Ok(applied);
+        }
+    }
+}
+
+/// `?limit=N&after=ID`: at most N posts created after post ID.
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn read_posts(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if page.limit.is_none() && page.after.is_none() {
+        return full_view(&state).await;
+    }
+    let limit = page.limit.unwrap_or(100);
+    if limit == 0 {
+        return Err(Problem::bad_request("'limit' must be at least 1"));
+    }
+    let view = state
+        .store
+        .view(page.after.as_deref(), Some(limit))
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let next = (view.len() == limit as usize)
+        .then(|| view.keys().next_back().cloned())
+        .flatten();
+    let mut response = Json(view).into_response();
+    if let Some(next) = next
+        && let Ok(link) = HeaderValue::from_str(&format!(
+            "</posts?limit={limit}&after={next}>; rel=\"next\""
+        ))
+    {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// The whole view, rendered once per version of it.
+async fn full_view(state: &AppState) -> Result<Response, Problem> {
+    let version = state
+        .store
+        .version()
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let mut rendered = state.rendered.lock().await;
+    let body = match rendered.as_ref() {
+        Some((at, body)) if *at == version => body.clone(),
+        _ => {
+            // Read after the version: the rendering is at least as new as the version
+            // it is stored under, so a later change always shows a different version.
+            let view = state
+                .store
+                .view(None, None)
+                .await
+                .map_err(|e| Problem::internal(&e))?;
+            let body = Bytes::from(serde_json::to_vec(&view).map_err(|e| Problem::internal(&e))?);
+            *rendered = Some((version, body.clone()));
+            body
+        }
+    };
+    drop(rendered);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The course's push style: applied like a delivery from the bus (same inbox).
+async fn receive_event(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let envelope: Envelope = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
+    let event = envelope
+        .blog_event()
+        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
+    if let Some(event) = event {
+        state
+            .store
+            .apply(&event.message_id(), &event)
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+    }
+    Ok(Json(serde_json::json!({})))
 }

@@ -1,0 +1,266 @@
+//! Comments, the posts this service has heard of, and the events both cause.
+
+use contracts::blog::{
+    BlogEvent, CommentCreated, CommentModerated, CommentStatus, CommentUpdated, PostCreated,
+};
+use sqlx::{Any, Row, Transaction};
+use storage::{Database, Dialect, Migration, StorageError};
+
+use crate::events::Publisher;
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "known posts",
+        "CREATE TABLE comments_known_posts (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            learned_at BIGINT NOT NULL
+        )",
+    ),
+    Migration::portable(
+        2,
+        "comments",
+        "CREATE TABLE comments (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            post_id VARCHAR(64) NOT NULL,
+            content TEXT NOT NULL,
+            status VARCHAR(16) NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+    ),
+    Migration::portable(
+        3,
+        "comments by post",
+        "CREATE INDEX comments_by_post ON comments (post_id, id)",
+    ),
+];
+
+/// A comment as the course's client shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Comment {
+    pub id: String,
+    pub content: String,
+    pub status: CommentStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommentError {
+    #[error("no post {0}")]
+    UnknownPost(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+}
+
+impl From<sqlx::Error> for CommentError {
+    fn from(error: sqlx::Error) -> Self {
+        CommentError::Storage(error.into())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CommentStore {
+    db: Database,
+    publisher: Publisher,
+    inbox: bus::Inbox,
+}
+
+impl CommentStore {
+    pub fn new(db: Database, publisher: Publisher) -> Self {
+        let inbox = bus::Inbox::new(&db);
+        Self {
+            db,
+            publisher,
+            inbox,
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub async fn post_is_known(&self, post_id: &str) -> Result<bool, StorageError> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
+        )
+        .bind(post_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Adds a pending comment to a known post and emits `CommentCreated`, in one
+    /// transaction; returns every comment of the post, the new one last.
+    pub async fn create(
+        &self,
+        post_id: &str,
+        content: String,
+    ) -> Result<Vec<Comment>, CommentError> {
+        let mut tx = self.db.begin().await?;
+        let known = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
+        )
+        .bind(post_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_none() {
+            return Err(CommentError::UnknownPost(post_id.to_owned()));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(self.db.sql(
+            "INSERT INTO comments (id, post_id, content, status, created_at) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(&id)
+        .bind(post_id)
+        .bind(&content)
+        .bind(CommentStatus::Pending.as_str())
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        let event = BlogEvent::CommentCreated(CommentCreated {
+            id,
+            content,
+            post_id: post_id.to_owned(),
+            status: CommentStatus::Pending,
+        });
+        self.publisher.enqueue(&mut tx, &event).await?;
+        let comments = list_in(&mut tx, self.db.dialect(), post_id).await?;
+        tx.commit().await?;
+        self.publisher.committed();
+        Ok(comments)
+    }
+
+    pub async fn list(&self, post_id: &str) -> Result<Vec<Comment>, StorageError> {
+        let mut conn = self.db.pool().acquire().await?;
+        Ok(list_conn(&mut conn, self.db.dialect(), post_id).await?)
+    }
+
+    /// Applies the event of message `message_id` unless `consumer` processed it before;
+    /// the inbox record, the effect and any event it causes commit together. Returns
+    /// whether a post is known now, so waiting requests can look again.
+    pub async fn apply_once(
+        &self,
+        consumer: &str,
+        message_id: &str,
+        event: &BlogEvent,
+    ) -> Result<bool, CommentError> {
+        let mut tx = self.db.begin().await?;
+        if !self.inbox.record(&mut tx, consumer, message_id).await? {
+            return Ok(false);
+        }
+        let learned = self.apply(&mut tx, event).await?;
+        tx.commit().await?;
+        self.publisher.committed();
+        Ok(learned)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &BlogEvent,
+    ) -> Result<bool, CommentError> {
+        match event {
+            BlogEvent::PostCreated(PostCreated { id, .. }) => {
+                let known = sqlx::query(
+                    self.db
+                        .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
+                )
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if known.is_none() {
+                    sqlx::query(
+                        self.db
+                            .sql("INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?)"),
+                    )
+                    .bind(id)
+                    .bind(unix_now())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(true)
+            }
+            BlogEvent::CommentModerated(moderated) => {
+                self.apply_moderation(tx, moderated).await?;
+                Ok(false)
+            }
+            // Our own events come back to us only through a push; nothing to do.
+            BlogEvent::CommentCreated(_) | BlogEvent::CommentUpdated(_) => Ok(false),
+        }
+    }
+
+    /// The course's rule: take the moderator's status and announce the updated comment.
+    async fn apply_moderation(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        moderated: &CommentModerated,
+    ) -> Result<(), CommentError> {
+        let row = sqlx::query(
+            self.db
+                .sql("SELECT post_id, content FROM comments WHERE id = ?"),
+        )
+        .bind(&moderated.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else {
+            // Possible only for an event posted by hand to the event bus.
+            tracing::warn!(comment = %moderated.id, "moderation of an unknown comment ignored");
+            return Ok(());
+        };
+        let post_id: String = row.try_get("post_id")?;
+        let content: String = row.try_get("content")?;
+        sqlx::query(self.db.sql("UPDATE comments SET status = ? WHERE id = ?"))
+            .bind(moderated.status.as_str())
+            .bind(&moderated.id)
+            .execute(&mut **tx)
+            .await?;
+        let event = BlogEvent::CommentUpdated(CommentUpdated {
+            id: moderated.id.clone(),
+            status: moderated.status,
+            post_id,
+            content,
+        });
+        self.publisher.enqueue(tx, &event).await?;
+        Ok(())
+    }
+}
+
+async fn list_in(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    post_id: &str,
+) -> Result<Vec<Comment>, sqlx::Error> {
+    list_conn(tx, dialect, post_id).await
+}
+
+async fn list_conn(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    post_id: &str,
+) -> Result<Vec<Comment>, sqlx::Error> {
+    let rows = sqlx::query(
+        dialect.sql("SELECT id, content, status FROM comments WHERE post_id = ? ORDER BY id"),
+    )
+    .bind(post_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(Comment {
+                id: row.try_get("id")?,
+                content: row.try_get("content")?,
+                status: CommentStatus::parse(&status).unwrap_or(CommentStatus::Pending),
+            })
+        })
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,127 @@
+//! How this service's events leave it: written to the outbox inside the transaction
+//! that makes the change, then published by the outbox relay (woken at once after the
+//! commit, polling otherwise, retrying while the bus is away).
+
+use std::sync::Arc;
+
+use bus::{BusOptions, EventBus, Message, Outbox, OutboxRelay};
+use contracts::blog::{self, BlogEvent};
+use platform::ServiceContext;
+use sqlx::AnyConnection;
+use storage::Database;
+
+/// Enqueues events in a transaction and nudges the relay after the commit.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    outbox: Outbox,
+    relay: OutboxRelay,
+}
+
+impl Publisher {
+    /// Adds the bus tables to `db`, connects to the process's bus and starts the relay.
+    pub async fn start(
+        context: &ServiceContext,
+        db: &Database,
+    ) -> anyhow::Result<(Self, Arc<dyn EventBus>)> {
+        db.migrate("bus", bus::outbox_migrations()).await?;
+        let bus = bus::connect(&context.bus_url_or_embedded(), BusOptions::default()).await?;
+        let relay = OutboxRelay::new(crate::NAME, db.clone(), bus.clone());
+        context
+            .tasks
+            .spawn(relay.clone().run(context.shutdown.clone()));
+        let publisher = Self {
+            outbox: Outbox::new(db),
+            relay,
+        };
+        Ok((publisher, bus))
+    }
+
+    /// Writes `event` to the outbox as part of the transaction on `conn`. Its message id
+    /// is derived from the event, so every copy of it is recognised as the same message.
+    pub async fn enqueue(
+        &self,
+        conn: &mut AnyConnection,
+        event: &BlogEvent,
+    ) -> Result<(), bus::BusError> {
+        let message = Message::new(blog::routing_key(event.event_type()), event.to_json())
+            .with_id(event.message_id());
+        self.outbox.enqueue(conn, &message).await
+    }
+
+    /// Call after committing a transaction that enqueued events.
+    pub fn committed(&self) {
+        self.relay.wake();
+    }
+}
+
+/// The consumer group of this service.
+pub const GROUP: &str = "moderation";
+
+/// What moderation needs to answer a comment: its database, outbox and rule.
+#[derive(Debug, Clone)]
+pub struct Moderation {
+    pub db: Database,
+    pub publisher: Publisher,
+    pub moderator: crate::Moderator,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModerationError {
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl Moderation {
+    /// Consumes `CommentCreated`.
+    pub fn start_consumer(&self, context: &ServiceContext, bus: Arc<dyn EventBus>) {
+        let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::COMMENT_CREATED))
+            .with_prefetch(64);
+        let moderation = self.clone();
+        let consumer =
+            bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+                let moderation = moderation.clone();
+                async move {
+                    let event: BlogEvent = message
+                        .decode()
+                        .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
+                    let BlogEvent::CommentCreated(comment) = event else {
+                        return Ok(());
+                    };
+                    moderation
+                        .moderate(&message.id, &comment)
+                        .await
+                        .map_err(|e| bus::Nack::Retry(e.to_string()))
+                }
+            });
+        context.tasks.spawn(async move {
+            if let Err(error) = consumer.await {
+                tracing::error!(%error, "the moderation consumer stopped");
+            }
+        });
+    }
+
+    /// Decides on `comment` once per `message_id`: inbox record and `CommentModerated`
+    /// commit together.
+    pub async fn moderate(
+        &self,
+        message_id: &str,
+        comment: &blog::CommentCreated,
+    ) -> Result<(), ModerationError> {
+        let mut tx = self.db.begin().await?;
+        if !bus::Inbox::new(&self.db)
+            .record(&mut tx, GROUP, message_id)
+            .await?
+        {
+            return Ok(());
+        }
+        let decision = self.moderator.moderate(comment);
+        self.publisher.enqueue(&mut tx, &decision).await?;
+        tx.commit().await?;
+        self.publisher.committed();
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! The read model: posts with their comments, built only from events.
+//!
+//! Every apply is idempotent twice over: the message id goes into `query_applied` (this
+//! service's inbox) in the same transaction, and the writes themselves are keyed by the
+//! post's or comment's id, so a post or comment is stored once however many copies of
+//! its event arrive (bus delivery, push, log replay). Folding is order-independent: a
+//! comment that arrives before its post is kept and shows once the post is there, and a
+//! `CommentUpdated` that overtakes its `CommentCreated` is not undone by it.
+//!
+//! `query_state` holds the log cursor (the last event-log sequence number folded in)
+//! and a version bumped by every change, which lets `GET /posts` reuse the last
+//! rendering while nothing changed — across replicas too, as it lives in the database.
+
+use std::collections::BTreeMap;
+
+use contracts::blog::{BlogEvent, CommentStatus};
+use serde::Serialize;
+use sqlx::{Any, Row, Transaction};
+use storage::{Database, Dialect, Migration, StorageError};
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "posts",
+        "CREATE TABLE query_posts (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            title TEXT NOT NULL
+        )",
+    ),
+    Migration::portable(
+        2,
+        "comments",
+        "CREATE TABLE query_comments (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            post_id VARCHAR(64) NOT NULL,
+            content TEXT NOT NULL,
+            status VARCHAR(16) NOT NULL
+        )",
+    ),
+    Migration::portable(
+        3,
+        "comments by post",
+        "CREATE INDEX query_comments_by_post ON query_comments (post_id, id)",
+    ),
+    Migration::portable(
+        4,
+        "applied messages",
+        "CREATE TABLE query_applied (
+            message_id VARCHAR(255) NOT NULL PRIMARY KEY
+        )",
+    ),
+    Migration::portable(
+        5,
+        "state",
+        "CREATE TABLE query_state (
+            id SMALLINT NOT NULL PRIMARY KEY,
+            log_seq BIGINT NOT NULL,
+            version BIGINT NOT NULL
+        )",
+    ),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewComment {
+    pub id: String,
+    pub content: String,
+    pub status: CommentStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewPost {
+    pub id: String,
+    pub title: String,
+    pub comments: Vec<ViewComment>,
+}
+
+/// The course's `GET /posts` body: posts by id.
+pub type View = BTreeMap<String, ViewPost>;
+
+#[derive(Debug, Clone)]
+pub struct ViewStore {
+    db: Database,
+}
+
+impl ViewStore {
+    pub async fn open(db: Database) -> Result<Self, StorageError> {
+        db.migrate(crate::NAME, MIGRATIONS).await?;
+        let store = Self { db };
+        store.ensure_state().await?;
+        Ok(store)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    async fn ensure_state(&self) -> Result<(), StorageError> {
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query("SELECT 1 FROM query_state WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if row.is_none() {
+            sqlx::query("INSERT INTO query_state (id, log_seq, version) VALUES (1, 0, 0)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies one event delivered with `message_id`; `false` if it was applied before.
+    pub async fn apply(&self, message_id: &str, event: &BlogEvent) -> Result<bool, StorageError> {
+        let mut tx = self.db.begin().await?;
+        let applied = self.apply_in(&mut tx, message_id, event).await?;
+        if applied {
+            bump_version(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Applies a page of the event log and moves the cursor to `last_seq`, atomically.
+    /// Returns how many events were new to this view.
+    pub async fn apply_log_page(
+        &self,
+        events: &[(String, BlogEvent)],
+        last_seq: i64,
+    ) -> Result<usize, StorageError> {
+        let mut tx = self.db.begin().await?;
+        let mut applied = 0;
+        for (message_id, event) in events {
+            if self.apply_in(&mut tx, message_id, event).await? {
+                applied += 1;
+            }
+        }
+        sqlx::query(
+            self.db
+                .sql("UPDATE query_state SET log_seq = ?, version = version + 1 WHERE id = 1"),
+        )
+        .bind(last_seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        message_id: &str,
+        event: &BlogEvent,
+    ) -> Result<bool, StorageError> {
+        let seen = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM query_applied WHERE message_id = ?"),
+        )
+        .bind(message_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if seen.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            self.db
+                .sql("INSERT INTO query_applied (message_id) VALUES (?)"),
+        )
+        .bind(message_id)
+        .execute(&mut **tx)
+        .await?;
+        let dialect = self.db.dialect();
+        match event {
+            BlogEvent::PostCreated(post) => {
+                if !exists(tx, dialect, POST_EXISTS, &post.id).await? {
+                    sqlx::query(
+                        self.db
+                            .sql("INSERT INTO query_posts (id, title) VALUES (?, ?)"),
+                    )
+                    .bind(&post.id)
+                    .bind(&post.title)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+            BlogEvent::CommentCreated(comment) => {
+                // Already there means a CommentUpdated overtook it: keep the newer status.
+                if !exists(tx, dialect, COMMENT_EXISTS, &comment.id).await? {
+                    insert_comment(
+                        tx,
+                        dialect,
+                        &comment.id,
+                        &comment.post_id,
+                        &comment.content,
+                        comment.status,
+                    )
+                    .await?;
+                }
+            }
+            BlogEvent::CommentUpdated(update) => {
+                if exists(tx, dialect, COMMENT_EXISTS, &update.id).await? {
+                    sqlx::query(
+                        self.db
+                            .sql("UPDATE query_comments SET status = ?, content = ? WHERE id = ?"),
+                    )
+                    .bind(update.status.as_str())
+                    .bind(&update.content)
+                    .bind(&update.id)
+                    .execute(&mut **tx)
+                    .await?;
+                } else {
+                    insert_comment(
+                        tx,
+                        dialect,
+                        &update.id,
+                        &update.post_id,
+                        &update.content,
+                        update.status,
+                    )
+                    .await?;
+                }
+            }
+            // The course's query service ignores it too: CommentUpdated follows.
+            BlogEvent::CommentModerated(_) => {}
+        }
+        Ok(true)
+    }
+
+    /// The last event-log sequence number folded in.
+    pub async fn log_cursor(&self) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT log_seq FROM query_state WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Changes whenever the view changes.
+    pub async fn version(&self) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT version FROM query_state WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Empties the view, its inbox and its cursor, so that it is rebuilt from the log.
+    pub async fn clear(&self) -> Result<(), StorageError> {
+        let mut tx = self.db.begin().await?;
+        for table in ["query_comments", "query_posts", "query_applied"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE query_state SET log_seq = 0, version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Posts created after post `after`, at most `limit` (all when `None`), with their
+    /// comments.
+    pub async fn view(
+        &self,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<View, StorageError> {
+        let after = after.unwrap_or("");
+        let limit = i64::from(limit.unwrap_or(u32::MAX));
+        let mut conn = self.db.pool().acquire().await?;
+        let posts = sqlx::query(
+            self.db
+                .sql("SELECT id, title FROM query_posts WHERE id > ? ORDER BY id LIMIT ?"),
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut view = View::new();
+        for row in posts {
+            let id: String = row.try_get("id")?;
+            let post = ViewPost {
+                id: id.clone(),
+                title: row.try_get("title")?,
+                comments: Vec::new(),
+            };
+            view.insert(id, post);
+        }
+        let Some(last) = view.keys().next_back().cloned() else {
+            return Ok(view);
+        };
+        // The comments of exactly those posts: a range of the (post_id, id) index.
+        let comments = sqlx::query(self.db.sql(
+            "SELECT id, post_id, content, status FROM query_comments WHERE post_id > ? AND post_id <= ? ORDER BY post_id, id",
+        ))
+        .bind(after)
+        .bind(&last)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in comments {
+            let post_id: String = row.try_get("post_id")?;
+            let status: String = row.try_get("status")?;
+            if let Some(post) = view.get_mut(&post_id) {
+                post.comments.push(ViewComment {
+                    id: row.try_get("id")?,
+                    content: row.try_get("content")?,
+                    status: CommentStatus::parse(&status).unwrap_or(CommentStatus::Pending),
+                });
+            }
+        }
+        Ok(view)
+    }
+}
+
+async fn bump_version(tx: &mut Transaction<'static, Any>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE query_state SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+const POST_EXISTS: &str = "SELECT 1 FROM query_posts WHERE id = ?";
+const COMMENT_EXISTS: &str = "SELECT 1 FROM query_comments WHERE id = ?";
+
+/// Whether `sql` (one of the `*_EXISTS` queries) finds `id`.
+async fn exists(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    sql: &'static str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(dialect.sql(sql))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+async fn insert_comment(
+    tx: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    id: &str,
+    post_id: &str,
+    content: &str,
+    status: CommentStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        dialect
+            .sql("INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?)"),
+    )
+    .bind(id)
+    .bind(post_id)
+    .bind(content)
+    .bind(status.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
