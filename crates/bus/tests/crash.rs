@@ -1,0 +1,242 @@
+//! Durability across crashes: the embedded bus killed with SIGKILL mid-traffic, and
+//! RabbitMQ restarted with messages in flight. Neither may lose an acknowledged publish.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bus::{BusOptions, Consumer, Message, RetryPolicy, Subscription};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const CHILD_DIR: &str = "BUS_CRASH_TEST_DIR";
+
+fn options() -> BusOptions {
+    BusOptions {
+        retry: RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+            multiplier: 2,
+        },
+        lease: Duration::from_secs(1),
+        exchange: format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        publish_timeout: Duration::from_secs(90),
+    }
+}
+
+/// The child process of `embedded_bus_loses_no_acknowledged_publish_on_sigkill`: publishes
+/// forever, printing each acknowledged id, and holds a few deliveries unacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by embedded_bus_loses_no_acknowledged_publish_on_sigkill as a child process"]
+async fn child_publisher() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let bus = bus::connect(&bus::default_url(std::path::Path::new(&dir)), options())
+        .await
+        .expect("open");
+    let mut subscriber = bus
+        .subscribe(Subscription::new("orders", "order").with_prefetch(5))
+        .await
+        .expect("subscribe");
+    let mut held = Vec::new();
+    let mut stdout = std::io::stdout();
+    for round in 0u64.. {
+        // Several publishes in flight at once, as a busy service would have.
+        let batch: Vec<Message> = (0..8)
+            .map(|i| Message::new("order", format!("{round}-{i}")))
+            .collect();
+        let publishes = batch.iter().map(|m| bus.publish(m.clone()));
+        for (message, result) in batch.iter().zip(futures::future::join_all(publishes).await) {
+            result.expect("publish");
+            writeln!(stdout, "acked {}", message.id).expect("stdout");
+        }
+        if round == 5 {
+            for _ in 0..3 {
+                let delivery = subscriber.next().await.expect("open").expect("delivery");
+                writeln!(stdout, "leased {}", delivery.message.id).expect("stdout");
+                held.push(delivery);
+            }
+        }
+        stdout.flush().expect("flush");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_bus_loses_no_acknowledged_publish_on_sigkill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_publisher",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--quiet",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let reader = std::thread::spawn(move || {
+        let mut acked = BTreeSet::new();
+        let mut leased = BTreeSet::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(id) = line.strip_prefix("acked ") {
+                acked.insert(id.to_owned());
+            } else if let Some(id) = line.strip_prefix("leased ") {
+                leased.insert(id.to_owned());
+            }
+            if acked.len() >= 400 && !leased.is_empty() {
+                break;
+            }
+        }
+        (acked, leased)
+    });
+    let (acked, leased) = reader.join().expect("reader");
+    // SIGKILL while the child is still publishing: no destructor, no flush.
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert!(
+        acked.len() >= 400,
+        "the child published ({} acked)",
+        acked.len()
+    );
+    assert!(!leased.is_empty(), "the child held deliveries");
+
+    let bus = bus::connect(&bus::default_url(dir.path()), options())
+        .await
+        .expect("reopen");
+    let mut subscriber = bus
+        .subscribe(Subscription::new("orders", "order").with_prefetch(64))
+        .await
+        .expect("subscribe");
+    let mut received = BTreeSet::new();
+    let drained = tokio::time::timeout(PATIENCE, async {
+        while !acked.is_subset(&received) {
+            let delivery = subscriber.next().await.expect("open").expect("delivery");
+            received.insert(delivery.message.id.clone());
+            delivery.ack().await.expect("ack");
+        }
+    })
+    .await;
+    let missing: Vec<_> = acked.difference(&received).take(5).collect();
+    assert!(
+        drained.is_ok(),
+        "{} acknowledged publishes lost, e.g. {missing:?}",
+        acked.len() - acked.intersection(&received).count()
+    );
+    assert!(leased.is_subset(&received), "held deliveries came back");
+}
+
+/// Restarts the shared RabbitMQ, so it only runs when `FLOTILLA_TEST_RABBITMQ_RESTART_CMD`
+/// says how (e.g. `rabbitmqctl stop_app && rabbitmqctl start_app`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_loses_no_message_in_flight() {
+    let (Ok(url), Ok(restart)) = (
+        std::env::var("FLOTILLA_TEST_AMQP_URL"),
+        std::env::var("FLOTILLA_TEST_RABBITMQ_RESTART_CMD"),
+    ) else {
+        eprintln!("skipped: set FLOTILLA_TEST_AMQP_URL and FLOTILLA_TEST_RABBITMQ_RESTART_CMD");
+        return;
+    };
+    let options = options();
+    let bus = bus::connect(&url, options.clone()).await.expect("connect");
+    let group = format!(
+        "restart-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let received: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let shutdown = CancellationToken::new();
+    let consumer = {
+        let received = received.clone();
+        Consumer::new(
+            bus.clone(),
+            Subscription::new(&group, "order").with_prefetch(20),
+        )
+        .concurrency(4)
+        .run(shutdown.clone(), move |message| {
+            let received = received.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                received.lock().expect("lock").insert(message.id);
+                Ok(())
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let publisher = {
+        let (bus, acked) = (bus.clone(), acked.clone());
+        tokio::spawn(async move {
+            for round in 0..60 {
+                let batch: Vec<Message> = (0..10)
+                    .map(|i| Message::new("order", format!("{round}-{i}")))
+                    .collect();
+                let results =
+                    futures::future::join_all(batch.iter().map(|m| bus.publish(m.clone()))).await;
+                for (message, result) in batch.iter().zip(results) {
+                    result.expect("publish survives the restart");
+                    acked.lock().expect("lock").insert(message.id.clone());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    while acked.lock().expect("lock").len() < 150 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status =
+        tokio::task::spawn_blocking(move || Command::new("sh").args(["-c", &restart]).status())
+            .await
+            .expect("join")
+            .expect("run restart command");
+    assert!(status.success(), "restart command failed: {status}");
+    tokio::time::timeout(PATIENCE, publisher)
+        .await
+        .expect("publisher finishes")
+        .expect("publisher ok");
+    let acked = acked.lock().expect("lock").clone();
+    assert_eq!(acked.len(), 600);
+    let all_in = tokio::time::timeout(PATIENCE, async {
+        while !acked.is_subset(&received.lock().expect("lock")) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let lost = acked.difference(&received.lock().expect("lock")).count();
+    assert!(
+        all_in.is_ok(),
+        "{lost} confirmed messages lost across the restart"
+    );
+    shutdown.cancel();
+    consumer.await.expect("consumer stops");
+    bus.close().await;
+    // Leave the shared broker as we found it.
+    if let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let mut queues = vec![group.clone(), format!("{group}.dead")];
+        queues.extend((1..5).map(|n| format!("{group}.retry.{n}")));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for suffix in ["", ".dlx", ".requeue"] {
+            let name = format!("{}{suffix}", options.exchange);
+            let _ = channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await;
+        }
+    }
+}
