@@ -52,11 +52,17 @@ pub async fn spawn_system() -> TestSystem {
 /// Starts `flotilla up` on 127.0.0.1:0 in `data_dir` (which the caller keeps, e.g. to
 /// restart on it).
 pub async fn spawn_system_in(data_dir: &Path) -> TestSystem {
+    spawn_system_with(data_dir, Default::default()).await
+}
+
+/// Starts `flotilla up` on 127.0.0.1:0 in `data_dir` with the given service settings
+/// (a seeded admin, a small upload limit, an SMTP server …).
+pub async fn spawn_system_with(data_dir: &Path, services: flotilla::ServiceArgs) -> TestSystem {
     platform::telemetry::init_for_tests();
     platform::tls::install_crypto_provider();
     let args = UpArgs {
         server: server_args(data_dir),
-        services: Default::default(),
+        services,
     };
     let running = flotilla::up(args, CancellationToken::new())
         .await
