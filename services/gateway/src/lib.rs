@@ -11,6 +11,7 @@ mod ratelimit;
 mod remote;
 pub mod resilience;
 mod routes;
+mod web;
 
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
@@ -165,7 +166,8 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
     };
     let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
     let routes = routes::table(&upstreams)
-        .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
+        .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce))
+        .merge(web::routes());
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)

@@ -283,3 +283,45 @@ fn client() -> reqwest::Client {
     platform::tls::install_crypto_provider();
     reqwest::Client::new()
 }
+
+#[tokio::test]
+async fn the_web_ui_is_served_with_a_strict_content_security_policy() {
+    let gw = gateway("http://127.0.0.1:9", Policy::default(), no_rate_limit()).await;
+    let page = gw.get("/").await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let etag = page.headers()["etag"].clone();
+    assert!(page.text().await.expect("body").contains("/ui/app.js"));
+
+    let script = gw.get("/ui/app.js").await;
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+
+    let cached = gw
+        .client
+        .get(format!("{}/", gw.base))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(cached.status(), 304);
+
+    let missing = gw.get("/ui/nope.js").await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    gw.stop.cancel();
+}
