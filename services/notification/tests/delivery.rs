@@ -1,0 +1,182 @@
+//! The notifier against real transports: a real SMTP server (aiosmtpd writing a Maildir,
+//! `FLOTILLA_TEST_SMTP_URL` / `FLOTILLA_TEST_MAILDIR`) and the `.eml` file fallback. The
+//! same job's `mp3` message delivered again — same id or a new one — sends nothing more.
+
+use std::path::Path;
+
+use contracts::media::{JobStatus, MP3, Mp3Message};
+use notification::{Ledger, Notifier, Sender, ledger};
+use storage::Database;
+
+fn unique_job() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("job-{nanos}-{}", std::process::id())
+}
+
+fn done(job_id: &str) -> Mp3Message {
+    Mp3Message {
+        video_fid: format!("video-{job_id}"),
+        mp3_fid: Some(format!("mp3-{job_id}")),
+        username: "georgio@email.com".into(),
+        job_id: job_id.to_owned(),
+        status: JobStatus::Done,
+        error: None,
+        duration_secs: Some(2.0),
+    }
+}
+
+async fn notifier(dir: &Path, sender: Sender) -> Notifier {
+    let url = format!("sqlite://{}", dir.join("notification.db").display());
+    let db = Database::connect(&url).await.expect("database");
+    db.migrate("notification", ledger::MIGRATIONS)
+        .await
+        .expect("migrations");
+    Notifier {
+        ledger: Ledger::new(db),
+        sender,
+        from: "Flotilla <noreply@flotilla.invalid>".parse().expect("from"),
+    }
+}
+
+/// The message delivered three times: twice with one id, once republished with another.
+async fn deliver_repeatedly(notifier: &Notifier, message: &Mp3Message) {
+    let first = bus::Message::json(MP3, message).expect("encode");
+    notifier.handle(&first).await.expect("first delivery");
+    notifier.handle(&first).await.expect("redelivery");
+    let republished = bus::Message::json(MP3, message).expect("encode");
+    assert_ne!(first.id, republished.id);
+    notifier.handle(&republished).await.expect("republished");
+}
+
+/// Test server settings, or `None` to skip (a failure under CI=true).
+fn smtp_server() -> Option<(String, String)> {
+    let url = std::env::var("FLOTILLA_TEST_SMTP_URL").ok();
+    let maildir = std::env::var("FLOTILLA_TEST_MAILDIR").ok();
+    match (url, maildir) {
+        (Some(url), Some(maildir)) => Some((url, maildir)),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("FLOTILLA_TEST_SMTP_URL/FLOTILLA_TEST_MAILDIR unset under CI=true")
+        }
+        _ => {
+            eprintln!("skipped: FLOTILLA_TEST_SMTP_URL / FLOTILLA_TEST_MAILDIR are not set");
+            None
+        }
+    }
+}
+
+/// Messages in the Maildir (new/ and cur/) that mention `needle`.
+fn maildir_messages(maildir: &Path, needle: &str) -> Vec<String> {
+    ["new", "cur"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(maildir.join(sub)).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter(|text| text.contains(needle))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_smtp_server_gets_exactly_one_email_per_job() {
+    let Some((url, maildir)) = smtp_server() else {
+        return;
+    };
+    // aiosmtpd's Mailbox handler writes into an existing Maildir only.
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(Path::new(&maildir).join(sub)).expect("maildir");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sender = Sender::new(Some(&url), &dir.path().join("mail")).expect("smtp sender");
+    let notifier = notifier(dir.path(), sender).await;
+    let job_id = unique_job();
+    deliver_repeatedly(&notifier, &done(&job_id)).await;
+
+    let received = maildir_messages(Path::new(&maildir), &job_id);
+    assert_eq!(received.len(), 1, "{received:#?}");
+    let email = &received[0];
+    assert!(email.contains("Subject: Your MP3 is ready"), "{email}");
+    assert!(
+        email
+            .lines()
+            .any(|line| line.trim_end() == format!("mp3 file_id: mp3-{job_id} is now ready!")),
+        "{email}"
+    );
+    assert!(
+        email.contains(&format!("Message-ID: <mp3-{job_id}@flotilla.invalid>")),
+        "{email}"
+    );
+    assert_eq!(
+        notifier
+            .ledger
+            .state(&job_id)
+            .await
+            .expect("state")
+            .as_deref(),
+        Some("sent")
+    );
+}
+
+#[tokio::test]
+async fn without_smtp_one_eml_file_is_written_per_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mail = dir.path().join("mail");
+    let notifier = notifier(dir.path(), Sender::new(None, &mail).expect("file sender")).await;
+    let job_id = unique_job();
+    deliver_repeatedly(&notifier, &done(&job_id)).await;
+    let mut failed = done(&format!("{job_id}-2"));
+    failed.status = JobStatus::Failed;
+    failed.mp3_fid = None;
+    failed.error = Some("no audio track".into());
+    deliver_repeatedly(&notifier, &failed).await;
+
+    let files: Vec<_> = std::fs::read_dir(&mail)
+        .expect("mail dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let read = |name: String| std::fs::read_to_string(mail.join(name)).expect("read eml");
+    let ready = read(format!("{job_id}.eml"));
+    assert!(
+        ready.contains(&format!("mp3 file_id: mp3-{job_id} is now ready!")),
+        "{ready}"
+    );
+    let sorry = read(format!("{job_id}-2.eml"));
+    assert!(
+        sorry.contains("Subject: Your MP3 could not be made"),
+        "{sorry}"
+    );
+    assert!(sorry.contains("no audio track"), "{sorry}");
+}
+
+#[tokio::test]
+async fn an_unreachable_smtp_server_is_retried_not_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on: bind one and drop it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let sender = Sender::new(
+        Some(&format!("smtp://127.0.0.1:{port}")),
+        &dir.path().join("mail"),
+    )
+    .expect("smtp sender");
+    let notifier = notifier(dir.path(), sender).await;
+    let job_id = unique_job();
+    let message = bus::Message::json(MP3, &done(&job_id)).expect("encode");
+    let outcome = notifier.handle(&message).await;
+    assert!(matches!(outcome, Err(bus::Nack::Retry(_))), "{outcome:?}");
+    assert_eq!(
+        notifier
+            .ledger
+            .state(&job_id)
+            .await
+            .expect("state")
+            .as_deref(),
+        Some("sending")
+    );
+}
