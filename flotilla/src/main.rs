@@ -1,5 +1,7 @@
 //! `flotilla`: parse the command line, set up logging, run.
 
+mod bus_cli;
+
 use std::{io::Write, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -25,6 +27,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a running gateway: login, upload, jobs, download.
     Client(client::ClientArgs),
+    /// Operate the message bus: `bus dlq list`, `bus dlq replay`.
+    Bus(bus_cli::BusOperatorArgs),
 }
 
 /// How long `up` waits for every service to report ready.
@@ -72,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let (running, what) = match cli.command {
         Command::Client(args) => return client::run(args).await,
+        Command::Bus(args) => return bus_cli::run(args).await,
         Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
@@ -115,6 +120,43 @@ mod tests {
         };
         assert_eq!(args.server.listen.port(), 0);
         assert_eq!(args.server.data_dir, std::path::PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bus_dead_letter_commands_parse() {
+        for args in [
+            &["flotilla", "bus", "dlq", "list"][..],
+            &[
+                "flotilla", "bus", "dlq", "list", "--group", "video", "--json",
+            ],
+            &[
+                "flotilla", "bus", "dlq", "replay", "--group", "video", "--all",
+            ],
+            &[
+                "flotilla",
+                "bus",
+                "dlq",
+                "replay",
+                "id-1",
+                "id-2",
+                "--data-dir",
+                "/tmp/x",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args);
+            assert!(
+                matches!(
+                    cli,
+                    Ok(Cli {
+                        command: Command::Bus(_)
+                    })
+                ),
+                "{args:?}: {cli:?}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["flotilla", "bus", "dlq", "replay", "id-1", "--all"]).is_err()
+        );
     }
 
     #[test]

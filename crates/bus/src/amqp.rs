@@ -705,6 +705,7 @@ impl EventBus for AmqpBus {
             // Take the messages without acking, then close the channel: RabbitMQ puts
             // them all back.
             let channel = link.connection.create_channel().await?;
+            parking_depth(&channel, group).await?;
             let mut letters = Vec::new();
             while letters.len() < limit {
                 let Some(got) = channel
@@ -742,17 +743,7 @@ impl EventBus for AmqpBus {
                 .await?;
             let channel = link.connection.create_channel().await?;
             let parking = AmqpBus::parking_queue(group);
-            let waiting = channel
-                .queue_declare(
-                    parking.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?
-                .message_count();
+            let waiting = parking_depth(&channel, group).await?;
             let mut replayed = 0;
             // Look at each waiting message once; those not chosen stay unacked until the
             // channel closes and so go back to the parking queue.
@@ -817,6 +808,24 @@ impl EventBus for AmqpBus {
                 let _ = link.connection.close(200, "closing".into()).await;
             }
         })
+    }
+}
+
+/// Messages in `group`'s parking queue; a clear error when there is no such group.
+async fn parking_depth(channel: &Channel, group: &str) -> Result<u32, BusError> {
+    let parking = AmqpBus::parking_queue(group);
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(parking.as_str().into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(queue) => Ok(queue.message_count()),
+        Err(error) => Err(BusError::Unsupported(format!(
+            "no parking queue '{parking}' on this broker: is '{group}' a consumer group? ({error})"
+        ))),
     }
 }
 
