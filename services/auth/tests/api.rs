@@ -1,0 +1,461 @@
+//! The auth API, built exactly as `flotilla up` / `serve auth` build it, against every
+//! database backend: SQLite always; PostgreSQL and MariaDB when
+//! `FLOTILLA_TEST_POSTGRES_URL` / `FLOTILLA_TEST_MYSQL_URL` are set (each test gets its
+//! own scratch database there; under `CI=true` they must be set).
+
+use std::net::SocketAddr;
+
+use auth::Args;
+use axum::{Router, body::Body, extract::ConnectInfo};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use http::{Request, StatusCode, header};
+use identity::Claims;
+use platform::ServiceContext;
+use storage::scratch::ScratchDatabase;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+struct Backend {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    database_url: Option<String>,
+    scratch: Option<ScratchDatabase>,
+}
+
+impl Backend {
+    async fn all() -> Vec<Backend> {
+        let mut all = vec![Backend {
+            name: "sqlite",
+            dir: tempfile::tempdir().expect("tempdir"),
+            database_url: None,
+            scratch: None,
+        }];
+        for (name, var) in [
+            ("postgres", "FLOTILLA_TEST_POSTGRES_URL"),
+            ("mariadb", "FLOTILLA_TEST_MYSQL_URL"),
+        ] {
+            let Some(server) = server_url(var) else {
+                continue;
+            };
+            let scratch = ScratchDatabase::create(&server)
+                .await
+                .expect("scratch database");
+            all.push(Backend {
+                name,
+                dir: tempfile::tempdir().expect("tempdir"),
+                database_url: Some(scratch.url().to_owned()),
+                scratch: Some(scratch),
+            });
+        }
+        all
+    }
+
+    fn context(&self) -> ServiceContext {
+        let mut context = ServiceContext::new(self.dir.path().to_owned(), CancellationToken::new());
+        context.database_url = self.database_url.clone();
+        context
+    }
+
+    async fn start(&self, args: &Args) -> Api {
+        let context = self.context();
+        let app = auth::build(&context, args).await.expect("auth builds");
+        Api {
+            router: app.into_router(context.shutdown.clone()),
+            backend: self.name,
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Some(scratch) = self.scratch {
+            scratch
+                .drop_database()
+                .await
+                .expect("drop scratch database");
+        }
+    }
+}
+
+fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{var} must be set in CI"),
+        _ => {
+            eprintln!("skipped on this backend: {var} is not set");
+            None
+        }
+    }
+}
+
+struct Api {
+    router: Router,
+    backend: &'static str,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Api {
+    async fn send(&self, request: http::request::Builder, body: Body) -> Reply {
+        self.send_from("192.0.2.10:5000", request, body).await
+    }
+
+    async fn send_from(&self, peer: &str, request: http::request::Builder, body: Body) -> Reply {
+        let mut request = request.body(body).expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer.parse().expect("peer")));
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn signup(&self, email: &str, password: &str) -> Reply {
+        let body = serde_json::json!({"email": email, "password": password}).to_string();
+        self.send(
+            Request::post("/signup").header(header::CONTENT_TYPE, "application/json"),
+            Body::from(body),
+        )
+        .await
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Reply {
+        self.login_from("192.0.2.10:5000", email, password).await
+    }
+
+    async fn login_from(&self, peer: &str, email: &str, password: &str) -> Reply {
+        let credentials = STANDARD.encode(format!("{email}:{password}"));
+        self.send_from(
+            peer,
+            Request::post("/login").header(header::AUTHORIZATION, format!("Basic {credentials}")),
+            Body::empty(),
+        )
+        .await
+    }
+
+    async fn validate(&self, authorization: Option<&str>) -> Reply {
+        let mut request = Request::post("/validate");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        self.send(request, Body::empty()).await
+    }
+}
+
+#[tokio::test]
+async fn signup_answers_201_409_and_400() {
+    for backend in Backend::all().await {
+        let api = backend.start(&Args::default()).await;
+        let b = api.backend;
+        let created = api.signup("Ada@Example.com", "correct horse").await;
+        assert_eq!(created.status, StatusCode::CREATED, "{b}: {}", created.body);
+        let account: serde_json::Value = serde_json::from_str(&created.body).expect("json");
+        assert_eq!(account["email"], "ada@example.com", "{b}");
+
+        // The same address in another case is the same account.
+        for again in ["ada@example.com", " ADA@example.COM "] {
+            let duplicate = api.signup(again, "another password").await;
+            assert_eq!(
+                duplicate.status,
+                StatusCode::CONFLICT,
+                "{b}: {}",
+                duplicate.body
+            );
+            assert_eq!(
+                duplicate.headers[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+        }
+        for (email, password) in [
+            ("not-an-email", "long enough"),
+            ("bob@example.com", "short"),
+        ] {
+            let refused = api.signup(email, password).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::BAD_REQUEST,
+                "{b}: {email}: {}",
+                refused.body
+            );
+        }
+        for body in ["", "{", r#"{"email":"x@y.com"}"#, "[]"] {
+            let refused = api.send(Request::post("/signup"), Body::from(body)).await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{b}: {body:?}");
+        }
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn login_gives_a_token_that_validates_and_refuses_alike() {
+    for backend in Backend::all().await {
+        let api = backend.start(&Args::default()).await;
+        let b = api.backend;
+        api.signup("ada@example.com", "correct horse").await;
+
+        let ok = api.login("ADA@example.com", "correct horse").await;
+        assert_eq!(ok.status, StatusCode::OK, "{b}: {}", ok.body);
+        assert!(
+            ok.headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("text")
+                .starts_with("text/plain")
+        );
+        let token = ok.body.clone();
+        assert_eq!(token.split('.').count(), 3, "{b}: a compact JWS");
+
+        let valid = api.validate(Some(&format!("Bearer {token}"))).await;
+        assert_eq!(valid.status, StatusCode::OK, "{b}: {}", valid.body);
+        let claims: Claims = serde_json::from_str(&valid.body).expect("claims");
+        assert_eq!(claims.username, "ada@example.com");
+        assert!(!claims.admin);
+        assert_eq!(claims.exp - claims.iat, 24 * 3600, "default lifetime 24 h");
+
+        // Wrong password and unknown account: same status, same message.
+        let wrong = api.login("ada@example.com", "wrong horse").await;
+        let unknown = api.login("nobody@example.com", "correct horse").await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{b}");
+        assert_eq!(unknown.status, StatusCode::UNAUTHORIZED, "{b}");
+        let detail = |r: &Reply| {
+            serde_json::from_str::<serde_json::Value>(&r.body).expect("problem")["detail"].clone()
+        };
+        assert_eq!(detail(&wrong), detail(&unknown));
+
+        let missing = api.send(Request::post("/login"), Body::empty()).await;
+        assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{b}");
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn validate_answers_401_without_a_token_and_403_for_a_bad_one() {
+    for backend in Backend::all().await {
+        let api = backend.start(&Args::default()).await;
+        let b = api.backend;
+        api.signup("ada@example.com", "correct horse").await;
+        let token = api.login("ada@example.com", "correct horse").await.body;
+
+        assert_eq!(
+            api.validate(None).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{b}"
+        );
+        assert_eq!(
+            api.validate(Some(&format!("Basic {token}"))).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{b}"
+        );
+        let mut tampered = token.clone().into_bytes();
+        let middle = token.find('.').expect("dot") + 5;
+        tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(
+            api.validate(Some(&format!("Bearer {tampered}")))
+                .await
+                .status,
+            StatusCode::FORBIDDEN,
+            "{b}"
+        );
+        assert_eq!(
+            api.validate(Some("Bearer not.a.token")).await.status,
+            StatusCode::FORBIDDEN,
+            "{b}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_account_and_per_client() {
+    for backend in Backend::all().await {
+        let args = Args {
+            login_attempts_per_account: 3,
+            login_attempts_per_client: 5,
+            ..Args::default()
+        };
+        let api = backend.start(&args).await;
+        let b = api.backend;
+        api.signup("ada@example.com", "correct horse").await;
+        for _ in 0..3 {
+            assert_eq!(
+                api.login_from("192.0.2.1:1", "ada@example.com", "guess guess")
+                    .await
+                    .status,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        // The account is now locked for a while, even with the right password and from
+        // another address.
+        let limited = api
+            .login_from("192.0.2.2:1", "ada@example.com", "correct horse")
+            .await;
+        assert_eq!(
+            limited.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{b}: {}",
+            limited.body
+        );
+        let retry_after: u64 = limited.headers[header::RETRY_AFTER]
+            .to_str()
+            .expect("text")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+
+        // One address spraying many accounts is limited on its own (5 per minute).
+        for n in 0..5 {
+            let reply = api
+                .login_from("198.51.100.7:1", &format!("u{n}@example.com"), "whatever1")
+                .await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{b}");
+        }
+        let limited = api
+            .login_from("198.51.100.7:1", "u9@example.com", "whatever1")
+            .await;
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "{b}");
+        assert!(limited.headers.contains_key(header::RETRY_AFTER));
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn the_admin_is_seeded_once_and_user_add_creates_accounts() {
+    for backend in Backend::all().await {
+        let args = Args {
+            admin_email: Some("georgio@email.com".into()),
+            admin_password: Some("Admin123".into()),
+            ..Args::default()
+        };
+        // Twice, as after a restart: the second start changes nothing.
+        let _first = backend.start(&args).await;
+        let api = backend.start(&args).await;
+        let b = api.backend;
+        let login = api.login("georgio@email.com", "Admin123").await;
+        assert_eq!(login.status, StatusCode::OK, "{b}: {}", login.body);
+        let claims = api.validate(Some(&format!("Bearer {}", login.body))).await;
+        let claims: Claims = serde_json::from_str(&claims.body).expect("claims");
+        assert!(claims.admin, "{b}");
+
+        let context = backend.context();
+        let id = auth::add_user(&context, "cli@example.com", "from the cli".into(), false)
+            .await
+            .expect("user add");
+        assert!(!id.is_empty());
+        let again = auth::add_user(&context, "CLI@example.com", "from the cli".into(), false).await;
+        assert!(
+            again
+                .expect_err("duplicate")
+                .to_string()
+                .contains("already exists")
+        );
+        assert!(
+            auth::add_user(&context, "x@example.com", "short".into(), false)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            api.login("cli@example.com", "from the cli").await.status,
+            StatusCode::OK,
+            "{b}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_signed_up_admin_email_is_not_promoted_by_seeding() {
+    let backend = Backend::all().await.into_iter().next().expect("sqlite");
+    let api = backend.start(&Args::default()).await;
+    api.signup("boss@example.com", "i was here first").await;
+    let args = Args {
+        admin_email: Some("boss@example.com".into()),
+        admin_password: Some("the real admin".into()),
+        ..Args::default()
+    };
+    let api = backend.start(&args).await;
+    let token = api.login("boss@example.com", "i was here first").await.body;
+    let claims = api.validate(Some(&format!("Bearer {token}"))).await;
+    let claims: Claims = serde_json::from_str(&claims.body).expect("claims");
+    assert!(!claims.admin);
+}
+
+#[tokio::test]
+async fn passwords_never_reach_the_database_files() {
+    let backend = Backend::all().await.into_iter().next().expect("sqlite");
+    let api = backend.start(&Args::default()).await;
+    let password = "Tr0ub4dor&3-unmistakable";
+    assert_eq!(
+        api.signup("ada@example.com", password).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.login("ada@example.com", password).await.status,
+        StatusCode::OK
+    );
+    drop(api);
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(backend.dir.path()).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("auth.db"))
+        {
+            let bytes = std::fs::read(&path).expect("read");
+            assert!(
+                !bytes
+                    .windows(password.len())
+                    .any(|w| w == password.as_bytes()),
+                "password found in {}",
+                path.display()
+            );
+            scanned += bytes.len();
+        }
+    }
+    assert!(scanned > 0, "the database files were scanned");
+}
+
+#[tokio::test]
+async fn the_jwks_lists_the_signing_key_and_previous_keys() {
+    let backend = Backend::all().await.into_iter().next().expect("sqlite");
+    let old_key = backend.dir.path().join("old.pem");
+    let (_, pem) = identity::SigningKey::generate().expect("generate");
+    std::fs::write(&old_key, pem).expect("write");
+    let args = Args {
+        jwt_previous_keys: vec![old_key],
+        ..Args::default()
+    };
+    let api = backend.start(&args).await;
+    let reply = api
+        .send(Request::get("/.well-known/jwks.json"), Body::empty())
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&reply.body).expect("jwks");
+    assert_eq!(jwks.keys.len(), 2);
+    for key in &jwks.keys {
+        assert!(key.common.key_id.is_some());
+        assert_eq!(
+            key.common.key_algorithm,
+            Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA)
+        );
+    }
+    // Never the private key.
+    assert!(!reply.body.contains("\"d\""));
+    let file =
+        std::fs::read_to_string(backend.dir.path().join("jwt-signing.pem")).expect("key file");
+    assert!(file.starts_with("-----BEGIN PRIVATE KEY-----"));
+}
