@@ -34,7 +34,8 @@ pub fn body(message: &Mp3Message) -> String {
         (JobStatus::Done, Some(mp3_fid)) => format!(
             "Hello,\n\n\
              mp3 file_id: {mp3_fid} is now ready!\n\n\
-             Download it from GET /download?fid={mp3_fid}\n\
+             Download it from:\n\
+             /download?fid={mp3_fid}\n\n\
              Job: {job_id}\n\
              Video: {video_fid}\n",
             job_id = message.job_id,
