@@ -98,9 +98,10 @@ fn routes(state: AppState) -> Router {
 
 async fn create_comment(
     State(state): State<AppState>,
-    Path(post_id): Path<String>,
+    Path(params): Path<Vec<(String, String)>>,
     body: Bytes,
 ) -> Result<impl IntoResponse, Problem> {
+    let post_id = post_id(params)?;
     let body = json_body(&body).map_err(not_json)?;
     let content = contracts::blog::text_field(&body, "content")
         .map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -115,8 +116,9 @@ async fn create_comment(
 
 async fn list_comments(
     State(state): State<AppState>,
-    Path(post_id): Path<String>,
+    Path(params): Path<Vec<(String, String)>>,
 ) -> Result<Json<Vec<Comment>>, Problem> {
+    let post_id = post_id(params)?;
     wait_for_post(&state, &post_id).await?;
     let comments = state
         .store
@@ -124,6 +126,17 @@ async fn list_comments(
         .await
         .map_err(|e| Problem::internal(&e))?;
     Ok(Json(comments))
+}
+
+/// The `{id}` of the route. Read as a list because a router in front of this one (the
+/// gateway calling it in-process) may have matched the same pattern and left its own
+/// copy of the parameter on the request; the last one is this route's.
+fn post_id(params: Vec<(String, String)>) -> Result<String, Problem> {
+    params
+        .into_iter()
+        .rev()
+        .find_map(|(name, value)| (name == "id").then_some(value))
+        .ok_or_else(|| Problem::bad_request("no post id in the path"))
 }
 
 /// Returns once `post_id` is known, or 404 after the configured wait.

@@ -98,17 +98,10 @@ impl CommentStore {
         post_id: &str,
         content: String,
     ) -> Result<Vec<Comment>, CommentError> {
+        // Written before the post is checked: on SQLite a transaction that reads first
+        // and writes later cannot wait for the write lock (its snapshot may be stale), so
+        // every transaction here starts with its write. An unknown post rolls it back.
         let mut tx = self.db.begin().await?;
-        let known = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
-        )
-        .bind(post_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if known.is_none() {
-            return Err(CommentError::UnknownPost(post_id.to_owned()));
-        }
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(self.db.sql(
             "INSERT INTO comments (id, post_id, content, status, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -120,6 +113,16 @@ impl CommentStore {
         .bind(unix_now())
         .execute(&mut *tx)
         .await?;
+        let known = sqlx::query(
+            self.db
+                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
+        )
+        .bind(post_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if known.is_none() {
+            return Err(CommentError::UnknownPost(post_id.to_owned()));
+        }
         let event = BlogEvent::CommentCreated(CommentCreated {
             id,
             content,

@@ -150,24 +150,24 @@ impl ViewStore {
         message_id: &str,
         event: &BlogEvent,
     ) -> Result<bool, StorageError> {
-        let seen = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM query_applied WHERE message_id = ?"),
-        )
-        .bind(message_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if seen.is_some() {
+        // The inbox insert comes first and never fails on a duplicate: on SQLite a
+        // transaction must write before it reads to wait for the write lock, and on
+        // PostgreSQL a failed statement would abort the transaction.
+        let dialect = self.db.dialect();
+        let record = match dialect {
+            Dialect::Sqlite => "INSERT OR IGNORE INTO query_applied (message_id) VALUES (?)",
+            Dialect::Postgres => {
+                "INSERT INTO query_applied (message_id) VALUES (?) ON CONFLICT DO NOTHING"
+            }
+            Dialect::MySql => "INSERT IGNORE INTO query_applied (message_id) VALUES (?)",
+        };
+        let recorded = sqlx::query(dialect.sql(record))
+            .bind(message_id)
+            .execute(&mut **tx)
+            .await?;
+        if recorded.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            self.db
-                .sql("INSERT INTO query_applied (message_id) VALUES (?)"),
-        )
-        .bind(message_id)
-        .execute(&mut **tx)
-        .await?;
-        let dialect = self.db.dialect();
         match event {
             BlogEvent::PostCreated(post) => {
                 if !exists(tx, dialect, POST_EXISTS, &post.id).await? {
