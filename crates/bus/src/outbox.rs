@@ -193,7 +193,13 @@ impl OutboxRelay {
             Dialect::Sqlite => "",
             Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
         };
-        let mut tx = self.db.begin().await?;
+        // On SQLite the transaction takes the write lock at once: a deferred one would read
+        // a snapshot, and its later UPDATE fails with SQLITE_BUSY_SNAPSHOT (no waiting)
+        // whenever the service committed in between — always, under steady writes.
+        let mut tx = match dialect {
+            Dialect::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres | Dialect::MySql => self.db.begin().await?,
+        };
         let rows = sqlx::query(dialect.sql(format!(
             "SELECT seq, message_id, routing_key, headers, body, created_at FROM bus_outbox
              WHERE sent_at IS NULL ORDER BY seq LIMIT {}{lock}",
