@@ -38,8 +38,9 @@ impl ServiceName {
         ServiceName::Posts,
         ServiceName::Comments,
         ServiceName::Moderation,
-        ServiceName::Query,
+        // Before the query service, which reads its log at start.
         ServiceName::EventBus,
+        ServiceName::Query,
     ];
 }
 
@@ -171,7 +172,18 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
     context.bus_url = args.services.bus.bus_url.clone();
     let mut upstreams = gateway::Upstreams::new();
     for name in ServiceName::BEHIND_GATEWAY {
-        let app = build_service(name, &context, &args.services, None).await?;
+        let app = match name {
+            // The query service rebuilds its view from the event-bus service's log, whose
+            // router (built just before) it calls in-process.
+            ServiceName::Query => {
+                let log = upstreams
+                    .get(event_bus::NAME)
+                    .cloned()
+                    .map(query::EventLogClient::new);
+                query::build_with_event_log(&context, &args.services.query, log).await?
+            }
+            _ => build_service(name, &context, &args.services, None).await?,
+        };
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
     let router = gateway::build(upstreams, &args.services.gateway).into_router(shutdown.clone());
@@ -221,7 +233,19 @@ async fn build_service(
         ServiceName::Posts => posts::build(context, &args.posts).await?,
         ServiceName::Comments => comments::build(context, &args.comments).await?,
         ServiceName::Moderation => moderation::build(context, &args.moderation).await?,
-        ServiceName::Query => query::build(context, &args.query).await?,
+        ServiceName::Query => {
+            // Over HTTP to FLOTILLA_EVENT_BUS_URL, through the gateway's resilience stack.
+            let log = gateway_args
+                .and_then(|urls| urls.event_bus_url.clone())
+                .and_then(|url| {
+                    gateway::Upstreams::new()
+                        .remote(event_bus::NAME, url, &args.gateway.policy())
+                        .get(event_bus::NAME)
+                        .cloned()
+                })
+                .map(query::EventLogClient::new);
+            query::build_with_event_log(context, &args.query, log).await?
+        }
         ServiceName::EventBus => event_bus::build(context, &args.event_bus).await?,
     };
     Ok(app)
