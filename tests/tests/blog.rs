@@ -1,0 +1,539 @@
+//! The blog through the gateway of `flotilla up`, as the course's React client uses it:
+//! posts created both ways, comments moderated, the event log in causal order, bad
+//! input refused, restarts and a lost query store survived, many concurrent clients.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use test_support::{TestSystem, spawn_system, spawn_system_in};
+
+/// Where the gateway is, and a client for it.
+struct Blog {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Blog {
+    fn of(system: &TestSystem) -> Self {
+        Self {
+            base: system.base_url.clone(),
+            client: system.client.clone(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// How long the asynchronous side (bus, moderation, view) may take in these tests.
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn post_json(system: &Blog, path: &str, body: Value) -> reqwest::Response {
+    system
+        .client
+        .post(system.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn get_json(system: &Blog, path: &str) -> Value {
+    let response = system
+        .client
+        .get(system.url(path))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.expect("JSON body")
+}
+
+/// Polls `GET /posts` until `done` holds, and returns that view.
+async fn view_until(system: &Blog, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let view = get_json(system, "/posts").await;
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the view never showed {what}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_post(system: &Blog, path: &str, title: &str) -> String {
+    let response = post_json(system, path, json!({ "title": title })).await;
+    assert_eq!(response.status(), 201, "{path}");
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["title"], title);
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+fn comment_status(view: &Value, post: &str, content: &str) -> Option<String> {
+    view[post]["comments"]
+        .as_array()?
+        .iter()
+        .find(|c| c["content"] == content)
+        .and_then(|c| c["status"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn the_course_flow_works_through_the_gateway() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+
+    let first = create_post(&blog, "/posts/create", "First post").await;
+    let second = create_post(&blog, "/posts", "Second post").await;
+
+    // Commented at once: the comments service may not have heard of the post yet.
+    let response = post_json(
+        &blog,
+        &format!("/posts/{first}/comments"),
+        json!({"content": "Nice post"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let comments: Value = response.json().await.expect("JSON");
+    assert_eq!(comments.as_array().map(Vec::len), Some(1), "{comments}");
+    assert_eq!(comments[0]["content"], "Nice post");
+    assert_eq!(comments[0]["status"], "pending");
+    assert!(comments[0]["id"].is_string());
+
+    let response = post_json(
+        &blog,
+        &format!("/posts/{first}/comments"),
+        json!({"content": "I prefer an Orange"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let comments: Value = response.json().await.expect("JSON");
+    assert_eq!(comments.as_array().map(Vec::len), Some(2), "the post's full array");
+    assert_eq!(comments[1]["status"], "pending");
+
+    let view = view_until(&blog, "both comments moderated", |view| {
+        comment_status(view, &first, "Nice post").as_deref() == Some("approved")
+            && comment_status(view, &first, "I prefer an Orange").as_deref() == Some("rejected")
+    })
+    .await;
+    assert_eq!(view[&first]["title"], "First post");
+    assert_eq!(view[&first]["id"], first.as_str());
+    assert_eq!(
+        view[&second],
+        json!({"id": second, "title": "Second post", "comments": []})
+    );
+
+    let listed = get_json(&blog, &format!("/posts/{first}/comments")).await;
+    let statuses: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["approved", "rejected"]);
+
+    // The log holds the four types, each event after the one it follows from.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let events = loop {
+        let events = get_json(&blog, "/events").await;
+        if events.as_array().map(Vec::len) == Some(8) {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log: {events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types: HashSet<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        HashSet::from(["PostCreated", "CommentCreated", "CommentModerated", "CommentUpdated"])
+    );
+    assert_causally_ordered(&events);
+
+    system.stop().await.expect("clean stop");
+}
+
+/// Every event of `events` comes after its cause, and sequence numbers increase.
+fn assert_causally_ordered(events: &Value) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut last_seq = 0;
+    for event in events.as_array().expect("array") {
+        let seq = event["seq"].as_i64().expect("seq");
+        assert!(seq > last_seq, "sequence numbers increase: {events}");
+        last_seq = seq;
+        let data = &event["data"];
+        let id = data["id"].as_str().unwrap_or_default();
+        let status = data["status"].as_str().unwrap_or_default();
+        let (needs, provides) = match event["type"].as_str() {
+            Some("PostCreated") => (None, Some(format!("post:{id}"))),
+            Some("CommentCreated") => (
+                Some(format!("post:{}", data["postId"].as_str().unwrap_or_default())),
+                Some(format!("comment:{id}")),
+            ),
+            Some("CommentModerated") => (
+                Some(format!("comment:{id}")),
+                Some(format!("moderated:{id}:{status}")),
+            ),
+            Some("CommentUpdated") => (Some(format!("moderated:{id}:{status}")), None),
+            _ => (None, None),
+        };
+        if let Some(needs) = needs {
+            assert!(seen.contains(&needs), "{event} before {needs}");
+        }
+        if let Some(provides) = provides {
+            seen.insert(provides);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_unknown_posts_are_404() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    let longest = "x".repeat(10_000);
+    let too_long = "x".repeat(10_001);
+    for body in [
+        json!({}),
+        json!({"title": ""}),
+        json!({"title": "   "}),
+        json!({"title": 42}),
+        json!({ "title": too_long }),
+    ] {
+        let response = post_json(&blog, "/posts/create", body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let not_json = blog
+        .client
+        .post(blog.url("/posts"))
+        .body("title=hello")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(not_json.status(), 400);
+
+    let post = create_post(&blog, "/posts/create", &longest).await;
+    for body in [json!({}), json!({"content": ""}), json!({ "content": too_long })] {
+        let response = post_json(&blog, &format!("/posts/{post}/comments"), body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+    }
+    let response = post_json(
+        &blog,
+        &format!("/posts/{post}/comments"),
+        json!({ "content": longest }),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+
+    let response = post_json(
+        &blog,
+        "/posts/no-such-post/comments",
+        json!({"content": "hello?"}),
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    let problem: Value = response.json().await.expect("JSON");
+    assert_eq!(problem["status"], 404);
+
+    // Refused input left nothing behind: one post, one comment.
+    let view = view_until(&blog, "the accepted comment", |view| {
+        view[&post]["comments"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    assert_eq!(view.as_object().map(|o| o.len()), Some(1), "{view}");
+    system.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_event_bus_facade_publishes_and_pages() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    // A course-style client publishing an event by hand: it reaches every consumer.
+    let response = post_json(
+        &blog,
+        "/events",
+        json!({"type": "PostCreated", "data": {"id": "hand-made", "title": "By hand"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.expect("JSON"),
+        json!({"status": "OK"})
+    );
+    view_until(&blog, "the hand-made post", |view| {
+        view["hand-made"]["title"] == "By hand"
+    })
+    .await;
+    // Known to the comments service too, through the same bus.
+    let response = post_json(
+        &blog,
+        "/posts/hand-made/comments",
+        json!({"content": "works"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+
+    // Unknown types travel too; malformed envelopes do not.
+    let response = post_json(&blog, "/events", json!({"type": "Hello", "data": {"x": 1}})).await;
+    assert_eq!(response.status(), 200);
+    for bad in [
+        json!({"data": {}}),
+        json!({"type": "a.b", "data": {}}),
+        json!({"type": "PostCreated", "data": {"id": 3}}),
+    ] {
+        let response = post_json(&blog, "/events", bad.clone()).await;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let all = loop {
+        let all = get_json(&blog, "/events").await;
+        if all.as_array().map(Vec::len) == Some(5) {
+            break all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log: {all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_causally_ordered(&all);
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(&blog, &format!("/events?after={after}&limit=2")).await;
+        let page = page.as_array().expect("array").clone();
+        let Some(last) = page.last() else { break };
+        after = last["seq"].as_i64().expect("seq");
+        assert!(page.len() <= 2);
+        paged.extend(page);
+    }
+    assert_eq!(Value::Array(paged), all);
+    system.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn posts_can_be_paged_in_creation_order() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(create_post(&blog, "/posts/create", &format!("post {n}")).await);
+    }
+    view_until(&blog, "five posts", |view| {
+        view.as_object().map(|o| o.len()) == Some(5)
+    })
+    .await;
+    let page = blog
+        .client
+        .get(blog.url("/posts?limit=2"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+    let link = page.headers()["link"].to_str().expect("text").to_owned();
+    assert!(link.contains(&format!("after={}", ids[1])), "{link}");
+    let page: BTreeMap<String, Value> = page.json().await.expect("JSON");
+    assert_eq!(page.keys().cloned().collect::<Vec<_>>(), ids[..2]);
+    let rest: BTreeMap<String, Value> = serde_json::from_value(
+        get_json(&blog, &format!("/posts?limit=10&after={}", ids[1])).await,
+    )
+    .expect("map");
+    assert_eq!(rest.keys().cloned().collect::<Vec<_>>(), ids[2..]);
+    system.stop().await.expect("clean stop");
+}
+
+/// Creates posts and comments and waits until every comment is moderated; returns the
+/// settled view.
+async fn write_some_blog(system: &Blog) -> Value {
+    let mut posts = Vec::new();
+    for n in 0..3 {
+        posts.push(create_post(system, "/posts/create", &format!("durable {n}")).await);
+    }
+    for (n, post) in posts.iter().enumerate() {
+        for content in ["fine", "orange juice"] {
+            let response = post_json(
+                system,
+                &format!("/posts/{post}/comments"),
+                json!({ "content": format!("{content} {n}") }),
+            )
+            .await;
+            assert_eq!(response.status(), 201);
+        }
+    }
+    view_until(system, "every comment moderated", |view| {
+        posts.iter().all(|post| {
+            view[post]["comments"].as_array().is_some_and(|comments| {
+                comments.len() == 2 && comments.iter().all(|c| c["status"] != "pending")
+            })
+        })
+    })
+    .await
+}
+
+fn remove_database(dir: &Path, name: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.join(format!("{name}.db{suffix}"));
+        if path.exists() {
+            std::fs::remove_file(&path).expect("database file removed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_view_survives_a_restart_and_is_rebuilt_when_its_store_is_lost() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    let before = write_some_blog(&blog).await;
+    system.stop().await.expect("clean stop");
+
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    assert_eq!(get_json(&blog, "/posts").await, before, "after a restart");
+    system.stop().await.expect("clean stop");
+
+    remove_database(dir.path(), "query");
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    // Ready means caught up with the log: no waiting needed.
+    assert_eq!(
+        get_json(&blog, "/posts").await,
+        before,
+        "rebuilt from the event log"
+    );
+    system.stop().await.expect("clean stop");
+}
+
+/// `flotilla up` without the per-client rate limit: 32 clients from one address are
+/// not an attack here.
+async fn spawn_unthrottled(dir: &Path) -> (flotilla::Running, Blog) {
+    let mut args = flotilla::UpArgs {
+        server: platform::config::ServerArgs {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: dir.to_owned(),
+        },
+        services: Default::default(),
+    };
+    args.services.gateway.gateway_rate_limit = 0;
+    let running = flotilla::up(args, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("flotilla up starts");
+    running
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("system becomes ready");
+    let blog = Blog {
+        base: format!("http://{}", running.addr),
+        client: test_support::http_client(),
+    };
+    (running, blog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_each_write_exactly_once() {
+    const CLIENTS: usize = 32;
+    const POSTS: usize = 500;
+    const COMMENTS: usize = 1_000;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (running, blog) = spawn_unthrottled(dir.path()).await;
+    let started = std::time::Instant::now();
+
+    let post_ids: Vec<String> = futures::future::join_all((0..CLIENTS).map(|client| {
+        let system = &blog;
+        async move {
+            let mut ids = Vec::new();
+            for n in (client..POSTS).step_by(CLIENTS) {
+                ids.push(create_post(system, "/posts/create", &format!("post {n}")).await);
+            }
+            ids
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(post_ids.len(), POSTS);
+
+    let written: Vec<(String, String)> = futures::future::join_all((0..CLIENTS).map(|client| {
+        let system = &blog;
+        let post_ids = &post_ids;
+        async move {
+            let mut written = Vec::new();
+            for n in (client..COMMENTS).step_by(CLIENTS) {
+                let post = &post_ids[n % POSTS];
+                let content = format!("comment {n}");
+                let response = post_json(
+                    system,
+                    &format!("/posts/{post}/comments"),
+                    json!({ "content": content }),
+                )
+                .await;
+                assert_eq!(response.status(), 201, "comment {n}");
+                written.push((post.clone(), content));
+            }
+            written
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let writes_took = started.elapsed();
+
+    let view = view_until(&blog, "every post and moderated comment", |view| {
+        view.as_object().is_some_and(|posts| {
+            posts.len() == POSTS
+                && posts
+                    .values()
+                    .map(|p| p["comments"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+                    == COMMENTS
+                && posts.values().all(|p| {
+                    p["comments"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().all(|c| c["status"] == "approved"))
+                })
+        })
+    })
+    .await;
+    let settled_took = started.elapsed();
+    eprintln!("{POSTS} posts + {COMMENTS} comments by {CLIENTS} clients: written in {writes_took:?}, all in the view after {settled_took:?}");
+
+    // Each exactly once: every written comment is in its post, no id twice.
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for (post, content) in written {
+        expected.entry(post).or_default().push(content);
+    }
+    let mut comment_ids = HashSet::new();
+    for post in &post_ids {
+        let comments = view[post]["comments"].as_array().expect("comments");
+        let mut contents: Vec<String> = comments
+            .iter()
+            .map(|c| c["content"].as_str().expect("content").to_owned())
+            .collect();
+        for comment in comments {
+            assert!(comment_ids.insert(comment["id"].to_string()), "duplicate {comment}");
+        }
+        contents.sort();
+        let mut wanted = expected.remove(post).unwrap_or_default();
+        wanted.sort();
+        assert_eq!(contents, wanted, "comments of {post}");
+    }
+    assert_eq!(comment_ids.len(), COMMENTS);
+    running.stop().await.expect("clean stop");
+}
