@@ -18,10 +18,14 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
-/// The named readiness checks of a service.
+/// The named readiness checks of a service. A *required* check failing makes the
+/// service not ready (503); a *degraded* check failing is reported but the service stays
+/// ready, for dependencies it can work without for a while (the broker: writes go to the
+/// outbox and are published when it returns).
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(String, Arc<CheckFn>)>,
+    degraded: Vec<(String, Arc<CheckFn>)>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -48,30 +52,55 @@ impl Readiness {
         self
     }
 
+    /// Adds a check that is reported but does not make the service unready.
+    pub fn with_degraded_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.degraded
+            .push((name.into(), Arc::new(move || check().boxed())));
+        self
+    }
+
     /// Runs every check concurrently; `Ok` lists them, `Err` lists the failures too.
     pub async fn run(&self) -> Result<Map<String, Value>, Map<String, Value>> {
-        let results =
-            futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
-                let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-                };
-                (name.clone(), outcome)
-            }))
-            .await;
-        let mut all_ok = true;
-        let mut report = Map::new();
-        for (name, outcome) in results {
-            let value = match outcome {
-                Ok(()) => Value::from("ok"),
-                Err(reason) => {
-                    all_ok = false;
-                    Value::from(reason)
-                }
+        let (report, required_ok, _) = self.report().await;
+        if required_ok { Ok(report) } else { Err(report) }
+    }
+
+    /// (all results, every required check passed, every degraded check passed)
+    async fn report(&self) -> (Map<String, Value>, bool, bool) {
+        async fn outcome(name: &str, check: &Arc<CheckFn>) -> (String, Result<(), String>) {
+            let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
             };
-            report.insert(name, value);
+            (name.to_owned(), outcome)
         }
-        if all_ok { Ok(report) } else { Err(report) }
+        let (required, degraded) = futures::future::join(
+            futures::future::join_all(self.checks.iter().map(|(n, c)| outcome(n, c))),
+            futures::future::join_all(self.degraded.iter().map(|(n, c)| outcome(n, c))),
+        )
+        .await;
+        let mut report = Map::new();
+        let mut fold = |results: Vec<(String, Result<(), String>)>| {
+            let mut all_ok = true;
+            for (name, outcome) in results {
+                let value = match outcome {
+                    Ok(()) => Value::from("ok"),
+                    Err(reason) => {
+                        all_ok = false;
+                        Value::from(reason)
+                    }
+                };
+                report.insert(name, value);
+            }
+            all_ok
+        };
+        let required_ok = fold(required);
+        let degraded_ok = fold(degraded);
+        (report, required_ok, degraded_ok)
     }
 
     /// The `/readyz` answer: 200 with the checks, or a 503 problem listing them.
@@ -79,9 +108,14 @@ impl Readiness {
         if shutdown.is_cancelled() {
             return Problem::service_unavailable("shutting down").into_response();
         }
-        match self.run().await {
-            Ok(checks) => Json(json!({"status": "ready", "checks": checks})).into_response(),
-            Err(checks) => Problem::service_unavailable("a dependency is not ready")
+        match self.report().await {
+            (checks, true, true) => {
+                Json(json!({"status": "ready", "checks": checks})).into_response()
+            }
+            (checks, true, false) => {
+                Json(json!({"status": "degraded", "checks": checks})).into_response()
+            }
+            (checks, false, _) => Problem::service_unavailable("a dependency is not ready")
                 .with_title("Not ready")
                 .with_extension("checks", checks)
                 .into_response(),
@@ -105,6 +139,22 @@ mod tests {
         let report = readiness.run().await.expect_err("broker is down");
         assert_eq!(report["db"], "ok");
         assert_eq!(report["broker"], "connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_failing_degraded_check_is_reported_but_keeps_the_service_ready() {
+        let readiness = Readiness::new()
+            .with_check("db", || async { Ok(()) })
+            .with_degraded_check("broker", || async { Err("connection refused".to_owned()) });
+        let response = readiness.respond(&CancellationToken::new()).await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["checks"]["broker"], "connection refused");
+        assert_eq!(body["checks"]["db"], "ok");
     }
 
     #[tokio::test]
