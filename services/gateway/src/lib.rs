@@ -6,6 +6,7 @@
 //! TCP hop; in `flotilla serve gateway` it is an HTTP client for `FLOTILLA_<SERVICE>_URL`.
 //! The route table does not know which, so both modes behave the same.
 
+mod cors;
 mod discovery;
 mod ratelimit;
 mod remote;
@@ -82,7 +83,15 @@ pub struct Args {
     #[arg(long, env = "FLOTILLA_GATEWAY_RESOLVE_INTERVAL", default_value = "5s",
           value_parser = platform::config::parse_duration)]
     pub gateway_resolve_interval: Duration,
+    /// Origins allowed to call the gateway from a browser (CORS), comma-separated; `*`
+    /// for any. The default is the course's React dev server.
+    #[arg(long, env = "FLOTILLA_CORS_ORIGINS", default_value = DEFAULT_CORS_ORIGINS,
+          value_delimiter = ',')]
+    pub gateway_cors_origins: Vec<String>,
 }
+
+/// Where the course's React client runs in development.
+pub const DEFAULT_CORS_ORIGINS: &str = "http://localhost:3000";
 
 impl Default for Args {
     fn default() -> Self {
@@ -90,6 +99,7 @@ impl Default for Args {
             gateway_rate_limit: 500,
             gateway_max_in_flight: 1024,
             gateway_resolve_interval: Duration::from_secs(5),
+            gateway_cors_origins: vec![DEFAULT_CORS_ORIGINS.to_owned()],
         }
     }
 }
@@ -168,6 +178,7 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
     let routes = routes::table(&upstreams)
         .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce))
         .merge(web::routes());
+    let routes = routes.layer(cors::layer(&args.gateway_cors_origins));
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)
