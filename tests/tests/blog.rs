@@ -537,3 +537,48 @@ async fn concurrent_clients_each_write_exactly_once() {
     assert_eq!(comment_ids.len(), COMMENTS);
     running.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn the_course_client_origin_may_call_the_gateway() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    let preflight = blog
+        .client
+        .request(reqwest::Method::OPTIONS, blog.url("/posts/create"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .expect("sent");
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let listed = blog
+        .client
+        .get(blog.url("/posts"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(listed.status(), 200);
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let stranger = blog
+        .client
+        .get(blog.url("/posts"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("sent");
+    assert!(
+        !stranger
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    system.stop().await.expect("clean stop");
+}
