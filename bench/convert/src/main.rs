@@ -71,9 +71,10 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| input | engine | median | best | MP3 size | MP3 duration |"
+        "| input | engine | wall, median | wall, best | CPU, median | MP3 size | MP3 duration |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    let ticks = clock_ticks_per_second();
     let mut ratios = Vec::new();
     let mut music = None;
     for signal in [Signal::Tone, Signal::Music] {
@@ -83,14 +84,17 @@ async fn run(runs: usize) -> anyhow::Result<String> {
         single.convert_file(&input, &ours).await?; // warm-up: page cache, allocator
         ffmpeg_cli(&input, &theirs)?;
         let (mut ours_times, mut theirs_times) = (Vec::new(), Vec::new());
+        let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
         let mut report = None;
         for _ in 0..runs {
-            let started = Instant::now();
+            let (cpu, started) = (CpuTime::now()?, Instant::now());
             report = Some(single.convert_file(&input, &ours).await?);
             ours_times.push(started.elapsed());
-            let started = Instant::now();
+            ours_cpu.push(CpuTime::now()?.own_since(&cpu, ticks));
+            let (cpu, started) = (CpuTime::now()?, Instant::now());
             ffmpeg_cli(&input, &theirs)?;
             theirs_times.push(started.elapsed());
+            theirs_cpu.push(CpuTime::now()?.children_since(&cpu, ticks));
         }
         let report = report.context("no run")?;
         ensure!(
@@ -101,35 +105,38 @@ async fn run(runs: usize) -> anyhow::Result<String> {
         let (ours_median, theirs_median) = (median(&mut ours_times), median(&mut theirs_times));
         writeln!(
             out,
-            "| {} | in-process (symphonia + LAME, VBR q2) | {} | {} | {} KiB | {:.3} s |",
+            "| {} | in-process (symphonia + LAME, VBR q2) | {} | {} | {} | {} KiB | {:.3} s |",
             signal.label(),
             ms(ours_median),
             ms(min(&ours_times)),
+            ms(median(&mut ours_cpu)),
             report.bytes_written / 1024,
             report.duration_secs
         )?;
         writeln!(
             out,
-            "| {} | `ffmpeg -i in.mp4 -vn -codec:a libmp3lame -q:a 2 out.mp3` | {} | {} | {} KiB | {:.3} s |",
+            "| {} | `ffmpeg -i in.mp4 -vn -codec:a libmp3lame -q:a 2 out.mp3` | {} | {} | {} | {} KiB | {:.3} s |",
             signal.label(),
             ms(theirs_median),
             ms(min(&theirs_times)),
+            ms(median(&mut theirs_cpu)),
             std::fs::metadata(&theirs)?.len() / 1024,
             theirs_report.0
         )?;
         ratios.push((
             signal.label(),
             ours_median.as_secs_f64() / theirs_median.as_secs_f64(),
+            median(&mut ours_cpu).as_secs_f64() / median(&mut theirs_cpu).as_secs_f64(),
         ));
         if signal == Signal::Music {
             music = Some(input);
         }
     }
     writeln!(out)?;
-    for (label, ratio) in ratios {
+    for (label, wall, cpu) in ratios {
         writeln!(
             out,
-            "Ratio in-process / ffmpeg (medians), {label}: **{ratio:.2}×** (goal ≤ 0.8×).  "
+            "Ratio in-process / ffmpeg (medians), {label}: wall **{wall:.2}×**, CPU {cpu:.2}× (goal ≤ 0.8×).  "
         )?;
     }
     writeln!(out)?;
@@ -142,22 +149,28 @@ async fn run(runs: usize) -> anyhow::Result<String> {
         "**{jobs} conversions of the 60 s music-like file submitted at once** \
          (throughput = seconds of audio converted per second of wall time)\n"
     )?;
-    writeln!(out, "| workers | wall time | throughput | speed-up |")?;
-    writeln!(out, "|---|---|---|---|")?;
+    writeln!(
+        out,
+        "| workers | wall time | throughput | speed-up | CPU per conversion |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|")?;
     let mut worker_counts: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
         .take_while(|&n| n < cores)
         .collect();
     worker_counts.extend([cores, 2 * cores]);
     let mut base = None;
     for workers in worker_counts {
+        let cpu = CpuTime::now()?;
         let wall = parallel_batch(&input, dir.path(), workers, jobs).await?;
+        let cpu = CpuTime::now()?.own_since(&cpu, ticks);
         let base = *base.get_or_insert(wall);
         writeln!(
             out,
-            "| {workers} | {} | {:.0}× real time | {:.2}× |",
+            "| {workers} | {} | {:.0}× real time | {:.2}× | {} |",
             ms(wall),
             (jobs as f64 * 60.0) / wall.as_secs_f64(),
-            base.as_secs_f64() / wall.as_secs_f64()
+            base.as_secs_f64() / wall.as_secs_f64(),
+            ms(cpu / jobs as u32)
         )?;
     }
 
@@ -364,6 +377,51 @@ fn update_section(path: &Path, section: &str) -> anyhow::Result<()> {
     }
     std::fs::write(path, text)?;
     Ok(())
+}
+
+/// CPU time from `/proc/self/stat`: this process's own, and that of its reaped
+/// children (the ffmpeg runs). Less sensitive than wall time to other work on the host.
+struct CpuTime {
+    own: u64,
+    children: u64,
+}
+
+impl CpuTime {
+    fn now() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        // Fields after the command name in parentheses; utime is field 14 overall.
+        let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let field = |n: usize| fields.get(n - 4).copied().unwrap_or(0);
+        Ok(Self {
+            own: field(14) + field(15),
+            children: field(16) + field(17),
+        })
+    }
+
+    fn own_since(&self, earlier: &Self, ticks: u64) -> Duration {
+        Duration::from_secs_f64(self.own.saturating_sub(earlier.own) as f64 / ticks as f64)
+    }
+
+    fn children_since(&self, earlier: &Self, ticks: u64) -> Duration {
+        Duration::from_secs_f64(
+            self.children.saturating_sub(earlier.children) as f64 / ticks as f64,
+        )
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
 }
 
 fn median(times: &mut [Duration]) -> Duration {
