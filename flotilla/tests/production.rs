@@ -1,0 +1,194 @@
+//! Production mode end to end: every service its own process on PostgreSQL + RabbitMQ,
+//! through the gateway over HTTP (issue: gateway and production mode).
+
+mod production_support;
+
+use std::time::{Duration, Instant};
+
+use production_support::{System, servers, wav};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_and_blog_flows_work_across_processes_and_the_gateway_survives_an_upstream_outage() {
+    let Some(servers) = servers() else { return };
+    let mut system = System::start(&servers);
+    let token = system.login().await;
+
+    // Media: upload → converted by one of the two converters → one email → download.
+    let job_id = system.upload(&token, "tone.wav", wav(3)).await;
+    let job = system
+        .wait_for_job(&token, &job_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+    let fid = job["mp3_fid"].as_str().expect("mp3 fid").to_owned();
+    let mp3 = system
+        .client
+        .get(format!("{}/download?fid={fid}", system.gateway))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("download answers");
+    assert_eq!(mp3.status(), 200);
+    assert_eq!(mp3.headers()["content-type"], "audio/mpeg");
+    let bytes = mp3.bytes().await.expect("mp3 bytes");
+    assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while system.emails().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let emails = system.emails();
+    assert_eq!(emails.len(), 1, "{emails:#?}");
+    assert!(
+        emails[0].contains(&format!("mp3 file_id: {fid} is now ready!")),
+        "{}",
+        emails[0]
+    );
+
+    // Blog: post, comment, moderation, the read model.
+    let post: serde_json::Value = system
+        .client
+        .post(format!("{}/posts/create", system.gateway))
+        .json(&serde_json::json!({"title": "Across processes"}))
+        .send()
+        .await
+        .expect("post answers")
+        .json()
+        .await
+        .expect("json post");
+    let post_id = post["id"].as_str().expect("post id").to_owned();
+    let comment = system
+        .client
+        .post(format!("{}/posts/{post_id}/comments", system.gateway))
+        .json(&serde_json::json!({"content": "I like Orange juice"}))
+        .send()
+        .await
+        .expect("comment answers");
+    assert_eq!(comment.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view: serde_json::Value = system
+            .client
+            .get(format!("{}/posts", system.gateway))
+            .send()
+            .await
+            .expect("query answers")
+            .json()
+            .await
+            .expect("json view");
+        if view[&post_id]["comments"][0]["status"] == "rejected" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "comment never moderated: {view}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An upstream goes away: the gateway answers quickly with 502/503, never hangs, and
+    // recovers once the upstream is back.
+    system
+        .processes
+        .get_mut("query")
+        .expect("query")
+        .kill_hard();
+    for _ in 0..15 {
+        let started = Instant::now();
+        let response = system
+            .client
+            .get(format!("{}/posts", system.gateway))
+            .send()
+            .await
+            .expect("gateway answers");
+        assert!(
+            matches!(response.status().as_u16(), 502 | 503),
+            "{}",
+            response.status()
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    system.restart("query");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = system
+            .client
+            .get(format!("{}/posts", system.gateway))
+            .send()
+            .await
+            .expect("gateway answers");
+        if response.status() == 200 {
+            let view: serde_json::Value = response.json().await.expect("json view");
+            assert_eq!(view[&post_id]["title"], "Across processes");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never recovered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_converter_killed_mid_job_leaves_the_job_to_the_other_one() {
+    let Some(servers) = servers() else { return };
+    let mut system = System::start(&servers);
+    let token = system.login().await;
+    // Long enough that the conversion is still running when we kill its worker.
+    let job_id = system.upload(&token, "long.wav", wav(240)).await;
+
+    // Find which converter took it (its log names the job) and kill it hard.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let victim = loop {
+        let found = ["converter", "converter-2"]
+            .into_iter()
+            .find(|name| system.processes[*name].log_text().contains(&job_id));
+        if let Some(name) = found {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "no converter picked up {job_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    system
+        .processes
+        .get_mut(victim)
+        .expect("converter")
+        .kill_hard();
+
+    let job = system
+        .wait_for_job(&token, &job_id, Duration::from_secs(300))
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+    let survivor = if victim == "converter" {
+        "converter-2"
+    } else {
+        "converter"
+    };
+    assert!(
+        system.processes[survivor].log_text().contains(&job_id),
+        "the surviving converter finished it"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while system.emails().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(system.emails().len(), 1, "exactly one email");
+    let blobs: Vec<_> = walk(&system.dir.path().join("blobs"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("mp3"))
+        .collect();
+    assert_eq!(blobs.len(), 1, "exactly one MP3: {blobs:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,433 @@
+//! A whole Flotilla system as separate `flotilla serve` processes — the production
+//! layout — on a real PostgreSQL (one database per service, fresh per test) and a real
+//! RabbitMQ (a fresh virtual host per test), the gateway reaching services over HTTP.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+pub const ADMIN_EMAIL: &str = "georgio@email.com";
+pub const ADMIN_PASSWORD: &str = "Admin123";
+
+/// The real servers, or `None` when the test should be skipped (outside CI).
+pub struct Servers {
+    pub postgres: String,
+    pub amqp_base: String,
+}
+
+pub fn servers() -> Option<Servers> {
+    let postgres = test_support::real_server_url("FLOTILLA_TEST_POSTGRES_URL")?;
+    let amqp = test_support::real_server_url("FLOTILLA_TEST_AMQP_URL")?;
+    // amqp://user:pw@host:port/%2f → without the vhost
+    let amqp_base = amqp
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap_or(amqp);
+    Some(Servers {
+        postgres,
+        amqp_base,
+    })
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One running service process.
+pub struct Process {
+    pub name: String,
+    pub url: String,
+    pub child: Child,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    service: String,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill_hard();
+                panic!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// The system: its processes by name, its databases and vhost (dropped at the end).
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub processes: HashMap<String, Process>,
+    pub gateway: String,
+    pub client: reqwest::Client,
+    pub vhost: String,
+    pub amqp_url: String,
+    postgres: String,
+    prefix: String,
+}
+
+const SERVICES: [&str; 9] = [
+    "auth",
+    "media",
+    "converter",
+    "notification",
+    "posts",
+    "comments",
+    "moderation",
+    "query",
+    "event-bus",
+];
+
+impl System {
+    /// Starts every service (two converters) and the gateway.
+    pub fn start(servers: &Servers) -> System {
+        platform::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let prefix = format!("t{}", std::process::id()) + &format!("{:x}", fastrand_u32());
+        let vhost = format!("flotilla-{prefix}");
+        run("rabbitmqctl", &["-q", "add_vhost", &vhost]);
+        run(
+            "rabbitmqctl",
+            &[
+                "-q",
+                "set_permissions",
+                "-p",
+                &vhost,
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ],
+        );
+        let amqp_url = format!("{}/{vhost}", servers.amqp_base);
+        for service in SERVICES {
+            let db = format!("{prefix}_{}", service.replace('-', "_"));
+            run(
+                "psql",
+                &[&servers.postgres, "-qc", &format!("CREATE DATABASE {db}")],
+            );
+        }
+        let mut system = System {
+            dir,
+            processes: HashMap::new(),
+            gateway: String::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            vhost,
+            amqp_url,
+            postgres: servers.postgres.clone(),
+            prefix,
+        };
+        system.spawn("auth", "auth", &[]);
+        let auth = system.url("auth");
+        system.spawn("event-bus", "event-bus", &[]);
+        let event_bus = system.url("event-bus");
+        for (name, service) in [
+            ("media", "media"),
+            ("converter", "converter"),
+            ("converter-2", "converter"),
+            ("notification", "notification"),
+            ("posts", "posts"),
+            ("comments", "comments"),
+            ("moderation", "moderation"),
+        ] {
+            system.spawn(name, service, &[("FLOTILLA_AUTH_URL", auth.clone())]);
+        }
+        system.spawn(
+            "query",
+            "query",
+            &[("FLOTILLA_EVENT_BUS_URL", event_bus.clone())],
+        );
+        let gateway_env: Vec<(&str, String)> = vec![
+            ("FLOTILLA_AUTH_URL", auth),
+            ("FLOTILLA_MEDIA_URL", system.url("media")),
+            ("FLOTILLA_POSTS_URL", system.url("posts")),
+            ("FLOTILLA_COMMENTS_URL", system.url("comments")),
+            ("FLOTILLA_QUERY_URL", system.url("query")),
+            ("FLOTILLA_EVENT_BUS_URL", event_bus),
+            ("FLOTILLA_GATEWAY_RESOLVE_INTERVAL", "1s".to_owned()),
+        ];
+        system.spawn("gateway", "gateway", &gateway_env);
+        system.gateway = system.url("gateway");
+        system
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        self.processes[name].url.clone()
+    }
+
+    fn base_env(&self, name: &str, service: &str) -> Vec<(String, String)> {
+        let data = self.dir.path().join(name);
+        let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
+        let (pg_base, _) = self.postgres.rsplit_once('/').expect("a database URL");
+        vec![
+            ("FLOTILLA_DATA_DIR".into(), data.display().to_string()),
+            ("FLOTILLA_DATABASE_URL".into(), format!("{pg_base}/{db}")),
+            ("FLOTILLA_BUS_URL".into(), self.amqp_url.clone()),
+            (
+                "FLOTILLA_BLOB_URL".into(),
+                format!("file://{}", self.dir.path().join("blobs").display()),
+            ),
+            (
+                "FLOTILLA_JWT_KEY_FILE".into(),
+                self.dir
+                    .path()
+                    .join("jwt-signing.pem")
+                    .display()
+                    .to_string(),
+            ),
+            ("FLOTILLA_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+            ("FLOTILLA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    /// Starts `flotilla serve SERVICE` as process `name`; waits for its ready line.
+    pub fn spawn(&mut self, name: &str, service: &str, extra: &[(&str, String)]) {
+        let mut env = self.base_env(name, service);
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let listen = self
+            .processes
+            .get(name)
+            .map(|p| p.url.trim_start_matches("http://").to_owned())
+            .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let process = start_process(name, service, &listen, &env, self.dir.path());
+        self.processes.insert(name.to_owned(), process);
+    }
+
+    /// Starts a stopped process again on the same address with the same settings.
+    pub fn restart(&mut self, name: &str) {
+        let old = self.processes.remove(name).expect("known process");
+        let listen = old.url.trim_start_matches("http://").to_owned();
+        let (service, env) = (old.service.clone(), old.env.clone());
+        drop(old);
+        let process = start_process(name, &service, &listen, &env, self.dir.path());
+        self.processes.insert(name.to_owned(), process);
+    }
+
+    pub async fn login(&self) -> String {
+        let response = self
+            .client
+            .post(format!("{}/login", self.gateway))
+            .basic_auth(ADMIN_EMAIL, Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("login answers");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("token")
+    }
+
+    /// Uploads `bytes` as `name`; returns the job id.
+    pub async fn upload(&self, token: &str, name: &str, bytes: Vec<u8>) -> String {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
+        let response = self
+            .client
+            .post(format!("{}/upload", self.gateway))
+            .bearer_auth(token)
+            .header("accept", "application/json")
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload answers");
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        let body: serde_json::Value = response.json().await.expect("json receipt");
+        body["job_id"].as_str().expect("job id").to_owned()
+    }
+
+    /// Polls the job until it is done or failed.
+    pub async fn wait_for_job(
+        &self,
+        token: &str,
+        job_id: &str,
+        limit: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let response = self
+                .client
+                .get(format!("{}/jobs/{job_id}", self.gateway))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("jobs answers");
+            if response.status() == 200 {
+                let job: serde_json::Value = response.json().await.expect("json job");
+                if job["status"] == "done" || job["status"] == "failed" {
+                    return job;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} not finished within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every `.eml` the notification process wrote.
+    pub fn emails(&self) -> Vec<String> {
+        let dir = self.dir.path().join("notification").join("mail");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for process in self.processes.values_mut() {
+            process.kill_hard();
+        }
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
+            .output();
+        for service in SERVICES {
+            let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
+            let _ = Command::new("psql")
+                .args([
+                    &self.postgres,
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                ])
+                .output();
+        }
+    }
+}
+
+fn start_process(
+    name: &str,
+    service: &str,
+    listen: &str,
+    env: &[(String, String)],
+    dir: &Path,
+) -> Process {
+    let log = dir.join(format!("{name}.log"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", service, "--listen", listen])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    let mut child = command.spawn().expect("flotilla serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let line = receiver
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_default();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "{name} did not become ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    Process {
+        name: name.to_owned(),
+        url,
+        child,
+        log,
+        env: env.to_vec(),
+        service: service.to_owned(),
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// A mono 16-bit PCM WAV of a 440 Hz tone lasting `seconds`.
+pub fn wav(seconds: u32) -> Vec<u8> {
+    let rate = 44_100u32;
+    let samples = rate * seconds;
+    let mut out = Vec::with_capacity(44 + samples as usize * 2);
+    let data_len = samples * 2;
+    out.extend(b"RIFF");
+    out.extend((36 + data_len).to_le_bytes());
+    out.extend(b"WAVEfmt ");
+    out.extend(16u32.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(rate.to_le_bytes());
+    out.extend((rate * 2).to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(16u16.to_le_bytes());
+    out.extend(b"data");
+    out.extend(data_len.to_le_bytes());
+    for i in 0..samples {
+        let t = f64::from(i) / f64::from(rate);
+        let value = (t * 440.0 * std::f64::consts::TAU).sin() * 8000.0;
+        out.extend((value as i16).to_le_bytes());
+    }
+    out
+}
