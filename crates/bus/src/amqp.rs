@@ -370,7 +370,15 @@ impl Shared {
                     .await?
                     .await
             };
-            match attempt.await {
+            // A broker that blocks publishers (memory or disk alarm) never answers;
+            // give up at the deadline rather than hang the caller.
+            let Ok(outcome) = tokio::time::timeout(remaining, attempt).await else {
+                return Err(BusError::Unavailable(
+                    "no publisher confirm before the publish timeout (is the broker blocking publishers?)"
+                        .to_owned(),
+                ));
+            };
+            match outcome {
                 Ok(confirmation) if confirmation.is_ack() => return Ok(()),
                 Ok(_) => {
                     let id = properties
