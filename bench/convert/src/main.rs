@@ -151,9 +151,9 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| workers | wall time | throughput | speed-up | CPU per conversion |"
+        "| workers | wall time | throughput | speed-up | CPU per conversion | cores busy (CPU ÷ wall) |"
     )?;
-    writeln!(out, "|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
     let mut worker_counts: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
         .take_while(|&n| n < cores)
         .collect();
@@ -166,11 +166,12 @@ async fn run(runs: usize) -> anyhow::Result<String> {
         let base = *base.get_or_insert(wall);
         writeln!(
             out,
-            "| {workers} | {} | {:.0}× real time | {:.2}× | {} |",
+            "| {workers} | {} | {:.0}× real time | {:.2}× | {} | {:.2} |",
             ms(wall),
             (jobs as f64 * 60.0) / wall.as_secs_f64(),
             base.as_secs_f64() / wall.as_secs_f64(),
-            ms(cpu / jobs as u32)
+            ms(cpu / jobs as u32),
+            cpu.as_secs_f64() / wall.as_secs_f64()
         )?;
     }
 
