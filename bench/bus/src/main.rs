@@ -121,13 +121,20 @@ fn body(size: usize, epoch: Instant) -> Vec<u8> {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 async fn wait_all(recorder: &Recorder, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while recorder.count() < n {
-        anyhow::ensure!(Instant::now() < deadline, "consumer stalled at {}", recorder.count());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "consumer stalled at {}",
+            recorder.count()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
@@ -151,7 +158,10 @@ async fn raw_lapin(args: &Args) -> anyhow::Result<Outcome> {
         )
         .await?;
     let mut queue_args = FieldTable::default();
-    queue_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    queue_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     setup
         .queue_declare(
             queue.as_str().into(),
@@ -313,7 +323,11 @@ async fn bus_rabbitmq(args: &Args) -> anyhow::Result<Outcome> {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for name in [exchange.clone(), format!("{exchange}.dlx"), format!("{exchange}.requeue")] {
+    for name in [
+        exchange.clone(),
+        format!("{exchange}.dlx"),
+        format!("{exchange}.requeue"),
+    ] {
         channel
             .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

@@ -276,7 +276,7 @@ impl Shared {
             .queue_declare(
                 parking.as_str().into(),
                 durable,
-                queue_arguments(&[quorum.clone()]),
+                queue_arguments(std::slice::from_ref(&quorum)),
             )
             .await?;
         channel

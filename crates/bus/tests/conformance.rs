@@ -118,7 +118,8 @@ impl Backend {
     async fn finish(self) {
         self.bus.close().await;
         if let Kind::Rabbit { url, exchange } = &self.kind {
-            delete_topology(url, exchange, &self.groups.lock().expect("lock")).await;
+            let groups = self.groups.lock().expect("lock").clone();
+            delete_topology(url, exchange, &groups).await;
         }
     }
 }
@@ -539,7 +540,7 @@ async fn outbox_and_inbox_exactly_once(backend: &Backend, db_url: &str) {
                 tx.commit().await.map_err(|e| retry(&e))?;
                 // Orders ending in 0, 3, 6 or 9 (12 of 30): the process dies after its commit, before the ack.
                 let digit = order_id.bytes().last().unwrap_or(b'0');
-                if digit % 3 == 0 && crashed_once.lock().expect("lock").insert(order_id) {
+                if digit.is_multiple_of(3) && crashed_once.lock().expect("lock").insert(order_id) {
                     panic!("simulated crash after commit, before ack");
                 }
                 Ok(())
