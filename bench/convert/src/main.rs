@@ -121,7 +121,7 @@ async fn run(runs: usize) -> anyhow::Result<String> {
             ms(min(&theirs_times)),
             ms(median(&mut theirs_cpu)),
             std::fs::metadata(&theirs)?.len() / 1024,
-            theirs_report.0
+            theirs_report.duration_secs
         )?;
         ratios.push((
             signal.label(),

@@ -151,17 +151,16 @@ impl Converter {
             Err(err) => return Err(err),
         }
         let output = output.to_owned();
-        let (duration_secs, sample_rate, channels, bytes_written) = spawn_blocking(move || {
+        let (info, bytes_written) = spawn_blocking(move || {
             let file = File::open(&output)?;
             let bytes_written = file.metadata()?.len();
-            let (duration_secs, sample_rate, channels) = report::probe_mp3(file)?;
-            Ok((duration_secs, sample_rate, channels, bytes_written))
+            Ok((report::probe_mp3(file)?, bytes_written))
         })
         .await?;
         Ok(ConversionReport {
-            duration_secs,
-            sample_rate,
-            channels,
+            duration_secs: info.duration_secs,
+            sample_rate: info.sample_rate,
+            channels: info.channels,
             bytes_written,
             engine: Engine::Ffmpeg,
         })

@@ -31,13 +31,13 @@ const TRUNCATION_SLACK_SECS: f64 = 0.5;
 
 /// Any `Read + Seek` source (a temp file from the blob store, a cursor in tests) as a
 /// symphonia media source. The length is measured once, up front.
-pub struct SeekableSource<R> {
+pub(crate) struct SeekableSource<R> {
     inner: R,
     len: Option<u64>,
 }
 
 impl<R: Read + Seek> SeekableSource<R> {
-    pub fn new(mut inner: R) -> io::Result<Self> {
+    pub(crate) fn new(mut inner: R) -> io::Result<Self> {
         let start = inner.stream_position()?;
         let end = inner.seek(SeekFrom::End(0))?;
         inner.seek(SeekFrom::Start(start))?;
@@ -227,6 +227,10 @@ fn check_not_truncated(params: &CodecParameters, last_packet_end: u64) -> Result
     let (Some(n_frames), Some(time_base)) = (params.n_frames, params.time_base) else {
         return Ok(());
     };
+    if n_frames == 0 {
+        // Unknown length (fragmented MP4, live recordings), not an empty track.
+        return Ok(());
+    }
     let seconds = |ts: u64| {
         let time = time_base.calc_time(ts);
         time.seconds as f64 + time.frac
@@ -279,9 +283,10 @@ impl<W: Write + Seek> Pipeline<W> {
         };
         // MP4 stores the track length in the media time scale; when that scale is the
         // sample rate, it also tells how much of the last AAC frame is padding.
+        // (Fragmented MP4 leaves that length at zero: then there is nothing to go by.)
         let remaining_frames = match (params.codec, params.n_frames, params.time_base) {
             (CODEC_TYPE_AAC, Some(n_frames), Some(time_base))
-                if time_base.numer == 1 && time_base.denom == sample_rate =>
+                if time_base.numer == 1 && time_base.denom == sample_rate && n_frames > priming =>
             {
                 Some(n_frames.saturating_sub(priming))
             }

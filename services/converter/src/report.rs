@@ -34,9 +34,18 @@ pub struct ConversionReport {
     pub engine: Engine,
 }
 
+/// What the headers of an MP3 say about it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mp3Info {
+    /// Playing time, encoder delay and padding excluded.
+    pub duration_secs: f64,
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
 /// Reads an MP3's length, sample rate and channels without decoding it: the frame
 /// headers give the rest, the LAME tag gives the delay and padding to leave out.
-pub fn probe_mp3<R>(source: R) -> Result<(f64, u32, u8), ConvertError>
+pub fn probe_mp3<R>(source: R) -> Result<Mp3Info, ConvertError>
 where
     R: Read + Seek + Send + Sync + 'static,
 {
@@ -79,9 +88,9 @@ where
             "no audio could be decoded".to_owned(),
         ));
     }
-    Ok((
-        frames as f64 / f64::from(sample_rate),
+    Ok(Mp3Info {
+        duration_secs: frames as f64 / f64::from(sample_rate),
         sample_rate,
-        u8::try_from(channels).unwrap_or(2),
-    ))
+        channels: u8::try_from(channels).unwrap_or(2),
+    })
 }

@@ -122,6 +122,21 @@ async fn aac_in_mp4_converts_in_process_with_the_source_duration() {
 }
 
 #[tokio::test]
+async fn fragmented_mp4_converts_in_process() {
+    let dir = needs_ffmpeg!();
+    let tone = stereo_tone(SECS, 44_100);
+    let input = make(
+        dir.path(),
+        "fragmented.mp4",
+        &args(
+            &tone,
+            &["-c:a", "aac", "-movflags", "frag_keyframe+empty_moov"],
+        ),
+    );
+    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
+}
+
+#[tokio::test]
 async fn video_with_aac_audio_in_mov_converts_in_process() {
     let dir = needs_ffmpeg!();
     let tone = stereo_tone(SECS, 48_000);
