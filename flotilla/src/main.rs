@@ -1,6 +1,7 @@
 //! `flotilla`: parse the command line, set up logging, run.
 
 mod bus_cli;
+mod user_cli;
 
 use std::{io::Write, process::ExitCode, time::Duration};
 
@@ -29,6 +30,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Operate the message bus: `bus dlq list`, `bus dlq replay`.
     Bus(bus_cli::BusOperatorArgs),
+    /// Manage accounts: `user add --email E --password P [--admin]`.
+    User(user_cli::UserArgs),
 }
 
 /// How long `up` waits for every service to report ready.
@@ -77,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (running, what) = match cli.command {
         Command::Client(args) => return client::run(args).await,
         Command::Bus(args) => return bus_cli::run(args).await,
+        Command::User(args) => return user_cli::run(args).await,
         Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
@@ -98,6 +102,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_add_parses() {
+        let cli = Cli::try_parse_from([
+            "flotilla",
+            "user",
+            "add",
+            "--email",
+            "a@b.co",
+            "--password",
+            "secret123",
+            "--admin",
+        ])
+        .expect("valid command line");
+        let Command::User(user_cli::UserArgs {
+            command: user_cli::UserCommand::Add(add),
+        }) = cli.command
+        else {
+            panic!("expected user add");
+        };
+        assert_eq!(add.email, "a@b.co");
+        assert!(add.admin);
+        assert!(Cli::try_parse_from(["flotilla", "user", "add", "--email", "a@b.co"]).is_err());
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {

@@ -6,8 +6,10 @@
 //! TCP hop; in `flotilla serve gateway` it is an HTTP client for `FLOTILLA_<SERVICE>_URL`.
 //! The route table does not know which, so both modes behave the same.
 
+mod auth;
 mod cors;
 mod discovery;
+mod openapi;
 mod ratelimit;
 mod remote;
 pub mod resilience;
@@ -177,7 +179,8 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
     let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
     let routes = routes::table(&upstreams)
         .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce))
-        .merge(web::routes());
+        .merge(web::routes())
+        .merge(openapi::routes());
     let routes = routes.layer(cors::layer(&args.gateway_cors_origins));
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)

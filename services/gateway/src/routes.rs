@@ -23,17 +23,24 @@ pub fn table(upstreams: &Upstreams) -> Router {
         name,
         timeout: DEFAULT_TIMEOUT,
     };
+    // Tokens are checked here, from auth's cached public keys (auth.rs).
+    let verifier = crate::auth::verifier(to("auth").upstream());
+    let protected = |route| crate::auth::protect(route, &verifier);
+    let client_address = crate::auth::with_client_address;
     Router::new()
         // auth
-        .route("/signup", to("auth").post())
-        .route("/login", to("auth").post())
+        .route("/signup", client_address(to("auth").post()))
+        .route("/login", client_address(to("auth").post()))
         .route("/validate", to("auth").post())
         .route("/.well-known/jwks.json", to("auth").get())
-        // media
-        .route("/upload", to("media").within(UPLOAD_TIMEOUT).post())
-        .route("/download", to("media").get())
-        .route("/jobs", to("media").get())
-        .route("/jobs/{id}", to("media").get())
+        // media: a valid Bearer token or 401, before media is called
+        .route(
+            "/upload",
+            protected(to("media").within(UPLOAD_TIMEOUT).post()),
+        )
+        .route("/download", protected(to("media").get()))
+        .route("/jobs", protected(to("media").get()))
+        .route("/jobs/{id}", protected(to("media").get()))
         // blog: the write side and the read model share `/posts`
         .route("/posts/create", to("posts").post())
         .route("/posts", to("posts").post().merge(to("query").get()))

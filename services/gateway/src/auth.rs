@@ -1,0 +1,92 @@
+//! Authentication at the edge.
+//!
+//! Protected routes (`/upload`, `/download`, `/jobs`, `/jobs/{id}`) need a valid Bearer
+//! token, checked *here* with the auth service's public keys (fetched once through the
+//! auth upstream and cached; refetched when a token names an unknown key, at most every
+//! few seconds), so a missing or bad token is answered 401 before any upstream is
+//! called and a good one costs no call to auth. The verified [`identity::Caller`] rides
+//! along in the request's extensions to an in-process service; a remote one gets the
+//! `Authorization` header and may check it again.
+//!
+//! The auth routes get `X-Forwarded-For` with the connection's peer appended, in both
+//! modes, so auth's per-client login limit sees the real client: its last entry is the
+//! address this gateway saw, whatever a client wrote in front of it.
+
+use std::net::SocketAddr;
+
+use axum::{
+    extract::{ConnectInfo, Request},
+    middleware::{self, Next},
+    response::Response,
+    routing::MethodRouter,
+};
+use http::HeaderValue;
+use identity::{JwksSource, Verifier};
+
+use crate::Upstream;
+
+/// A verifier whose keys come from `auth` (`GET /.well-known/jwks.json`).
+pub(crate) fn verifier(auth: Upstream) -> Verifier {
+    Verifier::new(JwksSource::via_service(auth))
+}
+
+/// `route`, reachable only with a valid Bearer token.
+pub(crate) fn protect(route: MethodRouter, verifier: &Verifier) -> MethodRouter {
+    route.layer(middleware::from_fn_with_state(
+        verifier.clone(),
+        identity::require_caller,
+    ))
+}
+
+/// `route`, with the client's address appended to `X-Forwarded-For`.
+pub(crate) fn with_client_address(route: MethodRouter) -> MethodRouter {
+    route.layer(middleware::from_fn(append_forwarded_for))
+}
+
+async fn append_forwarded_for(mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    if let Some(peer) = peer {
+        let headers = request.headers_mut();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {peer}"),
+            None => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{Router, body::Body, routing::get};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn the_peer_is_appended_after_what_the_client_sent() {
+        let echo = get(|request: Request| async move {
+            request.headers()["x-forwarded-for"]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned()
+        });
+        let app = Router::new().route("/login", with_client_address(echo));
+        let mut request = Request::get("/login")
+            .header("x-forwarded-for", "198.51.100.1")
+            .body(Body::empty())
+            .expect("request");
+        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
+            "203.0.113.5:4000".parse().expect("addr"),
+        ));
+        let response = app.oneshot(request).await.expect("infallible");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"198.51.100.1, 203.0.113.5");
+    }
+}
