@@ -252,6 +252,9 @@ struct Pipeline<W: Write + Seek> {
     /// Where the MP3 starts in the sink: the LAME tag is written back there.
     start: u64,
     sample_rate: u32,
+    /// What LAME chose, read from the first frame it wrote: it resamples rates MP3
+    /// cannot carry (96 kHz, say).
+    output_sample_rate: Option<u32>,
     output_channels: u8,
     /// Frames still to drop from the front (encoder priming).
     skip_frames: u64,
@@ -297,6 +300,7 @@ impl<W: Write + Seek> Pipeline<W> {
             sink: BufWriter::with_capacity(64 * 1024, sink),
             start,
             sample_rate,
+            output_sample_rate: None,
             output_channels,
             skip_frames: priming,
             remaining_frames,
@@ -391,6 +395,9 @@ impl<W: Write + Seek> Pipeline<W> {
             }
         };
         written.map_err(|err| ConvertError::Encoder(err.to_string()))?;
+        if self.output_sample_rate.is_none() {
+            self.output_sample_rate = frame_sample_rate(&self.mp3);
+        }
         self.sink.write_all(&self.mp3)?;
         self.bytes_written += self.mp3.len() as u64;
         self.frames_encoded += (to - from) as u64;
@@ -426,12 +433,29 @@ impl<W: Write + Seek> Pipeline<W> {
 
         Ok(ConversionReport {
             duration_secs: self.frames_encoded as f64 / f64::from(self.sample_rate),
-            sample_rate: self.sample_rate,
+            sample_rate: self.output_sample_rate.unwrap_or(self.sample_rate),
             channels: self.output_channels,
             bytes_written: self.bytes_written,
             engine: Engine::InProcess,
         })
     }
+}
+
+/// The sample rate in the header of the MPEG audio frame at the start of `bytes`.
+fn frame_sample_rate(bytes: &[u8]) -> Option<u32> {
+    let [0xFF, b1, b2, ..] = *bytes else {
+        return None;
+    };
+    if b1 & 0xE0 != 0xE0 {
+        return None;
+    }
+    let base = match (b1 >> 3) & 0b11 {
+        0b11 => [44_100, 48_000, 32_000], // MPEG-1
+        0b10 => [22_050, 24_000, 16_000], // MPEG-2
+        0b00 => [11_025, 12_000, 8_000],  // MPEG-2.5
+        _ => return None,
+    };
+    base.get(usize::from((b2 >> 2) & 0b11)).copied()
 }
 
 /// LAME set up like `ffmpeg -codec:a libmp3lame -q:a 2`: VBR (mtrh) at quality 2, LAME

@@ -204,6 +204,23 @@ async fn pcm_wav_converts_in_process() {
 }
 
 #[tokio::test]
+async fn a_96_khz_wav_is_resampled_by_lame_to_a_rate_mp3_carries() {
+    let dir = needs_ffmpeg!();
+    let tone = stereo_tone(SECS, 96_000);
+    let input = make(
+        dir.path(),
+        "hires.wav",
+        &args(&tone, &["-c:a", "pcm_s24le"]),
+    );
+    let report = convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
+    assert_eq!(report.sample_rate, 48_000);
+    assert_eq!(
+        decode_mp3(&dir.path().join("hires.wav.mp3")).sample_rate,
+        48_000
+    );
+}
+
+#[tokio::test]
 async fn mono_flac_stays_mono() {
     let dir = needs_ffmpeg!();
     let input = make(
