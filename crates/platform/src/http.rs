@@ -40,9 +40,11 @@ pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent
 impl TraceParent {
     /// A new root trace context: random trace id and span id, sampled.
     pub fn new_root() -> Self {
-        let trace = uuid::Uuid::new_v4().simple().to_string();
-        let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-        Self(format!("00-{trace}-{span}-01"))
+        // Trace and span ids must be unique, not secret: a thread-local generator
+        // avoids a `getrandom` system call per request.
+        let trace = fastrand::u128(1..);
+        let span = fastrand::u64(1..);
+        Self(format!("00-{trace:032x}-{span:016x}-01"))
     }
 
     /// Accepts a header value only if it is a well-formed version-00 traceparent.
@@ -200,7 +202,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_acceptable_request_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     request
         .headers_mut()
@@ -223,6 +225,13 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(REQUEST_ID_HEADER.clone(), header);
     response
+}
+
+/// A UUID v4 from a thread-local generator (unique, not secret; no system call).
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
 }
 
 /// Ids from outside end up in logs and headers: keep them short and plain.
