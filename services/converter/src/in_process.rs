@@ -118,6 +118,8 @@ where
             Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
                 break;
             }
+            // A chained stream (a second Ogg stream after the first): the upload's
+            // audio is the first one.
             Err(SymphoniaError::ResetRequired) => break,
             Err(SymphoniaError::IoError(err)) => return Err(ConvertError::Io(err)),
             Err(err) => return Err(ConvertError::Corrupt(err.to_string())),
