@@ -1,6 +1,7 @@
 //! `flotilla`: parse the command line, set up logging, run.
 
 mod bus_cli;
+mod query_cli;
 mod user_cli;
 
 use std::{io::Write, process::ExitCode, time::Duration};
@@ -32,6 +33,8 @@ enum Command {
     Bus(bus_cli::BusOperatorArgs),
     /// Manage accounts: `user add --email E --password P [--admin]`.
     User(user_cli::UserArgs),
+    /// Operate the blog's read model: `query rebuild` from the event log.
+    Query(query_cli::QueryArgs),
 }
 
 /// How long `up` waits for every service to report ready.
@@ -81,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(args) => return client::run(args).await,
         Command::Bus(args) => return bus_cli::run(args).await,
         Command::User(args) => return user_cli::run(args).await,
+        Command::Query(args) => return query_cli::run(args).await,
         Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
