@@ -293,11 +293,14 @@ impl Shared {
             quorum.clone(),
             ("x-dead-letter-exchange", long_string(&dlx)),
             ("x-dead-letter-routing-key", long_string(group)),
-            // A message redelivered this many times without an ack (its consumer keeps
-            // crashing) is dead-lettered by the broker.
+            // A message whose consumer keeps crashing on it (returned unacked more than
+            // this many times, i.e. delivered `max_attempts` times) is dead-lettered by
+            // the broker.
             (
                 "x-delivery-limit",
-                AMQPValue::LongInt(i32::try_from(retry.max_attempts).unwrap_or(i32::MAX)),
+                AMQPValue::LongInt(
+                    i32::try_from(retry.max_attempts.saturating_sub(1)).unwrap_or(i32::MAX),
+                ),
             ),
         ];
         main_args.extend(at_least_once.iter().cloned());

@@ -193,13 +193,7 @@ impl OutboxRelay {
             Dialect::Sqlite => "",
             Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
         };
-        // On SQLite the transaction takes the write lock at once: a deferred one would read
-        // a snapshot, and its later UPDATE fails with SQLITE_BUSY_SNAPSHOT (no waiting)
-        // whenever the service committed in between — always, under steady writes.
-        let mut tx = match dialect {
-            Dialect::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres | Dialect::MySql => self.db.begin().await?,
-        };
+        let mut tx = self.db.begin().await?;
         let rows = sqlx::query(dialect.sql(format!(
             "SELECT seq, message_id, routing_key, headers, body, created_at FROM bus_outbox
              WHERE sent_at IS NULL ORDER BY seq LIMIT {}{lock}",
@@ -233,6 +227,18 @@ impl OutboxRelay {
             return Ok(0);
         }
         let count = messages.len();
+        // SQLite: no transaction is held while publishing. Holding the read snapshot makes
+        // the UPDATE below fail with SQLITE_BUSY_SNAPSHOT whenever the service committed
+        // meanwhile (always, under steady writes), and holding the write lock instead
+        // stalls every writer of the service for the publish's fsync. One process relays
+        // a SQLite file, so nothing else publishes these rows in between.
+        let mut tx = match dialect {
+            Dialect::Sqlite => {
+                tx.rollback().await?;
+                None
+            }
+            Dialect::Postgres | Dialect::MySql => Some(tx),
+        };
         self.bus.publish_all(messages).await?;
         let placeholders = vec!["?"; seqs.len()].join(", ");
         let mut update = sqlx::query(dialect.sql(format!(
@@ -242,8 +248,15 @@ impl OutboxRelay {
         for seq in seqs {
             update = update.bind(seq);
         }
-        update.execute(&mut *tx).await?;
-        tx.commit().await?;
+        match tx.take() {
+            Some(mut tx) => {
+                update.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            None => {
+                update.execute(self.db.pool()).await?;
+            }
+        }
         Ok(count)
     }
 

@@ -154,6 +154,21 @@ async fn delete_topology(url: &str, exchange: &str, groups: &[String]) {
     let _ = connection.close(200, "test done".into()).await;
 }
 
+/// Runs one test, then removes its topology from the broker even if it failed.
+async fn run<F>(backend: Backend, test: F)
+where
+    F: for<'a> FnOnce(&'a Backend) -> futures::future::BoxFuture<'a, ()>,
+{
+    use futures::FutureExt;
+    let outcome = std::panic::AssertUnwindSafe(test(&backend))
+        .catch_unwind()
+        .await;
+    backend.finish().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 async fn next(subscriber: &mut bus::Subscriber) -> bus::Delivery {
     tokio::time::timeout(PATIENCE, subscriber.next())
         .await
@@ -169,8 +184,7 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     if let Some(backend) = super::Backend::embedded().await {
-                        super::$test(&backend).await;
-                        backend.finish().await;
+                        super::run(backend, |b| Box::pin(super::$test(b))).await;
                     }
                 }
             )*
@@ -180,8 +194,7 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     if let Some(backend) = super::Backend::rabbitmq().await {
-                        super::$test(&backend).await;
-                        backend.finish().await;
+                        super::run(backend, |b| Box::pin(super::$test(b))).await;
                     }
                 }
             )*
@@ -199,9 +212,77 @@ conformance!(
     outbox_and_inbox_on_postgres,
     outbox_and_inbox_on_mariadb,
     headers_and_ids_survive_the_trip,
+    crash_looping_message_is_dead_lettered,
 );
 
+/// A message whose handler crashes every time (never settles) must not be redelivered
+/// forever: after `max_attempts` deliveries it is dead-lettered.
+async fn crash_looping_message_is_dead_lettered(backend: &Backend) {
+    let group = backend.group("crashloop");
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let shutdown = CancellationToken::new();
+    let worker = {
+        let calls = calls.clone();
+        Consumer::new(backend.bus.clone(), Subscription::new(&group, "boom")).run(
+            shutdown.clone(),
+            move |_message| {
+                let calls = calls.clone();
+                async move {
+                    *calls.lock().expect("lock") += 1;
+                    panic!("simulated handler crash");
+                }
+            },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let message = Message::new("boom", "{}");
+    backend.bus.publish(message.clone()).await.expect("publish");
+    let dead = wait_for_dead_letters(backend, &group, 1).await;
+    assert_eq!(dead[0].id, message.id);
+    assert!(!dead[0].reason.is_empty());
+    // Nothing comes back once it is parked.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *calls.lock().expect("lock"),
+        3,
+        "max_attempts deliveries, then parked"
+    );
+    shutdown.cancel();
+    worker
+        .await
+        .expect("consumer survives its handler's crashes");
+}
+
 async fn headers_and_ids_survive_the_trip(backend: &Backend) {
+    if let Kind::Rabbit { url, .. } = &backend.kind {
+        // An operator recognises a group's queues by name.
+        let group = backend.group("video");
+        let _subscriber = backend
+            .bus
+            .subscribe(Subscription::new(&group, "video"))
+            .await
+            .expect("subscribe");
+        let connection = lapin::Connection::connect(url, Default::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        for queue in [
+            group.clone(),
+            format!("{group}.dead"),
+            format!("{group}.retry.1"),
+            format!("{group}.retry.2"),
+        ] {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("queue {queue} missing: {e}"));
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
     let group = backend.group("trip");
     let mut subscriber = backend
         .bus
