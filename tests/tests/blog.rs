@@ -118,7 +118,11 @@ async fn the_course_flow_works_through_the_gateway() {
     .await;
     assert_eq!(response.status(), 201);
     let comments: Value = response.json().await.expect("JSON");
-    assert_eq!(comments.as_array().map(Vec::len), Some(2), "the post's full array");
+    assert_eq!(
+        comments.as_array().map(Vec::len),
+        Some(2),
+        "the post's full array"
+    );
     assert_eq!(comments[1]["status"], "pending");
 
     let view = view_until(&blog, "both comments moderated", |view| {
@@ -160,7 +164,12 @@ async fn the_course_flow_works_through_the_gateway() {
         .collect();
     assert_eq!(
         types,
-        HashSet::from(["PostCreated", "CommentCreated", "CommentModerated", "CommentUpdated"])
+        HashSet::from([
+            "PostCreated",
+            "CommentCreated",
+            "CommentModerated",
+            "CommentUpdated"
+        ])
     );
     assert_causally_ordered(&events);
 
@@ -181,7 +190,10 @@ fn assert_causally_ordered(events: &Value) {
         let (needs, provides) = match event["type"].as_str() {
             Some("PostCreated") => (None, Some(format!("post:{id}"))),
             Some("CommentCreated") => (
-                Some(format!("post:{}", data["postId"].as_str().unwrap_or_default())),
+                Some(format!(
+                    "post:{}",
+                    data["postId"].as_str().unwrap_or_default()
+                )),
                 Some(format!("comment:{id}")),
             ),
             Some("CommentModerated") => (
@@ -230,7 +242,11 @@ async fn bad_input_is_refused_and_unknown_posts_are_404() {
     assert_eq!(not_json.status(), 400);
 
     let post = create_post(&blog, "/posts/create", &longest).await;
-    for body in [json!({}), json!({"content": ""}), json!({ "content": too_long })] {
+    for body in [
+        json!({}),
+        json!({"content": ""}),
+        json!({ "content": too_long }),
+    ] {
         let response = post_json(&blog, &format!("/posts/{post}/comments"), body.clone()).await;
         assert_eq!(response.status(), 400, "{body}");
     }
@@ -349,10 +365,9 @@ async fn posts_can_be_paged_in_creation_order() {
     assert!(link.contains(&format!("after={}", ids[1])), "{link}");
     let page: BTreeMap<String, Value> = page.json().await.expect("JSON");
     assert_eq!(page.keys().cloned().collect::<Vec<_>>(), ids[..2]);
-    let rest: BTreeMap<String, Value> = serde_json::from_value(
-        get_json(&blog, &format!("/posts?limit=10&after={}", ids[1])).await,
-    )
-    .expect("map");
+    let rest: BTreeMap<String, Value> =
+        serde_json::from_value(get_json(&blog, &format!("/posts?limit=10&after={}", ids[1])).await)
+            .expect("map");
     assert_eq!(rest.keys().cloned().collect::<Vec<_>>(), ids[2..]);
     system.stop().await.expect("clean stop");
 }
@@ -468,6 +483,7 @@ async fn concurrent_clients_each_write_exactly_once() {
     .flatten()
     .collect();
     assert_eq!(post_ids.len(), POSTS);
+    let posts_took = started.elapsed();
 
     let written: Vec<(String, String)> = futures::future::join_all((0..CLIENTS).map(|client| {
         let system = &blog;
@@ -512,7 +528,9 @@ async fn concurrent_clients_each_write_exactly_once() {
     })
     .await;
     let settled_took = started.elapsed();
-    eprintln!("{POSTS} posts + {COMMENTS} comments by {CLIENTS} clients: written in {writes_took:?}, all in the view after {settled_took:?}");
+    eprintln!(
+        "{POSTS} posts + {COMMENTS} comments by {CLIENTS} clients: posts written in {posts_took:?}, comments by {writes_took:?}, all in the view after {settled_took:?}"
+    );
 
     // Each exactly once: every written comment is in its post, no id twice.
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
@@ -527,7 +545,10 @@ async fn concurrent_clients_each_write_exactly_once() {
             .map(|c| c["content"].as_str().expect("content").to_owned())
             .collect();
         for comment in comments {
-            assert!(comment_ids.insert(comment["id"].to_string()), "duplicate {comment}");
+            assert!(
+                comment_ids.insert(comment["id"].to_string()),
+                "duplicate {comment}"
+            );
         }
         contents.sort();
         let mut wanted = expected.remove(post).unwrap_or_default();

@@ -54,6 +54,11 @@ impl Publisher {
     }
 }
 
+/// Deliveries handled at once. The handlers do not depend on delivery order (each is
+/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
+/// overlaps the acknowledgements, which otherwise bound throughput.
+const CONSUMER_CONCURRENCY: usize = 8;
+
 /// The consumer group of this service.
 pub const GROUP: &str = "comments";
 
@@ -66,9 +71,10 @@ pub fn start_consumer(
 ) {
     let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
         .also(blog::routing_key(blog::COMMENT_MODERATED))
-        .with_prefetch(64);
-    let consumer =
-        bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+        .with_prefetch(128);
+    let consumer = bus::Consumer::new(bus, subscription)
+        .concurrency(CONSUMER_CONCURRENCY)
+        .run(context.shutdown.clone(), move |message| {
             let store = store.clone();
             let post_learned = post_learned.clone();
             async move {

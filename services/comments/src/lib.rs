@@ -36,7 +36,7 @@ pub use store::{Comment, CommentError, CommentStore};
 pub struct Args {
     /// How long a comment on a post this service has not heard of yet waits for the
     /// post's `PostCreated` before the answer is 404.
-    #[arg(long, env = "FLOTILLA_COMMENTS_POST_WAIT", default_value = "3s",
+    #[arg(long, env = "FLOTILLA_COMMENTS_POST_WAIT", default_value = "10s",
           value_parser = platform::config::parse_duration)]
     pub comments_post_wait: Duration,
 }
@@ -44,7 +44,7 @@ pub struct Args {
 impl Default for Args {
     fn default() -> Self {
         Self {
-            comments_post_wait: Duration::from_secs(3),
+            comments_post_wait: Duration::from_secs(10),
         }
     }
 }
@@ -65,7 +65,8 @@ struct AppState {
 
 /// Builds the service; `flotilla up`, `flotilla serve comments` and tests all call this.
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
-    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    let url = context.database_url_for(NAME);
+    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
     let (publisher, bus) = events::Publisher::start(context, &db).await?;
     let state = AppState {
@@ -200,4 +201,15 @@ fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
 
 fn not_json(error: serde_json::Error) -> Problem {
     Problem::bad_request(format!("the body is not JSON: {error}"))
+}
+
+/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
+/// time and its busy handler sleeps and retries rather than queueing, which under load
+/// starves some writers for seconds; with one connection they queue fairly in the pool.
+fn pool_settings(url: &str) -> storage::PoolSettings {
+    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
+    storage::PoolSettings {
+        max_connections: if sqlite { 1 } else { 10 },
+        ..storage::PoolSettings::default()
+    }
 }

@@ -38,6 +38,9 @@ pub const NAME: &str = "event-bus";
 /// The longest message id the bus's inbox tables keep.
 const MAX_MESSAGE_ID: usize = 64;
 
+/// Deliveries handled at once by the log's consumer.
+const CONSUMER_CONCURRENCY: usize = 8;
+
 /// The consumer group that feeds the log.
 pub const GROUP: &str = "event-bus";
 
@@ -49,7 +52,8 @@ struct AppState {
 
 /// Builds the service; `flotilla up`, `flotilla serve event-bus` and tests all call this.
 pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
+    let url = context.database_url_for(NAME);
+    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
     db.migrate(NAME, log::MIGRATIONS).await?;
     let log = EventLog::new(db.clone());
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
@@ -64,12 +68,13 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
-/// One consumer, one delivery at a time: appends are serial, so the log's order is the
-/// order of commits (see [`log`]).
+/// Several deliveries in flight, so that acknowledgements overlap; the appends
+/// themselves are serialised in the database (see [`log`]).
 fn start_log_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, log: EventLog) {
-    let subscription = bus::Subscription::new(GROUP, blog::ALL_EVENTS).with_prefetch(64);
-    let consumer =
-        bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+    let subscription = bus::Subscription::new(GROUP, blog::ALL_EVENTS).with_prefetch(128);
+    let consumer = bus::Consumer::new(bus, subscription)
+        .concurrency(CONSUMER_CONCURRENCY)
+        .run(context.shutdown.clone(), move |message| {
             let log = log.clone();
             async move { append(&log, &message).await }
         });
@@ -157,4 +162,15 @@ async fn publish_event(
         Problem::service_unavailable(format!("the bus did not take the event: {e}"))
     })?;
     Ok(Json(serde_json::json!({"status": "OK"})))
+}
+
+/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
+/// time and its busy handler sleeps and retries rather than queueing, which under load
+/// starves some writers for seconds; with one connection they queue fairly in the pool.
+fn pool_settings(url: &str) -> storage::PoolSettings {
+    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
+    storage::PoolSettings {
+        max_connections: if sqlite { 1 } else { 10 },
+        ..storage::PoolSettings::default()
+    }
 }

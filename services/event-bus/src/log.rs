@@ -15,11 +15,10 @@
 //! | any other type | — | — |
 //!
 //! An event whose cause is not there yet is parked; appending an event appends, in the
-//! same transaction, every parked event that was waiting for it (and so on). Appends
-//! are done by one consumer at a time, so sequence numbers are dense and increase in
-//! commit order: a reader paging with `?after=SEQ` never skips an event that commits
-//! later with a smaller number. (Two replicas appending at once collide on the
-//! sequence's primary key; the loser's transaction fails and its delivery is retried.)
+//! same transaction, every parked event that was waiting for it (and so on). Recording
+//! transactions are serialised by a lock row (`event_log_writer`), in every process and
+//! dialect, so sequence numbers are dense and increase in commit order: a reader paging
+//! with `?after=SEQ` never skips an event that commits later with a smaller number.
 
 use std::collections::VecDeque;
 
@@ -65,6 +64,19 @@ pub const MIGRATIONS: &[Migration] = &[
         5,
         "parked events by cause",
         "CREATE INDEX event_log_parked_waits ON event_log_parked (waits_for, parked_at)",
+    ),
+    Migration::portable(
+        6,
+        "writer lock",
+        "CREATE TABLE event_log_writer (
+            id SMALLINT NOT NULL PRIMARY KEY,
+            appends BIGINT NOT NULL
+        )",
+    ),
+    Migration::portable(
+        7,
+        "writer lock row",
+        "INSERT INTO event_log_writer (id, appends) VALUES (1, 0)",
     ),
 ];
 
@@ -132,6 +144,13 @@ impl EventLog {
         message_id: &str,
         envelope: &Envelope,
     ) -> Result<Recorded, StorageError> {
+        // Recording is serial: every transaction first writes the one row of
+        // `event_log_writer`, which takes SQLite's write lock (so the reads below are not
+        // of a stale snapshot) and a row lock on PostgreSQL and MySQL (so an event parked
+        // by one transaction cannot be missed by another that appends its cause).
+        sqlx::query("UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
         let seen = sqlx::query(self.db.sql(
             "SELECT 1 FROM event_log WHERE message_id = ? UNION ALL SELECT 1 FROM event_log_parked WHERE message_id = ?",
         ))

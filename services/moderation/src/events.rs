@@ -54,6 +54,11 @@ impl Publisher {
     }
 }
 
+/// Deliveries handled at once. The handlers do not depend on delivery order (each is
+/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
+/// overlaps the acknowledgements, which otherwise bound throughput.
+const CONSUMER_CONCURRENCY: usize = 8;
+
 /// The consumer group of this service.
 pub const GROUP: &str = "moderation";
 
@@ -79,10 +84,11 @@ impl Moderation {
     /// Consumes `CommentCreated`.
     pub fn start_consumer(&self, context: &ServiceContext, bus: Arc<dyn EventBus>) {
         let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::COMMENT_CREATED))
-            .with_prefetch(64);
+            .with_prefetch(128);
         let moderation = self.clone();
-        let consumer =
-            bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+        let consumer = bus::Consumer::new(bus, subscription)
+            .concurrency(CONSUMER_CONCURRENCY)
+            .run(context.shutdown.clone(), move |message| {
                 let moderation = moderation.clone();
                 async move {
                     let event: BlogEvent = message

@@ -63,6 +63,11 @@ impl Default for Args {
 
 pub const NAME: &str = "query";
 
+/// Deliveries handled at once. The handlers do not depend on delivery order (each is
+/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
+/// overlaps the acknowledgements, which otherwise bound throughput.
+const CONSUMER_CONCURRENCY: usize = 8;
+
 /// The consumer group of the view.
 pub const GROUP: &str = "query";
 
@@ -88,8 +93,12 @@ pub async fn build_with_event_log(
     args: &Args,
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<ServiceApp> {
-    let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
-    let store = ViewStore::open(db.clone()).await?;
+    let url = context.database_url_for(NAME);
+    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
+    // Reads (the rendering of `GET /posts`) get their own pool: WAL readers do not wait
+    // for the writer.
+    let reader = storage::Database::connect(&url).await?;
+    let store = ViewStore::open(db.clone(), reader).await?;
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
     start_consumer(context, bus, store.clone());
     let caught_up = Arc::new(AtomicBool::new(false));
@@ -144,8 +153,8 @@ pub async fn rebuild(
     database_url: &str,
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<usize> {
-    let db = storage::Database::connect(database_url).await?;
-    let store = ViewStore::open(db.clone()).await?;
+    let db = storage::Database::connect_with(database_url, &pool_settings(database_url)).await?;
+    let store = ViewStore::open(db.clone(), db.clone()).await?;
     store.clear().await?;
     let applied = match event_log {
         Some(log) => catch_up(&store, &log).await?,
@@ -159,9 +168,10 @@ fn start_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, store: 
     let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
         .also(blog::routing_key(blog::COMMENT_CREATED))
         .also(blog::routing_key(blog::COMMENT_UPDATED))
-        .with_prefetch(64);
-    let consumer =
-        bus::Consumer::new(bus, subscription).run(context.shutdown.clone(), move |message| {
+        .with_prefetch(128);
+    let consumer = bus::Consumer::new(bus, subscription)
+        .concurrency(CONSUMER_CONCURRENCY)
+        .run(context.shutdown.clone(), move |message| {
             let store = store.clone();
             async move {
                 let event: BlogEvent = message
@@ -321,4 +331,15 @@ async fn receive_event(
             .map_err(|e| Problem::internal(&e))?;
     }
     Ok(Json(serde_json::json!({})))
+}
+
+/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
+/// time and its busy handler sleeps and retries rather than queueing, which under load
+/// starves some writers for seconds; with one connection they queue fairly in the pool.
+fn pool_settings(url: &str) -> storage::PoolSettings {
+    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
+    storage::PoolSettings {
+        max_connections: if sqlite { 1 } else { 10 },
+        ..storage::PoolSettings::default()
+    }
 }

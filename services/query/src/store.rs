@@ -80,12 +80,16 @@ pub type View = BTreeMap<String, ViewPost>;
 #[derive(Debug, Clone)]
 pub struct ViewStore {
     db: Database,
+    /// For reads only; may be the same pool as `db`.
+    reader: Database,
 }
 
 impl ViewStore {
-    pub async fn open(db: Database) -> Result<Self, StorageError> {
+    /// Opens the view: writes go through `db`, reads of the view through `reader` (the
+    /// same database, possibly another pool).
+    pub async fn open(db: Database, reader: Database) -> Result<Self, StorageError> {
         db.migrate(crate::NAME, MIGRATIONS).await?;
-        let store = Self { db };
+        let store = Self { db, reader };
         store.ensure_state().await?;
         Ok(store)
     }
@@ -235,7 +239,7 @@ impl ViewStore {
     /// Changes whenever the view changes.
     pub async fn version(&self) -> Result<i64, StorageError> {
         let row = sqlx::query("SELECT version FROM query_state WHERE id = 1")
-            .fetch_one(self.db.pool())
+            .fetch_one(self.reader.pool())
             .await?;
         Ok(row.try_get(0)?)
     }
@@ -264,7 +268,7 @@ impl ViewStore {
     ) -> Result<View, StorageError> {
         let after = after.unwrap_or("");
         let limit = i64::from(limit.unwrap_or(u32::MAX));
-        let mut conn = self.db.pool().acquire().await?;
+        let mut conn = self.reader.pool().acquire().await?;
         let posts = sqlx::query(
             self.db
                 .sql("SELECT id, title FROM query_posts WHERE id > ? ORDER BY id LIMIT ?"),
