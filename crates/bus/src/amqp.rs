@@ -811,6 +811,19 @@ impl EventBus for AmqpBus {
         })
     }
 
+    fn health(&self) -> BoxFuture<'_, Result<(), String>> {
+        // The current link only: reconnecting is the background tasks' job, and a probe
+        // must answer at once.
+        let healthy = self.shared.current().is_some();
+        Box::pin(async move {
+            if healthy {
+                Ok(())
+            } else {
+                Err("RabbitMQ is unreachable; reconnecting (writes wait in the outbox)".to_owned())
+            }
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.shared.closed.cancel();
@@ -863,6 +876,23 @@ fn dead_letter(
         dead_at_ms: bookkeeping.get(DEAD_AT).and_then(|t| t.parse().ok()),
         body: message.body,
         headers: message.headers,
+    }
+}
+
+/// How often a consumer reports its queue's depth (`bus_queue_depth`).
+const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
+
+async fn report_depth(channel: &Channel, group: &str) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    if let Ok(queue) = channel
+        .queue_declare(group.into(), passive, FieldTable::default())
+        .await
+    {
+        metrics::gauge!("bus_queue_depth", "group" => group.to_owned())
+            .set(f64::from(queue.message_count()));
     }
 }
 
@@ -928,8 +958,13 @@ async fn consume(
             }
         };
         backoff = Duration::from_millis(100);
+        let mut depth_tick = tokio::time::interval(DEPTH_INTERVAL);
         loop {
             let next = tokio::select! {
+                _ = depth_tick.tick() => {
+                    report_depth(&channel, &group).await;
+                    continue;
+                }
                 () = sender.closed() => {
                     // Stop new deliveries; those held by the handler keep the channel
                     // open until settled, the rest return to the queue when it closes.

@@ -167,6 +167,13 @@ pub trait EventBus: Send + Sync + fmt::Debug {
 
     /// Flushes and closes; later calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Whether the broker is reachable right now (`Err` says why). Services report it as
+    /// a *degraded* readiness check: while it fails, writes still go to their outboxes
+    /// and are published once it is back.
+    fn health(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Settings shared by both backends (URL query parameters override some, see
