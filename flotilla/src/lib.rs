@@ -70,6 +70,17 @@ pub struct ServiceArgs {
     pub event_bus: event_bus::Args,
     #[command(flatten, next_help_heading = "Message bus")]
     pub bus: BusArgs,
+    #[command(flatten, next_help_heading = "Blob store")]
+    pub blobs: BlobArgs,
+}
+
+/// The blob store (uploaded videos, MP3s) of the media services.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BlobArgs {
+    /// `s3://bucket[/prefix]` (credentials from the standard `AWS_*` variables) or
+    /// `file:///abs/dir`; unset → `file://<data>/blobs`.
+    #[arg(long, env = "FLOTILLA_BLOB_URL")]
+    pub blob_url: Option<String>,
 }
 
 /// The message bus every service of the process uses.
@@ -170,6 +181,7 @@ impl Running {
 pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let mut context = prepare_context(&args.server, None, &shutdown)?;
     context.bus_url = args.services.bus.bus_url.clone();
+    context.blob_url = args.services.blobs.blob_url.clone();
     let mut upstreams = gateway::Upstreams::new();
     for name in ServiceName::BEHIND_GATEWAY {
         let app = match name {
@@ -194,9 +206,27 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let mut context = prepare_context(&args.server, args.database_url.clone(), &shutdown)?;
     context.bus_url = args.services.bus.bus_url.clone();
-    let app = build_service(args.service, &context, &args.services, Some(&args.gateway)).await?;
+    context.blob_url = args.services.blobs.blob_url.clone();
+    let mut app =
+        build_service(args.service, &context, &args.services, Some(&args.gateway)).await?;
+    if !matches!(args.service, ServiceName::Gateway | ServiceName::Auth) {
+        app.readiness = with_broker_check(app.readiness, &context).await?;
+    }
     let router = app.into_router(shutdown.clone());
     start(&args.server, router, context, shutdown).await
+}
+
+/// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
+/// service stays ready, because it keeps accepting writes into its outbox meanwhile.
+async fn with_broker_check(
+    readiness: platform::health::Readiness,
+    context: &ServiceContext,
+) -> anyhow::Result<platform::health::Readiness> {
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    Ok(readiness.with_degraded_check("broker", move || {
+        let bus = bus.clone();
+        async move { bus.health().await }
+    }))
 }
 
 fn prepare_context(

@@ -54,6 +54,18 @@
 //!
 //! Backend details: [`embedded`] (SQLite: WAL, group commit, leases) and [`amqp`]
 //! (RabbitMQ topology, confirms, reconnects).
+//!
+//! Operating notes:
+//! * Group names are queue names on RabbitMQ, so they must be unique per system: a
+//!   service names its group after what it consumes (`video` for the converters, as the
+//!   reference system's queue) or after itself (`query`, `notification`).
+//! * A group's patterns accumulate: subscribing with a new pattern adds a binding, it
+//!   does not remove old ones.
+//! * RabbitMQ fixes queue arguments at declaration: changing `max_attempts` or the backoff
+//!   of an existing group needs its queues deleted first (the broker refuses a
+//!   redeclaration with other arguments).
+//! * In one process every [`connect`] to the same embedded file shares one writer and the
+//!   options of the first caller.
 
 pub mod amqp;
 mod consumer;
