@@ -1,0 +1,150 @@
+//! Conversions of the formats users upload, end to end through `flotilla up`: each ends
+//! as a job `done` with an MP3 of the source's length, or `failed` with a reason — and
+//! exactly one email either way.
+
+mod media_support;
+
+use media_support::*;
+
+#[tokio::test]
+async fn every_format_converts_or_fails_cleanly_with_one_email_each() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures = tempfile::tempdir().expect("tempdir");
+    let f = fixtures.path();
+    let tone = "sine=frequency=330:duration=2";
+    let picture = "testsrc=size=160x120:rate=10:duration=2";
+    let cases = [
+        (
+            make(
+                f,
+                "clip.mkv",
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    tone,
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    picture,
+                    "-c:a",
+                    "libvorbis",
+                    "-c:v",
+                    "mpeg4",
+                    "-shortest",
+                ],
+            ),
+            Ok(()),
+        ),
+        (
+            make(
+                f,
+                "clip.webm",
+                &["-f", "lavfi", "-i", tone, "-c:a", "libopus"],
+            ),
+            Ok(()),
+        ),
+        (
+            make(
+                f,
+                "clip.wav",
+                &["-f", "lavfi", "-i", tone, "-c:a", "pcm_s16le"],
+            ),
+            Ok(()),
+        ),
+        (
+            make(
+                f,
+                "silent.mp4",
+                &["-f", "lavfi", "-i", picture, "-c:v", "mpeg4"],
+            ),
+            Err("no audio track"),
+        ),
+        (
+            {
+                let path = f.join("notes.txt");
+                std::fs::write(&path, "this is not a video\n".repeat(50)).expect("write");
+                path
+            },
+            Err("not a media file"),
+        ),
+    ];
+
+    let system = start(dir.path(), |_| {}).await;
+    let token = login(&system, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let mut jobs = Vec::new();
+    for (path, _) in &cases {
+        jobs.push(upload_job(&system, &token, path).await);
+    }
+    for ((path, expected), job_id) in cases.iter().zip(&jobs) {
+        let job = wait_for_job(&system, &token, job_id).await;
+        let name = path.display();
+        match expected {
+            Ok(()) => {
+                assert_eq!(job["status"], "done", "{name}: {job}");
+                let fid = job["mp3_fid"].as_str().expect("mp3_fid");
+                let mp3 = system
+                    .client
+                    .get(system.url(&format!("/download?fid={fid}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("download")
+                    .bytes()
+                    .await
+                    .expect("bytes");
+                let out = f.join(format!("{fid}.mp3"));
+                std::fs::write(&out, &mp3).expect("write");
+                assert_eq!(audio_codec(&out), "mp3", "{name}");
+                let (source, converted) = (audio_duration(path), audio_duration(&out));
+                assert!(
+                    (source - converted).abs() <= 0.1,
+                    "{name}: source {source} s, mp3 {converted} s"
+                );
+            }
+            Err(reason) => {
+                assert_eq!(job["status"], "failed", "{name}: {job}");
+                assert_eq!(job["mp3_fid"], serde_json::Value::Null, "{name}");
+                let error = job["error"].as_str().expect("error");
+                assert!(error.contains(reason), "{name}: {error}");
+            }
+        }
+    }
+
+    // One email per job, and the right kind.
+    for ((_, expected), job_id) in cases.iter().zip(&jobs) {
+        let email = wait_for_email(system.data_dir(), job_id).await;
+        match expected {
+            Ok(()) => assert!(email.contains("Subject: Your MP3 is ready"), "{email}"),
+            Err(reason) => {
+                assert!(
+                    email.contains("Subject: Your MP3 could not be made"),
+                    "{email}"
+                );
+                assert!(email.contains(reason), "{email}");
+            }
+        }
+    }
+    // Exactly one email per job: files are named after the job, so count what the
+    // notification service says it sent, too.
+    assert_eq!(emails(system.data_dir()).len(), cases.len());
+    let metrics = system
+        .client
+        .get(system.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let sent: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("notification_emails_sent_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent as usize, cases.len(), "{metrics}");
+    system.stop().await.expect("stops");
+}
