@@ -33,11 +33,19 @@ impl VerifiedTokens {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             generations: Mutex::new(Generations::default()),
-            generation_size: (capacity / 2).max(1),
+            // 0 turns the cache off; otherwise at least one entry per generation.
+            generation_size: if capacity == 0 {
+                0
+            } else {
+                (capacity / 2).max(1)
+            },
         }
     }
 
     pub(crate) fn get(&self, token: &str) -> Option<Entry> {
+        if self.generation_size == 0 {
+            return None;
+        }
         let mut generations = self.generations.lock().ok()?;
         if let Some(entry) = generations.young.get(token) {
             return Some(entry.clone());
@@ -101,5 +109,12 @@ mod tests {
         assert!(cache.get("d").is_some());
         let generations = cache.generations.lock().expect("lock");
         assert!(generations.young.len() + generations.old.len() <= 4);
+    }
+
+    #[test]
+    fn capacity_zero_remembers_nothing() {
+        let cache = VerifiedTokens::new(0);
+        cache.insert("a", claims("a"), "k");
+        assert!(cache.get("a").is_none());
     }
 }
