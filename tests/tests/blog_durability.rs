@@ -139,7 +139,11 @@ async fn write(client: &reqwest::Client, base: &str, n: usize, tag: &str) -> (us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blog_survives_kill_9() {
     let binary = flotilla_binary();
-    let dir = tempfile::tempdir().expect("temporary directory");
+    // Kept on failure, for a look at the databases.
+    let dir = tempfile::Builder::new()
+        .prefix("blog-kill-")
+        .tempdir()
+        .expect("temporary directory");
     let client = test_support::http_client();
 
     // Settled, killed, restarted: the same view.
@@ -180,14 +184,17 @@ async fn the_blog_survives_kill_9() {
         if posts_ok && comments_ok && comments.iter().all(|c| c["status"] != "pending") {
             break view;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "after the kill: {} posts (acknowledged {}), {} comments (acknowledged {})",
-            all.len(),
-            5 + burst_posts,
-            comments.len(),
-            10 + burst_comments
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let kept = dir.keep();
+            panic!(
+                "after the kill (data kept in {}): {} posts (acknowledged {}), {} comments (acknowledged {})",
+                kept.display(),
+                all.len(),
+                5 + burst_posts,
+                comments.len(),
+                10 + burst_comments
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Exactly once, with the moderation rule applied to each.
@@ -207,4 +214,5 @@ async fn the_blog_survives_kill_9() {
         assert_eq!(&after[id], post, "settled posts unchanged");
     }
     kill_9(child);
+    drop(dir);
 }
