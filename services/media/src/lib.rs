@@ -34,7 +34,11 @@ pub struct Args {
     /// Where the auth service's public keys are fetched from when media runs on its own
     /// (`flotilla serve media`): the auth service's base URL, e.g. `http://auth:8080`.
     /// In `flotilla up` the gateway verifies tokens and this is not needed.
-    #[arg(id = "media_auth_url", long = "media-auth-url", env = "FLOTILLA_AUTH_URL")]
+    #[arg(
+        id = "media_auth_url",
+        long = "media-auth-url",
+        env = "FLOTILLA_AUTH_URL"
+    )]
     pub auth_url: Option<String>,
 }
 
