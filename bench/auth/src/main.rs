@@ -123,6 +123,8 @@ struct UpCommandLine {
 
 #[cfg(feature = "login")]
 async fn login(duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    // As the binary does: the HTTP clients need a TLS crypto provider chosen.
+    platform::tls::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().to_string_lossy().into_owned();
     let command_line = UpCommandLine::try_parse_from([
