@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every service in this process on embedded defaults.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run one service in this process (for containers).
     Serve(Box<ServeArgs>),
     /// Talk to a running gateway: login, upload, jobs, download.
@@ -85,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bus(args) => return bus_cli::run(args).await,
         Command::User(args) => return user_cli::run(args).await,
         Command::Query(args) => return query_cli::run(args).await,
-        Command::Up(args) => (flotilla::up(args, shutdown).await?, "flotilla".to_owned()),
+        Command::Up(args) => (flotilla::up(*args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
             (flotilla::serve(*args, shutdown).await?, what)

@@ -38,8 +38,16 @@ fn every_service_is_deployed_with_probes_and_no_secrets() {
     }
     let rendered = kustomize("deploy/k8s/overlays/production");
     for service in [
-        "gateway", "auth", "media", "converter", "notification", "posts", "comments", "moderation",
-        "query", "event-bus",
+        "gateway",
+        "auth",
+        "media",
+        "converter",
+        "notification",
+        "posts",
+        "comments",
+        "moderation",
+        "query",
+        "event-bus",
     ] {
         assert!(
             rendered.contains(&format!("args:\n        - serve\n        - {service}\n")),
@@ -53,14 +61,20 @@ fn every_service_is_deployed_with_probes_and_no_secrets() {
     );
     assert_eq!(rendered.matches("path: /healthz").count(), 10);
     // Secrets are referenced, never written out.
-    assert!(!rendered.contains("kind: Secret"), "a Secret is in the manifests");
+    assert!(
+        !rendered.contains("kind: Secret"),
+        "a Secret is in the manifests"
+    );
     for line in rendered.lines() {
         let lower = line.to_lowercase();
         assert!(
             !(lower.contains("password") && lower.contains("value:")),
             "a password value in the manifests: {line}"
         );
-        assert!(!lower.contains("amqp://") || lower.contains("secretkeyref"), "{line}");
+        assert!(
+            !lower.contains("amqp://") || lower.contains("secretkeyref"),
+            "{line}"
+        );
     }
 }
 
