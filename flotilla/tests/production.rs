@@ -146,6 +146,20 @@ async fn a_converter_killed_mid_job_leaves_the_job_to_the_other_one() {
         assert!(Instant::now() < deadline, "no converter picked up {job_id}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let before: serde_json::Value = system
+        .client
+        .get(format!("{}/jobs/{job_id}", system.gateway))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("jobs answers")
+        .json()
+        .await
+        .expect("json job");
+    assert_ne!(
+        before["status"], "done",
+        "input too short to kill the worker mid-job"
+    );
     system
         .processes
         .get_mut(victim)

@@ -61,6 +61,7 @@ impl Worker {
         let video: VideoMessage = message
             .decode()
             .map_err(|e| Nack::Reject(format!("bad {VIDEO} body: {e}")))?;
+        tracing::info!(job_id = %video.job_id, "conversion started");
         let started = ConversionStarted {
             job_id: video.job_id.clone(),
             video_fid: video.video_fid.clone(),
