@@ -37,6 +37,7 @@ start() {
   if [ "${1:-}" = "--release" ]; then profile=release; fi
   if [ "$profile" = release ]; then cargo build --release -q -p flotilla; else cargo build -q -p flotilla; fi
   local bin=target/$profile/flotilla
+  mkdir -p "$dir"
   bash scripts/ci/start-servers.sh "$dir/servers.env" >/dev/null
   # shellcheck source=/dev/null
   source "$dir/servers.env"
