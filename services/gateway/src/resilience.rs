@@ -68,13 +68,16 @@ pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) ->
         // 1. Load shedding: past `max_in_flight` answer 503 at once instead of queueing
         //    without bound (a queue only adds latency to requests that will time out).
         .layer(ShedLayer::new(name, policy.max_in_flight))
-        // 2. Retries: only idempotent requests without a body, only when the endpoint was
+        // 2. Circuit breaker: when most recent requests failed, fail fast with 503 and
+        //    `Retry-After` for a while, then let single probes through until one succeeds.
+        //    It sits outside the retries, so it judges what clients get: one dead endpoint
+        //    among live ones is retried around and ejected (step 4), it does not trip the
+        //    breaker for the whole service.
+        .layer(BreakerLayer::new(name, policy.breaker.clone()))
+        // 3. Retries: only idempotent requests without a body, only when the endpoint was
         //    unreachable or overloaded, and only within a budget (≈20 % extra load), so
         //    retries cannot multiply an outage.
         .layer(RetryLayer::new(name, policy.max_retries))
-        // 3. Circuit breaker: when most recent requests failed, fail fast with 503 and
-        //    `Retry-After` for a while, then let single probes through until one succeeds.
-        .layer(BreakerLayer::new(name, policy.breaker.clone()))
         // 4. Balancing: power of two choices by outstanding requests, over the endpoints
         //    discovery found, skipping endpoints ejected for repeated failures.
         .service(Balancer::new(name, endpoints));
