@@ -33,6 +33,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+mod open_lock;
+
+use open_lock::OpenLock;
+
 use crate::{
     BusError, BusOptions, DeadLetter, Delivery, EventBus, Message, Nack, RetryPolicy, Subscriber,
     Subscription, message::Settle, now_ms, topic_matches,
@@ -240,10 +244,13 @@ impl EmbeddedBus {
             return Ok(Self { shared });
         }
         let path_for_open = key.clone();
-        let conn =
-            tokio::task::spawn_blocking(move || open_connection(&path_for_open, synchronous))
-                .await
-                .map_err(|e| BusError::Embedded(format!("opening the bus file panicked: {e}")))??;
+        let (conn, open_lock) = tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path_for_open, synchronous)?;
+            let open_lock = OpenLock::acquire(&path_for_open, || release_orphaned_leases(&conn))?;
+            Ok::<_, BusError>((conn, open_lock))
+        })
+        .await
+        .map_err(|e| BusError::Embedded(format!("opening the bus file panicked: {e}")))??;
 
         let (commands, receiver) = mpsc::channel(16 * 1024);
         let wakeups: Wakeups = Arc::default();
@@ -257,7 +264,11 @@ impl EmbeddedBus {
         };
         std::thread::Builder::new()
             .name("bus-writer".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || {
+                // Held while this process can still lease or settle anything.
+                let _open_lock = open_lock;
+                writer.run(receiver);
+            })
             .map_err(|e| BusError::Embedded(format!("cannot start the writer thread: {e}")))?;
 
         let stop = CancellationToken::new();
@@ -347,6 +358,24 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
     )?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
+}
+
+/// Makes every leased delivery available again; called only when no other process has
+/// the bus open (see [`open_lock`]), so every lease is one of a process that is gone.
+/// Like a lease that expired, the attempt still counts, so a message that keeps killing
+/// its consumer is still dead-lettered after the last attempt.
+fn release_orphaned_leases(conn: &Connection) -> Result<(), BusError> {
+    let released = conn.execute(
+        "UPDATE deliveries SET lease_until = 1 WHERE lease_until > 1",
+        [],
+    )?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "deliveries leased by a process that is gone are available again"
+        );
+    }
+    Ok(())
 }
 
 /// Owns the connection; runs on its own thread.
