@@ -19,6 +19,14 @@
 //! `x-flotilla-reason` header, then acks. A consumer that dies leaves its deliveries unacked
 //! and RabbitMQ redelivers them.
 //!
+//! Long handlers: RabbitMQ has no lease to renew; a delivery stays with its consumer
+//! until acked or until the channel closes. The one limit is the broker's delivery
+//! acknowledgement timeout (`consumer_timeout`, 30 minutes by default since 3.8.17):
+//! a delivery unacked for longer makes the broker close the channel and requeue it,
+//! so a handler that may run longer (the converter's `--converter-timeout` plus its
+//! transfers) needs `consumer_timeout` raised in `rabbitmq.conf` (or, from 3.12, the
+//! queue's `consumer-timeout` policy).
+//!
 //! Reconnects: one connection per bus with one confirm-mode channel for publishing
 //! (lapin channels are safe to share between tasks); each subscriber has its own
 //! channel with `basic.qos(prefetch)`. When the connection drops, publishes retry on a
@@ -993,6 +1001,7 @@ async fn consume(
             metrics::counter!("bus_delivered_total", "group" => group.clone()).increment(1);
             let ours = Delivery {
                 attempt: attempt_of(&bookkeeping),
+                max_attempts: shared.options.retry.max_attempts,
                 group: group.clone(),
                 settle: Box::new(AmqpSettle {
                     shared: shared.clone(),

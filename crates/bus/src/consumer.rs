@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventBus, Message, Nack, Subscription};
+use crate::{Attempt, EventBus, Message, Nack, Subscription};
 
 /// Runs a handler for every delivery of one subscription.
 ///
@@ -53,12 +53,27 @@ impl Consumer {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Nack>> + Send + 'static,
     {
+        self.run_attempts(shutdown, move |message, _| handler(message))
+    }
+
+    /// As [`Consumer::run`], and the handler also learns which [`Attempt`] this is, so
+    /// that on the last one it can settle the matter itself (record a failure, tell
+    /// the user) rather than return a retry the bus would dead-letter.
+    pub fn run_attempts<F, Fut>(
+        self,
+        shutdown: CancellationToken,
+        handler: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Message, Attempt) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Nack>> + Send + 'static,
+    {
         tokio::spawn(self.consume(shutdown, Arc::new(handler)))
     }
 
     async fn consume<F, Fut>(self, shutdown: CancellationToken, handler: Arc<F>)
     where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        F: Fn(Message, Attempt) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Nack>> + Send + 'static,
     {
         let group = self.subscription.group.clone();
@@ -114,7 +129,7 @@ impl Consumer {
                 running.spawn(async move {
                     let _slot = slot;
                     let id = delivery.message.id.clone();
-                    let outcome = handler(delivery.message.clone()).await;
+                    let outcome = handler(delivery.message.clone(), delivery.attempt()).await;
                     let settled = match outcome {
                         Ok(()) => delivery.ack().await,
                         Err(nack) => {

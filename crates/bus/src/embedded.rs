@@ -16,12 +16,16 @@
 //! until now + `lease`). Ack deletes the delivery; nack sets it available again after the
 //! backoff, or moves it to `dead_letters` after the last attempt; a lease that expires
 //! (the consumer died) makes it available to any consumer of the group, and one that
-//! expires on the last attempt dead-letters it. Consumers in this process are woken at
+//! expires on the last attempt dead-letters it. While a delivery is held — handed out
+//! and neither settled nor dropped — this process renews its lease every third of
+//! `lease`, so a handler may take as long as it needs (a long conversion) without its
+//! message going to a second consumer; a process that dies stops renewing, and its
+//! deliveries are leased again once `lease` has passed. Consumers in this process are woken at
 //! once by publishes; other processes sharing the file notice within the poll interval.
 //! Opening the same file twice in one process shares one writer.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, OnceLock, Weak},
     time::Duration,
@@ -47,6 +51,8 @@ const MAX_BATCH: usize = 2048;
 /// How often an idle consumer looks for work published by another process or whose
 /// retry delay has passed.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Lease renewals per lease period: two may be late or lost before a lease lapses.
+const RENEWALS_PER_LEASE: u32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -99,9 +105,16 @@ struct Shared {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
     wakeups: Wakeups,
+    /// Deliveries handed out by this process and not yet settled or dropped, as
+    /// (delivery id, attempt): their leases are renewed until then.
+    held: Held,
+    /// The attempt after which a failed delivery is dead-lettered.
+    max_attempts: u32,
     /// Cancelled when the last handle goes: stops the maintenance task.
     stop: CancellationToken,
 }
+
+type Held = Arc<Mutex<HashSet<(i64, i64)>>>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -151,6 +164,8 @@ enum Command {
     Bind(String, Vec<String>, Reply<()>),
     Lease(String, usize, Reply<Vec<Leased>>),
     Ack(i64, Reply<()>),
+    /// Extend the leases of these (delivery id, attempt)s still held by this process.
+    Renew(Vec<(i64, i64)>),
     /// An unsettled delivery was dropped (its handler failed or panicked): make it
     /// available again now instead of when the lease expires. The attempt still counts.
     Release(i64, i64),
@@ -190,7 +205,7 @@ impl Command {
             Command::Depth(_, reply) => {
                 let _ = reply.send(Err(error()));
             }
-            Command::Maintain | Command::Release(..) => {}
+            Command::Maintain | Command::Release(..) | Command::Renew(_) => {}
         }
     }
 }
@@ -272,22 +287,37 @@ impl EmbeddedBus {
             .map_err(|e| BusError::Embedded(format!("cannot start the writer thread: {e}")))?;
 
         let stop = CancellationToken::new();
+        let held = Held::default();
         let shared = Arc::new(Shared {
             path: key.clone(),
             commands: commands.clone(),
             wakeups,
+            held: held.clone(),
+            max_attempts: options.retry.max_attempts,
             stop: stop.clone(),
         });
+        let renew_every = (options.lease / RENEWALS_PER_LEASE).max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut renew = tokio::time::interval(renew_every);
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
+                let command = tokio::select! {
                     () = stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        if commands.send(Command::Maintain).await.is_err() {
-                            break;
+                    _ = tick.tick() => Command::Maintain,
+                    _ = renew.tick() => {
+                        let held: Vec<(i64, i64)> = match held.lock() {
+                            Ok(held) => held.iter().copied().collect(),
+                            Err(_) => continue,
+                        };
+                        if held.is_empty() {
+                            continue;
                         }
+                        Command::Renew(held)
                     }
+                };
+                if commands.send(command).await.is_err() {
+                    break;
                 }
             }
         });
@@ -550,6 +580,17 @@ impl Writer {
             } => {
                 self.nack(delivery_id, attempt, nack)?;
                 Outcome::Unit(reply)
+            }
+            Command::Renew(held) => {
+                // Only a lease still ours: not settled, released or re-leased meanwhile.
+                let until = now_ms().saturating_add(self.lease_ms);
+                let mut renew = self.conn.prepare_cached(
+                    "UPDATE deliveries SET lease_until = ?1 WHERE id = ?2 AND attempts = ?3 AND lease_until > 1",
+                )?;
+                for (delivery_id, attempt) in held {
+                    renew.execute(params![until, delivery_id, attempt])?;
+                }
+                Outcome::None
             }
             Command::Release(delivery_id, attempt) => {
                 // Expire the lease: the next lease takes it, or dead-letters it if this
@@ -973,6 +1014,9 @@ struct EmbeddedSettle {
 
 impl Drop for EmbeddedSettle {
     fn drop(&mut self) {
+        if let Ok(mut held) = self.shared.held.lock() {
+            held.remove(&(self.delivery_id, self.attempt));
+        }
         if !self.settled {
             // Best effort: if the queue is full the lease expiry does the same later.
             let _ = self
@@ -1073,10 +1117,14 @@ impl Consuming {
                 }
                 continue;
             }
+            if let Ok(mut held) = self.shared.held.lock() {
+                held.extend(rows.iter().map(|row| (row.delivery_id, row.attempts)));
+            }
             for (row, permit) in rows.into_iter().zip(permits) {
                 self.buffered.push_back(Delivery {
                     message: row.message,
                     attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                    max_attempts: self.shared.max_attempts,
                     group: self.group.clone(),
                     settle: Box::new(EmbeddedSettle {
                         shared: self.shared.clone(),

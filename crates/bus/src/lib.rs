@@ -79,8 +79,8 @@ use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
 pub use consumer::Consumer;
 pub use message::{
-    DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT, new_traceparent,
-    topic_matches,
+    Attempt, DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT,
+    new_traceparent, topic_matches,
 };
 pub use outbox::{Inbox, Outbox, OutboxRelay, migrations as outbox_migrations};
 

@@ -176,6 +176,9 @@ pub struct Delivery {
     pub message: Message,
     /// 1 on first delivery, incremented on every redelivery and retry.
     pub attempt: u32,
+    /// The bus's [`RetryPolicy::max_attempts`]: when `attempt` reaches it, a
+    /// [`Nack::Retry`] dead-letters the message instead of retrying it.
+    pub max_attempts: u32,
     /// The consumer group it was delivered to.
     pub group: String,
     pub(crate) settle: Box<dyn Settle>,
@@ -186,6 +189,7 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
@@ -206,6 +210,31 @@ impl Delivery {
     /// The body decoded from JSON.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         self.message.decode()
+    }
+
+    /// Which attempt this is, and how many there are.
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            number: self.attempt,
+            max: self.max_attempts,
+        }
+    }
+}
+
+/// Where a delivery stands among its attempts: handed to [`crate::Consumer::run_attempts`]
+/// handlers, so that a handler can give up in its own terms on the last attempt (mark
+/// its job failed, tell the user) instead of letting the bus park the message silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 on first delivery.
+    pub number: u32,
+    /// The last attempt the bus makes: a [`Nack::Retry`] now dead-letters the message.
+    pub max: u32,
+}
+
+impl Attempt {
+    pub fn is_last(self) -> bool {
+        self.number >= self.max
     }
 }
 
