@@ -13,7 +13,11 @@
 //! never has to fit in memory and a half-written blob is never visible under its key.
 //! Reads stream too, whole or a byte range ([`BlobStore::get`]).
 
-use std::{ops::Range, path::Path as FsPath, sync::Arc};
+use std::{
+    ops::Range,
+    path::{Path as FsPath, PathBuf},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
@@ -69,6 +73,8 @@ impl From<object_store::Error> for BlobError {
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory, to name a blob's file.
+    local: Option<Arc<LocalFileSystem>>,
     /// The URL it was opened from, for logs (it never carries credentials: those come
     /// from the environment).
     description: String,
@@ -115,11 +121,13 @@ impl BlobStore {
                 };
                 Ok(Self {
                     store,
+                    local: None,
                     description: url.to_owned(),
                 })
             }
             "memory" => Ok(Self {
                 store: Arc::new(InMemory::new()),
+                local: None,
                 description: url.to_owned(),
             }),
             _ => Err(unsupported()),
@@ -133,9 +141,10 @@ impl BlobStore {
             source,
         };
         std::fs::create_dir_all(dir).map_err(directory_error)?;
-        let store = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
+        let store = Arc::new(LocalFileSystem::new_with_prefix(dir)?.with_fsync(true));
         Ok(Self {
-            store: Arc::new(store),
+            store: store.clone(),
+            local: Some(store),
             description: format!("file://{}", dir.display()),
         })
     }
@@ -180,6 +189,17 @@ impl BlobStore {
             }
         }
         writer.finish().await
+    }
+
+    /// The file that holds the blob `key` when the store is a local directory (`None`
+    /// for S3 and memory), so a reader can open it in place instead of copying it. The
+    /// file may not exist. A finished blob is never rewritten in place (a replacement
+    /// is renamed over it), so an open file stays whole.
+    pub fn local_path(&self, key: &str) -> Result<Option<PathBuf>, BlobError> {
+        let Some(local) = &self.local else {
+            return Ok(None);
+        };
+        Ok(Some(local.path_to_filesystem(&location(key)?)?))
     }
 
     /// Copies the blob `key` into a local file (created or replaced), streaming.

@@ -1,5 +1,5 @@
-//! The `video` consumer: fetch the upload from the blob store into a scratch file,
-//! convert it on a blocking thread, store the MP3 under the key derived from the job,
+//! The `video` consumer: open the upload (in place on local disk; from S3, fetched
+//! into a scratch file first), convert it on a blocking thread, store the MP3 under the key derived from the job,
 //! and publish the outcome on `mp3`.
 //!
 //! Redelivery is safe by construction: the MP3 key ([`mp3_fid_for_job`]) and the ids of
@@ -8,13 +8,19 @@
 //! which the consumers' inboxes drop. Unusable input is a *result* (a `failed` message
 //! with the reason), acknowledged once — never retried; only transient trouble (the blob
 //! store or the bus away, shutdown, a crashed decoder thread) is retried by the bus.
+//!
+//! Giving up is also a result: when transient trouble is still there on the bus's last
+//! attempt, the worker publishes a `failed` outcome ("gave up after N attempts: …")
+//! and acknowledges, so the job ends `failed` and the user gets one email,
+//! instead of the bus dead-lettering the message and the job staying `converting`. The
+//! one exception is shutdown: an interrupted job is retried, not failed.
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use bus::{Consumer, EventBus, Message, Nack, Subscription};
+use bus::{Attempt, Consumer, EventBus, Message, Nack, Subscription};
 use contracts::media::{
     CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message, VIDEO, VideoMessage, mp3_fid_for_job,
 };
@@ -45,9 +51,9 @@ impl Worker {
         let worker = Arc::new(self);
         let consumer = Consumer::new(worker.bus.clone(), subscription)
             .concurrency(concurrency)
-            .run(shutdown, move |message| {
+            .run_attempts(shutdown, move |message, attempt| {
                 let worker = worker.clone();
-                async move { worker.handle(&message).await }
+                async move { worker.handle(&message, attempt).await }
             });
         tasks.spawn(async move {
             if let Err(error) = consumer.await {
@@ -56,12 +62,12 @@ impl Worker {
         });
     }
 
-    /// Converts the video of one `video` message.
-    pub async fn handle(&self, message: &Message) -> Result<(), Nack> {
+    /// Converts the video of one `video` message, delivered for the `attempt`-th time.
+    pub async fn handle(&self, message: &Message, attempt: Attempt) -> Result<(), Nack> {
         let video: VideoMessage = message
             .decode()
             .map_err(|e| Nack::Reject(format!("bad {VIDEO} body: {e}")))?;
-        tracing::info!(job_id = %video.job_id, "conversion started");
+        tracing::info!(job_id = %video.job_id, attempt = attempt.number, "conversion started");
         let started = ConversionStarted {
             job_id: video.job_id.clone(),
             video_fid: video.video_fid.clone(),
@@ -86,20 +92,17 @@ impl Worker {
         }
         let finished = match outcome {
             Ok(finished) => finished,
-            Err(Outcome::Retry(reason)) => return Err(Nack::Retry(reason)),
-            Err(Outcome::Failed(reason)) => {
-                tracing::info!(job_id = %video.job_id, %reason, "conversion failed");
-                metrics::counter!("converter_jobs_total", "outcome" => "failed").increment(1);
-                Mp3Message {
-                    video_fid: video.video_fid.clone(),
-                    mp3_fid: None,
-                    username: video.username.clone(),
-                    job_id: video.job_id.clone(),
-                    status: JobStatus::Failed,
-                    error: Some(reason),
-                    duration_secs: None,
-                }
+            Err(Outcome::Retry(reason)) if attempt.is_last() => {
+                tracing::warn!(job_id = %video.job_id, %reason, attempts = attempt.number, "giving up on the job");
+                Self::failed(
+                    &video,
+                    format!("gave up after {} attempts: {reason}", attempt.number),
+                )
             }
+            Err(Outcome::Retry(reason) | Outcome::Interrupted(reason)) => {
+                return Err(Nack::Retry(reason));
+            }
+            Err(Outcome::Failed(reason)) => Self::failed(&video, reason),
         };
         let outcome = Message::json(MP3, &finished)
             .map_err(|e| Nack::Retry(e.to_string()))?
@@ -111,27 +114,64 @@ impl Worker {
         Ok(())
     }
 
+    /// The `failed` outcome of a job, with the reason the user is told.
+    fn failed(video: &VideoMessage, reason: String) -> Mp3Message {
+        tracing::info!(job_id = %video.job_id, %reason, "conversion failed");
+        metrics::counter!("converter_jobs_total", "outcome" => "failed").increment(1);
+        Mp3Message {
+            video_fid: video.video_fid.clone(),
+            mp3_fid: None,
+            username: video.username.clone(),
+            job_id: video.job_id.clone(),
+            status: JobStatus::Failed,
+            error: Some(reason),
+            duration_secs: None,
+        }
+    }
+
     async fn convert(&self, video: &VideoMessage, scratch: &Path) -> Result<Mp3Message, Outcome> {
         let transient =
             |what: &str, e: &dyn std::fmt::Display| Outcome::Retry(format!("{what}: {e}"));
         tokio::fs::create_dir_all(scratch)
             .await
             .map_err(|e| transient("scratch directory", &e))?;
-        let input = scratch.join("input");
+        let missing = || Outcome::Failed("the uploaded file is missing".to_owned());
         let output = scratch.join("output.mp3");
-        match self.blobs.get_to_file(&video.video_fid, &input).await {
-            Ok(_) => {}
-            Err(BlobError::NotFound(_)) => {
-                return Err(Outcome::Failed("the uploaded file is missing".to_owned()));
+        let input = match self.blobs.local_path(&video.video_fid) {
+            // Blobs on local disk: read the upload where it lies (no second copy of a
+            // file that may be gigabytes); the engine streams it either way.
+            Ok(Some(path)) => match tokio::fs::metadata(&path).await {
+                Ok(_) => path,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(missing());
+                }
+                Err(error) => return Err(transient("reading the upload", &error)),
+            },
+            // S3 (or memory): the decoder seeks, so fetch a local copy first.
+            Ok(None) => {
+                let input = scratch.join("input");
+                match self.blobs.get_to_file(&video.video_fid, &input).await {
+                    Ok(_) => input,
+                    Err(BlobError::NotFound(_)) => return Err(missing()),
+                    Err(error) => return Err(transient("fetching the upload", &error)),
+                }
             }
-            Err(error) => return Err(transient("fetching the upload", &error)),
-        }
+            Err(error @ BlobError::InvalidKey(_)) => {
+                return Err(Outcome::Failed(format!(
+                    "the upload cannot be read: {error}"
+                )));
+            }
+            Err(error) => return Err(transient("locating the upload", &error)),
+        };
         let report = match self.converter.convert_file(&input, &output).await {
             Ok(report) => report,
             // A job that ran out of time would run out of time again: say so once
             // rather than spend the timeout again on every retry.
             Err(error) if error.is_permanent() || matches!(error, ConvertError::Timeout(_)) => {
                 return Err(Outcome::Failed(error.to_string()));
+            }
+            Err(ConvertError::Cancelled) => {
+                return Err(Outcome::Interrupted(ConvertError::Cancelled.to_string()));
             }
             Err(error) => return Err(Outcome::Retry(error.to_string())),
         };
@@ -161,8 +201,10 @@ impl Worker {
 }
 
 enum Outcome {
-    /// Worth another attempt later.
+    /// Worth another attempt later; on the last attempt, the job fails with it.
     Retry(String),
+    /// Stopped by shutdown: the job is picked up again, never failed for it.
+    Interrupted(String),
     /// The job is over: this is the reason to tell the user.
     Failed(String),
 }
