@@ -4,6 +4,8 @@
 
 mod media_support;
 
+use std::time::Duration;
+
 use media_support::*;
 
 #[tokio::test]
@@ -146,5 +148,44 @@ async fn every_format_converts_or_fails_cleanly_with_one_email_each() {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(sent as usize, cases.len(), "{metrics}");
+    system.stop().await.expect("stops");
+}
+
+/// Trouble that looks transient but never clears — here the converter cannot make its
+/// scratch directory, because a file sits where it goes — ends the job `failed` on the
+/// bus's last attempt, with the reason and exactly one email, instead of leaving it
+/// `converting` forever with the message parked among the dead letters.
+#[tokio::test]
+async fn a_job_that_fails_on_every_attempt_ends_failed_with_one_email() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("converter-work"), "in the way").expect("block scratch");
+    let system = start(dir.path(), |_| {}).await;
+    let token = login(&system, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let video = mp4_with_aac(fixtures.path(), 1);
+    let job_id = upload_job(&system, &token, &video).await;
+
+    let job = wait_for_job(&system, &token, &job_id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["mp3_fid"], serde_json::Value::Null);
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("gave up after 5 attempts: scratch directory"),
+        "a reason a person can act on: {error}"
+    );
+    let email = wait_for_email(system.data_dir(), &job_id).await;
+    assert!(
+        email.contains("Subject: Your MP3 could not be made"),
+        "{email}"
+    );
+    assert!(email.contains("gave up after 5 attempts"), "{email}");
+    // Settled, not parked: nothing more happens to the job.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(emails(system.data_dir()).len(), 1, "exactly one email");
+    let again = wait_for_job(&system, &token, &job_id).await;
+    assert_eq!(again["error"], job["error"]);
     system.stop().await.expect("stops");
 }
