@@ -1,7 +1,8 @@
 //! The blog survives `kill -9`: the real `flotilla` binary is killed with SIGKILL, once
-//! when everything has settled (the view comes back identical) and once in the middle of
-//! a burst of writes (every acknowledged post and comment comes back exactly once, and
-//! the asynchronous side finishes its work after the restart).
+//! when everything has settled (the view comes back identical) and then three times in
+//! the middle of a burst of writes, at different moments (every acknowledged post and
+//! comment comes back exactly once, and the asynchronous side finishes its work after
+//! the restart).
 
 use std::{
     io::{BufRead, BufReader},
@@ -12,7 +13,13 @@ use std::{
 
 use serde_json::{Value, json};
 
-const SETTLE: Duration = Duration::from_secs(30);
+/// How long the view may take to settle after a restart. Shorter than the bus's lease
+/// (30 s), so a delivery left leased by the killed process that only comes back when its
+/// lease expires fails the test instead of slipping in just in time.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// When, after the start of a burst of writes, each kill comes.
+const KILL_AFTER_MS: [u64; 3] = [700, 1_500, 2_300];
 
 /// The `flotilla` binary of this workspace, built if it is missing.
 fn flotilla_binary() -> PathBuf {
@@ -83,11 +90,7 @@ async fn settled_view(
     loop {
         let view = view(client, base).await;
         let all = view.as_object().expect("map");
-        let seen: Vec<&Value> = all
-            .values()
-            .filter_map(|p| p["comments"].as_array())
-            .flatten()
-            .collect();
+        let seen = comments_of(&view);
         if all.len() == posts
             && seen.len() == comments
             && seen.iter().all(|c| c["status"] != "pending")
@@ -102,10 +105,26 @@ async fn settled_view(
     }
 }
 
-/// Writes `n` posts with two comments each; returns how many posts and comments were
-/// acknowledged (201) before the first failure (the process may be killed meanwhile).
-async fn write(client: &reqwest::Client, base: &str, n: usize, tag: &str) -> (usize, usize) {
-    let (mut posts, mut comments) = (0, 0);
+fn comments_of(view: &Value) -> Vec<&Value> {
+    view.as_object()
+        .expect("map")
+        .values()
+        .filter_map(|p| p["comments"].as_array())
+        .flatten()
+        .collect()
+}
+
+/// The posts and comments whose creation was acknowledged (201 and its body received).
+#[derive(Debug, Default)]
+struct Acknowledged {
+    posts: Vec<String>,
+    comments: Vec<String>,
+}
+
+/// Writes `n` posts with two comments each, until the first failure (the process may be
+/// killed meanwhile); returns what was acknowledged.
+async fn write(client: &reqwest::Client, base: &str, n: usize, tag: &str) -> Acknowledged {
+    let mut acknowledged = Acknowledged::default();
     for i in 0..n {
         let Ok(response) = client
             .post(format!("{base}/posts/create"))
@@ -118,26 +137,41 @@ async fn write(client: &reqwest::Client, base: &str, n: usize, tag: &str) -> (us
         if response.status() != 201 {
             break;
         }
-        posts += 1;
-        let post: Value = response.json().await.expect("JSON");
-        let id = post["id"].as_str().expect("id");
+        // Cut between the head and the body: not acknowledged (it may have committed,
+        // as may any request in flight at the kill).
+        let Ok(post) = response.json::<Value>().await else {
+            break;
+        };
+        let id = post["id"].as_str().expect("id").to_owned();
+        acknowledged.posts.push(id.clone());
         for content in ["kept", "Orange"] {
-            match client
+            let Ok(response) = client
                 .post(format!("{base}/posts/{id}/comments"))
                 .json(&json!({ "content": content }))
                 .send()
                 .await
-            {
-                Ok(response) if response.status() == 201 => comments += 1,
-                _ => return (posts, comments),
+            else {
+                return acknowledged;
+            };
+            if response.status() != 201 {
+                return acknowledged;
             }
+            // The post's comments, the new one last (this is the only writer).
+            let Ok(comments) = response.json::<Value>().await else {
+                return acknowledged;
+            };
+            let new = comments
+                .as_array()
+                .and_then(|all| all.last())
+                .and_then(|c| c["id"].as_str())
+                .expect("the new comment last");
+            acknowledged.comments.push(new.to_owned());
         }
     }
-    (posts, comments)
+    acknowledged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: a SIGKILL in the middle of a write burst lost 1 of 80 acknowledged comments once; run with --ignored while investigating"]
 async fn the_blog_survives_kill_9() {
     let binary = flotilla_binary();
     // Kept on failure, for a look at the databases.
@@ -149,59 +183,86 @@ async fn the_blog_survives_kill_9() {
 
     // Settled, killed, restarted: the same view.
     let (child, base) = start(&binary, dir.path());
-    let (posts, comments) = write(&client, &base, 5, "settled").await;
-    assert_eq!((posts, comments), (5, 10));
+    let settled = write(&client, &base, 5, "settled").await;
+    assert_eq!((settled.posts.len(), settled.comments.len()), (5, 10));
     let before = settled_view(&client, &base, 5, 10).await;
     kill_9(child);
-    let (child, base) = start(&binary, dir.path());
+    let (mut child, mut base) = start(&binary, dir.path());
     assert_eq!(view(&client, &base).await, before, "after kill -9");
 
-    // Killed in the middle of a burst: what was acknowledged is there once, and the
-    // events still in outboxes and queues are delivered after the restart.
-    let writer = {
-        let client = client.clone();
-        let base = base.clone();
-        tokio::spawn(async move { write(&client, &base, 1_000, "burst").await })
-    };
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    kill_9(child);
-    let (burst_posts, burst_comments) = writer.await.expect("writer task");
-    assert!(burst_posts > 0, "nothing was written before the kill");
-    let (child, base) = start(&binary, dir.path());
-    // A post acknowledged but whose comment request was cut may leave one comment fewer
-    // than asked; the counts are what was acknowledged, so the view must match them
-    // exactly, plus at most the one write in flight at the kill (committed, answer lost).
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    let after = loop {
-        let view = view(&client, &base).await;
-        let all = view.as_object().expect("map");
-        let comments: Vec<&Value> = all
-            .values()
-            .filter_map(|p| p["comments"].as_array())
-            .flatten()
-            .collect();
-        let posts_ok = (5 + burst_posts..=5 + burst_posts + 1).contains(&all.len());
-        let comments_ok = (10 + burst_comments..=10 + burst_comments + 1).contains(&comments.len());
-        if posts_ok && comments_ok && comments.iter().all(|c| c["status"] != "pending") {
-            break view;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let kept = dir.keep();
-            panic!(
-                "after the kill (data kept in {}): {} posts (acknowledged {}), {} comments (acknowledged {})",
-                kept.display(),
-                all.len(),
-                5 + burst_posts,
-                comments.len(),
-                10 + burst_comments
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Exactly once, with the moderation rule applied to each.
-    let mut ids = std::collections::HashSet::new();
-    for post in after.as_object().expect("map").values() {
-        for comment in post["comments"].as_array().expect("comments") {
+    // Killed in the middle of bursts: what was acknowledged is there once, and the events
+    // still in outboxes and queues (or leased by the killed process) are delivered after
+    // the restart.
+    let mut after = before.clone();
+    for (round, kill_after) in KILL_AFTER_MS.into_iter().enumerate() {
+        let (posts_before, comments_before) = (
+            after.as_object().expect("map").len(),
+            comments_of(&after).len(),
+        );
+        let writer = {
+            let client = client.clone();
+            let base = base.clone();
+            tokio::spawn(
+                async move { write(&client, &base, 1_000, &format!("burst {round}")).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        kill_9(child);
+        let acknowledged = writer.await.expect("writer task");
+        assert!(
+            !acknowledged.posts.is_empty(),
+            "round {round}: nothing was written before the kill"
+        );
+        (child, base) = start(&binary, dir.path());
+        // Every acknowledged write, plus at most the one request in flight at the kill
+        // (committed, its answer lost).
+        let (posts_min, comments_min) = (
+            posts_before + acknowledged.posts.len(),
+            comments_before + acknowledged.comments.len(),
+        );
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        after = loop {
+            let view = view(&client, &base).await;
+            let all = view.as_object().expect("map");
+            let comments = comments_of(&view);
+            let missing_posts: Vec<&String> = acknowledged
+                .posts
+                .iter()
+                .filter(|id| !all.contains_key(id.as_str()))
+                .collect();
+            let missing_comments: Vec<&String> = acknowledged
+                .comments
+                .iter()
+                .filter(|id| !comments.iter().any(|c| c["id"] == id.as_str()))
+                .collect();
+            let pending = comments.iter().filter(|c| c["status"] == "pending").count();
+            let extra = (all.len() + comments.len()).saturating_sub(posts_min + comments_min);
+            if missing_posts.is_empty()
+                && missing_comments.is_empty()
+                && pending == 0
+                && all.len() >= posts_min
+                && comments.len() >= comments_min
+                && extra <= 1
+            {
+                break view;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let kept = dir.keep();
+                panic!(
+                    "round {round}, {SETTLE:?} after the restart (data kept in {}): {} posts \
+                     (acknowledged {posts_min}), {} comments (acknowledged {comments_min}), \
+                     {pending} pending; acknowledged but missing: posts {missing_posts:?}, \
+                     comments {missing_comments:?}",
+                    kept.display(),
+                    all.len(),
+                    comments.len(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Exactly once, with the moderation rule applied to each.
+        let mut ids = std::collections::HashSet::new();
+        for comment in comments_of(&after) {
             assert!(ids.insert(comment["id"].to_string()), "duplicate {comment}");
             let expected = if comment["content"] == "Orange" {
                 "rejected"
@@ -210,9 +271,9 @@ async fn the_blog_survives_kill_9() {
             };
             assert_eq!(comment["status"], expected, "{comment}");
         }
-    }
-    for (id, post) in before.as_object().expect("map") {
-        assert_eq!(&after[id], post, "settled posts unchanged");
+        for (id, post) in before.as_object().expect("map") {
+            assert_eq!(&after[id], post, "settled posts unchanged");
+        }
     }
     kill_9(child);
     drop(dir);
