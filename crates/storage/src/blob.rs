@@ -428,6 +428,24 @@ mod tests {
         assert_eq!(std::fs::read(&target).expect("read"), data);
     }
 
+    #[tokio::test]
+    async fn local_blobs_name_their_file_and_others_do_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::local(&dir.path().join("blobs")).expect("opens");
+        write_all(&store, "video-2", &[b"bytes on disk"]).await;
+        let path = store
+            .local_path("video-2")
+            .expect("valid key")
+            .expect("a local store");
+        assert_eq!(
+            std::fs::read(&path).expect("read in place"),
+            b"bytes on disk"
+        );
+        assert!(store.local_path("../escape").is_err());
+        let memory = BlobStore::from_url("memory://").expect("opens");
+        assert_eq!(memory.local_path("video-2").expect("valid key"), None);
+    }
+
     #[test]
     fn keys_cannot_escape_the_store() {
         for bad in ["", "../etc/passwd", "a/b", ".hidden", "sp ace", "%2e%2e"] {
