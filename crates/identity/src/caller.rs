@@ -5,7 +5,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use http::{HeaderMap, header, request::Parts};
+use http::{HeaderMap, HeaderValue, header, request::Parts};
 use platform::Problem;
 
 use crate::{Claims, Verifier, VerifyError};
@@ -47,6 +47,41 @@ impl From<BearerError> for Problem {
     }
 }
 
+/// `WWW-Authenticate` of a 401 for a request that presented no Bearer token (RFC 6750 §3).
+pub const BEARER_CHALLENGE: &str = "Bearer";
+/// `WWW-Authenticate` of a refusal of a Bearer token that was presented but is not
+/// acceptable (RFC 6750 §3.1, `invalid_token`).
+pub const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
+
+/// A 401 with its RFC 6750 challenge.
+impl IntoResponse for BearerError {
+    fn into_response(self) -> Response {
+        with_challenge(Problem::from(self).into_response(), BEARER_CHALLENGE)
+    }
+}
+
+/// A 401 with an `invalid_token` challenge, or a 503 when the keys are unavailable.
+impl IntoResponse for VerifyError {
+    fn into_response(self) -> Response {
+        let refused = !matches!(self, VerifyError::KeysUnavailable(_));
+        let response = Problem::from(self).into_response();
+        if refused {
+            with_challenge(response, INVALID_TOKEN_CHALLENGE)
+        } else {
+            response
+        }
+    }
+}
+
+/// `response` with `WWW-Authenticate: challenge`.
+pub fn with_challenge(mut response: Response, challenge: &'static str) -> Response {
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, BearerError> {
     let value = headers
@@ -64,21 +99,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, BearerError> {
 
 /// The caller of the request: taken from the extensions if the in-process gateway
 /// already verified it, else verified from the Bearer token with the [`Verifier`] in
-/// the extensions (see [`Verifier::layer`]). Missing or bad token → 401.
+/// the extensions (see [`Verifier::layer`]). Missing or bad token → 401 with a
+/// `WWW-Authenticate: Bearer` challenge.
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = Problem;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let token = bearer_token(&parts.headers)?;
+        let token = bearer_token(&parts.headers).map_err(IntoResponse::into_response)?;
         let Some(verifier) = parts.extensions.get::<Verifier>() else {
             return Err(Problem::internal(
                 &"no Verifier in the request extensions: add Verifier::layer() to this router",
-            ));
+            )
+            .into_response());
         };
-        let claims = verifier.verify(token).await.map_err(Problem::from)?;
+        let claims = verifier
+            .verify(token)
+            .await
+            .map_err(IntoResponse::into_response)?;
         Ok(claims.into())
     }
 }
@@ -96,7 +136,7 @@ pub async fn require_caller(
     request.extensions_mut().remove::<Caller>();
     let token = match bearer_token(request.headers()) {
         Ok(token) => token,
-        Err(error) => return Problem::from(error).into_response(),
+        Err(error) => return error.into_response(),
     };
     match verifier.verify(token).await {
         Ok(claims) => {
@@ -107,7 +147,7 @@ pub async fn require_caller(
             if !matches!(error, VerifyError::KeysUnavailable(_)) {
                 tracing::debug!(%error, "token rejected");
             }
-            Problem::from(error).into_response()
+            error.into_response()
         }
     }
 }

@@ -20,11 +20,15 @@
 mod cache;
 mod caller;
 mod claims;
+mod jws;
 mod signing;
 mod source;
 mod verifier;
 
-pub use caller::{BearerError, Caller, bearer_token, require_caller};
+pub use caller::{
+    BEARER_CHALLENGE, BearerError, Caller, INVALID_TOKEN_CHALLENGE, bearer_token, require_caller,
+    with_challenge,
+};
 pub use claims::{Claims, ISSUER};
 pub use signing::{KeyError, SigningKey, public_jwk_from_pem};
 pub use source::{JwksSource, SourceError};

@@ -283,10 +283,19 @@ async fn the_caller_extractor_needs_a_valid_bearer_token() {
                 .await
                 .expect("infallible");
             let status = response.status();
+            let challenge = response
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .map(|v| v.to_str().expect("ascii").to_owned());
             let body = axum::body::to_bytes(response.into_body(), 1 << 16)
                 .await
                 .expect("body");
-            (status, String::from_utf8_lossy(&body).into_owned())
+            if status == StatusCode::OK {
+                assert_eq!(challenge, None);
+                (status, String::from_utf8_lossy(&body).into_owned())
+            } else {
+                (status, challenge.unwrap_or_default())
+            }
         }
     };
     let token = key.sign(&claims(60)).expect("sign");
@@ -298,20 +307,17 @@ async fn the_caller_extractor_needs_a_valid_bearer_token() {
         call(Some(format!("bearer {token}"))).await.0,
         StatusCode::OK
     );
-    assert_eq!(call(None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        call(Some(format!("Basic {token}"))).await.0,
-        StatusCode::UNAUTHORIZED
+    // RFC 6750 §3: no Bearer token → the bare challenge; a bad one → invalid_token.
+    let missing = (StatusCode::UNAUTHORIZED, "Bearer".to_owned());
+    let invalid = (
+        StatusCode::UNAUTHORIZED,
+        r#"Bearer error="invalid_token""#.to_owned(),
     );
-    assert_eq!(
-        call(Some("Bearer nope".into())).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(call(None).await, missing);
+    assert_eq!(call(Some(format!("Basic {token}"))).await, missing);
+    assert_eq!(call(Some("Bearer nope".into())).await, invalid);
     let expired = key.sign(&claims(-120)).expect("sign");
-    assert_eq!(
-        call(Some(format!("Bearer {expired}"))).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(call(Some(format!("Bearer {expired}"))).await, invalid);
 }
 
 #[tokio::test]
@@ -337,10 +343,26 @@ async fn the_guard_hands_the_verified_caller_to_the_service_behind_it() {
         .expect("infallible");
     assert_eq!(ok.status(), StatusCode::OK);
     let denied = guarded
+        .clone()
         .oneshot(Request::get("/jobs").body(Body::empty()).expect("request"))
         .await
         .expect("infallible");
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(denied.headers()[http::header::WWW_AUTHENTICATE], "Bearer");
+    let forged = guarded
+        .oneshot(
+            Request::get("/jobs")
+                .header("authorization", format!("Bearer {token}x"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        forged.headers()[http::header::WWW_AUTHENTICATE],
+        r#"Bearer error="invalid_token""#
+    );
 }
 
 #[tokio::test]

@@ -181,6 +181,17 @@ pub async fn normalize(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    // What the answer says besides its body (`WWW-Authenticate`, `Allow`, `Content-Range`
+    // of a 416, …) stays; only the headers describing the replaced body go.
+    let mut headers = response.headers().clone();
+    for describes_body in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(describes_body);
+    }
     let mut problem = if let Some(problem) = response.extensions().get::<Problem>() {
         problem.clone()
     } else if is_problem(&response) {
@@ -191,6 +202,9 @@ pub async fn normalize(request: Request, next: Next) -> Response {
     };
     problem.request_id = request_id.map(|id| id.0);
     let mut rendered = problem.render();
+    // The problem's own headers win over the kept ones of the same name.
+    headers.extend(std::mem::take(rendered.headers_mut()));
+    *rendered.headers_mut() = headers;
     rendered.extensions_mut().insert(problem);
     rendered
 }
@@ -273,6 +287,75 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[tokio::test]
+    async fn normalizing_keeps_the_headers_that_do_not_describe_the_body() {
+        use axum::{Router, middleware, routing::get};
+        use tower::ServiceExt;
+
+        let app = Router::new()
+            .route(
+                "/problem",
+                get(|| async {
+                    (
+                        [(header::WWW_AUTHENTICATE, "Bearer")],
+                        Problem::unauthorized("no token"),
+                    )
+                }),
+            )
+            .route(
+                "/foreign",
+                get(|| async {
+                    let mut response = (StatusCode::UNAUTHORIZED, "who are you").into_response();
+                    let headers = response.headers_mut();
+                    headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+                    headers.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+                    response
+                }),
+            )
+            .layer(middleware::from_fn(normalize));
+        let call = |method: &str, path: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            app.clone().oneshot(request)
+        };
+
+        let response = call("GET", "/problem").await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+
+        let response = call("GET", "/foreign").await.expect("infallible");
+        let challenges: Vec<_> = response
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(challenges, ["Basic", "Bearer"]);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        // The length of the text body it replaced must not stay.
+        let length = response.headers().get(header::CONTENT_LENGTH).cloned();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(length.is_none_or(|length| length == body.len().to_string().as_str()));
+        assert_ne!(body.len(), 11);
+        let problem: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["detail"], "who are you");
+
+        // axum's own 405 names the allowed methods.
+        let response = call("POST", "/problem").await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(response.headers().contains_key(header::ALLOW));
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
     }
 
     #[test]

@@ -107,7 +107,17 @@ impl From<AuthError> for Problem {
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        Problem::from(self).into_response()
+        // RFC 6750 §3: say which scheme `/validate` wants, and why a token was refused.
+        let challenge = match &self {
+            AuthError::MissingToken => Some(identity::BEARER_CHALLENGE),
+            AuthError::InvalidToken(_) => Some(identity::INVALID_TOKEN_CHALLENGE),
+            _ => None,
+        };
+        let response = Problem::from(self).into_response();
+        match challenge {
+            Some(challenge) => identity::with_challenge(response, challenge),
+            None => response,
+        }
     }
 }
 

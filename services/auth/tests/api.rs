@@ -250,16 +250,17 @@ async fn validate_answers_401_without_a_token_and_403_for_a_bad_one() {
         api.signup("ada@example.com", "correct horse").await;
         let token = api.login("ada@example.com", "correct horse").await.body;
 
-        assert_eq!(
-            api.validate(None).await.status,
-            StatusCode::UNAUTHORIZED,
-            "{b}"
-        );
-        assert_eq!(
-            api.validate(Some(&format!("Basic {token}"))).await.status,
-            StatusCode::UNAUTHORIZED,
-            "{b}"
-        );
+        // RFC 6750 §3: a 401 names the scheme; a refused token says why.
+        for authorization in [None, Some(format!("Basic {token}"))] {
+            let refused = api.validate(authorization.as_deref()).await;
+            assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{b}");
+            assert_eq!(refused.headers[header::WWW_AUTHENTICATE], "Bearer", "{b}");
+            assert_eq!(
+                refused.headers[header::CONTENT_TYPE],
+                "application/problem+json",
+                "{b}"
+            );
+        }
         let mut tampered = token.clone().into_bytes();
         let middle = token.find('.').expect("dot") + 5;
         tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
@@ -271,9 +272,11 @@ async fn validate_answers_401_without_a_token_and_403_for_a_bad_one() {
             StatusCode::FORBIDDEN,
             "{b}"
         );
+        let garbage = api.validate(Some("Bearer not.a.token")).await;
+        assert_eq!(garbage.status, StatusCode::FORBIDDEN, "{b}");
         assert_eq!(
-            api.validate(Some("Bearer not.a.token")).await.status,
-            StatusCode::FORBIDDEN,
+            garbage.headers[header::WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#,
             "{b}"
         );
         backend.cleanup().await;
