@@ -142,38 +142,76 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     writeln!(out)?;
     let input = music.context("music-like input")?;
 
-    // 2. Parallel conversions: a batch of 2×cores files, workers from 1 up.
+    // 2. Parallel conversions: a batch of 2×cores files, workers from 1 up, against
+    // the peer doing the same batch — the ffmpeg command, that many processes at once —
+    // in alternating runs, so both see the same host load.
     let jobs = 2 * cores;
+    let reps = runs.div_ceil(3).max(1);
     writeln!(
         out,
-        "**{jobs} conversions of the 60 s music-like file submitted at once** \
-         (throughput = seconds of audio converted per second of wall time)\n"
+        "**{jobs} conversions of the 60 s music-like file submitted at once, workers from 1 up; \
+         peer: the same {jobs} files through the ffmpeg command above, that many processes \
+         at once** (median of {reps} alternating runs each; conversions/s = {jobs} ÷ wall)\n"
     )?;
     writeln!(
         out,
-        "| workers | wall time | throughput | speed-up | CPU per conversion | cores busy (CPU ÷ wall) |"
+        "| workers | in-process wall | in-process conv/s | speed-up | CPU ÷ wall | ffmpeg CLI wall | ffmpeg CLI conv/s | speed-up | in-process ÷ ffmpeg (conv/s) |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     let mut worker_counts: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
         .take_while(|&n| n < cores)
         .collect();
     worker_counts.extend([cores, 2 * cores]);
-    let mut base = None;
+    let (mut ours_base, mut theirs_base) = (None, None);
+    let mut scaling = Vec::new();
     for workers in worker_counts {
-        let cpu = CpuTime::now()?;
-        let wall = parallel_batch(&input, dir.path(), workers, jobs).await?;
-        let cpu = CpuTime::now()?.own_since(&cpu, ticks);
-        let base = *base.get_or_insert(wall);
+        let (mut ours, mut theirs, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let cpu = CpuTime::now()?;
+            let wall = parallel_batch(&input, dir.path(), workers, jobs).await?;
+            busy.push(CpuTime::now()?.own_since(&cpu, ticks).as_secs_f64() / wall.as_secs_f64());
+            ours.push(wall);
+            theirs.push(ffmpeg_parallel_batch(&input, dir.path(), workers, jobs)?);
+        }
+        let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+        busy.sort_by(f64::total_cmp);
+        let busy = busy[busy.len() / 2];
+        let rate = |wall: Duration| jobs as f64 / wall.as_secs_f64();
+        let ours_base = *ours_base.get_or_insert(ours);
+        let theirs_base = *theirs_base.get_or_insert(theirs);
+        let (ours_speedup, theirs_speedup) = (
+            ours_base.as_secs_f64() / ours.as_secs_f64(),
+            theirs_base.as_secs_f64() / theirs.as_secs_f64(),
+        );
         writeln!(
             out,
-            "| {workers} | {} | {:.0}× real time | {:.2}× | {} | {:.2} |",
-            ms(wall),
-            (jobs as f64 * 60.0) / wall.as_secs_f64(),
-            base.as_secs_f64() / wall.as_secs_f64(),
-            ms(cpu / jobs as u32),
-            cpu.as_secs_f64() / wall.as_secs_f64()
+            "| {workers} | {} | {:.2} | {ours_speedup:.2}× | {busy:.2} | {} | {:.2} | {theirs_speedup:.2}× | {:.2}× |",
+            ms(ours),
+            rate(ours),
+            ms(theirs),
+            rate(theirs),
+            rate(ours) / rate(theirs),
+        )?;
+        if workers == cores {
+            scaling.push((ours_speedup, theirs_speedup));
+        }
+    }
+    if let Some((ours, theirs)) = scaling.first() {
+        writeln!(
+            out,
+            "\nScaling from 1 to {cores} workers: in-process **{ours:.2}×**, the ffmpeg command \
+             {theirs:.2}× in the same run (in-process ÷ peer: {:.2}). On an idle host both \
+             approach {cores}×; the peer's figure shows how much of the machine the other \
+             work on it left.",
+            ours / theirs
         )?;
     }
+
+    writeln!(
+        out,
+        "\nLoad average after the parallel runs: {}.",
+        load_average()
+    )?;
 
     // 3. Peak memory against input length, each in a fresh process.
     let short = make_input(dir.path(), "in10s.mp4", 10, Signal::Music)?;
@@ -212,9 +250,10 @@ async fn run(runs: usize) -> anyhow::Result<String> {
          content and creeps towards LAME's share for long, dense music. LAME is built from \
          mp3lame-sys's bundled source at -O3 (no -ffast-math, no assembly). Parallel \
          conversions are independent (one blocking thread each, no shared state), so \
-         'cores busy' should reach the worker count on an idle host; when the load average \
+         'CPU ÷ wall' should reach the worker count on an idle host; when the load average \
          above exceeds the core count, other processes hold the cores and the speed-up \
-         column understates the scaling."
+         columns understate the scaling — for both engines alike, which is why the peer \
+         runs alternately with ours."
     )?;
     Ok(out)
 }
@@ -227,6 +266,39 @@ fn single_worker() -> Converter {
         },
         CancellationToken::new(),
     )
+}
+
+/// `jobs` runs of the reference ffmpeg command on `input`, at most `processes` at once.
+fn ffmpeg_parallel_batch(
+    input: &Path,
+    dir: &Path,
+    processes: usize,
+    jobs: usize,
+) -> anyhow::Result<Duration> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..processes)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if job >= jobs {
+                            return Ok(());
+                        }
+                        ffmpeg_cli(input, &dir.join(format!("ffmpeg-parallel-{job}.mp3")))?;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("an ffmpeg runner panicked"))??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(started.elapsed())
 }
 
 async fn parallel_batch(
