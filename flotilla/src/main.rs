@@ -51,8 +51,13 @@ fn main() -> ExitCode {
             None => error.exit(),
         },
     };
-    platform::telemetry::init();
     platform::tls::install_crypto_provider();
+    // The `service.name` of exported spans, unless OTEL_SERVICE_NAME names it.
+    let telemetry = platform::telemetry::init(&match &cli.command {
+        Command::Serve(args) => clap::ValueEnum::to_possible_value(&args.service)
+            .map_or_else(|| "flotilla".to_owned(), |name| name.get_name().to_owned()),
+        _ => "flotilla".to_owned(),
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(run(cli));
     runtime.shutdown_timeout(Duration::from_secs(5));
+    // After the drain, so the spans of the last requests are exported too.
+    telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,16 +1,17 @@
 //! The HTTP side of a service: binding (port 0 allowed), serving with graceful drain,
-//! and the middlewares of the common stack (request ids, access log, metrics, timeout).
+//! request ids and W3C trace context (their types; [`crate::observe`] sets them on each
+//! request) and the timeout of the common stack.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Body,
-    extract::{ConnectInfo, MatchedPath, Request},
+    extract::{ConnectInfo, Request},
     middleware::Next,
     response::Response,
 };
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -19,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::Problem;
 
@@ -40,34 +40,101 @@ pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent
 impl TraceParent {
     /// A new root trace context: random trace id and span id, sampled.
     pub fn new_root() -> Self {
-        // Trace and span ids must be unique, not secret: a thread-local generator
-        // avoids a `getrandom` system call per request.
-        let trace = fastrand::u128(1..);
-        let span = fastrand::u64(1..);
-        Self(format!("00-{trace:032x}-{span:016x}-01"))
+        TraceContext::new_root().to_traceparent()
     }
 
     /// Accepts a header value only if it is a well-formed version-00 traceparent.
     pub fn parse(value: &str) -> Option<Self> {
-        let parts: Vec<&str> = value.trim().split('-').collect();
-        let hex = |s: &str, len: usize| {
-            s.len() == len
-                && s.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        };
-        let well_formed = parts.len() == 4
-            && parts[0] == "00"
-            && hex(parts[1], 32)
-            && parts[1] != "0".repeat(32)
-            && hex(parts[2], 16)
-            && parts[2] != "0".repeat(16)
-            && hex(parts[3], 2);
-        well_formed.then(|| Self(value.trim().to_owned()))
+        TraceContext::parse(value).map(|_| Self(value.trim().to_owned()))
     }
 
     /// The 32-hex-digit trace id.
     pub fn trace_id(&self) -> &str {
         self.0.get(3..35).unwrap_or("")
+    }
+
+    /// The 16-hex-digit id of the span this context names as the parent.
+    pub fn span_id(&self) -> &str {
+        self.0.get(36..52).unwrap_or("")
+    }
+}
+
+/// A parsed W3C trace context: trace id, span id (of the caller, or of this request once
+/// it is continued with [`TraceContext::child`]) and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// A new trace: random ids (unique, not secret: a thread-local generator avoids a
+    /// `getrandom` system call per request), sampled.
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
+            flags: 1,
+        }
+    }
+
+    /// The context of a new span in the same trace, under this one.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: fastrand::u64(1..),
+            ..*self
+        }
+    }
+
+    /// Accepts only a well-formed version-00 `traceparent`: lower-case hex, non-zero ids.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim().as_bytes();
+        if value.len() != 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let hex = |bytes: &[u8]| -> Option<u128> {
+            bytes.iter().try_fold(0u128, |acc, &b| {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    _ => return None,
+                };
+                Some(acc << 4 | u128::from(digit))
+            })
+        };
+        if hex(&value[0..2])? != 0 {
+            return None;
+        }
+        let trace_id = hex(&value[3..35])?;
+        let span_id = u64::try_from(hex(&value[36..52])?).ok()?;
+        let flags = u8::try_from(hex(&value[53..55])?).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(Self {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> impl std::fmt::Display + use<> {
+        let id = self.trace_id;
+        DisplayWith(move |f: &mut std::fmt::Formatter<'_>| write!(f, "{id:032x}"))
+    }
+
+    pub fn to_traceparent(&self) -> TraceParent {
+        TraceParent(format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        ))
+    }
+}
+
+struct DisplayWith<F>(F);
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display for DisplayWith<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (self.0)(f)
     }
 }
 
@@ -193,99 +260,6 @@ pub async fn serve_with_limits(
     Ok(())
 }
 
-/// Accepts a well-formed incoming `x-request-id` (so a trace spans services) or makes a
-/// new one, records it in the request's extensions and echoes it on the response.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(&REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_acceptable_request_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER.clone(), header.clone());
-    request.extensions_mut().insert(RequestId(id));
-    let trace = request
-        .headers()
-        .get(&TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(TraceParent::new_root);
-    if let Ok(value) = HeaderValue::from_str(&trace.0) {
-        request
-            .headers_mut()
-            .insert(TRACEPARENT_HEADER.clone(), value);
-    }
-    request.extensions_mut().insert(trace);
-    let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER.clone(), header);
-    response
-}
-
-/// A UUID v4 from a thread-local generator (unique, not secret; no system call).
-fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .to_string()
-}
-
-/// Ids from outside end up in logs and headers: keep them short and plain.
-fn is_acceptable_request_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-}
-
-/// Access log and request metrics. The span it opens carries the request id, so every
-/// log line written while serving the request has it.
-pub async fn observe(service: &'static str, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
-    let trace_id = request
-        .extensions()
-        .get::<TraceParent>()
-        .map(|t| t.trace_id().to_owned())
-        .unwrap_or_default();
-    let span = tracing::info_span!("request", service, request_id, trace_id, %method, path);
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    let route_label = route.unwrap_or_else(|| "unmatched".to_owned());
-    crate::metrics::record_request(service, method.as_str(), &route_label, status, elapsed);
-    span.in_scope(|| {
-        let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        if is_probe(&path) {
-            tracing::debug!(status, latency_ms, "request finished");
-        } else if status >= 500 {
-            tracing::warn!(status, latency_ms, "request failed");
-        } else {
-            tracing::info!(status, latency_ms, "request finished");
-        }
-    });
-    response
-}
-
-fn is_probe(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
-}
-
 /// [`timeout`] as a middleware with state, for per-route limits:
 /// `route.layer(middleware::from_fn_with_state(limit, enforce_timeout))`.
 pub async fn enforce_timeout(
@@ -301,14 +275,83 @@ pub async fn enforce_timeout(
 pub async fn timeout(limit: Duration, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => axum::response::IntoResponse::into_response(
-            Problem::service_unavailable(format!(
-                "the request did not complete within {} s",
-                limit.as_secs_f64()
-            ))
-            .with_title("Request timed out"),
-        ),
+        Err(_) => timed_out(limit),
     }
+}
+
+/// [`timeout`] as a tower layer (one boxed future, no middleware plumbing):
+/// `route.layer(TimeoutLayer::new(limit))`.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    limit: Duration,
+}
+
+impl TimeoutLayer {
+    pub fn new(limit: Duration) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> tower::Service<Request> for Timeout<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.limit;
+        let future = inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, future).await {
+                Ok(response) => response,
+                Err(_) => Ok(timed_out(limit)),
+            }
+        })
+    }
+}
+
+fn timed_out(limit: Duration) -> Response {
+    axum::response::IntoResponse::into_response(
+        Problem::service_unavailable(format!(
+            "the request did not complete within {} s",
+            limit.as_secs_f64()
+        ))
+        .with_title("Request timed out"),
+    )
 }
 
 #[cfg(test)]
@@ -330,16 +373,19 @@ mod tests {
             TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none()
         );
         assert!(TraceParent::parse("garbage").is_none());
+        assert!(
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01").is_none()
+        );
+        assert!(
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
+                .is_none()
+        );
         let root = TraceParent::new_root();
         assert!(TraceParent::parse(&root.0).is_some(), "{}", root.0);
-    }
-
-    #[test]
-    fn request_ids_from_outside_are_checked() {
-        assert!(is_acceptable_request_id("3f2a-11:ab_c.d"));
-        assert!(!is_acceptable_request_id(""));
-        assert!(!is_acceptable_request_id("a b"));
-        assert!(!is_acceptable_request_id("line\nbreak"));
-        assert!(!is_acceptable_request_id(&"x".repeat(129)));
+        let context = TraceContext::parse(good).expect("valid");
+        assert_eq!(context.to_traceparent().0, good);
+        let child = context.child().to_traceparent();
+        assert_eq!(child.trace_id(), parsed.trace_id());
+        assert_ne!(child.span_id(), parsed.span_id());
     }
 }

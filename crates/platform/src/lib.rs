@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod problem;
 pub mod service;
 pub mod shutdown;

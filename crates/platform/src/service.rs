@@ -8,7 +8,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::{Problem, health::Readiness, http};
+use crate::{Problem, health::Readiness, http, observe::ObserveLayer};
 
 /// What a service gets from whoever starts it (`flotilla up`, `flotilla serve`, a test).
 #[derive(Debug, Clone)]
@@ -124,12 +124,13 @@ impl ServiceApp {
 
     /// The service's routes plus `/healthz`, `/readyz`, `/metrics`, wrapped in the
     /// common stack. Layers, outermost first:
-    /// 1. request id — accept or make `x-request-id`, echo it;
-    /// 2. observe — a span with the request id around everything below, access log, metrics;
-    /// 3. normalize — every error leaves as problem+json with the request id;
-    /// 4. catch panic — a panicking handler is a 500 problem, not a dropped connection;
-    /// 5. timeout — no response headers within the limit → 503 problem;
-    /// 6. body limit — larger bodies → 413 problem.
+    /// 1. observe — accept or make `x-request-id` (echoed), continue or start the W3C
+    ///    trace, a span (exported when OTLP is on) around everything below, access log,
+    ///    metrics ([`crate::observe`]);
+    /// 2. normalize — every error leaves as problem+json with the request id;
+    /// 3. catch panic — a panicking handler is a 500 problem, not a dropped connection;
+    /// 4. timeout — no response headers within the limit → 503 problem;
+    /// 5. body limit — larger bodies → 413 problem.
     pub fn into_router(self, shutdown: CancellationToken) -> Router {
         let _ = crate::metrics::handle();
         let name = self.name;
@@ -147,15 +148,10 @@ impl ServiceApp {
             .fallback(|| async { Problem::not_found("no such route") })
             .layer(
                 ServiceBuilder::new()
-                    .layer(middleware::from_fn(http::request_id))
-                    .layer(middleware::from_fn(move |req, next| {
-                        http::observe(name, req, next)
-                    }))
+                    .layer(ObserveLayer::new(name))
                     .layer(middleware::from_fn(crate::problem::normalize))
                     .layer(CatchPanicLayer::custom(panic_to_problem))
-                    .layer(middleware::from_fn(move |req, next| {
-                        http::timeout(limits.request_timeout, req, next)
-                    }))
+                    .layer(http::TimeoutLayer::new(limits.request_timeout))
                     .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
             )
     }

@@ -1,13 +1,72 @@
-//! Logging, set up once per process: human-readable lines on a terminal, JSON lines
-//! otherwise (containers, files), filtered by `RUST_LOG` (default `info`). Logs go to
-//! stderr; stdout is kept for what a user or script reads (the `ready` line).
+//! Logging and trace export, set up once per process.
+//!
+//! Logs: human-readable lines on a terminal, JSON lines otherwise (containers, files),
+//! filtered by `RUST_LOG` (default `info`). Logs go to stderr; stdout is kept for what a
+//! user or script reads (the `ready` line).
+//!
+//! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set, spans are exported over OTLP/HTTP (protobuf, `POST {endpoint}/v1/traces`) in
+//! batches from a background thread; `OTEL_SERVICE_NAME` names the process (default: the
+//! served service, or `flotilla` for `up`). `RUST_LOG` does not limit what is exported:
+//! every span at `info` and above is, so a quiet log does not mean a blind trace. The
+//! server span of each request takes the trace id and parent of the request's W3C
+//! `traceparent` (see [`crate::http::TraceParent`]), so a trace crosses processes. Without
+//! the variables no exporter exists and the request path does no tracing work beyond logs.
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
-/// Installs the global subscriber; later calls (tests) are no-ops.
-pub fn init() {
+/// Set once the OTLP exporter is part of the process's subscriber.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave the process (an OTLP endpoint is configured and the exporter runs).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The environment variables that turn trace export on (standard OpenTelemetry names).
+pub const OTLP_ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
+/// How long shutdown waits for the last spans to be sent.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What [`init`] set up; [`Telemetry::shutdown`] sends the spans still buffered.
+#[must_use = "call shutdown() at exit, or the last spans are lost"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered (at most a few seconds) and stops the exporter.
+    /// Call it after the runtime has stopped serving, outside async code.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            EXPORTING.store(false, Ordering::Relaxed);
+            if let Err(error) = provider.shutdown_with_timeout(FLUSH_TIMEOUT) {
+                tracing::warn!(%error, "could not export the last spans");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber (logs, and the OTLP exporter when configured);
+/// later calls (tests) are no-ops. `default_service_name` is the `service.name` of the
+/// exported spans unless `OTEL_SERVICE_NAME` says otherwise.
+pub fn init(default_service_name: &str) -> Telemetry {
     let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
         Ok(filter) => (filter, None),
         Err(error) => {
@@ -15,32 +74,95 @@ pub fn init() {
             (EnvFilter::new("info"), bad)
         }
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    let installed = if std::io::stderr().is_terminal() {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
-    } else {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init()
+    let terminal = std::io::stderr().is_terminal();
+    let (exporter, export_error) = match otlp_endpoint_configured() {
+        false => (None, None),
+        true => match tracer_provider(default_service_name) {
+            Ok(provider) => (Some(provider), None),
+            Err(error) => (None, Some(error)),
+        },
     };
-    if installed.is_ok()
-        && let Some((value, error)) = bad_filter
-    {
+    let installed = match &exporter {
+        // The usual case: one layer, one global filter, exactly as cheap as it was.
+        None => tracing_subscriber::registry()
+            .with(log_layer(terminal))
+            .with(filter)
+            .try_init(),
+        // With export, `RUST_LOG` filters only the log; the exporter takes `info` and up.
+        Some(provider) => {
+            let tracer = provider.tracer("flotilla");
+            let export = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_filter(LevelFilter::INFO);
+            tracing_subscriber::registry()
+                .with(log_layer(terminal).with_filter(filter))
+                .with(export)
+                .try_init()
+        }
+    };
+    if installed.is_err() {
+        return Telemetry::default();
+    }
+    if let Some((value, error)) = bad_filter {
         tracing::warn!(rust_log = %value, %error, "RUST_LOG is not a valid filter; using info");
     }
+    if let Some(error) = export_error {
+        tracing::warn!(%error, "traces will not be exported: the OTLP exporter could not be set up");
+    }
+    if exporter.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
+    }
+    Telemetry { provider: exporter }
+}
+
+fn log_layer(terminal: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
+    if terminal {
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    }
+}
+
+fn otlp_endpoint_configured() -> bool {
+    OTLP_ENDPOINT_VARS
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()))
+}
+
+/// A tracer provider exporting in batches over OTLP/HTTP with protobuf bodies. The
+/// exporter reads the endpoint, headers, timeout and compression from the standard
+/// `OTEL_EXPORTER_OTLP_*` variables.
+fn tracer_provider(default_service_name: &str) -> Result<SdkTracerProvider, String> {
+    // The exporter's HTTP client is reqwest on rustls, which needs the process's provider.
+    crate::tls::install_crypto_provider();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|error| error.to_string())?;
+    let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty());
+    let resource = if named_by_env {
+        Resource::builder().build()
+    } else {
+        Resource::builder()
+            .with_service_name(default_service_name.to_owned())
+            .build()
+    };
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// For tests: logs through the test harness's capture, once.

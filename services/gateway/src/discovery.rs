@@ -80,8 +80,11 @@ pub fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// The `Host` the instance expects (the configured name, not the IP).
-    pub authority: String,
+    /// The `Host` the instance expects (the configured name, not the IP), made into a
+    /// header value once rather than for every request forwarded.
+    pub host_header: Option<http::HeaderValue>,
+    /// The address as a URI authority, also made once.
+    pub uri_authority: Option<http::uri::Authority>,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
@@ -101,10 +104,11 @@ fn now_ms() -> u64 {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, authority: String) -> Self {
+    pub(crate) fn new(addr: SocketAddr, authority: String) -> Self {
         Self {
             addr,
-            authority,
+            host_header: http::HeaderValue::from_str(&authority).ok(),
+            uri_authority: http::uri::Authority::try_from(addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),

@@ -9,6 +9,7 @@
 mod auth;
 mod cors;
 mod discovery;
+mod inprocess;
 mod openapi;
 mod ratelimit;
 mod remote;
@@ -47,9 +48,13 @@ impl Upstreams {
         Self::default()
     }
 
-    /// A service running in this process: its router is called directly.
+    /// A service running in this process: its router is called directly, with fresh
+    /// request extensions (see `inprocess.rs`).
     pub fn in_process(mut self, name: &'static str, router: axum::Router) -> Self {
-        self.by_name.insert(name, BoxCloneSyncService::new(router));
+        self.by_name.insert(
+            name,
+            BoxCloneSyncService::new(inprocess::InProcess::new(router)),
+        );
         self
     }
 
@@ -176,11 +181,12 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         request_timeout: routes::UPLOAD_TIMEOUT + Duration::from_secs(5),
         ..HttpLimits::default()
     };
-    let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
-    let routes = routes::table(&upstreams)
-        .route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce))
-        .merge(web::routes())
-        .merge(openapi::routes());
+    let mut routes = routes::table(&upstreams);
+    // No layer at all when the limit is off, rather than one that passes everything.
+    if let Some(limiter) = ratelimit::client_limiter(args.gateway_rate_limit) {
+        routes = routes.route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
+    }
+    let routes = routes.merge(web::routes()).merge(openapi::routes());
     let routes = routes.layer(cors::layer(&args.gateway_cors_origins));
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)

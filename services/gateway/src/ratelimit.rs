@@ -17,12 +17,12 @@ use axum::{
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use platform::Problem;
 
-/// Shared limiter; `None` when rate limiting is off.
-pub type ClientLimiter = Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>;
+/// The limiter shared by every route.
+pub type ClientLimiter = Arc<DefaultKeyedRateLimiter<IpAddr>>;
 
 /// A limiter allowing `per_second` requests per client (bursts of twice that);
-/// 0 turns limiting off.
-pub fn client_limiter(per_second: u32) -> ClientLimiter {
+/// 0 turns limiting off (`None`).
+pub fn client_limiter(per_second: u32) -> Option<ClientLimiter> {
     let rate = NonZeroU32::new(per_second)?;
     let burst = NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
     let limiter = Arc::new(DefaultKeyedRateLimiter::keyed(
@@ -50,9 +50,6 @@ pub async fn enforce(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(limiter) = limiter else {
-        return next.run(request).await;
-    };
     let Some(ConnectInfo(addr)) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

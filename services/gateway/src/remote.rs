@@ -66,39 +66,33 @@ impl Balancer {
         }
     }
 
-    /// Power of two choices over the endpoints that are not ejected (all of them if
-    /// every one is ejected: better to try than to refuse everything).
+    /// Power of two choices over the endpoints that are not ejected and not to be
+    /// avoided; failing that over those not ejected; failing that over all of them
+    /// (better to try than to refuse everything). No allocation: this runs per request.
     fn pick(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.snapshot();
-        let preferred: Vec<&Arc<Endpoint>> = all
-            .iter()
-            .filter(|e| !e.is_ejected() && !avoid.contains(&e.addr))
-            .collect();
-        let healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.is_ejected()).collect();
-        let pool: Vec<&Arc<Endpoint>> = if !preferred.is_empty() {
-            preferred
-        } else if !healthy.is_empty() {
-            healthy
-        } else {
-            all.iter().collect()
-        };
-        match pool.len() {
-            0 => None,
-            1 => Some(pool[0].clone()),
-            n => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
+        let preferred = |e: &Endpoint| !e.is_ejected() && !avoid.contains(&e.addr);
+        let healthy = |e: &Endpoint| !e.is_ejected();
+        let any = |_: &Endpoint| true;
+        let tiers: [&dyn Fn(&Endpoint) -> bool; 3] = [&preferred, &healthy, &any];
+        for tier in tiers {
+            let n = all.iter().filter(|e| tier(e)).count();
+            let nth = |i: usize| all.iter().filter(|e| tier(e)).nth(i).cloned();
+            match n {
+                0 => continue,
+                1 => return nth(0),
+                n => {
+                    let a = fastrand::usize(..n);
+                    let mut b = fastrand::usize(..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let (a, b) = (nth(a)?, nth(b)?);
+                    return Some(if a.in_flight() <= b.in_flight() { a } else { b });
                 }
-                let (a, b) = (pool[a], pool[b]);
-                Some(if a.in_flight() <= b.in_flight() {
-                    a.clone()
-                } else {
-                    b.clone()
-                })
             }
         }
+        None
     }
 }
 
@@ -128,7 +122,7 @@ impl tower::Service<Request> for Balancer {
                 response.extensions_mut().insert(Unreachable);
                 return Ok(response);
             };
-            let target = match target_uri(endpoint.addr, request.uri()) {
+            let target = match target_uri(&endpoint, request.uri()) {
                 Ok(uri) => uri,
                 Err(error) => {
                     return Ok(
@@ -138,7 +132,7 @@ impl tower::Service<Request> for Balancer {
                 }
             };
             *request.uri_mut() = target;
-            prepare_forwarded_headers(&mut request, &endpoint.authority);
+            prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
             let in_flight = endpoint.start();
             let outcome = this.client.request(request).await;
             drop(in_flight);
@@ -178,16 +172,17 @@ pub fn is_overload(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-fn target_uri(addr: SocketAddr, original: &Uri) -> Result<Uri, http::Error> {
+fn target_uri(endpoint: &Endpoint, original: &Uri) -> Result<Uri, http::Error> {
     let path_and_query = original
         .path_and_query()
-        .map(PathAndQuery::as_str)
-        .unwrap_or("/");
-    Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path_and_query)
-        .build()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let builder = Uri::builder().scheme(http::uri::Scheme::HTTP);
+    let builder = match &endpoint.uri_authority {
+        Some(authority) => builder.authority(authority.clone()),
+        None => builder.authority(endpoint.addr.to_string()),
+    };
+    builder.path_and_query(path_and_query).build()
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -204,7 +199,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
-fn prepare_forwarded_headers(request: &mut Request, upstream_authority: &str) {
+fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<HeaderValue>) {
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -225,7 +220,7 @@ fn prepare_forwarded_headers(request: &mut Request, upstream_authority: &str) {
         headers.insert("x-forwarded-host", host);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Ok(host) = HeaderValue::from_str(upstream_authority) {
+    if let Some(host) = upstream_host {
         headers.insert(header::HOST, host);
     }
 }
@@ -236,11 +231,9 @@ mod tests {
 
     #[test]
     fn target_keeps_path_and_query() {
-        let target = target_uri(
-            "10.0.0.7:8080".parse().expect("addr"),
-            &"/download?fid=abc".parse().expect("valid"),
-        )
-        .expect("forwardable");
+        let endpoint = Endpoint::new("10.0.0.7:8080".parse().expect("addr"), "media:8080".into());
+        let target = target_uri(&endpoint, &"/download?fid=abc".parse().expect("valid"))
+            .expect("forwardable");
         assert_eq!(target.to_string(), "http://10.0.0.7:8080/download?fid=abc");
     }
 
@@ -270,7 +263,7 @@ mod tests {
         request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
             "192.0.2.4:5555".parse().expect("addr"),
         ));
-        prepare_forwarded_headers(&mut request, "media:8080");
+        prepare_forwarded_headers(&mut request, Some(HeaderValue::from_static("media:8080")));
         let headers = request.headers();
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 192.0.2.4");
         assert_eq!(headers["x-forwarded-host"], "flotilla.example");

@@ -196,6 +196,22 @@ fn is_retryable(request: &Request) -> bool {
     idempotent && request.body().size_hint().exact() == Some(0)
 }
 
+/// Method, URI, version, headers and the client's address of `request`.
+fn head_for_retry(request: &Request) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    if let Some(peer) = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        head.extensions_mut().insert(*peer);
+    }
+    head
+}
+
 fn should_retry(response: &Response) -> bool {
     if response.extensions().get::<CircuitOpen>().is_some() {
         return false;
@@ -224,15 +240,23 @@ where
             if !is_retryable(&request) {
                 return inner.oneshot(request).await;
             }
-            let (parts, _) = request.into_parts();
+            // The first attempt sends the request itself; a retry, a copy of its head
+            // (no body to replay) with only the extension forwarding needs.
+            let retry_head = head_for_retry(&request);
+            let mut request = Some(request);
             let mut attempt = 0;
             let mut tried = Vec::new();
             loop {
-                let mut request = Request::from_parts(parts.clone(), Body::empty());
-                request
-                    .extensions_mut()
-                    .insert(AvoidEndpoints(tried.clone()));
-                let response = inner.clone().oneshot(request).await?;
+                let mut this_try = match request.take() {
+                    Some(first) => first,
+                    None => retry_head.clone().map(|()| Body::empty()),
+                };
+                if !tried.is_empty() {
+                    this_try
+                        .extensions_mut()
+                        .insert(AvoidEndpoints(tried.clone()));
+                }
+                let response = inner.clone().oneshot(this_try).await?;
                 if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
                     tried.push(*addr);
                 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::{
-    Router, middleware,
+    Router,
     response::IntoResponse,
     routing::{MethodRouter, any_service, get_service, post_service},
 };
@@ -79,10 +79,7 @@ impl Target<'_> {
     }
 
     fn limited(&self, route: MethodRouter) -> MethodRouter {
-        route.layer(middleware::from_fn_with_state(
-            self.timeout,
-            platform::http::enforce_timeout,
-        ))
+        route.layer(platform::http::TimeoutLayer::new(self.timeout))
     }
 }
 

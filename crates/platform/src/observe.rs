@@ -1,0 +1,293 @@
+//! The outermost layer of every service's stack, one tower layer doing what every request
+//! needs before and after its handler:
+//!
+//! * request id — a well-formed incoming `x-request-id` is kept, else one is made; it is
+//!   put in the extensions ([`RequestId`]) and echoed on the response;
+//! * trace context — the request's W3C `traceparent` is continued (or a trace started) and
+//!   this request gets its own span id; the extension [`crate::http::TraceParent`] and the forwarded
+//!   header carry *this* span as the parent of whatever the request causes;
+//! * a tracing span around the request (request id and trace id in every log line), which
+//!   is also the exported OpenTelemetry server span when export is on (see
+//!   [`crate::telemetry`]): same trace id, the caller's span as parent;
+//! * an access-log line and the request metrics (`http_requests_total`,
+//!   `http_request_duration_seconds` by service, method, route and status).
+//!
+//! One layer instead of several `from_fn` middlewares: one boxed future per request, and
+//! nothing is formatted or allocated for a log line or span that nobody listens to.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request},
+    response::Response,
+};
+use bytes::Bytes;
+use http::HeaderValue;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::{
+    http::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext},
+    metrics::RequestMetrics,
+};
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    service: &'static str,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl std::fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveLayer")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl ObserveLayer {
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            metrics: Arc::new(RequestMetrics::new(service)),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            service: self.service,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    service: &'static str,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        // The clone is fresh; the one that was polled ready serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let service = self.service;
+        let metrics = self.metrics.clone();
+
+        let request_id = accept_or_make_request_id(&mut request);
+        let incoming = request
+            .headers()
+            .get(&TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse);
+        let exporting = crate::telemetry::exporting();
+        let method = request.method().clone();
+        let route: Option<MatchedPath> = request.extensions().get::<MatchedPath>().cloned();
+        let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+
+        // Without export the trace id is known now (continued, or a new random one);
+        // with export and no incoming context the exporter picks it (read back below).
+        let mut context = match (incoming, exporting) {
+            (Some(incoming), _) => Some(incoming.child()),
+            (None, false) => Some(TraceContext::new_root()),
+            (None, true) => None,
+        };
+        let span = tracing::info_span!(
+            "request",
+            service,
+            request_id = %request_id.0,
+            trace_id = context.as_ref().map(|c| tracing::field::display(c.trace_id_hex())),
+            method = %method,
+            path = %request.uri().path(),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        if exporting {
+            context = Some(export_server_span(
+                &span,
+                incoming.as_ref(),
+                service,
+                &method,
+                route_label,
+                &request,
+            ));
+        }
+        let context = context.unwrap_or_else(TraceContext::new_root);
+        let traceparent = context.to_traceparent();
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(traceparent.0.clone())) {
+            request
+                .headers_mut()
+                .insert(TRACEPARENT_HEADER.clone(), value);
+        }
+        request.extensions_mut().insert(traceparent);
+        let echoed_id = request.headers().get(&REQUEST_ID_HEADER).cloned();
+        let path_is_probe = is_probe(request.uri().path());
+        request.extensions_mut().insert(request_id);
+
+        let future = inner.call(request);
+        Box::pin(async move {
+            let Ok(mut response) = future.instrument(span.clone()).await;
+            let status = response.status().as_u16();
+            let elapsed = started.elapsed();
+            let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            metrics.record(&method, route_label, status, elapsed);
+            if let Some(id) = echoed_id {
+                response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
+            }
+            if exporting {
+                record_outcome(&span, status);
+            }
+            let latency_ms = elapsed.as_secs_f64() * 1000.0;
+            let _entered = span.enter();
+            if path_is_probe {
+                tracing::debug!(status, latency_ms, "request finished");
+            } else if status >= 500 {
+                tracing::warn!(status, latency_ms, "request failed");
+            } else {
+                tracing::info!(status, latency_ms, "request finished");
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Keeps a well-formed incoming `x-request-id`, else makes one and sets the header (so an
+/// in-process or remote upstream reuses it).
+fn accept_or_make_request_id(request: &mut Request) -> RequestId {
+    if let Some(id) = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_acceptable_request_id(v))
+    {
+        return RequestId(id.to_owned());
+    }
+    let id = new_request_id();
+    let header = HeaderValue::from_maybe_shared(Bytes::from(id.clone()))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER.clone(), header);
+    RequestId(id)
+}
+
+/// A UUID v4 from a thread-local generator (unique, not secret; no system call).
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
+}
+
+/// Ids from outside end up in logs and headers: keep them short and plain.
+pub(crate) fn is_acceptable_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Turns `span` into this request's exported server span: the caller's context as its
+/// parent (so it keeps the incoming trace id), named after the route, with the HTTP
+/// attributes of the OpenTelemetry conventions. Returns the span's own context.
+fn export_server_span(
+    span: &tracing::Span,
+    incoming: Option<&TraceContext>,
+    service: &'static str,
+    method: &http::Method,
+    route: &str,
+    request: &Request,
+) -> TraceContext {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    if let Some(incoming) = incoming {
+        let parent = SpanContext::new(
+            TraceId::from_bytes(incoming.trace_id.to_be_bytes()),
+            SpanId::from_bytes(incoming.span_id.to_be_bytes()),
+            TraceFlags::new(incoming.flags),
+            true,
+            TraceState::NONE,
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    span.record("otel.name", format!("{} {route}", method.as_str()));
+    span.record("otel.kind", "server");
+    span.set_attribute("flotilla.service", service);
+    span.set_attribute("http.request.method", method.as_str().to_owned());
+    span.set_attribute("http.route", route.to_owned());
+    span.set_attribute("url.path", request.uri().path().to_owned());
+    let otel = span.context();
+    let own = otel.span().span_context().clone();
+    if !own.is_valid() {
+        // The span is disabled for the exporter: continue the trace without it.
+        return incoming.map_or_else(TraceContext::new_root, TraceContext::child);
+    }
+    let context = TraceContext {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        flags: own.trace_flags().to_u8(),
+    };
+    if incoming.is_none() {
+        span.record("trace_id", tracing::field::display(context.trace_id_hex()));
+    }
+    context
+}
+
+fn record_outcome(span: &tracing::Span, status: u16) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.set_attribute("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.set_status(opentelemetry::trace::Status::error(format!(
+            "HTTP {status}"
+        )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_outside_are_checked() {
+        assert!(is_acceptable_request_id("3f2a-11:ab_c.d"));
+        assert!(!is_acceptable_request_id(""));
+        assert!(!is_acceptable_request_id("a b"));
+        assert!(!is_acceptable_request_id("line\nbreak"));
+        assert!(!is_acceptable_request_id(&"x".repeat(129)));
+    }
+}
