@@ -131,6 +131,7 @@ async fn every_auth_status_code_through_the_gateway() {
         .await
         .expect("validate");
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(no_token.headers()[header::WWW_AUTHENTICATE], "Bearer");
     let bad_token = system
         .client
         .post(system.url("/validate"))
@@ -191,6 +192,12 @@ async fn protected_routes_need_a_token_the_gateway_can_verify() {
             .expect("get");
         assert_eq!(reply.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert!(is_problem(&reply), "{path}");
+        // RFC 6750 §3: the 401 names the scheme it wants.
+        assert_eq!(
+            reply.headers()[header::WWW_AUTHENTICATE],
+            "Bearer",
+            "{path}"
+        );
     }
     let upload = system
         .client
@@ -217,9 +224,11 @@ async fn protected_routes_need_a_token_the_gateway_can_verify() {
         URL_SAFE_NO_PAD.encode(payload.to_string()),
         parts[2]
     );
+    let refused = get_jobs(&system, Some(&forged)).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        get_jobs(&system, Some(&forged)).await.status(),
-        StatusCode::UNAUTHORIZED
+        refused.headers()[header::WWW_AUTHENTICATE],
+        r#"Bearer error="invalid_token""#
     );
 
     // Expired, though signed with the system's own key.
