@@ -32,7 +32,8 @@ impl Default for ConverterConfig {
         Self {
             workers: default_workers(),
             ffmpeg: ffmpeg::find_on_path(),
-            timeout: Duration::from_secs(30 * 60),
+            // As the service's default (lib.rs): under RabbitMQ's consumer_timeout.
+            timeout: Duration::from_secs(25 * 60),
         }
     }
 }

@@ -39,8 +39,13 @@ pub struct Args {
     /// Default: `ffmpeg` from PATH when there is one.
     #[arg(long, env = "FLOTILLA_CONVERTER_FFMPEG")]
     pub converter_ffmpeg: Option<String>,
-    /// Longest a single conversion may take before it is stopped.
-    #[arg(long, env = "FLOTILLA_CONVERTER_TIMEOUT", default_value = "30m",
+    /// Longest a single conversion may take before it is stopped. The default stays
+    /// under RabbitMQ's delivery acknowledgement timeout (`consumer_timeout`, 30 min by
+    /// default), which counts from delivery and so also covers fetching the upload and
+    /// storing the MP3: past it the broker takes the message back and hands it to
+    /// another worker. Raising this on RabbitMQ means raising `consumer_timeout` too.
+    /// (The embedded bus renews its leases while a conversion runs: no limit there.)
+    #[arg(long, env = "FLOTILLA_CONVERTER_TIMEOUT", default_value = "25m",
           value_parser = platform::config::parse_duration)]
     pub converter_timeout: Duration,
 }
@@ -50,7 +55,7 @@ impl Default for Args {
         Self {
             converter_workers: None,
             converter_ffmpeg: None,
-            converter_timeout: Duration::from_secs(30 * 60),
+            converter_timeout: Duration::from_secs(25 * 60),
         }
     }
 }
