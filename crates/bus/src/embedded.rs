@@ -20,8 +20,9 @@
 //! and neither settled nor dropped — this process renews its lease every third of
 //! `lease`, so a handler may take as long as it needs (a long conversion) without its
 //! message going to a second consumer; a process that dies stops renewing, and its
-//! deliveries are leased again once `lease` has passed. Consumers in this process are woken at
-//! once by publishes; other processes sharing the file notice within the poll interval.
+//! deliveries are leased again once `lease` has passed. Consumers in this process are
+//! woken at once by publishes; other processes sharing the file notice within the poll
+//! interval.
 //! Opening the same file twice in one process shares one writer.
 
 use std::{
