@@ -82,7 +82,7 @@ pub use message::{
     Attempt, DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT,
     new_traceparent, topic_matches,
 };
-pub use outbox::{Inbox, Outbox, OutboxRelay, migrations as outbox_migrations};
+pub use outbox::{Inbox, Outbox, OutboxPublisher, OutboxRelay, migrations as outbox_migrations};
 
 /// What can go wrong on the bus.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,18 @@ pub struct Message {
     pub body: Bytes,
 }
 
+/// A blog event travels under its type as routing key, with an id derived from its
+/// content, so every copy of the same event is recognised as the same message.
+impl From<&contracts::blog::BlogEvent> for Message {
+    fn from(event: &contracts::blog::BlogEvent) -> Self {
+        Message::new(
+            contracts::blog::routing_key(event.event_type()),
+            event.to_json(),
+        )
+        .with_id(event.message_id())
+    }
+}
+
 impl Message {
     /// A message with a fresh time-ordered id and a new trace (`traceparent` header).
     pub fn new(routing_key: impl Into<String>, body: impl Into<Bytes>) -> Self {

@@ -19,9 +19,9 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::{AnyConnection, Row};
-use storage::{Database, Dialect, Migration};
+use storage::{Database, Dialect, Migration, StorageError};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{BusError, EventBus, Message, now_ms};
 
@@ -109,6 +109,51 @@ impl Outbox {
         .execute(conn)
         .await?;
         Ok(())
+    }
+}
+
+/// The sending side of a service's transactional outbox, as every producing service
+/// uses it: [`enqueue`](Self::enqueue) inside the transaction that makes the change,
+/// [`committed`](Self::committed) after the commit so the relay publishes at once
+/// instead of at its next poll.
+#[derive(Debug, Clone)]
+pub struct OutboxPublisher {
+    outbox: Outbox,
+    relay: OutboxRelay,
+}
+
+impl OutboxPublisher {
+    /// Adds the outbox tables to `db` and spawns, on `tasks`, the relay that publishes
+    /// them to `bus` until `shutdown`. `name` labels the relay's metrics and logs.
+    pub async fn start(
+        name: &str,
+        db: &Database,
+        bus: Arc<dyn EventBus>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StorageError> {
+        db.migrate("bus", MIGRATIONS).await?;
+        let relay = OutboxRelay::new(name, db.clone(), bus);
+        tasks.spawn(relay.clone().run(shutdown));
+        Ok(Self {
+            outbox: Outbox::new(db),
+            relay,
+        })
+    }
+
+    /// Writes `message` to the outbox as part of the transaction on `conn` (pass
+    /// `&mut *tx`); it is published after the commit, never if the transaction rolls back.
+    pub async fn enqueue(
+        &self,
+        conn: &mut AnyConnection,
+        message: impl Into<Message>,
+    ) -> Result<(), BusError> {
+        self.outbox.enqueue(conn, &message.into()).await
+    }
+
+    /// Call after committing a transaction that enqueued messages.
+    pub fn committed(&self) {
+        self.relay.wake();
     }
 }
 

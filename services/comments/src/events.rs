@@ -1,58 +1,12 @@
-//! How this service's events leave it: written to the outbox inside the transaction
-//! that makes the change, then published by the outbox relay (woken at once after the
-//! commit, polling otherwise, retrying while the bus is away).
+//! The events this service consumes (it publishes through [`bus::OutboxPublisher`]):
+//! `PostCreated` teaches it posts, `CommentModerated` applies decisions; each is applied
+//! once per message id (inbox).
 
 use std::sync::Arc;
 
-use bus::{BusOptions, EventBus, Message, Outbox, OutboxRelay};
+use bus::EventBus;
 use contracts::blog::{self, BlogEvent};
 use platform::ServiceContext;
-use sqlx::AnyConnection;
-use storage::Database;
-
-/// Enqueues events in a transaction and nudges the relay after the commit.
-#[derive(Debug, Clone)]
-pub struct Publisher {
-    outbox: Outbox,
-    relay: OutboxRelay,
-}
-
-impl Publisher {
-    /// Adds the bus tables to `db`, connects to the process's bus and starts the relay.
-    pub async fn start(
-        context: &ServiceContext,
-        db: &Database,
-    ) -> anyhow::Result<(Self, Arc<dyn EventBus>)> {
-        db.migrate("bus", bus::outbox_migrations()).await?;
-        let bus = bus::connect(&context.bus_url_or_embedded(), BusOptions::default()).await?;
-        let relay = OutboxRelay::new(crate::NAME, db.clone(), bus.clone());
-        context
-            .tasks
-            .spawn(relay.clone().run(context.shutdown.clone()));
-        let publisher = Self {
-            outbox: Outbox::new(db),
-            relay,
-        };
-        Ok((publisher, bus))
-    }
-
-    /// Writes `event` to the outbox as part of the transaction on `conn`. Its message id
-    /// is derived from the event, so every copy of it is recognised as the same message.
-    pub async fn enqueue(
-        &self,
-        conn: &mut AnyConnection,
-        event: &BlogEvent,
-    ) -> Result<(), bus::BusError> {
-        let message = Message::new(blog::routing_key(event.event_type()), event.to_json())
-            .with_id(event.message_id());
-        self.outbox.enqueue(conn, &message).await
-    }
-
-    /// Call after committing a transaction that enqueued events.
-    pub fn committed(&self) {
-        self.relay.wake();
-    }
-}
 
 /// Deliveries handled at once. The handlers do not depend on delivery order (each is
 /// keyed by its post or comment and deduplicated by the inbox), and overlapping them

@@ -68,7 +68,15 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let url = context.database_url_for(NAME);
     let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let (publisher, bus) = events::Publisher::start(context, &db).await?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let publisher = bus::OutboxPublisher::start(
+        NAME,
+        &db,
+        bus.clone(),
+        &context.tasks,
+        context.shutdown.clone(),
+    )
+    .await?;
     let state = AppState {
         store: CommentStore::new(db.clone(), publisher),
         post_learned: Arc::new(Notify::new()),
@@ -99,10 +107,9 @@ fn routes(state: AppState) -> Router {
 
 async fn create_comment(
     State(state): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
+    Path(post_id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, Problem> {
-    let post_id = post_id(params)?;
     let body = json_body(&body).map_err(not_json)?;
     let content = contracts::blog::text_field(&body, "content")
         .map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -117,9 +124,8 @@ async fn create_comment(
 
 async fn list_comments(
     State(state): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
+    Path(post_id): Path<String>,
 ) -> Result<Json<Vec<Comment>>, Problem> {
-    let post_id = post_id(params)?;
     wait_for_post(&state, &post_id).await?;
     let comments = state
         .store
@@ -127,19 +133,6 @@ async fn list_comments(
         .await
         .map_err(|e| Problem::internal(&e))?;
     Ok(Json(comments))
-}
-
-/// The `{id}` of the route. Read as a list because a router in front of this one (the
-/// gateway calling it in-process) may have matched the same pattern and left its own
-/// copy of the parameter on the request; the last one is this route's.
-// Problem is the error type of every handler; boxing it here alone would buy nothing.
-#[allow(clippy::result_large_err)]
-fn post_id(params: Vec<(String, String)>) -> Result<String, Problem> {
-    params
-        .into_iter()
-        .rev()
-        .find_map(|(name, value)| (name == "id").then_some(value))
-        .ok_or_else(|| Problem::bad_request("no post id in the path"))
 }
 
 /// Returns once `post_id` is known, or 404 after the configured wait.

@@ -6,7 +6,7 @@ use contracts::blog::{
 use sqlx::{Any, Row, Transaction};
 use storage::{Database, Dialect, Migration, StorageError};
 
-use crate::events::Publisher;
+use bus::OutboxPublisher as Publisher;
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(

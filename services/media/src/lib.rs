@@ -56,7 +56,6 @@ pub const NAME: &str = "media";
 /// Builds the service; `flotilla up`, `flotilla serve media` and tests all call this.
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
     let db = Database::connect(&context.database_url_for(NAME)).await?;
-    db.migrate("bus", bus::outbox_migrations()).await?;
     db.migrate(NAME, jobs::MIGRATIONS).await?;
     let blobs = BlobStore::from_url(&context.blob_url_or_local())?;
     tracing::info!(
@@ -66,10 +65,14 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     );
 
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    let relay = bus::OutboxRelay::new(NAME, db.clone(), bus.clone());
-    context
-        .tasks
-        .spawn(relay.clone().run(context.shutdown.clone()));
+    let publisher = bus::OutboxPublisher::start(
+        NAME,
+        &db,
+        bus.clone(),
+        &context.tasks,
+        context.shutdown.clone(),
+    )
+    .await?;
     let jobs = JobStore::new(db.clone());
     events::spawn(
         bus,
@@ -82,8 +85,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let state = Arc::new(MediaState {
         jobs,
         blobs,
-        outbox: bus::Outbox::new(&db),
-        relay,
+        publisher,
         max_upload_bytes: args.max_upload_bytes,
     });
     let verifier = Verifier::new(jwks_source(args.auth_url.as_deref())?);

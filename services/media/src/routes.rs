@@ -38,9 +38,8 @@ const MAX_LISTED_JOBS: i64 = 500;
 pub struct MediaState {
     pub jobs: JobStore,
     pub blobs: BlobStore,
-    pub outbox: bus::Outbox,
-    /// Woken after an upload commits, so the `video` message goes out at once.
-    pub relay: bus::OutboxRelay,
+    /// The `video` message is enqueued with the job row and goes out after the commit.
+    pub publisher: bus::OutboxPublisher,
     pub max_upload_bytes: u64,
 }
 
@@ -143,9 +142,9 @@ async fn record_job(
         size_bytes: i64::try_from(file.size)?,
     };
     state.jobs.insert(&mut tx, &job).await?;
-    state.outbox.enqueue(&mut tx, &message).await?;
+    state.publisher.enqueue(&mut tx, message).await?;
     tx.commit().await?;
-    state.relay.wake();
+    state.publisher.committed();
     Ok(())
 }
 

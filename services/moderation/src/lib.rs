@@ -86,7 +86,15 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
     let moderator = Moderator::new(&args.blocked_words);
     tracing::info!(blocked_words = ?moderator.blocked, "moderation rule");
-    let (publisher, bus) = events::Publisher::start(context, &db).await?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let publisher = bus::OutboxPublisher::start(
+        NAME,
+        &db,
+        bus.clone(),
+        &context.tasks,
+        context.shutdown.clone(),
+    )
+    .await?;
     let state = events::Moderation {
         db: db.clone(),
         publisher,

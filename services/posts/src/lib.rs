@@ -6,7 +6,6 @@
 //! also has the comments. `POST /events` accepts the course's pushed events and ignores
 //! them: this service reacts to no event.
 
-mod events;
 mod store;
 
 use std::collections::BTreeMap;
@@ -36,7 +35,10 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
     let url = context.database_url_for(NAME);
     let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let (publisher, _bus) = events::Publisher::start(context, &db).await?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let publisher =
+        bus::OutboxPublisher::start(NAME, &db, bus, &context.tasks, context.shutdown.clone())
+            .await?;
     let store = PostStore::new(db.clone(), publisher);
     let readiness = Readiness::new().with_check("db", move || {
         let db = db.clone();

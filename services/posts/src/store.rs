@@ -4,7 +4,7 @@ use contracts::blog::{BlogEvent, PostCreated};
 use sqlx::Row;
 use storage::{Database, Migration, StorageError};
 
-use crate::events::Publisher;
+use bus::OutboxPublisher as Publisher;
 
 pub const MIGRATIONS: &[Migration] = &[Migration::portable(
     1,
