@@ -37,6 +37,10 @@ enum Command {
     Query(query_cli::QueryArgs),
 }
 
+/// A faster allocator for a process that allocates per request on every thread.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `up` waits for every service to report ready.
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
@@ -200,18 +204,7 @@ mod tests {
 
     #[test]
     fn every_service_can_be_served() {
-        for name in [
-            "gateway",
-            "auth",
-            "media",
-            "converter",
-            "notification",
-            "posts",
-            "comments",
-            "moderation",
-            "query",
-            "event-bus",
-        ] {
+        for name in contracts::SERVICES {
             let cli = Cli::try_parse_from(["flotilla", "serve", name]);
             assert!(cli.is_ok(), "serve {name}: {cli:?}");
         }

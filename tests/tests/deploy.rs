@@ -37,18 +37,7 @@ fn every_service_is_deployed_with_probes_and_no_secrets() {
         return;
     }
     let rendered = kustomize("deploy/k8s/overlays/production");
-    for service in [
-        "gateway",
-        "auth",
-        "media",
-        "converter",
-        "notification",
-        "posts",
-        "comments",
-        "moderation",
-        "query",
-        "event-bus",
-    ] {
+    for service in contracts::SERVICES {
         assert!(
             rendered.contains(&format!("args:\n        - serve\n        - {service}\n")),
             "no Deployment serves {service}"

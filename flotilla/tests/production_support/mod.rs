@@ -108,17 +108,12 @@ pub struct System {
     prefix: String,
 }
 
-const SERVICES: [&str; 9] = [
-    "auth",
-    "media",
-    "converter",
-    "notification",
-    "posts",
-    "comments",
-    "moderation",
-    "query",
-    "event-bus",
-];
+/// The services behind the gateway, each with its own database.
+fn backend_services() -> impl Iterator<Item = &'static str> {
+    contracts::SERVICES
+        .into_iter()
+        .filter(|service| *service != "gateway")
+}
 
 impl System {
     /// Starts every service (two converters) and the gateway.
@@ -142,7 +137,7 @@ impl System {
             ],
         );
         let amqp_url = format!("{}/{vhost}", servers.amqp_base);
-        for service in SERVICES {
+        for service in backend_services() {
             let db = format!("{prefix}_{}", service.replace('-', "_"));
             run(
                 "psql",
@@ -333,7 +328,7 @@ impl Drop for System {
         let _ = Command::new("rabbitmqctl")
             .args(["-q", "delete_vhost", &self.vhost])
             .output();
-        for service in SERVICES {
+        for service in backend_services() {
             let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
             let _ = Command::new("psql")
                 .args([
