@@ -37,10 +37,6 @@ enum Command {
     Query(query_cli::QueryArgs),
 }
 
-/// A faster allocator for a process that allocates per request on every thread.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How long `up` waits for every service to report ready.
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
