@@ -13,7 +13,8 @@ command -v nginx >/dev/null && command -v wrk >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 }
 target_dir=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p flotilla
+# FLOTILLA_BENCH_NO_BUILD=1 uses the release binary as it is (when another build holds the lock).
+[ -n "${FLOTILLA_BENCH_NO_BUILD:-}" ] || cargo build --release -q -p flotilla
 upstream=19101 nginx_proxy=19102 gateway=19103
 
 # One nginx process serves both the trivial upstream and the nginx proxy in front of it.
