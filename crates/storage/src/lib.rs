@@ -124,6 +124,20 @@ pub struct PoolSettings {
     pub sqlite_busy_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// Settings for a service whose writes come in bursts: on SQLite a single connection.
+    /// SQLite has one writer at a time and its busy handler sleeps and retries rather
+    /// than queueing, which under load starves some writers for seconds; with one
+    /// connection they queue fairly in the pool. Servers get the default pool.
+    pub fn fair_writers(url: &str) -> Self {
+        let sqlite = Dialect::from_url(url).is_ok_and(|d| d == Dialect::Sqlite);
+        Self {
+            max_connections: if sqlite { 1 } else { 10 },
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {

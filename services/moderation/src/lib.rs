@@ -83,7 +83,8 @@ impl Moderator {
 /// Builds the service; `flotilla up`, `flotilla serve moderation` and tests all call this.
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
     let url = context.database_url_for(NAME);
-    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
+    let db =
+        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     let moderator = Moderator::new(&args.blocked_words);
     tracing::info!(blocked_words = ?moderator.blocked, "moderation rule");
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
@@ -129,17 +130,6 @@ async fn receive_event(
             .map_err(|e| Problem::internal(&e))?;
     }
     Ok(Json(serde_json::json!({})))
-}
-
-/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
-/// time and its busy handler sleeps and retries rather than queueing, which under load
-/// starves some writers for seconds; with one connection they queue fairly in the pool.
-fn pool_settings(url: &str) -> storage::PoolSettings {
-    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
-    storage::PoolSettings {
-        max_connections: if sqlite { 1 } else { 10 },
-        ..storage::PoolSettings::default()
-    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ pub const NAME: &str = "posts";
 /// Builds the service; `flotilla up`, `flotilla serve posts` and tests all call this.
 pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
     let url = context.database_url_for(NAME);
-    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
+    let db =
+        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
     let publisher =
@@ -111,15 +112,4 @@ fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
 
 fn not_json(error: serde_json::Error) -> Problem {
     Problem::bad_request(format!("the body is not JSON: {error}"))
-}
-
-/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
-/// time and its busy handler sleeps and retries rather than queueing, which under load
-/// starves some writers for seconds; with one connection they queue fairly in the pool.
-fn pool_settings(url: &str) -> storage::PoolSettings {
-    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
-    storage::PoolSettings {
-        max_connections: if sqlite { 1 } else { 10 },
-        ..storage::PoolSettings::default()
-    }
 }

@@ -94,7 +94,8 @@ pub async fn build_with_event_log(
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<ServiceApp> {
     let url = context.database_url_for(NAME);
-    let db = storage::Database::connect_with(&url, &pool_settings(&url)).await?;
+    let db =
+        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     // Reads (the rendering of `GET /posts`) get their own pool: WAL readers do not wait
     // for the writer.
     let reader = storage::Database::connect(&url).await?;
@@ -153,7 +154,11 @@ pub async fn rebuild(
     database_url: &str,
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<usize> {
-    let db = storage::Database::connect_with(database_url, &pool_settings(database_url)).await?;
+    let db = storage::Database::connect_with(
+        database_url,
+        &storage::PoolSettings::fair_writers(database_url),
+    )
+    .await?;
     let store = ViewStore::open(db.clone(), db.clone()).await?;
     store.clear().await?;
     let applied = match event_log {
@@ -331,15 +336,4 @@ async fn receive_event(
             .map_err(|e| Problem::internal(&e))?;
     }
     Ok(Json(serde_json::json!({})))
-}
-
-/// Pool settings for `url`: on SQLite a single connection. SQLite has one writer at a
-/// time and its busy handler sleeps and retries rather than queueing, which under load
-/// starves some writers for seconds; with one connection they queue fairly in the pool.
-fn pool_settings(url: &str) -> storage::PoolSettings {
-    let sqlite = storage::Dialect::from_url(url).is_ok_and(|d| d == storage::Dialect::Sqlite);
-    storage::PoolSettings {
-        max_connections: if sqlite { 1 } else { 10 },
-        ..storage::PoolSettings::default()
-    }
 }
