@@ -50,18 +50,20 @@ for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$gateway/readyz
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 idle_rss=$(rss_kib "$gw_pid")
 
-run_wrk() { # url -> "req/s p99_ms"
+ms() { # percentile label -> its latency in ms from wrk's --latency table
+  awk -v p="$1" '$1==p {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out"
+}
+run_wrk() { # url -> "req/s p99_ms p50_ms"
   wrk -t2 -c64 -d"${duration}s" --latency "$1" >"$work/wrk.out" 2>&1
-  local rps p99
+  local rps
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out")
-  echo "$rps $p99"
+  echo "$rps $(ms 99%) $(ms 50%)"
 }
 
 # Warm both, then measure alternately twice and keep the better run of each.
 wrk -t2 -c64 -d2s "http://127.0.0.1:$nginx_proxy/posts" >/dev/null
 wrk -t2 -c64 -d2s "http://127.0.0.1:$gateway/posts" >/dev/null
-best_n="0 0"; best_g="0 0"; peak_rss=0
+best_n="0 0 0"; best_g="0 0 0"; peak_rss=0
 for _ in 1 2; do
   r=$(run_wrk "http://127.0.0.1:$nginx_proxy/posts")
   awk -v a="$r" -v b="$best_n" 'BEGIN{split(a,x," ");split(b,y," "); exit !(x[1]>y[1])}' && best_n=$r
@@ -73,8 +75,8 @@ for _ in 1 2; do
   r=$(cat "$work/g.txt")
   awk -v a="$r" -v b="$best_g" 'BEGIN{split(a,x," ");split(b,y," "); exit !(x[1]>y[1])}' && best_g=$r
 done
-read -r n_rps n_p99 <<<"$best_n"
-read -r g_rps g_p99 <<<"$best_g"
+read -r n_rps n_p99 n_p50 <<<"$best_n"
+read -r g_rps g_p99 g_p50 <<<"$best_g"
 ratio=$(awk -v g="$g_rps" -v n="$n_rps" 'BEGIN{printf "%.2f", g/n}')
 p99_ratio=$(awk -v g="$g_p99" -v n="$n_p99" 'BEGIN{printf "%.2f", g/n}')
 cat <<MD
@@ -83,11 +85,11 @@ cat <<MD
 \`bench/gateway/run.sh $duration\` on $(nproc) cores, $(date -u +%Y-%m-%d), wrk -t2 -c64 -d${duration}s, best of 2 alternating runs,
 both proxies in front of the same nginx \`return 200\` upstream (client, proxy and upstream share the cores).
 
-| proxy | requests/s | p99 latency |
-|---|---|---|
-| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | $n_rps | ${n_p99} ms |
-| flotilla gateway | $g_rps | ${g_p99} ms |
-| **ratio gateway / nginx** | **$ratio×** | **$p99_ratio×** |
+| proxy | requests/s | p50 latency | p99 latency |
+|---|---|---|---|
+| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | $n_rps | ${n_p50} ms | ${n_p99} ms |
+| flotilla gateway | $g_rps | ${g_p50} ms | ${g_p99} ms |
+| **ratio gateway / nginx** | **$ratio×** | | **$p99_ratio×** |
 
 Gateway RSS: $((idle_rss / 1024)) MiB idle, $((peak_rss / 1024)) MiB peak under load.
 MD
