@@ -8,13 +8,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::multipart::MultipartRejection,
-    extract::{DefaultBodyLimit, Query, State, multipart::Multipart},
+    extract::{DefaultBodyLimit, Path, Query, State, multipart::Multipart},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use contracts::media::{VIDEO, VideoMessage};
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, header};
 use identity::Caller;
 use platform::Problem;
 use serde::Serialize;
@@ -171,11 +171,8 @@ async fn list_jobs(
 async fn get_job(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
-    uri: Uri,
+    Path(job_id): Path<String>,
 ) -> Result<Json<Job>, Problem> {
-    // From the path itself rather than `Path`: behind the in-process gateway, the
-    // gateway's own `{id}` match is still in the request, and `Path` would see both.
-    let job_id = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
     let job = state
         .jobs
         .get(&job_id)
