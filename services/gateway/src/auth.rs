@@ -21,13 +21,20 @@ use axum::{
     routing::MethodRouter,
 };
 use http::HeaderValue;
-use identity::{JwksSource, Verifier};
+use identity::{JwksSource, Verifier, VerifierSettings};
 
 use crate::Upstream;
 
-/// A verifier whose keys come from `auth` (`GET /.well-known/jwks.json`).
-pub(crate) fn verifier(auth: Upstream) -> Verifier {
-    Verifier::new(JwksSource::via_service(auth))
+/// A verifier whose keys come from `auth` (`GET /.well-known/jwks.json`), remembering
+/// up to `token_cache` verified tokens.
+pub(crate) fn verifier(auth: Upstream, token_cache: usize) -> Verifier {
+    Verifier::with_settings(
+        JwksSource::via_service(auth),
+        VerifierSettings {
+            cache_capacity: token_cache,
+            ..VerifierSettings::default()
+        },
+    )
 }
 
 /// `route`, reachable only with a valid Bearer token.

@@ -95,7 +95,15 @@ pub struct Args {
     #[arg(long, env = "FLOTILLA_CORS_ORIGINS", default_value = DEFAULT_CORS_ORIGINS,
           value_delimiter = ',')]
     pub gateway_cors_origins: Vec<String>,
+    /// Verified tokens remembered, so a token's next request skips the signature check
+    /// (≈ 1 µs instead of ≈ 120 µs); size it above the number of tokens in use at once.
+    /// 0 checks every signature.
+    #[arg(long, env = "FLOTILLA_GATEWAY_TOKEN_CACHE", default_value_t = DEFAULT_TOKEN_CACHE)]
+    pub gateway_token_cache: usize,
 }
+
+/// Verified tokens the gateway remembers by default.
+pub const DEFAULT_TOKEN_CACHE: usize = 16 * 1024;
 
 /// Where the course's React client runs in development.
 pub const DEFAULT_CORS_ORIGINS: &str = "http://localhost:3000";
@@ -107,6 +115,7 @@ impl Default for Args {
             gateway_max_in_flight: 1024,
             gateway_resolve_interval: Duration::from_secs(5),
             gateway_cors_origins: vec![DEFAULT_CORS_ORIGINS.to_owned()],
+            gateway_token_cache: DEFAULT_TOKEN_CACHE,
         }
     }
 }
@@ -181,7 +190,7 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         request_timeout: routes::UPLOAD_TIMEOUT + Duration::from_secs(5),
         ..HttpLimits::default()
     };
-    let mut routes = routes::table(&upstreams);
+    let mut routes = routes::table(&upstreams, args.gateway_token_cache);
     // No layer at all when the limit is off, rather than one that passes everything.
     if let Some(limiter) = ratelimit::client_limiter(args.gateway_rate_limit) {
         routes = routes.route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
@@ -202,5 +211,32 @@ async fn probe_ready(upstream: Upstream) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("not ready ({})", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: Args,
+    }
+
+    #[test]
+    fn flags_parse_into_the_defaults_and_bad_values_are_refused() {
+        let defaults = Cli::try_parse_from(["gateway"]).expect("no flags");
+        assert_eq!(defaults.gateway.gateway_token_cache, DEFAULT_TOKEN_CACHE);
+        assert_eq!(
+            defaults.gateway.gateway_rate_limit,
+            Args::default().gateway_rate_limit
+        );
+        let off = Cli::try_parse_from(["gateway", "--gateway-token-cache", "0"]).expect("0");
+        assert_eq!(off.gateway.gateway_token_cache, 0);
+        assert!(Cli::try_parse_from(["gateway", "--gateway-token-cache", "many"]).is_err());
+        assert!(Cli::try_parse_from(["gateway", "--gateway-max-in-flight", "0"]).is_err());
     }
 }

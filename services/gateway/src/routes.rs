@@ -17,14 +17,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// An upload's response comes after its whole body has been stored.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-pub fn table(upstreams: &Upstreams) -> Router {
+pub fn table(upstreams: &Upstreams, token_cache: usize) -> Router {
     let to = |name: &'static str| Target {
         upstreams,
         name,
         timeout: DEFAULT_TIMEOUT,
     };
     // Tokens are checked here, from auth's cached public keys (auth.rs).
-    let verifier = crate::auth::verifier(to("auth").upstream());
+    let verifier = crate::auth::verifier(to("auth").upstream(), token_cache);
     let protected = |route| crate::auth::protect(route, &verifier);
     let client_address = crate::auth::with_client_address;
     Router::new()
