@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -20,25 +20,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 
 /// When, after the start of a burst of writes, each kill comes.
 const KILL_AFTER_MS: [u64; 3] = [700, 1_500, 2_300];
-
-/// The `flotilla` binary of this workspace, built if it is missing.
-fn flotilla_binary() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../target"));
-    let binary = target.join("debug/flotilla");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // Always asked, so a stale binary is rebuilt; a no-op when it is current.
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "flotilla", "--bin", "flotilla"])
-        .current_dir(manifest)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the flotilla binary failed");
-    assert!(binary.exists(), "no binary at {}", binary.display());
-    binary
-}
 
 /// `flotilla up` in `dir`, and the gateway URL it printed when ready.
 fn start(binary: &Path, dir: &Path) -> (Child, String) {
@@ -173,7 +154,7 @@ async fn write(client: &reqwest::Client, base: &str, n: usize, tag: &str) -> Ack
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blog_survives_kill_9() {
-    let binary = flotilla_binary();
+    let binary = test_support::flotilla_binary();
     // Kept on failure, for a look at the databases.
     let dir = tempfile::Builder::new()
         .prefix("blog-kill-")

@@ -9,7 +9,6 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
 };
@@ -102,28 +101,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `flotilla` binary of this workspace, built (once per run) if missing or stale.
-fn flotilla_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_flotilla).clone()
-}
-
-fn build_flotilla() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../target"));
-    let binary = target.join("debug/flotilla");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "flotilla", "--bin", "flotilla"])
-        .current_dir(manifest)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the flotilla binary failed");
-    binary
-}
-
 /// A running `flotilla`, killed if the test fails before stopping it.
 struct Running(Option<Child>);
 
@@ -138,7 +115,7 @@ impl Drop for Running {
 
 /// Starts `flotilla ARGS` with `env`, and returns it with the URL of its `ready` line.
 fn start(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
-    let mut command = Command::new(flotilla_binary());
+    let mut command = Command::new(test_support::flotilla_binary());
     command
         .args(args)
         .env("RUST_LOG", "warn")

@@ -7,7 +7,11 @@
 //! (`.ci/run` starts them and sets these). Without one a test that needs it is skipped
 //! with a note — except under `CI=true`, where a missing server is a failure.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
 
 use flotilla::{Running, ServeArgs, ServiceName, UpArgs};
 use platform::config::ServerArgs;
@@ -148,4 +152,29 @@ pub fn real_server_url(var: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// The `flotilla` binary of this workspace, for tests that run it as a user does (and
+/// kill it): built once per test process, so a stale binary is rebuilt (a no-op when it is
+/// current).
+pub fn flotilla_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_flotilla).clone()
+}
+
+fn build_flotilla() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let binary = target.join("debug/flotilla");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "flotilla", "--bin", "flotilla"])
+        .current_dir(&workspace)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the flotilla binary failed");
+    assert!(binary.exists(), "no binary at {}", binary.display());
+    binary
 }
