@@ -213,9 +213,6 @@ fn head_for_retry(request: &Request) -> Request<()> {
 }
 
 fn should_retry(response: &Response) -> bool {
-    if response.extensions().get::<CircuitOpen>().is_some() {
-        return false;
-    }
     response.extensions().get::<Unreachable>().is_some() || is_overload(response.status())
 }
 
@@ -277,10 +274,6 @@ where
 
 // ---------------------------------------------------------------------------------------
 // Circuit breaker
-
-/// Marks the fast 503 of an open breaker (retrying it would be pointless).
-#[derive(Debug, Clone, Copy)]
-pub struct CircuitOpen;
 
 #[derive(Debug, Clone)]
 pub struct BreakerSettings {
@@ -493,14 +486,12 @@ where
                 Admission::Rejected { retry_after } => {
                     let name = lock(&breaker).name;
                     let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    let mut response = Problem::service_unavailable(format!(
+                    return Ok(Problem::service_unavailable(format!(
                         "the {name} service is failing; the gateway stops sending it requests for a moment"
                     ))
                     .with_title("Circuit open")
                     .with_retry_after(secs)
-                    .into_response();
-                    response.extensions_mut().insert(CircuitOpen);
-                    return Ok(response);
+                    .into_response());
                 }
             };
             let mut guard = ProbeGuard {
