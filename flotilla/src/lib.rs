@@ -199,7 +199,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
     let router = gateway::build(upstreams, &args.services.gateway).into_router(shutdown.clone());
-    start(&args.server, router, context, shutdown).await
+    let threads = args.server.http_threads.unwrap_or(0);
+    start(&args.server, router, context, threads, shutdown).await
 }
 
 /// `flotilla serve SERVICE`: one service in this process.
@@ -213,7 +214,11 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
         app.readiness = with_broker_check(app.readiness, &context).await?;
     }
     let router = app.into_router(shutdown.clone());
-    start(&args.server, router, context, shutdown).await
+    let threads = args.server.http_threads.unwrap_or(match args.service {
+        ServiceName::Gateway => std::thread::available_parallelism().map_or(1, usize::from),
+        _ => 0,
+    });
+    start(&args.server, router, context, threads, shutdown).await
 }
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
@@ -285,15 +290,18 @@ async fn start(
     server: &ServerArgs,
     router: Router,
     context: ServiceContext,
+    http_threads: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let listener = platform::http::bind(server.listen).await?;
     let addr = listener.local_addr()?;
-    let server_task = tokio::spawn(platform::http::serve(
+    let server_task = tokio::spawn(platform::http::serve_on_threads(
         listener,
         router.clone(),
         shutdown.clone(),
         DEFAULT_DRAIN_TIMEOUT,
+        platform::http::ConnectionLimits::default(),
+        http_threads,
     ));
     Ok(Running {
         addr,

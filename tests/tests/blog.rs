@@ -441,6 +441,7 @@ async fn spawn_unthrottled(dir: &Path) -> (flotilla::Running, Blog) {
         server: platform::config::ServerArgs {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.to_owned(),
+            http_threads: None,
         },
         services: Default::default(),
     };

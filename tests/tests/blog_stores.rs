@@ -26,6 +26,7 @@ async fn serve(
         server: platform::config::ServerArgs {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.to_owned(),
+            http_threads: None,
         },
         database_url: Some(database_url.to_owned()),
         gateway,

@@ -16,6 +16,13 @@ pub struct ServerArgs {
     /// Directory for databases, blobs, keys and mail written to files.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
     pub data_dir: PathBuf,
+
+    /// Threads that serve HTTP, each an event loop of its own that keeps a connection,
+    /// its requests and the upstream calls they make on one thread. Unset: one per CPU
+    /// for `serve gateway` (a proxy's work is nearly all connection handling), none for
+    /// other services and `up` (0: share the main runtime).
+    #[arg(long, env = "FLOTILLA_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 }
 
 /// `HOST:PORT`, where HOST may be a name (`localhost:8080`) or an IP address.

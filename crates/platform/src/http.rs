@@ -206,6 +206,84 @@ pub async fn serve_with_limits(
     drain_timeout: Duration,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    accept_loop(
+        listener,
+        router,
+        shutdown,
+        drain_timeout,
+        limits,
+        connections,
+    )
+    .await
+}
+
+/// [`serve_with_limits`] on `threads` threads of their own, each an event loop (a
+/// single-threaded runtime) accepting from the same listening socket and serving its
+/// connections to the end: a request, the upstream calls it makes and their connections
+/// stay on one thread, with no wake-ups across threads. For a proxy that is most of its
+/// work (the gateway in `serve`). `threads == 0` serves on the calling runtime instead.
+/// Returns once every thread has drained.
+pub async fn serve_on_threads(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    limits: ConnectionLimits,
+    threads: usize,
+) -> std::io::Result<()> {
+    if threads == 0 {
+        return serve_with_limits(listener, router, shutdown, drain_timeout, limits).await;
+    }
+    let listener = listener.into_std()?;
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut finished = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let listener = listener.try_clone()?;
+        let (router, shutdown, connections) =
+            (router.clone(), shutdown.clone(), connections.clone());
+        let (done, finished_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("http-{index}"))
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            accept_loop(
+                                listener,
+                                router,
+                                shutdown,
+                                drain_timeout,
+                                limits,
+                                connections,
+                            )
+                            .await
+                        })
+                    });
+                let _ = done.send(outcome);
+            })?;
+        finished.push(finished_rx);
+    }
+    drop(listener);
+    for thread in finished {
+        thread
+            .await
+            .map_err(|_| std::io::Error::other("an HTTP thread panicked"))??;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    limits: ConnectionLimits,
+    connections: Arc<Semaphore>,
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -213,7 +291,6 @@ pub async fn serve_with_limits(
         .max_headers(limits.max_headers)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -331,10 +408,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service is called here, not inside the future: no clone of it needed.
         let limit = self.limit;
-        let future = inner.call(request);
+        let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(limit, future).await {
                 Ok(response) => response,

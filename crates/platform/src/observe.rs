@@ -9,6 +9,8 @@
 //! * a tracing span around the request (request id and trace id in every log line), which
 //!   is also the exported OpenTelemetry server span when export is on (see
 //!   [`crate::telemetry`]): same trace id, the caller's span as parent;
+//! * every error response (4xx, 5xx; the framework's own too) leaves as problem+json
+//!   carrying the request id ([`crate::problem::normalize`]);
 //! * an access-log line and the request metrics (`http_requests_total`,
 //!   `http_request_duration_seconds` by service, method, route and status).
 //!
@@ -96,9 +98,6 @@ where
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         let started = Instant::now();
-        // The clone is fresh; the one that was polled ready serves this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let service = self.service;
         let metrics = self.metrics.clone();
 
@@ -150,11 +149,17 @@ where
         request.extensions_mut().insert(traceparent);
         let echoed_id = request.headers().get(&REQUEST_ID_HEADER).cloned();
         let path_is_probe = is_probe(request.uri().path());
+        let uri = request.uri().clone();
         request.extensions_mut().insert(request_id);
 
-        let future = inner.call(request);
+        // Called here, not inside the future: the inner service needs no clone.
+        let future = self.inner.call(request);
         Box::pin(async move {
             let Ok(mut response) = future.instrument(span.clone()).await;
+            if crate::problem::is_error(&response) {
+                let id = echoed_id.as_ref().and_then(|id| id.to_str().ok());
+                response = crate::problem::to_problem(response, id, &method, uri.path()).await;
+            }
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
             let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);

@@ -172,15 +172,36 @@ impl IntoResponse for Problem {
 /// request id. Responses that already are problems are re-rendered with the id; other
 /// error responses (from axum, tower-http, a proxied upstream) are converted, using a
 /// short text body, if any, as the `detail`.
+/// (The common stack of a service does the same in its observe layer.)
 pub async fn normalize(request: Request, next: Next) -> Response {
     let request_id = request.extensions().get::<RequestId>().cloned();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let response = next.run(request).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !is_error(&response) {
         return response;
     }
+    to_problem(
+        response,
+        request_id.as_ref().map(|id| id.0.as_str()),
+        &method,
+        uri.path(),
+    )
+    .await
+}
+
+/// A 4xx or 5xx response, which must leave as a problem.
+pub(crate) fn is_error(response: &Response) -> bool {
+    response.status().is_client_error() || response.status().is_server_error()
+}
+
+/// The error `response` as problem+json carrying `request_id` (see [`normalize`]).
+pub(crate) async fn to_problem(
+    response: Response,
+    request_id: Option<&str>,
+    method: &http::Method,
+    path: &str,
+) -> Response {
     // What the answer says besides its body (`WWW-Authenticate`, `Allow`, `Content-Range`
     // of a 416, …) stays; only the headers describing the replaced body go.
     let mut headers = response.headers().clone();
@@ -198,9 +219,9 @@ pub async fn normalize(request: Request, next: Next) -> Response {
         // Already a problem from elsewhere (a remote upstream): leave it as it is.
         return response;
     } else {
-        foreign_error_to_problem(response, &method, &path).await
+        foreign_error_to_problem(response, method, path).await
     };
-    problem.request_id = request_id.map(|id| id.0);
+    problem.request_id = request_id.map(str::to_owned);
     let mut rendered = problem.render();
     // The problem's own headers win over the kept ones of the same name.
     headers.extend(std::mem::take(rendered.headers_mut()));

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, middleware, response::IntoResponse, routing::get};
+use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -125,12 +125,11 @@ impl ServiceApp {
     /// The service's routes plus `/healthz`, `/readyz`, `/metrics`, wrapped in the
     /// common stack. Layers, outermost first:
     /// 1. observe — accept or make `x-request-id` (echoed), continue or start the W3C
-    ///    trace, a span (exported when OTLP is on) around everything below, access log,
-    ///    metrics ([`crate::observe`]);
-    /// 2. normalize — every error leaves as problem+json with the request id;
-    /// 3. catch panic — a panicking handler is a 500 problem, not a dropped connection;
-    /// 4. timeout — no response headers within the limit → 503 problem;
-    /// 5. body limit — larger bodies → 413 problem.
+    ///    trace, a span (exported when OTLP is on) around everything below, every error
+    ///    as problem+json with the request id, access log, metrics ([`crate::observe`]);
+    /// 2. catch panic — a panicking handler is a 500 problem, not a dropped connection;
+    /// 3. timeout — no response headers within the limit → 503 problem;
+    /// 4. body limit — larger bodies → 413 problem.
     pub fn into_router(self, shutdown: CancellationToken) -> Router {
         let _ = crate::metrics::handle();
         let name = self.name;
@@ -149,7 +148,9 @@ impl ServiceApp {
             .layer(
                 ServiceBuilder::new()
                     .layer(ObserveLayer::new(name))
-                    .layer(middleware::from_fn(crate::problem::normalize))
+                    .map_response(|response: ::http::Response<_>| {
+                        response.map(axum::body::Body::new)
+                    })
                     .layer(CatchPanicLayer::custom(panic_to_problem))
                     .layer(http::TimeoutLayer::new(limits.request_timeout))
                     .layer(DefaultBodyLimit::max(limits.max_body_bytes)),

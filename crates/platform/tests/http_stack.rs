@@ -14,17 +14,24 @@ struct Served {
 }
 
 async fn serve(app: ServiceApp) -> Served {
+    serve_on_threads(app, 0).await
+}
+
+/// `threads` > 0: on HTTP threads of their own (`platform::http::serve_on_threads`).
+async fn serve_on_threads(app: ServiceApp, threads: usize) -> Served {
     let shutdown = CancellationToken::new();
     let listener = platform::http::bind("127.0.0.1:0".parse().expect("literal"))
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("bound address"));
     let router = app.into_router(shutdown.clone());
-    let server = tokio::spawn(platform::http::serve(
+    let server = tokio::spawn(platform::http::serve_on_threads(
         listener,
         router,
         shutdown.clone(),
         Duration::from_secs(10),
+        platform::http::ConnectionLimits::default(),
+        threads,
     ));
     Served {
         base,
@@ -51,6 +58,10 @@ fn test_app() -> ServiceApp {
             }),
         )
         .route("/echo", post(|body: String| async move { body }))
+        .route(
+            "/thread",
+            get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+        )
         .route(
             "/trace",
             get(
@@ -240,6 +251,64 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
             .send()
             .await
             .is_err()
+    );
+}
+
+#[tokio::test]
+async fn on_threads_of_its_own_the_stack_serves_every_connection_and_drains() {
+    let served = serve_on_threads(test_app(), 2).await;
+    // A new connection per request: every one is accepted by one of the HTTP threads.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut threads = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let response = fresh
+            .get(format!("{}/thread", served.base))
+            .send()
+            .await
+            .expect("served");
+        assert_eq!(response.status(), 200);
+        threads.insert(response.text().await.expect("body"));
+    }
+    assert!(
+        threads
+            .iter()
+            .all(|name| name == "http-0" || name == "http-1"),
+        "{threads:?}"
+    );
+    // Errors are still problems with the request id.
+    let response = fresh
+        .get(format!("{}/no-such-route", served.base))
+        .header("x-request-id", "threads-1")
+        .send()
+        .await
+        .expect("served");
+    assert_eq!(response.status(), 404);
+    assert_eq!(problem(response).await["request_id"], "threads-1");
+
+    let in_flight = tokio::spawn({
+        let url = format!("{}/slow", served.base);
+        let client = fresh.clone();
+        async move { client.get(url).send().await?.text().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    served.shutdown.cancel();
+    let body = in_flight.await.expect("joined").expect("request completed");
+    assert_eq!(body, "done");
+    served
+        .server
+        .await
+        .expect("joined")
+        .expect("every thread stopped cleanly");
+    assert!(
+        fresh
+            .get(format!("{}/hello", served.base))
+            .send()
+            .await
+            .is_err(),
+        "nothing listens any more"
     );
 }
 

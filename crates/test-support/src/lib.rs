@@ -126,6 +126,7 @@ fn server_args(data_dir: &Path) -> ServerArgs {
     ServerArgs {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: data_dir.to_owned(),
+        http_threads: None,
     }
 }
 

@@ -92,7 +92,8 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
 }
 
-/// After this many failures in a row an endpoint is ejected for a while.
+/// After this many failures in a row (overload answers, broken connections) an endpoint
+/// is ejected for a while; a refused connection ejects it at once.
 const EJECT_AFTER_FAILURES: u32 = 5;
 const BASE_EJECTION: Duration = Duration::from_secs(5);
 const MAX_EJECTION: Duration = Duration::from_secs(60);
@@ -140,13 +141,19 @@ impl Endpoint {
     pub fn record_failure(&self) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= EJECT_AFTER_FAILURES {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(4);
-            let duration = (BASE_EJECTION * 2u32.pow(times)).min(MAX_EJECTION);
-            let until = now_ms() + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-            self.ejected_until_ms.store(until, Ordering::Relaxed);
-            tracing::warn!(endpoint = %self.addr, ?duration, "endpoint ejected after repeated failures");
+            self.eject();
         }
+    }
+
+    /// Takes the endpoint out of rotation now (an instance that refuses connections),
+    /// for longer each time it is ejected again.
+    pub fn eject(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(4);
+        let duration = (BASE_EJECTION * 2u32.pow(times)).min(MAX_EJECTION);
+        let until = now_ms() + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        tracing::warn!(endpoint = %self.addr, ?duration, "endpoint ejected");
     }
 }
 

@@ -47,23 +47,30 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 pub struct Balancer {
     name: &'static str,
     endpoints: Arc<Endpoints>,
-    client: Client<HttpConnector, Body>,
+}
+
+type HttpClient = Client<HttpConnector, Body>;
+
+thread_local! {
+    /// One client (and connection pool) per thread: a request made on a thread of the
+    /// gateway's HTTP server (`platform::http::serve_on_threads`) gets a connection whose
+    /// task runs on that same thread, and no pool lock is shared between threads.
+    static CLIENT: HttpClient = new_client();
+}
+
+fn new_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 impl Balancer {
     pub fn new(name: &'static str, endpoints: Arc<Endpoints>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Self {
-            name,
-            endpoints,
-            client,
-        }
+        Self { name, endpoints }
     }
 
     /// Power of two choices over the endpoints that are not ejected and not to be
@@ -106,35 +113,32 @@ impl tower::Service<Request> for Balancer {
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let this = self.clone();
+        let avoid = request.extensions_mut().remove::<AvoidEndpoints>();
+        let Some(endpoint) = self.pick(avoid.as_ref().map_or(&[], |a| &a.0)) else {
+            let mut response = Problem::service_unavailable(format!(
+                "no instance of the {} service is known yet",
+                self.name
+            ))
+            .with_retry_after(1)
+            .into_response();
+            response.extensions_mut().insert(Unreachable);
+            return Box::pin(std::future::ready(Ok(response)));
+        };
+        let target = match target_uri(&endpoint, request.uri()) {
+            Ok(uri) => uri,
+            Err(error) => {
+                let response = Problem::bad_request(format!("cannot forward this URI: {error}"))
+                    .into_response();
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
+        *request.uri_mut() = target;
+        prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
+        let in_flight = endpoint.start();
+        let sent = CLIENT.with(|client| client.request(request));
+        let name = self.name;
         Box::pin(async move {
-            let avoid = request
-                .extensions_mut()
-                .remove::<AvoidEndpoints>()
-                .unwrap_or_default();
-            let Some(endpoint) = this.pick(&avoid.0) else {
-                let mut response = Problem::service_unavailable(format!(
-                    "no instance of the {} service is known yet",
-                    this.name
-                ))
-                .with_retry_after(1)
-                .into_response();
-                response.extensions_mut().insert(Unreachable);
-                return Ok(response);
-            };
-            let target = match target_uri(&endpoint, request.uri()) {
-                Ok(uri) => uri,
-                Err(error) => {
-                    return Ok(
-                        Problem::bad_request(format!("cannot forward this URI: {error}"))
-                            .into_response(),
-                    );
-                }
-            };
-            *request.uri_mut() = target;
-            prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
-            let in_flight = endpoint.start();
-            let outcome = this.client.request(request).await;
+            let outcome = sent.await;
             drop(in_flight);
             match outcome {
                 Ok(response) => {
@@ -149,11 +153,17 @@ impl tower::Service<Request> for Balancer {
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
                 Err(error) => {
-                    endpoint.record_failure();
-                    tracing::warn!(upstream = this.name, endpoint = %endpoint.addr, %error, "upstream request failed");
+                    // A refused or timed-out connection says the instance is down: take
+                    // it out at once rather than let four more requests find out.
+                    if error.is_connect() {
+                        endpoint.eject();
+                    } else {
+                        endpoint.record_failure();
+                    }
+                    tracing::warn!(upstream = name, endpoint = %endpoint.addr, %error, "upstream request failed");
                     let mut response = Problem::new(
                         http::StatusCode::BAD_GATEWAY,
-                        format!("the {} service could not be reached", this.name),
+                        format!("the {name} service could not be reached"),
                     )
                     .into_response();
                     if error.is_connect() {

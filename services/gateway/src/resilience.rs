@@ -132,20 +132,24 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let permit = self.layer.permits.clone().try_acquire_owned();
-        let name = self.layer.name;
-        let inner = self.inner.clone();
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            let name = self.layer.name;
+            metrics::counter!("gateway_shed_total", "upstream" => name).increment(1);
+            let response = Problem::service_unavailable(format!(
+                "the {name} service has too many requests in flight; try again shortly"
+            ))
+            .with_title("Overloaded")
+            .with_retry_after(1)
+            .into_response();
+            return Box::pin(std::future::ready(Ok(response)));
+        };
+        // Every service of this stack is always ready, so the inner one is called here and
+        // the future only holds its future (small), not a clone of the stack below.
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let Ok(_permit) = permit else {
-                metrics::counter!("gateway_shed_total", "upstream" => name).increment(1);
-                return Ok(Problem::service_unavailable(format!(
-                    "the {name} service has too many requests in flight; try again shortly"
-                ))
-                .with_title("Overloaded")
-                .with_retry_after(1)
-                .into_response());
-            };
-            inner.oneshot(request).await
+            let response = future.await;
+            drop(permit);
+            response
         })
     }
 }
@@ -230,45 +234,61 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        self.layer.budget.deposit();
+        if !is_retryable(&request) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The first attempt sends the request itself; a retry, a copy of its head (no body
+        // to replay) with only the extension forwarding needs. The retry loop is a future
+        // of its own, made only when the first attempt asks for it.
+        let retry_head = head_for_retry(&request);
+        let first = self.inner.call(request);
         let layer = self.layer.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            layer.budget.deposit();
-            if !is_retryable(&request) {
-                return inner.oneshot(request).await;
+            let response = first.await?;
+            if !wants_retry(&layer, &response, 0) {
+                return Ok(response);
             }
-            // The first attempt sends the request itself; a retry, a copy of its head
-            // (no body to replay) with only the extension forwarding needs.
-            let retry_head = head_for_retry(&request);
-            let mut request = Some(request);
-            let mut attempt = 0;
-            let mut tried = Vec::new();
-            loop {
-                let mut this_try = match request.take() {
-                    Some(first) => first,
-                    None => retry_head.clone().map(|()| Body::empty()),
-                };
-                if !tried.is_empty() {
-                    this_try
-                        .extensions_mut()
-                        .insert(AvoidEndpoints(tried.clone()));
-                }
-                let response = inner.clone().oneshot(this_try).await?;
-                if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
-                    tried.push(*addr);
-                }
-                if attempt >= layer.max_retries
-                    || !should_retry(&response)
-                    || !layer.budget.withdraw()
-                {
-                    return Ok(response);
-                }
-                attempt += 1;
-                metrics::counter!("gateway_retries_total", "upstream" => layer.name).increment(1);
-                let backoff = Duration::from_millis(10 * 2u64.pow(attempt) + fastrand::u64(..10));
-                tokio::time::sleep(backoff).await;
-            }
+            Box::pin(retry(layer, inner, retry_head, response)).await
         })
+    }
+}
+
+/// Whether the response to attempt `attempt` (0 = the first) should be tried again,
+/// spending the budget if so.
+fn wants_retry(layer: &RetryLayer, response: &Response, attempt: u32) -> bool {
+    attempt < layer.max_retries && should_retry(response) && layer.budget.withdraw()
+}
+
+/// Retries after the first attempt's `response`, avoiding the endpoints tried so far.
+async fn retry<S>(
+    layer: RetryLayer,
+    mut inner: S,
+    head: Request<()>,
+    mut response: Response,
+) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let mut tried = Vec::new();
+    let mut attempt = 0;
+    loop {
+        if let Some(ServedBy(addr)) = response.extensions().get::<ServedBy>() {
+            tried.push(*addr);
+        }
+        attempt += 1;
+        metrics::counter!("gateway_retries_total", "upstream" => layer.name).increment(1);
+        let backoff = Duration::from_millis(10 * 2u64.pow(attempt) + fastrand::u64(..10));
+        tokio::time::sleep(backoff).await;
+        let mut this_try = head.clone().map(|()| Body::empty());
+        this_try
+            .extensions_mut()
+            .insert(AvoidEndpoints(tried.clone()));
+        response = inner.ready().await?.call(this_try).await?;
+        if !wants_retry(&layer, &response, attempt) {
+            return Ok(response);
+        }
     }
 }
 
@@ -477,28 +497,31 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let admission = lock(&self.breaker).admit(Instant::now());
+        let probe = match admission {
+            Admission::Allowed { probe } => probe,
+            Admission::Rejected { retry_after } => {
+                let name = lock(&self.breaker).name;
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let response = Problem::service_unavailable(format!(
+                    "the {name} service is failing; the gateway stops sending it requests for a moment"
+                ))
+                .with_title("Circuit open")
+                .with_retry_after(secs)
+                .into_response();
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        };
         let breaker = self.breaker.clone();
-        let inner = self.inner.clone();
+        let guard = ProbeGuard {
+            breaker: breaker.clone(),
+            armed: probe,
+        };
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let admission = lock(&breaker).admit(Instant::now());
-            let probe = match admission {
-                Admission::Allowed { probe } => probe,
-                Admission::Rejected { retry_after } => {
-                    let name = lock(&breaker).name;
-                    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    return Ok(Problem::service_unavailable(format!(
-                        "the {name} service is failing; the gateway stops sending it requests for a moment"
-                    ))
-                    .with_title("Circuit open")
-                    .with_retry_after(secs)
-                    .into_response());
-                }
-            };
-            let mut guard = ProbeGuard {
-                breaker: breaker.clone(),
-                armed: probe,
-            };
-            let response = inner.oneshot(request).await?;
+            // The whole guard moves in (not just the field assigned below).
+            let mut guard = guard;
+            let response = future.await?;
             guard.armed = false;
             let failed = response.extensions().get::<Unreachable>().is_some()
                 || is_overload(response.status());
