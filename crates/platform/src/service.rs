@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
 
 use crate::{Problem, health::Readiness, http, observe::ObserveLayer};
 
@@ -100,6 +100,8 @@ pub struct ServiceApp {
     pub routes: Router,
     pub readiness: Readiness,
     pub limits: HttpLimits,
+    /// Cross-origin rules for browser clients on other origins, if the service has any.
+    pub cors: Option<CorsLayer>,
 }
 
 impl ServiceApp {
@@ -109,7 +111,16 @@ impl ServiceApp {
             routes,
             readiness: Readiness::new(),
             limits: HttpLimits::default(),
+            cors: None,
         }
+    }
+
+    /// Answers CORS preflights and marks responses for the origins `cors` allows. Part
+    /// of the common stack (not a layer of its own around every route: each layer of a
+    /// router is one more boxed service cloned per request).
+    pub fn with_cors(mut self, cors: CorsLayer) -> Self {
+        self.cors = Some(cors);
+        self
     }
 
     pub fn with_readiness(mut self, readiness: Readiness) -> Self {
@@ -127,9 +138,11 @@ impl ServiceApp {
     /// 1. observe — accept or make `x-request-id` (echoed), continue or start the W3C
     ///    trace, a span (exported when OTLP is on) around everything below, every error
     ///    as problem+json with the request id, access log, metrics ([`crate::observe`]);
-    /// 2. catch panic — a panicking handler is a 500 problem, not a dropped connection;
-    /// 3. timeout — no response headers within the limit → 503 problem;
-    /// 4. body limit — larger bodies → 413 problem.
+    /// 2. CORS, when the service has rules ([`ServiceApp::with_cors`]) — preflights are
+    ///    answered here;
+    /// 3. catch panic — a panicking handler is a 500 problem, not a dropped connection;
+    /// 4. timeout — no response headers within the limit → 503 problem;
+    /// 5. body limit — larger bodies → 413 problem.
     pub fn into_router(self, shutdown: CancellationToken) -> Router {
         let _ = crate::metrics::handle();
         let name = self.name;
@@ -148,6 +161,7 @@ impl ServiceApp {
             .layer(
                 ServiceBuilder::new()
                     .layer(ObserveLayer::new(name))
+                    .option_layer(self.cors)
                     .map_response(|response: ::http::Response<_>| {
                         response.map(axum::body::Body::new)
                     })

@@ -196,10 +196,10 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         routes = routes.route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
     }
     let routes = routes.merge(web::routes()).merge(openapi::routes());
-    let routes = routes.layer(cors::layer(&args.gateway_cors_origins));
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)
+        .with_cors(cors::layer(&args.gateway_cors_origins))
 }
 
 async fn probe_ready(upstream: Upstream) -> Result<(), String> {

@@ -67,19 +67,24 @@ impl Target<'_> {
     }
 
     fn post(&self) -> MethodRouter {
-        self.limited(post_service(self.upstream()))
+        post_service(self.limited())
     }
 
     fn get(&self) -> MethodRouter {
-        self.limited(get_service(self.upstream()))
+        get_service(self.limited())
     }
 
     fn any(&self) -> MethodRouter {
-        self.limited(any_service(self.upstream()))
+        any_service(self.limited())
     }
 
-    fn limited(&self, route: MethodRouter) -> MethodRouter {
-        route.layer(platform::http::TimeoutLayer::new(self.timeout))
+    /// The upstream within the route's timeout, as one service (a layer on the method
+    /// router would box and clone one more level per request).
+    fn limited(&self) -> platform::http::Timeout<Upstream> {
+        tower::Layer::layer(
+            &platform::http::TimeoutLayer::new(self.timeout),
+            self.upstream(),
+        )
     }
 }
 
