@@ -122,11 +122,22 @@ impl TraceContext {
         DisplayWith(move |f: &mut std::fmt::Formatter<'_>| write!(f, "{id:032x}"))
     }
 
+    /// `00-<trace id>-<span id>-<flags>` (written directly: this runs per request).
     pub fn to_traceparent(&self) -> TraceParent {
-        TraceParent(format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        ))
+        fn hex(out: &mut String, value: u128, digits: u32) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for i in (0..digits).rev() {
+                out.push(char::from(HEX[((value >> (i * 4)) & 0xf) as usize]));
+            }
+        }
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        hex(&mut out, self.trace_id, 32);
+        out.push('-');
+        hex(&mut out, u128::from(self.span_id), 16);
+        out.push('-');
+        hex(&mut out, u128::from(self.flags), 2);
+        TraceParent(out)
     }
 }
 

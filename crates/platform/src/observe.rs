@@ -206,9 +206,10 @@ fn accept_or_make_request_id(request: &mut Request) -> RequestId {
 
 /// A UUID v4 from a thread-local generator (unique, not secret; no system call).
 fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .to_string()
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    id.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// Ids from outside end up in logs and headers: keep them short and plain.

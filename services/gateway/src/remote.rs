@@ -33,7 +33,7 @@ pub struct ServedBy(pub SocketAddr);
 pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
 /// Headers that belong to one connection and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -195,7 +195,15 @@ fn target_uri(endpoint: &Endpoint, original: &Uri) -> Result<Uri, http::Error> {
     builder.path_and_query(path_and_query).build()
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages carry none: one pass over the (few) names instead of a lookup each.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -218,18 +226,18 @@ fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<Header
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(client) = client {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(previous) => format!("{previous}, {client}"),
             None => client,
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
+            headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = upstream_host {
         headers.insert(header::HOST, host);
     }
