@@ -217,16 +217,9 @@ pub async fn serve_with_limits(
     drain_timeout: Duration,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    accept_loop(
-        listener,
-        router,
-        shutdown,
-        drain_timeout,
-        limits,
-        connections,
-    )
-    .await
+    AcceptLoop::new(router, shutdown, drain_timeout, limits)
+        .run(listener)
+        .await
 }
 
 /// [`serve_with_limits`] on `threads` threads of their own, each an event loop (a
@@ -247,12 +240,12 @@ pub async fn serve_on_threads(
         return serve_with_limits(listener, router, shutdown, drain_timeout, limits).await;
     }
     let listener = listener.into_std()?;
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // One connection limit for all threads.
+    let server = AcceptLoop::new(router, shutdown, drain_timeout, limits);
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads {
         let listener = listener.try_clone()?;
-        let (router, shutdown, connections) =
-            (router.clone(), shutdown.clone(), connections.clone());
+        let server = server.clone();
         let (done, finished_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("http-{index}"))
@@ -262,16 +255,7 @@ pub async fn serve_on_threads(
                     .build()
                     .and_then(|runtime| {
                         runtime.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            accept_loop(
-                                listener,
-                                router,
-                                shutdown,
-                                drain_timeout,
-                                limits,
-                                connections,
-                            )
-                            .await
+                            server.run(TcpListener::from_std(listener)?).await
                         })
                     });
                 let _ = done.send(outcome);
@@ -287,65 +271,93 @@ pub async fn serve_on_threads(
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What an accept loop serves and how; cloned into each HTTP thread.
+#[derive(Clone)]
+struct AcceptLoop {
     router: Router,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     limits: ConnectionLimits,
+    /// Permits for open connections (`limits.max_connections`).
     connections: Arc<Semaphore>,
-) -> std::io::Result<()> {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
-                async move { router.oneshot(request.map(Body::new)).await }
-            },
-        );
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = watched.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain_timeout) => {
-            tracing::warn!(?drain_timeout, "requests still running after the drain timeout; closing them");
+}
+
+impl AcceptLoop {
+    fn new(
+        router: Router,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+        limits: ConnectionLimits,
+    ) -> Self {
+        Self {
+            router,
+            shutdown,
+            drain_timeout,
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
         }
     }
-    Ok(())
+
+    async fn run(self, listener: TcpListener) -> std::io::Result<()> {
+        let Self {
+            router,
+            shutdown,
+            drain_timeout,
+            limits,
+            connections,
+        } = self;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let router = router.clone();
+                    async move { router.oneshot(request.map(Body::new)).await }
+                },
+            );
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let watched = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = watched.await {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(drain_timeout) => {
+                tracing::warn!(?drain_timeout, "requests still running after the drain timeout; closing them");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`timeout`] as a middleware with state, for per-route limits:

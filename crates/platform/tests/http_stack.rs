@@ -228,7 +228,12 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_then_stops() {
     let served = serve(test_app()).await;
-    let client = client();
+    drains_then_stops(served, &client()).await;
+}
+
+/// Shutdown while `/slow` is in flight: the request completes, the server returns `Ok`,
+/// and nothing listens any more.
+async fn drains_then_stops(served: Served, client: &reqwest::Client) {
     let in_flight = tokio::spawn({
         let url = format!("{}/slow", served.base);
         let client = client.clone();
@@ -244,13 +249,13 @@ async fn shutdown_lets_in_flight_requests_finish_then_stops() {
         .await
         .expect("joined")
         .expect("server stopped cleanly");
-    // Nothing listens any more.
     assert!(
         client
             .get(format!("{}/hello", served.base))
             .send()
             .await
-            .is_err()
+            .is_err(),
+        "nothing listens any more"
     );
 }
 
@@ -287,29 +292,7 @@ async fn on_threads_of_its_own_the_stack_serves_every_connection_and_drains() {
         .expect("served");
     assert_eq!(response.status(), 404);
     assert_eq!(problem(response).await["request_id"], "threads-1");
-
-    let in_flight = tokio::spawn({
-        let url = format!("{}/slow", served.base);
-        let client = fresh.clone();
-        async move { client.get(url).send().await?.text().await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    served.shutdown.cancel();
-    let body = in_flight.await.expect("joined").expect("request completed");
-    assert_eq!(body, "done");
-    served
-        .server
-        .await
-        .expect("joined")
-        .expect("every thread stopped cleanly");
-    assert!(
-        fresh
-            .get(format!("{}/hello", served.base))
-            .send()
-            .await
-            .is_err(),
-        "nothing listens any more"
-    );
+    drains_then_stops(served, &fresh).await;
 }
 
 #[tokio::test]
