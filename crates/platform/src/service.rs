@@ -78,8 +78,9 @@ impl ServiceContext {
 /// Limits applied to every request of a service unless a route sets its own.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
-    /// Time allowed until response headers are ready.
-    pub request_timeout: Duration,
+    /// Time allowed until response headers are ready; `None` when every route sets its
+    /// own (the gateway), so requests do not pay for a second timer.
+    pub request_timeout: Option<Duration>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }
@@ -87,7 +88,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Some(Duration::from_secs(30)),
             max_body_bytes: 1024 * 1024,
         }
     }
@@ -141,7 +142,8 @@ impl ServiceApp {
     /// 2. CORS, when the service has rules ([`ServiceApp::with_cors`]) — preflights are
     ///    answered here;
     /// 3. catch panic — a panicking handler is a 500 problem, not a dropped connection;
-    /// 4. timeout — no response headers within the limit → 503 problem;
+    /// 4. timeout — no response headers within the limit → 503 problem (unless the
+    ///    service's routes have their own);
     /// 5. body limit — larger bodies → 413 problem.
     pub fn into_router(self, shutdown: CancellationToken) -> Router {
         let _ = crate::metrics::handle();
@@ -166,7 +168,7 @@ impl ServiceApp {
                         response.map(axum::body::Body::new)
                     })
                     .layer(CatchPanicLayer::custom(panic_to_problem))
-                    .layer(http::TimeoutLayer::new(limits.request_timeout))
+                    .option_layer(limits.request_timeout.map(http::TimeoutLayer::new))
                     .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
             )
     }

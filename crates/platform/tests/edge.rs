@@ -21,7 +21,7 @@ async fn start() -> (SocketAddr, CancellationToken) {
         .route("/hello", get(|| async { "hello" }))
         .route("/echo", post(|body: String| async move { body }));
     let app = ServiceApp::new("edge-test", routes).with_limits(HttpLimits {
-        request_timeout: Duration::from_millis(700),
+        request_timeout: Some(Duration::from_millis(700)),
         max_body_bytes: 64 * 1024,
     });
     let shutdown = CancellationToken::new();

@@ -76,7 +76,7 @@ fn test_app() -> ServiceApp {
         )
         .route("/panic", get(explode));
     ServiceApp::new("stack-test", routes).with_limits(HttpLimits {
-        request_timeout: Duration::from_secs(1),
+        request_timeout: Some(Duration::from_secs(1)),
         max_body_bytes: 1024,
     })
 }

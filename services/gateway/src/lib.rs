@@ -185,9 +185,9 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         readiness = readiness.with_check(name, move || probe_ready(upstream.clone()));
     }
     let limits = HttpLimits {
-        // Route-level timeouts (routes.rs) are the real limits; this is the backstop
-        // for the slowest route, a large upload.
-        request_timeout: routes::UPLOAD_TIMEOUT + Duration::from_secs(5),
+        // Every proxied route has its own timeout (routes.rs) and the gateway's own
+        // routes (web UI, API docs, health) answer at once: no stack-wide timer.
+        request_timeout: None,
         ..HttpLimits::default()
     };
     let mut routes = routes::table(&upstreams, args.gateway_token_cache);

@@ -97,7 +97,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let limits = HttpLimits {
         // Route-level timeouts (routes.rs) are the real limits; this is the backstop
         // for the slowest route, a large upload.
-        request_timeout: routes::UPLOAD_TIMEOUT + Duration::from_secs(5),
+        request_timeout: Some(routes::UPLOAD_TIMEOUT + Duration::from_secs(5)),
         ..HttpLimits::default()
     };
     Ok(ServiceApp::new(NAME, routes)
