@@ -527,7 +527,15 @@ struct AmqpSettle {
 impl AmqpSettle {
     async fn ack_original(&mut self) -> Result<(), BusError> {
         if let Some(acker) = self.acker.take() {
-            acker.ack(BasicAckOptions::default()).await?;
+            // A channel that died with a broker restart may never answer; the broker
+            // redelivers what this channel held, so giving up here loses nothing.
+            tokio::time::timeout(SETTLE_TIMEOUT, acker.ack(BasicAckOptions::default()))
+                .await
+                .map_err(|_| {
+                    BusError::Unavailable(
+                        "no answer to an acknowledgement; it will be redelivered".into(),
+                    )
+                })??;
         }
         Ok(())
     }
@@ -837,7 +845,9 @@ impl EventBus for AmqpBus {
             self.shared.closed.cancel();
             let link = self.shared.link.lock().ok().and_then(|mut l| l.take());
             if let Some(link) = link {
-                let _ = link.connection.close(200, "closing".into()).await;
+                // A connection the broker already dropped may never answer its close.
+                let closing = link.connection.close(200, "closing".into());
+                let _ = tokio::time::timeout(SETTLE_TIMEOUT, closing).await;
             }
         })
     }
@@ -889,6 +899,9 @@ fn dead_letter(
 
 /// How often a consumer reports its queue's depth (`bus_queue_depth`).
 const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long an acknowledgement or a connection close may wait for the broker.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn report_depth(channel: &Channel, group: &str) {
     let passive = QueueDeclareOptions {

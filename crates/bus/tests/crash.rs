@@ -219,10 +219,16 @@ async fn rabbitmq_restart_loses_no_message_in_flight() {
         "{lost} confirmed messages lost across the restart"
     );
     shutdown.cancel();
-    consumer.await.expect("consumer stops");
-    bus.close().await;
+    tokio::time::timeout(PATIENCE, consumer)
+        .await
+        .expect("the consumer stops after the restart")
+        .expect("consumer stops");
+    tokio::time::timeout(PATIENCE, bus.close())
+        .await
+        .expect("the bus closes after the restart");
     // Leave the shared broker as we found it.
-    if let Ok(connection) = lapin::Connection::connect(&url, Default::default()).await
+    let connect = lapin::Connection::connect(&url, Default::default());
+    if let Ok(Ok(connection)) = tokio::time::timeout(PATIENCE, connect).await
         && let Ok(channel) = connection.create_channel().await
     {
         let mut queues = vec![group.clone(), format!("{group}.dead")];
