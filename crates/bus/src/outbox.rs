@@ -141,6 +141,21 @@ impl OutboxPublisher {
         })
     }
 
+    /// Connects to the bus at `bus_url` (default options) and [`start`](Self::start)s the
+    /// publisher on it: what a producing service does on start. The bus is returned for
+    /// the service's consumers.
+    pub async fn connect(
+        name: &str,
+        db: &Database,
+        bus_url: &str,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(Arc<dyn EventBus>, Self), BusError> {
+        let bus = crate::connect(bus_url, crate::BusOptions::default()).await?;
+        let publisher = Self::start(name, db, bus.clone(), tasks, shutdown).await?;
+        Ok((bus, publisher))
+    }
+
     /// Writes `message` to the outbox as part of the transaction on `conn` (pass
     /// `&mut *tx`); it is published after the commit, never if the transaction rolls back.
     pub async fn enqueue(

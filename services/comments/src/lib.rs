@@ -69,11 +69,10 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let db =
         storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    let publisher = bus::OutboxPublisher::start(
+    let (bus, publisher) = bus::OutboxPublisher::connect(
         NAME,
         &db,
-        bus.clone(),
+        &context.bus_url_or_embedded(),
         &context.tasks,
         context.shutdown.clone(),
     )

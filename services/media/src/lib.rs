@@ -64,11 +64,10 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         "media store"
     );
 
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    let publisher = bus::OutboxPublisher::start(
+    let (bus, publisher) = bus::OutboxPublisher::connect(
         NAME,
         &db,
-        bus.clone(),
+        &context.bus_url_or_embedded(),
         &context.tasks,
         context.shutdown.clone(),
     )

@@ -87,11 +87,10 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     let moderator = Moderator::new(&args.blocked_words);
     tracing::info!(blocked_words = ?moderator.blocked, "moderation rule");
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    let publisher = bus::OutboxPublisher::start(
+    let (bus, publisher) = bus::OutboxPublisher::connect(
         NAME,
         &db,
-        bus.clone(),
+        &context.bus_url_or_embedded(),
         &context.tasks,
         context.shutdown.clone(),
     )

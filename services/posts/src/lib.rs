@@ -36,10 +36,14 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
     let db =
         storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    let publisher =
-        bus::OutboxPublisher::start(NAME, &db, bus, &context.tasks, context.shutdown.clone())
-            .await?;
+    let (_, publisher) = bus::OutboxPublisher::connect(
+        NAME,
+        &db,
+        &context.bus_url_or_embedded(),
+        &context.tasks,
+        context.shutdown.clone(),
+    )
+    .await?;
     let store = PostStore::new(db.clone(), publisher);
     let readiness = Readiness::new().with_check("db", move || {
         let db = db.clone();
