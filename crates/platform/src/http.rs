@@ -411,17 +411,11 @@ pub struct Timeout<S> {
 
 impl<S> tower::Service<Request> for Timeout<S>
 where
-    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
-    >;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -432,14 +426,37 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         // The inner service is called here, not inside the future: no clone of it needed.
-        let limit = self.limit;
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, future).await {
-                Ok(response) => response,
-                Err(_) => Ok(timed_out(limit)),
-            }
-        })
+        TimeoutFuture {
+            inner: tokio::time::timeout(self.limit, self.inner.call(request)),
+            limit: self.limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of the inner service, or a 503 problem once the limit has passed.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F> std::future::Future for TimeoutFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match std::task::ready!(this.inner.poll(cx)) {
+            Ok(response) => std::task::Poll::Ready(response),
+            Err(_) => std::task::Poll::Ready(Ok(timed_out(*this.limit))),
+        }
     }
 }
 

@@ -2,22 +2,29 @@
 //! least outstanding requests, ejected endpoints avoided) and forward the request to it
 //! with its body streaming through, hop-by-hop headers removed and `X-Forwarded-*` set.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, task::Poll};
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+};
 
 use axum::{
     body::Body,
     extract::{ConnectInfo, Request},
     response::{IntoResponse, Response},
 };
-use futures::future::BoxFuture;
+use futures::future::Either;
 use http::{HeaderName, HeaderValue, Uri, header, uri::PathAndQuery};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{Client, ResponseFuture, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use platform::Problem;
 
-use crate::discovery::{Endpoint, Endpoints};
+use crate::discovery::{Endpoint, Endpoints, InFlight};
 
 /// Marks a response the gateway made because the upstream could not be reached (the
 /// request was not processed), so retries know it is safe to try elsewhere.
@@ -103,10 +110,13 @@ impl Balancer {
     }
 }
 
+/// A response the gateway answers itself, or a request forwarded to an endpoint.
+pub type BalancerFuture = Either<Ready<Result<Response, Infallible>>, Forward>;
+
 impl tower::Service<Request> for Balancer {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = BalancerFuture;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -122,58 +132,90 @@ impl tower::Service<Request> for Balancer {
             .with_retry_after(1)
             .into_response();
             response.extensions_mut().insert(Unreachable);
-            return Box::pin(std::future::ready(Ok(response)));
+            return Either::Left(ready(Ok(response)));
         };
         let target = match target_uri(&endpoint, request.uri()) {
             Ok(uri) => uri,
             Err(error) => {
                 let response = Problem::bad_request(format!("cannot forward this URI: {error}"))
                     .into_response();
-                return Box::pin(std::future::ready(Ok(response)));
+                return Either::Left(ready(Ok(response)));
             }
         };
         *request.uri_mut() = target;
         prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
-        let in_flight = endpoint.start();
+        let in_flight = Some(endpoint.start());
         let sent = CLIENT.with(|client| client.request(request));
-        let name = self.name;
-        Box::pin(async move {
-            let outcome = sent.await;
-            drop(in_flight);
-            match outcome {
-                Ok(response) => {
-                    if is_overload(response.status()) {
-                        endpoint.record_failure();
-                    } else {
-                        endpoint.record_success();
-                    }
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    parts.extensions.insert(ServedBy(endpoint.addr));
-                    Ok(Response::from_parts(parts, Body::new(body)))
-                }
-                Err(error) => {
-                    // A refused or timed-out connection says the instance is down: take
-                    // it out at once rather than let four more requests find out.
-                    if error.is_connect() {
-                        endpoint.eject();
-                    } else {
-                        endpoint.record_failure();
-                    }
-                    tracing::warn!(upstream = name, endpoint = %endpoint.addr, %error, "upstream request failed");
-                    let mut response = Problem::new(
-                        http::StatusCode::BAD_GATEWAY,
-                        format!("the {name} service could not be reached"),
-                    )
-                    .into_response();
-                    if error.is_connect() {
-                        response.extensions_mut().insert(Unreachable);
-                    }
-                    response.extensions_mut().insert(ServedBy(endpoint.addr));
-                    Ok(response)
-                }
-            }
+        Either::Right(Forward {
+            sent,
+            endpoint,
+            in_flight,
+            name: self.name,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way to one endpoint: counts as in flight there until the response
+    /// head arrives, then tells the endpoint's health how it went.
+    pub struct Forward {
+        #[pin]
+        sent: ResponseFuture,
+        endpoint: Arc<Endpoint>,
+        in_flight: Option<InFlight>,
+        name: &'static str,
+    }
+}
+
+impl Future for Forward {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.sent.poll(cx));
+        this.in_flight.take();
+        Poll::Ready(Ok(settle(this.name, this.endpoint, outcome)))
+    }
+}
+
+/// The response to a forwarded request, and what it says about the endpoint's health.
+fn settle(
+    name: &'static str,
+    endpoint: &Endpoint,
+    outcome: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+) -> Response {
+    match outcome {
+        Ok(response) => {
+            if is_overload(response.status()) {
+                endpoint.record_failure();
+            } else {
+                endpoint.record_success();
+            }
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.extensions.insert(ServedBy(endpoint.addr));
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => {
+            // A refused or timed-out connection says the instance is down: take it out
+            // at once rather than let four more requests find out.
+            if error.is_connect() {
+                endpoint.eject();
+            } else {
+                endpoint.record_failure();
+            }
+            tracing::warn!(upstream = name, endpoint = %endpoint.addr, %error, "upstream request failed");
+            let mut response = Problem::new(
+                http::StatusCode::BAD_GATEWAY,
+                format!("the {name} service could not be reached"),
+            )
+            .into_response();
+            if error.is_connect() {
+                response.extensions_mut().insert(Unreachable);
+            }
+            response.extensions_mut().insert(ServedBy(endpoint.addr));
+            response
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::{
     convert::Infallible,
+    future::{Future, Ready, ready},
+    pin::Pin,
     sync::{Arc, Mutex},
     task::Poll,
     time::{Duration, Instant},
@@ -15,11 +17,11 @@ use axum::{
     extract::Request,
     response::{IntoResponse, Response},
 };
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http::Method;
 use http_body::Body as _;
 use platform::Problem;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{
     Layer, Service, ServiceBuilder, ServiceExt,
     retry::budget::{Budget, TpsBudget},
@@ -120,12 +122,12 @@ pub struct Shed<S> {
 
 impl<S> Service<Request> for Shed<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future =
+        Either<Ready<Result<Response, Infallible>>, Holding<S::Future, OwnedSemaphorePermit>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -141,16 +143,34 @@ where
             .with_title("Overloaded")
             .with_retry_after(1)
             .into_response();
-            return Box::pin(std::future::ready(Ok(response)));
+            return Either::Left(ready(Ok(response)));
         };
         // Every service of this stack is always ready, so the inner one is called here and
-        // the future only holds its future (small), not a clone of the stack below.
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await;
-            drop(permit);
-            response
+        // the future only holds its future, not a clone of the stack below.
+        Either::Right(Holding {
+            inner: self.inner.call(request),
+            guard: Some(permit),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, holding `guard` until it is done.
+    pub struct Holding<F, G> {
+        #[pin]
+        inner: F,
+        guard: Option<G>,
+    }
+}
+
+impl<F: Future, G> Future for Holding<F, G> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(output)
     }
 }
 
@@ -227,7 +247,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = RetryFuture<S>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -236,22 +256,64 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         self.layer.budget.deposit();
         if !is_retryable(&request) {
-            return Box::pin(self.inner.call(request));
+            return RetryFuture::Once {
+                inner: self.inner.call(request),
+            };
         }
         // The first attempt sends the request itself; a retry, a copy of its head (no body
         // to replay) with only the extension forwarding needs. The retry loop is a future
         // of its own, made only when the first attempt asks for it.
         let retry_head = head_for_retry(&request);
-        let first = self.inner.call(request);
-        let layer = self.layer.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let response = first.await?;
-            if !wants_retry(&layer, &response, 0) {
-                return Ok(response);
+        RetryFuture::First {
+            inner: self.inner.call(request),
+            then: Some(Box::new((
+                self.layer.clone(),
+                self.inner.clone(),
+                retry_head,
+            ))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The first attempt of a request; for a retryable one, what a retry needs (boxed: it is
+    /// big and rarely used), and then the retry loop.
+    #[project = RetryFutureProj]
+    pub enum RetryFuture<S: Service<Request>> {
+        Once { #[pin] inner: S::Future },
+        First {
+            #[pin]
+            inner: S::Future,
+            then: Option<Box<(RetryLayer, S, Request<()>)>>,
+        },
+        Retrying { inner: BoxFuture<'static, Result<Response, Infallible>> },
+    }
+}
+
+impl<S> Future for RetryFuture<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let retrying = match self.as_mut().project() {
+            RetryFutureProj::Once { inner } => return inner.poll(cx),
+            RetryFutureProj::Retrying { inner } => return inner.as_mut().poll(cx),
+            RetryFutureProj::First { inner, then } => {
+                let Ok(response) = std::task::ready!(inner.poll(cx));
+                match then.take() {
+                    Some(then) if wants_retry(&then.0, &response, 0) => {
+                        let (layer, inner, head) = *then;
+                        Box::pin(retry(layer, inner, head, response))
+                    }
+                    _ => return Poll::Ready(Ok(response)),
+                }
             }
-            Box::pin(retry(layer, inner, retry_head, response)).await
-        })
+        };
+        self.set(RetryFuture::Retrying { inner: retrying });
+        self.poll(cx)
     }
 }
 
@@ -485,12 +547,11 @@ impl Drop for ProbeGuard {
 
 impl<S> Service<Request> for CircuitBreaker<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Either<Ready<Result<Response, Infallible>>, Judged<S::Future>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -509,25 +570,41 @@ where
                 .with_title("Circuit open")
                 .with_retry_after(secs)
                 .into_response();
-                return Box::pin(std::future::ready(Ok(response)));
+                return Either::Left(ready(Ok(response)));
             }
         };
-        let breaker = self.breaker.clone();
-        let guard = ProbeGuard {
-            breaker: breaker.clone(),
-            armed: probe,
-        };
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            // The whole guard moves in (not just the field assigned below).
-            let mut guard = guard;
-            let response = future.await?;
-            guard.armed = false;
-            let failed = response.extensions().get::<Unreachable>().is_some()
-                || is_overload(response.status());
-            lock(&breaker).record(Instant::now(), probe, failed);
-            Ok(response)
+        Either::Right(Judged {
+            inner: self.inner.call(request),
+            guard: ProbeGuard {
+                breaker: self.breaker.clone(),
+                armed: probe,
+            },
+            probe,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request the breaker let through: its outcome is recorded when it is known.
+    pub struct Judged<F> {
+        #[pin]
+        inner: F,
+        guard: ProbeGuard,
+        probe: bool,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Judged<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        this.guard.armed = false;
+        let failed =
+            response.extensions().get::<Unreachable>().is_some() || is_overload(response.status());
+        lock(&this.guard.breaker).record(Instant::now(), *this.probe, failed);
+        Poll::Ready(Ok(response))
     }
 }
 
