@@ -5,8 +5,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, body::Body, extract::Request};
-use platform::{ServiceApp, ServiceContext, config::ServerArgs, http::DEFAULT_DRAIN_TIMEOUT};
+use axum::{body::Body, extract::Request};
+use platform::{
+    ServiceApp, ServiceContext, config::ServerArgs, entry::Entry, http::DEFAULT_DRAIN_TIMEOUT,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -126,7 +128,7 @@ pub struct Running {
     pub data_dir: PathBuf,
     shutdown: CancellationToken,
     context: ServiceContext,
-    router: Router,
+    entry: Entry,
     server: JoinHandle<std::io::Result<()>>,
 }
 
@@ -136,7 +138,7 @@ impl Running {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let request = Request::get("/readyz").body(Body::empty())?;
-            let response = self.router.clone().oneshot(request).await?;
+            let response = self.entry.clone().oneshot(request).await?;
             if response.status().is_success() {
                 return Ok(());
             }
@@ -198,9 +200,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
         };
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
-    let router = gateway::build(upstreams, &args.services.gateway).into_router(shutdown.clone());
+    let entry = gateway::build(upstreams, &args.services.gateway).into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(0);
-    start(&args.server, router, context, threads, shutdown).await
+    start(&args.server, entry, context, threads, shutdown).await
 }
 
 /// `flotilla serve SERVICE`: one service in this process.
@@ -213,12 +215,12 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
     if !matches!(args.service, ServiceName::Gateway | ServiceName::Auth) {
         app.readiness = with_broker_check(app.readiness, &context).await?;
     }
-    let router = app.into_router(shutdown.clone());
+    let entry = app.into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(match args.service {
         ServiceName::Gateway => std::thread::available_parallelism().map_or(1, usize::from),
         _ => 0,
     });
-    start(&args.server, router, context, threads, shutdown).await
+    start(&args.server, entry, context, threads, shutdown).await
 }
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
@@ -288,7 +290,7 @@ async fn build_service(
 
 async fn start(
     server: &ServerArgs,
-    router: Router,
+    entry: Entry,
     context: ServiceContext,
     http_threads: usize,
     shutdown: CancellationToken,
@@ -297,7 +299,7 @@ async fn start(
     let addr = listener.local_addr()?;
     let server_task = tokio::spawn(platform::http::serve_on_threads(
         listener,
-        router.clone(),
+        entry.clone(),
         shutdown.clone(),
         DEFAULT_DRAIN_TIMEOUT,
         platform::http::ConnectionLimits::default(),
@@ -308,7 +310,7 @@ async fn start(
         data_dir: server.data_dir.clone(),
         shutdown,
         context,
-        router,
+        entry,
         server: server_task,
     })
 }

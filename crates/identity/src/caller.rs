@@ -132,22 +132,28 @@ pub async fn require_caller(
     mut request: Request,
     next: Next,
 ) -> Response {
+    match authenticate(&verifier, &mut request).await {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// What [`require_caller`] checks, as a function: with a valid Bearer token the
+/// [`Caller`] is put in `request`'s extensions; without one, the 401 problem to answer.
+pub async fn authenticate(verifier: &Verifier, request: &mut Request) -> Result<(), Response> {
     // Never trust a caller someone else put there: only this check sets it.
     request.extensions_mut().remove::<Caller>();
-    let token = match bearer_token(request.headers()) {
-        Ok(token) => token,
-        Err(error) => return error.into_response(),
-    };
+    let token = bearer_token(request.headers()).map_err(IntoResponse::into_response)?;
     match verifier.verify(token).await {
         Ok(claims) => {
             request.extensions_mut().insert(Caller::from(claims));
-            next.run(request).await
+            Ok(())
         }
         Err(error) => {
             if !matches!(error, VerifyError::KeysUnavailable(_)) {
                 tracing::debug!(%error, "token rejected");
             }
-            error.into_response()
+            Err(error.into_response())
         }
     }
 }

@@ -2,10 +2,9 @@
 //! request ids and W3C trace context (their types; [`crate::observe`] sets them on each
 //! request) and the timeout of the common stack.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
-    Router,
     body::Body,
     extract::{ConnectInfo, Request},
     middleware::Next,
@@ -19,9 +18,9 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::Service as _;
 
-use crate::Problem;
+use crate::{Problem, entry::Entry};
 
 /// The header that carries a request's id across services and back to the client.
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -124,20 +123,18 @@ impl TraceContext {
 
     /// `00-<trace id>-<span id>-<flags>` (written directly: this runs per request).
     pub fn to_traceparent(&self) -> TraceParent {
-        fn hex(out: &mut String, value: u128, digits: u32) {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for i in (0..digits).rev() {
-                out.push(char::from(HEX[((value >> (i * 4)) & 0xf) as usize]));
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut put = |at: usize, value: u128, digits: usize| {
+            for i in 0..digits {
+                let shift = 4 * (digits - 1 - i);
+                out[at + i] = HEX[((value >> shift) & 0xf) as usize];
             }
-        }
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        hex(&mut out, self.trace_id, 32);
-        out.push('-');
-        hex(&mut out, u128::from(self.span_id), 16);
-        out.push('-');
-        hex(&mut out, u128::from(self.flags), 2);
-        TraceParent(out)
+        };
+        put(3, self.trace_id, 32);
+        put(36, u128::from(self.span_id), 16);
+        put(53, u128::from(self.flags), 2);
+        TraceParent(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -191,17 +188,18 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves `router` until `shutdown` is cancelled, then stops accepting, lets in-flight
-/// requests finish (at most `drain_timeout`) and returns.
+/// Serves `service` (a router, or a service's [`Entry`]) until `shutdown` is cancelled,
+/// then stops accepting, lets in-flight requests finish (at most `drain_timeout`) and
+/// returns.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: impl Into<Entry>,
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
     serve_with_limits(
         listener,
-        router,
+        service,
         shutdown,
         drain_timeout,
         ConnectionLimits::default(),
@@ -212,12 +210,12 @@ pub async fn serve(
 /// [`serve`] with explicit connection limits.
 pub async fn serve_with_limits(
     listener: TcpListener,
-    router: Router,
+    service: impl Into<Entry>,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    AcceptLoop::new(router, shutdown, drain_timeout, limits)
+    AcceptLoop::new(service.into(), shutdown, drain_timeout, limits)
         .run(listener)
         .await
 }
@@ -230,18 +228,18 @@ pub async fn serve_with_limits(
 /// Returns once every thread has drained.
 pub async fn serve_on_threads(
     listener: TcpListener,
-    router: Router,
+    service: impl Into<Entry>,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     limits: ConnectionLimits,
     threads: usize,
 ) -> std::io::Result<()> {
     if threads == 0 {
-        return serve_with_limits(listener, router, shutdown, drain_timeout, limits).await;
+        return serve_with_limits(listener, service, shutdown, drain_timeout, limits).await;
     }
     let listener = listener.into_std()?;
     // One connection limit for all threads.
-    let server = AcceptLoop::new(router, shutdown, drain_timeout, limits);
+    let server = AcceptLoop::new(service.into(), shutdown, drain_timeout, limits);
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads {
         let listener = listener.try_clone()?;
@@ -274,7 +272,7 @@ pub async fn serve_on_threads(
 /// What an accept loop serves and how; cloned into each HTTP thread.
 #[derive(Clone)]
 struct AcceptLoop {
-    router: Router,
+    entry: Entry,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     limits: ConnectionLimits,
@@ -284,13 +282,13 @@ struct AcceptLoop {
 
 impl AcceptLoop {
     fn new(
-        router: Router,
+        entry: Entry,
         shutdown: CancellationToken,
         drain_timeout: Duration,
         limits: ConnectionLimits,
     ) -> Self {
         Self {
-            router,
+            entry,
             shutdown,
             drain_timeout,
             limits,
@@ -300,7 +298,7 @@ impl AcceptLoop {
 
     async fn run(self, listener: TcpListener) -> std::io::Result<()> {
         let Self {
-            router,
+            entry,
             shutdown,
             drain_timeout,
             limits,
@@ -332,12 +330,13 @@ impl AcceptLoop {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
+            // One entry per connection, called in place: nothing of it is cloned per
+            // request (the router clones what it needs itself).
+            let entry = RefCell::new(entry.clone());
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move { router.oneshot(request.map(Body::new)).await }
+                    entry.borrow_mut().call(request.map(Body::new))
                 },
             );
             let connection = http.serve_connection(TokioIo::new(stream), service);

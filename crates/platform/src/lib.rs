@@ -8,6 +8,8 @@
 //! Configuration errors are explained in one line by [`config::explain_clap_error`].
 
 pub mod config;
+pub mod cors;
+pub mod entry;
 pub mod health;
 pub mod http;
 pub mod metrics;

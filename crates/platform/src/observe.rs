@@ -36,6 +36,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
+    entry::MatchedRoute,
     http::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext},
     metrics::RequestMetrics,
 };
@@ -109,8 +110,8 @@ where
             .and_then(TraceContext::parse);
         let exporting = crate::telemetry::exporting();
         let method = request.method().clone();
-        let route: Option<MatchedPath> = request.extensions().get::<MatchedPath>().cloned();
-        let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let route = RouteLabel::of(&request);
+        let route_label = route.as_str();
 
         // Without export the trace id is known now (continued, or a new random one);
         // with export and no incoming context the exporter picks it (read back below).
@@ -162,7 +163,7 @@ where
             }
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
-            let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let route_label = route.as_str();
             metrics.record(&method, route_label, status, elapsed);
             if let Some(id) = echoed_id {
                 response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
@@ -181,6 +182,34 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// The route pattern of a request: matched by the router, by a fast path, or neither.
+enum RouteLabel {
+    Routed(MatchedPath),
+    Fast(&'static str),
+    Unmatched,
+}
+
+impl RouteLabel {
+    fn of(request: &Request) -> Self {
+        let extensions = request.extensions();
+        if let Some(route) = extensions.get::<MatchedRoute>() {
+            Self::Fast(route.pattern)
+        } else if let Some(path) = extensions.get::<MatchedPath>() {
+            Self::Routed(path.clone())
+        } else {
+            Self::Unmatched
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Routed(path) => path.as_str(),
+            Self::Fast(pattern) => pattern,
+            Self::Unmatched => "unmatched",
+        }
     }
 }
 

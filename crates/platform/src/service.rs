@@ -1,14 +1,20 @@
 //! A service as the rest of the system sees it: routes, readiness checks, and the
 //! common stack wrapped around them in one place.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
 
-use crate::{Problem, health::Readiness, http, observe::ObserveLayer};
+use crate::{
+    Problem,
+    entry::{Entry, FastPath},
+    health::Readiness,
+    http,
+    observe::ObserveLayer,
+};
 
 /// What a service gets from whoever starts it (`flotilla up`, `flotilla serve`, a test).
 #[derive(Debug, Clone)]
@@ -103,6 +109,8 @@ pub struct ServiceApp {
     pub limits: HttpLimits,
     /// Cross-origin rules for browser clients on other origins, if the service has any.
     pub cors: Option<CorsLayer>,
+    /// Requests served ahead of the router when served over HTTP ([`crate::entry`]).
+    pub fast_path: Option<Arc<dyn FastPath>>,
 }
 
 impl ServiceApp {
@@ -113,6 +121,7 @@ impl ServiceApp {
             readiness: Readiness::new(),
             limits: HttpLimits::default(),
             cors: None,
+            fast_path: None,
         }
     }
 
@@ -122,6 +131,25 @@ impl ServiceApp {
     pub fn with_cors(mut self, cors: CorsLayer) -> Self {
         self.cors = Some(cors);
         self
+    }
+
+    /// Serves the requests `fast_path` recognises ahead of the router (see
+    /// [`crate::entry`]) when served by [`ServiceApp::into_entry`]. The router must serve
+    /// the same routes: a service called in-process gets only the router.
+    pub fn with_fast_path(mut self, fast_path: Arc<dyn FastPath>) -> Self {
+        self.fast_path = Some(fast_path);
+        self
+    }
+
+    /// What an HTTP server should call: [`ServiceApp::into_router`], behind the service's
+    /// fast path if it has one.
+    pub fn into_entry(mut self, shutdown: CancellationToken) -> Entry {
+        let name = self.name;
+        let cors = self.cors.clone();
+        match self.fast_path.take() {
+            Some(fast) => Entry::with_fast_path(self.into_router(shutdown), name, cors, fast),
+            None => Entry::router(self.into_router(shutdown)),
+        }
     }
 
     pub fn with_readiness(mut self, readiness: Readiness) -> Self {
@@ -140,7 +168,7 @@ impl ServiceApp {
     ///    trace, a span (exported when OTLP is on) around everything below, every error
     ///    as problem+json with the request id, access log, metrics ([`crate::observe`]);
     /// 2. CORS, when the service has rules ([`ServiceApp::with_cors`]) — preflights are
-    ///    answered here;
+    ///    answered here; requests without `Origin` only get `Vary` ([`crate::cors`]);
     /// 3. catch panic — a panicking handler is a 500 problem, not a dropped connection;
     /// 4. timeout — no response headers within the limit → 503 problem (unless the
     ///    service's routes have their own);
@@ -163,7 +191,7 @@ impl ServiceApp {
             .layer(
                 ServiceBuilder::new()
                     .layer(ObserveLayer::new(name))
-                    .option_layer(self.cors)
+                    .option_layer(self.cors.map(crate::cors::CorsLayer::new))
                     .map_response(|response: ::http::Response<_>| {
                         response.map(axum::body::Body::new)
                     })
@@ -174,7 +202,9 @@ impl ServiceApp {
     }
 }
 
-fn panic_to_problem(cause: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+pub(crate) fn panic_to_problem(
+    cause: Box<dyn std::any::Any + Send + 'static>,
+) -> axum::response::Response {
     let message = cause
         .downcast_ref::<String>()
         .cloned()

@@ -51,6 +51,12 @@ pub(crate) fn with_client_address(route: MethodRouter) -> MethodRouter {
 }
 
 async fn append_forwarded_for(mut request: Request, next: Next) -> Response {
+    append_client_address(&mut request);
+    next.run(request).await
+}
+
+/// Appends the connection's peer to `request`'s `X-Forwarded-For`.
+pub(crate) fn append_client_address(request: &mut Request) {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -65,7 +71,6 @@ async fn append_forwarded_for(mut request: Request, next: Next) -> Response {
             headers.insert("x-forwarded-for", value);
         }
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod web;
 
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
-use axum::{body::Body, extract::Request, middleware, response::Response};
+use axum::{body::Body, extract::Request, response::Response};
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -35,6 +35,8 @@ pub type Upstream = BoxCloneSyncService<Request, Response, Infallible>;
 #[derive(Clone, Default)]
 pub struct Upstreams {
     by_name: BTreeMap<&'static str, Upstream>,
+    /// The remote ones' stacks as their concrete type, for the fast path (routes.rs).
+    remote_stacks: BTreeMap<&'static str, resilience::RemoteStack>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -60,9 +62,16 @@ impl Upstreams {
 
     /// A service reached over HTTP, through the resilience stack of `policy`.
     pub fn remote(mut self, name: &'static str, url: UpstreamUrl, policy: &Policy) -> Self {
+        let stack = resilience::remote_stack(name, url, policy);
+        // One stack (one breaker, one pool of endpoints) however it is called.
         self.by_name
-            .insert(name, resilience::remote_upstream(name, url, policy));
+            .insert(name, BoxCloneSyncService::new(stack.clone()));
+        self.remote_stacks.insert(name, stack);
         self
+    }
+
+    fn remote_stack(&self, name: &str) -> Option<resilience::RemoteStack> {
+        self.remote_stacks.get(name).cloned()
     }
 
     pub fn get(&self, name: &str) -> Option<&Upstream> {
@@ -190,16 +199,14 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         request_timeout: None,
         ..HttpLimits::default()
     };
-    let mut routes = routes::table(&upstreams, args.gateway_token_cache);
-    // No layer at all when the limit is off, rather than one that passes everything.
-    if let Some(limiter) = ratelimit::client_limiter(args.gateway_rate_limit) {
-        routes = routes.route_layer(middleware::from_fn_with_state(limiter, ratelimit::enforce));
-    }
-    let routes = routes.merge(web::routes()).merge(openapi::routes());
+    let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
+    let table = routes::Table::new(&upstreams, args.gateway_token_cache, limiter);
+    let routes = table.router().merge(web::routes()).merge(openapi::routes());
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)
         .with_cors(cors::layer(&args.gateway_cors_origins))
+        .with_fast_path(routes::fast_path(table.proxy()))
 }
 
 async fn probe_ready(upstream: Upstream) -> Result<(), String> {

@@ -50,20 +50,18 @@ pub async fn enforce(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(ConnectInfo(addr)) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    else {
-        return next.run(request).await;
-    };
-    match limiter.check_key(&addr.ip()) {
-        Ok(()) => next.run(request).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            metrics::counter!("gateway_rate_limited_total").increment(1);
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            Problem::too_many_requests(secs).into_response()
-        }
+    match refusal(&limiter, &request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
     }
+}
+
+/// The 429 answer if `request`'s client has used up its requests for now.
+pub fn refusal(limiter: &ClientLimiter, request: &Request) -> Option<Response> {
+    let ConnectInfo(addr) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    let not_until = limiter.check_key(&addr.ip()).err()?;
+    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+    metrics::counter!("gateway_rate_limited_total").increment(1);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Some(Problem::too_many_requests(secs).into_response())
 }

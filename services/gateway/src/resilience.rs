@@ -57,8 +57,16 @@ impl Default for Policy {
     }
 }
 
-/// The stack of one remote upstream, outermost first.
+/// The stack of a remote upstream, as one concrete type: calling it boxes nothing.
+pub type RemoteStack = Shed<CircuitBreaker<Retry<Balancer>>>;
+
+/// [`remote_stack`] as an [`Upstream`].
 pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) -> Upstream {
+    BoxCloneSyncService::new(remote_stack(name, url, policy))
+}
+
+/// The stack of one remote upstream, outermost first.
+pub fn remote_stack(name: &'static str, url: UpstreamUrl, policy: &Policy) -> RemoteStack {
     let endpoints = Arc::new(Endpoints::default());
     spawn_resolver(
         name,
@@ -66,7 +74,7 @@ pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) ->
         Arc::downgrade(&endpoints),
         policy.resolve_interval,
     );
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         // 1. Load shedding: past `max_in_flight` answer 503 at once instead of queueing
         //    without bound (a queue only adds latency to requests that will time out).
         .layer(ShedLayer::new(name, policy.max_in_flight))
@@ -82,8 +90,7 @@ pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) ->
         .layer(RetryLayer::new(name, policy.max_retries))
         // 4. Balancing: power of two choices by outstanding requests, over the endpoints
         //    discovery found, skipping endpoints ejected for repeated failures.
-        .service(Balancer::new(name, endpoints));
-    BoxCloneSyncService::new(stack)
+        .service(Balancer::new(name, endpoints))
 }
 
 // ---------------------------------------------------------------------------------------

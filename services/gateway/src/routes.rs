@@ -1,90 +1,196 @@
 //! The route table of the system (CONTRACTS §2), in one place: which upstream serves
-//! which path and method, and how long each route may take.
+//! which path and method, how long each route may take and what it needs from a caller.
+//!
+//! The table is served twice, with the same answers: as an axum router (what a test or
+//! an in-process caller gets from [`platform::ServiceApp::into_router`]), and as the
+//! gateway's fast path ([`Proxy`], what the HTTP server calls first), which matches the
+//! table itself and calls the upstream's stack directly instead of through a router's
+//! per-route services.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    response::IntoResponse,
+    extract::Request,
+    middleware,
+    response::{IntoResponse, Response},
     routing::{MethodRouter, any_service, get_service, post_service},
 };
-use platform::Problem;
+use futures::future::BoxFuture;
+use http::Method;
+use identity::Verifier;
+use platform::{
+    Problem,
+    entry::{FastPath, MatchedRoute},
+    http::TimeoutLayer,
+};
+use tower::{Layer, Service};
 
-use crate::{Upstream, Upstreams};
+use crate::{Upstream, Upstreams, ratelimit::ClientLimiter, resilience::RemoteStack};
 
 /// Time to response headers for ordinary routes.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// An upload's response comes after its whole body has been stored.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
-pub fn table(upstreams: &Upstreams, token_cache: usize) -> Router {
-    let to = |name: &'static str| Target {
-        upstreams,
-        name,
-        timeout: DEFAULT_TIMEOUT,
-    };
-    // Tokens are checked here, from auth's cached public keys (auth.rs).
-    let verifier = crate::auth::verifier(to("auth").upstream(), token_cache);
-    let protected = |route| crate::auth::protect(route, &verifier);
-    let client_address = crate::auth::with_client_address;
-    Router::new()
-        // auth
-        .route("/signup", client_address(to("auth").post()))
-        .route("/login", client_address(to("auth").post()))
-        .route("/validate", to("auth").post())
-        .route("/.well-known/jwks.json", to("auth").get())
-        // media: a valid Bearer token or 401, before media is called
-        .route(
-            "/upload",
-            protected(to("media").within(UPLOAD_TIMEOUT).post()),
-        )
-        .route("/download", protected(to("media").get()))
-        .route("/jobs", protected(to("media").get()))
-        .route("/jobs/{id}", protected(to("media").get()))
-        // blog: the write side and the read model share `/posts`
-        .route("/posts/create", to("posts").post())
-        .route("/posts", to("posts").post().merge(to("query").get()))
-        .route("/posts/{id}/comments", to("comments").any())
-        .route("/events", to("event-bus").any())
-}
-
-struct Target<'a> {
-    upstreams: &'a Upstreams,
-    name: &'static str,
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    methods: Methods,
+    pattern: &'static str,
+    upstream: &'static str,
     timeout: Duration,
+    guard: Guard,
 }
 
-impl Target<'_> {
-    fn within(self, timeout: Duration) -> Self {
-        Self { timeout, ..self }
+#[derive(Debug, Clone, Copy)]
+enum Methods {
+    Get,
+    Post,
+    Any,
+}
+
+/// What a route needs before its upstream is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    Open,
+    /// The client's address appended to `X-Forwarded-For` (auth's per-client limits).
+    ClientAddress,
+    /// A valid Bearer token, checked here (auth.rs), or 401.
+    Token,
+}
+
+const fn route(methods: Methods, pattern: &'static str, upstream: &'static str) -> Route {
+    Route {
+        methods,
+        pattern,
+        upstream,
+        timeout: DEFAULT_TIMEOUT,
+        guard: Guard::Open,
+    }
+}
+
+impl Route {
+    const fn guarded(self, guard: Guard) -> Self {
+        Route { guard, ..self }
     }
 
-    fn upstream(&self) -> Upstream {
-        match self.upstreams.get(self.name) {
-            Some(upstream) => upstream.clone(),
-            None => not_configured(self.name),
+    const fn within(self, timeout: Duration) -> Self {
+        Route { timeout, ..self }
+    }
+}
+
+use Methods::{Any, Get, Post};
+
+const TABLE: [Route; 13] = [
+    // auth
+    route(Post, "/signup", "auth").guarded(Guard::ClientAddress),
+    route(Post, "/login", "auth").guarded(Guard::ClientAddress),
+    route(Post, "/validate", "auth"),
+    route(Get, "/.well-known/jwks.json", "auth"),
+    // media: a valid Bearer token or 401, before media is called
+    route(Post, "/upload", "media")
+        .guarded(Guard::Token)
+        .within(UPLOAD_TIMEOUT),
+    route(Get, "/download", "media").guarded(Guard::Token),
+    route(Get, "/jobs", "media").guarded(Guard::Token),
+    route(Get, "/jobs/{id}", "media").guarded(Guard::Token),
+    // blog: the write side and the read model share `/posts`
+    route(Post, "/posts/create", "posts"),
+    route(Post, "/posts", "posts"),
+    route(Get, "/posts", "query"),
+    route(Any, "/posts/{id}/comments", "comments"),
+    route(Any, "/events", "event-bus"),
+];
+
+/// What every route shares: the upstreams, the token verifier (auth's keys, cached) and
+/// the per-client rate limit.
+pub(crate) struct Table<'a> {
+    upstreams: &'a Upstreams,
+    verifier: Verifier,
+    limiter: Option<ClientLimiter>,
+}
+
+impl<'a> Table<'a> {
+    pub(crate) fn new(
+        upstreams: &'a Upstreams,
+        token_cache: usize,
+        limiter: Option<ClientLimiter>,
+    ) -> Self {
+        let verifier = crate::auth::verifier(upstream_of(upstreams, "auth"), token_cache);
+        Self {
+            upstreams,
+            verifier,
+            limiter,
         }
     }
 
-    fn post(&self) -> MethodRouter {
-        post_service(self.limited())
+    /// The table as an axum router.
+    pub(crate) fn router(&self) -> Router {
+        let mut router = Router::new();
+        let mut patterns: Vec<&str> = TABLE.iter().map(|r| r.pattern).collect();
+        patterns.dedup();
+        for pattern in patterns {
+            let methods = TABLE
+                .iter()
+                .filter(|r| r.pattern == pattern)
+                .map(|r| self.method_router(r))
+                .reduce(MethodRouter::merge);
+            if let Some(methods) = methods {
+                router = router.route(pattern, methods);
+            }
+        }
+        // No layer at all when the limit is off, rather than one that passes everything.
+        if let Some(limiter) = &self.limiter {
+            router = router.route_layer(middleware::from_fn_with_state(
+                limiter.clone(),
+                crate::ratelimit::enforce,
+            ));
+        }
+        router
     }
 
-    fn get(&self) -> MethodRouter {
-        get_service(self.limited())
+    fn method_router(&self, route: &Route) -> MethodRouter {
+        // The upstream within the route's timeout, as one service (a layer on the method
+        // router would box and clone one more level per request).
+        let service =
+            TimeoutLayer::new(route.timeout).layer(upstream_of(self.upstreams, route.upstream));
+        let methods = match route.methods {
+            Get => get_service(service),
+            Post => post_service(service),
+            Any => any_service(service),
+        };
+        match route.guard {
+            Guard::Open => methods,
+            Guard::ClientAddress => crate::auth::with_client_address(methods),
+            Guard::Token => crate::auth::protect(methods, &self.verifier),
+        }
     }
 
-    fn any(&self) -> MethodRouter {
-        any_service(self.limited())
+    /// The table as the gateway's fast path.
+    pub(crate) fn proxy(&self) -> Proxy {
+        let routes = TABLE
+            .iter()
+            .map(|route| ProxyRoute {
+                route: *route,
+                upstream: match self.upstreams.remote_stack(route.upstream) {
+                    Some(stack) => Direct::Remote(stack),
+                    None => Direct::Service(upstream_of(self.upstreams, route.upstream)),
+                },
+            })
+            .collect();
+        Proxy {
+            routes,
+            verifier: self.verifier.clone(),
+            limiter: self.limiter.clone(),
+        }
     }
+}
 
-    /// The upstream within the route's timeout, as one service (a layer on the method
-    /// router would box and clone one more level per request).
-    fn limited(&self) -> platform::http::Timeout<Upstream> {
-        tower::Layer::layer(
-            &platform::http::TimeoutLayer::new(self.timeout),
-            self.upstream(),
-        )
+fn upstream_of(upstreams: &Upstreams, name: &'static str) -> Upstream {
+    match upstreams.get(name) {
+        Some(upstream) => upstream.clone(),
+        None => not_configured(name),
     }
 }
 
@@ -98,4 +204,161 @@ fn not_configured(name: &'static str) -> Upstream {
         .into_response()
     };
     Upstream::new(Router::new().fallback(handler))
+}
+
+/// The route table as a [`FastPath`]: the requests whose method and path a row names are
+/// answered here — rate limit, guard, route timeout, then the upstream's own stack called
+/// directly — in one boxed future; everything else (other methods, unknown paths, the
+/// gateway's own pages) goes to the router, which answers as it always does.
+pub(crate) struct Proxy {
+    routes: Vec<ProxyRoute>,
+    verifier: Verifier,
+    limiter: Option<ClientLimiter>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct ProxyRoute {
+    route: Route,
+    upstream: Direct,
+}
+
+/// How the fast path reaches an upstream: a remote one through its concrete stack (no
+/// boxing), any other (in-process, not configured) through its boxed service.
+#[derive(Clone)]
+enum Direct {
+    Remote(RemoteStack),
+    Service(Upstream),
+}
+
+impl Direct {
+    async fn call(self, request: Request, timeout: Duration) -> Response {
+        let limit = TimeoutLayer::new(timeout);
+        let Ok(response) = match self {
+            Self::Remote(stack) => limit.layer(stack).call(request).await,
+            Self::Service(service) => limit.layer(service).call(request).await,
+        };
+        response
+    }
+}
+
+impl FastPath for Proxy {
+    fn route(&self, request: &Request) -> Option<MatchedRoute> {
+        let path = request.uri().path();
+        let method = request.method();
+        self.routes
+            .iter()
+            .position(|r| r.route.methods.allow(method) && matches(r.route.pattern, path))
+            .map(|index| MatchedRoute {
+                pattern: self.routes[index].route.pattern,
+                index,
+            })
+    }
+
+    fn call(&self, matched: MatchedRoute, mut request: Request) -> BoxFuture<'static, Response> {
+        let Some(ProxyRoute { route, upstream }) = self.routes.get(matched.index) else {
+            return Box::pin(std::future::ready(
+                Problem::not_found("no such route").into_response(),
+            ));
+        };
+        if let Some(limiter) = &self.limiter
+            && let Some(refused) = crate::ratelimit::refusal(limiter, &request)
+        {
+            return Box::pin(std::future::ready(refused));
+        }
+        let upstream = upstream.clone();
+        let timeout = route.timeout;
+        match route.guard {
+            Guard::Open => Box::pin(upstream.call(request, timeout)),
+            Guard::ClientAddress => {
+                crate::auth::append_client_address(&mut request);
+                Box::pin(upstream.call(request, timeout))
+            }
+            Guard::Token => {
+                let verifier = self.verifier.clone();
+                Box::pin(async move {
+                    match identity::authenticate(&verifier, &mut request).await {
+                        Ok(()) => upstream.call(request, timeout).await,
+                        Err(refusal) => refusal,
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Methods {
+    /// As axum's method routers: `GET` routes answer `HEAD` too, but that (rare) case is
+    /// left to the router.
+    fn allow(self, method: &Method) -> bool {
+        match self {
+            Get => method == Method::GET,
+            Post => method == Method::POST,
+            Any => true,
+        }
+    }
+}
+
+/// Whether `path` matches `pattern`, whose `{name}` segments match one non-empty segment
+/// (as the router matches). Runs against every row per request: no allocation, and a
+/// pattern without parameters is one comparison.
+fn matches(pattern: &str, path: &str) -> bool {
+    let Some(open) = pattern.find('{') else {
+        return pattern == path;
+    };
+    let Some(close) = pattern[open..].find('}').map(|i| open + i) else {
+        return false;
+    };
+    let (prefix, suffix) = (&pattern[..open], &pattern[close + 1..]);
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    // The parameter runs to the next `/` (or the end); what follows must match too.
+    let end = rest.find('/').unwrap_or(rest.len());
+    end > 0 && matches(suffix, &rest[end..])
+}
+
+/// The fast path as the platform takes it.
+pub(crate) fn fast_path(proxy: Proxy) -> Arc<dyn FastPath> {
+    Arc::new(proxy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_the_router_does() {
+        assert!(matches("/posts", "/posts"));
+        assert!(!matches("/posts", "/posts/"));
+        assert!(!matches("/posts", "/post"));
+        assert!(matches("/jobs/{id}", "/jobs/42"));
+        assert!(!matches("/jobs/{id}", "/jobs/"));
+        assert!(!matches("/jobs/{id}", "/jobs"));
+        assert!(!matches("/jobs/{id}", "/jobs/4/2"));
+        assert!(matches("/posts/{id}/comments", "/posts/p%201/comments"));
+        assert!(!matches("/posts/{id}/comments", "/posts//comments"));
+        assert!(matches("/.well-known/jwks.json", "/.well-known/jwks.json"));
+    }
+
+    #[test]
+    fn every_pattern_appears_in_one_run_of_rows() {
+        // `Table::router` merges the rows of a pattern when they are next to each other.
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, row) in TABLE.iter().enumerate() {
+            let continues = i > 0 && TABLE[i - 1].pattern == row.pattern;
+            assert!(
+                continues || !seen.contains(&row.pattern),
+                "{} split",
+                row.pattern
+            );
+            seen.push(row.pattern);
+        }
+    }
 }

@@ -59,20 +59,37 @@ struct Gateway {
     stop: CancellationToken,
 }
 
+/// The gateway as `flotilla serve gateway` serves it: its fast path first, then its router.
 async fn gateway(urls: &str, policy: Policy, args: Args) -> Gateway {
+    gateway_serving(urls, policy, args, Serving::Entry).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Serving {
+    /// `ServiceApp::into_entry`: the fast path, then the router.
+    Entry,
+    /// `ServiceApp::into_router`: the router alone.
+    Router,
+}
+
+async fn gateway_serving(urls: &str, policy: Policy, args: Args, serving: Serving) -> Gateway {
     let url = parse_upstream_url(urls).expect("valid upstream URLs");
     let upstreams = Upstreams::new()
         .remote("query", url.clone(), &policy)
         .remote("posts", url, &policy);
     let stop = CancellationToken::new();
-    let router = gateway::build(upstreams, &args).into_router(stop.clone());
+    let app = gateway::build(upstreams, &args);
+    let entry = match serving {
+        Serving::Entry => app.into_entry(stop.clone()),
+        Serving::Router => app.into_router(stop.clone()).into(),
+    };
     let listener = platform::http::bind("127.0.0.1:0".parse().expect("literal"))
         .await
         .expect("bind gateway");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(platform::http::serve(
         listener,
-        router,
+        entry,
         stop.clone(),
         Duration::from_secs(1),
     ));
@@ -324,4 +341,65 @@ async fn the_web_ui_is_served_with_a_strict_content_security_policy() {
         "application/problem+json"
     );
     gw.stop.cancel();
+}
+
+/// The fast path answers what the router would: same status, body and headers (bar the
+/// date) for proxied routes, guarded ones, other methods, unknown paths and CORS.
+#[tokio::test]
+async fn the_fast_path_and_the_router_give_the_same_answers() {
+    let up = instance("up", any_port()).await;
+    let urls = format!("http://{}", up.addr);
+    let args = Args {
+        gateway_cors_origins: vec!["http://localhost:3000".into()],
+        ..no_rate_limit()
+    };
+    let fast = gateway_serving(&urls, Policy::default(), args.clone(), Serving::Entry).await;
+    let routed = gateway_serving(&urls, Policy::default(), args, Serving::Router).await;
+    let origin = ("origin", "http://localhost:3000");
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, &str, Headers); 11] = [
+        ("GET", "/posts", &[]),
+        ("POST", "/posts", &[]),
+        ("GET", "/posts", &[origin]),
+        ("GET", "/posts", &[("origin", "http://elsewhere.example")]),
+        (
+            "OPTIONS",
+            "/posts",
+            &[origin, ("access-control-request-method", "POST")],
+        ),
+        ("HEAD", "/posts", &[]),
+        ("DELETE", "/posts", &[]),
+        ("GET", "/posts/", &[]),
+        ("GET", "/jobs/7", &[]),
+        ("GET", "/jobs/7", &[("authorization", "Bearer not-a-token")]),
+        ("GET", "/nowhere", &[]),
+    ];
+    for (method, path, headers) in cases {
+        let mut answers = Vec::new();
+        for gw in [&fast, &routed] {
+            let mut request = gw.client.request(
+                method.parse().expect("method"),
+                format!("{}{path}", gw.base),
+            );
+            request = request.header("x-request-id", "same-id");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().await.expect("gateway answers");
+            let status = response.status();
+            let mut head: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "date")
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                .collect();
+            head.sort();
+            let body = response.text().await.expect("body");
+            answers.push((status, head, body));
+        }
+        assert_eq!(answers[0], answers[1], "{method} {path} {headers:?}");
+    }
+    fast.stop.cancel();
+    routed.stop.cancel();
+    up.shut().await;
 }

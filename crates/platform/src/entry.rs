@@ -1,0 +1,168 @@
+//! What the HTTP server calls for each request: a service's router, behind the service's
+//! fast path if it has one.
+//!
+//! A router pays per request for what makes it general: it matches, clones the matched
+//! route's boxed service, and runs the common stack that [`ServiceApp::into_router`]
+//! wrapped around *each* route (one more boxed, cloned service per layer). For a handler
+//! that does real work that is noise; for the gateway, whose proxied routes do little
+//! besides forwarding, it was most of the cost. A [`FastPath`] serves the requests it
+//! recognises itself — behind the same observe, CORS and panic layers, built once per
+//! connection instead of cloned per request — and leaves every other request (other
+//! methods, other paths, preflights, health) to the router, which has the same routes:
+//! answers do not depend on which of the two served a request.
+//!
+//! [`ServiceApp::into_router`]: crate::ServiceApp::into_router
+
+use std::{
+    convert::Infallible,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::{
+    Router,
+    extract::Request,
+    response::{IntoResponse as _, Response},
+};
+use futures::{
+    FutureExt as _,
+    future::{BoxFuture, Either, Map},
+};
+use tower::{Layer, Service};
+use tower_http::cors::CorsLayer;
+
+use crate::observe::{Observe, ObserveLayer};
+
+/// Requests a service serves ahead of its router (see the module documentation).
+pub trait FastPath: Send + Sync + std::fmt::Debug + 'static {
+    /// The route serving `request`, if this path serves it; `None` leaves the request to
+    /// the router. Runs for every request: matching must be cheap and allocation-free.
+    fn route(&self, request: &Request) -> Option<MatchedRoute>;
+
+    /// Serves `request`, which [`FastPath::route`] matched to `route`. Timeouts are the
+    /// fast path's own business: no stack-wide timeout is added around it.
+    fn call(&self, route: MatchedRoute, request: Request) -> BoxFuture<'static, Response>;
+}
+
+/// The route a fast path matched (request extension): the pattern is the route label of
+/// the request's metrics and span, as axum's `MatchedPath` is for routed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchedRoute {
+    /// The route's pattern, e.g. `/jobs/{id}`.
+    pub pattern: &'static str,
+    /// The fast path's own number for the route.
+    pub index: usize,
+}
+
+/// A service's router behind its fast path; the HTTP server keeps one per connection.
+#[derive(Clone)]
+pub struct Entry {
+    router: Router,
+    fast: Option<(Arc<dyn FastPath>, FastStack)>,
+}
+
+type FastStack = Observe<tower::util::Either<crate::cors::Cors<FastCall>, FastCall>>;
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("fast_path", &self.fast.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    /// Every request to `router`.
+    pub fn router(router: Router) -> Self {
+        Self { router, fast: None }
+    }
+
+    /// `fast` first, behind the common stack's observe (as `service`), `cors` and panic
+    /// layers; everything else to `router`.
+    pub(crate) fn with_fast_path(
+        router: Router,
+        service: &'static str,
+        cors: Option<CorsLayer>,
+        fast: Arc<dyn FastPath>,
+    ) -> Self {
+        let call = FastCall { path: fast.clone() };
+        let cors = cors.map(crate::cors::CorsLayer::new);
+        let stack = ObserveLayer::new(service).layer(tower::util::option_layer(cors).layer(call));
+        Self {
+            router,
+            fast: Some((fast, stack)),
+        }
+    }
+}
+
+impl From<Router> for Entry {
+    fn from(router: Router) -> Self {
+        Self::router(router)
+    }
+}
+
+type FastFuture = <FastStack as Service<Request>>::Future;
+
+impl Service<Request> for Entry {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<<Router as Service<Request>>::Future, FastFuture>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        if let Some((path, stack)) = &mut self.fast
+            && let Some(route) = path.route(&request)
+        {
+            request.extensions_mut().insert(route);
+            return Either::Right(stack.call(request));
+        }
+        // A router is always ready.
+        Either::Left(self.router.call(request))
+    }
+}
+
+/// The innermost service of the fast stack: hands the request to the fast path, and
+/// answers a panic in it with a 500 problem, as the router's panic layer does (without
+/// that layer's boxed response body).
+#[derive(Clone)]
+pub struct FastCall {
+    path: Arc<dyn FastPath>,
+}
+
+impl Service<Request> for FastCall {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Map<
+        futures::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Response>>>,
+        fn(std::thread::Result<Response>) -> Result<Response, Infallible>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let path = &self.path;
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            match request.extensions().get::<MatchedRoute>().copied() {
+                Some(route) => path.call(route, request),
+                // Only `Entry` calls this, after inserting the route.
+                None => Box::pin(std::future::ready(
+                    crate::Problem::not_found("no such route").into_response(),
+                )),
+            }
+        }));
+        let future = called.unwrap_or_else(|cause| {
+            Box::pin(std::future::ready(crate::service::panic_to_problem(cause)))
+        });
+        AssertUnwindSafe(future).catch_unwind().map(answer_panic)
+    }
+}
+
+fn answer_panic(outcome: std::thread::Result<Response>) -> Result<Response, Infallible> {
+    Ok(outcome.unwrap_or_else(crate::service::panic_to_problem))
+}
