@@ -83,8 +83,6 @@ pub struct Endpoint {
     /// The `Host` the instance expects (the configured name, not the IP), made into a
     /// header value once rather than for every request forwarded.
     pub host_header: Option<http::HeaderValue>,
-    /// The address as a URI authority, also made once.
-    pub uri_authority: Option<http::uri::Authority>,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
@@ -109,7 +107,6 @@ impl Endpoint {
         Self {
             addr,
             host_header: http::HeaderValue::from_str(&authority).ok(),
-            uri_authority: http::uri::Authority::try_from(addr.to_string()).ok(),
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),

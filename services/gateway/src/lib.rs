@@ -11,6 +11,7 @@ mod cors;
 mod discovery;
 mod inprocess;
 mod openapi;
+mod pool;
 mod ratelimit;
 mod remote;
 pub mod resilience;

@@ -12,19 +12,17 @@ use std::{
 };
 
 use axum::{
-    body::Body,
     extract::{ConnectInfo, Request},
     response::{IntoResponse, Response},
 };
-use futures::future::Either;
+use futures::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue, Uri, header, uri::PathAndQuery};
-use hyper_util::{
-    client::legacy::{Client, ResponseFuture, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use platform::Problem;
 
-use crate::discovery::{Endpoint, Endpoints, InFlight};
+use crate::{
+    discovery::{Endpoint, Endpoints, InFlight},
+    pool::SendError,
+};
 
 /// Marks a response the gateway made because the upstream could not be reached (the
 /// request was not processed), so retries know it is safe to try elsewhere.
@@ -54,25 +52,6 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 pub struct Balancer {
     name: &'static str,
     endpoints: Arc<Endpoints>,
-}
-
-type HttpClient = Client<HttpConnector, Body>;
-
-thread_local! {
-    /// One client (and connection pool) per thread: a request made on a thread of the
-    /// gateway's HTTP server (`platform::http::serve_on_threads`) gets a connection whose
-    /// task runs on that same thread, and no pool lock is shared between threads.
-    static CLIENT: HttpClient = new_client();
-}
-
-fn new_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector)
 }
 
 impl Balancer {
@@ -134,18 +113,11 @@ impl tower::Service<Request> for Balancer {
             response.extensions_mut().insert(Unreachable);
             return Either::Left(ready(Ok(response)));
         };
-        let target = match target_uri(&endpoint, request.uri()) {
-            Ok(uri) => uri,
-            Err(error) => {
-                let response = Problem::bad_request(format!("cannot forward this URI: {error}"))
-                    .into_response();
-                return Either::Left(ready(Ok(response)));
-            }
-        };
-        *request.uri_mut() = target;
+        // Origin-form: the request goes to the endpoint's connection as `/path?query`.
+        *request.uri_mut() = origin_form(request.uri());
         prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
         let in_flight = Some(endpoint.start());
-        let sent = CLIENT.with(|client| client.request(request));
+        let sent = Box::pin(crate::pool::send(endpoint.addr, request));
         Either::Right(Forward {
             sent,
             endpoint,
@@ -159,8 +131,7 @@ pin_project_lite::pin_project! {
     /// A request on its way to one endpoint: counts as in flight there until the response
     /// head arrives, then tells the endpoint's health how it went.
     pub struct Forward {
-        #[pin]
-        sent: ResponseFuture,
+        sent: BoxFuture<'static, Result<Response, SendError>>,
         endpoint: Arc<Endpoint>,
         in_flight: Option<InFlight>,
         name: &'static str,
@@ -172,7 +143,7 @@ impl Future for Forward {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let outcome = std::task::ready!(this.sent.poll(cx));
+        let outcome = std::task::ready!(this.sent.as_mut().poll(cx));
         this.in_flight.take();
         Poll::Ready(Ok(settle(this.name, this.endpoint, outcome)))
     }
@@ -182,7 +153,7 @@ impl Future for Forward {
 fn settle(
     name: &'static str,
     endpoint: &Endpoint,
-    outcome: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    outcome: Result<Response, SendError>,
 ) -> Response {
     match outcome {
         Ok(response) => {
@@ -194,7 +165,7 @@ fn settle(
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts.extensions.insert(ServedBy(endpoint.addr));
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, body)
         }
         Err(error) => {
             // A refused or timed-out connection says the instance is down: take it out
@@ -224,17 +195,13 @@ pub fn is_overload(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-fn target_uri(endpoint: &Endpoint, original: &Uri) -> Result<Uri, http::Error> {
+/// The path and query of `original`, which is what an origin server is sent.
+fn origin_form(original: &Uri) -> Uri {
     let path_and_query = original
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let builder = Uri::builder().scheme(http::uri::Scheme::HTTP);
-    let builder = match &endpoint.uri_authority {
-        Some(authority) => builder.authority(authority.clone()),
-        None => builder.authority(endpoint.addr.to_string()),
-    };
-    builder.path_and_query(path_and_query).build()
+    Uri::from(path_and_query)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -325,21 +292,30 @@ fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<Header
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = upstream_host {
-        headers.insert(header::HOST, host);
+    match upstream_host {
+        Some(host) => {
+            headers.insert(header::HOST, host);
+        }
+        // HTTP/1.1 needs a `Host`; an HTTP/1.0 client may not have sent one.
+        None if !headers.contains_key(header::HOST) => {
+            headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
+        None => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+
     use super::*;
 
     #[test]
-    fn target_keeps_path_and_query() {
-        let endpoint = Endpoint::new("10.0.0.7:8080".parse().expect("addr"), "media:8080".into());
-        let target = target_uri(&endpoint, &"/download?fid=abc".parse().expect("valid"))
-            .expect("forwardable");
-        assert_eq!(target.to_string(), "http://10.0.0.7:8080/download?fid=abc");
+    fn the_upstream_gets_the_path_and_query() {
+        let target = origin_form(&"/download?fid=abc".parse().expect("valid"));
+        assert_eq!(target.to_string(), "/download?fid=abc");
+        let absolute = origin_form(&"http://gateway:8080/jobs".parse().expect("valid"));
+        assert_eq!(absolute.to_string(), "/jobs");
     }
 
     #[test]

@@ -19,19 +19,32 @@ struct Instance {
 }
 
 async fn instance(name: &'static str, addr: SocketAddr) -> Instance {
-    let routes = Router::new()
-        .route(
-            "/posts",
-            get(move |uri: axum::http::Uri| async move {
-                // `?slow` holds the request for a while, to fill in-flight slots.
-                if uri.query() == Some("slow") {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                name
-            })
-            .post(move || async move { name }),
-        )
-        .route("/readyz", get(|| async { "ok" }));
+    let routes =
+        Router::new()
+            .route(
+                "/posts",
+                get(
+                    move |uri: axum::http::Uri,
+                          axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                        SocketAddr,
+                    >| async move {
+                        match uri.query() {
+                            // `?slow` holds the request for a while, to fill in-flight slots.
+                            Some("slow") => {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                name.into()
+                            }
+                            // `?peer`: the gateway's end of the connection it came on.
+                            Some("peer") => axum::body::Body::from(peer.to_string()),
+                            // `?big`: 8 MiB, more than a client reading one chunk gets.
+                            Some("big") => axum::body::Body::from(vec![b'x'; 8 << 20]),
+                            _ => name.into(),
+                        }
+                    },
+                )
+                .post(move || async move { name }),
+            )
+            .route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind upstream");
@@ -103,6 +116,10 @@ async fn gateway_serving(urls: &str, policy: Policy, args: Args, serving: Servin
 }
 
 impl Gateway {
+    async fn text(&self, path: &str) -> String {
+        self.get(path).await.text().await.expect("body")
+    }
+
     async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.base))
@@ -402,4 +419,62 @@ async fn the_fast_path_and_the_router_give_the_same_answers() {
     fast.stop.cancel();
     routed.stop.cancel();
     up.shut().await;
+}
+
+/// Upstream connections are kept and reused, one after the other; a response whose body
+/// the client abandons half-way takes its connection with it (HTTP/1 cannot reuse it),
+/// and the next request gets a new one.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_an_abandoned_body_closes_its_own() {
+    let up = instance("up", any_port()).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await;
+    let first = gw.text("/posts?peer").await;
+    for _ in 0..5 {
+        assert_eq!(
+            gw.text("/posts?peer").await,
+            first,
+            "the idle connection was reused"
+        );
+    }
+    let mut big = gw.get("/posts?big").await;
+    assert_eq!(big.status(), 200);
+    assert!(big.chunk().await.expect("a chunk").is_some());
+    drop(big);
+    // The abandoned exchange closed the connection it used (the pooled one).
+    let after = gw.text("/posts?peer").await;
+    assert_ne!(after, first, "a connection with unread bytes is not reused");
+    for _ in 0..3 {
+        assert_eq!(gw.text("/posts?peer").await, after);
+    }
+    gw.stop.cancel();
+    up.shut().await;
+}
+
+/// An idle upstream connection that the upstream closed (here: it restarted) is not
+/// mistaken for a failure: the request goes out on a new connection.
+#[tokio::test]
+async fn an_upstream_restart_does_not_fail_requests_on_its_old_connections() {
+    let up = instance("before", any_port()).await;
+    let addr = up.addr;
+    let gw = gateway(
+        &format!("http://{addr}"),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await;
+    assert_eq!(gw.get("/posts").await.text().await.expect("body"), "before");
+    up.shut().await;
+    let again = instance("after", addr).await;
+    for _ in 0..5 {
+        let response = gw.get("/posts").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), "after");
+    }
+    gw.stop.cancel();
+    again.shut().await;
 }
