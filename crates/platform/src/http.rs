@@ -163,6 +163,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
+/// The number of header fields hyper accepts unless told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Limits of the connection layer, below HTTP routing: what a client can make the
 /// server hold before a request even exists.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +185,7 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             max_connections: 10_000,
         }
     }
@@ -308,8 +311,12 @@ impl AcceptLoop {
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers)
             .keep_alive(true);
+        // hyper's own limit is 100 fields; setting it at all (even to 100) makes every
+        // request head parse into a buffer built element by element.
+        if limits.max_headers != HYPER_MAX_HEADERS {
+            http.max_headers(limits.max_headers);
+        }
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {

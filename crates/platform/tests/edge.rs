@@ -17,6 +17,16 @@ use platform::{
 use tokio_util::sync::CancellationToken;
 
 async fn start() -> (SocketAddr, CancellationToken) {
+    start_with(ConnectionLimits {
+        header_read_timeout: Duration::from_millis(500),
+        max_header_bytes: 16 * 1024,
+        max_headers: 50,
+        max_connections: 64,
+    })
+    .await
+}
+
+async fn start_with(limits: ConnectionLimits) -> (SocketAddr, CancellationToken) {
     let routes = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/echo", post(|body: String| async move { body }));
@@ -29,12 +39,6 @@ async fn start() -> (SocketAddr, CancellationToken) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    let limits = ConnectionLimits {
-        header_read_timeout: Duration::from_millis(500),
-        max_header_bytes: 16 * 1024,
-        max_headers: 50,
-        max_connections: 64,
-    };
     tokio::spawn(serve_with_limits(
         listener,
         app.into_router(shutdown.clone()),
@@ -67,6 +71,30 @@ fn still_serving(addr: SocketAddr) {
         b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// The default limit (hyper's own, not set explicitly) is 100 header fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_the_101st_header_field_gets_431() {
+    let (addr, shutdown) = start_with(ConnectionLimits::default()).await;
+    tokio::task::spawn_blocking(move || {
+        let request = |fields: usize| {
+            let mut head = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+            for i in 2..fields {
+                head.extend(format!("X-H{i}: 1\r\n").as_bytes());
+            }
+            head.extend(b"\r\n");
+            head
+        };
+        assert!(status_line(&exchange(addr, &request(100))).starts_with("HTTP/1.1 200"));
+        assert_eq!(
+            status_line(&exchange(addr, &request(101))),
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+    })
+    .await
+    .expect("joined");
+    shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread")]
