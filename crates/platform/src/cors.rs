@@ -2,7 +2,12 @@
 //! cross-origin request (and every preflight); a request without one is answered as if
 //! there were no CORS rules at all, except for `Vary`, which tells caches that the answer
 //! would differ for a request that has an `Origin` — so a response cached for a plain
-//! request is never reused for a cross-origin one. Working out the full set of CORS
+//! request is never reused for a cross-origin one. An `OPTIONS` request without `Origin`
+//! is not a preflight either: it goes to the routes like any other request (tower-http
+//! alone would answer every `OPTIONS` with 200).
+//!
+//! The `Vary` value is tower-http's default; a service that set its own with
+//! `CorsLayer::vary` would have to set it here too. Working out the full set of CORS
 //! headers for every request (several header values built and merged per response)
 //! cost more than the rest of a proxied request's own bookkeeping.
 

@@ -8,8 +8,9 @@
 //! besides forwarding, it was most of the cost. A [`FastPath`] serves the requests it
 //! recognises itself — behind the same observe, CORS and panic layers, built once per
 //! connection instead of cloned per request — and leaves every other request (other
-//! methods, other paths, preflights, health) to the router, which has the same routes:
-//! answers do not depend on which of the two served a request.
+//! methods, other paths, health) to the router, which has the same routes: answers do
+//! not depend on which of the two served a request. (A CORS preflight is answered by
+//! whichever of the two gets it, by the same CORS rules.)
 //!
 //! [`ServiceApp::into_router`]: crate::ServiceApp::into_router
 

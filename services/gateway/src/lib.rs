@@ -54,6 +54,7 @@ impl Upstreams {
     /// A service running in this process: its router is called directly, with fresh
     /// request extensions (see `inprocess.rs`).
     pub fn in_process(mut self, name: &'static str, router: axum::Router) -> Self {
+        self.remote_stacks.remove(name);
         self.by_name.insert(
             name,
             BoxCloneSyncService::new(inprocess::InProcess::new(router)),
@@ -215,10 +216,13 @@ async fn probe_ready(upstream: Upstream) -> Result<(), String> {
         .body(Body::empty())
         .map_err(|e| e.to_string())?;
     let Ok(response) = upstream.oneshot(request).await;
-    if response.status().is_success() {
+    let status = response.status();
+    // Read to the end (it is short), so the upstream connection can be reused.
+    let _ = axum::body::to_bytes(response.into_body(), 64 * 1024).await;
+    if status.is_success() {
         Ok(())
     } else {
-        Err(format!("not ready ({})", response.status()))
+        Err(format!("not ready ({status})"))
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::{
     cell::RefCell,
+    collections::VecDeque,
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
@@ -28,9 +29,11 @@ use hyper_util::rt::TokioIo;
 
 /// How long an upstream gets to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Idle connections older than this are closed rather than reused (upstreams close
-/// theirs after a while; nginx after 60 s, hyper-based servers never).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections older than this are closed rather than reused: shorter than the
+/// upstreams' own idle limits (our services close a connection that sends no request
+/// head for 10 s; nginx after 60 s), so a request is not written onto a connection the
+/// upstream is closing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle connections kept per endpoint and thread; more are closed.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -40,9 +43,23 @@ pub enum SendError {
     /// No connection could be opened: the request was not sent.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// Reading the client's request body failed (cut off, malformed): the client's doing.
+    #[error("{0}")]
+    ClientBody(hyper::Error),
     /// The request was (perhaps partly) sent and the exchange failed.
     #[error("{0}")]
-    Exchange(#[from] hyper::Error),
+    Exchange(hyper::Error),
+}
+
+impl From<hyper::Error> for SendError {
+    fn from(error: hyper::Error) -> Self {
+        // hyper calls errors of the body it was given to send "user" errors.
+        if error.is_user() {
+            Self::ClientBody(error)
+        } else {
+            Self::Exchange(error)
+        }
+    }
 }
 
 impl SendError {
@@ -58,7 +75,7 @@ struct Idle {
 
 thread_local! {
     /// This thread's idle connections, by endpoint.
-    static IDLE: RefCell<Vec<(SocketAddr, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<(SocketAddr, VecDeque<Idle>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to `addr` on an idle connection of this
@@ -73,7 +90,7 @@ pub async fn send(
             Err(mut error) => match error.take_message() {
                 // Not sent (closed or busy meanwhile): the next connection gets it.
                 Some(unsent) => request = unsent,
-                None => return Err(SendError::Exchange(error.into_error())),
+                None => return Err(error.into_error().into()),
             },
         }
     }
@@ -89,39 +106,48 @@ pub async fn send(
 fn checkout(addr: SocketAddr) -> Option<SendRequest<Body>> {
     IDLE.with_borrow_mut(|idle| {
         let (_, connections) = idle.iter_mut().find(|(a, _)| *a == addr)?;
-        // Most recent first; `swap_remove` brings in an element already looked at.
+        // Most recent first; `swap_remove_back` brings in an element already looked at.
         let mut i = connections.len();
         while i > 0 {
             i -= 1;
             let connection = &connections[i];
             if connection.sender.is_closed() || connection.since.elapsed() >= IDLE_TIMEOUT {
-                connections.swap_remove(i);
+                connections.swap_remove_back(i);
             } else if connection.sender.is_ready() {
-                return Some(connections.swap_remove(i).sender);
+                return connections.swap_remove_back(i).map(|c| c.sender);
             }
         }
         None
     })
 }
 
+/// Puts `sender` back as the most recent idle connection to `addr`, and closes what has
+/// been idle too long — of every endpoint, so those that discovery dropped go too.
 fn checkin(addr: SocketAddr, sender: SendRequest<Body>) {
     if sender.is_closed() {
         return;
     }
+    let now = Instant::now();
     IDLE.with_borrow_mut(|idle| {
+        for (_, connections) in idle.iter_mut() {
+            while connections
+                .front()
+                .is_some_and(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            {
+                connections.pop_front();
+            }
+        }
+        idle.retain(|(a, connections)| *a == addr || !connections.is_empty());
         let position = match idle.iter().position(|(a, _)| *a == addr) {
             Some(position) => position,
             None => {
-                idle.push((addr, Vec::new()));
+                idle.push((addr, VecDeque::new()));
                 idle.len() - 1
             }
         };
         let connections = &mut idle[position].1;
         if connections.len() < MAX_IDLE_PER_ENDPOINT {
-            connections.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            connections.push_back(Idle { sender, since: now });
         }
     });
 }

@@ -113,8 +113,10 @@ impl tower::Service<Request> for Balancer {
             response.extensions_mut().insert(Unreachable);
             return Either::Left(ready(Ok(response)));
         };
-        // Origin-form: the request goes to the endpoint's connection as `/path?query`.
+        // Origin-form over HTTP/1.1 (whatever the client spoke, so the upstream keeps the
+        // connection): the request goes to the endpoint's connection as `/path?query`.
         *request.uri_mut() = origin_form(request.uri());
+        *request.version_mut() = http::Version::HTTP_11;
         prepare_forwarded_headers(&mut request, endpoint.host_header.clone());
         let in_flight = Some(endpoint.start());
         let sent = Box::pin(crate::pool::send(endpoint.addr, request));
@@ -166,6 +168,13 @@ fn settle(
             strip_hop_by_hop(&mut parts.headers);
             parts.extensions.insert(ServedBy(endpoint.addr));
             Response::from_parts(parts, body)
+        }
+        Err(SendError::ClientBody(error)) => {
+            // The client's own body broke off (or was malformed): nothing to hold against
+            // the endpoint, and nothing for the breaker either.
+            tracing::debug!(upstream = name, %error, "the client's request body failed");
+            Problem::bad_request(format!("the request body could not be read: {error}"))
+                .into_response()
         }
         Err(error) => {
             // A refused or timed-out connection says the instance is down: take it out

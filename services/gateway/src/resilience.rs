@@ -1,7 +1,6 @@
 //! How the gateway protects itself and its upstreams. The stack of a remote upstream is
-//! composed in one place, [`remote_upstream`]; each piece is a small tower layer here.
-//! Per-route timeouts live in the route table (`routes.rs`) and the per-client rate limit
-//! in front of every route (`lib.rs`).
+//! composed in one place, [`remote_stack`]; each piece is a small tower layer here.
+//! Per-route timeouts and the per-client rate limit live in the route table (`routes.rs`).
 
 use std::{
     convert::Infallible,
@@ -580,12 +579,15 @@ where
                 return Either::Left(ready(Ok(response)));
             }
         };
+        // The guard first: should calling the inner service panic, the probe slot is
+        // freed as the guard unwinds.
+        let guard = ProbeGuard {
+            breaker: self.breaker.clone(),
+            armed: probe,
+        };
         Either::Right(Judged {
             inner: self.inner.call(request),
-            guard: ProbeGuard {
-                breaker: self.breaker.clone(),
-                armed: probe,
-            },
+            guard,
             probe,
         })
     }

@@ -478,3 +478,42 @@ async fn an_upstream_restart_does_not_fail_requests_on_its_old_connections() {
     gw.stop.cancel();
     again.shut().await;
 }
+
+/// A client that breaks off its own request body gets 400, and it is not counted against
+/// the upstream: enough of them would otherwise open the breaker for everybody.
+#[tokio::test]
+async fn a_client_breaking_off_its_body_is_not_an_upstream_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = instance("up", any_port()).await;
+    let gw = gateway(
+        &format!("http://{}", up.addr),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await;
+    let gateway_addr = gw.base.trim_start_matches("http://").to_owned();
+    for _ in 0..15 {
+        let mut stream = tokio::net::TcpStream::connect(&gateway_addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"POST /posts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40\r\nonly-part",
+            )
+            .await
+            .expect("write");
+        stream.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+    }
+    let response = gw.get("/posts").await;
+    assert_eq!(response.status(), 200, "the breaker stayed closed");
+    gw.stop.cancel();
+    up.shut().await;
+}
