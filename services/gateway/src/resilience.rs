@@ -389,8 +389,13 @@ impl Default for BreakerSettings {
 #[derive(Debug)]
 enum State {
     Closed,
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Open {
+        until: Instant,
+    },
+    /// `probe_since`: when the probe in flight (if any) was let through.
+    HalfOpen {
+        probe_since: Option<Instant>,
+    },
 }
 
 #[derive(Debug)]
@@ -426,13 +431,21 @@ impl Breaker {
             State::Open { until } if now < until => Admission::Rejected {
                 retry_after: until - now,
             },
-            State::Open { .. } | State::HalfOpen { probing: false } => {
-                self.set_state(State::HalfOpen { probing: true });
+            // A probe gets `open_for` to answer; one that takes longer (an upload, a hung
+            // upstream) does not keep every other request out meanwhile.
+            State::HalfOpen {
+                probe_since: Some(since),
+            } if now.saturating_duration_since(since) < self.settings.open_for => {
+                Admission::Rejected {
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+            State::Open { .. } | State::HalfOpen { .. } => {
+                self.set_state(State::HalfOpen {
+                    probe_since: Some(now),
+                });
                 Admission::Allowed { probe: true }
             }
-            State::HalfOpen { probing: true } => Admission::Rejected {
-                retry_after: Duration::from_secs(1),
-            },
         }
     }
 
@@ -470,13 +483,6 @@ impl Breaker {
             {
                 self.open(now);
             }
-        }
-    }
-
-    /// A probe that never finished (its caller went away) frees the half-open slot.
-    fn abandon_probe(&mut self) {
-        if matches!(self.state, State::HalfOpen { probing: true }) {
-            self.set_state(State::HalfOpen { probing: false });
         }
     }
 
@@ -537,16 +543,26 @@ fn lock(breaker: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
     }
 }
 
-/// Frees the half-open slot if a probe is dropped before its outcome is known.
-struct ProbeGuard {
+/// A request the breaker let through whose outcome is not known yet. Dropped unanswered —
+/// the route's timeout ran out, or the caller went away first — it counts as a failure:
+/// an upstream that accepts connections and never answers opens the breaker too.
+struct Outcome {
     breaker: Arc<Mutex<Breaker>>,
-    armed: bool,
+    probe: bool,
+    settled: bool,
 }
 
-impl Drop for ProbeGuard {
+impl Outcome {
+    fn settle(&mut self, failed: bool) {
+        self.settled = true;
+        lock(&self.breaker).record(Instant::now(), self.probe, failed);
+    }
+}
+
+impl Drop for Outcome {
     fn drop(&mut self) {
-        if self.armed {
-            lock(&self.breaker).abandon_probe();
+        if !self.settled {
+            self.settle(true);
         }
     }
 }
@@ -579,16 +595,16 @@ where
                 return Either::Left(ready(Ok(response)));
             }
         };
-        // The guard first: should calling the inner service panic, the probe slot is
-        // freed as the guard unwinds.
-        let guard = ProbeGuard {
+        // The outcome first: should calling the inner service panic, it is recorded (as
+        // a failure) while unwinding, and a probe's slot does not stay taken.
+        let outcome = Outcome {
             breaker: self.breaker.clone(),
-            armed: probe,
+            probe,
+            settled: false,
         };
         Either::Right(Judged {
             inner: self.inner.call(request),
-            guard,
-            probe,
+            outcome,
         })
     }
 }
@@ -598,8 +614,7 @@ pin_project_lite::pin_project! {
     pub struct Judged<F> {
         #[pin]
         inner: F,
-        guard: ProbeGuard,
-        probe: bool,
+        outcome: Outcome,
     }
 }
 
@@ -609,10 +624,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Judged<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(response) = std::task::ready!(this.inner.poll(cx));
-        this.guard.armed = false;
         let failed =
             response.extensions().get::<Unreachable>().is_some() || is_overload(response.status());
-        lock(&this.guard.breaker).record(Instant::now(), *this.probe, failed);
+        this.outcome.settle(failed);
         Poll::Ready(Ok(response))
     }
 }
@@ -662,7 +676,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_probe_opens_again_and_an_abandoned_one_frees_the_slot() {
+    fn a_failed_probe_opens_again_and_a_slow_one_does_not_block_the_next() {
         let mut breaker = Breaker::new("t", settings());
         let t0 = Instant::now();
         for _ in 0..4 {
@@ -673,13 +687,41 @@ mod tests {
             breaker.admit(later),
             Admission::Allowed { probe: true }
         ));
-        breaker.abandon_probe();
+        // The probe is still out, for less than `open_for`: no second one.
         assert!(matches!(
-            breaker.admit(later),
+            breaker.admit(later + Duration::from_secs(4)),
+            Admission::Rejected { .. }
+        ));
+        // Past `open_for` it is given up on, and another request probes.
+        let much_later = later + Duration::from_secs(6);
+        assert!(matches!(
+            breaker.admit(much_later),
             Admission::Allowed { probe: true }
         ));
-        breaker.record(later, true, true);
-        assert!(matches!(breaker.admit(later), Admission::Rejected { .. }));
+        breaker.record(much_later, true, true);
+        assert!(matches!(
+            breaker.admit(much_later),
+            Admission::Rejected { .. }
+        ));
+    }
+
+    /// A request dropped before its answer (the route's timeout) counts as a failure, so an
+    /// upstream that never answers opens the breaker.
+    #[tokio::test]
+    async fn requests_that_never_get_an_answer_open_the_breaker() {
+        let never =
+            tower::service_fn(|_: Request| std::future::pending::<Result<Response, Infallible>>());
+        let mut breaker = BreakerLayer::new("t", settings()).layer(never);
+        for _ in 0..4 {
+            let call = breaker.call(Request::new(Body::empty()));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(5), call)
+                    .await
+                    .is_err()
+            );
+        }
+        let Ok(response) = breaker.call(Request::new(Body::empty())).await;
+        assert_eq!(response.status(), 503);
     }
 
     #[test]
