@@ -15,11 +15,17 @@ run() { # seconds of load -> instructions of the whole run, requests served
   local pid=$! requests=0
   for _ in $(seq 200); do curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break; sleep 0.2; done
   if [ "$1" -gt 0 ]; then
-    requests=$(wrk -t1 -c8 -d"$1s" "http://127.0.0.1:$port/posts" | awk '/requests in/ {print $1}')
+    local out
+    out=$(wrk -t1 -c8 -d"$1s" "http://127.0.0.1:$port/posts")
+    if grep -q 'Non-2xx' <<<"$out"; then
+      echo "the gateway answered errors (is $upstream up?):" >&2; echo "$out" >&2; kill -INT "$pid"; exit 1
+    fi
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
   fi
   kill -INT "$pid"; wait "$pid" || true
   echo "$(awk '/I   refs/ {gsub(",", "", $4); print $4}' "$work/log") $requests"
 }
 read -r idle _ <<<"$(run 0)"
 read -r loaded requests <<<"$(run 8)"
+[ -n "${requests:-}" ] || exit 1
 echo "requests $requests, instructions per request $(( (loaded - idle) / requests ))"

@@ -55,6 +55,9 @@ ms() { # percentile label -> its latency in ms from wrk's --latency table
 }
 run_wrk() { # url -> "req/s p99_ms p50_ms"
   wrk -t2 -c64 -d"${duration}s" --latency "$1" >"$work/wrk.out" 2>&1
+  if grep -q 'Non-2xx' "$work/wrk.out"; then
+    echo "$1 answered errors; the comparison would be meaningless:" >&2; cat "$work/wrk.out" >&2; exit 1
+  fi
   local rps
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
   echo "$rps $(ms 99%) $(ms 50%)"
