@@ -129,6 +129,16 @@ impl Gateway {
     }
 }
 
+/// A gateway in front of one upstream, with the default policy and no rate limit.
+async fn plain_gateway(upstream: SocketAddr) -> Gateway {
+    gateway(
+        &format!("http://{upstream}"),
+        Policy::default(),
+        no_rate_limit(),
+    )
+    .await
+}
+
 fn no_rate_limit() -> Args {
     Args {
         gateway_rate_limit: 0,
@@ -427,12 +437,7 @@ async fn the_fast_path_and_the_router_give_the_same_answers() {
 #[tokio::test]
 async fn upstream_connections_are_reused_and_an_abandoned_body_closes_its_own() {
     let up = instance("up", any_port()).await;
-    let gw = gateway(
-        &format!("http://{}", up.addr),
-        Policy::default(),
-        no_rate_limit(),
-    )
-    .await;
+    let gw = plain_gateway(up.addr).await;
     let first = gw.text("/posts?peer").await;
     for _ in 0..5 {
         assert_eq!(
@@ -461,12 +466,7 @@ async fn upstream_connections_are_reused_and_an_abandoned_body_closes_its_own() 
 async fn an_upstream_restart_does_not_fail_requests_on_its_old_connections() {
     let up = instance("before", any_port()).await;
     let addr = up.addr;
-    let gw = gateway(
-        &format!("http://{addr}"),
-        Policy::default(),
-        no_rate_limit(),
-    )
-    .await;
+    let gw = plain_gateway(addr).await;
     assert_eq!(gw.get("/posts").await.text().await.expect("body"), "before");
     up.shut().await;
     let again = instance("after", addr).await;
@@ -486,12 +486,7 @@ async fn a_client_breaking_off_its_body_is_not_an_upstream_failure() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let up = instance("up", any_port()).await;
-    let gw = gateway(
-        &format!("http://{}", up.addr),
-        Policy::default(),
-        no_rate_limit(),
-    )
-    .await;
+    let gw = plain_gateway(up.addr).await;
     let gateway_addr = gw.base.trim_start_matches("http://").to_owned();
     for _ in 0..15 {
         let mut stream = tokio::net::TcpStream::connect(&gateway_addr)
