@@ -270,7 +270,7 @@ impl FastPath for Proxy {
         if let Some(limiter) = &self.limiter
             && let Some(refused) = crate::ratelimit::refusal(limiter, &request)
         {
-            return Box::pin(std::future::ready(refused));
+            return Box::pin(after_reading_body(request, refused));
         }
         let upstream = upstream.clone();
         let timeout = route.timeout;
@@ -285,12 +285,36 @@ impl FastPath for Proxy {
                 Box::pin(async move {
                     match identity::authenticate(&verifier, &mut request).await {
                         Ok(()) => upstream.call(request, timeout).await,
-                        Err(refusal) => refusal,
+                        Err(refusal) => after_reading_body(request, refusal).await,
                     }
                 })
             }
         }
     }
+}
+
+/// What a refused request may still send before its answer goes out.
+const REFUSED_BODY_LIMIT: usize = 1024 * 1024;
+const REFUSED_BODY_TIME: Duration = Duration::from_secs(2);
+
+/// `refusal`, once `request`'s body has been read and dropped (up to a limit). Answering
+/// an upload before its body has arrived makes the server close the connection with the
+/// body unread, and the client, still writing, gets a reset instead of the answer (curl:
+/// "Connection reset by peer" rather than 401).
+async fn after_reading_body(request: Request, refusal: Response) -> Response {
+    use http_body_util::BodyExt as _;
+    let mut body = request.into_body();
+    let mut read = 0;
+    let _ = tokio::time::timeout(REFUSED_BODY_TIME, async {
+        while read <= REFUSED_BODY_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    refusal
 }
 
 impl Methods {

@@ -512,3 +512,58 @@ async fn a_client_breaking_off_its_body_is_not_an_upstream_failure() {
     gw.stop.cancel();
     up.shut().await;
 }
+
+/// An upload refused at the edge (no valid token) is read before it is answered, so the
+/// client, still writing, gets the 401 rather than a connection closed under it (seen as a
+/// reset): the proof is that the connection stays usable for the next request.
+#[tokio::test]
+async fn a_refused_upload_is_read_before_it_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One whole response (head and `Content-Length` body) from `stream`.
+    async fn response(stream: &mut tokio::net::TcpStream) -> String {
+        let mut buffer = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&buffer).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buffer.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "connection closed after {text:?}");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let gw = plain_gateway(closed_port()).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let length = 256 * 1024;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream
+        .write_all(&vec![7u8; length])
+        .await
+        .expect("the whole body");
+    assert!(response(&mut stream).await.starts_with("HTTP/1.1 401"));
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("next request");
+    assert!(response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    gw.stop.cancel();
+}
