@@ -12,15 +12,12 @@
 //! modes, so auth's per-client login limit sees the real client: its last entry is the
 //! address this gateway saw, whatever a client wrote in front of it.
 
-use std::net::SocketAddr;
-
 use axum::{
-    extract::{ConnectInfo, Request},
+    extract::Request,
     middleware::{self, Next},
     response::Response,
     routing::MethodRouter,
 };
-use http::HeaderValue;
 use identity::{JwksSource, Verifier, VerifierSettings};
 
 use crate::Upstream;
@@ -51,32 +48,16 @@ pub(crate) fn with_client_address(route: MethodRouter) -> MethodRouter {
 }
 
 async fn append_forwarded_for(mut request: Request, next: Next) -> Response {
-    append_client_address(&mut request);
+    crate::remote::append_client_address(&mut request);
     next.run(request).await
-}
-
-/// Appends the connection's peer to `request`'s `X-Forwarded-For`.
-pub(crate) fn append_client_address(request: &mut Request) {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
-    if let Some(peer) = peer {
-        let headers = request.headers_mut();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {peer}"),
-            None => peer,
-        };
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", value);
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
-    use axum::{Router, body::Body, routing::get};
+    use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
     use tower::ServiceExt;
 
     #[tokio::test]

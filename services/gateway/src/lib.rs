@@ -208,7 +208,7 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         .with_readiness(readiness)
         .with_limits(limits)
         .with_cors(cors::layer(&args.gateway_cors_origins))
-        .with_fast_path(routes::fast_path(table.proxy()))
+        .with_fast_path(std::sync::Arc::new(table.proxy()))
 }
 
 async fn probe_ready(upstream: Upstream) -> Result<(), String> {

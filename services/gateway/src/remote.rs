@@ -280,23 +280,32 @@ fn address_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..len]).ok()
 }
 
-fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<HeaderValue>) {
-    let client = request
+/// Appends the connection's peer (the client, as this gateway sees it) to `request`'s
+/// `X-Forwarded-For`.
+pub(crate) fn append_client_address(request: &mut Request) {
+    let Some(ConnectInfo(peer)) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .copied()
+    else {
+        return;
+    };
+    let client = peer.ip();
+    let headers = request.headers_mut();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {client}")).ok(),
+        None => address_value(client),
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<HeaderValue>) {
+    strip_hop_by_hop(request.headers_mut());
+    append_client_address(request);
     let original_host = request.headers().get(header::HOST).cloned();
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    if let Some(client) = client {
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) => HeaderValue::from_str(&format!("{previous}, {client}")).ok(),
-            None => address_value(client),
-        };
-        if let Some(value) = forwarded_for {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-    }
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }

@@ -7,7 +7,7 @@
 //! table itself and calls the upstream's stack directly instead of through a router's
 //! per-route services.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Router,
@@ -277,7 +277,7 @@ impl FastPath for Proxy {
         match route.guard {
             Guard::Open => Box::pin(upstream.call(request, timeout)),
             Guard::ClientAddress => {
-                crate::auth::append_client_address(&mut request);
+                crate::remote::append_client_address(&mut request);
                 Box::pin(upstream.call(request, timeout))
             }
             Guard::Token => {
@@ -346,11 +346,6 @@ fn matches(pattern: &str, path: &str) -> bool {
     // The parameter runs to the next `/` (or the end); what follows must match too.
     let end = rest.find('/').unwrap_or(rest.len());
     end > 0 && matches(suffix, &rest[end..])
-}
-
-/// The fast path as the platform takes it.
-pub(crate) fn fast_path(proxy: Proxy) -> Arc<dyn FastPath> {
-    Arc::new(proxy)
 }
 
 #[cfg(test)]
