@@ -192,6 +192,46 @@ async fn a_converter_killed_mid_job_leaves_the_job_to_the_other_one() {
     assert_eq!(blobs.len(), 1, "exactly one MP3: {blobs:?}");
 }
 
+/// On a fresh broker nothing has declared the `video` queue until a converter first
+/// subscribes. An upload accepted before that must not be lost: RabbitMQ would confirm
+/// and drop a message no queue is bound for, so media's outbox keeps it until a
+/// converter is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_accepted_before_any_converter_ran_is_converted_when_one_starts() {
+    let Some(servers) = servers() else { return };
+    let mut system = System::start_without(&servers, &["converter", "converter-2"]);
+    let token = system.login().await;
+    let job_id = system.upload(&token, "early.wav", wav(2)).await;
+    // The relay has tried (and been refused) for a while: the message is still owed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !system.processes["media"]
+        .log_text()
+        .contains("bound to routing key 'video'")
+    {
+        assert!(Instant::now() < deadline, "media never tried to publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let job: serde_json::Value = system
+        .client
+        .get(format!("{}/jobs/{job_id}", system.gateway))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("jobs answers")
+        .json()
+        .await
+        .expect("json job");
+    assert_ne!(job["status"], "done", "{job}");
+
+    system.start_converter("converter");
+    let job = system
+        .wait_for_job(&token, &job_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert!(system.processes["converter"].log_text().contains(&job_id));
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

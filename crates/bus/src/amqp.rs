@@ -14,7 +14,8 @@
 //!
 //! Quorum queues dead-letter *at least once* (`x-dead-letter-strategy`), so a retry or a
 //! dead letter is never dropped on the way. Messages are persistent; every publish waits
-//! for the broker's confirm. Retrying a delivery publishes a copy to `G.retry.N` (confirmed)
+//! for the broker's confirm and is *mandatory*: a message no queue is bound for comes
+//! back as [`BusError::Unroutable`] instead of being confirmed and dropped. Retrying a delivery publishes a copy to `G.retry.N` (confirmed)
 //! and then acks the original; dead-lettering publishes to `G.dead` with the reason in the
 //! `x-flotilla-reason` header, then acks. A consumer that dies leaves its deliveries unacked
 //! and RabbitMQ redelivers them.
@@ -42,7 +43,7 @@ use std::{
 use bytes::Bytes;
 use futures::{StreamExt, future::BoxFuture};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
         BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -374,7 +375,7 @@ impl Shared {
                     .basic_publish(
                         exchange.into(),
                         routing_key.into(),
-                        BasicPublishOptions::default(),
+                        MANDATORY,
                         body,
                         properties.clone(),
                     )
@@ -390,14 +391,13 @@ impl Shared {
                 ));
             };
             match outcome {
-                Ok(confirmation) if confirmation.is_ack() => return Ok(()),
-                Ok(_) => {
+                Ok(confirmation) => {
                     let id = properties
                         .message_id()
                         .as_ref()
                         .map(ToString::to_string)
                         .unwrap_or_default();
-                    return Err(BusError::PublishRefused(id));
+                    return settled(confirmation, routing_key, &id);
                 }
                 Err(error) => {
                     // The confirm is unknown: publish again (a duplicate is harmless,
@@ -422,6 +422,30 @@ impl Shared {
             && !link.healthy()
         {
             *slot = None;
+        }
+    }
+}
+
+/// Every publish is mandatory. RabbitMQ confirms a message that no queue is bound for
+/// and then drops it, so without the flag a message published before its consumers
+/// first declared their queue (a fresh broker, services starting in any order) would be
+/// lost while its outbox marked it sent. Returned, it is an error: the outbox keeps the
+/// message and publishes it again once a consumer group is bound.
+const MANDATORY: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
+
+/// What the broker's confirm means for message `id`: stored, returned unroutable, or
+/// refused.
+fn settled(confirmation: Confirmation, routing_key: &str, id: &str) -> Result<(), BusError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+            Err(BusError::Unroutable(routing_key.to_owned()))
+        }
+        Confirmation::Nack(None) | Confirmation::NotRequested => {
+            Err(BusError::PublishRefused(id.to_owned()))
         }
     }
 }
@@ -635,15 +659,30 @@ impl EventBus for AmqpBus {
         })
     }
 
-    /// Pipelined: every message is sent on the confirm channel in order, then the
-    /// confirms are awaited together; after a failure the unconfirmed rest is sent again
-    /// one by one (in order; the broker may then hold a duplicate, never a gap).
     fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
-            let link = self
+            match self.publish_in_order(messages).await {
+                (_, None) => Ok(()),
+                (_, Some(error)) => Err(error),
+            }
+        })
+    }
+
+    /// Pipelined: every message is sent on the confirm channel in order, then the
+    /// confirms are awaited together; after a lost connection the unconfirmed rest is sent
+    /// again one by one (in order; the broker may then hold a duplicate, never a gap). A
+    /// message the broker returns or refuses stops it there: the messages after it were
+    /// sent too and may be published again by the caller (duplicates, harmless).
+    fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
+        Box::pin(async move {
+            let link = match self
                 .shared
                 .link(Some(self.shared.options.publish_timeout))
-                .await?;
+                .await
+            {
+                Ok(link) => link,
+                Err(error) => return (0, Some(error)),
+            };
             let mut confirms = Vec::with_capacity(messages.len());
             for message in &messages {
                 let sent = link
@@ -651,7 +690,7 @@ impl EventBus for AmqpBus {
                     .basic_publish(
                         self.shared.exchange.as_str().into(),
                         message.routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
+                        MANDATORY,
                         &message.body,
                         properties_for(message, &[]),
                     )
@@ -662,11 +701,17 @@ impl EventBus for AmqpBus {
                 }
             }
             let mut confirmed = 0;
+            let mut refused = None;
             for confirm in confirms {
                 match confirm.await {
-                    Ok(confirmation) if confirmation.is_ack() => confirmed += 1,
-                    Ok(_) => {
-                        return Err(BusError::PublishRefused(messages[confirmed].id.clone()));
+                    Ok(confirmation) => {
+                        let message = &messages[confirmed];
+                        if let Err(error) = settled(confirmation, &message.routing_key, &message.id)
+                        {
+                            refused = Some(error);
+                            break;
+                        }
+                        confirmed += 1;
                     }
                     Err(_) => break,
                 }
@@ -675,10 +720,16 @@ impl EventBus for AmqpBus {
                 metrics::counter!("bus_published_total", "routing_key" => message.routing_key.clone())
                     .increment(1);
             }
-            for message in &messages[confirmed..] {
-                self.publish(message.clone()).await?;
+            if refused.is_some() {
+                return (confirmed, refused);
             }
-            Ok(())
+            for message in &messages[confirmed..] {
+                if let Err(error) = self.publish(message.clone()).await {
+                    return (confirmed, Some(error));
+                }
+                confirmed += 1;
+            }
+            (confirmed, None)
         })
     }
 

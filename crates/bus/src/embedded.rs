@@ -2,7 +2,9 @@
 //!
 //! Layout: `messages` holds each published body once (with a count of groups still owing
 //! it); `deliveries` holds one row per (group, message) — fan-out happens at publish time,
-//! for the groups bound to a matching routing key, as a topic exchange does; `dead_letters`
+//! for the groups bound to a matching routing key, as a topic exchange does (a publish
+//! whose routing key no group is bound to is refused with `BusError::Unroutable`, as a
+//! mandatory publish is); `dead_letters`
 //! keeps what exhausted its attempts; `bindings` records each group's patterns.
 //!
 //! Durability and speed: every write goes through one writer thread that owns the
@@ -426,6 +428,8 @@ enum Outcome {
     Leased(Reply<Vec<Leased>>, Vec<Leased>),
     Dead(Reply<Vec<DeadLetter>>, Vec<DeadLetter>),
     Count(Reply<u64>, u64),
+    /// Answered with this error; the command wrote nothing.
+    Refused(Reply<()>, BusError),
     None,
 }
 
@@ -473,6 +477,9 @@ impl Writer {
                         Outcome::Count(reply, n) => {
                             let _ = reply.send(Ok(n));
                         }
+                        Outcome::Refused(reply, error) => {
+                            let _ = reply.send(Err(error));
+                        }
                         Outcome::None => {}
                     }
                 }
@@ -500,6 +507,9 @@ impl Writer {
                             let _ = reply.send(Err(BusError::Embedded(message.clone())));
                         }
                         Outcome::Count(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Refused(reply, _) => {
                             let _ = reply.send(Err(BusError::Embedded(message.clone())));
                         }
                         Outcome::None => {}
@@ -536,6 +546,14 @@ impl Writer {
     ) -> Result<Outcome, rusqlite::Error> {
         Ok(match command {
             Command::Publish(messages, reply) => {
+                // Like a mandatory publish to an exchange: a message no group is bound
+                // to is refused, not confirmed and dropped, so an outbox keeps it.
+                if let Some(unbound) = messages.iter().find(|m| !self.bound(&m.routing_key)) {
+                    return Ok(Outcome::Refused(
+                        reply,
+                        BusError::Unroutable(unbound.routing_key.clone()),
+                    ));
+                }
                 for message in &messages {
                     self.publish(message, woken)?;
                 }
@@ -646,6 +664,13 @@ impl Writer {
         })
     }
 
+    /// Whether some group's pattern matches `routing_key`.
+    fn bound(&self, routing_key: &str) -> bool {
+        self.bindings
+            .iter()
+            .any(|(_, pattern)| topic_matches(pattern, routing_key))
+    }
+
     fn publish(
         &mut self,
         message: &Message,
@@ -664,10 +689,6 @@ impl Writer {
             groups.dedup();
             groups
         };
-        // Like an exchange with no bound queue: nobody is listening, nothing to keep.
-        if groups.is_empty() {
-            return Ok(());
-        }
         let now = now_ms();
         let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".into());
         let inserted = self
@@ -942,6 +963,28 @@ impl EventBus for EmbeddedBus {
             self.shared
                 .call(|reply| Command::Publish(messages, reply))
                 .await
+        })
+    }
+
+    /// One transaction for the batch, which is refused whole when one message is
+    /// unroutable (nothing written); then one at a time up to that message.
+    fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
+        Box::pin(async move {
+            let count = messages.len();
+            match self.publish_all(messages.clone()).await {
+                Ok(()) => (count, None),
+                Err(BusError::Unroutable(_)) if count > 1 => {
+                    let mut published = 0;
+                    for message in messages {
+                        if let Err(error) = self.publish(message).await {
+                            return (published, Some(error));
+                        }
+                        published += 1;
+                    }
+                    (published, None)
+                }
+                Err(error) => (0, Some(error)),
+            }
         })
     }
 

@@ -105,6 +105,12 @@ pub enum BusError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused (nacked) message {0}")]
     PublishRefused(String),
+    /// No consumer group is bound to the routing key yet, so nothing would keep the
+    /// message. Publishers keep it (an outbox retries) until a consumer subscribes.
+    #[error(
+        "no consumer group is bound to routing key '{0}' yet; the message was not taken (start its consumer)"
+    )]
+    Unroutable(String),
     #[error("RabbitMQ is unreachable: {0}")]
     Unavailable(String),
     #[error("database: {0}")]
@@ -141,7 +147,9 @@ impl Stream for Subscriber {
 /// The bus. Object safe: services hold an `Arc<dyn EventBus>`.
 pub trait EventBus: Send + Sync + fmt::Debug {
     /// Publishes `message`; returns once it is durable (committed to the embedded store
-    /// or confirmed by the broker), so an `Ok` is never lost.
+    /// or confirmed by the broker), so an `Ok` is never lost. A message whose routing key
+    /// no consumer group is bound to yet is refused with [`BusError::Unroutable`] rather
+    /// than accepted and dropped.
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Publishes several messages, each durable when this returns `Ok`; cheaper than one
@@ -150,6 +158,24 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         Box::pin(async move {
             futures::future::try_join_all(messages.into_iter().map(|m| self.publish(m))).await?;
             Ok(())
+        })
+    }
+
+    /// Publishes `messages` in order and stops at the first one the bus does not take
+    /// (say, [`BusError::Unroutable`]): returns how many from the front are durable, and
+    /// the error that stopped it. An outbox marks exactly those sent. Messages after the
+    /// stopping one may have been published as well (duplicates, which consumers
+    /// deduplicate). The default publishes one at a time.
+    fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
+        Box::pin(async move {
+            let mut published = 0;
+            for message in messages {
+                if let Err(error) = self.publish(message).await {
+                    return (published, Some(error));
+                }
+                published += 1;
+            }
+            (published, None)
         })
     }
 

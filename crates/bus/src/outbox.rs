@@ -16,7 +16,13 @@
 //! Both tables come from [`migrations`]; apply them with the service's own:
 //! `db.migrate("bus", bus::outbox_migrations())`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{AnyConnection, Row};
 use storage::{Database, Dialect, Migration, StorageError};
@@ -183,6 +189,8 @@ pub struct OutboxRelay {
     keep_sent: Duration,
     /// A label for metrics and logs (the service name).
     name: String,
+    /// The last batch stopped at a message the bus refused.
+    refused: Arc<AtomicBool>,
 }
 
 impl OutboxRelay {
@@ -194,6 +202,7 @@ impl OutboxRelay {
             batch: 256,
             keep_sent: Duration::from_secs(3600),
             name: name.into(),
+            refused: Arc::default(),
         }
     }
 
@@ -299,7 +308,11 @@ impl OutboxRelay {
             }
             Dialect::Postgres | Dialect::MySql => Some(tx),
         };
-        self.bus.publish_all(messages).await?;
+        let (published, refused) = self.publish_in_order(messages).await;
+        if published == 0 {
+            return Err(refused.unwrap_or(BusError::Closed));
+        }
+        seqs.truncate(published);
         let placeholders = vec!["?"; seqs.len()].join(", ");
         let mut update = sqlx::query(dialect.sql(format!(
             "UPDATE bus_outbox SET sent_at = ? WHERE seq IN ({placeholders})"
@@ -317,7 +330,30 @@ impl OutboxRelay {
                 update.execute(self.db.pool()).await?;
             }
         }
-        Ok(count)
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(count),
+        }
+    }
+
+    /// Publishes `messages` in order, stopping at the first the bus does not take.
+    /// After a refusal the head of the next batch goes alone first: while it stays
+    /// unroutable, the messages behind it are not published again at every retry.
+    async fn publish_in_order(&self, mut messages: Vec<Message>) -> (usize, Option<BusError>) {
+        let mut published = 0;
+        if self.refused.load(Ordering::Relaxed) && messages.len() > 1 {
+            let rest = messages.split_off(1);
+            if let Some(head) = messages.pop()
+                && let Err(error) = self.bus.publish(head).await
+            {
+                return (0, Some(error));
+            }
+            published = 1;
+            messages = rest;
+        }
+        let (more, error) = self.bus.publish_in_order(messages).await;
+        self.refused.store(error.is_some(), Ordering::Relaxed);
+        (published + more, error)
     }
 
     /// Messages not yet published.

@@ -213,7 +213,83 @@ conformance!(
     outbox_and_inbox_on_mariadb,
     headers_and_ids_survive_the_trip,
     crash_looping_message_is_dead_lettered,
+    a_message_no_group_is_bound_to_waits_in_the_outbox,
 );
+
+/// A message published before any consumer group is bound to its routing key (a fresh
+/// broker, the producer up before its consumers) is refused rather than confirmed and
+/// dropped; the outbox keeps it, marks the messages before it sent, and publishes it once
+/// a group subscribes.
+async fn a_message_no_group_is_bound_to_waits_in_the_outbox(backend: &Backend) {
+    let (bound_key, late_key) = (unique("bound"), unique("late"));
+    let refused = backend.bus.publish(Message::new(&late_key, "direct")).await;
+    assert!(
+        matches!(&refused, Err(bus::BusError::Unroutable(key)) if *key == late_key),
+        "{refused:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("service.db").display()
+    ))
+    .await
+    .expect("database");
+    db.migrate("bus", bus::outbox_migrations())
+        .await
+        .expect("bus migrations");
+    let mut early = backend
+        .bus
+        .subscribe(Subscription::new(backend.group("early"), &bound_key))
+        .await
+        .expect("subscribe");
+    let outbox = Outbox::new(&db);
+    let first = Message::new(&bound_key, "first");
+    let waiting = Message::new(&late_key, "waiting");
+    let mut tx = db.begin().await.expect("begin");
+    for message in [&first, &waiting] {
+        outbox.enqueue(&mut tx, message).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+
+    let relay = OutboxRelay::new("shop", db.clone(), backend.bus.clone());
+    let outcome = relay.relay_once().await;
+    assert!(
+        matches!(&outcome, Err(bus::BusError::Unroutable(key)) if *key == late_key),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        relay.backlog().await.expect("backlog"),
+        1,
+        "the first is sent"
+    );
+    let delivery = next(&mut early).await;
+    assert_eq!(delivery.message.id, first.id);
+    delivery.ack().await.expect("ack");
+    // Still nobody bound: it stays.
+    assert!(relay.relay_once().await.is_err());
+    assert_eq!(relay.backlog().await.expect("backlog"), 1);
+
+    let mut late = backend
+        .bus
+        .subscribe(Subscription::new(backend.group("late"), &late_key))
+        .await
+        .expect("subscribe");
+    assert_eq!(relay.relay_once().await.expect("relay"), 1);
+    assert_eq!(relay.backlog().await.expect("backlog"), 0);
+    let delivery = next(&mut late).await;
+    assert_eq!(delivery.message.id, waiting.id);
+    assert_eq!(delivery.message.body, waiting.body);
+    delivery.ack().await.expect("ack");
+    // The first went out once: the early group has nothing more.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), early.next())
+            .await
+            .is_err(),
+        "the first message was published again"
+    );
+    db.close().await;
+}
 
 /// A message whose handler crashes every time (never settles) must not be redelivered
 /// forever: after `max_attempts` deliveries it is dead-lettered.
@@ -293,12 +369,12 @@ async fn headers_and_ids_survive_the_trip(backend: &Backend) {
         .expect("json")
         .with_header("x-custom", "yes");
     backend.bus.publish(message.clone()).await.expect("publish");
-    // Not matching the pattern: never delivered.
-    backend
-        .bus
-        .publish(Message::new("other", "x"))
-        .await
-        .expect("publish");
+    // Not matching the pattern: not taken, and never delivered.
+    let refused = backend.bus.publish(Message::new("other", "x")).await;
+    assert!(
+        matches!(&refused, Err(bus::BusError::Unroutable(key)) if key == "other"),
+        "{refused:?}"
+    );
     let delivery = next(&mut subscriber).await;
     assert_eq!(delivery.message.id, message.id);
     assert_eq!(delivery.message.routing_key, "media.video");

@@ -118,6 +118,12 @@ fn backend_services() -> impl Iterator<Item = &'static str> {
 impl System {
     /// Starts every service (two converters) and the gateway.
     pub fn start(servers: &Servers) -> System {
+        System::start_without(servers, &[])
+    }
+
+    /// Starts every process but those named in `left_out` (start them later with
+    /// [`System::start_converter`] and friends).
+    pub fn start_without(servers: &Servers, left_out: &[&str]) -> System {
         platform::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
         let prefix = format!("t{}", std::process::id()) + &format!("{:x}", fastrand_u32());
@@ -170,7 +176,9 @@ impl System {
             ("comments", "comments"),
             ("moderation", "moderation"),
         ] {
-            system.spawn(name, service, &[("FLOTILLA_AUTH_URL", auth.clone())]);
+            if !left_out.contains(&name) {
+                system.spawn(name, service, &[("FLOTILLA_AUTH_URL", auth.clone())]);
+            }
         }
         system.spawn(
             "query",
@@ -189,6 +197,12 @@ impl System {
         system.spawn("gateway", "gateway", &gateway_env);
         system.gateway = system.url("gateway");
         system
+    }
+
+    /// Starts converter process `name` (one left out at the start).
+    pub fn start_converter(&mut self, name: &str) {
+        let auth = self.url("auth");
+        self.spawn(name, "converter", &[("FLOTILLA_AUTH_URL", auth)]);
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -320,8 +334,49 @@ impl System {
     }
 }
 
+impl System {
+    /// What a failed test shows: the end of every process's log and the broker's queues.
+    fn report(&self) {
+        let mut names: Vec<&String> = self.processes.keys().collect();
+        names.sort();
+        for name in names {
+            let log = self.processes[name].log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "----- {name}.log (last {} lines)\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+        if let Ok(output) = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "-p",
+                &self.vhost,
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+            .output()
+        {
+            eprintln!(
+                "----- queues in {}\n{}{}",
+                self.vhost,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
 impl Drop for System {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report();
+        }
         for process in self.processes.values_mut() {
             process.kill_hard();
         }
