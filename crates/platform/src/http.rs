@@ -346,11 +346,15 @@ impl AcceptLoop {
                     entry.borrow_mut().call(request.map(Body::new))
                 },
             );
+            let linger = Linger::of(&stream);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let watched = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(error) = watched.await {
                     tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                if let Some(linger) = linger {
+                    linger.close().await;
                 }
                 drop(permit);
             });
@@ -363,6 +367,70 @@ impl AcceptLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a closing connection may go on receiving what the client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// A closing connection that receives nothing for this long is closed.
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+/// At most this much is read and dropped from a closing connection.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// A second handle on a connection's socket, so that it is closed gently once hyper is
+/// done with it (a *lingering close*, as nginx does). A server that answers before
+/// reading the whole request — 413 for a declared length over the limit, 401 for an
+/// upload without a valid token, a 4xx for a malformed head — closes a connection the
+/// client is still writing to. Closing a socket with unread data makes the kernel send a
+/// reset, and a reset can destroy the answer in the client's receive buffer before the
+/// client has read it: the client sees "connection reset" instead of the 413. So the
+/// server shuts down its sending side (the client sees the end of the answer), then
+/// reads and drops whatever still arrives until the client closes too, for at most
+/// [`LINGER_TIME`] (and [`LINGER_IDLE`] without data, [`LINGER_BYTES`] in all).
+struct Linger(std::net::TcpStream);
+
+impl Linger {
+    fn of(stream: &tokio::net::TcpStream) -> Option<Self> {
+        use std::os::fd::AsFd as _;
+        let fd = stream.as_fd().try_clone_to_owned().ok()?;
+        Some(Self(std::net::TcpStream::from(fd)))
+    }
+
+    /// After hyper has let go of the connection. The socket is non-blocking (the flag
+    /// belongs to the socket, shared with hyper's handle).
+    async fn close(self) {
+        use std::io::Read as _;
+        let mut stream = self.0;
+        // hyper shut down writing if it ended the connection cleanly; not after an error.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        match stream.read(&mut [0u8; 512]) {
+            // The client has closed its side already (the usual end of a connection).
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        // Boxed: only closes that need it pay for the buffer.
+        Box::pin(Self::drain(stream)).await;
+    }
+
+    async fn drain(stream: std::net::TcpStream) {
+        use tokio::io::AsyncReadExt as _;
+        let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let wait = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(LINGER_IDLE);
+            match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
     }
 }
 

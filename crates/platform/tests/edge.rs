@@ -198,3 +198,48 @@ async fn a_trickling_body_times_out_with_a_problem() {
     .expect("joined");
     shutdown.cancel();
 }
+
+/// A server that answers before it has read the request body (here: 413 for a declared
+/// length over the limit) must not reset the connection under the client: the client
+/// is still writing, and its writes would fail. The server lingers — closes its side,
+/// reads and drops what the client still sends — so the client's writes go through, it
+/// reads the 413 and then an orderly end of the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() {
+    let (addr, shutdown) = start().await;
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..5 {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            stream
+                .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+                .expect("head");
+            // Let the server answer and close before the rest of the body arrives.
+            std::thread::sleep(Duration::from_millis(200));
+            // Writes into a socket the server has closed fail ("broken pipe" after the
+            // reset), and a client that stops at a failed write (reqwest does) never
+            // reads the answer.
+            let chunk = vec![b'x'; 64 * 1024];
+            for i in 0..4 {
+                let written = stream.write_all(&chunk);
+                assert!(written.is_ok(), "write {i} after the answer: {written:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let mut answer = Vec::new();
+            let read = stream.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                read.is_ok(),
+                "the connection was reset: {read:?} after {answer:?}"
+            );
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        }
+        still_serving(addr);
+    })
+    .await
+    .expect("joined");
+    shutdown.cancel();
+}
