@@ -428,3 +428,29 @@ async fn the_reference_flow_with_a_seeded_admin() {
     assert_eq!(claims.username, "georgio@email.com");
     running.stop().await.expect("stop");
 }
+
+/// Auth limits login attempts per client address, which it reads from the last entry of
+/// `X-Forwarded-For` when the gateway calls it. A client that writes its own
+/// `X-Forwarded-For` (a new address every time) is still one client: the gateway
+/// appends the address it sees, in `up` as in `serve`.
+#[tokio::test]
+async fn a_client_cannot_dodge_the_login_limit_with_its_own_x_forwarded_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut services = flotilla::ServiceArgs::default();
+    services.auth.login_attempts_per_client = 3;
+    let system = test_support::spawn_system_with(dir.path(), services).await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let reply = system
+            .client
+            .post(system.url("/login"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .basic_auth(format!("user{i}@example.com"), Some("guessing"))
+            .send()
+            .await
+            .expect("login");
+        statuses.push(reply.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    system.stop().await.expect("stop");
+}

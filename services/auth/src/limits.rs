@@ -6,8 +6,8 @@
 //! gateway runs in a deployment), in which case the *last* `X-Forwarded-For` entry is
 //! used — the one the gateway appended, not anything the client wrote before it. In
 //! `flotilla up` the gateway calls auth in-process with the original connection's
-//! address and appends it to `X-Forwarded-For` itself, so both modes agree. IPv6
-//! clients are grouped by /64, the block one subscriber usually holds.
+//! address and appends it to `X-Forwarded-For` as it does for a remote auth, so both
+//! modes agree. IPv6 clients are grouped by /64, the block one subscriber usually holds.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},

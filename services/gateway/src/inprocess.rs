@@ -6,7 +6,9 @@
 //! router sees the request as if it had come off a socket. Kept across:
 //!
 //! * `ConnectInfo<SocketAddr>` — the client's address (a remote service reads
-//!   `X-Forwarded-For` instead);
+//!   `X-Forwarded-For` instead; that header gets the client appended here as it does on
+//!   the way to a remote instance, so a service that believes its last entry — auth's
+//!   per-client login limit — reads the client, never what the client wrote there);
 //! * [`identity::Caller`] — the token the gateway already verified (a remote service
 //!   verifies the `Authorization` header again);
 //! * [`RequestId`] and [`TraceParent`] — also in the headers, which the service's own
@@ -40,7 +42,8 @@ impl Service<Request> for InProcess {
         <Router as Service<Request>>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        crate::remote::append_client_address(&mut request);
         self.router.call(with_fresh_extensions(request))
     }
 }
@@ -78,7 +81,8 @@ mod tests {
 
     /// A route with the same `{id}` pattern in front of the service, as the gateway has.
     #[tokio::test]
-    async fn the_service_sees_its_own_path_parameters_and_the_client_address() {
+    async fn the_service_sees_its_own_path_parameters_and_the_client_address_last_in_x_forwarded_for()
+     {
         let service = Router::new().route(
             "/posts/{id}/comments",
             get(
@@ -86,7 +90,11 @@ mod tests {
                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
                  request: Request| async move {
                     let leaked = request.extensions().get::<Marker>().is_some();
-                    format!("{params:?} {peer} leaked={leaked}")
+                    let forwarded = request.headers()["x-forwarded-for"]
+                        .to_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    format!("{params:?} {peer} leaked={leaked} forwarded={forwarded}")
                 },
             ),
         );
@@ -103,6 +111,7 @@ mod tests {
             }),
         );
         let mut request = Request::get("/posts/p1/comments")
+            .header("x-forwarded-for", "198.51.100.1")
             .body(Body::empty())
             .expect("request");
         request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
@@ -114,7 +123,7 @@ mod tests {
             .expect("body");
         assert_eq!(
             std::str::from_utf8(&body).expect("utf-8"),
-            r#"[("id", "p1")] 192.0.2.8:4000 leaked=false"#
+            r#"[("id", "p1")] 192.0.2.8:4000 leaked=false forwarded=198.51.100.1, 192.0.2.8"#
         );
     }
 

@@ -54,8 +54,6 @@ enum Methods {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Guard {
     Open,
-    /// The client's address appended to `X-Forwarded-For` (auth's per-client limits).
-    ClientAddress,
     /// A valid Bearer token, checked here (auth.rs), or 401.
     Token,
 }
@@ -84,8 +82,8 @@ use Methods::{Any, Get, Post};
 
 const TABLE: [Route; 13] = [
     // auth
-    route(Post, "/signup", "auth").guarded(Guard::ClientAddress),
-    route(Post, "/login", "auth").guarded(Guard::ClientAddress),
+    route(Post, "/signup", "auth"),
+    route(Post, "/login", "auth"),
     route(Post, "/validate", "auth"),
     route(Get, "/.well-known/jwks.json", "auth"),
     // media: a valid Bearer token or 401, before media is called
@@ -162,7 +160,6 @@ impl<'a> Table<'a> {
         };
         match route.guard {
             Guard::Open => methods,
-            Guard::ClientAddress => crate::auth::with_client_address(methods),
             Guard::Token => crate::auth::protect(methods, &self.verifier),
         }
     }
@@ -276,10 +273,6 @@ impl FastPath for Proxy {
         let timeout = route.timeout;
         match route.guard {
             Guard::Open => Box::pin(upstream.call(request, timeout)),
-            Guard::ClientAddress => {
-                crate::remote::append_client_address(&mut request);
-                Box::pin(upstream.call(request, timeout))
-            }
             Guard::Token => {
                 let verifier = self.verifier.clone();
                 Box::pin(async move {
