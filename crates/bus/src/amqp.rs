@@ -10,7 +10,7 @@
 //! | `G.retry.N` | quorum queue, TTL = backoff after attempt N | delayed retry: expired messages go back to `G` through `E.requeue` |
 //! | `E.requeue` | direct exchange | routes expired retries back to their group queue (key `G`) |
 //! | `G.dead` | quorum queue, bound to `E.dlx` with key `G` | parking queue: dead letters for an operator to list and replay |
-//! | `E.dlx` | direct exchange | `G`'s dead-letter exchange: messages the broker gives up on (more than `max_attempts` deliveries without an ack — a consumer that crashes on them) land in `G.dead` |
+//! | `E.dlx` | direct exchange | `G`'s dead-letter exchange: messages the broker gives up on (more than `max_attempts` + 1 deliveries without an ack — a consumer that crashes on them; the extra one is exhausted, for the handler to settle) land in `G.dead` |
 //!
 //! Quorum queues dead-letter *at least once* (`x-dead-letter-strategy`), so a retry or a
 //! dead letter is never dropped on the way. Messages are persistent; every publish waits
@@ -303,13 +303,11 @@ impl Shared {
             ("x-dead-letter-exchange", long_string(&dlx)),
             ("x-dead-letter-routing-key", long_string(group)),
             // A message whose consumer keeps crashing on it (returned unacked more than
-            // this many times, i.e. delivered `max_attempts` times) is dead-lettered by
-            // the broker.
+            // this many times, i.e. delivered `max_attempts + 1` times: the last one
+            // exhausted, for its handler to settle) is dead-lettered by the broker.
             (
                 "x-delivery-limit",
-                AMQPValue::LongInt(
-                    i32::try_from(retry.max_attempts.saturating_sub(1)).unwrap_or(i32::MAX),
-                ),
+                AMQPValue::LongInt(i32::try_from(retry.max_attempts).unwrap_or(i32::MAX)),
             ),
         ];
         main_args.extend(at_least_once.iter().cloned());

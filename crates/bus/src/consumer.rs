@@ -53,11 +53,24 @@ impl Consumer {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Nack>> + Send + 'static,
     {
-        self.run_attempts(shutdown, move |message, _| handler(message))
+        let handler = Arc::new(handler);
+        self.run_attempts(shutdown, move |message, attempt| {
+            let handler = handler.clone();
+            async move {
+                if attempt.is_exhausted() {
+                    return Err(Nack::Reject(format!(
+                        "its handler never finished: the consumer stopped during each of its {} attempts",
+                        attempt.max
+                    )));
+                }
+                handler(message).await
+            }
+        })
     }
 
     /// As [`Consumer::run`], and the handler also learns which [`Attempt`] this is, so
-    /// that on the last one it can settle the matter itself (record a failure, tell
+    /// that on the last one — or once more, [`Attempt::is_exhausted`], after the consumer
+    /// died during the last one — it can settle the matter itself (record a failure, tell
     /// the user) rather than return a retry the bus would dead-letter.
     pub fn run_attempts<F, Fut>(
         self,

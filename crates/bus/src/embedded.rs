@@ -17,8 +17,9 @@
 //! Delivery: a consumer *leases* up to `prefetch` deliveries (attempt count +1, lease
 //! until now + `lease`). Ack deletes the delivery; nack sets it available again after the
 //! backoff, or moves it to `dead_letters` after the last attempt; a lease that expires
-//! (the consumer died) makes it available to any consumer of the group, and one that
-//! expires on the last attempt dead-letters it. While a delivery is held — handed out
+//! (the consumer died) makes it available to any consumer of the group — once more after
+//! the last attempt, marked exhausted (`Attempt::is_exhausted`) for the handler to settle
+//! without redoing the work — and one that expires after that dead-letters it. While a delivery is held — handed out
 //! and neither settled nor dropped — this process renews its lease every third of
 //! `lease`, so a handler may take as long as it needs (a long conversion) without its
 //! message going to a second consumer; a process that dies stops renewing, and its
@@ -396,7 +397,7 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
 /// Makes every leased delivery available again; called only when no other process has
 /// the bus open (see [`open_lock`]), so every lease is one of a process that is gone.
 /// Like a lease that expired, the attempt still counts, so a message that keeps killing
-/// its consumer is still dead-lettered after the last attempt.
+/// its consumer is still dead-lettered after the last (and the exhausted) attempt.
 fn release_orphaned_leases(conn: &Connection) -> Result<(), BusError> {
     let released = conn.execute(
         "UPDATE deliveries SET lease_until = 1 WHERE lease_until > 1",
@@ -722,9 +723,10 @@ impl Writer {
 
     fn lease(&mut self, group: &str, max: usize) -> Result<Vec<Leased>, rusqlite::Error> {
         let now = now_ms();
-        let max_attempts = i64::from(self.retry.max_attempts);
-        // Deliveries whose last allowed attempt was never settled: the consumer keeps
-        // dying on them. Dead-letter instead of handing them out forever.
+        // Past the last attempt, one more delivery (`Attempt::is_exhausted`) lets the
+        // handler settle what it could not finish; when that is not settled either, the
+        // consumer keeps dying on it: dead-letter instead of handing it out forever.
+        let max_attempts = i64::from(self.retry.max_attempts) + 1;
         let expired: Vec<(i64, i64)> = self
             .conn
             .prepare_cached(

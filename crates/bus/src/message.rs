@@ -248,6 +248,16 @@ impl Attempt {
     pub fn is_last(self) -> bool {
         self.number >= self.max
     }
+
+    /// Past the last attempt: every attempt so far ended without a settlement (the
+    /// consumer process died each time, or its handler crashed). The bus hands such a
+    /// delivery out once more so that its handler can settle the matter without doing
+    /// the work again (a job marked failed, its user told) rather than leave it
+    /// half-done; any `Nack` now dead-letters it. [`crate::Consumer::run`] handlers never
+    /// see it: the consumer dead-letters it for them.
+    pub fn is_exhausted(self) -> bool {
+        self.number > self.max
+    }
 }
 
 /// A message that exhausted its attempts or was rejected, kept for an operator.

@@ -214,7 +214,44 @@ conformance!(
     headers_and_ids_survive_the_trip,
     crash_looping_message_is_dead_lettered,
     a_message_no_group_is_bound_to_waits_in_the_outbox,
+    a_consumer_that_died_on_the_last_attempt_gets_the_message_once_more_exhausted,
 );
+
+/// A consumer that dies during the last attempt (killed, not a handler's `Nack`) would
+/// leave its work half-done with nobody told; the bus delivers the message once more,
+/// marked exhausted, so that a handler can settle it (fail the job, tell the user)
+/// without redoing the work. Unsettled again, it is dead-lettered.
+async fn a_consumer_that_died_on_the_last_attempt_gets_the_message_once_more_exhausted(
+    backend: &Backend,
+) {
+    let group = backend.group("dying");
+    let mut subscriber = backend
+        .bus
+        .subscribe(Subscription::new(&group, "dying"))
+        .await
+        .expect("subscribe");
+    let message = Message::new("dying", "work");
+    backend.bus.publish(message.clone()).await.expect("publish");
+    let max = test_options().retry.max_attempts;
+    for number in 1..=max + 1 {
+        let delivery = next(&mut subscriber).await;
+        assert_eq!(delivery.message.id, message.id);
+        let attempt = delivery.attempt();
+        assert_eq!((attempt.number, attempt.max), (number, max));
+        assert_eq!(attempt.is_exhausted(), number > max);
+        // The consumer "dies": its delivery is never settled.
+        drop(delivery);
+    }
+    // (Still consuming: the embedded bus dead-letters when the group next leases.)
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), subscriber.next())
+            .await
+            .is_err(),
+        "delivered again after the exhausted attempt"
+    );
+    let dead = wait_for_dead_letters(backend, &group, 1).await;
+    assert_eq!(dead[0].id, message.id);
+}
 
 /// A message published before any consumer group is bound to its routing key (a fresh
 /// broker, the producer up before its consumers) is refused rather than confirmed and

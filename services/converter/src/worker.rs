@@ -13,7 +13,10 @@
 //! attempt, the worker publishes a `failed` outcome ("gave up after N attempts: …")
 //! and acknowledges, so the job ends `failed` and the user gets one email,
 //! instead of the bus dead-lettering the message and the job staying `converting`. The
-//! one exception is shutdown: an interrupted job is retried, not failed.
+//! one exception is shutdown: an interrupted job is retried, not failed. A converter
+//! killed during the last attempt cannot do that; the bus then delivers the message once
+//! more as exhausted ([`Attempt::is_exhausted`]), and the worker fails the job ("the
+//! converter stopped during each of its N attempts") without converting again.
 
 use std::{
     path::{Path, PathBuf},
@@ -67,6 +70,19 @@ impl Worker {
         let video: VideoMessage = message
             .decode()
             .map_err(|e| Nack::Reject(format!("bad {VIDEO} body: {e}")))?;
+        if attempt.is_exhausted() {
+            // Every attempt ended with the converter gone mid-way (killed, out of memory,
+            // the machine lost): no new try, but the job must not stay "converting".
+            tracing::warn!(job_id = %video.job_id, attempts = attempt.max, "the converter stopped during every attempt; failing the job");
+            let failed = Self::failed(
+                &video,
+                format!(
+                    "the converter stopped during each of its {} attempts",
+                    attempt.max
+                ),
+            );
+            return self.publish_outcome(&video, &failed).await;
+        }
         tracing::info!(job_id = %video.job_id, attempt = attempt.number, "conversion started");
         let started = ConversionStarted {
             job_id: video.job_id.clone(),
@@ -104,14 +120,22 @@ impl Worker {
             }
             Err(Outcome::Failed(reason)) => Self::failed(&video, reason),
         };
-        let outcome = Message::json(MP3, &finished)
+        self.publish_outcome(&video, &finished).await
+    }
+
+    /// Publishes the job's outcome (`mp3`), one id per job.
+    async fn publish_outcome(
+        &self,
+        video: &VideoMessage,
+        finished: &Mp3Message,
+    ) -> Result<(), Nack> {
+        let outcome = Message::json(MP3, finished)
             .map_err(|e| Nack::Retry(e.to_string()))?
             .with_id(format!("mp3-{}", video.job_id));
         self.bus
             .publish(outcome)
             .await
-            .map_err(|e| Nack::Retry(format!("could not publish the outcome: {e}")))?;
-        Ok(())
+            .map_err(|e| Nack::Retry(format!("could not publish the outcome: {e}")))
     }
 
     /// The `failed` outcome of a job, with the reason the user is told.
