@@ -134,7 +134,8 @@ impl TraceContext {
         put(3, self.trace_id, 32);
         put(36, u128::from(self.span_id), 16);
         put(53, u128::from(self.flags), 2);
-        TraceParent(String::from_utf8_lossy(&out).into_owned())
+        // Hex digits and dashes only: always UTF-8.
+        TraceParent(std::str::from_utf8(&out).unwrap_or_default().to_owned())
     }
 }
 
