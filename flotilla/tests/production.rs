@@ -146,16 +146,7 @@ async fn a_converter_killed_mid_job_leaves_the_job_to_the_other_one() {
         assert!(Instant::now() < deadline, "no converter picked up {job_id}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let before: serde_json::Value = system
-        .client
-        .get(format!("{}/jobs/{job_id}", system.gateway))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("jobs answers")
-        .json()
-        .await
-        .expect("json job");
+    let before = system.job(&token, &job_id).await;
     assert_ne!(
         before["status"], "done",
         "input too short to kill the worker mid-job"
@@ -212,16 +203,7 @@ async fn an_upload_accepted_before_any_converter_ran_is_converted_when_one_start
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let job: serde_json::Value = system
-        .client
-        .get(format!("{}/jobs/{job_id}", system.gateway))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("jobs answers")
-        .json()
-        .await
-        .expect("json job");
+    let job = system.job(&token, &job_id).await;
     assert_ne!(job["status"], "done", "{job}");
 
     system.start_converter("converter");

@@ -17,7 +17,9 @@
 //! for the broker's confirm and is *mandatory*: a message no queue is bound for comes
 //! back as [`BusError::Unroutable`] instead of being confirmed and dropped. Retrying a delivery publishes a copy to `G.retry.N` (confirmed)
 //! and then acks the original; dead-lettering publishes to `G.dead` with the reason in the
-//! `x-flotilla-reason` header, then acks. A consumer that dies leaves its deliveries unacked
+//! `x-flotilla-reason` header, then acks; requeueing ([`Nack::Requeue`], a handler
+//! interrupted by shutdown) publishes a copy straight to `G` carrying the same attempt
+//! number, then acks. A consumer that dies leaves its deliveries unacked
 //! and RabbitMQ redelivers them.
 //!
 //! Long handlers: RabbitMQ has no lease to renew; a delivery stays with its consumer
@@ -594,23 +596,36 @@ impl Settle for AmqpSettle {
     fn nack(mut self: Box<Self>, nack: Nack) -> BoxFuture<'static, Result<(), BusError>> {
         Box::pin(async move {
             let original_key = (ORIGINAL_KEY, self.message.routing_key.clone());
-            let (queue, extra) = match nack {
+            let requeue = matches!(nack, Nack::Requeue(_));
+            let dead_reason = match nack {
+                Nack::Requeue(reason) => {
+                    // Back to the group's queue, carrying the same attempt number: the
+                    // copy has no delivery count of its own.
+                    tracing::debug!(group = %self.group, attempt = self.attempt, %reason, "requeued");
+                    None
+                }
                 Nack::Retry(reason) if self.attempt < self.retry.max_attempts => {
                     metrics::counter!("bus_retried_total", "group" => self.group.clone())
                         .increment(1);
                     tracing::debug!(group = %self.group, attempt = self.attempt, %reason, "retrying later");
-                    (
-                        retry_queue(&self.group, self.attempt),
-                        vec![(ATTEMPT, (self.attempt + 1).to_string()), original_key],
-                    )
+                    None
                 }
-                nack => {
-                    let reason = match nack {
-                        Nack::Retry(reason) => {
-                            format!("failed {} attempts; last error: {reason}", self.attempt)
-                        }
-                        Nack::Reject(reason) => reason,
-                    };
+                Nack::Retry(reason) => Some(format!(
+                    "failed {} attempts; last error: {reason}",
+                    self.attempt
+                )),
+                Nack::Reject(reason) => Some(reason),
+            };
+            let (queue, extra) = match (dead_reason, requeue) {
+                (None, true) => (
+                    self.group.clone(),
+                    vec![(ATTEMPT, self.attempt.to_string()), original_key],
+                ),
+                (None, false) => (
+                    retry_queue(&self.group, self.attempt),
+                    vec![(ATTEMPT, (self.attempt + 1).to_string()), original_key],
+                ),
+                (Some(reason), _) => {
                     tracing::warn!(group = %self.group, message_id = %self.message.id, %reason, "message dead-lettered");
                     metrics::counter!("bus_dead_lettered_total", "group" => self.group.clone())
                         .increment(1);

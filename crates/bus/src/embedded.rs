@@ -598,7 +598,9 @@ impl Writer {
                 nack,
                 reply,
             } => {
-                self.nack(delivery_id, attempt, nack)?;
+                if let Some(group) = self.nack(delivery_id, attempt, nack)? {
+                    woken.push(group);
+                }
                 Outcome::Unit(reply)
             }
             Command::Renew(held) => {
@@ -787,7 +789,14 @@ impl Writer {
         Ok(rows)
     }
 
-    fn nack(&mut self, delivery_id: i64, attempt: i64, nack: Nack) -> Result<(), rusqlite::Error> {
+    /// Settles a delivery as `nack` says; returns the group to wake when the message is
+    /// available again at once.
+    fn nack(
+        &mut self,
+        delivery_id: i64,
+        attempt: i64,
+        nack: Nack,
+    ) -> Result<Option<String>, rusqlite::Error> {
         let current: Option<(String, i64)> = self
             .conn
             .prepare_cached("SELECT group_name, attempts FROM deliveries WHERE id = ?1")?
@@ -795,15 +804,25 @@ impl Writer {
             .optional()?;
         // Gone or leased again since (our lease expired): the newer attempt decides.
         let Some((group, attempts)) = current.filter(|(_, attempts)| *attempts == attempt) else {
-            return Ok(());
+            return Ok(None);
         };
         match nack {
-            Nack::Reject(reason) => self.dead_letter(delivery_id, &reason),
+            Nack::Reject(reason) => self.dead_letter(delivery_id, &reason).map(|()| None),
             Nack::Retry(reason) if attempts >= i64::from(self.retry.max_attempts) => self
                 .dead_letter(
                     delivery_id,
                     &format!("failed {attempts} attempts; last error: {reason}"),
-                ),
+                )
+                .map(|()| None),
+            Nack::Requeue(reason) => {
+                // The next lease counts this attempt again.
+                self.conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET attempts = attempts - 1, lease_until = 0, available_at = ?1, last_error = ?2 WHERE id = ?3",
+                    )?
+                    .execute(params![now_ms(), reason, delivery_id])?;
+                Ok(Some(group))
+            }
             Nack::Retry(reason) => {
                 metrics::counter!("bus_retried_total", "group" => group).increment(1);
                 let delay = self
@@ -816,7 +835,7 @@ impl Writer {
                         "UPDATE deliveries SET lease_until = 0, available_at = ?1, last_error = ?2 WHERE id = ?3",
                     )?
                     .execute(params![available_at, reason, delivery_id])?;
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -976,14 +995,7 @@ impl EventBus for EmbeddedBus {
             match self.publish_all(messages.clone()).await {
                 Ok(()) => (count, None),
                 Err(BusError::Unroutable(_)) if count > 1 => {
-                    let mut published = 0;
-                    for message in messages {
-                        if let Err(error) = self.publish(message).await {
-                            return (published, Some(error));
-                        }
-                        published += 1;
-                    }
-                    (published, None)
+                    crate::publish_one_by_one(self, messages).await
                 }
                 Err(error) => (0, Some(error)),
             }

@@ -36,8 +36,9 @@
 //!   `prefetch` unsettled); [`Consumer`] runs a handler over it with a concurrency limit,
 //!   acks on `Ok`, and on `Err(`[`Nack`]`)` retries with exponential backoff
 //!   ([`RetryPolicy`], default 5 attempts) or dead-letters at once ([`Nack::Reject`], for
-//!   bodies that can never be handled). A consumer that dies without settling gets its
-//!   deliveries redelivered.
+//!   bodies that can never be handled); [`Nack::Requeue`] (interrupted by shutdown) hands
+//!   the message out again as the same attempt. A consumer that dies without settling
+//!   gets its deliveries redelivered.
 //! * **Dead letters** — [`EventBus::dead_letters`] lists them with the reason;
 //!   [`EventBus::replay_dead_letters`] puts them back in their group's queue
 //!   (`flotilla bus dlq list|replay`).
@@ -144,6 +145,22 @@ impl Stream for Subscriber {
     }
 }
 
+/// [`EventBus::publish_in_order`] one message at a time: each awaited before the next,
+/// stopping at the first the bus does not take.
+pub async fn publish_one_by_one<B: EventBus + ?Sized>(
+    bus: &B,
+    messages: Vec<Message>,
+) -> (usize, Option<BusError>) {
+    let mut published = 0;
+    for message in messages {
+        if let Err(error) = bus.publish(message).await {
+            return (published, Some(error));
+        }
+        published += 1;
+    }
+    (published, None)
+}
+
 /// The bus. Object safe: services hold an `Arc<dyn EventBus>`.
 pub trait EventBus: Send + Sync + fmt::Debug {
     /// Publishes `message`; returns once it is durable (committed to the embedded store
@@ -167,16 +184,7 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     /// stopping one may have been published as well (duplicates, which consumers
     /// deduplicate). The default publishes one at a time.
     fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
-        Box::pin(async move {
-            let mut published = 0;
-            for message in messages {
-                if let Err(error) = self.publish(message).await {
-                    return (published, Some(error));
-                }
-                published += 1;
-            }
-            (published, None)
-        })
+        Box::pin(publish_one_by_one(self, messages))
     }
 
     /// Declares the group (durably: messages published from now on are kept for it even

@@ -172,6 +172,10 @@ pub enum Nack {
     Retry(String),
     /// The message can never be handled (undecodable, invalid): dead-letter it now.
     Reject(String),
+    /// The handler was interrupted (its process is shutting down), not failed: deliver
+    /// the message again at once, to another consumer or after the restart, as the same
+    /// attempt — an interruption does not use up an attempt, even the last one.
+    Requeue(String),
 }
 
 /// Backend side of one delivery: settles it exactly once.

@@ -215,7 +215,59 @@ conformance!(
     crash_looping_message_is_dead_lettered,
     a_message_no_group_is_bound_to_waits_in_the_outbox,
     a_consumer_that_died_on_the_last_attempt_gets_the_message_once_more_exhausted,
+    a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last,
 );
+
+/// A handler interrupted by shutdown requeues its delivery: it comes back at once as the
+/// same attempt, so an interruption never uses up an attempt — not even the last, which a
+/// `Nack::Retry` would dead-letter.
+async fn a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last(backend: &Backend) {
+    let group = backend.group("interrupted");
+    let mut subscriber = backend
+        .bus
+        .subscribe(Subscription::new(&group, "interrupted"))
+        .await
+        .expect("subscribe");
+    let message = Message::new("interrupted", "work").with_header("x-custom", "kept");
+    backend.bus.publish(message.clone()).await.expect("publish");
+    let max = test_options().retry.max_attempts;
+    for number in 1..=max {
+        for after_requeue in [false, true] {
+            let delivery = next(&mut subscriber).await;
+            assert_eq!(delivery.message.id, message.id);
+            assert_eq!(delivery.message.routing_key, "interrupted");
+            assert_eq!(
+                delivery.message.headers.get("x-custom").map(String::as_str),
+                Some("kept")
+            );
+            assert_eq!(delivery.attempt, number, "after a requeue: {after_requeue}");
+            let nack = if after_requeue {
+                Nack::Retry(format!("failed attempt {number}"))
+            } else {
+                Nack::Requeue("shutting down".to_owned())
+            };
+            if number == max && after_requeue {
+                delivery.ack().await.expect("ack");
+            } else {
+                delivery.nack(nack).await.expect("nack");
+            }
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), subscriber.next())
+            .await
+            .is_err(),
+        "delivered again after its ack"
+    );
+    assert!(
+        backend
+            .bus
+            .dead_letters(Some(&group), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
 
 /// A consumer that dies during the last attempt (killed, not a handler's `Nack`) would
 /// leave its work half-done with nobody told; the bus delivers the message once more,

@@ -290,6 +290,28 @@ impl System {
         body["job_id"].as_str().expect("job id").to_owned()
     }
 
+    /// `GET /jobs/{job_id}` as the holder of `token`: the job, which must be there.
+    pub async fn job(&self, token: &str, job_id: &str) -> serde_json::Value {
+        self.try_job(token, job_id)
+            .await
+            .unwrap_or_else(|| panic!("job {job_id} is not there"))
+    }
+
+    /// `GET /jobs/{job_id}`: the job, or `None` when the answer is not a 200.
+    async fn try_job(&self, token: &str, job_id: &str) -> Option<serde_json::Value> {
+        let response = self
+            .client
+            .get(format!("{}/jobs/{job_id}", self.gateway))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("jobs answers");
+        if response.status() != 200 {
+            return None;
+        }
+        Some(response.json().await.expect("json job"))
+    }
+
     /// Polls the job until it is done or failed.
     pub async fn wait_for_job(
         &self,
@@ -299,18 +321,10 @@ impl System {
     ) -> serde_json::Value {
         let deadline = Instant::now() + limit;
         loop {
-            let response = self
-                .client
-                .get(format!("{}/jobs/{job_id}", self.gateway))
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("jobs answers");
-            if response.status() == 200 {
-                let job: serde_json::Value = response.json().await.expect("json job");
-                if job["status"] == "done" || job["status"] == "failed" {
-                    return job;
-                }
+            if let Some(job) = self.try_job(token, job_id).await
+                && (job["status"] == "done" || job["status"] == "failed")
+            {
+                return job;
             }
             assert!(
                 Instant::now() < deadline,

@@ -13,7 +13,8 @@
 //! attempt, the worker publishes a `failed` outcome ("gave up after N attempts: …")
 //! and acknowledges, so the job ends `failed` and the user gets one email,
 //! instead of the bus dead-lettering the message and the job staying `converting`. The
-//! one exception is shutdown: an interrupted job is retried, not failed. A converter
+//! one exception is shutdown: an interrupted job is requeued ([`Nack::Requeue`]) as the
+//! same attempt, not failed and not counted — even on the last attempt. A converter
 //! killed during the last attempt cannot do that; the bus then delivers the message once
 //! more as exhausted ([`Attempt::is_exhausted`]), and the worker fails the job ("the
 //! converter stopped during each of its N attempts") without converting again.
@@ -115,9 +116,9 @@ impl Worker {
                     format!("gave up after {} attempts: {reason}", attempt.number),
                 )
             }
-            Err(Outcome::Retry(reason) | Outcome::Interrupted(reason)) => {
-                return Err(Nack::Retry(reason));
-            }
+            Err(Outcome::Retry(reason)) => return Err(Nack::Retry(reason)),
+            // Not the job's fault and not a try: the same attempt again, even the last.
+            Err(Outcome::Interrupted(reason)) => return Err(Nack::Requeue(reason)),
             Err(Outcome::Failed(reason)) => Self::failed(&video, reason),
         };
         self.publish_outcome(&video, &finished).await

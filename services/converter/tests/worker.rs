@@ -1,6 +1,7 @@
-//! The `video` consumer settling a job whose converter died during every attempt: the
-//! bus hands the message out once more, exhausted, and the worker fails the job (one
-//! `mp3` outcome, so one email) without converting again.
+//! The `video` consumer at the edges of its attempts: a job whose converter died during
+//! every attempt is failed without converting again (the bus hands the message out once
+//! more, exhausted: one `mp3` outcome, so one email); a job interrupted by shutdown is
+//! requeued, even on the last attempt.
 
 use std::time::Duration;
 
@@ -62,5 +63,60 @@ async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
             .await
             .is_err(),
         "nothing else was published"
+    );
+}
+
+/// A conversion interrupted by shutdown during the last attempt is requeued as the same
+/// attempt — neither failed (the job is fine) nor retried (which the bus would
+/// dead-letter, leaving the job `converting`).
+#[tokio::test]
+async fn a_job_interrupted_by_shutdown_on_the_last_attempt_is_requeued_not_failed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bus = bus::connect(&bus::default_url(dir.path()), BusOptions::default())
+        .await
+        .expect("embedded bus");
+    let mut media = bus
+        .subscribe(Subscription::new("media", MP3).also(CONVERTING))
+        .await
+        .expect("subscribe");
+    let blobs = BlobStore::local(&dir.path().join("blobs")).expect("blob store");
+    let upload = dir.path().join("upload.mp4");
+    std::fs::write(&upload, b"a video, as far as this test goes").expect("write upload");
+    blobs
+        .put_file("video-1", &upload)
+        .await
+        .expect("store upload");
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let worker = Worker {
+        bus: bus.clone(),
+        blobs,
+        converter: Converter::new(ConverterConfig::default(), shutdown),
+        work_dir: dir.path().join("work"),
+    };
+    let video = VideoMessage {
+        video_fid: "video-1".to_owned(),
+        mp3_fid: None,
+        username: "ada@example.com".to_owned(),
+        job_id: "job-interrupted".to_owned(),
+    };
+    let message = Message::json(VIDEO, &video).expect("json");
+
+    let settled = worker.handle(&message, Attempt { number: 5, max: 5 }).await;
+    assert!(matches!(settled, Err(bus::Nack::Requeue(_))), "{settled:?}");
+
+    // `converting`, and no outcome.
+    let delivery = tokio::time::timeout(Duration::from_secs(10), media.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(delivery.message.routing_key, CONVERTING);
+    delivery.ack().await.expect("ack");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), media.next())
+            .await
+            .is_err(),
+        "no outcome was published"
     );
 }

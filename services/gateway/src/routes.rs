@@ -290,10 +290,15 @@ impl FastPath for Proxy {
 const REFUSED_BODY_LIMIT: usize = 1024 * 1024;
 const REFUSED_BODY_TIME: Duration = Duration::from_secs(2);
 
-/// `refusal`, once `request`'s body has been read and dropped (up to a limit). Answering
-/// an upload before its body has arrived makes the server close the connection with the
-/// body unread, and the client, still writing, gets a reset instead of the answer (curl:
-/// "Connection reset by peer" rather than 401).
+/// `refusal`, once `request`'s body has been read and dropped (up to a limit).
+///
+/// Two mechanisms meet here. Every server closes lingeringly (`platform::http`): after
+/// an early answer it stops sending and drains what the client still writes, so the
+/// client reads the answer rather than a reset — but the connection is then closed.
+/// Reading the body *before* answering, as this does for small bodies, lets hyper keep
+/// the connection: a client refused with 401 or 429 (a browser, a script retrying after
+/// `Retry-After`) goes on over the same connection instead of opening a new one. Bodies
+/// above the limit, or too slow, fall through to the lingering close.
 async fn after_reading_body(request: Request, refusal: Response) -> Response {
     use http_body_util::BodyExt as _;
     let mut body = request.into_body();
