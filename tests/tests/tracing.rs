@@ -295,3 +295,107 @@ async fn up_mode_exports_one_trace_across_the_in_process_services() {
     // Only the request's own spans are in its trace (no probe, no background work).
     assert_eq!(spans.len(), 2, "{spans:#?}");
 }
+
+/// A trace crosses the bus: the messages a request publishes carry its context, and each
+/// consumer's delivery span is a child of the span that published — through two hops
+/// (comment → moderation → the comments service applying the decision).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_follows_the_messages_a_request_causes() {
+    const COMMENT_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let (otlp, received) = otlp_receiver().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (system, url) = tokio::task::block_in_place(|| {
+        start(
+            &[
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.path().to_str().expect("UTF-8 path"),
+            ],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)],
+        )
+    });
+    let client = client();
+    let post: serde_json::Value = client
+        .post(format!("{url}/posts"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
+        .json(&serde_json::json!({"title": "traced"}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("a post");
+    let id = post["id"].as_str().expect("post id").to_owned();
+    let response = client
+        .post(format!("{url}/posts/{id}/comments"))
+        .header(
+            "traceparent",
+            format!("00-{COMMENT_TRACE}-{CLIENT_SPAN}-01"),
+        )
+        .json(&serde_json::json!({"content": "hello"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    // Moderated (two hops later) means every span of both traces has ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let comments: serde_json::Value = client
+            .get(format!("{url}/posts/{id}/comments"))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("comments");
+        if comments[0]["status"] == "approved" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not moderated: {comments}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::task::block_in_place(|| stop(system));
+
+    let delivery = |spans: &[Exported], group: &str, event: &str| -> Exported {
+        let found: Vec<&Exported> = spans
+            .iter()
+            .filter(|s| s.attributes.get("group").map(String::as_str) == Some(group))
+            .filter(|s| s.name == format!("blog.{event} process"))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {group} delivery of {event} in {spans:#?}"
+        );
+        found[0].clone()
+    };
+    let spans = spans_of_trace(&received);
+    let created = the_span(&spans, "posts", "POST /posts");
+    let projected = delivery(&spans, "query", "PostCreated");
+    assert_eq!(projected.parent_span_id, created.span_id, "{spans:#?}");
+    assert_eq!(projected.attributes["routing_key"], "blog.PostCreated");
+
+    let spans: Vec<Exported> = received
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|span| span.trace_id == COMMENT_TRACE)
+        .cloned()
+        .collect();
+    let commented = spans
+        .iter()
+        .find(|s| {
+            s.attributes.get("flotilla.service").map(String::as_str) == Some("comments")
+                && s.name.starts_with("POST ")
+        })
+        .unwrap_or_else(|| panic!("the comments service's span in {spans:#?}"));
+    let moderated = delivery(&spans, "moderation", "CommentCreated");
+    assert_eq!(moderated.parent_span_id, commented.span_id, "{spans:#?}");
+    let applied = delivery(&spans, "comments", "CommentModerated");
+    assert_eq!(applied.parent_span_id, moderated.span_id, "{spans:#?}");
+}

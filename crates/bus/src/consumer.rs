@@ -6,6 +6,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Attempt, EventBus, Message, Nack, Subscription};
 
@@ -139,22 +140,43 @@ impl Consumer {
                 };
                 let handler = handler.clone();
                 let group = group.clone();
-                running.spawn(async move {
-                    let _slot = slot;
-                    let id = delivery.message.id.clone();
-                    let outcome = handler(delivery.message.clone(), delivery.attempt()).await;
-                    let settled = match outcome {
-                        Ok(()) => delivery.ack().await,
-                        Err(nack) => {
-                            tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
-                            delivery.nack(nack).await
+                // The handler runs in the message's trace (see `crate::trace`).
+                let span = tracing::info_span!(
+                    "message",
+                    %group,
+                    routing_key = %delivery.message.routing_key,
+                    message_id = %delivery.message.id,
+                    attempt = delivery.attempt,
+                    trace_id = tracing::field::Empty,
+                    otel.name = %format_args!("{} process", delivery.message.routing_key),
+                    otel.kind = "consumer",
+                );
+                let traceparent = crate::trace::for_delivery(&span, delivery.message.traceparent());
+                if let Some(trace_id) = crate::trace::trace_id(&traceparent) {
+                    span.record("trace_id", trace_id);
+                }
+                let handled = crate::trace::scope(
+                    traceparent.into(),
+                    handler(delivery.message.clone(), delivery.attempt()),
+                );
+                running.spawn(
+                    async move {
+                        let _slot = slot;
+                        let id = delivery.message.id.clone();
+                        let settled = match handled.await {
+                            Ok(()) => delivery.ack().await,
+                            Err(nack) => {
+                                tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
+                                delivery.nack(nack).await
+                            }
+                        };
+                        if let Err(error) = settled {
+                            // Unsettled means redelivered later; the inbox makes that harmless.
+                            tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
                         }
-                    };
-                    if let Err(error) = settled {
-                        // Unsettled means redelivered later; the inbox makes that harmless.
-                        tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
                     }
-                });
+                    .instrument(span),
+                );
             }
         }
         while let Some(done) = running.join_next().await {

@@ -73,6 +73,7 @@ mod consumer;
 pub mod embedded;
 mod message;
 mod outbox;
+pub mod trace;
 
 use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 

@@ -37,10 +37,13 @@ impl From<&contracts::blog::BlogEvent> for Message {
 }
 
 impl Message {
-    /// A message with a fresh time-ordered id and a new trace (`traceparent` header).
+    /// A message with a fresh time-ordered id, in the current trace (a `traceparent`
+    /// header naming the request or delivery being handled, see [`crate::trace`]) or,
+    /// outside any, a new one.
     pub fn new(routing_key: impl Into<String>, body: impl Into<Bytes>) -> Self {
         let mut headers = BTreeMap::new();
-        headers.insert(TRACEPARENT.to_owned(), new_traceparent());
+        let traceparent = crate::trace::current().map_or_else(new_traceparent, |t| t.to_string());
+        headers.insert(TRACEPARENT.to_owned(), traceparent);
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             routing_key: routing_key.into(),
@@ -89,9 +92,7 @@ impl Message {
 
 /// A fresh W3C `traceparent` (version 00, random trace and parent ids, sampled).
 pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let parent = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{parent}-01")
+    crate::trace::new_root()
 }
 
 /// Which messages a consumer group receives. Every group gets its own copy of each

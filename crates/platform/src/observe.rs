@@ -147,14 +147,16 @@ where
                 .headers_mut()
                 .insert(TRACEPARENT_HEADER.clone(), value);
         }
+        let current = std::sync::Arc::from(traceparent.0.as_str());
         request.extensions_mut().insert(traceparent);
         let echoed_id = request.headers().get(&REQUEST_ID_HEADER).cloned();
         let path_is_probe = is_probe(request.uri().path());
         let uri = request.uri().clone();
         request.extensions_mut().insert(request_id);
 
-        // Called here, not inside the future: the inner service needs no clone.
-        let future = self.inner.call(request);
+        // Called here, not inside the future: the inner service needs no clone. Messages
+        // the request publishes carry its trace context.
+        let future = bus::trace::scope(current, self.inner.call(request));
         Box::pin(async move {
             let Ok(mut response) = future.instrument(span.clone()).await;
             if crate::problem::is_error(&response) {
@@ -265,42 +267,56 @@ fn export_server_span(
     route: &str,
     request: &Request,
 ) -> TraceContext {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-    if let Some(incoming) = incoming {
-        let parent = SpanContext::new(
-            TraceId::from_bytes(incoming.trace_id.to_be_bytes()),
-            SpanId::from_bytes(incoming.span_id.to_be_bytes()),
-            TraceFlags::new(incoming.flags),
-            true,
-            TraceState::NONE,
-        );
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
-    }
     span.record("otel.name", format!("{} {route}", method.as_str()));
     span.record("otel.kind", "server");
     span.set_attribute("flotilla.service", service);
     span.set_attribute("http.request.method", method.as_str().to_owned());
     span.set_attribute("http.route", route.to_owned());
     span.set_attribute("url.path", request.uri().path().to_owned());
-    let otel = span.context();
-    let own = otel.span().span_context().clone();
-    if !own.is_valid() {
+    let Some(context) = export_under(span, incoming) else {
         // The span is disabled for the exporter: continue the trace without it.
         return incoming.map_or_else(TraceContext::new_root, TraceContext::child);
-    }
-    let context = TraceContext {
-        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
-        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
-        flags: own.trace_flags().to_u8(),
     };
     if incoming.is_none() {
         span.record("trace_id", tracing::field::display(context.trace_id_hex()));
     }
     context
+}
+
+/// Makes `parent` (a caller's context) the parent of `span` in the exported trace, and
+/// returns the exported span's own context — `None` when the exporter does not see it.
+fn export_under(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    if let Some(parent) = parent {
+        let parent = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+            SpanId::from_bytes(parent.span_id.to_be_bytes()),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::NONE,
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    let otel = span.context();
+    let own = otel.span().span_context().clone();
+    own.is_valid().then(|| TraceContext {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        flags: own.trace_flags().to_u8(),
+    })
+}
+
+/// The bus's [`bus::trace::SpanParent`] hook, installed when spans are exported: a
+/// delivery's span becomes a child of the context its message carries.
+pub(crate) fn export_delivery_span(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
+    let parent = parent.and_then(TraceContext::parse);
+    export_under(span, parent.as_ref()).map(|own| own.to_traceparent().0)
 }
 
 fn record_outcome(span: &tracing::Span, status: u16) {
