@@ -29,7 +29,8 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub struct Unreachable;
 
-/// The endpoint that produced a response (response extension).
+/// The endpoint that produced a response a retry may follow (response extension: an
+/// overload status, or the gateway's own answer when the endpoint failed).
 #[derive(Debug, Clone, Copy)]
 pub struct ServedBy(pub SocketAddr);
 
@@ -159,14 +160,16 @@ fn settle(
 ) -> Response {
     match outcome {
         Ok(response) => {
-            if is_overload(response.status()) {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if is_overload(parts.status) {
                 endpoint.record_failure();
+                // Only a response a retry may follow says where it came from: the first
+                // extension of a response allocates its map.
+                parts.extensions.insert(ServedBy(endpoint.addr));
             } else {
                 endpoint.record_success();
             }
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            parts.extensions.insert(ServedBy(endpoint.addr));
             Response::from_parts(parts, body)
         }
         Err(SendError::ClientBody(error)) => {

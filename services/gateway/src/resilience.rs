@@ -226,20 +226,45 @@ fn is_retryable(request: &Request) -> bool {
     idempotent && request.body().size_hint().exact() == Some(0)
 }
 
-/// Method, URI, version, headers and the client's address of `request`.
-fn head_for_retry(request: &Request) -> Request<()> {
-    let mut head = Request::new(());
-    *head.method_mut() = request.method().clone();
-    *head.uri_mut() = request.uri().clone();
-    *head.version_mut() = request.version();
-    *head.headers_mut() = request.headers().clone();
-    if let Some(peer) = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        head.extensions_mut().insert(*peer);
+/// What a retry needs of a request: method, URI, version, headers and the client's
+/// address. Kept as parts, not as a `Request`: a request's extensions map is an
+/// allocation every retryable request would pay for, and a retry is rare.
+struct RetryHead {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    peer: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+}
+
+impl RetryHead {
+    fn of(request: &Request) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            peer: request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .copied(),
+        }
     }
-    head
+
+    /// The request again, bodiless, steered away from the endpoints in `avoid`.
+    fn request(&self, avoid: Vec<std::net::SocketAddr>) -> Request {
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        let extensions = request.extensions_mut();
+        if let Some(peer) = self.peer {
+            extensions.insert(peer);
+        }
+        extensions.insert(AvoidEndpoints(avoid));
+        request
+    }
 }
 
 fn should_retry(response: &Response) -> bool {
@@ -269,7 +294,7 @@ where
         // The first attempt sends the request itself; a retry, a copy of its head (no body
         // to replay) with only the extension forwarding needs. The retry loop is a future
         // of its own, made only when the first attempt asks for it.
-        let retry_head = head_for_retry(&request);
+        let retry_head = RetryHead::of(&request);
         RetryFuture::First {
             inner: self.inner.call(request),
             then: Some(Box::new((
@@ -290,7 +315,7 @@ pin_project_lite::pin_project! {
         First {
             #[pin]
             inner: S::Future,
-            then: Option<Box<(RetryLayer, S, Request<()>)>>,
+            then: Option<Box<(RetryLayer, S, RetryHead)>>,
         },
         Retrying { inner: BoxFuture<'static, Result<Response, Infallible>> },
     }
@@ -333,7 +358,7 @@ fn wants_retry(layer: &RetryLayer, response: &Response, attempt: u32) -> bool {
 async fn retry<S>(
     layer: RetryLayer,
     mut inner: S,
-    head: Request<()>,
+    head: RetryHead,
     mut response: Response,
 ) -> Result<Response, Infallible>
 where
@@ -349,11 +374,11 @@ where
         metrics::counter!("gateway_retries_total", "upstream" => layer.name).increment(1);
         let backoff = Duration::from_millis(10 * 2u64.pow(attempt) + fastrand::u64(..10));
         tokio::time::sleep(backoff).await;
-        let mut this_try = head.clone().map(|()| Body::empty());
-        this_try
-            .extensions_mut()
-            .insert(AvoidEndpoints(tried.clone()));
-        response = inner.ready().await?.call(this_try).await?;
+        response = inner
+            .ready()
+            .await?
+            .call(head.request(tried.clone()))
+            .await?;
         if !wants_retry(&layer, &response, attempt) {
             return Ok(response);
         }
