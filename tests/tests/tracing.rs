@@ -149,6 +149,22 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     (child, url)
 }
 
+/// `flotilla up` on `data_dir`, exporting to the receiver at `otlp`.
+fn start_up(data_dir: &std::path::Path, otlp: &str) -> (Running, String) {
+    tokio::task::block_in_place(|| {
+        start(
+            &[
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data_dir.to_str().expect("UTF-8 path"),
+            ],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)],
+        )
+    })
+}
+
 /// SIGTERM, then the exit status: a graceful stop exits 0.
 fn stop(mut running: Running) {
     let Some(mut child) = running.0.take() else {
@@ -264,18 +280,7 @@ async fn production_mode_exports_one_trace_from_the_gateway_to_the_service() {
 async fn up_mode_exports_one_trace_across_the_in_process_services() {
     let (otlp, received) = otlp_receiver().await;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (system, url) = tokio::task::block_in_place(|| {
-        start(
-            &[
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.path().to_str().expect("UTF-8 path"),
-            ],
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)],
-        )
-    });
+    let (system, url) = start_up(dir.path(), &otlp);
     let response = client()
         .get(format!("{url}/posts"))
         .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
@@ -304,18 +309,7 @@ async fn a_trace_follows_the_messages_a_request_causes() {
     const COMMENT_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
     let (otlp, received) = otlp_receiver().await;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let (system, url) = tokio::task::block_in_place(|| {
-        start(
-            &[
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.path().to_str().expect("UTF-8 path"),
-            ],
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)],
-        )
-    });
+    let (system, url) = start_up(dir.path(), &otlp);
     let client = client();
     let post: serde_json::Value = client
         .post(format!("{url}/posts"))

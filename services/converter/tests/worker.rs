@@ -12,29 +12,50 @@ use futures::StreamExt;
 use storage::blob::BlobStore;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test]
-async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bus = bus::connect(&bus::default_url(dir.path()), BusOptions::default())
-        .await
-        .expect("embedded bus");
-    let mut media = bus
-        .subscribe(Subscription::new("media", MP3).also(CONVERTING))
-        .await
-        .expect("subscribe");
-    let worker = Worker {
-        bus: bus.clone(),
-        blobs: BlobStore::local(&dir.path().join("blobs")).expect("blob store"),
-        converter: Converter::new(ConverterConfig::default(), CancellationToken::new()),
-        work_dir: dir.path().join("work"),
-    };
+/// A worker on an embedded bus and local blobs in a temporary directory, and a
+/// subscription to what it publishes for media (`converting`, `mp3`).
+struct Setup {
+    dir: tempfile::TempDir,
+    worker: Worker,
+    media: bus::Subscriber,
+}
+
+impl Setup {
+    async fn new(shutdown: CancellationToken) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = bus::connect(&bus::default_url(dir.path()), BusOptions::default())
+            .await
+            .expect("embedded bus");
+        let media = bus
+            .subscribe(Subscription::new("media", MP3).also(CONVERTING))
+            .await
+            .expect("subscribe");
+        let worker = Worker {
+            bus,
+            blobs: BlobStore::local(&dir.path().join("blobs")).expect("blob store"),
+            converter: Converter::new(ConverterConfig::default(), shutdown),
+            work_dir: dir.path().join("work"),
+        };
+        Self { dir, worker, media }
+    }
+}
+
+/// The `video` message of job `job_id` for the upload `video_fid`.
+fn video_message(video_fid: &str, job_id: &str) -> Message {
     let video = VideoMessage {
-        video_fid: "never-uploaded".to_owned(),
+        video_fid: video_fid.to_owned(),
         mp3_fid: None,
         username: "ada@example.com".to_owned(),
-        job_id: "job-exhausted".to_owned(),
+        job_id: job_id.to_owned(),
     };
-    let message = Message::json(VIDEO, &video).expect("json");
+    Message::json(VIDEO, &video).expect("json")
+}
+
+#[tokio::test]
+async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
+    let setup = Setup::new(CancellationToken::new()).await;
+    let (worker, mut media) = (setup.worker, setup.media);
+    let message = video_message("never-uploaded", "job-exhausted");
 
     worker
         .handle(&message, Attempt { number: 6, max: 5 })
@@ -71,36 +92,19 @@ async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
 /// dead-letter, leaving the job `converting`).
 #[tokio::test]
 async fn a_job_interrupted_by_shutdown_on_the_last_attempt_is_requeued_not_failed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bus = bus::connect(&bus::default_url(dir.path()), BusOptions::default())
-        .await
-        .expect("embedded bus");
-    let mut media = bus
-        .subscribe(Subscription::new("media", MP3).also(CONVERTING))
-        .await
-        .expect("subscribe");
-    let blobs = BlobStore::local(&dir.path().join("blobs")).expect("blob store");
-    let upload = dir.path().join("upload.mp4");
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let setup = Setup::new(shutdown).await;
+    let upload = setup.dir.path().join("upload.mp4");
     std::fs::write(&upload, b"a video, as far as this test goes").expect("write upload");
-    blobs
+    setup
+        .worker
+        .blobs
         .put_file("video-1", &upload)
         .await
         .expect("store upload");
-    let shutdown = CancellationToken::new();
-    shutdown.cancel();
-    let worker = Worker {
-        bus: bus.clone(),
-        blobs,
-        converter: Converter::new(ConverterConfig::default(), shutdown),
-        work_dir: dir.path().join("work"),
-    };
-    let video = VideoMessage {
-        video_fid: "video-1".to_owned(),
-        mp3_fid: None,
-        username: "ada@example.com".to_owned(),
-        job_id: "job-interrupted".to_owned(),
-    };
-    let message = Message::json(VIDEO, &video).expect("json");
+    let (worker, mut media) = (setup.worker, setup.media);
+    let message = video_message("video-1", "job-interrupted");
 
     let settled = worker.handle(&message, Attempt { number: 5, max: 5 }).await;
     assert!(matches!(settled, Err(bus::Nack::Requeue(_))), "{settled:?}");
