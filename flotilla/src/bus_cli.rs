@@ -7,8 +7,10 @@ use bus::{BusOptions, DeadLetter};
 /// Operate the message bus.
 #[derive(Debug, clap::Args)]
 pub struct BusOperatorArgs {
-    #[command(flatten)]
-    pub bus: flotilla::BusArgs,
+    /// `amqp://user:pw@host:5672/%2f` for RabbitMQ; unset → the embedded bus,
+    /// `sqlite://<data>/bus.db`.
+    #[arg(long, env = "FLOTILLA_BUS_URL", hide_env_values = true, global = true)]
+    pub bus_url: Option<String>,
     /// Where the embedded bus lives (`<data>/bus.db`) when no bus URL is set.
     #[arg(
         long,
@@ -35,6 +37,7 @@ pub enum DlqCommand {
         /// Only this consumer group (required with RabbitMQ: its parking queue `GROUP.dead`).
         #[arg(long)]
         group: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// One JSON object per line instead of a table.
@@ -43,6 +46,7 @@ pub enum DlqCommand {
     },
     /// Put dead letters back in their group's queue, with a fresh attempt count.
     Replay {
+        /// The consumer group the dead letters belong to (required with RabbitMQ).
         #[arg(long)]
         group: Option<String>,
         /// Message ids to replay.
@@ -55,13 +59,10 @@ pub enum DlqCommand {
 
 pub async fn run(args: BusOperatorArgs) -> anyhow::Result<()> {
     let url = args
-        .bus
         .bus_url
         .clone()
         .unwrap_or_else(|| bus::default_url(&args.data_dir));
-    if url.starts_with("sqlite")
-        && !args.data_dir.join("bus.db").exists()
-        && args.bus.bus_url.is_none()
+    if url.starts_with("sqlite") && !args.data_dir.join("bus.db").exists() && args.bus_url.is_none()
     {
         anyhow::bail!(
             "no embedded bus at {} (set --data-dir or FLOTILLA_BUS_URL)",
