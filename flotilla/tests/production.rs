@@ -214,6 +214,81 @@ async fn an_upload_accepted_before_any_converter_ran_is_converted_when_one_start
     assert!(system.processes["converter"].log_text().contains(&job_id));
 }
 
+/// A `video` queue the broker holds with other arguments (here: declared with other
+/// retry settings; in life, by an earlier version) cannot be consumed. The converter
+/// says so where an operator looks — `/readyz` answers 503 with a `consumers` check
+/// naming the queue to delete — and, once it is deleted, subscribes and converts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_converter_facing_a_queue_declared_otherwise_is_not_ready_until_it_is_deleted() {
+    let Some(servers) = servers() else { return };
+    let mut system = System::start_without(&servers, &["converter", "converter-2"]);
+    let stale = bus::BusOptions {
+        retry: bus::RetryPolicy {
+            max_attempts: 2,
+            ..bus::RetryPolicy::default()
+        },
+        ..bus::BusOptions::default()
+    };
+    let other = bus::connect(&system.amqp_url, stale)
+        .await
+        .expect("connect to the system's vhost");
+    drop(
+        other
+            .subscribe(bus::Subscription::new("video", "video"))
+            .await
+            .expect("declare video the other way"),
+    );
+    other.close().await;
+
+    let readyz = format!("{}/readyz", system.start_converter_unready("converter"));
+    let readiness = |system: &System| {
+        let request = system.client.get(readyz.clone());
+        async move {
+            let Ok(response) = request.send().await else {
+                return (0, serde_json::Value::Null);
+            };
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("json");
+            (status, body)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = readiness(&system).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let consumers = body["checks"]["consumers"].as_str().unwrap_or_default();
+    assert!(
+        consumers.contains("rabbitmqctl delete_queue video"),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["broker"], "ok", "{body}");
+
+    production_support::run(
+        "rabbitmqctl",
+        &["-q", "delete_queue", "-p", &system.vhost, "video"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readiness(&system).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let token = system.login().await;
+    let job_id = system.upload(&token, "after.wav", wav(1)).await;
+    let job = system
+        .wait_for_job(&token, &job_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

@@ -315,7 +315,8 @@ impl Shared {
         main_args.extend(at_least_once.iter().cloned());
         let queue = channel
             .queue_declare(group.into(), durable, queue_arguments(&main_args))
-            .await?;
+            .await
+            .map_err(|error| declared_differently(group, error))?;
         for pattern in patterns {
             channel
                 .queue_bind(
@@ -448,6 +449,22 @@ fn settled(confirmation: Confirmation, routing_key: &str, id: &str) -> Result<()
             Err(BusError::PublishRefused(id.to_owned()))
         }
     }
+}
+
+/// A declaration the broker refused because the queue exists with other arguments
+/// becomes [`BusError::Topology`], saying what to do; other errors pass unchanged.
+fn declared_differently(group: &str, error: lapin::Error) -> BusError {
+    let text = error.to_string();
+    if !text.contains("PRECONDITION_FAILED") {
+        return error.into();
+    }
+    BusError::Topology(format!(
+        "RabbitMQ holds queue '{group}' with other arguments than this version declares \
+         ({text}): it was declared by an earlier Flotilla or with other retry settings. \
+         Nothing is consumed from it until an operator deletes the group's queue and its \
+         retry queues once they are empty (`rabbitmqctl delete_queue {group}`, then \
+         `{group}.retry.1` …) and the consumers restart"
+    ))
 }
 
 fn retry_queue(group: &str, attempt: u32) -> String {

@@ -8,7 +8,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Attempt, EventBus, Message, Nack, Subscription};
+use crate::{Attempt, BusError, EventBus, Message, Nack, Subscription};
 
 /// Runs a handler for every delivery of one subscription.
 ///
@@ -100,7 +100,13 @@ impl Consumer {
                 subscribed = self.bus.subscribe(self.subscription.clone()) => match subscribed {
                     Ok(subscriber) => subscriber,
                     Err(error) => {
-                        tracing::warn!(%group, %error, "cannot subscribe; retrying");
+                        let permanent = matches!(error, BusError::Topology(_));
+                        if permanent {
+                            tracing::error!(%group, %error, "cannot subscribe; retrying");
+                        } else {
+                            tracing::warn!(%group, %error, "cannot subscribe; retrying");
+                        }
+                        failing(&group, Some((error.to_string(), permanent)));
                         tokio::select! {
                             () = shutdown.cancelled() => break,
                             () = tokio::time::sleep(backoff) => {}
@@ -111,6 +117,7 @@ impl Consumer {
                 },
             };
             backoff = Duration::from_millis(100);
+            failing(&group, None);
             loop {
                 // Reap finished handlers so the set does not grow; a panic is logged.
                 while let Some(done) = running.try_join_next() {
@@ -185,4 +192,51 @@ impl Consumer {
             }
         }
     }
+}
+
+/// A consumer group of this process that cannot subscribe right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionFailure {
+    pub group: String,
+    pub error: String,
+    /// It will not pass by itself (the broker holds the group's queue declared
+    /// differently, [`BusError::Topology`]); otherwise the broker is away, say.
+    pub permanent: bool,
+}
+
+/// Groups whose last subscription failed, by name: the consumers of every bus of the
+/// process report here, so that a readiness check sees them.
+static FAILING: std::sync::Mutex<std::collections::BTreeMap<String, (String, bool)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn failing(group: &str, failure: Option<(String, bool)>) {
+    let Ok(mut failing) = FAILING.lock() else {
+        return;
+    };
+    match failure {
+        Some(failure) => {
+            failing.insert(group.to_owned(), failure);
+        }
+        None => {
+            failing.remove(group);
+        }
+    }
+}
+
+/// The consumer groups of this process whose last attempt to subscribe failed (a
+/// [`Consumer`] retries with backoff and clears its entry once subscribed).
+pub fn subscription_failures() -> Vec<SubscriptionFailure> {
+    FAILING.lock().map_or_else(
+        |_| Vec::new(),
+        |failing| {
+            failing
+                .iter()
+                .map(|(group, (error, permanent))| SubscriptionFailure {
+                    group: group.clone(),
+                    error: error.clone(),
+                    permanent: *permanent,
+                })
+                .collect()
+        },
+    )
 }

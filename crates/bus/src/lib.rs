@@ -63,8 +63,11 @@
 //! * A group's patterns accumulate: subscribing with a new pattern adds a binding, it
 //!   does not remove old ones.
 //! * RabbitMQ fixes queue arguments at declaration: changing `max_attempts` or the backoff
-//!   of an existing group needs its queues deleted first (the broker refuses a
-//!   redeclaration with other arguments).
+//!   of an existing group (or upgrading from a version that declared them otherwise)
+//!   needs its queues deleted first. The broker refuses a redeclaration with other
+//!   arguments; the [`Consumer`] reports it as a permanent [`SubscriptionFailure`]
+//!   ([`BusError::Topology`], with the queues to delete), which `flotilla` turns into a
+//!   failing `consumers` readiness check.
 //! * In one process every [`connect`] to the same embedded file shares one writer and the
 //!   options of the first caller.
 
@@ -79,7 +82,7 @@ use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
-pub use consumer::Consumer;
+pub use consumer::{Consumer, SubscriptionFailure, subscription_failures};
 pub use message::{
     Attempt, DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT,
     new_traceparent, topic_matches,
@@ -115,6 +118,10 @@ pub enum BusError {
     Unroutable(String),
     #[error("RabbitMQ is unreachable: {0}")]
     Unavailable(String),
+    /// The broker holds a queue of this group declared differently (an earlier version,
+    /// other retry settings): nothing consumes until an operator resolves it.
+    #[error("{0}")]
+    Topology(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]

@@ -923,3 +923,77 @@ where
     .await;
     assert!(met.is_ok(), "condition not met within {PATIENCE:?}");
 }
+
+/// A group queue the broker holds with other arguments (declared by an earlier version,
+/// or with other retry settings) is refused by RabbitMQ at every subscription. The
+/// consumer says so — a failure marked permanent, naming the way out — instead of
+/// retrying quietly, and subscribes once the queue is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_queue_declared_differently_is_reported_as_a_permanent_failure() {
+    let Some(backend) = Backend::rabbitmq().await else {
+        return;
+    };
+    run(backend, |backend| {
+        Box::pin(async move {
+            use lapin::{
+                options::{QueueDeclareOptions, QueueDeleteOptions},
+                types::{AMQPValue, FieldTable},
+            };
+            let Kind::Rabbit { url, .. } = &backend.kind else {
+                panic!("a RabbitMQ backend");
+            };
+            let group = backend.group("stale");
+            let connection = lapin::Connection::connect(url, Default::default())
+                .await
+                .expect("connect");
+            let channel = connection.create_channel().await.expect("channel");
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(1));
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(group.as_str().into(), durable, arguments)
+                .await
+                .expect("the old queue");
+
+            let shutdown = CancellationToken::new();
+            let consumer = Consumer::new(backend.bus.clone(), Subscription::new(&group, "stale"))
+                .run(shutdown.clone(), |_| async { Ok(()) });
+            let reported = || {
+                bus::subscription_failures()
+                    .into_iter()
+                    .find(|failure| failure.group == group)
+            };
+            wait_for(|| async { reported().is_some() }).await;
+            let failure = reported().expect("reported");
+            assert!(failure.permanent, "{failure:?}");
+            assert!(
+                failure
+                    .error
+                    .contains(&format!("rabbitmqctl delete_queue {group}")),
+                "{}",
+                failure.error
+            );
+
+            channel
+                .queue_delete(group.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .expect("delete the old queue");
+            wait_for(|| async { reported().is_none() }).await;
+            backend
+                .bus
+                .publish(Message::new("stale", "now consumed"))
+                .await
+                .expect("routable once the group has subscribed");
+            shutdown.cancel();
+            consumer.await.expect("the consumer stops");
+        })
+    })
+    .await;
+}

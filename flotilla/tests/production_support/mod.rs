@@ -36,7 +36,8 @@ pub fn servers() -> Option<Servers> {
     })
 }
 
-fn run(program: &str, args: &[&str]) {
+/// Runs `program ARGS`, which must succeed.
+pub fn run(program: &str, args: &[&str]) {
     let output = Command::new(program)
         .args(args)
         .output()
@@ -205,6 +206,22 @@ impl System {
         self.spawn(name, "converter", &[("FLOTILLA_AUTH_URL", auth)]);
     }
 
+    /// Starts a converter without waiting for it to be ready (it may never be); returns
+    /// its URL.
+    pub fn start_converter_unready(&mut self, name: &str) -> String {
+        let mut env = self.base_env(name, "converter");
+        env.push(("FLOTILLA_AUTH_URL".to_owned(), self.url("auth")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let process = start_process(name, "converter", &listen, &env, self.dir.path(), false);
+        let url = process.url.clone();
+        self.processes.insert(name.to_owned(), process);
+        url
+    }
+
     pub fn url(&self, name: &str) -> String {
         self.processes[name].url.clone()
     }
@@ -244,7 +261,7 @@ impl System {
             .get(name)
             .map(|p| p.url.trim_start_matches("http://").to_owned())
             .unwrap_or_else(|| "127.0.0.1:0".to_owned());
-        let process = start_process(name, service, &listen, &env, self.dir.path());
+        let process = start_process(name, service, &listen, &env, self.dir.path(), true);
         self.processes.insert(name.to_owned(), process);
     }
 
@@ -254,7 +271,7 @@ impl System {
         let listen = old.url.trim_start_matches("http://").to_owned();
         let (service, env) = (old.service.clone(), old.env.clone());
         drop(old);
-        let process = start_process(name, &service, &listen, &env, self.dir.path());
+        let process = start_process(name, &service, &listen, &env, self.dir.path(), true);
         self.processes.insert(name.to_owned(), process);
     }
 
@@ -410,12 +427,15 @@ impl Drop for System {
     }
 }
 
+/// Starts `flotilla serve SERVICE`; with `wait_ready`, waits for its ready line (and
+/// takes its URL from it), else `listen` must name a port.
 fn start_process(
     name: &str,
     service: &str,
     listen: &str,
     env: &[(String, String)],
     dir: &Path,
+    wait_ready: bool,
 ) -> Process {
     let log = dir.join(format!("{name}.log"));
     let stderr = std::fs::OpenOptions::new()
@@ -438,9 +458,13 @@ fn start_process(
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = sender.send(line);
     });
-    let line = receiver
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_default();
+    let line = if wait_ready {
+        receiver
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_default()
+    } else {
+        format!("listening on http://{listen}")
+    };
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
