@@ -289,7 +289,8 @@ impl Shared {
                 durable,
                 queue_arguments(std::slice::from_ref(&quorum)),
             )
-            .await?;
+            .await
+            .map_err(|error| declared_differently(group, &parking, error))?;
         channel
             .queue_bind(
                 parking.as_str().into(),
@@ -316,7 +317,7 @@ impl Shared {
         let queue = channel
             .queue_declare(group.into(), durable, queue_arguments(&main_args))
             .await
-            .map_err(|error| declared_differently(group, error))?;
+            .map_err(|error| declared_differently(group, group, error))?;
         for pattern in patterns {
             channel
                 .queue_bind(
@@ -347,13 +348,11 @@ impl Shared {
                 ("x-dead-letter-routing-key", long_string(group)),
             ];
             args.extend(at_least_once.iter().cloned());
+            let queue = retry_queue(group, attempt);
             channel
-                .queue_declare(
-                    retry_queue(group, attempt).into(),
-                    durable,
-                    queue_arguments(&args),
-                )
-                .await?;
+                .queue_declare(queue.as_str().into(), durable, queue_arguments(&args))
+                .await
+                .map_err(|error| declared_differently(group, &queue, error))?;
         }
         Ok(queue.message_count())
     }
@@ -451,19 +450,20 @@ fn settled(confirmation: Confirmation, routing_key: &str, id: &str) -> Result<()
     }
 }
 
-/// A declaration the broker refused because the queue exists with other arguments
-/// becomes [`BusError::Topology`], saying what to do; other errors pass unchanged.
-fn declared_differently(group: &str, error: lapin::Error) -> BusError {
+/// A declaration the broker refused because `queue` (of `group`) exists with other
+/// arguments becomes [`BusError::Topology`], saying what to do; other errors pass
+/// unchanged.
+fn declared_differently(group: &str, queue: &str, error: lapin::Error) -> BusError {
     let text = error.to_string();
     if !text.contains("PRECONDITION_FAILED") {
         return error.into();
     }
     BusError::Topology(format!(
-        "RabbitMQ holds queue '{group}' with other arguments than this version declares \
+        "RabbitMQ holds queue '{queue}' with other arguments than this version declares \
          ({text}): it was declared by an earlier Flotilla or with other retry settings. \
-         Nothing is consumed from it until an operator deletes the group's queue and its \
-         retry queues once they are empty (`rabbitmqctl delete_queue {group}`, then \
-         `{group}.retry.1` …) and the consumers restart"
+         Group '{group}' consumes nothing until an operator deletes its queues once they \
+         are empty (`rabbitmqctl delete_queue {queue}`; the group's are '{group}' and \
+         '{group}.retry.N') and the consumers subscribe again"
     ))
 }
 
