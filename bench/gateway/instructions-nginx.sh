@@ -9,25 +9,9 @@ upstream=$1
 work=$(mktemp -d)
 trap 'pkill -QUIT -f "callgrind-out-file=$work/cg.out" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=19107
-mkdir -p "$work/logs"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream trivial { server $upstream; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port;
-    location / {
-      proxy_pass http://trivial;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
+# shellcheck source=bench/gateway/nginx-conf.sh
+source "$(dirname "$0")/nginx-conf.sh"
+nginx_conf "$work" "$upstream" "$port"
 run() { # seconds of load -> instructions of the whole run, requests served
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     nginx -g 'daemon off; master_process off;' -p "$work" -c "$work/nginx.conf" >"$work/log" 2>&1 &

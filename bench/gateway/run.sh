@@ -20,26 +20,9 @@ target_dir=${CARGO_TARGET_DIR:-target}
 upstream=19101 nginx_proxy=19102 gateway=19103 gateway_one=19104
 
 # One nginx process serves both the trivial upstream and the nginx proxy in front of it.
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream trivial { server 127.0.0.1:$upstream; keepalive 128; }
-  server { listen 127.0.0.1:$upstream; location / { return 200 "ok"; } }
-  server {
-    listen 127.0.0.1:$nginx_proxy;
-    location / {
-      proxy_pass http://trivial;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
-mkdir -p "$work/logs"
+# shellcheck source=bench/gateway/nginx-conf.sh
+source bench/gateway/nginx-conf.sh
+nginx_conf "$work" "127.0.0.1:$upstream" "$nginx_proxy" "$upstream"
 nginx -p "$work" -c "$work/nginx.conf"
 
 start_gateway() { # name port threads(empty = the default, one per CPU)
