@@ -108,6 +108,17 @@ impl Backend {
         })
     }
 
+    /// A group unique to this test (see [`Backend::group`]) subscribed to `pattern`.
+    async fn subscribed(&self, name: &str, pattern: &str) -> (String, bus::Subscriber) {
+        let group = self.group(name);
+        let subscriber = self
+            .bus
+            .subscribe(Subscription::new(&group, pattern))
+            .await
+            .expect("subscribe");
+        (group, subscriber)
+    }
+
     /// A group name unique to this test, deleted from the broker afterwards.
     fn group(&self, name: &str) -> String {
         let group = unique(name);
@@ -222,12 +233,7 @@ conformance!(
 /// same attempt, so an interruption never uses up an attempt — not even the last, which a
 /// `Nack::Retry` would dead-letter.
 async fn a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last(backend: &Backend) {
-    let group = backend.group("interrupted");
-    let mut subscriber = backend
-        .bus
-        .subscribe(Subscription::new(&group, "interrupted"))
-        .await
-        .expect("subscribe");
+    let (group, mut subscriber) = backend.subscribed("interrupted", "interrupted").await;
     let message = Message::new("interrupted", "work").with_header("x-custom", "kept");
     backend.bus.publish(message.clone()).await.expect("publish");
     let max = test_options().retry.max_attempts;
@@ -276,12 +282,7 @@ async fn a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last(backen
 async fn a_consumer_that_died_on_the_last_attempt_gets_the_message_once_more_exhausted(
     backend: &Backend,
 ) {
-    let group = backend.group("dying");
-    let mut subscriber = backend
-        .bus
-        .subscribe(Subscription::new(&group, "dying"))
-        .await
-        .expect("subscribe");
+    let (group, mut subscriber) = backend.subscribed("dying", "dying").await;
     let message = Message::new("dying", "work");
     backend.bus.publish(message.clone()).await.expect("publish");
     let max = test_options().retry.max_attempts;
@@ -448,12 +449,7 @@ async fn headers_and_ids_survive_the_trip(backend: &Backend) {
         }
         let _ = connection.close(200, "done".into()).await;
     }
-    let group = backend.group("trip");
-    let mut subscriber = backend
-        .bus
-        .subscribe(Subscription::new(&group, "media.*"))
-        .await
-        .expect("subscribe");
+    let (group, mut subscriber) = backend.subscribed("trip", "media.*").await;
     let message = Message::json("media.video", &serde_json::json!({"video_fid": "v1"}))
         .expect("json")
         .with_header("x-custom", "yes");
@@ -583,12 +579,7 @@ async fn unacknowledged_delivery_is_redelivered(backend: &Backend) {
 }
 
 async fn failing_message_is_dead_lettered_then_replayed(backend: &Backend) {
-    let group = backend.group("poison");
-    let mut subscriber = backend
-        .bus
-        .subscribe(Subscription::new(&group, "flaky"))
-        .await
-        .expect("subscribe");
+    let (group, mut subscriber) = backend.subscribed("poison", "flaky").await;
     let message = Message::new("flaky", "{}");
     backend.bus.publish(message.clone()).await.expect("publish");
     // max_attempts = 3: three failures, then it is gone from the queue.
