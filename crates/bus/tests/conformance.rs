@@ -108,6 +108,14 @@ impl Backend {
         })
     }
 
+    /// The dead letters of `group` (at most 10).
+    async fn dead_letters_of(&self, group: &str) -> Vec<bus::DeadLetter> {
+        self.bus
+            .dead_letters(Some(group), 10)
+            .await
+            .expect("list dead letters")
+    }
+
     /// A group unique to this test (see [`Backend::group`]) subscribed to `pattern`.
     async fn subscribed(&self, name: &str, pattern: &str) -> (String, bus::Subscriber) {
         let group = self.group(name);
@@ -265,14 +273,7 @@ async fn a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last(backen
             .is_err(),
         "delivered again after its ack"
     );
-    assert!(
-        backend
-            .bus
-            .dead_letters(Some(&group), 10)
-            .await
-            .expect("list")
-            .is_empty()
-    );
+    assert!(backend.dead_letters_of(&group).await.is_empty());
 }
 
 /// A consumer that dies during the last attempt (killed, not a handler's `Nack`) would
@@ -619,14 +620,7 @@ async fn failing_message_is_dead_lettered_then_replayed(backend: &Backend) {
     assert_eq!(delivery.message.routing_key, "flaky");
     assert_eq!(delivery.attempt, 1, "a replay starts counting again");
     delivery.ack().await.expect("ack");
-    assert!(
-        backend
-            .bus
-            .dead_letters(Some(&group), 10)
-            .await
-            .expect("list")
-            .is_empty()
-    );
+    assert!(backend.dead_letters_of(&group).await.is_empty());
 }
 
 async fn undecodable_body_is_dead_lettered_and_consumer_survives(backend: &Backend) {
