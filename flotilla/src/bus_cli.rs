@@ -28,6 +28,14 @@ pub enum BusCommand {
     /// Dead letters: messages that failed every attempt or could not be handled.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Publish one message by hand, as a service would (to try a consumer, or to see what
+    /// a message it cannot handle becomes: a dead letter). Prints the message id.
+    Publish {
+        /// Its routing key, e.g. `video` (the converters' queue) or `mp3`.
+        routing_key: String,
+        /// Its body, as it is (services publish JSON).
+        body: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -71,6 +79,13 @@ pub async fn run(args: BusOperatorArgs) -> anyhow::Result<()> {
     }
     let bus = bus::connect(&url, BusOptions::default()).await?;
     let outcome = match args.command {
+        BusCommand::Publish { routing_key, body } => {
+            let message = bus::Message::new(routing_key, body.into_bytes());
+            let id = message.id.clone();
+            bus.publish(message).await?;
+            println!("{id}");
+            Ok(())
+        }
         BusCommand::Dlq(DlqCommand::List { group, limit, json }) => {
             let letters = bus.dead_letters(group.as_deref(), limit).await?;
             print_letters(&letters, json)

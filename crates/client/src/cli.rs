@@ -29,12 +29,19 @@ pub struct ClientArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ClientCommand {
-    /// Log in and save the token (password from --password, FLOTILLA_PASSWORD or a prompt).
+    /// Log in and save the token (password from a prompt on a terminal, else the first
+    /// line of stdin; or --password-stdin, --password, FLOTILLA_PASSWORD).
     Login {
+        /// The account's email address.
         #[arg(long)]
         email: String,
+        /// The password (visible to other users in the process list: prefer the prompt,
+        /// FLOTILLA_PASSWORD or --password-stdin).
         #[arg(long, env = "FLOTILLA_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// Read the password from the first line of stdin, for scripts.
+        #[arg(long, conflicts_with = "password")]
+        password_stdin: bool,
     },
     /// Upload a video; prints the job id.
     Upload { file: PathBuf },
@@ -84,9 +91,14 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let token = args.token.clone().or_else(saved);
     let client = Client::new(&args.gateway, token)?;
     match args.command {
-        ClientCommand::Login { email, password } => {
+        ClientCommand::Login {
+            email,
+            password,
+            password_stdin,
+        } => {
             let password = match password {
                 Some(password) => password,
+                None if password_stdin || !std::io::stdin().is_terminal() => read_password_line()?,
                 None => rpassword::prompt_password(format!("password for {email}: "))
                     .context("cannot read the password")?,
             };
@@ -134,6 +146,17 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The password as the first line of stdin (a script's `echo pw | flotilla client login`).
+fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+    Ok(password.to_owned())
 }
 
 /// Saves the token readable by its owner only.
