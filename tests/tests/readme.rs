@@ -20,7 +20,8 @@
 //! - `stop "PREFIX"`: the background command gets SIGTERM (Ctrl-C) and must exit 0;
 //! - `stdin "PREFIX" "TEXT"`: what the reader types at the command's prompt;
 //! - `paste NAME "SHELL"`: the value a reader copies from an earlier answer (a token, a file
-//!   id) — SHELL finds it; `$NAME` and a bare `NAME` in the block become it;
+//!   id) — SHELL finds it (the last HTTP answer is in `$README_TEST_DIR/last-answer`);
+//!   `$NAME` and a bare `NAME` in the block become it;
 //! - `fixture "PATH" video|text`: a file the reader brings (a video made with ffmpeg, or
 //!   some text that is not media).
 //!
@@ -447,6 +448,7 @@ curl() {
   rc=${PIPESTATUS[0]}
   status=$(grep -a '^HTTP/' "$hdr" | tail -n 1 | cut -d' ' -f2)
   printf '%s\t%s\n' "${status:-000}" "$body" >> "$README_TEST_DIR/calls"
+  cp "$body" "$README_TEST_DIR/last-answer"
   return "$rc"
 }
 if ! command -v sudo >/dev/null && [ "$(id -u)" = 0 ]; then sudo() { "$@"; }; fi
