@@ -487,6 +487,21 @@ pub struct BodyTooSlow {
     window: Duration,
 }
 
+impl BodyTooSlow {
+    /// The `BodyTooSlow` in `error`'s chain of sources, if the error came from a body too
+    /// slow (as read by a handler, or by a proxy sending it on).
+    pub fn in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(slow) = error.downcast_ref::<Self>() {
+                return Some(slow);
+            }
+            cause = error.source();
+        }
+        None
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A body that must bring `min_bytes` in every `window` the reader spends waiting
     /// for it (an idle-read timeout and a minimum rate in one): a client trickling its

@@ -220,14 +220,10 @@ fn read_error(error: multer::Error) -> UploadError {
 /// A body that could not be read: too slow (the connection layer's minimum rate), or
 /// broken off.
 fn body_error(error: &axum::Error) -> UploadError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if let Some(slow) = cause.downcast_ref::<platform::http::BodyTooSlow>() {
-            return UploadError::TooSlow(slow.to_string());
-        }
-        source = cause.source();
+    match platform::http::BodyTooSlow::in_chain(error) {
+        Some(slow) => UploadError::TooSlow(slow.to_string()),
+        None => UploadError::Malformed(error.to_string()),
     }
-    UploadError::Malformed(error.to_string())
 }
 
 async fn discard(blobs: &BlobStore, key: &str, written: bool) {
