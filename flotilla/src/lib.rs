@@ -202,7 +202,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
     }
     let entry = gateway::build(upstreams, &args.services.gateway).into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(0);
-    start(&args.server, entry, context, threads, shutdown).await
+    let limits = connection_limits(&args.server, true);
+    start(&args.server, entry, context, threads, limits, shutdown).await
 }
 
 /// `flotilla serve SERVICE`: one service in this process.
@@ -220,7 +221,8 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
         ServiceName::Gateway => std::thread::available_parallelism().map_or(1, usize::from),
         _ => 0,
     });
-    start(&args.server, entry, context, threads, shutdown).await
+    let limits = connection_limits(&args.server, args.service == ServiceName::Gateway);
+    start(&args.server, entry, context, threads, limits, shutdown).await
 }
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
@@ -307,11 +309,31 @@ async fn build_service(
     Ok(app)
 }
 
+/// The connection limits of `server`; a server facing clients (`up`, the gateway) limits
+/// connections per client address by default, one that only the gateway and other
+/// services call does not.
+fn connection_limits(server: &ServerArgs, faces_clients: bool) -> platform::http::ConnectionLimits {
+    let defaults = platform::http::ConnectionLimits::default();
+    let per_client_default = if faces_clients {
+        defaults.max_connections_per_client
+    } else {
+        defaults.max_connections
+    };
+    platform::http::ConnectionLimits {
+        max_connections_per_client: server
+            .http_max_connections_per_client
+            .unwrap_or(per_client_default),
+        body_window: server.http_body_timeout,
+        ..defaults
+    }
+}
+
 async fn start(
     server: &ServerArgs,
     entry: Entry,
     context: ServiceContext,
     http_threads: usize,
+    limits: platform::http::ConnectionLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let listener = platform::http::bind(server.listen).await?;
@@ -321,7 +343,7 @@ async fn start(
         entry.clone(),
         shutdown.clone(),
         DEFAULT_DRAIN_TIMEOUT,
-        platform::http::ConnectionLimits::default(),
+        limits,
         http_threads,
     ));
     Ok(Running {

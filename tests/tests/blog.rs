@@ -442,6 +442,8 @@ async fn spawn_unthrottled(dir: &Path) -> (flotilla::Running, Blog) {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: dir.to_owned(),
             http_threads: None,
+            http_max_connections_per_client: None,
+            http_body_timeout: std::time::Duration::from_secs(10),
         },
         services: Default::default(),
     };

@@ -23,6 +23,19 @@ pub struct ServerArgs {
     /// other services and `up` (0: share the main runtime).
     #[arg(long, env = "FLOTILLA_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+
+    /// Open connections one client address may hold; more are closed at accept. Unset:
+    /// 256 for `up` and `serve gateway`, none of its own for other services (their
+    /// clients are the gateway and each other). Behind a proxy that connects from one
+    /// address, set it to what the proxy may open.
+    #[arg(long, env = "FLOTILLA_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
+    pub http_max_connections_per_client: Option<usize>,
+
+    /// Idle-read timeout and minimum rate of request bodies: each such span the server
+    /// waits for a body must bring at least 1 KiB of it, or the request fails (408).
+    #[arg(long, env = "FLOTILLA_HTTP_BODY_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub http_body_timeout: std::time::Duration,
 }
 
 /// `HOST:PORT`, where HOST may be a name (`localhost:8080`) or an IP address.

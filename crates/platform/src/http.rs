@@ -2,7 +2,9 @@
 //! request ids and W3C trace context (their types; [`crate::observe`] sets them on each
 //! request) and the timeout of the common stack.
 
-use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell, future::Future as _, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -168,7 +170,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 const HYPER_MAX_HEADERS: usize = 100;
 
 /// Limits of the connection layer, below HTTP routing: what a client can make the
-/// server hold before a request even exists.
+/// server hold before a request even exists, and how slowly it may send a body.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// A client must send its complete request head within this time (slowloris).
@@ -179,6 +181,15 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
     /// Open connections beyond this are closed at accept.
     pub max_connections: usize,
+    /// Open connections from one client address beyond this are closed at accept (at
+    /// most `max_connections`).
+    pub max_connections_per_client: usize,
+    /// The minimum rate of a request body: while the server waits for it, each
+    /// `body_window` of waiting must bring at least `body_min_bytes`, or the body ends
+    /// with [`BodyTooSlow`] (a handler answers 408). Time the server spends not reading
+    /// (a handler busy writing what it got) does not count.
+    pub body_window: Duration,
+    pub body_min_bytes: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -188,6 +199,9 @@ impl Default for ConnectionLimits {
             max_header_bytes: 64 * 1024,
             max_headers: HYPER_MAX_HEADERS,
             max_connections: 10_000,
+            max_connections_per_client: 256,
+            body_window: Duration::from_secs(10),
+            body_min_bytes: 1024,
         }
     }
 }
@@ -282,6 +296,8 @@ struct AcceptLoop {
     limits: ConnectionLimits,
     /// Permits for open connections (`limits.max_connections`).
     connections: Arc<Semaphore>,
+    /// Open connections per client address, when that limit is below the global one.
+    per_client: Option<Arc<PerClient>>,
 }
 
 impl AcceptLoop {
@@ -297,6 +313,8 @@ impl AcceptLoop {
             drain_timeout,
             limits,
             connections: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_client: (limits.max_connections_per_client < limits.max_connections)
+                .then(|| Arc::new(PerClient::new(limits.max_connections_per_client.max(1)))),
         }
     }
 
@@ -307,10 +325,14 @@ impl AcceptLoop {
             drain_timeout,
             limits,
             connections,
+            per_client,
         } = self;
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
+            // The head limit itself: the buffer limit alone lets a head through that
+            // arrives in one read, however far it overshoots (100 KB passed a 64 KiB one).
+            .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
         // hyper's own limit is 100 fields; setting it at all (even to 100) makes every
@@ -337,6 +359,17 @@ impl AcceptLoop {
                 drop(stream);
                 continue;
             };
+            let client = match &per_client {
+                Some(per_client) => match per_client.enter(peer.ip()) {
+                    Some(entered) => Some(entered),
+                    None => {
+                        tracing::warn!(%peer, "per-client connection limit reached; closing new connection");
+                        drop(stream);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let _ = stream.set_nodelay(true);
             // One entry per connection, called in place: nothing of it is cloned per
             // request (the router clones what it needs itself).
@@ -344,7 +377,9 @@ impl AcceptLoop {
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    entry.borrow_mut().call(request.map(Body::new))
+                    entry
+                        .borrow_mut()
+                        .call(request.map(|body| min_rate_body(body, &limits)))
                 },
             );
             let linger = Linger::of(&stream);
@@ -357,6 +392,7 @@ impl AcceptLoop {
                 if let Some(linger) = linger {
                     linger.close().await;
                 }
+                drop(client);
                 drop(permit);
             });
         }
@@ -369,6 +405,210 @@ impl AcceptLoop {
         }
         Ok(())
     }
+}
+
+/// Counts of open connections per client address (shared by all HTTP threads).
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerClient {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts one more connection of `client`, or `None` if it has `max` open already.
+    fn enter(self: &Arc<Self>, client: std::net::IpAddr) -> Option<ClientConnection> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientConnection {
+            counts: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// One open connection of a client; counted down when dropped.
+struct ClientConnection {
+    counts: Arc<PerClient>,
+    client: std::net::IpAddr,
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A request body held to the minimum rate of `limits`; a request without a body (most)
+/// is passed on as it is.
+fn min_rate_body(body: hyper::body::Incoming, limits: &ConnectionLimits) -> Body {
+    use hyper::body::Body as _;
+    if body.is_end_stream() || limits.body_window.is_zero() {
+        Body::new(body)
+    } else {
+        Body::new(MinRateBody::new(
+            body,
+            limits.body_window,
+            limits.body_min_bytes,
+        ))
+    }
+}
+
+/// A request body arrived too slowly: less than the minimum in a window of waiting.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "less than {min_bytes} bytes of the request body arrived in {} s of waiting for it",
+    window.as_secs_f64()
+)]
+pub struct BodyTooSlow {
+    min_bytes: u64,
+    window: Duration,
+}
+
+impl BodyTooSlow {
+    /// The `BodyTooSlow` in `error`'s chain of sources, if the error came from a body too
+    /// slow (as read by a handler, or by a proxy sending it on).
+    pub fn in_chain<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if let Some(slow) = error.downcast_ref::<Self>() {
+                return Some(slow);
+            }
+            cause = error.source();
+        }
+        None
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that must bring `min_bytes` in every `window` the reader spends waiting
+    /// for it (an idle-read timeout and a minimum rate in one): a client trickling its
+    /// upload at 1 byte/s cannot hold a connection and a request slot for an hour. Only
+    /// time spent in `Pending` counts, so a server slow to read is not blamed on the
+    /// client. The timer exists only while waiting.
+    struct MinRateBody<B> {
+        #[pin]
+        inner: B,
+        window: Duration,
+        min_bytes: u64,
+        // Waiting time and bytes of the current window.
+        waited: Duration,
+        bytes: u64,
+        // Since when the reader has been waiting, if it is.
+        waiting_since: Option<tokio::time::Instant>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B> MinRateBody<B> {
+    fn new(inner: B, window: Duration, min_bytes: u64) -> Self {
+        Self {
+            inner,
+            window,
+            min_bytes,
+            waited: Duration::ZERO,
+            bytes: 0,
+            waiting_since: None,
+            sleep: None,
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> hyper::body::Body for MinRateBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = this.waiting_since.take() {
+                    *this.waited += since.elapsed();
+                }
+                *this.bytes += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if *this.waited >= *this.window {
+                    if *this.bytes < *this.min_bytes {
+                        return Poll::Ready(Some(Err(too_slow(*this.min_bytes, *this.window))));
+                    }
+                    *this.waited = Duration::ZERO;
+                    *this.bytes = 0;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => loop {
+                let now = tokio::time::Instant::now();
+                let since = *this.waiting_since.get_or_insert(now);
+                if *this.waited + (now - since) >= *this.window {
+                    if *this.bytes < *this.min_bytes {
+                        return Poll::Ready(Some(Err(too_slow(*this.min_bytes, *this.window))));
+                    }
+                    // A window passed with enough bytes: the next starts now.
+                    *this.waited = Duration::ZERO;
+                    *this.bytes = 0;
+                    *this.waiting_since = Some(now);
+                }
+                let deadline = this.waiting_since.unwrap_or(now) + (*this.window - *this.waited);
+                let sleep = match this.sleep {
+                    Some(sleep) => {
+                        sleep.as_mut().reset(deadline);
+                        sleep
+                    }
+                    None => this
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn too_slow(min_bytes: u64, window: Duration) -> BoxError {
+    Box::new(BodyTooSlow { min_bytes, window })
 }
 
 /// How long a closing connection may go on receiving what the client still sends.

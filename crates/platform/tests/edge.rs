@@ -22,6 +22,7 @@ async fn start() -> (SocketAddr, CancellationToken) {
         max_header_bytes: 16 * 1024,
         max_headers: 50,
         max_connections: 64,
+        ..ConnectionLimits::default()
     })
     .await
 }
@@ -91,6 +92,37 @@ async fn by_default_the_101st_header_field_gets_431() {
             status_line(&exchange(addr, &request(101))),
             "HTTP/1.1 431 Request Header Fields Too Large"
         );
+    })
+    .await
+    .expect("joined");
+    shutdown.cancel();
+}
+
+/// The documented default head limit is 64 KiB (request line + headers): a head of
+/// 64 KiB is served, one byte more gets 431 — and so does a 100 KB head that arrives in
+/// one piece (the read buffer's limit alone let it through).
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_the_request_head_is_limited_to_64_kib() {
+    let (addr, shutdown) = start_with(ConnectionLimits::default()).await;
+    tokio::task::spawn_blocking(move || {
+        let head_of = |size: usize| {
+            let start = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ";
+            let mut head = start.to_vec();
+            head.extend(std::iter::repeat_n(b'a', size - start.len() - 4));
+            head.extend(b"\r\n\r\n");
+            assert_eq!(head.len(), size);
+            head
+        };
+        let answer = exchange(addr, &head_of(64 * 1024));
+        assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+        for size in [64 * 1024 + 1, 100_000] {
+            assert_eq!(
+                status_line(&exchange(addr, &head_of(size))),
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "a head of {size} bytes"
+            );
+        }
+        still_serving(addr);
     })
     .await
     .expect("joined");

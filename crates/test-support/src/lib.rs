@@ -127,6 +127,8 @@ fn server_args(data_dir: &Path) -> ServerArgs {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: data_dir.to_owned(),
         http_threads: None,
+        http_max_connections_per_client: None,
+        http_body_timeout: std::time::Duration::from_secs(10),
     }
 }
 

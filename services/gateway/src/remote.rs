@@ -176,8 +176,17 @@ fn settle(
             // The client's own body broke off (or was malformed): nothing to hold against
             // the endpoint, and nothing for the breaker either.
             tracing::debug!(upstream = name, %error, "the client's request body failed");
-            Problem::bad_request(format!("the request body could not be read: {error}"))
-                .into_response()
+            match platform::http::BodyTooSlow::in_chain(&error) {
+                // Below the connection layer's minimum rate: the client's timeout.
+                Some(slow) => Problem::new(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body arrived too slowly: {slow}"),
+                ),
+                None => {
+                    Problem::bad_request(format!("the request body could not be read: {error}"))
+                }
+            }
+            .into_response()
         }
         Err(error) => {
             // A refused or timed-out connection says the instance is down: take it out

@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 use gateway::{
     Args, Upstreams, parse_upstream_url,
     resilience::{BreakerSettings, Policy},
@@ -44,6 +47,8 @@ async fn instance(name: &'static str, addr: SocketAddr) -> Instance {
                 )
                 .post(move || async move { name }),
             )
+            // Reads the whole body before it answers.
+            .route("/posts/create", post(|body: String| async move { body }))
             .route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -566,4 +571,69 @@ async fn a_refused_upload_is_read_before_it_is_answered() {
         .expect("next request");
     assert!(response(&mut stream).await.starts_with("HTTP/1.1 200"));
     gw.stop.cancel();
+}
+
+/// Issue #14 item 7: a body trickled through the gateway is ended by the gateway's
+/// minimum body rate and answered 408 (it used to wait for the route's timeout), and the
+/// upstream is not blamed for it.
+#[tokio::test]
+async fn a_trickled_body_through_the_gateway_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = instance("up", any_port()).await;
+    let upstreams = Upstreams::new().remote(
+        "posts",
+        parse_upstream_url(&format!("http://{}", up.addr)).expect("url"),
+        &Policy::default(),
+    );
+    let stop = CancellationToken::new();
+    let listener = platform::http::bind(any_port())
+        .await
+        .expect("bind gateway");
+    let gateway_addr = listener.local_addr().expect("address");
+    tokio::spawn(platform::http::serve_with_limits(
+        listener,
+        gateway::build(upstreams, &no_rate_limit()).into_entry(stop.clone()),
+        stop.clone(),
+        Duration::from_secs(1),
+        platform::http::ConnectionLimits {
+            body_window: Duration::from_secs(1),
+            ..platform::http::ConnectionLimits::default()
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(gateway_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /posts/create HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .expect("head");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(10) {
+        let _ = stream.write_all(b"z").await;
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await
+        {
+            match read {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+                _ => break,
+            }
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+    up.shut().await;
 }

@@ -7,8 +7,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::multipart::MultipartRejection,
-    extract::{DefaultBodyLimit, Path, Query, State, multipart::Multipart},
+    body::Body,
+    extract::{DefaultBodyLimit, Path, Query, State},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -52,7 +52,7 @@ pub fn router(state: Arc<MediaState>) -> Router {
             "/upload",
             post(upload_video)
                 // The platform's 1 MiB default is for JSON; an upload is bounded by
-                // `max_upload_bytes`, counted while it streams.
+                // `max_upload_bytes`, counted while it streams (upload.rs).
                 .layer(DefaultBodyLimit::disable())
                 .layer(limited(UPLOAD_TIMEOUT)),
         )
@@ -76,14 +76,20 @@ async fn upload_video(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     upload::check_announced_length(&headers, state.max_upload_bytes)?;
+    let boundary = upload::boundary(&headers)?;
     let job_id = uuid::Uuid::now_v7().to_string();
     let video_fid = format!("video-{job_id}");
-    let file =
-        upload::store_single_file(multipart, &state.blobs, &video_fid, state.max_upload_bytes)
-            .await?;
+    let file = upload::store_single_file(
+        body,
+        boundary,
+        &state.blobs,
+        &video_fid,
+        state.max_upload_bytes,
+    )
+    .await?;
 
     let message = VideoMessage {
         video_fid: video_fid.clone(),
