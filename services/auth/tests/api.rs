@@ -23,6 +23,16 @@ struct Backend {
 }
 
 impl Backend {
+    /// SQLite only, for tests of behaviour no database changes.
+    fn sqlite() -> Backend {
+        Backend {
+            name: "sqlite",
+            dir: tempfile::tempdir().expect("tempdir"),
+            database_url: None,
+            scratch: None,
+        }
+    }
+
     async fn all() -> Vec<Backend> {
         let mut all = vec![Backend {
             name: "sqlite",
@@ -334,6 +344,39 @@ async fn login_attempts_are_limited_per_account_and_per_client() {
         assert!(limited.headers.contains_key(header::RETRY_AFTER));
         backend.cleanup().await;
     }
+}
+
+/// Signup accepts exactly what the mailer can send to (issue 14 §8).
+#[tokio::test]
+async fn signup_refuses_addresses_the_mailer_cannot_send_to() {
+    let backend = Backend::sqlite();
+    let api = backend.start(&Args::default()).await;
+    for bad in [
+        "a,b@x.com",
+        "x(c)@x.com",
+        "a;b@x.com",
+        "ad\u{202E}moc.x@a.com",
+        "a\u{200B}b@x.com",
+        "a\u{0}b@x.com",
+    ] {
+        let refused = api.signup(bad, "long enough").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{bad:?}: {}",
+            refused.body
+        );
+        assert_eq!(
+            refused.headers[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(!refused.body.contains('\u{202E}'), "{}", refused.body);
+    }
+    let created = api.signup(" O'Brien+mp3@Example.IE ", "long enough").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let account: serde_json::Value = serde_json::from_str(&created.body).expect("json");
+    assert_eq!(account["email"], "o'brien+mp3@example.ie");
+    backend.cleanup().await;
 }
 
 #[tokio::test]
