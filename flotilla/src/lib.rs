@@ -113,7 +113,7 @@ pub struct ServeArgs {
     pub server: ServerArgs,
     /// The service's database; unset → SQLite in the data directory.
     /// `postgres://…` or `mysql://…` in production.
-    #[arg(long, env = "FLOTILLA_DATABASE_URL")]
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     #[command(flatten, next_help_heading = "Gateway upstreams")]
     pub gateway: gateway::GatewayArgs,

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             None => error.exit(),
         },
     };
+    private_files();
     platform::tls::install_crypto_provider();
     // The `service.name` of exported spans, unless OTEL_SERVICE_NAME names it.
     let telemetry = platform::telemetry::init(&match &cli.command {
@@ -80,6 +81,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every file and directory this process creates — databases, the JWT key, blobs,
+/// mail, the bus, scratch files, whoever creates them (SQLite, ffmpeg, …) — is readable
+/// by its owner only: 0600 files, 0700 directories. One umask covers them all, instead
+/// of an explicit mode at each of the places that create files.
+fn private_files() {
+    #[cfg(unix)]
+    let _previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -39,7 +39,7 @@ pub struct AddUser {
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
     pub data_dir: PathBuf,
     /// The auth database of `serve auth`, if not SQLite in the data directory.
-    #[arg(long, env = "FLOTILLA_DATABASE_URL")]
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 

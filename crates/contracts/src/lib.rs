@@ -2,6 +2,7 @@
 //! Services share these types instead of importing each other.
 
 pub mod blog;
+pub mod email;
 pub mod media;
 
 /// Every service of the system, in start order (the gateway last).

@@ -4,7 +4,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, spki::der::pem::LineEnding,
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
 };
 use jsonwebtoken::{
     EncodingKey, Header,
@@ -46,12 +46,20 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A new random key, and its PKCS#8 PEM to store.
+    ///
+    /// Written as PKCS#8 v1 (RFC 8410 §7: the private key only), exactly what `openssl
+    /// genpkey -algorithm ed25519` writes. ed25519-dalek's own `to_pkcs8_pem` writes a
+    /// v2 document with the public key attached, which OpenSSL (`openssl pkey`) and
+    /// Python's `cryptography` refuse to read.
     pub fn generate() -> Result<(Self, String), KeyError> {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::PrivateKey(e.to_string()))?
-            .to_string();
+        let pem = KeypairBytes {
+            secret_key: key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::PrivateKey(e.to_string()))?
+        .to_string();
         Ok((Self::from_dalek(&key)?, pem))
     }
 
@@ -144,6 +152,52 @@ mod tests {
         );
         let (other, _) = SigningKey::generate().expect("generate");
         assert_ne!(key.kid(), other.kid());
+    }
+
+    /// The generated key is read by OpenSSL and (when installed) Python's
+    /// `cryptography`, and both find the public key the JWKS publishes.
+    #[test]
+    fn generated_keys_are_standard_pkcs8_that_openssl_and_python_read() {
+        let (key, pem) = SigningKey::generate().expect("generate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jwt-signing.pem");
+        std::fs::write(&path, &pem).expect("write");
+        let openssl = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&path)
+            .output()
+            .expect("the openssl CLI is needed by this test");
+        assert!(
+            openssl.status.success(),
+            "openssl pkey refused the generated key: {}",
+            String::from_utf8_lossy(&openssl.stderr)
+        );
+        let public = String::from_utf8(openssl.stdout).expect("PEM");
+        assert_eq!(
+            public_jwk_from_pem(&public).expect("openssl's SPKI"),
+            *key.public_jwk()
+        );
+        let python = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys\n\
+                 try:\n    from cryptography.hazmat.primitives import serialization\n\
+                 except ImportError:\n    sys.exit(77)\n\
+                 serialization.load_pem_private_key(open(sys.argv[1], 'rb').read(), None)",
+            ])
+            .arg(&path)
+            .output();
+        match python {
+            Ok(out) if out.status.code() == Some(77) => {
+                eprintln!("python3 has no `cryptography`; only openssl checked");
+            }
+            Ok(out) => assert!(
+                out.status.success(),
+                "cryptography refused the generated key: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(error) => eprintln!("no python3 ({error}); only openssl checked"),
+        }
     }
 
     #[test]

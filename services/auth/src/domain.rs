@@ -6,18 +6,16 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted; argon2 copes with more, but nobody needs more and a
 /// megabyte "password" is only a way to waste our CPU.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
-/// RFC 5321's limit on a forward path.
-const MAX_EMAIL_BYTES: usize = 254;
-
-/// An email address, trimmed and lower-cased so that `A@X.com` and `a@x.com` are one
-/// account.
+/// An email address the mailer can send to, normalised (trimmed, NFC, lower case) so
+/// that `A@X.com` and `a@x.com` are one account: [`contracts::email::normalise`], the
+/// same rule the notification service applies to recipients.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
-    #[error("'{0}' is not a valid email address")]
-    Email(String),
+    #[error(transparent)]
+    Email(#[from] contracts::email::AddressError),
     #[error("the password must be at least {MIN_PASSWORD_CHARS} characters long")]
     PasswordTooShort,
     #[error("the password must be at most {MAX_PASSWORD_BYTES} bytes long")]
@@ -26,23 +24,14 @@ pub enum InputError {
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
-        let email = raw.trim().to_lowercase();
-        let invalid = || InputError::Email(raw.chars().take(64).collect());
-        if email.is_empty() || email.len() > MAX_EMAIL_BYTES {
-            return Err(invalid());
-        }
-        let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
-        let plausible_domain = domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains("..");
-        let clean = email
-            .chars()
-            .all(|c| !c.is_whitespace() && !c.is_control() && c != '<' && c != '>');
-        if local.is_empty() || local.contains('@') || !plausible_domain || !clean {
-            return Err(invalid());
-        }
-        Ok(Self(email))
+        Ok(Self(contracts::email::normalise(raw)?.to_string()))
+    }
+
+    /// The address to look an account up by at login: `raw` parsed, or — for accounts
+    /// created before the address rule was what it is — trimmed and lower-cased as
+    /// they were then. Never used to create an account.
+    pub fn for_lookup(raw: &str) -> Self {
+        Self::parse(raw).unwrap_or_else(|_| Self(raw.trim().to_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -113,6 +102,12 @@ mod tests {
             "a b@x.com",
             "a@b@x.com",
             "<a@x.com>",
+            // Issue 14: accepted once, then refused by the mailer or shown reordered.
+            "a,b@x.com",
+            "x(c)@x.com",
+            "a;b@x.com",
+            "ad\u{202E}moc.x@a.com",
+            "a\u{200B}b@x.com",
             &format!("{}@x.com", "a".repeat(300)),
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");

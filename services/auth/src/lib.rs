@@ -69,16 +69,24 @@ pub struct Args {
     )]
     pub admin_password: Option<String>,
 
-    /// Login attempts allowed per account per minute (0: unlimited).
+    /// Failed logins allowed per account from one client address per minute; past it
+    /// that client gets 429 for that account, while others still log in (0: unlimited).
     #[arg(long, env = "FLOTILLA_LOGIN_ATTEMPTS_PER_ACCOUNT", default_value_t = DEFAULT_ATTEMPTS_PER_ACCOUNT)]
     pub login_attempts_per_account: u32,
+
+    /// Failed logins per account per minute from all clients together past which
+    /// logins to it are slowed (1 s each) and clients that failed on it get 429; the
+    /// right password from a client that has not failed still logs in (0: no ceiling).
+    #[arg(long, env = "FLOTILLA_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = DEFAULT_FAILURES_PER_ACCOUNT)]
+    pub login_failures_per_account: u32,
 
     /// Login and signup attempts allowed per client address per minute (0: unlimited).
     #[arg(long, env = "FLOTILLA_LOGIN_ATTEMPTS_PER_CLIENT", default_value_t = DEFAULT_ATTEMPTS_PER_CLIENT)]
     pub login_attempts_per_client: u32,
 
-    /// Peers whose `X-Forwarded-For` is believed (the gateway's networks), as
-    /// comma-separated addresses or CIDR networks.
+    /// Peers whose `X-Forwarded-For` is believed: the gateway's addresses, as
+    /// comma-separated addresses or CIDR networks. Default: this host only (`up` calls
+    /// auth in-process); set it to the gateway's network when `serve auth` runs apart.
     #[arg(
         long,
         env = "FLOTILLA_TRUSTED_PROXIES",
@@ -91,6 +99,7 @@ pub struct Args {
 
 const DEFAULT_ATTEMPTS_PER_ACCOUNT: u32 = 10;
 const DEFAULT_ATTEMPTS_PER_CLIENT: u32 = 60;
+const DEFAULT_FAILURES_PER_ACCOUNT: u32 = 100;
 
 impl Default for Args {
     /// The same values as the command line's defaults.
@@ -103,6 +112,7 @@ impl Default for Args {
             admin_password: None,
             login_attempts_per_account: DEFAULT_ATTEMPTS_PER_ACCOUNT,
             login_attempts_per_client: DEFAULT_ATTEMPTS_PER_CLIENT,
+            login_failures_per_account: DEFAULT_FAILURES_PER_ACCOUNT,
             trusted_proxies: limits::DEFAULT_TRUSTED_PROXIES
                 .split(',')
                 .filter_map(|net| net.parse().ok())
@@ -136,6 +146,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let limits = Arc::new(LoginLimits::new(
         args.login_attempts_per_account,
         args.login_attempts_per_client,
+        args.login_failures_per_account,
     ));
     spawn_limiter_cleanup(context, limits.clone());
 

@@ -2,84 +2,32 @@
 //! `Retry-After`), and how the client address is found.
 //!
 //! Client address: the peer of the connection, unless that peer is a trusted proxy
-//! (`FLOTILLA_TRUSTED_PROXIES`, by default loopback and private networks, where the
-//! gateway runs in a deployment), in which case the *last* `X-Forwarded-For` entry is
-//! used — the one the gateway appended, not anything the client wrote before it. In
-//! `flotilla up` the gateway calls auth in-process with the original connection's
-//! address and appends it to `X-Forwarded-For` as it does for a remote auth, so both
-//! modes agree. IPv6 clients are grouped by /64, the block one subscriber usually holds.
+//! (`FLOTILLA_TRUSTED_PROXIES`: the gateway; by default this host only), in which case
+//! the *last* `X-Forwarded-For` entry is used — the one the gateway appended, not
+//! anything the client wrote before it. The gateway resolves the client behind its own
+//! trusted proxies (`FLOTILLA_GATEWAY_TRUSTED_PROXIES`) and ends the chain with it. In
+//! `flotilla up` the gateway calls auth in-process with the client's address as the
+//! peer and appends it to `X-Forwarded-For` as it does for a remote auth, so both modes
+//! agree. IPv6 clients are grouped by /64, the block one subscriber usually holds.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     num::NonZeroU32,
-    str::FromStr,
-    time::Duration,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use axum::extract::ConnectInfo;
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use http::{Extensions, HeaderMap};
 
-/// An IP network, `10.0.0.0/8` or a single address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub use platform::forwarded::{IpNet, parse_ip_net};
 
-impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, String> {
-        let value = value.trim();
-        let (addr, prefix) = match value.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (value, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("'{value}' is not an IP address or network (CIDR)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("'{value}': the prefix length must be 0..={max}"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-/// clap value parser for one entry of `--trusted-proxies`.
-pub fn parse_ip_net(value: &str) -> Result<IpNet, String> {
-    value.parse()
-}
-
-/// The default `FLOTILLA_TRUSTED_PROXIES`.
-pub const DEFAULT_TRUSTED_PROXIES: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+/// The default `FLOTILLA_TRUSTED_PROXIES`: this host only. `flotilla up` calls auth
+/// in-process from its gateway, so no other peer exists there; `serve auth` behind a
+/// gateway on another host needs the gateway's addresses set (deploy/k8s does).
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
 
 /// The client a request comes from, if known.
 pub fn client_address(
@@ -90,7 +38,7 @@ pub fn client_address(
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
-    if !trusted.iter().any(|net| net.contains(peer)) {
+    if !platform::forwarded::trusted(trusted, peer) {
         return Some(peer);
     }
     let forwarded = headers
@@ -111,46 +59,215 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Attempts allowed per minute, per account and per client.
+/// How long a login waits when its account is over its account-wide failure ceiling.
+pub const ACCOUNT_SLOWDOWN: Duration = Duration::from_secs(1);
+
+/// The window failures are counted in.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most (account, client) pairs and accounts whose failures are remembered at once;
+/// beyond it new keys are not counted (the per-client limit still applies), so memory
+/// stays bounded whatever a botnet sends.
+const MAX_TRACKED_KEYS: usize = 200_000;
+
+/// Login limits, as OWASP's authentication guidance recommends: failures are limited per
+/// account *and* client, so that nobody can lock someone else out by failing on their
+/// account, and a higher account-wide ceiling only slows logins down.
+///
+/// * every login and signup attempt of a client address: `per_client` per minute (429);
+/// * failed logins of one client on one account: `failures_per_account_and_client` per
+///   minute, then that client gets 429 for that account (the right password too, so
+///   that a guesser learns nothing);
+/// * failed logins on one account from every client together:
+///   `failures_per_account` per minute, past which each login to the account waits
+///   [`ACCOUNT_SLOWDOWN`] and clients that have failed on it get 429 — but the right
+///   password from a client that has not been failing still logs in.
 #[derive(Debug)]
 pub struct LoginLimits {
-    per_account: Option<DefaultKeyedRateLimiter<String>>,
     per_client: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_pair: Option<FailureWindows<(String, IpAddr)>>,
+    per_account: Option<FailureWindows<String>>,
+}
+
+/// What a login may do now, when it is not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Now,
+    /// After waiting this long (the account is over its ceiling).
+    After(Duration),
 }
 
 impl LoginLimits {
     /// `0` disables a limit.
-    pub fn new(per_account_per_minute: u32, per_client_per_minute: u32) -> Self {
+    pub fn new(
+        failures_per_account_and_client: u32,
+        per_client_per_minute: u32,
+        failures_per_account: u32,
+    ) -> Self {
         Self {
-            per_account: keyed(per_account_per_minute),
             per_client: keyed(per_client_per_minute),
+            per_pair: FailureWindows::new(failures_per_account_and_client),
+            per_account: FailureWindows::new(failures_per_account),
         }
     }
 
     /// `Err(seconds to wait)` when this client is over its limit.
     pub fn check_client(&self, client: Option<IpAddr>) -> Result<(), u64> {
-        // Without an address (only when called without a connection, e.g. in-process
-        // tests) every such request shares one bucket.
-        let key = client.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), client_key);
-        check(self.per_client.as_ref(), &key)
+        check(self.per_client.as_ref(), &key_of(client))
     }
 
-    /// `Err(seconds to wait)` when this account is over its limit.
-    pub fn check_account(&self, email: &str) -> Result<(), u64> {
-        check(self.per_account.as_ref(), &email.to_owned())
+    /// Whether `client` may try a password for `account` now: `Err(seconds to wait)`
+    /// when it has failed on it too often, otherwise when.
+    pub fn check_account(&self, account: &str, client: Option<IpAddr>) -> Result<Admission, u64> {
+        let pair = (account.to_owned(), key_of(client));
+        let pair_failures = match &self.per_pair {
+            Some(pairs) => {
+                if let Some(wait) = pairs.exhausted(&pair) {
+                    return Err(whole_seconds(wait));
+                }
+                pairs.count(&pair)
+            }
+            None => 0,
+        };
+        match self
+            .per_account
+            .as_ref()
+            .and_then(|accounts| accounts.exhausted(&pair.0))
+        {
+            None => Ok(Admission::Now),
+            // A hot account: clients that have been failing on it wait for the window.
+            Some(wait) if pair_failures > 0 => Err(whole_seconds(wait)),
+            Some(_) => Ok(Admission::After(ACCOUNT_SLOWDOWN)),
+        }
+    }
+
+    /// A wrong password (or unknown account) from `client` for `account`.
+    pub fn record_failure(&self, account: &str, client: Option<IpAddr>) {
+        if let Some(pairs) = &self.per_pair {
+            pairs.record((account.to_owned(), key_of(client)));
+        }
+        if let Some(accounts) = &self.per_account {
+            accounts.record(account.to_owned());
+        }
+    }
+
+    /// A successful login: this client's failures on this account are forgotten.
+    pub fn record_success(&self, account: &str, client: Option<IpAddr>) {
+        if let Some(pairs) = &self.per_pair {
+            pairs.forget(&(account.to_owned(), key_of(client)));
+        }
     }
 
     /// Forgets keys whose limits are back to full, so memory does not grow with every
     /// address and email ever seen; run periodically.
     pub fn forget_idle(&self) {
-        if let Some(limiter) = &self.per_account {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
         if let Some(limiter) = &self.per_client {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        if let Some(pairs) = &self.per_pair {
+            pairs.forget_expired();
+        }
+        if let Some(accounts) = &self.per_account {
+            accounts.forget_expired();
+        }
+    }
+}
+
+/// Without an address (only when called without a connection, e.g. in-process tests)
+/// every such request shares one key.
+fn key_of(client: Option<IpAddr>) -> IpAddr {
+    client.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), client_key)
+}
+
+fn whole_seconds(wait: Duration) -> u64 {
+    // Round up: retrying after a rounded-down wait would be refused again.
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Failures per key in fixed windows of [`FAILURE_WINDOW`] from a key's first failure.
+/// (governor, used for the per-client limit, counts every attempt; only failures may
+/// count here, and a failure is known only after the password check.)
+#[derive(Debug)]
+struct FailureWindows<K> {
+    limit: u32,
+    windows: Mutex<HashMap<K, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+impl Window {
+    fn current(&self, now: Instant) -> bool {
+        now.duration_since(self.started) < FAILURE_WINDOW
+    }
+}
+
+impl<K: std::hash::Hash + Eq> FailureWindows<K> {
+    fn new(limit: u32) -> Option<Self> {
+        (limit > 0).then(|| Self {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Window>> {
+        // Nothing panics while holding it; if something did, the counts are still usable.
+        self.windows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Failures of `key` in its current window.
+    fn count(&self, key: &K) -> u32 {
+        let now = Instant::now();
+        self.lock()
+            .get(key)
+            .filter(|w| w.current(now))
+            .map_or(0, |w| w.failures)
+    }
+
+    /// How long until `key` may fail again, if it is at its limit.
+    fn exhausted(&self, key: &K) -> Option<Duration> {
+        let now = Instant::now();
+        let windows = self.lock();
+        let window = windows.get(key).filter(|w| w.current(now))?;
+        (window.failures >= self.limit)
+            .then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(window.started)))
+    }
+
+    fn record(&self, key: K) {
+        let now = Instant::now();
+        let mut windows = self.lock();
+        if windows.len() >= MAX_TRACKED_KEYS && !windows.contains_key(&key) {
+            windows.retain(|_, w| w.current(now));
+            if windows.len() >= MAX_TRACKED_KEYS {
+                return;
+            }
+        }
+        let window = windows.entry(key).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if !window.current(now) {
+            *window = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        window.failures = window.failures.saturating_add(1);
+    }
+
+    fn forget(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
+    fn forget_expired(&self) {
+        let now = Instant::now();
+        let mut windows = self.lock();
+        windows.retain(|_, w| w.current(now));
+        windows.shrink_to_fit();
     }
 }
 
@@ -177,8 +294,8 @@ mod tests {
     use super::*;
 
     fn trusted() -> Vec<IpNet> {
-        DEFAULT_TRUSTED_PROXIES
-            .split(',')
+        ["10.0.0.0/8", "127.0.0.1"]
+            .iter()
             .map(|n| n.parse().expect("valid"))
             .collect()
     }
@@ -191,25 +308,6 @@ mod tests {
             headers.insert("x-forwarded-for", value.parse().expect("header"));
         }
         (extensions, headers)
-    }
-
-    #[test]
-    fn networks_parse_and_match() {
-        let net: IpNet = "10.0.0.0/8".parse().expect("valid");
-        assert!(net.contains("10.1.2.3".parse().expect("ip")));
-        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
-        let v6: IpNet = "fc00::/7".parse().expect("valid");
-        assert!(v6.contains("fd12::1".parse().expect("ip")));
-        assert!(!v6.contains("2001:db8::1".parse().expect("ip")));
-        let one: IpNet = "192.0.2.7".parse().expect("valid");
-        assert!(one.contains("192.0.2.7".parse().expect("ip")));
-        assert!(!one.contains("192.0.2.8".parse().expect("ip")));
-        let all: IpNet = "0.0.0.0/0".parse().expect("valid");
-        assert!(all.contains("8.8.8.8".parse().expect("ip")));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert!("nonsense".parse::<IpNet>().is_err());
-        // IPv4-mapped IPv6 peers match IPv4 networks.
-        assert!(net.contains("::ffff:10.0.0.1".parse().expect("ip")));
     }
 
     #[test]
@@ -233,21 +331,47 @@ mod tests {
             client_address(&ext, &headers, &trusted),
             Some("10.0.0.9".parse().expect("ip"))
         );
+        // The default believes this host only: another pod cannot pick its address.
+        let default: Vec<IpNet> = DEFAULT_TRUSTED_PROXIES
+            .split(',')
+            .map(|n| n.parse().expect("valid"))
+            .collect();
+        let (ext, headers) = request("10.0.0.9:4000", Some("198.51.100.1"));
+        assert_eq!(
+            client_address(&ext, &headers, &default),
+            Some("10.0.0.9".parse().expect("ip"))
+        );
         assert_eq!(
             client_address(&Extensions::new(), &HeaderMap::new(), &trusted),
             None
         );
     }
 
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().expect("ip"))
+    }
+
     #[test]
-    fn limits_refuse_with_a_wait_time_and_per_key() {
-        let limits = LoginLimits::new(3, 0);
+    fn failures_are_limited_per_account_and_client() {
+        let limits = LoginLimits::new(3, 0, 0);
+        let (attacker, owner) = (ip("192.0.2.1"), ip("192.0.2.2"));
         for _ in 0..3 {
-            assert_eq!(limits.check_account("a@x.com"), Ok(()));
+            assert_eq!(
+                limits.check_account("a@x.com", attacker),
+                Ok(Admission::Now)
+            );
+            limits.record_failure("a@x.com", attacker);
         }
-        let wait = limits.check_account("a@x.com").expect_err("fourth attempt");
+        let wait = limits
+            .check_account("a@x.com", attacker)
+            .expect_err("fourth attempt");
         assert!((1..=60).contains(&wait), "{wait}");
-        assert_eq!(limits.check_account("b@x.com"), Ok(()));
+        // Another client, another account: untouched.
+        assert_eq!(limits.check_account("a@x.com", owner), Ok(Admission::Now));
+        assert_eq!(
+            limits.check_account("b@x.com", attacker),
+            Ok(Admission::Now)
+        );
         // Disabled limit.
         for _ in 0..100 {
             assert_eq!(limits.check_client(None), Ok(()));
@@ -255,8 +379,54 @@ mod tests {
     }
 
     #[test]
+    fn successes_do_not_count_and_forget_the_clients_failures() {
+        let limits = LoginLimits::new(2, 0, 0);
+        let client = ip("192.0.2.1");
+        for _ in 0..10 {
+            assert_eq!(limits.check_account("a@x.com", client), Ok(Admission::Now));
+            limits.record_success("a@x.com", client);
+        }
+        limits.record_failure("a@x.com", client);
+        limits.record_success("a@x.com", client);
+        limits.record_failure("a@x.com", client);
+        assert_eq!(limits.check_account("a@x.com", client), Ok(Admission::Now));
+    }
+
+    #[test]
+    fn an_account_over_its_ceiling_is_slowed_not_locked() {
+        let limits = LoginLimits::new(10, 0, 4);
+        for n in 1..=4 {
+            let client = ip(&format!("198.51.100.{n}"));
+            assert_eq!(limits.check_account("a@x.com", client), Ok(Admission::Now));
+            limits.record_failure("a@x.com", client);
+        }
+        // A client that has failed on the hot account waits for the window…
+        assert!(limits.check_account("a@x.com", ip("198.51.100.1")).is_err());
+        // …one that has not is slowed down, not refused.
+        assert_eq!(
+            limits.check_account("a@x.com", ip("203.0.113.9")),
+            Ok(Admission::After(ACCOUNT_SLOWDOWN))
+        );
+        assert_eq!(
+            limits.check_account("b@x.com", ip("198.51.100.1")),
+            Ok(Admission::Now)
+        );
+    }
+
+    #[test]
+    fn failure_memory_is_bounded_and_forgotten() {
+        let limits = FailureWindows::new(1).expect("enabled");
+        for n in 0..1000u32 {
+            limits.record(n);
+        }
+        assert!(limits.exhausted(&7).is_some());
+        limits.forget_expired();
+        assert_eq!(limits.lock().len(), 1000, "the windows are still current");
+    }
+
+    #[test]
     fn ipv6_clients_share_their_64() {
-        let limits = LoginLimits::new(0, 1);
+        let limits = LoginLimits::new(0, 1, 0);
         assert_eq!(
             limits.check_client(Some("2001:db8:1:2::1".parse().expect("ip"))),
             Ok(())

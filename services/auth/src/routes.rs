@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     domain::{Email, InputError, Password},
     keys::KeySet,
-    limits::{IpNet, LoginLimits, client_address},
+    limits::{Admission, IpNet, LoginLimits, client_address},
     password::{HashError, PasswordHasherPool},
     store::{StoreError, User, UserStore},
 };
@@ -185,14 +185,26 @@ async fn login(State(state): State<AuthState>, request: Request) -> Result<Respo
     let (email, password) = basic_credentials(&parts.headers)?;
     // Keyed by what was typed (normalised when possible), so a wrong-format email is
     // limited too.
-    let account_key = Email::parse(&email).map_or_else(|_| email.to_lowercase(), |e| e.to_string());
-    state.limits.check_account(&account_key).map_err(limited)?;
+    let account_key = Email::for_lookup(&email).to_string();
+    match state
+        .limits
+        .check_account(&account_key, client)
+        .map_err(limited)?
+    {
+        Admission::Now => {}
+        // The account is under attack from many clients: slowed, not locked.
+        Admission::After(wait) => tokio::time::sleep(wait).await,
+    }
 
-    let password = Password::offered(password).ok_or(AuthError::BadCredentials)?;
-    let user = match Email::parse(&email) {
-        Ok(email) => state.users.find_by_email(&email).await?,
-        Err(_) => None,
+    let Some(password) = Password::offered(password) else {
+        state.limits.record_failure(&account_key, client);
+        return Err(AuthError::BadCredentials);
     };
+    // Accounts made before the address rule tightened still log in.
+    let user = state
+        .users
+        .find_by_email(&Email::for_lookup(&email))
+        .await?;
     // Unknown account: checked against the dummy hash, same cost, same answer.
     let matched = state
         .hasher
@@ -201,10 +213,12 @@ async fn login(State(state): State<AuthState>, request: Request) -> Result<Respo
     let user = match user {
         Some(user) if matched => user,
         _ => {
+            state.limits.record_failure(&account_key, client);
             tracing::info!(client = ?client, "login refused");
             return Err(AuthError::BadCredentials);
         }
     };
+    state.limits.record_success(&account_key, client);
     let token = issue_token(&state, &user)?;
     Ok((
         StatusCode::OK,

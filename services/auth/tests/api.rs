@@ -23,6 +23,16 @@ struct Backend {
 }
 
 impl Backend {
+    /// SQLite only, for tests of behaviour no database changes.
+    fn sqlite() -> Backend {
+        Backend {
+            name: "sqlite",
+            dir: tempfile::tempdir().expect("tempdir"),
+            database_url: None,
+            scratch: None,
+        }
+    }
+
     async fn all() -> Vec<Backend> {
         let mut all = vec![Backend {
             name: "sqlite",
@@ -302,10 +312,10 @@ async fn login_attempts_are_limited_per_account_and_per_client() {
                 StatusCode::UNAUTHORIZED
             );
         }
-        // The account is now locked for a while, even with the right password and from
-        // another address.
+        // This client is now limited on this account, even with the right password (it
+        // learns nothing)…
         let limited = api
-            .login_from("192.0.2.2:1", "ada@example.com", "correct horse")
+            .login_from("192.0.2.1:1", "ada@example.com", "correct horse")
             .await;
         assert_eq!(
             limited.status,
@@ -319,6 +329,12 @@ async fn login_attempts_are_limited_per_account_and_per_client() {
             .parse()
             .expect("seconds");
         assert!((1..=60).contains(&retry_after), "{retry_after}");
+        // …while the owner, from an address that has not been failing, logs in: nobody
+        // can lock someone else out (OWASP authentication guidance).
+        let owner = api
+            .login_from("192.0.2.2:1", "ada@example.com", "correct horse")
+            .await;
+        assert_eq!(owner.status, StatusCode::OK, "{b}: {}", owner.body);
 
         // One address spraying many accounts is limited on its own (5 per minute).
         for n in 0..5 {
@@ -334,6 +350,93 @@ async fn login_attempts_are_limited_per_account_and_per_client() {
         assert!(limited.headers.contains_key(header::RETRY_AFTER));
         backend.cleanup().await;
     }
+}
+
+/// Many clients failing on one account (a distributed guess) pass its account-wide
+/// ceiling: logins to it are slowed, clients that failed on it are refused, and the
+/// right password from a client that has not failed still logs in.
+#[tokio::test]
+async fn an_account_under_distributed_attack_is_slowed_not_locked() {
+    let backend = Backend::sqlite();
+    let args = Args {
+        login_attempts_per_account: 10,
+        login_failures_per_account: 4,
+        ..Args::default()
+    };
+    let api = backend.start(&args).await;
+    api.signup("ada@example.com", "correct horse").await;
+    for n in 1..=4 {
+        let reply = api
+            .login_from(
+                &format!("198.51.100.{n}:1"),
+                "ada@example.com",
+                "guess guess",
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let again = api
+        .login_from("198.51.100.1:1", "ada@example.com", "correct horse")
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        again.body
+    );
+
+    let started = std::time::Instant::now();
+    let owner = api
+        .login_from("203.0.113.9:1", "ada@example.com", "correct horse")
+        .await;
+    assert_eq!(owner.status, StatusCode::OK, "{}", owner.body);
+    assert!(
+        started.elapsed() >= auth::limits::ACCOUNT_SLOWDOWN,
+        "slowed down: {:?}",
+        started.elapsed()
+    );
+    // Other accounts are not slowed.
+    api.signup("bob@example.com", "correct horse").await;
+    let started = std::time::Instant::now();
+    let bob = api
+        .login_from("198.51.100.1:1", "bob@example.com", "correct horse")
+        .await;
+    assert_eq!(bob.status, StatusCode::OK);
+    assert!(started.elapsed() < auth::limits::ACCOUNT_SLOWDOWN);
+    backend.cleanup().await;
+}
+
+/// Signup accepts exactly what the mailer can send to (issue 14 §8).
+#[tokio::test]
+async fn signup_refuses_addresses_the_mailer_cannot_send_to() {
+    let backend = Backend::sqlite();
+    let api = backend.start(&Args::default()).await;
+    for bad in [
+        "a,b@x.com",
+        "x(c)@x.com",
+        "a;b@x.com",
+        "ad\u{202E}moc.x@a.com",
+        "a\u{200B}b@x.com",
+        "a\u{0}b@x.com",
+    ] {
+        let refused = api.signup(bad, "long enough").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{bad:?}: {}",
+            refused.body
+        );
+        assert_eq!(
+            refused.headers[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(!refused.body.contains('\u{202E}'), "{}", refused.body);
+    }
+    let created = api.signup(" O'Brien+mp3@Example.IE ", "long enough").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let account: serde_json::Value = serde_json::from_str(&created.body).expect("json");
+    assert_eq!(account["email"], "o'brien+mp3@example.ie");
+    backend.cleanup().await;
 }
 
 #[tokio::test]

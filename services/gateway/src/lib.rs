@@ -93,6 +93,13 @@ pub struct Args {
     /// 0 turns the limit off.
     #[arg(long, env = "FLOTILLA_GATEWAY_RATE_LIMIT", default_value_t = 500)]
     pub gateway_rate_limit: u32,
+    /// Proxies in front of the gateway (ingress, load balancer) whose `X-Forwarded-For`
+    /// is believed, as comma-separated addresses or CIDR networks; the client is the
+    /// rightmost address in it that is not one of them. Default: none (the connection's
+    /// peer is the client).
+    #[arg(long, env = "FLOTILLA_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = platform::forwarded::parse_ip_net)]
+    pub gateway_trusted_proxies: Vec<platform::forwarded::IpNet>,
     /// Requests in flight to one upstream beyond which the gateway sheds load with 503.
     #[arg(long, env = "FLOTILLA_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -123,6 +130,7 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             gateway_rate_limit: 500,
+            gateway_trusted_proxies: Vec::new(),
             gateway_max_in_flight: 1024,
             gateway_resolve_interval: Duration::from_secs(5),
             gateway_cors_origins: vec![DEFAULT_CORS_ORIGINS.to_owned()],
@@ -202,7 +210,12 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         ..HttpLimits::default()
     };
     let limiter = ratelimit::client_limiter(args.gateway_rate_limit);
-    let table = routes::Table::new(&upstreams, args.gateway_token_cache, limiter);
+    let table = routes::Table::new(
+        &upstreams,
+        args.gateway_token_cache,
+        limiter,
+        args.gateway_trusted_proxies.clone().into(),
+    );
     let routes = table.router().merge(web::routes()).merge(openapi::routes());
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
@@ -245,6 +258,17 @@ mod tests {
         assert_eq!(
             defaults.gateway.gateway_rate_limit,
             Args::default().gateway_rate_limit
+        );
+        assert!(defaults.gateway.gateway_trusted_proxies.is_empty());
+        let proxies = Cli::try_parse_from([
+            "gateway",
+            "--gateway-trusted-proxies",
+            "10.0.0.0/8,192.0.2.1",
+        ])
+        .expect("networks");
+        assert_eq!(proxies.gateway.gateway_trusted_proxies.len(), 2);
+        assert!(
+            Cli::try_parse_from(["gateway", "--gateway-trusted-proxies", "10.0.0.0/40"]).is_err()
         );
         let off = Cli::try_parse_from(["gateway", "--gateway-token-cache", "0"]).expect("0");
         assert_eq!(off.gateway.gateway_token_cache, 0);

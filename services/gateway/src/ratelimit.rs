@@ -1,6 +1,8 @@
 //! Per-client rate limiting at the edge: each client address gets a token bucket
 //! (governor's GCRA); past it the gateway answers 429 with `Retry-After` before any
-//! upstream sees the request.
+//! upstream sees the request. The client address is the connection's peer, or behind
+//! `FLOTILLA_GATEWAY_TRUSTED_PROXIES` the client they forwarded for, which
+//! `platform::forwarded::adopt_client` has put in its place by then (routes.rs).
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -7,7 +7,7 @@
 //! table itself and calls the upstream's stack directly instead of through a router's
 //! per-route services.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -22,6 +22,7 @@ use identity::Verifier;
 use platform::{
     Problem,
     entry::{FastPath, MatchedRoute},
+    forwarded::IpNet,
     http::TimeoutLayer,
 };
 use tower::{Layer, Service};
@@ -107,6 +108,9 @@ pub(crate) struct Table<'a> {
     upstreams: &'a Upstreams,
     verifier: Verifier,
     limiter: Option<ClientLimiter>,
+    /// `FLOTILLA_GATEWAY_TRUSTED_PROXIES`: behind them the client is resolved from
+    /// `X-Forwarded-For` before anything else (limits, logs, upstreams) sees it.
+    proxies: Arc<[IpNet]>,
 }
 
 impl<'a> Table<'a> {
@@ -114,12 +118,14 @@ impl<'a> Table<'a> {
         upstreams: &'a Upstreams,
         token_cache: usize,
         limiter: Option<ClientLimiter>,
+        proxies: Arc<[IpNet]>,
     ) -> Self {
         let verifier = crate::auth::verifier(upstream_of(upstreams, "auth"), token_cache);
         Self {
             upstreams,
             verifier,
             limiter,
+            proxies,
         }
     }
 
@@ -143,6 +149,13 @@ impl<'a> Table<'a> {
             router = router.route_layer(middleware::from_fn_with_state(
                 limiter.clone(),
                 crate::ratelimit::enforce,
+            ));
+        }
+        // Outermost: the client is known before the rate limit keys on it.
+        if !self.proxies.is_empty() {
+            router = router.route_layer(middleware::from_fn_with_state(
+                self.proxies.clone(),
+                adopt_client,
             ));
         }
         router
@@ -180,8 +193,18 @@ impl<'a> Table<'a> {
             routes,
             verifier: self.verifier.clone(),
             limiter: self.limiter.clone(),
+            proxies: self.proxies.clone(),
         }
     }
+}
+
+async fn adopt_client(
+    axum::extract::State(proxies): axum::extract::State<Arc<[IpNet]>>,
+    mut request: Request,
+    next: middleware::Next,
+) -> Response {
+    platform::forwarded::adopt_client(&mut request, &proxies);
+    next.run(request).await
 }
 
 fn upstream_of(upstreams: &Upstreams, name: &'static str) -> Upstream {
@@ -211,6 +234,7 @@ pub(crate) struct Proxy {
     routes: Vec<ProxyRoute>,
     verifier: Verifier,
     limiter: Option<ClientLimiter>,
+    proxies: Arc<[IpNet]>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -264,6 +288,9 @@ impl FastPath for Proxy {
                 Problem::not_found("no such route").into_response(),
             ));
         };
+        if !self.proxies.is_empty() {
+            platform::forwarded::adopt_client(&mut request, &self.proxies);
+        }
         if let Some(limiter) = &self.limiter
             && let Some(refused) = crate::ratelimit::refusal(limiter, &request)
         {

@@ -63,10 +63,20 @@ pub fn subject(message: &Mp3Message) -> &'static str {
 
 /// The complete email for `message`, from `from`.
 pub fn compose(message: &Mp3Message, from: &Mailbox) -> Result<Message, ComposeError> {
-    let to: Mailbox = message
-        .username
-        .parse()
-        .map_err(|_| ComposeError::Recipient(message.username.chars().take(100).collect()))?;
+    // The rule auth applied at signup (one validator for both): an address accepted
+    // there is one the mailer can send to.
+    let to = contracts::email::normalise(&message.username)
+        .map(|address| Mailbox::new(None, address))
+        .map_err(|_| {
+            ComposeError::Recipient(
+                message
+                    .username
+                    .chars()
+                    .take(100)
+                    .flat_map(char::escape_debug)
+                    .collect(),
+            )
+        })?;
     Ok(Message::builder()
         .from(from.clone())
         .to(to)
@@ -121,10 +131,37 @@ mod tests {
     fn a_bad_recipient_is_refused() {
         let from: Mailbox = "noreply@flotilla.invalid".parse().expect("from");
         let mut message = finished(JobStatus::Done);
-        message.username = "not an address".into();
-        assert!(matches!(
-            compose(&message, &from),
-            Err(ComposeError::Recipient(_))
-        ));
+        for bad in [
+            "not an address",
+            "a,b@x.com",
+            "Ada <a@x.com>",
+            "a\u{202E}b@x.com",
+        ] {
+            message.username = bad.into();
+            assert!(
+                matches!(compose(&message, &from), Err(ComposeError::Recipient(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Every address signup accepts (the same `contracts::email` rule) makes an email.
+    #[test]
+    fn every_address_signup_accepts_composes() {
+        let from: Mailbox = "noreply@flotilla.invalid".parse().expect("from");
+        let mut message = finished(JobStatus::Done);
+        for raw in [
+            "Ada@Example.com",
+            "a.b+tag@sub.example.co.uk",
+            "o'brien@example.ie",
+            "名前@example.jp",
+            "x@bücher.example",
+        ] {
+            let address = contracts::email::normalise(raw).expect("signup accepts it");
+            message.username = address.to_string();
+            let email = compose(&message, &from).expect("an accepted address composes");
+            let text = String::from_utf8_lossy(&email.formatted()).into_owned();
+            assert!(text.contains("To: "), "{raw}: {text}");
+        }
     }
 }
