@@ -277,15 +277,56 @@ async fn bad_input_is_refused_and_unknown_posts_are_404() {
     system.stop().await.expect("clean stop");
 }
 
+/// The admin seeded by [`spawn_with_admin`].
+const ADMIN_EMAIL: &str = "georgio@email.com";
+const ADMIN_PASSWORD: &str = "Admin123";
+
+/// `flotilla up` with an admin account, that admin's token, and the data directory
+/// (removed when dropped).
+async fn spawn_with_admin() -> (TestSystem, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut services = flotilla::ServiceArgs::default();
+    services.auth.admin_email = Some(ADMIN_EMAIL.to_owned());
+    services.auth.admin_password = Some(ADMIN_PASSWORD.to_owned());
+    let system = test_support::spawn_system_with(dir.path(), services).await;
+    let token = login(&system, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    (system, token, dir)
+}
+
+/// `POST /login -u EMAIL:PASSWORD` → the token.
+async fn login(system: &TestSystem, email: &str, password: &str) -> String {
+    let response = system
+        .client
+        .post(system.url("/login"))
+        .basic_auth(email, Some(password))
+        .send()
+        .await
+        .expect("login request");
+    assert_eq!(response.status(), 200, "login of {email}");
+    response.text().await.expect("token").trim().to_owned()
+}
+
+/// `POST /events` with `token`.
+async fn post_event(system: &Blog, token: &str, body: &Value) -> reqwest::Response {
+    system
+        .client
+        .post(system.url("/events"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
 #[tokio::test]
 async fn the_event_bus_facade_publishes_and_pages() {
-    let system = spawn_system().await;
+    let (system, admin, _dir) = spawn_with_admin().await;
     let blog = Blog::of(&system);
-    // A course-style client publishing an event by hand: it reaches every consumer.
-    let response = post_json(
+    // An admin publishing an event by hand: it reaches every consumer.
+    let response = post_event(
         &blog,
-        "/events",
-        json!({"type": "PostCreated", "data": {"id": "hand-made", "title": "By hand"}}),
+        &admin,
+        &json!({"type": "PostCreated", "data": {"id": "hand-made", "title": "By hand"}}),
     )
     .await;
     assert_eq!(response.status(), 200);
@@ -307,14 +348,14 @@ async fn the_event_bus_facade_publishes_and_pages() {
     assert_eq!(response.status(), 201);
 
     // Unknown types travel too; malformed envelopes do not.
-    let response = post_json(&blog, "/events", json!({"type": "Hello", "data": {"x": 1}})).await;
+    let response = post_event(&blog, &admin, &json!({"type": "Hello", "data": {"x": 1}})).await;
     assert_eq!(response.status(), 200);
     for bad in [
         json!({"data": {}}),
         json!({"type": "a.b", "data": {}}),
         json!({"type": "PostCreated", "data": {"id": 3}}),
     ] {
-        let response = post_json(&blog, "/events", bad.clone()).await;
+        let response = post_event(&blog, &admin, &bad).await;
         assert_eq!(response.status(), 400, "{bad}");
     }
 
@@ -604,5 +645,309 @@ async fn the_course_client_origin_may_call_the_gateway() {
             .headers()
             .contains_key("access-control-allow-origin")
     );
+    system.stop().await.expect("clean stop");
+}
+
+/// `POST /signup` then `POST /login`: a user who is not an admin.
+async fn new_user(system: &TestSystem, email: &str) -> String {
+    let password = "another-password";
+    let response = system
+        .client
+        .post(system.url("/signup"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("signup request");
+    assert_eq!(response.status(), 201, "signup of {email}");
+    login(system, email, password).await
+}
+
+async fn assert_problem(response: reqwest::Response, status: u16, what: &str) -> Value {
+    assert_eq!(response.status(), status, "{what}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{what}"
+    );
+    response.json().await.expect("problem JSON")
+}
+
+#[tokio::test]
+async fn only_an_admin_may_write_the_event_log_through_the_gateway() {
+    let (system, admin, _dir) = spawn_with_admin().await;
+    let blog = Blog::of(&system);
+    let user = new_user(&system, "mallory@example.com").await;
+    let post = create_post(&blog, "/posts/create", "Fruit").await;
+    let response = post_json(
+        &blog,
+        &format!("/posts/{post}/comments"),
+        json!({"content": "orange"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let view = view_until(&blog, "the comment rejected", |view| {
+        comment_status(view, &post, "orange").as_deref() == Some("rejected")
+    })
+    .await;
+    let comment = view[&post]["comments"][0]["id"]
+        .as_str()
+        .expect("comment id")
+        .to_owned();
+
+    // The attack of issue 14: approving one's own rejected comment by hand.
+    let forged = json!({"type": "CommentModerated", "data": {
+        "id": comment, "postId": post, "status": "approved", "content": "orange"}});
+    let anonymous = blog
+        .client
+        .post(blog.url("/events"))
+        .json(&forged)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    assert_problem(anonymous, 401, "no token").await;
+    assert_problem(post_event(&blog, &user, &forged).await, 403, "not an admin").await;
+    assert_problem(
+        post_event(&blog, "not-a-token", &forged).await,
+        401,
+        "bad token",
+    )
+    .await;
+
+    // An admin's events are checked as the services check their own input.
+    let title =
+        |title: String| json!({"type": "PostCreated", "data": {"id": "p-x", "title": title}});
+    assert_problem(
+        post_event(&blog, &admin, &title("x".repeat(200_000))).await,
+        413,
+        "a 200,000-character title (a body over 64 KiB)",
+    )
+    .await;
+    for (bad, what) in [
+        (title("x".repeat(10_001)), "a title over 10,000 characters"),
+        (title("\u{200B}\u{200D}".into()), "an invisible title"),
+        (title("nul\u{0}".into()), "a title with NUL"),
+        (
+            json!({"type": "PostCreated", "data": {"id": "p-x", "title": "t", "extra": 1}}),
+            "an unknown field",
+        ),
+        (
+            json!({"type": "CommentUpdated", "data": {"id": comment, "postId": post, "status": "approved"}}),
+            "a missing field",
+        ),
+    ] {
+        assert_problem(post_event(&blog, &admin, &bad).await, 400, what).await;
+    }
+    let response = post_event(&blog, &admin, &title("x".repeat(10_000))).await;
+    assert_eq!(response.status(), 200, "the longest title");
+
+    // Nothing the others sent reached the log: the admin's event is there, the forged
+    // decision is not, and the comment is still rejected.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let log = loop {
+        let log = get_json(&blog, "/events").await;
+        if log.to_string().contains("p-x") {
+            break log;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let approvals = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["data"]["status"] == "approved")
+        .count();
+    assert_eq!(approvals, 0, "{log}");
+    let view = get_json(&blog, "/posts").await;
+    assert_eq!(
+        comment_status(&view, &post, "orange").as_deref(),
+        Some("rejected")
+    );
+    system.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn titles_and_comments_need_visible_text_without_control_characters() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    let post = create_post(&blog, "/posts/create", "Visible").await;
+    for text in [
+        "\u{200B}",
+        "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+        " \u{00AD}\u{3164} ",
+        "bell\u{7}",
+        "nul\u{0}byte",
+        "\u{1b}[31mred",
+    ] {
+        assert_problem(
+            post_json(&blog, "/posts/create", json!({ "title": text })).await,
+            400,
+            &format!("title {text:?}"),
+        )
+        .await;
+        assert_problem(
+            post_json(
+                &blog,
+                &format!("/posts/{post}/comments"),
+                json!({ "content": text }),
+            )
+            .await,
+            400,
+            &format!("comment {text:?}"),
+        )
+        .await;
+    }
+    // Lines, accents and emoji sequences are text.
+    let response = post_json(
+        &blog,
+        &format!("/posts/{post}/comments"),
+        json!({"content": "first line\nsecond: cafe\u{301} 👩\u{200D}💻"}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    system.stop().await.expect("clean stop");
+}
+
+/// Appends `count` events of `size` characters straight into the event-bus's log in
+/// `dir` (its database must exist), as a log written before today's limits would hold.
+async fn fill_event_log(dir: &Path, count: usize, size: usize) {
+    let url = format!("sqlite://{}", dir.join("event-bus.db").display());
+    let db = storage::Database::connect(&url).await.expect("connect");
+    let data = json!({ "blob": "x".repeat(size) }).to_string();
+    let mut tx = db.begin().await.expect("begin");
+    for _ in 0..count {
+        sqlx::query(
+            "INSERT INTO event_log (seq, message_id, event_type, data, provides, appended_at) \
+             SELECT COALESCE(MAX(seq), 0) + 1, 'filled-' || (COALESCE(MAX(seq), 0) + 1), 'Filler', ?, NULL, 0 FROM event_log",
+        )
+        .bind(&data)
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    }
+    tx.commit().await.expect("commit");
+    db.close().await;
+}
+
+async fn events_page(system: &TestSystem, path: &str) -> (Vec<Value>, Option<String>) {
+    let response = system
+        .client
+        .get(system.url(path))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200, "GET {path}");
+    let link = response
+        .headers()
+        .get("link")
+        .map(|link| link.to_str().expect("text").to_owned());
+    let page: Vec<Value> = response.json().await.expect("JSON");
+    (page, link)
+}
+
+#[tokio::test]
+async fn the_event_bus_port_pages_its_log_and_limits_events() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bus = test_support::spawn_service(flotilla::ServiceName::EventBus, dir.path()).await;
+    // Inside the cluster the port keeps the course's open contract: no token.
+    let response = bus
+        .client
+        .post(bus.url("/events"))
+        .json(&json!({"type": "Hello", "data": {}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    // …with the same limits.
+    let response = bus
+        .client
+        .post(bus.url("/events"))
+        .json(&json!({"type": "Hello", "data": {"x": "x".repeat(70_000)}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 413, "a 70,000-byte event").await;
+    let response = bus
+        .client
+        .post(bus.url("/events"))
+        .json(&json!({"type": "PostCreated", "data": {"id": "p", "title": "\u{200B}"}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(response, 400, "an invisible title").await;
+
+    // 1,500 events: the default answer is a page of 1,000 with a link to the rest.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while events_page(&bus, "/events").await.0.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "Hello never logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fill_event_log(dir.path(), 1_499, 10).await;
+    let (first, link) = events_page(&bus, "/events").await;
+    assert_eq!(first.len(), 1_000);
+    assert_eq!(
+        link.as_deref(),
+        Some("</events?after=1000&limit=1000>; rel=\"next\"")
+    );
+    let (rest, link) = events_page(&bus, "/events?after=1000&limit=1000").await;
+    assert_eq!((rest.len(), link), (500, None));
+    assert_eq!(rest[0]["seq"], 1001);
+    for bad in ["/events?limit=1001", "/events?limit=0", "/events?after=x"] {
+        let response = bus.client.get(bus.url(bad)).send().await.expect("sent");
+        assert_problem(response, 400, bad).await;
+    }
+
+    // Large events end a page early: about 1 MiB of data per page.
+    fill_event_log(dir.path(), 8, 300_000).await;
+    let (page, link) = events_page(&bus, "/events?after=1500").await;
+    assert_eq!(
+        page.len(),
+        4,
+        "four events of 300,000 characters reach 1 MiB"
+    );
+    assert_eq!(
+        link.as_deref(),
+        Some("</events?after=1504&limit=1000>; rel=\"next\"")
+    );
+    bus.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_large_view_streams_and_is_rebuilt_across_pages_of_the_log() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    // 250 posts of 9,000 characters: a log of more than two of its size-limited pages,
+    // and a view larger than the rendering the query service keeps.
+    let mut ids = Vec::new();
+    for n in 0..250 {
+        let title = format!("{n:03} {}", "t".repeat(8_996));
+        ids.push(create_post(&blog, "/posts/create", &title).await);
+    }
+    let before = view_until(&blog, "250 posts", |view| {
+        view.as_object().map(|o| o.len()) == Some(250)
+    })
+    .await;
+    let response = blog
+        .client
+        .get(blog.url("/posts"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "a view over {} bytes is streamed",
+        query::KEPT_RENDERING_BYTES
+    );
+    assert_eq!(response.json::<Value>().await.expect("JSON"), before);
+    system.stop().await.expect("clean stop");
+
+    remove_database(dir.path(), "query");
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    // Ready means caught up with the whole log, every page of it.
+    assert_eq!(get_json(&blog, "/posts").await, before);
     system.stop().await.expect("clean stop");
 }

@@ -207,24 +207,145 @@ pub enum TextError {
     TooLong { field: &'static str, chars: usize },
     #[error("'{0}' must be a string")]
     NotText(&'static str),
+    #[error("'{0}' has no visible character")]
+    Invisible(&'static str),
+    #[error("'{field}' contains the control character U+{code:04X}")]
+    Control { field: &'static str, code: u32 },
 }
 
-/// The text of `field` in a JSON request body, checked: a non-blank string of at most
-/// [`MAX_TEXT_CHARS`] characters. The text is kept as sent (not trimmed).
+/// The text of `field` in a JSON request body, checked by [`check_text`]. The text is
+/// kept as sent (not trimmed).
 pub fn text_field(body: &serde_json::Value, field: &'static str) -> Result<String, TextError> {
     match body.get(field) {
         None | Some(serde_json::Value::Null) => Err(TextError::Empty(field)),
-        Some(serde_json::Value::String(text)) => {
-            let chars = text.chars().count();
-            if text.trim().is_empty() {
-                Err(TextError::Empty(field))
-            } else if chars > MAX_TEXT_CHARS {
-                Err(TextError::TooLong { field, chars })
-            } else {
-                Ok(text.clone())
+        Some(serde_json::Value::String(text)) => check_text(field, text).map(|()| text.clone()),
+        Some(_) => Err(TextError::NotText(field)),
+    }
+}
+
+/// Whether `text` may be a title or a comment: at most [`MAX_TEXT_CHARS`] characters, at
+/// least one of them visible, and no control character but tab and line breaks. A text
+/// of only zero-width or other invisible characters would show as an empty post.
+pub fn check_text(field: &'static str, text: &str) -> Result<(), TextError> {
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(TextError::TooLong { field, chars });
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|&c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(TextError::Control {
+            field,
+            code: u32::from(c),
+        });
+    }
+    if text.trim().is_empty() {
+        return Err(TextError::Empty(field));
+    }
+    if text.chars().all(is_invisible) {
+        return Err(TextError::Invisible(field));
+    }
+    Ok(())
+}
+
+/// Whether `c` shows nothing by itself: white space, format characters (zero-width
+/// spaces and joiners, bidi controls, the soft hyphen, word joiners, BOM), marks that
+/// only combine with a preceding character (including variation selectors), and the
+/// fillers that render as blanks. Unicode's general categories come from
+/// `unicode-properties` rather than a hand-kept table.
+fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    c.is_whitespace()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::NonspacingMark
+                | GeneralCategory::EnclosingMark
+                | GeneralCategory::Control
+        )
+        // Hangul fillers and the blank Braille pattern are letters or symbols that
+        // render as nothing.
+        || matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}')
+}
+
+/// The longest post or comment id an event may carry (the stores keep 64 characters).
+pub const MAX_ID_CHARS: usize = 64;
+
+/// Why an event handed to the event bus was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EventError(String);
+
+impl Envelope {
+    /// The event checked as the services check their own input, for `POST /events`: a
+    /// valid type name; for the four blog types, `data` with exactly their fields, ids
+    /// of 1–[`MAX_ID_CHARS`] visible characters and titles or contents that pass
+    /// [`check_text`]. Another type is accepted as it is (`Ok(None)`), as the course's
+    /// bus does; consumers ignore it.
+    pub fn validated(&self) -> Result<Option<BlogEvent>, EventError> {
+        if !is_valid_event_type(&self.event_type) {
+            return Err(EventError(
+                "'type' must be 1 to 100 characters without '.', '*', '#' or blanks".into(),
+            ));
+        }
+        let fields: &[&str] = match self.event_type.as_str() {
+            POST_CREATED => &["id", "title"],
+            COMMENT_CREATED | COMMENT_MODERATED | COMMENT_UPDATED => {
+                &["id", "content", "postId", "status"]
+            }
+            _ => return Ok(None),
+        };
+        let invalid =
+            |detail: String| EventError(format!("invalid data for {}: {detail}", self.event_type));
+        let Some(data) = self.data.as_object() else {
+            return Err(invalid("'data' must be an object".into()));
+        };
+        if let Some(unknown) = data.keys().find(|key| !fields.contains(&key.as_str())) {
+            return Err(invalid(format!(
+                "unknown field '{unknown}' (expected {})",
+                fields.join(", ")
+            )));
+        }
+        let event = self
+            .blog_event()
+            .map_err(|e| invalid(e.to_string()))?
+            .ok_or_else(|| invalid("not a blog event".into()))?;
+        // (field, id) pairs and the one text of the event.
+        let (ids, (field, content)) = match &event {
+            BlogEvent::PostCreated(e) => (vec![("id", &e.id)], ("title", &e.title)),
+            BlogEvent::CommentCreated(CommentCreated {
+                id,
+                post_id,
+                content,
+                ..
+            })
+            | BlogEvent::CommentModerated(CommentModerated {
+                id,
+                post_id,
+                content,
+                ..
+            })
+            | BlogEvent::CommentUpdated(CommentUpdated {
+                id,
+                post_id,
+                content,
+                ..
+            }) => (vec![("id", id), ("postId", post_id)], ("content", content)),
+        };
+        check_text(field, content).map_err(|e| invalid(e.to_string()))?;
+        for (field, id) in ids {
+            let chars = id.chars().count();
+            if chars == 0
+                || chars > MAX_ID_CHARS
+                || id.chars().any(|c| is_invisible(c) || c.is_control())
+            {
+                return Err(invalid(format!(
+                    "'{field}' must be 1 to {MAX_ID_CHARS} visible characters without blanks"
+                )));
             }
         }
-        Some(_) => Err(TextError::NotText(field)),
+        Ok(Some(event))
     }
 }
 
@@ -308,5 +429,98 @@ mod tests {
             text_field(&json!({ "content": format!("{longest}x") }), "content"),
             Err(TextError::TooLong { chars: 10_001, .. })
         ));
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused() {
+        for invisible in [
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+            " \u{00AD} ",
+            "\u{3164}",
+            "\u{202E}\u{2066}",
+            "\u{FE0F}",
+        ] {
+            assert_eq!(
+                text_field(&json!({ "title": invisible }), "title"),
+                Err(TextError::Invisible("title")),
+                "{invisible:?}"
+            );
+        }
+        for (text, code) in [
+            ("a\u{0}b", 0),
+            ("bell\u{7}", 7),
+            ("esc\u{1b}[31m", 0x1b),
+            ("\u{85}x", 0x85),
+        ] {
+            assert_eq!(
+                text_field(&json!({ "content": text }), "content"),
+                Err(TextError::Control {
+                    field: "content",
+                    code
+                }),
+                "{text:?}"
+            );
+        }
+        // Visible text keeps its joiners, accents, emoji and line breaks.
+        for fine in [
+            "line one\nline two\r\n\tend",
+            "e\u{301}",
+            "👩\u{200D}💻",
+            "\u{200B}x",
+            "日本語",
+        ] {
+            assert!(
+                text_field(&json!({ "content": fine }), "content").is_ok(),
+                "{fine:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn events_are_validated_like_the_services_input() {
+        let envelope = |event_type: &str, data: serde_json::Value| Envelope {
+            event_type: event_type.into(),
+            data,
+        };
+        let post = envelope(POST_CREATED, json!({"id": "p1", "title": "Hello"}));
+        assert!(matches!(
+            post.validated(),
+            Ok(Some(BlogEvent::PostCreated(_)))
+        ));
+        let comment = json!({"id": "c1", "postId": "p1", "status": "approved", "content": "hi"});
+        for known in [COMMENT_CREATED, COMMENT_MODERATED, COMMENT_UPDATED] {
+            assert!(
+                envelope(known, comment.clone()).validated().is_ok(),
+                "{known}"
+            );
+        }
+        // Unknown types pass as they are, as on the course's bus.
+        assert_eq!(envelope("Hello", json!([1, 2])).validated(), Ok(None));
+        let long = "x".repeat(200_000);
+        for bad in [
+            envelope("a.b", json!({})),
+            envelope(POST_CREATED, json!({"id": "p1", "title": long})),
+            envelope(POST_CREATED, json!({"id": "p1", "title": "\u{200B}"})),
+            envelope(POST_CREATED, json!({"id": "p1", "title": "a\u{0}"})),
+            envelope(
+                POST_CREATED,
+                json!({"id": "p1", "title": "t", "admin": true}),
+            ),
+            envelope(POST_CREATED, json!({"id": "", "title": "t"})),
+            envelope(POST_CREATED, json!({"id": "x".repeat(65), "title": "t"})),
+            envelope(POST_CREATED, json!({"id": "a b", "title": "t"})),
+            envelope(POST_CREATED, json!("p1")),
+            envelope(
+                COMMENT_MODERATED,
+                json!({"id": "c1", "postId": "p1", "status": "approved"}),
+            ),
+            envelope(
+                COMMENT_UPDATED,
+                json!({"id": "c1", "postId": "p1", "status": "gone", "content": "x"}),
+            ),
+        ] {
+            assert!(bad.validated().is_err(), "{bad:?}");
+        }
     }
 }

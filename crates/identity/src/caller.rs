@@ -157,3 +157,29 @@ pub async fn authenticate(verifier: &Verifier, request: &mut Request) -> Result<
         }
     }
 }
+
+/// Middleware (`axum::middleware::from_fn_with_state(verifier, require_admin)`): as
+/// [`require_caller`], and the caller must be an admin (403 otherwise).
+pub async fn require_admin(
+    State(verifier): State<Verifier>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticate_admin(&verifier, &mut request).await {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// What [`require_admin`] checks, as a function: [`authenticate`], then 403 unless the
+/// token says `admin`.
+pub async fn authenticate_admin(
+    verifier: &Verifier,
+    request: &mut Request,
+) -> Result<(), Response> {
+    authenticate(verifier, request).await?;
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.admin => Ok(()),
+        _ => Err(Problem::forbidden("only an admin may do this").into_response()),
+    }
+}

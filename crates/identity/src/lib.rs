@@ -26,8 +26,8 @@ mod source;
 mod verifier;
 
 pub use caller::{
-    BEARER_CHALLENGE, BearerError, Caller, INVALID_TOKEN_CHALLENGE, authenticate, bearer_token,
-    require_caller, with_challenge,
+    BEARER_CHALLENGE, BearerError, Caller, INVALID_TOKEN_CHALLENGE, authenticate,
+    authenticate_admin, bearer_token, require_admin, require_caller, with_challenge,
 };
 pub use claims::{Claims, ISSUER};
 pub use signing::{KeyError, SigningKey, public_jwk_from_pem};

@@ -90,6 +90,14 @@ pub struct LoggedEvent {
     pub data: serde_json::Value,
 }
 
+/// One page of the log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogPage {
+    pub events: Vec<LoggedEvent>,
+    /// Whether events follow the last one.
+    pub more: bool,
+}
+
 /// What happened to an event handed to [`EventLog::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -271,22 +279,54 @@ impl EventLog {
         Ok(released)
     }
 
-    /// Up to `limit` events after sequence number `after`, in order.
-    pub async fn read(
+    /// Events after sequence number `after`, in order: at most `limit`, and no more
+    /// once their data reaches `budget` characters. The page's extent is found first
+    /// from the events' sizes alone; only its events are then read, so a log of large
+    /// events is never read whole (a streamed query would not do: drivers read ahead).
+    /// Sequence numbers are dense and events never change, so the two reads agree.
+    pub async fn read_page(
         &self,
         after: i64,
-        limit: Option<u32>,
-    ) -> Result<Vec<LoggedEvent>, StorageError> {
-        let limit = i64::from(limit.unwrap_or(u32::MAX));
-        let rows =
-            sqlx::query(self.db.sql(
-                "SELECT seq, event_type, data FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?",
-            ))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.into_iter()
+        limit: u32,
+        budget: usize,
+    ) -> Result<LogPage, StorageError> {
+        let sizes = sqlx::query(
+            self.db
+                .sql("SELECT seq, LENGTH(data) FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?"),
+        )
+        .bind(after)
+        // One more than the page: whether it exists says whether a next page does.
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut last = None;
+        let (mut count, mut chars) = (0_usize, 0_usize);
+        let mut more = false;
+        for row in &sizes {
+            if count >= limit as usize || chars >= budget {
+                more = true;
+                break;
+            }
+            // PostgreSQL's LENGTH is an INTEGER, SQLite's and MySQL's a BIGINT.
+            let size = row
+                .try_get::<i64, _>(1)
+                .or_else(|_| row.try_get::<i32, _>(1).map(i64::from))?;
+            chars = chars.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+            count += 1;
+            last = Some(row.try_get::<i64, _>(0)?);
+        }
+        let Some(last) = last else {
+            return Ok(LogPage::default());
+        };
+        let rows = sqlx::query(self.db.sql(
+            "SELECT seq, event_type, data FROM event_log WHERE seq > ? AND seq <= ? ORDER BY seq",
+        ))
+        .bind(after)
+        .bind(last)
+        .fetch_all(self.db.pool())
+        .await?;
+        let events = rows
+            .into_iter()
             .map(|row| {
                 let data: String = row.try_get("data")?;
                 Ok(LoggedEvent {
@@ -295,8 +335,8 @@ impl EventLog {
                     data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(LogPage { events, more })
     }
 
     /// How many events wait for their cause.

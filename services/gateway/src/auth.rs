@@ -1,7 +1,7 @@
 //! Authentication at the edge.
 //!
 //! Protected routes (`/upload`, `/download`, `/jobs`, `/jobs/{id}`) need a valid Bearer
-//! token, checked *here* with the auth service's public keys (fetched once through the
+//! token (`POST /events` an admin's: 403 for anyone else), checked *here* with the auth service's public keys (fetched once through the
 //! auth upstream and cached; refetched when a token names an unknown key, at most every
 //! few seconds), so a missing or bad token is answered 401 before any upstream is
 //! called and a good one costs no call to auth. The verified [`identity::Caller`] rides
@@ -35,5 +35,13 @@ pub(crate) fn protect(route: MethodRouter, verifier: &Verifier) -> MethodRouter 
     route.layer(middleware::from_fn_with_state(
         verifier.clone(),
         identity::require_caller,
+    ))
+}
+
+/// `route`, reachable only with a valid Bearer token of an admin (401, else 403).
+pub(crate) fn protect_admin(route: MethodRouter, verifier: &Verifier) -> MethodRouter {
+    route.layer(middleware::from_fn_with_state(
+        verifier.clone(),
+        identity::require_admin,
     ))
 }

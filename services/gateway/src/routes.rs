@@ -57,6 +57,8 @@ enum Guard {
     Open,
     /// A valid Bearer token, checked here (auth.rs), or 401.
     Token,
+    /// A valid Bearer token of an admin: 401 without one, 403 for anyone else.
+    Admin,
 }
 
 const fn route(methods: Methods, pattern: &'static str, upstream: &'static str) -> Route {
@@ -81,7 +83,7 @@ impl Route {
 
 use Methods::{Any, Get, Post};
 
-const TABLE: [Route; 13] = [
+const TABLE: [Route; 14] = [
     // auth
     route(Post, "/signup", "auth"),
     route(Post, "/login", "auth"),
@@ -99,7 +101,11 @@ const TABLE: [Route; 13] = [
     route(Post, "/posts", "posts"),
     route(Get, "/posts", "query"),
     route(Any, "/posts/{id}/comments", "comments"),
-    route(Any, "/events", "event-bus"),
+    // The blog's event log is public to read; writing to it (which the course's own
+    // ingress never exposed) is for admins. The event-bus's own port stays open to the
+    // services inside the cluster.
+    route(Get, "/events", "event-bus"),
+    route(Post, "/events", "event-bus").guarded(Guard::Admin),
 ];
 
 /// What every route shares: the upstreams, the token verifier (auth's keys, cached) and
@@ -174,6 +180,7 @@ impl<'a> Table<'a> {
         match route.guard {
             Guard::Open => methods,
             Guard::Token => crate::auth::protect(methods, &self.verifier),
+            Guard::Admin => crate::auth::protect_admin(methods, &self.verifier),
         }
     }
 
@@ -298,18 +305,23 @@ impl FastPath for Proxy {
         }
         let upstream = upstream.clone();
         let timeout = route.timeout;
-        match route.guard {
-            Guard::Open => Box::pin(upstream.call(request, timeout)),
-            Guard::Token => {
-                let verifier = self.verifier.clone();
-                Box::pin(async move {
-                    match identity::authenticate(&verifier, &mut request).await {
-                        Ok(()) => upstream.call(request, timeout).await,
-                        Err(refusal) => after_reading_body(request, refusal).await,
-                    }
-                })
+        let admin = match route.guard {
+            Guard::Open => return Box::pin(upstream.call(request, timeout)),
+            Guard::Token => false,
+            Guard::Admin => true,
+        };
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let checked = if admin {
+                identity::authenticate_admin(&verifier, &mut request).await
+            } else {
+                identity::authenticate(&verifier, &mut request).await
+            };
+            match checked {
+                Ok(()) => upstream.call(request, timeout).await,
+                Err(refusal) => after_reading_body(request, refusal).await,
             }
-        }
+        })
     }
 }
 

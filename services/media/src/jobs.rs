@@ -124,17 +124,25 @@ impl JobStore {
         row.map(|row| job_from_row(&row)).transpose()
     }
 
-    /// The jobs of `owner_id`, newest first, at most `limit`.
+    /// The jobs of `owner_id`, newest first, at most `limit`; with `before`, only those
+    /// listed after that job (a page of a listing that `before` ended).
     pub async fn list_for_owner(
         &self,
         owner_id: &str,
         limit: i64,
+        before: Option<&Job>,
     ) -> Result<Vec<Job>, StorageError> {
+        // (created_at, id) orders the listing; the page after `before` is a range of it.
+        let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
         let rows = sqlx::query(self.db.sql(format!(
             "SELECT {COLUMNS} FROM media_jobs WHERE owner_id = ? \
+             AND (created_at < ? OR (created_at = ? AND id < ?)) \
              ORDER BY created_at DESC, id DESC LIMIT ?"
         )))
         .bind(owner_id)
+        .bind(created_at)
+        .bind(created_at)
+        .bind(id)
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
@@ -322,14 +330,19 @@ mod tests {
         insert(&store, "a1", "alice").await;
         insert(&store, "b1", "bob").await;
         insert(&store, "a2", "alice").await;
-        let ids: Vec<String> = store
-            .list_for_owner("alice", 10)
+        insert(&store, "a3", "alice").await;
+        let ids =
+            |jobs: Vec<Job>| -> Vec<String> { jobs.into_iter().map(|job| job.job_id).collect() };
+        let all = store.list_for_owner("alice", 10, None).await.expect("list");
+        assert_eq!(ids(all.clone()), ["a3", "a2", "a1"]);
+        // Paged: each page continues after the last job of the one before.
+        let first = store.list_for_owner("alice", 2, None).await.expect("list");
+        assert_eq!(ids(first.clone()), ["a3", "a2"]);
+        let rest = store
+            .list_for_owner("alice", 2, first.last())
             .await
-            .expect("list")
-            .into_iter()
-            .map(|job| job.job_id)
-            .collect();
-        assert_eq!(ids, ["a2", "a1"]);
+            .expect("list");
+        assert_eq!(ids(rest), ["a1"]);
         let mut tx = store.database().begin().await.expect("begin");
         store
             .mark_failed(&mut tx, "b1", "no audio track")

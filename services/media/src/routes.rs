@@ -30,8 +30,9 @@ use crate::{
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The upload answers once the whole file is stored; the gateway allows as long.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
-/// Jobs listed by `GET /jobs`.
-const MAX_LISTED_JOBS: i64 = 500;
+/// Jobs listed by one `GET /jobs`: the default and the largest `limit`. A longer
+/// listing is paged (`?before=JOB_ID`, `Link: rel="next"`).
+const MAX_LISTED_JOBS: u32 = 500;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -162,16 +163,50 @@ fn accepts_json(headers: &HeaderMap) -> bool {
         .any(|value| value.contains("application/json"))
 }
 
+/// `?limit=N&before=JOB_ID`: at most N jobs, older than job JOB_ID.
+#[derive(Debug, serde::Deserialize)]
+struct JobsPage {
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
 async fn list_jobs(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
-) -> Result<Json<Vec<Job>>, Problem> {
+    page: Result<Query<JobsPage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = page.limit.unwrap_or(MAX_LISTED_JOBS);
+    if !(1..=MAX_LISTED_JOBS).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "'limit' must be 1 to {MAX_LISTED_JOBS}"
+        )));
+    }
+    let before = match page.before.as_deref() {
+        None => None,
+        Some(id) => match state.jobs.get(id).await {
+            Ok(Some(job)) if job.owner_id == caller.user_id => Some(job),
+            Ok(_) => return Err(Problem::bad_request("'before' is not one of your jobs")),
+            Err(error) => return Err(Problem::internal(&error)),
+        },
+    };
     let jobs = state
         .jobs
-        .list_for_owner(&caller.user_id, MAX_LISTED_JOBS)
+        .list_for_owner(&caller.user_id, i64::from(limit), before.as_ref())
         .await
         .map_err(|error| Problem::internal(&error))?;
-    Ok(Json(jobs))
+    let next = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|job| job.job_id.clone()))
+        .flatten();
+    let mut response = Json(jobs).into_response();
+    if let Some(next) = next
+        && let Ok(link) = http::HeaderValue::from_str(&format!(
+            "</jobs?limit={limit}&before={next}>; rel=\"next\""
+        ))
+    {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 async fn get_job(

@@ -13,8 +13,10 @@
 //! to this group was ever lost: the log is the source of truth.
 //!
 //! `GET /posts?limit=N&after=ID` pages through posts in creation order; without
-//! parameters the whole map is returned, as the course's client expects, and the last
-//! rendering is reused while the view has not changed.
+//! parameters the whole map is returned, as the course's client expects, rendered a
+//! page of posts at a time into a streamed body, so no request holds the whole view.
+//! A view whose rendering is small (at most [`KEPT_RENDERING_BYTES`]) is kept and reused
+//! while the view has not changed; a larger one is streamed every time.
 
 pub mod event_log;
 pub mod store;
@@ -29,13 +31,14 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{Query, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use contracts::blog::{self, BlogEvent, Envelope};
+use futures::StreamExt as _;
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -71,13 +74,21 @@ const CONSUMER_CONCURRENCY: usize = 8;
 /// The consumer group of the view.
 pub const GROUP: &str = "query";
 
-/// Events read from the log per request.
+/// Events asked from the log per request (the log may answer fewer: it pages by size
+/// too, so the follower reads until a page is empty).
 const LOG_PAGE: u32 = 500;
+
+/// Posts rendered per chunk of a streamed `GET /posts`.
+const POSTS_PER_CHUNK: u32 = 100;
+
+/// The largest full rendering of `GET /posts` kept in memory for reuse.
+pub const KEPT_RENDERING_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct AppState {
     store: ViewStore,
-    /// The last full rendering of `GET /posts` and the view version it shows.
+    /// The last full rendering of `GET /posts` and the view version it shows, if it
+    /// was at most [`KEPT_RENDERING_BYTES`].
     rendered: Arc<Mutex<Option<(i64, Bytes)>>>,
 }
 
@@ -240,9 +251,8 @@ async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usi
         };
         let events: Vec<_> = page.iter().filter_map(event_log::LogEntry::event).collect();
         applied += store.apply_log_page(&events, last).await?;
-        if page.len() < LOG_PAGE as usize {
-            return Ok(applied);
-        }
+        // A short page is not the end: the log also ends a page at a size. Only an
+        // empty one is.
     }
 }
 
@@ -284,38 +294,122 @@ async fn read_posts(
     Ok(response)
 }
 
-/// The whole view, rendered once per version of it.
+/// The whole view: the kept rendering if it shows the current version, else rendered
+/// page by page — kept if it turns out small, streamed as it is rendered if not.
 async fn full_view(state: &AppState) -> Result<Response, Problem> {
     let version = state
         .store
         .version()
         .await
         .map_err(|e| Problem::internal(&e))?;
+    // Held while the head is rendered, so concurrent requests for a new version render
+    // it once; released before a large view streams.
     let mut rendered = state.rendered.lock().await;
-    let body = match rendered.as_ref() {
-        Some((at, body)) if *at == version => body.clone(),
-        _ => {
-            // Read after the version: the rendering is at least as new as the version
-            // it is stored under, so a later change always shows a different version.
-            let view = state
-                .store
-                .view(None, None)
-                .await
-                .map_err(|e| Problem::internal(&e))?;
-            let body = Bytes::from(serde_json::to_vec(&view).map_err(|e| Problem::internal(&e))?);
-            *rendered = Some((version, body.clone()));
-            body
+    if let Some((at, body)) = rendered.as_ref()
+        && *at == version
+    {
+        return Ok(json_response(Body::from(body.clone())));
+    }
+    // Read after the version: the rendering is at least as new as the version it is
+    // kept under, so a later change always shows a different version.
+    let mut renderer = Renderer::new(state.store.clone());
+    let mut head = Vec::new();
+    while head.len() <= KEPT_RENDERING_BYTES {
+        match renderer
+            .next_chunk()
+            .await
+            .map_err(|e| Problem::internal(&e))?
+        {
+            Some(chunk) => head.extend_from_slice(&chunk),
+            None => {
+                let body = Bytes::from(head);
+                *rendered = Some((version, body.clone()));
+                return Ok(json_response(Body::from(body)));
+            }
         }
-    };
+    }
     drop(rendered);
-    Ok((
+    let rest = futures::stream::try_unfold(renderer, |mut renderer| async move {
+        let chunk = renderer.next_chunk().await.inspect_err(|error| {
+            tracing::warn!(%error, "GET /posts cut short: the view could not be read");
+        })?;
+        Ok::<_, RenderError>(chunk.map(|chunk| (chunk, renderer)))
+    });
+    let head = futures::stream::once(std::future::ready(Ok(Bytes::from(head))));
+    Ok(json_response(Body::from_stream(head.chain(rest))))
+}
+
+fn json_response(body: Body) -> Response {
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         body,
     )
-        .into_response())
+        .into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RenderError {
+    #[error(transparent)]
+    Store(#[from] storage::StorageError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Renders the course's `{"<id>": post, …}` map a page of posts at a time.
+struct Renderer {
+    store: ViewStore,
+    /// The last post rendered; `None` before the first chunk.
+    after: Option<String>,
+    done: bool,
+}
+
+impl Renderer {
+    fn new(store: ViewStore) -> Self {
+        Self {
+            store,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next piece of the JSON text, `None` after the closing brace.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, RenderError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .view(
+                Some(self.after.as_deref().unwrap_or("")),
+                Some(POSTS_PER_CHUNK),
+            )
+            .await?;
+        let mut chunk = Vec::new();
+        for (id, post) in &page {
+            chunk.push(if self.after.is_none() && chunk.is_empty() {
+                b'{'
+            } else {
+                b','
+            });
+            serde_json::to_writer(&mut chunk, id)?;
+            chunk.push(b':');
+            serde_json::to_writer(&mut chunk, post)?;
+        }
+        if page.len() < POSTS_PER_CHUNK as usize {
+            if self.after.is_none() && chunk.is_empty() {
+                chunk.push(b'{');
+            }
+            chunk.push(b'}');
+            self.done = true;
+        }
+        if let Some(last) = page.keys().next_back() {
+            self.after = Some(last.clone());
+        }
+        Ok(Some(Bytes::from(chunk)))
+    }
 }
 
 /// The course's push style: applied like a delivery from the bus (same inbox).
