@@ -180,7 +180,12 @@ impl Running {
 }
 
 /// `flotilla up`: every service in this process, behind the gateway on `--listen`.
-pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Bound first, so that the emails' download links name the real port (`--listen :0`).
+    let listener = platform::http::bind(args.server.listen).await?;
+    if args.services.notification.public_url.is_none() {
+        args.services.notification.public_url = Some(public_url_of(listener.local_addr()?));
+    }
     let mut context = prepare_context(&args.server, None, &shutdown)?;
     context.bus_url = args.services.bus.bus_url.clone();
     context.blob_url = args.services.blobs.blob_url.clone();
@@ -203,7 +208,16 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Run
     let entry = gateway::build(upstreams, &args.services.gateway).into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(0);
     let limits = connection_limits(&args.server, true);
-    start(&args.server, entry, context, threads, limits, shutdown).await
+    start(
+        listener,
+        &args.server,
+        entry,
+        context,
+        threads,
+        limits,
+        shutdown,
+    )
+    .await
 }
 
 /// `flotilla serve SERVICE`: one service in this process.
@@ -222,7 +236,17 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
         _ => 0,
     });
     let limits = connection_limits(&args.server, args.service == ServiceName::Gateway);
-    start(&args.server, entry, context, threads, limits, shutdown).await
+    let listener = platform::http::bind(args.server.listen).await?;
+    start(
+        listener,
+        &args.server,
+        entry,
+        context,
+        threads,
+        limits,
+        shutdown,
+    )
+    .await
 }
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
@@ -328,7 +352,19 @@ fn connection_limits(server: &ServerArgs, faces_clients: bool) -> platform::http
     }
 }
 
+/// The URL users reach a gateway listening on `addr` at: a wildcard address is named
+/// `127.0.0.1`, which the person who started `up` can open.
+pub fn public_url_of(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
 async fn start(
+    listener: tokio::net::TcpListener,
     server: &ServerArgs,
     entry: Entry,
     context: ServiceContext,
@@ -336,7 +372,6 @@ async fn start(
     limits: platform::http::ConnectionLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let listener = platform::http::bind(server.listen).await?;
     let addr = listener.local_addr()?;
     let server_task = tokio::spawn(platform::http::serve_on_threads(
         listener,

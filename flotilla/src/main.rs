@@ -4,9 +4,13 @@ mod bus_cli;
 mod query_cli;
 mod user_cli;
 
-use std::{io::Write, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    time::Duration,
+};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use flotilla::{ServeArgs, UpArgs};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +31,7 @@ enum Command {
     Up(Box<UpArgs>),
     /// Run one service in this process (for containers).
     Serve(Box<ServeArgs>),
-    /// Talk to a running gateway: login, upload, jobs, download.
+    /// Talk to a running gateway: login, upload, jobs, download, posts.
     Client(client::ClientArgs),
     /// Operate the message bus: `bus dlq list`, `bus dlq replay`.
     Bus(bus_cli::BusOperatorArgs),
@@ -35,15 +39,51 @@ enum Command {
     User(user_cli::UserArgs),
     /// Operate the blog's read model: `query rebuild` from the event log.
     Query(query_cli::QueryArgs),
+    /// Print a shell completion script: `flotilla completions bash > /etc/bash_completion.d/flotilla`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `flotilla man > flotilla.1; man ./flotilla.1`.
+    Man,
+}
+
+/// The command line as clap describes it, with every `[env: NAME]` shown without its
+/// value: an unset variable would read `[env: NAME=]`, as if set to empty, and a set one
+/// may hold a secret.
+fn command() -> clap::Command {
+    fn hide_env_values(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    hide_env_values(Cli::command())
+}
+
+/// What the ready line names, and for `up` whether mail goes out by SMTP.
+struct Banner {
+    what: String,
+    smtp: bool,
+}
+
+fn banner_lines(args: &UpArgs) -> Banner {
+    Banner {
+        what: "flotilla".to_owned(),
+        smtp: args.services.notification.smtp_url.is_some(),
+    }
 }
 
 /// How long `up` waits for every service to report ready.
 const READY_LIMIT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
-        Err(error) => match platform::config::explain_clap_error(&Cli::command(), &error) {
+        Err(error) => match platform::config::explain_clap_error(&command(), &error) {
             Some(line) => {
                 eprintln!("flotilla: {line}");
                 return ExitCode::from(2);
@@ -69,15 +109,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = matches!(cli.command, Command::Up(_) | Command::Serve(_));
     let outcome = runtime.block_on(run(cli));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // After the drain, so the spans of the last requests are exported too.
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // Each error once, as one line: `client` errors are complete sentences with an
+        // exit code of their class; a server's go to its log pipeline as one JSON line
+        // when stderr is not a terminal.
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "flotilla stopped on an error");
-            eprintln!("flotilla: {error:#}");
+            if let Some(failed) = error.downcast_ref::<client::CliError>() {
+                eprintln!("flotilla: {failed}");
+                return ExitCode::from(failed.exit_code());
+            }
+            if server && !std::io::stderr().is_terminal() {
+                tracing::error!(error = format!("{error:#}"), "flotilla stopped on an error");
+            } else {
+                eprintln!("flotilla: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -98,22 +149,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         platform::shutdown::cancel_on_signals(shutdown.clone());
     }
     let (running, what) = match cli.command {
-        Command::Client(args) => return client::run(args).await,
+        Command::Client(args) => return Ok(client::run(args).await?),
+        Command::Completions { shell } => {
+            let mut command = command();
+            clap_complete::generate(shell, &mut command, "flotilla", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
         Command::Bus(args) => return bus_cli::run(args).await,
         Command::User(args) => return user_cli::run(args).await,
         Command::Query(args) => return query_cli::run(args).await,
-        Command::Up(args) => (flotilla::up(*args, shutdown).await?, "flotilla".to_owned()),
+        Command::Up(args) => {
+            let banner = banner_lines(&args);
+            (flotilla::up(*args, shutdown).await?, banner)
+        }
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
-            (flotilla::serve(*args, shutdown).await?, what)
+            let banner = Banner { what, smtp: true };
+            (flotilla::serve(*args, shutdown).await?, banner)
         }
     };
     running.wait_ready(READY_LIMIT).await?;
-    let url = format!("http://{}", running.addr);
+    let url = flotilla::public_url_of(running.addr);
     tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{what} ready at {url}")?;
+    writeln!(stdout, "{} ready at {url}", what.what)?;
     stdout.flush()?;
+    if what.what == "flotilla" {
+        // `up`: where a person goes next. Best effort, in one write: a script that read
+        // the ready line and closed the pipe must not stop the server.
+        let data = std::path::absolute(&running.data_dir).unwrap_or(running.data_dir.clone());
+        let mail = if what.smtp {
+            "sent through FLOTILLA_SMTP_URL".to_owned()
+        } else {
+            data.join("mail").display().to_string()
+        };
+        let banner = format!(
+            "  web app   {url}/\n  API docs  {url}/docs\n  metrics   {url}/metrics\n  \
+             data      {}\n  mail      {mail}\n  Ctrl-C stops it; `flotilla client --help` talks to it.\n",
+            data.display()
+        );
+        let _ = stdout.write_all(banner.as_bytes());
+        let _ = stdout.flush();
+    }
     drop(stdout);
     running.wait().await?;
     tracing::info!("stopped");

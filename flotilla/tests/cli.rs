@@ -173,3 +173,72 @@ fn client() -> reqwest::Client {
     platform::tls::install_crypto_provider();
     reqwest::Client::new()
 }
+
+/// Idle means silent: after the banner (stderr not a terminal, so JSON logs at the default
+/// `info`), 30 s without a request log nothing — no poller, no timer. The banner names
+/// the web app, the API docs, the metrics and where data and mail live.
+#[test]
+fn up_is_silent_when_idle_after_its_banner() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("FLOTILLA_SMTP_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut banner = String::new();
+    while !banner.contains("  mail ") {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).expect("reads the banner") > 0,
+            "the banner ended early: {banner}"
+        );
+        banner.push_str(&line);
+    }
+    assert!(
+        banner.starts_with("flotilla ready at http://127.0.0.1:"),
+        "{banner}"
+    );
+    let url = banner
+        .split_whitespace()
+        .nth(3)
+        .expect("the ready line names the URL")
+        .to_owned();
+    for expected in [
+        format!("{url}/docs"),
+        format!("{url}/metrics"),
+        dir.path().join("mail").display().to_string(),
+    ] {
+        assert!(banner.contains(&expected), "{expected} in {banner}");
+    }
+    // What was logged up to the banner (written before it) arrives within a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let before: Vec<String> = lines_rx.try_iter().collect();
+    assert!(
+        !before.iter().any(|l| l.contains("migration applied")),
+        "migrations are not routine news: {before:#?}"
+    );
+    std::thread::sleep(Duration::from_secs(30));
+    let after: Vec<String> = lines_rx.try_iter().collect();
+    assert!(after.is_empty(), "logged while idle: {after:#?}");
+    terminate(&child);
+    assert_eq!(
+        wait_with_limit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    reader.join().expect("reader ends");
+}

@@ -11,20 +11,19 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-pub use cli::{ClientArgs, run};
+pub use cli::{CliError, ClientArgs, Failure, run};
 
+/// What went wrong talking to the gateway. Each message is complete in itself (no
+/// `source()` chain to print after it), so the command prints it once, as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error status.
-    #[error("{status}: {detail}")]
+    #[error("{detail} (HTTP {status})")]
     Server { status: u16, detail: String },
-    #[error("cannot reach the gateway at {url}: {source}")]
-    Transport { url: String, source: reqwest::Error },
-    #[error("{path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot reach the gateway at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
     #[error("not logged in: run `flotilla client login` or set FLOTILLA_TOKEN")]
     NoToken,
     #[error("the server's answer was not understood: {0}")]
@@ -54,10 +53,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()
-            .map_err(|source| ClientError::Transport {
-                url: base_url.to_owned(),
-                source,
-            })?;
+            .map_err(|source| transport(base_url, &source))?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
             http,
@@ -83,20 +79,50 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| transport(&self.base, &source))?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
+        // A problem+json detail, else the body itself (a proxy's page), kept to one line.
+        let text: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(300)
+            .collect();
         let detail = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
             .unwrap_or(text);
+        let detail = if detail.is_empty() {
+            reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error")
+                .to_owned()
+        } else {
+            detail
+        };
         Err(ClientError::Server { status, detail })
+    }
+
+    /// The gateway this client talks to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /healthz`: whether the gateway answers at all (before asking for a password).
+    pub async fn check_reachable(&self) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .get(self.url("/healthz"))
+                .timeout(std::time::Duration::from_secs(10)),
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST /login` with HTTP Basic; returns the token.
@@ -121,9 +147,9 @@ impl Client {
         path: &Path,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<UploadReceipt, ClientError> {
-        let file_error = |source| ClientError::File {
+        let file_error = |source: std::io::Error| ClientError::File {
             path: path.to_owned(),
-            source,
+            reason: io_reason(&source),
         };
         let file = tokio::fs::File::open(path).await.map_err(file_error)?;
         let length = file.metadata().await.map_err(file_error)?.len();
@@ -164,7 +190,48 @@ impl Client {
 
     /// `GET /jobs/{id}`.
     pub async fn job(&self, id: &str) -> Result<serde_json::Value, ClientError> {
-        self.get_json(&format!("/jobs/{id}")).await
+        self.get_json(&format!("/jobs/{}", path_segment(id))).await
+    }
+
+    /// `GET /posts?limit=N`: the blog's posts with their comments, keyed by post id.
+    pub async fn posts(&self, limit: u32) -> Result<serde_json::Value, ClientError> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/posts?limit={limit}")))
+            .header("accept", "application/json");
+        if let Ok(bearer) = self.bearer() {
+            request = request.header("authorization", bearer);
+        }
+        json_of(self.send(request).await?).await
+    }
+
+    /// `POST /posts/create {"title"}`: the new post `{"id","title"}`.
+    pub async fn create_post(&self, title: &str) -> Result<serde_json::Value, ClientError> {
+        self.post_json("/posts/create", &serde_json::json!({ "title": title }))
+            .await
+    }
+
+    /// `POST /posts/{id}/comments {"content"}`: the post's comments, the new one pending.
+    pub async fn comment(
+        &self,
+        post_id: &str,
+        content: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/posts/{}/comments", path_segment(post_id));
+        self.post_json(&path, &serde_json::json!({ "content": content }))
+            .await
+    }
+
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Ok(bearer) = self.bearer() {
+            request = request.header("authorization", bearer);
+        }
+        json_of(self.send(request).await?).await
     }
 
     async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
@@ -176,10 +243,7 @@ impl Client {
                     .header("accept", "application/json"),
             )
             .await?;
-        response
-            .json()
-            .await
-            .map_err(|e| ClientError::Unexpected(e.to_string()))
+        json_of(response).await
     }
 
     /// Streams `GET /download?fid=` into `destination`; `progress` gets (done, total).
@@ -196,11 +260,12 @@ impl Client {
             .await?;
         let total = response.content_length();
         // Written beside the destination and renamed at the end, so an interrupted
-        // download never leaves a truncated file under the final name.
+        // download never leaves a truncated file under the final name. Errors name the
+        // destination: the user never typed the `.part` name.
         let partial = destination.with_extension("part");
-        let file_error = |source| ClientError::File {
-            path: partial.clone(),
-            source,
+        let file_error = |source: std::io::Error| ClientError::File {
+            path: destination.to_owned(),
+            reason: io_reason(&source),
         };
         let mut file = tokio::fs::File::create(&partial)
             .await
@@ -210,10 +275,7 @@ impl Client {
         while let Some(chunk) = body
             .try_next()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?
+            .map_err(|source| transport(&self.base, &source))?
         {
             file.write_all(&chunk).await.map_err(file_error)?;
             written += chunk.len() as u64;
@@ -224,10 +286,60 @@ impl Client {
         drop(file);
         tokio::fs::rename(&partial, destination)
             .await
-            .map_err(|source| ClientError::File {
-                path: destination.to_owned(),
-                source,
-            })?;
+            .map_err(file_error)?;
         Ok(written)
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Result<serde_json::Value, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Unexpected(e.to_string()))
+}
+
+/// Percent-encodes a path segment, so an id typed by the user stays one segment.
+fn path_segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A transport error as one short reason: the innermost cause ("Connection refused"),
+/// not reqwest's chain, whose levels repeat each other.
+fn transport(url: &str, error: &reqwest::Error) -> ClientError {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let reason = if error.is_timeout() {
+        "no answer in time".to_owned()
+    } else {
+        cause.to_string()
+    };
+    ClientError::Transport {
+        url: url.to_owned(),
+        reason,
+    }
+}
+
+/// An I/O error without the `(os error N)` suffix.
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => {
+            let text = error.to_string();
+            match text.find(" (os error") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
     }
 }

@@ -49,6 +49,10 @@ pub struct VideoMessage {
     /// The uploader's email.
     pub username: String,
     pub job_id: String,
+    /// The name of the uploaded file (directories and control characters removed), for
+    /// the email; absent from messages of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// A worker has started converting a job (routing key `converting`).
@@ -74,6 +78,9 @@ pub struct Mp3Message {
     /// Duration of the MP3, when done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_secs: Option<f64>,
+    /// The uploaded file's name, copied from the `video` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
 }
 
 /// The MP3 of a job is stored under a key derived from the job, so a redelivered
@@ -93,6 +100,7 @@ mod tests {
             mp3_fid: None,
             username: "a@b.c".into(),
             job_id: "j1".into(),
+            filename: None,
         };
         let value = serde_json::to_value(&message).expect("serializes");
         assert_eq!(

@@ -150,7 +150,8 @@ where
         let current = std::sync::Arc::from(traceparent.0.as_str());
         request.extensions_mut().insert(traceparent);
         let echoed_id = request.headers().get(&REQUEST_ID_HEADER).cloned();
-        let path_is_probe = is_probe(request.uri().path());
+        let path_is_probe =
+            is_probe(request.uri().path()) || request.headers().contains_key(ROUTINE_HEADER);
         let uri = request.uri().clone();
         request.extensions_mut().insert(request_id);
 
@@ -251,6 +252,11 @@ pub(crate) fn is_acceptable_request_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
+
+/// A request a service makes to another on a timer (the query service following the
+/// event log) carries this header, so it is logged at debug like a probe: an idle system
+/// logs nothing. Anyone may send it; it only lowers a log line's level.
+pub const ROUTINE_HEADER: http::HeaderName = http::HeaderName::from_static("x-flotilla-routine");
 
 fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")

@@ -1,7 +1,7 @@
 //! Logging and trace export, set up once per process.
 //!
 //! Logs: human-readable lines on a terminal, JSON lines otherwise (containers, files),
-//! filtered by `RUST_LOG` (default `info`). Logs go to stderr; stdout is kept for what a
+//! filtered by `RUST_LOG` (default `warn` on a terminal, `info` otherwise). Logs go to stderr; stdout is kept for what a
 //! user or script reads (the `ready` line).
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
@@ -69,14 +69,17 @@ impl Telemetry {
 /// later calls (tests) are no-ops. `default_service_name` is the `service.name` of the
 /// exported spans unless `OTEL_SERVICE_NAME` says otherwise.
 pub fn init(default_service_name: &str) -> Telemetry {
-    let (filter, bad_filter) = match EnvFilter::try_from_default_env() {
-        Ok(filter) => (filter, None),
-        Err(error) => {
-            let bad = std::env::var("RUST_LOG").ok().map(|value| (value, error));
-            (EnvFilter::new("info"), bad)
-        }
-    };
     let terminal = std::io::stderr().is_terminal();
+    // A person at a terminal sees warnings and errors; routine work (requests, starts)
+    // is for log pipelines, which get `info` as JSON. RUST_LOG decides when set.
+    let default_level = if terminal { "warn" } else { "info" };
+    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+        Err(_) => (EnvFilter::new(default_level), None),
+        Ok(value) => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(error) => (EnvFilter::new(default_level), Some((value, error))),
+        },
+    };
     let (exporter, export_error) = match otlp_endpoint_configured() {
         false => (None, None),
         true => match tracer_provider(default_service_name) {
@@ -108,7 +111,7 @@ pub fn init(default_service_name: &str) -> Telemetry {
         return Telemetry::default();
     }
     if let Some((value, error)) = bad_filter {
-        tracing::warn!(rust_log = %value, %error, "RUST_LOG is not a valid filter; using info");
+        tracing::warn!(rust_log = %value, %error, "RUST_LOG is not a valid filter; using the default");
     }
     if let Some(error) = export_error {
         tracing::warn!(%error, "traces will not be exported: the OTLP exporter could not be set up");

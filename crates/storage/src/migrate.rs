@@ -227,7 +227,8 @@ async fn apply_pending(
         .await
         .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
-        tracing::info!(
+        // Routine at every first start (dozens of lines before `ready`): debug.
+        tracing::debug!(
             service,
             version = migration.version,
             name = migration.name,

@@ -151,6 +151,7 @@ impl Worker {
             status: JobStatus::Failed,
             error: Some(reason),
             duration_secs: None,
+            filename: video.filename.clone(),
         }
     }
 
@@ -221,6 +222,7 @@ impl Worker {
             status: JobStatus::Done,
             error: None,
             duration_secs: Some(report.duration_secs),
+            filename: video.filename.clone(),
         })
     }
 }

@@ -47,6 +47,7 @@ fn video_message(video_fid: &str, job_id: &str) -> Message {
         mp3_fid: None,
         username: "ada@example.com".to_owned(),
         job_id: job_id.to_owned(),
+        filename: Some("clip.mp4".to_owned()),
     };
     Message::json(VIDEO, &video).expect("json")
 }

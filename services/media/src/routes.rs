@@ -97,6 +97,7 @@ async fn upload_video(
         mp3_fid: None,
         username: caller.username.clone(),
         job_id: job_id.clone(),
+        filename: Some(file.filename.clone()),
     };
     let recorded = record_job(&state, &caller, &job_id, &video_fid, &file, &message).await;
     if let Err(error) = recorded {

@@ -48,7 +48,15 @@ pub struct Args {
     /// The sender of notification emails.
     #[arg(long, env = "FLOTILLA_MAIL_FROM", default_value = DEFAULT_FROM)]
     pub mail_from: String,
+    /// The address users reach the gateway at, for the download link in emails
+    /// (`https://flotilla.example.com`); unset → the gateway's own address in `up`,
+    /// `http://127.0.0.1:8080` in `serve`.
+    #[arg(long, env = "FLOTILLA_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
+
+/// The public URL when neither the flag nor `up` sets one.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
 const DEFAULT_FROM: &str = "Flotilla <noreply@flotilla.invalid>";
 
@@ -57,6 +65,7 @@ impl Default for Args {
         Self {
             smtp_url: None,
             mail_from: DEFAULT_FROM.to_owned(),
+            public_url: None,
         }
     }
 }
@@ -79,6 +88,15 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
             args.mail_from
         )
     })?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PUBLIC_URL.to_owned());
+    let parsed = is_link_base(&public_url);
+    anyhow::ensure!(
+        parsed,
+        "FLOTILLA_PUBLIC_URL '{public_url}' is not an http:// or https:// URL"
+    );
     let sender = Sender::new(args.smtp_url.as_deref(), &mail_dir(&context.data_dir))?;
     tracing::info!(transport = %sender.describe(), "notification emails");
 
@@ -89,6 +107,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         ledger,
         sender,
         from,
+        public_url,
     });
 
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
@@ -117,6 +136,18 @@ pub struct Notifier {
     pub ledger: Ledger,
     pub sender: Sender,
     pub from: Mailbox,
+    /// The gateway as users reach it: the base of the download link.
+    pub public_url: String,
+}
+
+/// Whether `url` can be the base of a link in an email: http(s), a host, no spaces.
+fn is_link_base(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|rest| {
+        !rest.is_empty() && !rest.starts_with('/') && !url.chars().any(char::is_whitespace)
+    })
 }
 
 impl Notifier {
@@ -142,8 +173,8 @@ impl Notifier {
             ),
             LedgerState::New => {}
         }
-        let email =
-            email::compose(&finished, &self.from).map_err(|e| Nack::Reject(e.to_string()))?;
+        let email = email::compose(&finished, &self.from, &self.public_url)
+            .map_err(|e| Nack::Reject(e.to_string()))?;
         match self.sender.send(&finished.job_id, &email).await {
             Ok(()) => {}
             Err(error) if error.is_permanent() => return Err(Nack::Reject(error.to_string())),
@@ -153,7 +184,7 @@ impl Notifier {
             .mark_sent(&finished.job_id)
             .await
             .map_err(|e| retry(&e))?;
-        metrics::counter!("notification_emails_sent_total", "kind" => email::subject(&finished))
+        metrics::counter!("notification_emails_sent_total", "kind" => email::kind(&finished))
             .increment(1);
         tracing::info!(job_id = %finished.job_id, status = finished.status.as_str(), "email sent");
         Ok(())

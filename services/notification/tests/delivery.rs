@@ -25,7 +25,54 @@ fn done(job_id: &str) -> Mp3Message {
         status: JobStatus::Done,
         error: None,
         duration_secs: Some(2.0),
+        filename: Some("clip.mp4".into()),
     }
+}
+
+/// Parses `raw` with a real MIME parser and checks what the user reads: the structure
+/// (multipart/alternative of text/plain and text/html), MIME-Version, the file name and
+/// duration in the subject, the absolute download link in both parts, the reference line.
+fn check_ready_email(raw: &str, job_id: &str) {
+    use mail_parser::{MessageParser, MimeHeaders};
+    let message = MessageParser::default()
+        .parse(raw.as_bytes())
+        .expect("a parsable email");
+    assert_eq!(
+        message.header_raw("MIME-Version").map(str::trim),
+        Some("1.0"),
+        "{raw}"
+    );
+    assert_eq!(
+        message.subject(),
+        Some("Your MP3 is ready: clip.mp4 (0:02)"),
+        "{raw}"
+    );
+    let types: Vec<String> = message
+        .parts
+        .iter()
+        .map(|part| {
+            part.content_type().map_or_else(String::new, |t| {
+                format!("{}/{}", t.ctype(), t.subtype().unwrap_or_default())
+            })
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["multipart/alternative", "text/plain", "text/html"],
+        "{raw}"
+    );
+    let link = format!("https://flotilla.example/download?fid=mp3-{job_id}");
+    let text = message.body_text(0).expect("a text part");
+    assert!(
+        text.lines()
+            .any(|line| line == format!("mp3 file_id: mp3-{job_id} is now ready!")),
+        "{text}"
+    );
+    assert!(text.lines().any(|line| line == link), "{text}");
+    assert!(text.contains("clip.mp4 (0:02)"), "{text}");
+    let html = message.body_html(0).expect("an HTML part");
+    assert!(html.contains(&format!("<a href=\"{link}\">")), "{html}");
+    assert!(html.contains("<strong>clip.mp4</strong>"), "{html}");
 }
 
 async fn notifier(dir: &Path, sender: Sender) -> Notifier {
@@ -38,6 +85,7 @@ async fn notifier(dir: &Path, sender: Sender) -> Notifier {
         ledger: Ledger::new(db),
         sender,
         from: "Flotilla <noreply@flotilla.invalid>".parse().expect("from"),
+        public_url: "https://flotilla.example".into(),
     }
 }
 
@@ -97,6 +145,7 @@ async fn a_real_smtp_server_gets_exactly_one_email_per_job() {
     let received = maildir_messages(Path::new(&maildir), &job_id);
     assert_eq!(received.len(), 1, "{received:#?}");
     let email = &received[0];
+    check_ready_email(email, &job_id);
     assert!(email.contains("Subject: Your MP3 is ready"), "{email}");
     assert!(
         email
@@ -143,12 +192,13 @@ async fn without_smtp_one_eml_file_is_written_per_job() {
         ready.contains(&format!("mp3 file_id: mp3-{job_id} is now ready!")),
         "{ready}"
     );
+    check_ready_email(&ready, &job_id);
     let sorry = read(format!("{job_id}-2.eml"));
     assert!(
         sorry.contains("Subject: Your MP3 could not be made"),
         "{sorry}"
     );
-    assert!(sorry.contains("no audio track"), "{sorry}");
+    assert!(sorry.contains("Reason: No audio track."), "{sorry}");
 }
 
 #[tokio::test]

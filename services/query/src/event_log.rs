@@ -72,6 +72,7 @@ impl EventLogClient {
     pub async fn read(&self, after: i64, limit: u32) -> Result<Vec<LogEntry>, EventLogError> {
         let request = Request::get(format!("/events?after={after}&limit={limit}"))
             .header(http::header::ACCEPT, "application/json")
+            .header(platform::observe::ROUTINE_HEADER, "1")
             .body(Body::empty())?;
         let Ok(response) = self.service.clone().oneshot(request).await;
         if !response.status().is_success() {
