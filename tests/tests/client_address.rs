@@ -141,11 +141,7 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
     auth_services.auth.login_attempts_per_account = 2;
     let auth = test_support::spawn_served(flotilla::ServeArgs {
         service: flotilla::ServiceName::Auth,
-        server: platform::config::ServerArgs {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_dir: auth_dir.path().to_owned(),
-            http_threads: None,
-        },
+        server: test_support::server_args(auth_dir.path()),
         database_url: None,
         gateway: Default::default(),
         services: auth_services,
@@ -153,11 +149,7 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
     .await;
     let gateway = test_support::spawn_served(flotilla::ServeArgs {
         service: flotilla::ServiceName::Gateway,
-        server: platform::config::ServerArgs {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_dir: gateway_dir.path().to_owned(),
-            http_threads: None,
-        },
+        server: test_support::server_args(gateway_dir.path()),
         database_url: None,
         gateway: flotilla::GatewayArgs {
             auth_url: Some(flotilla::parse_upstream_url(&auth.base_url).expect("url")),

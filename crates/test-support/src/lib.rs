@@ -122,7 +122,8 @@ pub async fn spawn_served(args: ServeArgs) -> TestSystem {
     }
 }
 
-fn server_args(data_dir: &Path) -> ServerArgs {
+/// The server settings every test uses: 127.0.0.1:0 and `data_dir`, the rest as defaults.
+pub fn server_args(data_dir: &Path) -> ServerArgs {
     ServerArgs {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: data_dir.to_owned(),
