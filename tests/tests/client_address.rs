@@ -145,6 +145,8 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: auth_dir.path().to_owned(),
             http_threads: None,
+            http_max_connections_per_client: None,
+            http_body_timeout: std::time::Duration::from_secs(10),
         },
         database_url: None,
         gateway: Default::default(),
@@ -157,6 +159,8 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: gateway_dir.path().to_owned(),
             http_threads: None,
+            http_max_connections_per_client: None,
+            http_body_timeout: std::time::Duration::from_secs(10),
         },
         database_url: None,
         gateway: flotilla::GatewayArgs {
