@@ -37,9 +37,6 @@ enum Command {
     Query(query_cli::QueryArgs),
 }
 
-/// How long `up` waits for every service to report ready.
-const READY_LIMIT: Duration = Duration::from_secs(60);
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -95,16 +92,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => (flotilla::up(*args, shutdown).await?, "flotilla".to_owned()),
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
-            (flotilla::serve(*args, shutdown).await?, what)
+            // SIGTERM while a dependency is still being waited for is a clean stop.
+            tokio::select! {
+                running = flotilla::serve(*args, shutdown.clone()) => match running {
+                    Ok(running) => (running, what),
+                    Err(_) if shutdown.is_cancelled() => return Ok(()),
+                    Err(error) => return Err(error),
+                },
+                () = shutdown.cancelled() => {
+                    tracing::info!("stopped before starting");
+                    return Ok(());
+                }
+            }
         }
     };
-    running.wait_ready(READY_LIMIT).await?;
-    let url = format!("http://{}", running.addr);
-    tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{what} ready at {url}")?;
-    stdout.flush()?;
-    drop(stdout);
+    if running.wait_until_ready().await? {
+        let url = format!("http://{}", running.addr);
+        tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{what} ready at {url}")?;
+        stdout.flush()?;
+    }
     running.wait().await?;
     tracing::info!("stopped");
     Ok(())
