@@ -123,7 +123,8 @@ pub struct ServeArgs {
     /// one in its data directory (SQLite, files). Without it `serve` refuses to start
     /// and names the missing variable: in a cluster an embedded store is private to
     /// one container, and the system would split without a word.
-    #[arg(long, env = "FLOTILLA_ALLOW_EMBEDDED")]
+    #[arg(long, env = "FLOTILLA_ALLOW_EMBEDDED",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_embedded: bool,
 }
 
