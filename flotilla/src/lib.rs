@@ -119,7 +119,47 @@ pub struct ServeArgs {
     pub gateway: gateway::GatewayArgs,
     #[command(flatten)]
     pub services: ServiceArgs,
+    /// Lets a service whose database, bus or blob store URL is unset use the embedded
+    /// one in its data directory (SQLite, files). Without it `serve` refuses to start
+    /// and names the missing variable: in a cluster an embedded store is private to
+    /// one container, and the system would split without a word.
+    #[arg(long, env = "FLOTILLA_ALLOW_EMBEDDED",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_embedded: bool,
 }
+
+impl ServeArgs {
+    /// The variables the served service needs and that are unset.
+    pub fn missing_stores(&self) -> Vec<&'static str> {
+        let (database, bus, blobs) = needs(self.service);
+        let mut missing = Vec::new();
+        if database && self.database_url.is_none() {
+            missing.push("FLOTILLA_DATABASE_URL");
+        }
+        if bus && self.services.bus.bus_url.is_none() {
+            missing.push("FLOTILLA_BUS_URL");
+        }
+        if blobs && self.services.blobs.blob_url.is_none() {
+            missing.push("FLOTILLA_BLOB_URL");
+        }
+        missing
+    }
+}
+
+/// Whether `service` keeps state in a database, talks over the bus, keeps blobs.
+fn needs(service: ServiceName) -> (bool, bool, bool) {
+    use ServiceName::*;
+    match service {
+        Gateway => (false, false, false),
+        Auth => (true, false, false),
+        Converter => (false, true, true),
+        Media => (true, true, true),
+        Notification | Posts | Comments | Moderation | Query | EventBus => (true, true, false),
+    }
+}
+
+/// How often a server that is not ready yet says what it waits for.
+pub const NOT_READY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A running server: its address, and the means to wait for it or stop it.
 #[derive(Debug)]
@@ -133,23 +173,45 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until `/readyz` answers 200 (every dependency ready), at most `limit`.
-    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Waits until `/readyz` answers 200 (`true`), or until shutdown (`false`): however
+    /// long a dependency takes to come, that is no reason to exit. Says every
+    /// [`NOT_READY_LOG_INTERVAL`] what it is still waiting for.
+    pub async fn wait_until_ready(&self) -> anyhow::Result<bool> {
+        let started = tokio::time::Instant::now();
+        let mut next_log = started + NOT_READY_LOG_INTERVAL;
+        let mut pause = Duration::from_millis(20);
         loop {
             let request = Request::get("/readyz").body(Body::empty())?;
             let response = self.entry.clone().oneshot(request).await?;
             if response.status().is_success() {
-                return Ok(());
+                return Ok(true);
             }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "not ready after {} s: {}",
-                    limit.as_secs(),
-                    response.status()
+            if tokio::time::Instant::now() >= next_log {
+                let body = axum::body::to_bytes(response.into_body(), 16 * 1024)
+                    .await
+                    .unwrap_or_default();
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    readyz = %String::from_utf8_lossy(&body),
+                    "not ready yet; waiting for its dependencies"
                 );
+                next_log += NOT_READY_LOG_INTERVAL;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.shutdown.cancelled() => return Ok(false),
+            }
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Waits until `/readyz` answers 200, at most `limit` (for tests and benchmarks).
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(limit, self.wait_until_ready()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => anyhow::bail!("stopped before it was ready"),
+            Ok(Err(error)) => Err(error),
+            Err(_) => anyhow::bail!("not ready after {} s", limit.as_secs()),
         }
     }
 
@@ -220,15 +282,47 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
     .await
 }
 
-/// `flotilla serve SERVICE`: one service in this process.
+/// `flotilla serve SERVICE`: one service in this process. A service whose stores are not
+/// configured refuses to start (see [`ServeArgs::allow_embedded`]). A dependency that
+/// cannot be reached yet (the database or broker still starting) is tried again, with
+/// backoff, until it answers or `shutdown` is cancelled — never a reason to exit.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let missing = args.missing_stores();
+    if !missing.is_empty() && !args.allow_embedded {
+        let service = clap::ValueEnum::to_possible_value(&args.service)
+            .map_or_else(String::new, |v| v.get_name().to_owned());
+        anyhow::bail!(
+            "serve {service} needs {}: set {}, or FLOTILLA_ALLOW_EMBEDDED=1 to keep {} in the data directory",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            if missing.len() == 1 { "it" } else { "them" },
+        );
+    }
+    check_urls(&args)?;
     let mut context = prepare_context(&args.server, args.database_url.clone(), &shutdown)?;
     context.bus_url = args.services.bus.bus_url.clone();
     context.blob_url = args.services.blobs.blob_url.clone();
-    let mut app =
-        build_service(args.service, &context, &args.services, Some(&args.gateway)).await?;
-    if !matches!(args.service, ServiceName::Gateway | ServiceName::Auth) {
-        app.readiness = with_broker_check(app.readiness, &context).await?;
+    let mut delay = Duration::from_millis(250);
+    let mut app = loop {
+        match build_checked(&args, &context).await {
+            Ok(app) => break app,
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    retry_in = ?delay,
+                    "cannot start yet; trying again"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => anyhow::bail!("stopped before starting: {error:#}"),
+                }
+                delay = (delay * 2).min(MAX_START_RETRY_DELAY);
+            }
+        }
+    };
+    let (_, _, keeps_blobs) = needs(args.service);
+    if keeps_blobs {
+        app.readiness = with_blob_check(app.readiness, &context)?;
     }
     let entry = app.into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(match args.service {
@@ -247,6 +341,58 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
         shutdown,
     )
     .await
+}
+
+/// Refuses, before any connection is tried, a store URL no attempt could ever open (a
+/// wrong scheme): only what may come later (a server still starting) is waited for.
+fn check_urls(args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.database_url {
+        storage::Dialect::from_url(url).context("FLOTILLA_DATABASE_URL")?;
+    }
+    if let Some(url) = &args.services.bus.bus_url {
+        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("sqlite" | "amqp" | "amqps")) {
+            anyhow::bail!(
+                "FLOTILLA_BUS_URL: unsupported bus URL '{}': expected amqp://, amqps:// or sqlite://",
+                storage::redact(url)
+            );
+        }
+    }
+    if let Some(url) = &args.services.blobs.blob_url {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("file" | "s3" | "memory")) {
+            anyhow::bail!(
+                "FLOTILLA_BLOB_URL: unsupported blob store URL '{}': expected file:///dir or s3://bucket",
+                storage::redact(url)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The longest pause between two attempts to start a service whose dependency is down.
+const MAX_START_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// The service with its broker check (every service on the bus).
+async fn build_checked(args: &ServeArgs, context: &ServiceContext) -> anyhow::Result<ServiceApp> {
+    let mut app = build_service(args.service, context, &args.services, Some(&args.gateway)).await?;
+    let (_, on_the_bus, _) = needs(args.service);
+    if on_the_bus {
+        app.readiness = with_broker_check(app.readiness, context).await?;
+    }
+    Ok(app)
+}
+
+/// Adds the blob store as a required readiness check: uploads and conversions need it.
+fn with_blob_check(
+    readiness: platform::health::Readiness,
+    context: &ServiceContext,
+) -> anyhow::Result<platform::health::Readiness> {
+    let blobs = storage::blob::BlobStore::from_url(&context.blob_url_or_local())?;
+    Ok(readiness.with_check("blobs", move || {
+        let blobs = blobs.clone();
+        async move { blobs.health().await.map_err(|e| e.to_string()) }
+    }))
 }
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the

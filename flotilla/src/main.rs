@@ -74,9 +74,6 @@ fn banner_lines(args: &UpArgs) -> Banner {
     }
 }
 
-/// How long `up` waits for every service to report ready.
-const READY_LIMIT: Duration = Duration::from_secs(60);
-
 fn main() -> ExitCode {
     let parsed = command()
         .try_get_matches()
@@ -169,33 +166,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let what = format!("flotilla {:?}", args.service).to_lowercase();
             let banner = Banner { what, smtp: true };
-            (flotilla::serve(*args, shutdown).await?, banner)
+            // SIGTERM while a dependency is still being waited for is a clean stop.
+            tokio::select! {
+                running = flotilla::serve(*args, shutdown.clone()) => match running {
+                    Ok(running) => (running, banner),
+                    Err(_) if shutdown.is_cancelled() => return Ok(()),
+                    Err(error) => return Err(error),
+                },
+                () = shutdown.cancelled() => {
+                    tracing::info!("stopped before starting");
+                    return Ok(());
+                }
+            }
         }
     };
-    running.wait_ready(READY_LIMIT).await?;
-    let url = flotilla::public_url_of(running.addr);
-    tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{} ready at {url}", what.what)?;
-    stdout.flush()?;
-    if what.what == "flotilla" {
-        // `up`: where a person goes next. Best effort, in one write: a script that read
-        // the ready line and closed the pipe must not stop the server.
-        let data = std::path::absolute(&running.data_dir).unwrap_or(running.data_dir.clone());
-        let mail = if what.smtp {
-            "sent through FLOTILLA_SMTP_URL".to_owned()
-        } else {
-            data.join("mail").display().to_string()
-        };
-        let banner = format!(
-            "  web app   {url}/\n  API docs  {url}/docs\n  metrics   {url}/metrics\n  \
-             data      {}\n  mail      {mail}\n  Ctrl-C stops it; `flotilla client --help` talks to it.\n",
-            data.display()
-        );
-        let _ = stdout.write_all(banner.as_bytes());
-        let _ = stdout.flush();
+    if running.wait_until_ready().await? {
+        let url = flotilla::public_url_of(running.addr);
+        tracing::info!(%url, data_dir = %running.data_dir.display(), "ready");
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{} ready at {url}", what.what)?;
+        stdout.flush()?;
+        if what.what == "flotilla" {
+            // `up`: where a person goes next. Best effort, in one write: a script that read
+            // the ready line and closed the pipe must not stop the server.
+            let data = std::path::absolute(&running.data_dir).unwrap_or(running.data_dir.clone());
+            let mail = if what.smtp {
+                "sent through FLOTILLA_SMTP_URL".to_owned()
+            } else {
+                data.join("mail").display().to_string()
+            };
+            let banner = format!(
+                "  web app   {url}/\n  API docs  {url}/docs\n  metrics   {url}/metrics\n  \
+                 data      {}\n  mail      {mail}\n  Ctrl-C stops it; `flotilla client --help` talks to it.\n",
+                data.display()
+            );
+            let _ = stdout.write_all(banner.as_bytes());
+            let _ = stdout.flush();
+        }
+        drop(stdout);
     }
-    drop(stdout);
     running.wait().await?;
     tracing::info!("stopped");
     Ok(())

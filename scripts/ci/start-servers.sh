@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real servers the test suite talks to, without
-# systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), and ffmpeg for
-# media fixtures. Idempotent: a server that already answers is left alone.
+# systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), ffmpeg for
+# media fixtures, and podman for the image test. Idempotent: a server that already
+# answers is left alone.
 # Writes the FLOTILLA_TEST_* variables to the file named by $1 (default
 # /tmp/flotilla-test-env.sh); `source` it before `cargo test`.
 set -euo pipefail
@@ -14,6 +15,9 @@ command -v pg_ctlcluster >/dev/null || need+=(postgresql)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+# The image test (tests/tests/image.rs) builds and runs the image with podman + runc.
+command -v podman >/dev/null || need+=(podman buildah)
+command -v runc >/dev/null || need+=(runc)
 command -v chromium >/dev/null || need+=(chromium)
 command -v psql >/dev/null || need+=(postgresql-client)
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,8 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >"$log_dir/apt.log" 2>&1 \
     || { tail -n 30 "$log_dir/apt.log"; exit 1; }
 fi
-if ! python3 -c 'import aiosmtpd' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
-  pip install -q aiosmtpd kubernetes-validate >"$log_dir/pip.log" 2>&1 || { tail -n 30 "$log_dir/pip.log"; exit 1; }
+# kubernetes-validate (with PyYAML), podman-compose and check-jsonschema check the
+# deployment files (tests/tests/deploy.rs).
+if ! python3 -c 'import aiosmtpd, yaml' 2>/dev/null || ! command -v kubernetes-validate >/dev/null \
+  || ! command -v podman-compose >/dev/null || ! command -v check-jsonschema >/dev/null; then
+  pip install -q aiosmtpd kubernetes-validate pyyaml podman-compose check-jsonschema >"$log_dir/pip.log" 2>&1 \
+    || { tail -n 30 "$log_dir/pip.log"; exit 1; }
 fi
 command -v kubectl >/dev/null || need_kubectl=1
 if [ "${need_kubectl:-0}" = 1 ]; then

@@ -33,6 +33,8 @@ async fn serve(
         database_url: Some(database_url.to_owned()),
         gateway,
         services: Default::default(),
+        // Tests run on the embedded stores unless they say otherwise.
+        allow_embedded: true,
     })
     .await
 }

@@ -119,6 +119,8 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     command
         .args(args)
         .env("RUST_LOG", "warn")
+        // `serve auth` on SQLite in its data directory.
+        .env("FLOTILLA_ALLOW_EMBEDDED", "1")
         // Batches would leave every minute: what arrives was flushed at shutdown.
         .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
         .stdout(Stdio::piped())

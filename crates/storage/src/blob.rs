@@ -32,6 +32,8 @@ const PART_BYTES: usize = 5 * 1024 * 1024;
 /// Parts uploading at once per writer: bounds a writer's memory to about
 /// `PART_BYTES × (PARTS_IN_FLIGHT + 1)` however fast the data arrives.
 const PARTS_IN_FLIGHT: usize = 3;
+/// The key [`BlobStore::health`] writes or looks up (never a real blob's: those are ids).
+const HEALTH_PROBE_KEY: &str = "readyz-probe";
 /// Read size when copying a local file into the store.
 const FILE_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -252,6 +254,21 @@ impl BlobStore {
         })
     }
 
+    /// `Ok` when the store answers: a local directory takes a write (a read-only or full
+    /// volume fails here, not at the next upload), any other store a metadata lookup (an
+    /// absent object is an answer). For readiness checks.
+    pub async fn health(&self) -> Result<(), BlobError> {
+        if let Some(path) = self.local_path(HEALTH_PROBE_KEY)? {
+            tokio::fs::write(&path, b"ok").await?;
+            tokio::fs::remove_file(&path).await?;
+            return Ok(());
+        }
+        match self.store.head(&location(HEALTH_PROBE_KEY)?).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Removes the blob `key`; a missing blob is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self.store.delete(&location(key)?).await {
@@ -356,6 +373,28 @@ mod tests {
     async fn read_all(read: BlobRead) -> Vec<u8> {
         let chunks: Vec<Bytes> = read.stream.try_collect().await.expect("read");
         chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn health_needs_a_writable_directory_or_an_answering_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = dir.path().join("blobs");
+        let store = BlobStore::from_url(&format!("file://{}", blobs.display())).expect("opens");
+        store
+            .health()
+            .await
+            .expect("a writable directory is healthy");
+        assert!(
+            !blobs.join(HEALTH_PROBE_KEY).exists(),
+            "the probe is removed"
+        );
+        std::fs::remove_dir_all(&blobs).expect("removed");
+        assert!(store.health().await.is_err(), "a vanished directory is not");
+        let memory = BlobStore::from_url("memory://").expect("opens");
+        memory
+            .health()
+            .await
+            .expect("an answering store is healthy");
     }
 
     #[tokio::test]

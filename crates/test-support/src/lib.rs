@@ -91,6 +91,8 @@ pub async fn spawn_service(service: ServiceName, data_dir: &Path) -> TestSystem 
         database_url: None,
         gateway: Default::default(),
         services: Default::default(),
+        // Tests run on the embedded stores unless they say otherwise.
+        allow_embedded: true,
     })
     .await
 }
@@ -103,6 +105,8 @@ pub async fn spawn_gateway(upstreams: flotilla::GatewayArgs, data_dir: &Path) ->
         database_url: None,
         gateway: upstreams,
         services: Default::default(),
+        // Tests run on the embedded stores unless they say otherwise.
+        allow_embedded: true,
     })
     .await
 }

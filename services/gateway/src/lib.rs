@@ -194,14 +194,24 @@ impl GatewayArgs {
     }
 }
 
-/// Builds the gateway over `upstreams`. It is ready when every upstream is.
+/// Builds the gateway over `upstreams`. Each upstream's readiness is in its `/readyz`.
+/// In-process upstreams (`flotilla up`, one process) are required: the gateway is ready
+/// when the whole system is. Remote ones (`serve gateway`) are *degraded* checks: the
+/// gateway is ready as long as it can serve, and the routes of an upstream that is down
+/// answer 503 with `Retry-After` — one service's outage must not take every gateway
+/// instance out of the load balancer, and login with it.
 pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
     let mut readiness = Readiness::new();
     for name in upstreams.names() {
         let Some(upstream) = upstreams.get(name).cloned() else {
             continue;
         };
-        readiness = readiness.with_check(name, move || probe_ready(upstream.clone()));
+        let check = move || probe_ready(upstream.clone());
+        readiness = if upstreams.remote_stack(name).is_some() {
+            readiness.with_degraded_check(name, check)
+        } else {
+            readiness.with_check(name, check)
+        };
     }
     let limits = HttpLimits {
         // Every proxied route has its own timeout (routes.rs) and the gateway's own

@@ -197,19 +197,32 @@ fn settle(
                 endpoint.record_failure();
             }
             tracing::warn!(upstream = name, endpoint = %endpoint.addr, %error, "upstream request failed");
-            let mut response = Problem::new(
-                http::StatusCode::BAD_GATEWAY,
-                format!("the {name} service could not be reached"),
-            )
-            .into_response();
-            if error.is_connect() {
+            let mut response = if error.is_connect() {
+                // Nothing was sent: the service is down (or not up yet). That is the
+                // service being unavailable, which a client may try again shortly.
+                let mut response = Problem::service_unavailable(format!(
+                    "the {name} service is unavailable; try again shortly"
+                ))
+                .with_retry_after(UNREACHABLE_RETRY_AFTER_SECS)
+                .into_response();
                 response.extensions_mut().insert(Unreachable);
-            }
+                response
+            } else {
+                Problem::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    format!("the {name} service could not be reached"),
+                )
+                .into_response()
+            };
             response.extensions_mut().insert(ServedBy(endpoint.addr));
             response
         }
     }
 }
+
+/// The `Retry-After` of a route whose service refused the connection (it is down or
+/// still starting; Kubernetes restarts or the operator brings it back in seconds).
+const UNREACHABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// Statuses that say "this instance cannot serve now", as opposed to "your request failed".
 pub fn is_overload(status: http::StatusCode) -> bool {
