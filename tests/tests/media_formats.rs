@@ -189,3 +189,79 @@ async fn a_job_that_fails_on_every_attempt_ends_failed_with_one_email() {
     assert_eq!(again["error"], job["error"]);
     system.stop().await.expect("stops");
 }
+
+/// Issue 14, items 2 and 10, with ffmpeg on PATH so the fallback is active: an upload
+/// that is an ffconcat script naming another user's upload, or an HLS playlist naming a
+/// media file elsewhere on disk, must not convert what it names; it fails as "not a
+/// media file", as random bytes do — each with exactly one email.
+#[tokio::test]
+async fn playlists_scripts_and_noise_are_not_media_with_one_email_each() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures = tempfile::tempdir().expect("tempdir");
+    let f = fixtures.path();
+    let system = start(dir.path(), |_| {}).await;
+    let admin = login(&system, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+
+    // Another user's upload, converted as usual: its blob is `video-<job>`.
+    let victim = mp4_with_aac(f, 2);
+    let victim_job = upload_job(&system, &admin, &victim).await;
+    let job = wait_for_job(&system, &admin, &victim_job).await;
+    assert_eq!(job["status"], "done", "{job}");
+
+    let attacker = new_user(&system, "mallory@example.com").await;
+    let concat = f.join("concat.txt");
+    std::fs::write(
+        &concat,
+        format!("ffconcat version 1.0\nfile video-{victim_job}\n"),
+    )
+    .expect("write");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let private = mp4_with_aac(elsewhere.path(), 2);
+    let playlist = f.join("playlist.m3u8");
+    std::fs::write(
+        &playlist,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2,\n{}\n#EXT-X-ENDLIST\n",
+            private.display()
+        ),
+    )
+    .expect("write");
+    let noise = f.join("noise.bin");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&noise, bytes).expect("write");
+
+    let mut jobs = Vec::new();
+    for path in [&concat, &playlist, &noise] {
+        jobs.push((path, upload_job(&system, &attacker, path).await));
+    }
+    for (path, job_id) in &jobs {
+        let job = wait_for_job(&system, &attacker, job_id).await;
+        let name = path.display();
+        assert_eq!(job["status"], "failed", "{name}: {job}");
+        assert_eq!(job["mp3_fid"], serde_json::Value::Null, "{name}");
+        assert_eq!(job["error"], "not a media file", "{name}: {job}");
+        let email = wait_for_email(system.data_dir(), job_id).await;
+        assert!(
+            email.contains("Subject: Your MP3 could not be made"),
+            "{email}"
+        );
+        // The email words the reason as a sentence ("Not a media file.").
+        assert!(email.to_lowercase().contains("not a media file"), "{email}");
+    }
+    // The victim's one email and one per failed job, no more: give a duplicate time
+    // to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(emails(system.data_dir()).len(), 1 + jobs.len());
+    system.stop().await.expect("stops");
+}

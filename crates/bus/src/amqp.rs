@@ -539,6 +539,18 @@ fn decode_delivery(
     (message, bookkeeping)
 }
 
+/// What a consumer makes of a delivery: the message and its attempt number. Public for
+/// the fuzz targets (fuzz/), which feed it properties parsed from arbitrary wire bytes.
+#[doc(hidden)]
+pub fn decode_delivery_for_fuzzing(
+    routing_key: &str,
+    properties: &BasicProperties,
+    data: &[u8],
+) -> (Message, u32) {
+    let (message, bookkeeping) = decode_delivery(routing_key, properties, data);
+    (message, attempt_of(&bookkeeping))
+}
+
 /// Attempt number of a delivery: our count from retries plus the broker's count of
 /// redeliveries (consumers that died holding it).
 fn attempt_of(bookkeeping: &BTreeMap<String, String>) -> u32 {

@@ -150,6 +150,14 @@ fn subscribe_wakeups(wakeups: &Wakeups, group: &str) -> watch::Receiver<u64> {
 
 /// Files opened in this process, so that every service of `flotilla up` shares one
 /// writer and wakes the others' consumers at once.
+/// A stored message's headers, kept as a JSON object of strings; anything else (a file
+/// written by hand, a damaged row) reads as no headers rather than failing the
+/// delivery. Public for the fuzz targets (fuzz/).
+#[doc(hidden)]
+pub fn decode_headers(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
 fn open_files() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
@@ -772,7 +780,7 @@ impl Writer {
                 Ok(Message {
                     id: row.get(0)?,
                     routing_key: row.get(1)?,
-                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    headers: decode_headers(&headers),
                     body: Bytes::from(row.get::<_, Vec<u8>>(3)?),
                 })
             })?;
@@ -898,8 +906,7 @@ impl Writer {
                     reason: row.get(4)?,
                     dead_at_ms: Some(row.get(5)?),
                     body: Bytes::from(row.get::<_, Vec<u8>>(6)?),
-                    headers: serde_json::from_str::<BTreeMap<String, String>>(&headers)
-                        .unwrap_or_default(),
+                    headers: decode_headers(&headers),
                 })
             })?
             .collect()

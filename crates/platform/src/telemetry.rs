@@ -80,6 +80,7 @@ pub fn init(default_service_name: &str) -> Telemetry {
             Err(error) => (EnvFilter::new(default_level), Some((value, error))),
         },
     };
+    let filter = quiet_input_libraries(filter, std::env::var("RUST_LOG").ok().as_deref());
     let (exporter, export_error) = match otlp_endpoint_configured() {
         false => (None, None),
         true => match tracer_provider(default_service_name) {
@@ -121,6 +122,25 @@ pub fn init(default_service_name: &str) -> Telemetry {
         bus::trace::set_span_parent(crate::observe::export_delivery_span);
     }
     Telemetry { provider: exporter }
+}
+
+/// Libraries whose own log lines describe a user's input, not the server: symphonia logs
+/// "probe reach EOF" at ERROR for every upload that is not media (issue 14). The
+/// converter logs each outcome itself (INFO), so theirs are off unless `RUST_LOG` names
+/// them (`RUST_LOG=info,symphonia_core=debug`). Matched as target prefixes.
+const INPUT_LIBRARIES: [&str; 1] = ["symphonia"];
+
+fn quiet_input_libraries(mut filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter {
+    for library in INPUT_LIBRARIES {
+        if rust_log.is_some_and(|value| value.contains(library)) {
+            continue;
+        }
+        match format!("{library}=off").parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(error) => tracing::warn!(%error, library, "cannot quiet a library's log"),
+        }
+    }
+    filter
 }
 
 fn log_layer(terminal: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
@@ -179,4 +199,52 @@ pub fn init_for_tests() {
         )
         .with_test_writer()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use tracing_subscriber::layer::Context;
+
+    use super::*;
+
+    /// Counts the events that pass the filter.
+    struct Count(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Count {
+        fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn passed(rust_log: Option<&str>, emit: impl FnOnce()) -> usize {
+        let count = Arc::new(AtomicUsize::new(0));
+        let filter = quiet_input_libraries(EnvFilter::new(rust_log.unwrap_or("info")), rust_log);
+        let subscriber = tracing_subscriber::registry()
+            .with(Count(count.clone()))
+            .with(filter);
+        tracing::subscriber::with_default(subscriber, emit);
+        count.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_decoder_library_logging_errors_about_an_upload_is_quiet_unless_asked_for() {
+        // What symphonia's `log::error!` becomes through the log bridge.
+        let symphonia = || tracing::error!(target: "symphonia_core::probe", "probe reach EOF");
+        assert_eq!(passed(None, symphonia), 0);
+        assert_eq!(passed(Some("info"), symphonia), 0);
+        assert_eq!(passed(Some("info,symphonia_core=debug"), symphonia), 1);
+        // Everything else is as before.
+        assert_eq!(
+            passed(
+                None,
+                || tracing::error!(target: "converter", "real trouble")
+            ),
+            1
+        );
+    }
 }

@@ -42,19 +42,43 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
+/// The demuxers the fallback may use: containers and raw streams of audio and video,
+/// each of which reads only the one file it is given. Left out on purpose are the ones
+/// that open other files or URLs named inside the upload — `concat`/`ffconcat`, `hls`
+/// and other playlists (`dash`, `m3u`…), `image2` file patterns — and text formats
+/// (subtitles, `tty`) that no upload needs. ffmpeg otherwise guesses the format, so an
+/// uploaded ffconcat script or HLS playlist made it convert another user's upload or any
+/// media file the server can read (issue 14). (`mov`'s external data references stay
+/// off: `enable_drefs` defaults to 0.)
+const DEMUXERS: &str = "mov,matroska,avi,ogg,mp3,aac,flac,wav,w64,aiff,caf,asf,flv,\
+mpegts,mpeg,ac3,eac3,dts,dtshd,truehd,mlp,amr,ape,wv,tta,mpc,mpc8,au,rm,nut,loas";
+
 /// `ffmpeg -i input -vn -codec:a libmp3lame -q:a 2 output`, plus: no stdin, only
 /// errors on stderr, overwrite the output, MP3 whatever the output's name. `file:`
-/// stops ffmpeg from reading a path as a protocol URL or an option.
+/// stops ffmpeg from reading a path as a protocol URL or an option. The input may only
+/// be read by the demuxers of [`DEMUXERS`], through the `file` protocol alone (no
+/// http, pipe, data, concat… URLs, nested or not).
 fn arguments(input: &Path, output: &Path) -> Vec<OsString> {
     let file_url = |path: &Path| {
         let mut url = OsString::from("file:");
         url.push(path.as_os_str());
         url
     };
-    let mut args: Vec<OsString> = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let mut args: Vec<OsString> = [
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-format_whitelist",
+        DEMUXERS,
+        "-protocol_whitelist",
+        "file",
+        "-i",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     args.push(file_url(input));
     args.extend(
         [
@@ -165,6 +189,11 @@ fn hide_paths(line: &str, input: &Path, output: &Path) -> String {
 fn classify(lines: &[String]) -> ConvertError {
     let all = lines.join("\n");
     let has = |needle: &str| all.contains(needle);
+    // A format outside the allow-list (a playlist, a concat script, an image): to the
+    // user, not media. Checked first: what follows is ffmpeg failing on it.
+    if has("not on whitelist") {
+        return ConvertError::NotMedia;
+    }
     if has("does not contain any stream") || has("matches no streams") {
         return ConvertError::NoAudioTrack;
     }
@@ -237,6 +266,12 @@ mod tests {
             classify(&lines("input: Invalid data found when processing input")),
             ConvertError::NotMedia
         ));
+        assert!(matches!(
+            classify(&lines(
+                "[hls @ 0x1] Format not on whitelist 'mov,matroska'\ninput: Invalid argument"
+            )),
+            ConvertError::NotMedia
+        ));
         let renamed_text = classify(&lines(
             "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x1] moov atom not found\ninput: Invalid data found when processing input",
         ));
@@ -275,5 +310,14 @@ mod tests {
         assert!(args.contains(&OsString::from("file:-odd name.mp4")));
         assert_eq!(args.last(), Some(&OsString::from("file:/tmp/out")));
         assert!(args.windows(2).any(|w| w[0] == "-q:a" && w[1] == "2"));
+        // The allow-lists are input options: they come before `-i`.
+        let position = |name: &str| args.iter().position(|a| a == name).expect(name);
+        assert!(position("-format_whitelist") < position("-i"));
+        assert!(position("-protocol_whitelist") < position("-i"));
+        assert!(
+            !DEMUXERS
+                .split(',')
+                .any(|d| ["concat", "hls", "image2"].contains(&d))
+        );
     }
 }

@@ -7,10 +7,10 @@ use mp3lame_encoder::{Builder, DualPcm, Encoder, FlushGap, MonoPcm, Quality};
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Channels, Signal};
 use symphonia::core::codecs::{CODEC_TYPE_AAC, CODEC_TYPE_NULL, CodecParameters, DecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::{FormatOptions, Track};
-use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::formats::{FormatOptions, FormatReader, Track};
+use symphonia::core::io::{MediaSource, MediaSourceStream, ReadBytes};
 use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
+use symphonia::core::probe::Instantiate;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConvertError;
@@ -88,20 +88,74 @@ where
 {
     let source = SeekableSource::new(source)?;
     let stream = MediaSourceStream::new(Box::new(source), Default::default());
-    let mut hint = Hint::new();
-    if let Some(extension) = extension {
-        hint.with_extension(extension);
+    // symphonia 0.5's probe takes a hint but does not use it (content decides).
+    let _ = extension;
+    let (format, at_start) = probe_format(stream)?;
+    let mut decoded_any = false;
+    match decode_all(format, sink, cancel, &mut decoded_any) {
+        // symphonia searches the whole input for anything that looks like a container
+        // or frame header, and random bytes contain some (an MP3 sync word, `OggS`…):
+        // what fails before a single packet decodes, found anywhere but at the start,
+        // was never media (issue 14). A damaged file starts with its container's mark.
+        Err(ConvertError::Corrupt(_)) if !at_start && !decoded_any => Err(ConvertError::NotMedia),
+        result => result,
     }
+}
+
+/// Bytes a file's container mark may lie from where it is expected: MP4 puts a box
+/// size before `ftyp`.
+const MARKER_SLACK: u64 = 8;
+
+/// symphonia's probe (`Probe::format`), one element at a time, noting whether the
+/// container's mark was where a media file has it — at the start, or right after a
+/// leading metadata tag (ID3) — rather than found by searching through other bytes.
+fn probe_format(
+    mut stream: MediaSourceStream,
+) -> Result<(Box<dyn FormatReader>, bool), ConvertError> {
     let format_options = FormatOptions {
         // Lets the MP3 demuxer read the LAME tag of MP3 input and trim its padding.
         enable_gapless: true,
         ..Default::default()
     };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &format_options, &MetadataOptions::default())
-        .map_err(probe_error)?;
-    let mut format = probed.format;
+    let probe = symphonia::default::get_probe();
+    let mut expected_at = 0u64;
+    loop {
+        let found = match probe.next(&mut stream) {
+            Ok(found) => found,
+            // The search reached the end (or its limit) without finding a mark.
+            Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ConvertError::NotMedia);
+            }
+            Err(err) => return Err(probe_error(err)),
+        };
+        let at_start = stream.pos() <= expected_at + MARKER_SLACK;
+        let damaged = |err| match probe_error(err) {
+            ConvertError::Corrupt(_) if !at_start => ConvertError::NotMedia,
+            other => other,
+        };
+        match found {
+            Instantiate::Format(make) => {
+                let format = make(stream, &format_options).map_err(damaged)?;
+                return Ok((format, at_start));
+            }
+            Instantiate::Metadata(make) => {
+                make(&MetadataOptions::default())
+                    .read_all(&mut stream)
+                    .map_err(damaged)?;
+                expected_at = stream.pos();
+            }
+        }
+    }
+}
 
+/// Decodes every packet of the first audio track of `format` and encodes it into `sink`;
+/// `decoded_any` tells whether a single packet decoded.
+fn decode_all<W: Write + Seek>(
+    mut format: Box<dyn FormatReader>,
+    sink: W,
+    cancel: &CancellationToken,
+    decoded_any: &mut bool,
+) -> Result<ConversionReport, ConvertError> {
     let (track_id, params, mut decoder) = open_audio_track(format.tracks())?;
     let mut pipeline = Pipeline::new(&params, sink)?;
 
@@ -131,6 +185,7 @@ where
         match decoder.decode(&packet) {
             Ok(decoded) => {
                 consecutive_errors = 0;
+                *decoded_any = true;
                 pipeline.push(decoded)?;
             }
             Err(SymphoniaError::DecodeError(reason)) => {

@@ -416,3 +416,76 @@ async fn the_blocking_core_streams_from_any_reader_to_any_seekable_writer() {
     let decoded = decode_mp3(&output);
     assert!((decoded.duration_secs - f64::from(SECS)).abs() <= TOLERANCE);
 }
+
+/// An upload that is a script for one of ffmpeg's indirect demuxers: the fallback must
+/// read the one uploaded file and nothing it names (issue 14, item 2).
+async fn assert_not_media_with_and_without_ffmpeg(input: &Path) {
+    for ffmpeg in [support::ffmpeg(), None] {
+        let with = if ffmpeg.is_some() { "with" } else { "without" };
+        let error = convert_expecting_error(input, ffmpeg).await;
+        assert!(
+            matches!(error, ConvertError::NotMedia),
+            "{} {with} ffmpeg: {error:?}",
+            input.display()
+        );
+        assert_eq!(error.to_string(), "not a media file");
+        assert!(error.is_permanent());
+    }
+}
+
+#[tokio::test]
+async fn an_ffconcat_script_naming_another_upload_is_not_a_media_file() {
+    let dir = needs_ffmpeg!();
+    // Another user's upload beside this one, as blobs lie in one directory.
+    let tone = stereo_tone(SECS, 44_100);
+    make(
+        dir.path(),
+        "video-other",
+        &args(&tone, &["-c:a", "aac", "-f", "mp4"]),
+    );
+    let input = dir.path().join("video-mine");
+    std::fs::write(&input, "ffconcat version 1.0\nfile video-other\n").expect("write");
+    assert_not_media_with_and_without_ffmpeg(&input).await;
+}
+
+#[tokio::test]
+async fn an_hls_playlist_naming_an_absolute_path_is_not_a_media_file() {
+    let dir = needs_ffmpeg!();
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let tone = stereo_tone(SECS, 44_100);
+    let target = make(
+        elsewhere.path(),
+        "private.mp4",
+        &args(&tone, &["-c:a", "aac"]),
+    );
+    let input = dir.path().join("video-playlist");
+    let playlist = format!(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:{SECS},\n{}\n#EXT-X-ENDLIST\n",
+        target.display()
+    );
+    std::fs::write(&input, playlist).expect("write");
+    assert_not_media_with_and_without_ffmpeg(&input).await;
+}
+
+/// Deterministic noise (xorshift64*): the same bytes on every run.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn random_bytes_are_not_a_media_file() {
+    let dir = needs_ffmpeg!();
+    for seed in 1..=8u64 {
+        let input = dir.path().join(format!("video-noise-{seed}"));
+        std::fs::write(&input, noise(seed, 64 * 1024 * seed as usize)).expect("write");
+        assert_not_media_with_and_without_ffmpeg(&input).await;
+    }
+}
