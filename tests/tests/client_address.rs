@@ -145,6 +145,7 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
         database_url: None,
         gateway: Default::default(),
         services: auth_services,
+        allow_embedded: true,
     })
     .await;
     let gateway = test_support::spawn_served(flotilla::ServeArgs {
@@ -156,6 +157,7 @@ async fn served_separately_auth_sees_each_client_behind_the_gateway() {
             ..Default::default()
         },
         services: behind_this_host(),
+        allow_embedded: true,
     })
     .await;
     let created = gateway
