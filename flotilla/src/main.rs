@@ -4,11 +4,7 @@ mod bus_cli;
 mod query_cli;
 mod user_cli;
 
-use std::{
-    io::{IsTerminal, Write},
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io::Write, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use flotilla::{ServeArgs, UpArgs};
@@ -106,26 +102,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = matches!(cli.command, Command::Up(_) | Command::Serve(_));
     let outcome = runtime.block_on(run(cli));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // After the drain, so the spans of the last requests are exported too.
     telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        // Each error once, as one line: `client` errors are complete sentences with an
-        // exit code of their class; a server's go to its log pipeline as one JSON line
-        // when stderr is not a terminal.
+        // Each error once, as one plain line on stderr, whether a terminal or a log
+        // pipeline reads it (`kubectl logs` shows why a pod will not start): `client`
+        // errors are complete sentences with an exit code of their class.
         Err(error) => {
             if let Some(failed) = error.downcast_ref::<client::CliError>() {
                 eprintln!("flotilla: {failed}");
                 return ExitCode::from(failed.exit_code());
             }
-            if server && !std::io::stderr().is_terminal() {
-                tracing::error!(error = format!("{error:#}"), "flotilla stopped on an error");
-            } else {
-                eprintln!("flotilla: {error:#}");
-            }
+            eprintln!("flotilla: {error:#}");
             ExitCode::FAILURE
         }
     }
