@@ -300,15 +300,13 @@ async fn json_of(response: reqwest::Response) -> Result<serde_json::Value, Clien
 
 /// Percent-encodes a path segment, so an id typed by the user stays one segment.
 fn path_segment(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    // RFC 3986 §2.3: everything but the unreserved characters.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// A transport error as one short reason: the innermost cause ("Connection refused"),

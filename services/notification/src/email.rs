@@ -41,15 +41,13 @@ pub fn download_link(public_url: &str, mp3_fid: &str) -> String {
 
 /// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).
 fn url_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    // RFC 3986 §2.3: everything but the unreserved characters.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// `m:ss` or `h:mm:ss`, as a player shows it.
