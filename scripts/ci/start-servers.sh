@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real servers the test suite talks to, without
-# systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), ffmpeg for
+# systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), an S3-compatible
+# store (moto's server), ffmpeg for
 # media fixtures, and podman for the image test. Idempotent: a server that already
 # answers is left alone.
 # Writes the FLOTILLA_TEST_* variables to the file named by $1 (default
@@ -28,9 +29,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # kubernetes-validate (with PyYAML), podman-compose and check-jsonschema check the
 # deployment files (tests/tests/deploy.rs).
+# moto's server is the S3-compatible store (crates/storage/tests/s3.rs).
 if ! python3 -c 'import aiosmtpd, yaml' 2>/dev/null || ! command -v kubernetes-validate >/dev/null \
+  || ! command -v moto_server >/dev/null \
   || ! command -v podman-compose >/dev/null || ! command -v check-jsonschema >/dev/null; then
-  pip install -q aiosmtpd kubernetes-validate pyyaml podman-compose check-jsonschema >"$log_dir/pip.log" 2>&1 \
+  pip install -q aiosmtpd kubernetes-validate pyyaml podman-compose check-jsonschema 'moto[server]>=5,<6' >"$log_dir/pip.log" 2>&1 \
     || { tail -n 30 "$log_dir/pip.log"; exit 1; }
 fi
 command -v kubectl >/dev/null || need_kubectl=1
@@ -81,11 +84,18 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/2525) 2>/dev/null; then
   wait_for smtp 80 bash -c 'exec 3<>/dev/tcp/127.0.0.1/2525'
 fi
 
+# S3-compatible store: moto's server, in memory (each test makes its own bucket)
+if ! (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then
+  nohup moto_server -H 127.0.0.1 -p 9090 >"$log_dir/s3.log" 2>&1 &
+  wait_for s3 120 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9090'
+fi
+
 cat >"$env_file" <<ENV
 export FLOTILLA_TEST_POSTGRES_URL=postgres://app:app@127.0.0.1:5432/app
 export FLOTILLA_TEST_MYSQL_URL=mysql://app:app@127.0.0.1:3306/app
 export FLOTILLA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
 export FLOTILLA_TEST_SMTP_URL=smtp://127.0.0.1:2525
 export FLOTILLA_TEST_MAILDIR=$log_dir/maildir
+export FLOTILLA_TEST_S3_ENDPOINT=http://127.0.0.1:9090
 ENV
 echo "servers ready; variables in $env_file"

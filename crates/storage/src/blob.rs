@@ -94,6 +94,13 @@ impl BlobStore {
     /// Opens the store a URL names (see the module documentation). A local directory is
     /// created when missing.
     pub fn from_url(url: &str) -> Result<Self, BlobError> {
+        Self::from_url_with(url, &[])
+    }
+
+    /// As [`BlobStore::from_url`], with S3 settings given here on top of the `AWS_*`
+    /// variables: object_store's configuration keys (`aws_endpoint`, `aws_access_key_id`,
+    /// `aws_allow_http`, …). Ignored for the other backends.
+    pub fn from_url_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Self, BlobError> {
         let unsupported = || BlobError::UnsupportedUrl(url.to_owned());
         let (scheme, rest) = url.split_once("://").ok_or_else(unsupported)?;
         match scheme.to_ascii_lowercase().as_str() {
@@ -112,9 +119,13 @@ impl BlobStore {
                 // carries one crypto library (ring, as sqlx does); make it the default.
                 // An error means another part of the process installed one first: fine.
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()?;
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (key, value) in s3_options {
+                    let key = key.parse::<object_store::aws::AmazonS3ConfigKey>()?;
+                    builder = builder.with_config(key, *value);
+                }
+                let s3 = builder.build()?;
                 let prefix = prefix.trim_matches('/');
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                     Arc::new(s3)
@@ -255,18 +266,30 @@ impl BlobStore {
     }
 
     /// `Ok` when the store answers: a local directory takes a write (a read-only or full
-    /// volume fails here, not at the next upload), any other store a metadata lookup (an
-    /// absent object is an answer). For readiness checks.
+    /// volume fails here, not at the next upload), any other store lists its keys (a
+    /// missing bucket fails). For readiness checks.
     pub async fn health(&self) -> Result<(), BlobError> {
         if let Some(path) = self.local_path(HEALTH_PROBE_KEY)? {
             tokio::fs::write(&path, b"ok").await?;
             tokio::fs::remove_file(&path).await?;
             return Ok(());
         }
-        match self.store.head(&location(HEALTH_PROBE_KEY)?).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        // A listing, not a HEAD of a key: S3 answers a HEAD with a bodiless 404 whether the
+        // key or the whole bucket is missing, while listing a missing bucket fails.
+        self.store
+            .list_with_delimiter(Some(&location(HEALTH_PROBE_KEY)?))
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                object_store::Error::NotFound { path, source } => {
+                    BlobError::Store(object_store::Error::Generic {
+                        store: "S3",
+                        source: format!("the bucket or prefix {path} does not exist: {source}")
+                            .into(),
+                    })
+                }
+                other => other.into(),
+            })
     }
 
     /// Removes the blob `key`; a missing blob is not an error.

@@ -107,6 +107,38 @@ pub struct System {
     pub amqp_url: String,
     postgres: String,
     prefix: String,
+    /// Where blobs live: `FLOTILLA_BLOB_URL` and, for S3, the `AWS_*` settings.
+    blob_env: Vec<(String, String)>,
+}
+
+/// Blobs in a fresh bucket of the S3-compatible test server (`FLOTILLA_TEST_S3_ENDPOINT`):
+/// the environment a service needs to use it, or `None` when the test should be skipped.
+pub async fn s3_blobs() -> Option<Vec<(String, String)>> {
+    let endpoint = test_support::real_server_url("FLOTILLA_TEST_S3_ENDPOINT")?;
+    let endpoint = endpoint.trim_end_matches('/').to_owned();
+    platform::tls::install_crypto_provider();
+    let bucket = format!("flotilla-{:x}{:x}", std::process::id(), fastrand_u32());
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("the S3 server answers");
+    assert!(
+        created.status().is_success(),
+        "CreateBucket: {}",
+        created.status()
+    );
+    Some(vec![
+        ("FLOTILLA_BLOB_URL".into(), format!("s3://{bucket}/blobs")),
+        ("AWS_ENDPOINT".into(), endpoint),
+        ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "flotilla-test".into()),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            "flotilla-test-secret".into(),
+        ),
+        ("AWS_REGION".into(), "us-east-1".into()),
+    ])
 }
 
 /// The services behind the gateway, each with its own database.
@@ -125,8 +157,24 @@ impl System {
     /// Starts every process but those named in `left_out` (start them later with
     /// [`System::start_converter`] and friends).
     pub fn start_without(servers: &Servers, left_out: &[&str]) -> System {
+        System::start_with_blobs(servers, left_out, None)
+    }
+
+    /// As [`System::start_without`], with blobs where `blob_env` says (see [`s3_blobs`]);
+    /// `None`: a directory shared by the processes.
+    pub fn start_with_blobs(
+        servers: &Servers,
+        left_out: &[&str],
+        blob_env: Option<Vec<(String, String)>>,
+    ) -> System {
         platform::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
+        let blob_env = blob_env.unwrap_or_else(|| {
+            vec![(
+                "FLOTILLA_BLOB_URL".into(),
+                format!("file://{}", dir.path().join("blobs").display()),
+            )]
+        });
         let prefix = format!("t{}", std::process::id()) + &format!("{:x}", fastrand_u32());
         let vhost = format!("flotilla-{prefix}");
         run("rabbitmqctl", &["-q", "add_vhost", &vhost]);
@@ -163,6 +211,7 @@ impl System {
             amqp_url,
             postgres: servers.postgres.clone(),
             prefix,
+            blob_env,
         };
         system.spawn("auth", "auth", &[]);
         let auth = system.url("auth");
@@ -230,14 +279,10 @@ impl System {
         let data = self.dir.path().join(name);
         let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
         let (pg_base, _) = self.postgres.rsplit_once('/').expect("a database URL");
-        vec![
+        let mut env: Vec<(String, String)> = vec![
             ("FLOTILLA_DATA_DIR".into(), data.display().to_string()),
             ("FLOTILLA_DATABASE_URL".into(), format!("{pg_base}/{db}")),
             ("FLOTILLA_BUS_URL".into(), self.amqp_url.clone()),
-            (
-                "FLOTILLA_BLOB_URL".into(),
-                format!("file://{}", self.dir.path().join("blobs").display()),
-            ),
             (
                 "FLOTILLA_JWT_KEY_FILE".into(),
                 self.dir
@@ -249,7 +294,9 @@ impl System {
             ("FLOTILLA_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
             ("FLOTILLA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
             ("RUST_LOG".into(), "info".into()),
-        ]
+        ];
+        env.extend(self.blob_env.iter().cloned());
+        env
     }
 
     /// Starts `flotilla serve SERVICE` as process `name`; waits for its ready line.
