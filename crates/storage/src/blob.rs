@@ -59,7 +59,27 @@ pub enum BlobError {
     #[error("blob file i/o failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("blob store error: {0}")]
-    Store(object_store::Error),
+    Store(#[source] object_store::Error),
+}
+
+impl BlobError {
+    /// Whether the store ran out of space (a full disk or quota: `ENOSPC`, `EDQUOT`),
+    /// wherever in the chain of causes the operating system said so.
+    pub fn is_storage_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
 }
 
 impl From<object_store::Error> for BlobError {

@@ -92,7 +92,20 @@ impl From<UploadError> for Problem {
             | UploadError::FramingTooLong
             | UploadError::TextFieldTooLong
             | UploadError::Malformed(_) => Problem::bad_request(error.to_string()),
-            UploadError::Store(cause) => Problem::internal(cause),
+            // A full disk or quota is the server's condition, not a bug: 507 says so
+            // and the client may try again later; a store that does not answer is 503.
+            UploadError::Store(cause) if cause.is_storage_full() => Problem::new(
+                http::StatusCode::INSUFFICIENT_STORAGE,
+                "the server has no room to store this upload right now; nothing was kept, try again later",
+            )
+            .with_retry_after(60),
+            UploadError::Store(cause) => {
+                tracing::error!(error = %cause, "storing an upload failed");
+                Problem::service_unavailable(
+                    "the file store is not available right now; nothing was kept, try again later",
+                )
+                .with_retry_after(5)
+            }
         }
     }
 }
