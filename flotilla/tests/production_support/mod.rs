@@ -109,6 +109,23 @@ pub struct System {
     prefix: String,
     /// Where blobs live: `FLOTILLA_BLOB_URL` and, for S3, the `AWS_*` settings.
     blob_env: Vec<(String, String)>,
+    /// The broker URL the services use (`amqp_url`, or through a relay).
+    service_amqp_url: String,
+    /// Settings every process gets on top of the usual ones.
+    extra_env: Vec<(String, String)>,
+}
+
+/// How [`System::start_with`] starts the system.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Processes not started (start them later with [`System::start_converter`] …).
+    pub left_out: &'a [&'a str],
+    /// Where blobs live (see [`s3_blobs`]); `None`: a directory shared by the processes.
+    pub blob_env: Option<Vec<(String, String)>>,
+    /// `host:port` the services reach RabbitMQ at, when not the server's own.
+    pub broker_address: Option<String>,
+    /// Settings every process gets on top of the usual ones.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// Blobs in a fresh bucket of the S3-compatible test server (`FLOTILLA_TEST_S3_ENDPOINT`):
@@ -157,7 +174,13 @@ impl System {
     /// Starts every process but those named in `left_out` (start them later with
     /// [`System::start_converter`] and friends).
     pub fn start_without(servers: &Servers, left_out: &[&str]) -> System {
-        System::start_with_blobs(servers, left_out, None)
+        System::start_with(
+            servers,
+            Options {
+                left_out,
+                ..Options::default()
+            },
+        )
     }
 
     /// As [`System::start_without`], with blobs where `blob_env` says (see [`s3_blobs`]);
@@ -167,6 +190,23 @@ impl System {
         left_out: &[&str],
         blob_env: Option<Vec<(String, String)>>,
     ) -> System {
+        System::start_with(
+            servers,
+            Options {
+                left_out,
+                blob_env,
+                ..Options::default()
+            },
+        )
+    }
+
+    pub fn start_with(servers: &Servers, options: Options<'_>) -> System {
+        let Options {
+            left_out,
+            blob_env,
+            broker_address,
+            extra_env,
+        } = options;
         platform::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
         let blob_env = blob_env.unwrap_or_else(|| {
@@ -192,6 +232,18 @@ impl System {
             ],
         );
         let amqp_url = format!("{}/{vhost}", servers.amqp_base);
+        // The services may reach the broker through another address (a relay that
+        // injects faults): same credentials and virtual host.
+        let service_amqp_url = match broker_address {
+            Some(address) => {
+                let (credentials, _) = servers
+                    .amqp_base
+                    .rsplit_once('@')
+                    .expect("an amqp URL with credentials");
+                format!("{credentials}@{address}/{vhost}")
+            }
+            None => amqp_url.clone(),
+        };
         for service in backend_services() {
             let db = format!("{prefix}_{}", service.replace('-', "_"));
             run(
@@ -212,6 +264,8 @@ impl System {
             postgres: servers.postgres.clone(),
             prefix,
             blob_env,
+            service_amqp_url,
+            extra_env,
         };
         system.spawn("auth", "auth", &[]);
         let auth = system.url("auth");
@@ -275,6 +329,12 @@ impl System {
         self.processes[name].url.clone()
     }
 
+    /// The PostgreSQL database of `service` (e.g. `media`), to read it directly.
+    pub fn database_url(&self, service: &str) -> String {
+        let (pg_base, _) = self.postgres.rsplit_once('/').expect("a database URL");
+        format!("{pg_base}/{}_{}", self.prefix, service.replace('-', "_"))
+    }
+
     fn base_env(&self, name: &str, service: &str) -> Vec<(String, String)> {
         let data = self.dir.path().join(name);
         let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
@@ -282,7 +342,7 @@ impl System {
         let mut env: Vec<(String, String)> = vec![
             ("FLOTILLA_DATA_DIR".into(), data.display().to_string()),
             ("FLOTILLA_DATABASE_URL".into(), format!("{pg_base}/{db}")),
-            ("FLOTILLA_BUS_URL".into(), self.amqp_url.clone()),
+            ("FLOTILLA_BUS_URL".into(), self.service_amqp_url.clone()),
             (
                 "FLOTILLA_JWT_KEY_FILE".into(),
                 self.dir
@@ -296,6 +356,7 @@ impl System {
             ("RUST_LOG".into(), "info".into()),
         ];
         env.extend(self.blob_env.iter().cloned());
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 
