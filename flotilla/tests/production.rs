@@ -5,7 +5,7 @@ mod production_support;
 
 use std::time::{Duration, Instant};
 
-use production_support::{System, s3_blobs, servers, wav};
+use production_support::{System, servers, wav};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn media_and_blog_flows_work_across_processes_and_the_gateway_survives_an_upstream_outage() {
@@ -124,64 +124,6 @@ async fn media_and_blog_flows_work_across_processes_and_the_gateway_survives_an_
         assert!(Instant::now() < deadline, "the gateway never recovered");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn uploads_past_one_s3_part_convert_and_download_in_ranges_with_blobs_on_s3() {
-    let Some(servers) = servers() else { return };
-    let Some(blobs) = s3_blobs().await else {
-        return;
-    };
-    let system = System::start_with_blobs(&servers, &["converter-2"], Some(blobs));
-    let token = system.login().await;
-
-    // 70 s of 16-bit mono: 6.2 MB, more than S3's 5 MiB part, so the upload is a real
-    // multipart upload into the bucket and the converter reads it back in parts.
-    let video = wav(70);
-    assert!(video.len() > 5 * 1024 * 1024);
-    let job_id = system.upload(&token, "long.wav", video).await;
-    let job = system
-        .wait_for_job(&token, &job_id, Duration::from_secs(180))
-        .await;
-    assert_eq!(job["status"], "done", "{job}");
-    let fid = job["mp3_fid"].as_str().expect("mp3 fid").to_owned();
-
-    let download = |range: Option<&'static str>| {
-        let mut request = system
-            .client
-            .get(format!("{}/download?fid={fid}", system.gateway))
-            .bearer_auth(&token);
-        if let Some(range) = range {
-            request = request.header("range", range);
-        }
-        request.send()
-    };
-    let whole = download(None).await.expect("download answers");
-    assert_eq!(whole.status(), 200);
-    let whole = whole.bytes().await.expect("mp3 bytes");
-    assert!(whole.len() > 200_000, "70 s of MP3: {} bytes", whole.len());
-
-    let part = download(Some("bytes=1000-1999"))
-        .await
-        .expect("ranged download");
-    assert_eq!(part.status(), 206);
-    assert_eq!(
-        part.headers()["content-range"],
-        format!("bytes 1000-1999/{}", whole.len()).as_str()
-    );
-    assert_eq!(part.bytes().await.expect("range bytes"), whole[1000..2000]);
-    let tail = download(Some("bytes=-100")).await.expect("suffix download");
-    assert_eq!(tail.status(), 206);
-    assert_eq!(
-        tail.bytes().await.expect("suffix bytes"),
-        whole[whole.len() - 100..]
-    );
-    let outside = download(Some("bytes=99999999-")).await.expect("answers");
-    assert_eq!(outside.status(), 416);
-
-    // Nothing was written to local disk: the blob directory the file store would use
-    // does not exist.
-    assert!(!system.dir.path().join("blobs").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -113,6 +113,7 @@ pub struct System {
     service_amqp_url: String,
     /// Settings every process gets on top of the usual ones.
     extra_env: Vec<(String, String)>,
+    databases: Databases,
 }
 
 /// How [`System::start_with`] starts the system.
@@ -126,6 +127,20 @@ pub struct Options<'a> {
     pub broker_address: Option<String>,
     /// Settings every process gets on top of the usual ones.
     pub extra_env: Vec<(String, String)>,
+    /// Where the services keep their databases.
+    pub databases: Databases,
+}
+
+/// Where each service's database lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Databases {
+    /// One database per service on the test PostgreSQL.
+    #[default]
+    Postgres,
+    /// One database per service on the MariaDB of this URL (`mysql://user:pw@host:port/db`).
+    MariaDb(String),
+    /// SQLite in each process's data directory (`FLOTILLA_ALLOW_EMBEDDED`).
+    Sqlite,
 }
 
 /// Blobs in a fresh bucket of the S3-compatible test server (`FLOTILLA_TEST_S3_ENDPOINT`):
@@ -206,6 +221,7 @@ impl System {
             blob_env,
             broker_address,
             extra_env,
+            databases,
         } = options;
         platform::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -246,10 +262,12 @@ impl System {
         };
         for service in backend_services() {
             let db = format!("{prefix}_{}", service.replace('-', "_"));
-            run(
-                "psql",
-                &[&servers.postgres, "-qc", &format!("CREATE DATABASE {db}")],
-            );
+            let create = format!("CREATE DATABASE {db}");
+            match &databases {
+                Databases::Postgres => run("psql", &[&servers.postgres, "-qc", &create]),
+                Databases::MariaDb(_) => run("mariadb", &["-e", &create]),
+                Databases::Sqlite => {}
+            }
         }
         let mut system = System {
             dir,
@@ -266,6 +284,7 @@ impl System {
             blob_env,
             service_amqp_url,
             extra_env,
+            databases,
         };
         system.spawn("auth", "auth", &[]);
         let auth = system.url("auth");
@@ -331,17 +350,23 @@ impl System {
 
     /// The PostgreSQL database of `service` (e.g. `media`), to read it directly.
     pub fn database_url(&self, service: &str) -> String {
-        let (pg_base, _) = self.postgres.rsplit_once('/').expect("a database URL");
-        format!("{pg_base}/{}_{}", self.prefix, service.replace('-', "_"))
+        let server = match &self.databases {
+            Databases::MariaDb(url) => url,
+            _ => &self.postgres,
+        };
+        let (base, _) = server.rsplit_once('/').expect("a database URL");
+        format!("{base}/{}_{}", self.prefix, service.replace('-', "_"))
     }
 
     fn base_env(&self, name: &str, service: &str) -> Vec<(String, String)> {
         let data = self.dir.path().join(name);
-        let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
-        let (pg_base, _) = self.postgres.rsplit_once('/').expect("a database URL");
+        let database = match self.databases {
+            Databases::Sqlite => ("FLOTILLA_ALLOW_EMBEDDED".into(), "1".into()),
+            _ => ("FLOTILLA_DATABASE_URL".into(), self.database_url(service)),
+        };
         let mut env: Vec<(String, String)> = vec![
             ("FLOTILLA_DATA_DIR".into(), data.display().to_string()),
-            ("FLOTILLA_DATABASE_URL".into(), format!("{pg_base}/{db}")),
+            database,
             ("FLOTILLA_BUS_URL".into(), self.service_amqp_url.clone()),
             (
                 "FLOTILLA_JWT_KEY_FILE".into(),
@@ -524,13 +549,19 @@ impl Drop for System {
             .output();
         for service in backend_services() {
             let db = format!("{}_{}", self.prefix, service.replace('-', "_"));
-            let _ = Command::new("psql")
-                .args([
-                    &self.postgres,
-                    "-qc",
-                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                ])
-                .output();
+            let _ = match self.databases {
+                Databases::Postgres => Command::new("psql")
+                    .args([
+                        &self.postgres,
+                        "-qc",
+                        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                    ])
+                    .output(),
+                Databases::MariaDb(_) => Command::new("mariadb")
+                    .args(["-e", &format!("DROP DATABASE IF EXISTS {db}")])
+                    .output(),
+                Databases::Sqlite => continue,
+            };
         }
     }
 }
