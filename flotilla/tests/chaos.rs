@@ -35,7 +35,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use production_support::{ADMIN_EMAIL, ADMIN_PASSWORD, BIN, Options, System, servers, wav};
+use production_support::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, BIN, Databases, Options, System, servers, wav,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -893,6 +895,7 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
                 format!("file://{}", disk.path().display()),
             )]),
             broker_address: Some(relay.address.to_string()),
+            databases: Databases::Postgres,
             extra_env: vec![(
                 "FLOTILLA_SMTP_URL".into(),
                 format!("smtp://127.0.0.1:{}", smtp.port),
