@@ -92,9 +92,20 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
 
-    /// A 500 whose cause is logged but never shown to the client.
+    /// A 500 whose cause is logged but never shown to the client — or, when the cause is
+    /// a full disk (see [`out_of_storage`]), a 507 with `Retry-After`: the server's
+    /// condition, which passes, not a bug.
     pub fn internal(cause: &(dyn std::fmt::Display + '_)) -> Self {
-        tracing::error!(error = %cause, "internal error");
+        let text = cause.to_string();
+        if out_of_storage(&text) {
+            tracing::error!(error = %text, "out of storage");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server is out of storage space; nothing was changed, try again later",
+            )
+            .with_retry_after(60);
+        }
+        tracing::error!(error = %text, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "an internal error occurred; quote the request id when reporting it",
@@ -285,9 +296,51 @@ async fn foreign_error_to_problem(
     }
 }
 
+/// Whether an error's text says the disk (or quota) is full. This crate sits below the
+/// storage crates, so causes arrive here as text; these are the operating system's and
+/// the databases' own words for it: `ENOSPC`/`EDQUOT` as std renders them, SQLite's
+/// `SQLITE_FULL`, PostgreSQL's `could not extend file …: No space left on device` (SQLSTATE
+/// 53100), MariaDB's `Errcode: 28` and `The table … is full`.
+pub fn out_of_storage(text: &str) -> bool {
+    const SIGNS: [&str; 5] = [
+        "No space left on device",
+        "Disk quota exceeded",
+        "database or disk is full",
+        "Errcode: 28",
+        "could not extend file",
+    ];
+    SIGNS.iter().any(|sign| text.contains(sign))
+        || (text.starts_with("The table") && text.contains("is full"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_and_other_causes_500() {
+        for full in [
+            "error returned from database: (code: 13) database or disk is full",
+            "blob file i/o failed: No space left on device (os error 28)",
+            "could not extend file \"base/16384/2619\": No space left on device",
+            "The table 'comments' is full",
+        ] {
+            let problem = Problem::internal(&full);
+            assert_eq!(problem.status(), StatusCode::INSUFFICIENT_STORAGE, "{full}");
+            assert!(
+                problem
+                    .into_response()
+                    .headers()
+                    .contains_key("retry-after")
+            );
+        }
+        for other in ["connection refused", "The table 'x' does not exist"] {
+            assert_eq!(
+                Problem::internal(&other).status(),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        }
+    }
 
     #[test]
     fn serializes_with_rfc9457_members() {
