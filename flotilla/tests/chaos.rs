@@ -223,59 +223,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A small tmpfs for the blobs, so that the disk can be filled; unmounted on drop.
-struct BlobDisk {
-    dir: tempfile::TempDir,
-}
-
-impl BlobDisk {
-    fn mount() -> Option<BlobDisk> {
-        let dir = tempfile::tempdir().expect("mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=96m,mode=0700", "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match output {
-            Ok(output) if output.status.success() => Some(BlobDisk { dir }),
-            other => {
-                let why = other.map_or_else(
-                    |e| e.to_string(),
-                    |o| String::from_utf8_lossy(&o.stderr).into_owned(),
-                );
-                assert!(!in_ci(), "cannot mount the blob tmpfs under CI=true: {why}");
-                eprintln!("skipped: cannot mount a tmpfs (needs root): {why}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills the disk with one file; returns its path (remove it to free the space).
-    fn fill(&self) -> PathBuf {
-        let filler = self.path().join("chaos-filler");
-        // dd stops with "No space left on device": that is the point.
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=1M"])
-            .arg(format!("of={}", filler.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        filler
-    }
-}
-
-impl Drop for BlobDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The load, and what it was told.
 
@@ -847,7 +794,7 @@ fn shell(command: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
     let Some(servers) = servers() else { return };
-    let Some(disk) = BlobDisk::mount() else {
+    let Some(disk) = test_support::Tmpfs::mount("96m") else {
         return;
     };
     let rounds: u64 = std::env::var("FLOTILLA_CHAOS_ROUNDS")

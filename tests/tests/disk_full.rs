@@ -7,68 +7,18 @@
 
 mod media_support;
 
-use std::{path::Path, process::Command};
-
 use media_support::*;
 use reqwest::StatusCode;
 use serde_json::Value;
+use test_support::Tmpfs;
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("mount point");
-        let mounted = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output();
-        match mounted {
-            Ok(output) if output.status.success() => Some(Tmpfs { dir }),
-            outcome => {
-                let why = match outcome {
-                    Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                    Err(error) => error.to_string(),
-                };
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("cannot mount a tmpfs under CI=true (the test needs root): {why}");
-                }
-                eprintln!("skipped: cannot mount a tmpfs (the test needs root): {why}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The files in the mount, hidden staging files included.
-    fn files(&self) -> Vec<String> {
-        std::fs::read_dir(self.path())
-            .expect("read the mount")
-            .filter_map(|entry| entry.ok())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: files a stopping server still holds must not keep the mount alive.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
+/// The files in a directory, hidden staging files included.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read the directory")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -107,9 +57,9 @@ async fn a_full_blob_disk_answers_507_keeps_nothing_and_recovers() {
         "{problem}"
     );
     assert!(
-        disk.files().is_empty(),
+        files_in(disk.path()).is_empty(),
         "no partial file is left: {:?}",
-        disk.files()
+        files_in(disk.path())
     );
     let jobs: Value = system
         .client
@@ -128,19 +78,6 @@ async fn a_full_blob_disk_answers_507_keeps_nothing_and_recovers() {
     let job_id = upload_job(&system, &token, &video).await;
     let job = wait_for_job(&system, &token, &job_id).await;
     assert_eq!(job["status"], "done", "{job}");
-}
-
-/// Fills the disk with one file (dd stops at "No space left on device"); remove the file
-/// to free the space.
-fn fill(disk: &Tmpfs) -> std::path::PathBuf {
-    let filler = disk.path().join("filler");
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k"])
-        .arg(format!("of={}", filler.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    filler
 }
 
 #[tokio::test]
@@ -170,7 +107,7 @@ async fn a_full_database_disk_answers_507_and_writes_resume_when_space_returns()
         StatusCode::CREATED
     );
 
-    let filler = fill(&disk);
+    let filler = disk.fill();
     // Writes now fail as the server's condition, clearly, and keep failing that way.
     let mut refused = 0;
     for attempt in 0..20 {

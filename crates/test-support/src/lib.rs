@@ -186,3 +186,69 @@ fn build_flotilla() -> PathBuf {
     assert!(binary.exists(), "no binary at {}", binary.display());
     binary
 }
+
+/// A small tmpfs mounted on a fresh directory (a disk a test can fill), unmounted when
+/// dropped. Mounting needs root: elsewhere [`Tmpfs::mount`] is `None` with a note, and
+/// under `CI=true` (where `.ci/run` runs as root) a failed mount is a failure.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`: `3m`, `96m`) readable by its owner only.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Some(Tmpfs { dir }),
+            outcome => {
+                let why = match outcome {
+                    Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("cannot mount a tmpfs under CI=true (the test needs root): {why}");
+                }
+                eprintln!("skipped: cannot mount a tmpfs (the test needs root): {why}");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with one file (dd stops at "No space left on device"); remove the
+    /// returned file to free the space.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.path().join("filler");
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: files a stopping server still holds must not keep the mount alive.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
