@@ -794,7 +794,7 @@ fn shell(command: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
     let Some(servers) = servers() else { return };
-    let Some(disk) = test_support::Tmpfs::mount("96m") else {
+    let Some(disk) = test_support::Tmpfs::mount("1g") else {
         return;
     };
     let rounds: u64 = std::env::var("FLOTILLA_CHAOS_ROUNDS")
