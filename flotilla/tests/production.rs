@@ -5,81 +5,16 @@ mod production_support;
 
 use std::time::{Duration, Instant};
 
-use production_support::{System, servers, wav};
+use production_support::{System, flows, servers, wav};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn media_and_blog_flows_work_across_processes_and_the_gateway_survives_an_upstream_outage() {
     let Some(servers) = servers() else { return };
     let mut system = System::start(&servers);
-    let token = system.login().await;
-
-    // Media: upload → converted by one of the two converters → one email → download.
-    let job_id = system.upload(&token, "tone.wav", wav(3)).await;
-    let job = system
-        .wait_for_job(&token, &job_id, Duration::from_secs(120))
-        .await;
-    assert_eq!(job["status"], "done", "{job}");
-    let fid = job["mp3_fid"].as_str().expect("mp3 fid").to_owned();
-    let mp3 = system
-        .client
-        .get(format!("{}/download?fid={fid}", system.gateway))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("download answers");
-    assert_eq!(mp3.status(), 200);
-    assert_eq!(mp3.headers()["content-type"], "audio/mpeg");
-    let bytes = mp3.bytes().await.expect("mp3 bytes");
-    assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while system.emails().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let emails = system.emails();
-    assert_eq!(emails.len(), 1, "{emails:#?}");
-    assert!(
-        emails[0].contains(&format!("mp3 file_id: {fid} is now ready!")),
-        "{}",
-        emails[0]
-    );
-
-    // Blog: post, comment, moderation, the read model.
-    let post: serde_json::Value = system
-        .client
-        .post(format!("{}/posts/create", system.gateway))
-        .json(&serde_json::json!({"title": "Across processes"}))
-        .send()
-        .await
-        .expect("post answers")
-        .json()
-        .await
-        .expect("json post");
-    let post_id = post["id"].as_str().expect("post id").to_owned();
-    let comment = system
-        .client
-        .post(format!("{}/posts/{post_id}/comments", system.gateway))
-        .json(&serde_json::json!({"content": "I like Orange juice"}))
-        .send()
-        .await
-        .expect("comment answers");
-    assert_eq!(comment.status(), 201);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let view: serde_json::Value = system
-            .client
-            .get(format!("{}/posts", system.gateway))
-            .send()
-            .await
-            .expect("query answers")
-            .json()
-            .await
-            .expect("json view");
-        if view[&post_id]["comments"][0]["status"] == "rejected" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "comment never moderated: {view}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let target = flows::Target::of(&system);
+    flows::media_flow(&target).await;
+    flows::blog_flow(&target).await;
+    drop(target);
 
     // An upstream goes away: the gateway answers quickly with 502/503, never hangs, and
     // recovers once the upstream is back.
@@ -118,7 +53,7 @@ async fn media_and_blog_flows_work_across_processes_and_the_gateway_survives_an_
             .expect("gateway answers");
         if response.status() == 200 {
             let view: serde_json::Value = response.json().await.expect("json view");
-            assert_eq!(view[&post_id]["title"], "Across processes");
+            assert_eq!(view.as_object().map(|posts| posts.len()), Some(1), "{view}");
             break;
         }
         assert!(Instant::now() < deadline, "the gateway never recovered");

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod flows;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
