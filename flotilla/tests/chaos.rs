@@ -1,18 +1,21 @@
 //! Chaos: production mode on this machine — every service its own process, two
-//! converters, RabbitMQ, PostgreSQL, an SMTP sink, blobs on a small disk — under a steady
-//! mixed load (uploads from several users, non-media files among them, posts, comments
-//! with and without the blocked word, downloads, logins), with one fault picked at random
-//! in each round: `kill -9` of a service (restarted as a supervisor would), SIGTERM
-//! during work, the broker restarted, PostgreSQL restarted, the SMTP sink down, the blob
-//! disk full, the network to the broker slowed or cut.
-//!
+//! converters, RabbitMQ, PostgreSQL, an SMTP sink — under a steady mixed load (uploads
+//! from several users, non-media files among them, posts, comments with and without the
+//! blocked word, downloads, logins), with one fault picked at random in each round:
+//! `kill -9` of a service (restarted as a supervisor would), SIGTERM during work, the
+//! broker restarted, PostgreSQL restarted, the SMTP sink down, the network to the broker
+//! slowed or cut (through a relay the services connect by). Two runs, one after the other:
+//! blobs on a small disk that also fills up now and then, and blobs on the S3-compatible
+//! server, whose link is slowed or cut too.
+
 //! When the load stops and the system settles, a checker that reads the databases, the
-//! maildir, the blob directory and the broker's queues — not the API — counts what was
+//! maildir, the blob store and the broker's queues — not the API — counts what was
 //! lost, duplicated or stuck. The last line:
 //!
 //! `chaos: R rounds, F faults, U uploads, C comments, lost 0, duplicate 0, stuck 0, unexpected dead letters 0`
 //!
-//! and a JSON report beside the processes' logs (kept when anything is non-zero).
+//! and a JSON report (`target/tmp/chaos/report-disk.json`, `report-s3.json`) beside the
+//! processes' logs (kept when anything is non-zero).
 //!
 //! Rounds: `FLOTILLA_CHAOS_ROUNDS` (default 20; `scripts/chaos.sh ROUNDS` runs the long
 //! form). Restarting the shared RabbitMQ and PostgreSQL happens only when
@@ -26,7 +29,7 @@ mod production_support;
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -60,6 +63,9 @@ const PROCESSES: [&str; 11] = [
 ];
 /// The word the moderation service rejects.
 const BLOCKED: &str = "orange";
+/// Emails the notification service hands over at once (its consumer's concurrency): what
+/// one `kill -9` can leave sent but unrecorded.
+const NOTIFICATION_IN_FLIGHT: u64 = 4;
 /// Poison messages the run publishes itself: the only dead letters expected.
 const POISON: u64 = 1;
 
@@ -221,6 +227,104 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// Where the run keeps its blobs, and the fault that store can suffer.
+enum Blobs {
+    /// A small disk (a tmpfs) that can fill up.
+    Disk(test_support::Tmpfs),
+    /// A bucket of the S3-compatible test server, reached through a relay that can slow
+    /// or cut the link.
+    S3 {
+        endpoint: String,
+        bucket: String,
+        relay: Relay,
+    },
+}
+
+impl Blobs {
+    /// `FLOTILLA_BLOB_URL` and what else the services need to use the store.
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Blobs::Disk(disk) => vec![(
+                "FLOTILLA_BLOB_URL".into(),
+                format!("file://{}", disk.path().display()),
+            )],
+            Blobs::S3 { bucket, relay, .. } => vec![
+                ("FLOTILLA_BLOB_URL".into(), format!("s3://{bucket}/blobs")),
+                ("AWS_ENDPOINT".into(), format!("http://{}", relay.address)),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "flotilla-test".into()),
+                (
+                    "AWS_SECRET_ACCESS_KEY".into(),
+                    "flotilla-test-secret".into(),
+                ),
+                ("AWS_REGION".into(), "us-east-1".into()),
+            ],
+        }
+    }
+
+    /// The names of the MP3 blobs (`mp3-…`) the store holds, read from the store itself.
+    async fn mp3_files(&self) -> Vec<String> {
+        match self {
+            Blobs::Disk(disk) => std::fs::read_dir(disk.path())
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|name| name.starts_with("mp3-"))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Blobs::S3 {
+                endpoint, bucket, ..
+            } => {
+                // ListObjectsV2, page by page, straight from the server.
+                let client = reqwest::Client::new();
+                let mut names = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let mut url = format!("{endpoint}/{bucket}?list-type=2&prefix=blobs%2Fmp3-");
+                    if let Some(token) = &token {
+                        let token = percent_encoding::utf8_percent_encode(
+                            token,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        );
+                        url.push_str(&format!("&continuation-token={token}"));
+                    }
+                    let page = client
+                        .get(url)
+                        .send()
+                        .await
+                        .expect("ListObjectsV2")
+                        .text()
+                        .await
+                        .expect("listing");
+                    names.extend(
+                        xml_values(&page, "Key")
+                            .into_iter()
+                            .map(|key| key.trim_start_matches("blobs/").to_owned()),
+                    );
+                    token = xml_values(&page, "NextContinuationToken")
+                        .into_iter()
+                        .next();
+                    if token.is_none() {
+                        return names;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The text of every `<tag>…</tag>` in `xml`.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(value, _)| value.to_owned()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -535,6 +639,9 @@ struct Findings {
     duplicate: u64,
     stuck: u64,
     unexpected_dead_letters: u64,
+    /// Emails handed to the SMTP server twice (same Message-ID) because notification was
+    /// killed between the hand-over and its record (see [`Checker::check`]).
+    resent_after_kill: u64,
     /// What each count is made of, in words.
     details: Vec<String>,
 }
@@ -562,7 +669,6 @@ impl Findings {
 
 struct Checker<'a> {
     system: &'a System,
-    blobs: &'a Path,
     smtp: &'a SmtpSink,
 }
 
@@ -600,7 +706,15 @@ impl Checker<'_> {
         finished && emails && queues_empty && moderated
     }
 
-    fn check(&self, ledger: &Ledger) -> Findings {
+    /// `mp3_files`: the MP3 blobs the store holds.
+    ///
+    /// `notification_kills`: how many times the notification service was `kill -9`ed. An
+    /// email the SMTP server accepted in the instant before the kill recorded it is sent
+    /// again after the restart, with the same Message-ID (which mail clients collapse);
+    /// SMTP has no way to ask the server whether it has one. Such resends are counted
+    /// apart, up to what the kills can explain (one per email in flight: the consumer's
+    /// concurrency); any other second copy is a duplicate.
+    fn check(&self, ledger: &Ledger, mp3_files: Vec<String>, notification_kills: u64) -> Findings {
         let mut findings = Findings::default();
 
         // Jobs: every accepted upload has one job that ended as its input deserves.
@@ -637,15 +751,7 @@ impl Checker<'_> {
         );
 
         // MP3s: exactly the done jobs' files, no more.
-        let files: Vec<String> = std::fs::read_dir(self.blobs)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.starts_with("mp3-"))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let files = mp3_files;
         let done_fids: Vec<&String> = jobs
             .values()
             .filter(|(status, _)| status == "done")
@@ -668,18 +774,31 @@ impl Checker<'_> {
             *emails.entry(id).or_default() += 1;
         }
         let mut no_email = 0;
+        let mut resent: Vec<(String, u64)> = Vec::new();
         for (job_id, (status, _)) in &jobs {
             if status == "done" || status == "failed" {
                 match emails.get(&format!("<mp3-{job_id}@flotilla.invalid>")) {
                     None => no_email += 1,
-                    Some(n) if *n > 1 => {
-                        findings.duplicate(n - 1, format!("emails for job {job_id}"));
-                    }
+                    Some(n) if *n > 1 => resent.push((job_id.clone(), n - 1)),
                     Some(_) => {}
                 }
             }
         }
         findings.lost(no_email, "finished jobs without an email".into());
+        let resends: u64 = resent.iter().map(|(_, n)| n).sum();
+        let explained = notification_kills * NOTIFICATION_IN_FLIGHT;
+        if resends > explained {
+            findings.duplicate(
+                resends - explained,
+                format!("emails sent twice, more than {notification_kills} kill -9 of notification explain: {resent:?}"),
+            );
+        }
+        findings.resent_after_kill = resends.min(explained);
+        if findings.resent_after_kill > 0 {
+            findings.details.push(format!(
+                "resent with the same Message-ID after a kill -9 of notification (at most {explained} possible): {resent:?}"
+            ));
+        }
 
         // Comments: each accepted one stored once, moderated as its words deserve, and
         // shown once in the query view.
@@ -779,6 +898,8 @@ enum Fault {
     DatabaseRestart,
     SmtpDown,
     BlobDiskFull,
+    BlobStoreDelay,
+    BlobStoreCut,
     BrokerDelay,
     BrokerCut,
 }
@@ -791,12 +912,56 @@ fn shell(command: &str) {
     assert!(status.success(), "`{command}` failed");
 }
 
+/// The two runs share the machine's servers: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
-    let Some(servers) = servers() else { return };
+async fn nothing_is_lost_duplicated_or_stuck_under_random_faults_with_blobs_on_disk() {
     let Some(disk) = test_support::Tmpfs::mount("1g") else {
         return;
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    chaos("disk", Blobs::Disk(disk)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_lost_duplicated_or_stuck_under_random_faults_with_blobs_on_s3() {
+    let Some(env) = production_support::s3_blobs().await else {
+        return;
+    };
+    let value = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .expect("an S3 setting")
+    };
+    let endpoint = value("AWS_ENDPOINT");
+    let bucket = value("FLOTILLA_BLOB_URL")
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .expect("a bucket")
+        .to_owned();
+    let server: SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the S3 server's host:port");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let relay = Relay::start(server).await;
+    chaos(
+        "s3",
+        Blobs::S3 {
+            endpoint,
+            bucket,
+            relay,
+        },
+    )
+    .await;
+}
+
+/// One chaos run with blobs in `blobs`; its report is `chaos/report-RUN.json`.
+async fn chaos(run: &str, blobs: Blobs) {
+    let Some(servers) = servers() else { return };
     let rounds: u64 = std::env::var("FLOTILLA_CHAOS_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -812,10 +977,13 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
         Fault::Kill9,
         Fault::Sigterm,
         Fault::SmtpDown,
-        Fault::BlobDiskFull,
         Fault::BrokerDelay,
         Fault::BrokerCut,
     ];
+    match &blobs {
+        Blobs::Disk(_) => faults.push(Fault::BlobDiskFull),
+        Blobs::S3 { .. } => faults.extend([Fault::BlobStoreDelay, Fault::BlobStoreCut]),
+    }
     let mut left_out = Vec::new();
     match &broker_restart {
         Some(_) => faults.push(Fault::BrokerRestart),
@@ -840,10 +1008,7 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
         &servers,
         Options {
             left_out: &[],
-            blob_env: Some(vec![(
-                "FLOTILLA_BLOB_URL".into(),
-                format!("file://{}", disk.path().display()),
-            )]),
+            blob_env: Some(blobs.env()),
             broker_address: Some(relay.address.to_string()),
             databases: Databases::Postgres,
             extra_env: vec![(
@@ -933,9 +1098,22 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
                 smtp.up();
             }
             Fault::BlobDiskFull => {
-                let filler = disk.fill();
-                std::thread::sleep(Duration::from_secs(3));
-                std::fs::remove_file(filler).expect("remove the filler");
+                if let Blobs::Disk(disk) = &blobs {
+                    let filler = disk.fill();
+                    std::thread::sleep(Duration::from_secs(3));
+                    std::fs::remove_file(filler).expect("remove the filler");
+                }
+            }
+            Fault::BlobStoreDelay | Fault::BlobStoreCut => {
+                if let Blobs::S3 { relay, .. } = &blobs {
+                    relay.set(if fault == Fault::BlobStoreCut {
+                        CUT
+                    } else {
+                        DELAY
+                    });
+                    std::thread::sleep(Duration::from_secs(3));
+                    relay.set(PASS);
+                }
             }
             Fault::BrokerDelay => {
                 relay.set(DELAY);
@@ -959,7 +1137,6 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
     // Settle, then judge.
     let checker = Checker {
         system: &system,
-        blobs: disk.path(),
         smtp: &smtp,
     };
     let settle_started = Instant::now();
@@ -972,7 +1149,11 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
     });
     let settle_seconds = settle_started.elapsed().as_secs_f64();
     let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
-    let mut findings = checker.check(&ledger);
+    let notification_kills = applied
+        .iter()
+        .filter(|(_, fault, target)| *fault == Fault::Kill9 && target == "notification")
+        .count() as u64;
+    let mut findings = checker.check(&ledger, blobs.mp3_files().await, notification_kills);
     let client = reqwest::Client::new();
     let mut not_ready = Vec::new();
     for name in PROCESSES {
@@ -1007,6 +1188,7 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
     let report = serde_json::json!({
         "summary": summary,
         "rounds": rounds,
+        "blobs": run,
         "faults": applied.iter().map(|(round, fault, target)| serde_json::json!({
             "round": round, "fault": fault, "target": target,
         })).collect::<Vec<_>>(),
@@ -1033,11 +1215,12 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
         "duplicate": findings.duplicate,
         "stuck": findings.stuck,
         "unexpected_dead_letters": findings.unexpected_dead_letters,
+        "resent_after_kill": findings.resent_after_kill,
         "details": findings.details,
     });
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     std::fs::create_dir_all(&out_dir).expect("report dir");
-    let report_path = out_dir.join("report.json");
+    let report_path = out_dir.join(format!("report-{run}.json"));
     std::fs::write(
         &report_path,
         serde_json::to_vec_pretty(&report).expect("report json"),
@@ -1051,12 +1234,12 @@ async fn nothing_is_lost_duplicated_or_stuck_under_random_faults() {
         // Keep every process's log beside the report.
         for name in PROCESSES {
             let _ = std::fs::write(
-                out_dir.join(format!("{name}.log")),
+                out_dir.join(format!("{run}-{name}.log")),
                 system.processes[name].log_text(),
             );
         }
     }
-    eprintln!("report: {}", report_path.display());
+    eprintln!("report (blobs on {run}): {}", report_path.display());
     eprintln!("{summary}");
     assert!(clean, "{summary}\n{:#?}", findings.details);
 }

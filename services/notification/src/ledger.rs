@@ -119,6 +119,20 @@ impl Ledger {
         }
     }
 
+    /// Gives up a claim whose send failed (the SMTP server was away or refused for now):
+    /// the next attempt takes it over at once, as a resend, instead of waiting for the
+    /// claim to age. Without this, an SMTP outage longer than a retry or two made every
+    /// retry see "in progress" until the message was dead-lettered — an email lost.
+    pub async fn release(&self, job_id: &str) -> Result<(), LedgerError> {
+        sqlx::query(self.db.sql(
+            "UPDATE notification_emails SET updated_at = 0 WHERE job_id = ? AND state = 'sending'",
+        ))
+        .bind(job_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Records that the job's email was handed over.
     pub async fn mark_sent(&self, job_id: &str) -> Result<(), LedgerError> {
         sqlx::query(
@@ -186,6 +200,24 @@ mod tests {
         assert_eq!(
             ledger.state("j1").await.expect("state").as_deref(),
             Some("sent")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_claim_is_taken_over_at_once() {
+        let (_dir, ledger) = ledger().await;
+        ledger.begin_sending("j3", "a@b.c").await.expect("claim");
+        ledger.release("j3").await.expect("release");
+        assert_eq!(
+            ledger.begin_sending("j3", "a@b.c").await.expect("claim"),
+            LedgerState::Resending
+        );
+        // A sent email stays sent.
+        ledger.mark_sent("j3").await.expect("sent");
+        ledger.release("j3").await.expect("release");
+        assert_eq!(
+            ledger.begin_sending("j3", "a@b.c").await.expect("claim"),
+            LedgerState::Sent
         );
     }
 

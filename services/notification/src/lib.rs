@@ -113,9 +113,14 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
     let consumer = Consumer::new(bus, Subscription::new(GROUP, MP3).with_prefetch(16))
         .concurrency(4)
-        .run(context.shutdown.clone(), move |message| {
+        .run_attempts(context.shutdown.clone(), move |message, attempt| {
             let notifier = notifier.clone();
-            async move { notifier.handle(&message).await }
+            async move {
+                if attempt.is_exhausted() {
+                    return notifier.settle_exhausted(&message, attempt).await;
+                }
+                notifier.handle(&message).await
+            }
         });
     context.tasks.spawn(async move {
         if let Err(error) = consumer.await {
@@ -151,6 +156,31 @@ fn is_link_base(url: &str) -> bool {
 }
 
 impl Notifier {
+    /// A delivery past its last attempt: the consumer stopped (or lost the broker) during
+    /// each try — or the last try sent the email and only its acknowledgement was lost.
+    /// The ledger knows which: a sent email is settled, anything else is dead-lettered
+    /// for an operator rather than tried forever.
+    pub async fn settle_exhausted(
+        &self,
+        message: &Message,
+        attempt: bus::Attempt,
+    ) -> Result<(), Nack> {
+        let finished: Mp3Message = message
+            .decode()
+            .map_err(|e| Nack::Reject(format!("bad {MP3} body: {e}")))?;
+        match self.ledger.state(&finished.job_id).await {
+            Ok(Some(state)) if state == "sent" => {
+                tracing::info!(job_id = %finished.job_id, "email already sent; its acknowledgement was lost");
+                Ok(())
+            }
+            Ok(_) => Err(Nack::Reject(format!(
+                "its handler never finished: the consumer stopped during each of its {} attempts",
+                attempt.max
+            ))),
+            Err(error) => Err(Nack::Retry(error.to_string())),
+        }
+    }
+
     /// Handles one `mp3` message (see the crate docs for the exactly-once reasoning).
     pub async fn handle(&self, message: &Message) -> Result<(), Nack> {
         let finished: Mp3Message = message
@@ -178,7 +208,14 @@ impl Notifier {
         match self.sender.send(&finished.job_id, &email).await {
             Ok(()) => {}
             Err(error) if error.is_permanent() => return Err(Nack::Reject(error.to_string())),
-            Err(error) => return Err(retry(&error)),
+            Err(error) => {
+                // Not sent (or not known to be): let the retry take the claim at once.
+                if let Err(release) = self.ledger.release(&finished.job_id).await {
+                    tracing::warn!(job_id = %finished.job_id, error = %release,
+                        "could not release the email claim; the retry waits for it to age");
+                }
+                return Err(retry(&error));
+            }
         }
         self.ledger
             .mark_sent(&finished.job_id)

@@ -230,3 +230,68 @@ async fn an_unreachable_smtp_server_is_retried_not_dropped() {
         Some("sending")
     );
 }
+
+#[tokio::test]
+async fn a_send_that_failed_is_retried_at_once_and_sent_when_the_server_returns() {
+    let Some((url, maildir)) = smtp_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let away = Sender::new(
+        Some(&format!("smtp://127.0.0.1:{port}")),
+        &dir.path().join("mail"),
+    )
+    .expect("smtp sender");
+    let notifier_away = notifier(dir.path(), away).await;
+    let job_id = unique_job();
+    let message = bus::Message::json(MP3, &done(&job_id)).expect("encode");
+    // The server is away for two attempts in a row: each retry tries the server again
+    // rather than finding its own failed attempt "in progress" (which used to exhaust
+    // the attempts and dead-letter the email).
+    for attempt in 1..=2 {
+        match notifier_away.handle(&message).await {
+            Err(bus::Nack::Retry(reason)) => assert!(
+                reason.contains("SMTP server"),
+                "attempt {attempt}: {reason}"
+            ),
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+    // The server is back: the next attempt sends, once.
+    let back = Sender::new(Some(&url), &dir.path().join("mail")).expect("smtp sender");
+    let notifier_back = notifier(dir.path(), back).await;
+    notifier_back.handle(&message).await.expect("sent");
+    notifier_back
+        .handle(&message)
+        .await
+        .expect("redelivery skipped");
+    assert_eq!(maildir_messages(Path::new(&maildir), &job_id).len(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_past_its_last_attempt_is_settled_by_the_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sender = Sender::new(None, &dir.path().join("mail")).expect("file sender");
+    let notifier = notifier(dir.path(), sender).await;
+    let past_last = bus::Attempt { number: 6, max: 5 };
+
+    // Sent on the last attempt, but its acknowledgement was lost: settled, not dead.
+    let sent = bus::Message::json(MP3, &done(&unique_job())).expect("encode");
+    notifier.handle(&sent).await.expect("sent");
+    notifier
+        .settle_exhausted(&sent, past_last)
+        .await
+        .expect("a sent email is settled");
+
+    // Never sent: dead-lettered for an operator.
+    let unsent = bus::Message::json(MP3, &done(&unique_job())).expect("encode");
+    assert!(matches!(
+        notifier.settle_exhausted(&unsent, past_last).await,
+        Err(bus::Nack::Reject(_))
+    ));
+}
