@@ -163,7 +163,10 @@ function setUpUpload() {
 
   const showChosen = () => {
     const file = input.files[0];
-    setText(chosen, file ? `${file.name} (${formatBytes(file.size)})` : "No file chosen");
+    setText(
+      chosen,
+      file ? `Ready to upload: ${file.name} (${formatBytes(file.size)})` : "Choose a video, or drop one here.",
+    );
   };
   input.addEventListener("change", showChosen);
   showChosen();

@@ -176,7 +176,7 @@ fn sse<S>(events: S, shutdown: CancellationToken) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let ready = futures::stream::once(async { Ok(Event::default().event("ready").data("")) });
+    let ready = futures::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let events = ready
         .chain(events)
         .take_until(async move { shutdown.cancelled().await });
@@ -191,7 +191,7 @@ where
 }
 
 fn resync() -> Event {
-    Event::default().event("resync").data("")
+    Event::default().event("resync").data("{}")
 }
 
 /// The client's address (absent when the router is called without a connection, as
@@ -263,7 +263,7 @@ impl Hub {
             // Whatever happened while it was down is unknown: everyone reads again.
             let _ = self.sender.send(Arc::new(LiveEvent {
                 name: "resync".into(),
-                data: String::new(),
+                data: "{}".into(),
             }));
         }
         *opened_before = true;

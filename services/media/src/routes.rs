@@ -326,14 +326,14 @@ async fn stream_jobs(State(state): State<Arc<MediaState>>, caller: Caller) -> Re
                         .event("job")
                         .json_data(JobView::for_caller(&caller, &job)),
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => Ok(Event::default().event("resync").data("")),
+                    Err(RecvError::Lagged(_)) => Ok(Event::default().event("resync").data("{}")),
                     Err(RecvError::Closed) => return None,
                 };
                 return Some((event, receiver));
             }
         }
     });
-    let ready = futures::stream::once(async { Ok(Event::default().event("ready").data("")) });
+    let ready = futures::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let events = ready.chain(events);
     let events = futures::StreamExt::take_until(events, async move { shutdown.cancelled().await });
     Sse::new(events)

@@ -495,18 +495,18 @@ async fn stream_changes(State(state): State<AppState>) -> Response {
                 };
                 match data {
                     Ok(data) => Event::default().event(event.event_type()).data(data),
-                    Err(_) => Event::default().event("resync").data(""),
+                    Err(_) => Event::default().event("resync").data("{}"),
                 }
             }
             Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
-                Event::default().event("resync").data("")
+                Event::default().event("resync").data("{}")
             }
             Err(RecvError::Closed) => return None,
         };
         Some((Ok::<_, std::convert::Infallible>(event), receiver))
     });
     let ready = futures::stream::once(async {
-        Ok::<_, std::convert::Infallible>(Event::default().event("ready").data(""))
+        Ok::<_, std::convert::Infallible>(Event::default().event("ready").data("{}"))
     });
     let shutdown = state.shutdown.clone();
     let events = ready
