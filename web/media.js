@@ -31,6 +31,7 @@ function start() {
   stream = null;
   rows.clear();
   $("jobs").replaceChildren();
+  feedback($("upload-feedback"), "");
   const user = session.user;
   $("media").hidden = !user;
   $("media-teaser").hidden = !!user;

@@ -90,10 +90,10 @@ class Run:
         if message.type == "error" and not self.allowed_errors.search(message.text):
             self.console_errors.append((self.step, message.text))
 
-    def shot(self, name):
+    def shot(self, name, full_page=True):
         self.shots += 1
         path = os.path.join(self.args.out, f"{self.shots:02d}-{name}.png")
-        self.page.screenshot(path=path, full_page=True)
+        self.page.screenshot(path=path, full_page=full_page)
         print(f"  screenshot {path}")
 
     def begin(self, step):
@@ -246,7 +246,8 @@ class Run:
         page.set_viewport_size({"width": 390, "height": 844})
         page.wait_for_timeout(300)
         self.assert_no_horizontal_scroll()
-        self.shot("phone-390px")
+        page.locator("article.post", has_text=long_word[:50]).scroll_into_view_if_needed()
+        self.shot("phone-390px", full_page=False)
         page.set_viewport_size({"width": 1280, "height": 900})
 
         self.begin("the admin sees every user's jobs, with the owner")
