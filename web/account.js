@@ -66,8 +66,11 @@ export function mountAccount() {
   render();
 }
 
+let expiry = null;
+
 // Logged out: the form. Logged in: the account and Log out.
 function render() {
+  clearTimeout(expiry);
   const user = session.user;
   $("login-form").hidden = !!user;
   $("account-info").hidden = !user;
@@ -78,6 +81,10 @@ function render() {
     setText($("account-email"), user.email);
     setText($("account-role"), user.admin ? "Administrator: you see every user's jobs." : "");
     if (document.activeElement === document.body || !document.activeElement) $("logout").focus();
+    // The token's own end: back to login then, not at the next failed call.
+    const left = user.exp * 1000 - Date.now();
+    if (left <= 0) session.expire("Your session has expired. Please log in again.");
+    else if (left < 2 ** 31) expiry = setTimeout(() => session.expire("Your session has expired. Please log in again."), left);
   } else {
     setText($("who"), "");
   }

@@ -7,6 +7,7 @@ Each step saves a screenshot in DIR. Exits non-zero (with the failed step) on an
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -271,7 +272,15 @@ class Run:
 
         self.begin("an invalid token returns the user to login with a message")
         self.allowed_errors = re.compile(r"status of 401")
-        page.evaluate("sessionStorage.setItem('flotilla-token', 'eyJhbGciOiJFZERTQSJ9.eyJ1c2VybmFtZSI6Im1lQGV4YW1wbGUuY29tIiwiYWRtaW4iOmZhbHNlLCJleHAiOjF9.c2lnbmF0dXJl')")
+        # Well-formed, unexpired by its claims, but not signed by auth: the server refuses it.
+        forged = ".".join(
+            base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+            for part in (
+                {"alg": "EdDSA", "typ": "JWT"},
+                {"sub": "x", "username": "me@example.com", "admin": False, "exp": 4102444800},
+            )
+        ) + ".c2lnbmF0dXJl"
+        page.evaluate("token => sessionStorage.setItem('flotilla-token', token)", forged)
         page.reload()
         expect(page.get_by_role("button", name="Log in", exact=True)).to_be_visible()
         expect(page.locator("#banner.error")).to_contain_text("log in again")

@@ -461,3 +461,33 @@ mod tests {
         assert!(streams.open(b).is_ok(), "a slot was freed");
     }
 }
+
+/// The live routes in the OpenAPI description (`openapi.rs` lists them).
+pub(crate) mod doc {
+    /// The blog's changes as Server-Sent Events: `ready`, then `PostCreated`,
+    /// `CommentCreated`, `CommentUpdated` (a moderation decision; `data` is the event's
+    /// JSON) and `resync` (read `GET /posts` again); a comment line every 15 s.
+    #[utoipa::path(
+        get, path = "/live/blog", tag = "live",
+        responses(
+            (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+            (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", content_type = "application/problem+json"),
+        )
+    )]
+    pub(crate) fn live_blog() {}
+
+    /// The caller's conversion jobs as Server-Sent Events: `ready`, then `job` (the job
+    /// as `GET /jobs/{id}` shows it, with `owner` for an admin, who sees every user's)
+    /// each time one changes status, `resync` (list `GET /jobs` again); a comment line
+    /// every 15 s. Send the token in `Authorization` (read the stream with `fetch`).
+    #[utoipa::path(
+        get, path = "/live/jobs", tag = "live",
+        security(("bearer" = [])),
+        responses(
+            (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+            (status = 401, description = "No valid Bearer token", content_type = "application/problem+json"),
+            (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", content_type = "application/problem+json"),
+        )
+    )]
+    pub(crate) fn live_jobs() {}
+}
