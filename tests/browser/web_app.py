@@ -296,6 +296,17 @@ class Run:
         assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp, csp
         assert "etag" in response.headers
 
+        self.begin("the server goes away: the page says so and keeps trying")
+        page.get_by_label("Email", exact=True).fill("still typing@example.com")
+        # tests/tests/web_ui.rs stops the system when this file appears.
+        open(os.path.join(self.args.out, "stop-now"), "w").close()
+        self.allowed_errors = re.compile(r"ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_CONNECTION_RESET")
+        expect(page.locator("#connection")).to_have_text(re.compile("Reconnecting|unreachable"), timeout=30_000)
+        expect(page.locator("#connection")).to_have_text("Server unreachable — retrying", timeout=30_000)
+        expect(page.locator("#offline")).to_be_visible()
+        assert page.get_by_label("Email", exact=True).input_value() == "still typing@example.com"
+        self.shot("server-unreachable")
+
         self.begin("nothing left the origin; no console errors")
         assert not self.foreign, f"requests left the origin: {self.foreign}"
         assert not self.console_errors, f"console errors: {self.console_errors}"

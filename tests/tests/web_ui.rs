@@ -69,6 +69,15 @@ async fn the_web_app_works_in_a_real_browser() {
     let out = output_dir();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/web_app.py");
     let url = system.url("/");
+
+    // The script's last step needs the server gone: it asks by creating `stop-now`.
+    let stop_now = out.join("stop-now");
+    let stopper = tokio::spawn(async move {
+        while !stop_now.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        system.stop().await
+    });
     let run = tokio::process::Command::new("python3")
         .arg(&script)
         .arg("--url")
@@ -95,5 +104,5 @@ async fn the_web_app_works_in_a_real_browser() {
         out.display()
     );
     assert!(stdout.contains("all browser checks passed"), "{stdout}");
-    system.stop().await.expect("clean stop");
+    stopper.await.expect("the stopper ran").expect("clean stop");
 }

@@ -120,7 +120,7 @@ struct LiveState {
 async fn blog_stream(State(state): State<LiveState>, request: Request) -> Response {
     let slot = match state.streams.open(client_ip(&request)) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let receiver = state.hub.subscribe();
     let events = futures::stream::unfold((receiver, slot), |(mut receiver, slot)| async move {
@@ -138,7 +138,7 @@ async fn blog_stream(State(state): State<LiveState>, request: Request) -> Respon
 async fn jobs_stream(State(state): State<LiveState>, request: Request) -> Response {
     let slot = match state.streams.open(client_ip(&request)) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     // The caller's own request (its token, its verified caller, its address) with the
     // upstream's path: the upstream checks it as it checks any other.
@@ -363,7 +363,7 @@ struct OpenStreams {
 
 impl OpenStreams {
     /// A slot for one more stream of `client`, or the 503 that refuses it.
-    fn open(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Response> {
+    fn open(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refused> {
         let mut by_client = self
             .by_client
             .lock()
@@ -371,13 +371,10 @@ impl OpenStreams {
         let total: usize = by_client.values().sum();
         let mine = by_client.get(&client).copied().unwrap_or(0);
         if total >= self.caps.total {
-            return Err(refuse("too many live streams are open; try again shortly"));
+            return Err(Refused::Total);
         }
         if mine >= self.caps.per_client {
-            return Err(refuse(format!(
-                "at most {} live streams per client; close another tab",
-                self.caps.per_client
-            )));
+            return Err(Refused::PerClient(self.caps.per_client));
         }
         *by_client.entry(client).or_insert(0) += 1;
         Ok(Slot {
@@ -387,11 +384,26 @@ impl OpenStreams {
     }
 }
 
-fn refuse(detail: impl Into<String>) -> Response {
-    metrics::counter!("gateway_live_streams_refused_total").increment(1);
-    Problem::service_unavailable(detail)
-        .with_retry_after(5)
-        .into_response()
+/// Why a stream was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Total,
+    PerClient(usize),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        metrics::counter!("gateway_live_streams_refused_total").increment(1);
+        let detail = match self {
+            Refused::Total => "too many live streams are open; try again shortly".to_owned(),
+            Refused::PerClient(cap) => {
+                format!("at most {cap} live streams per client; close another tab")
+            }
+        };
+        Problem::service_unavailable(detail)
+            .with_retry_after(5)
+            .into_response()
+    }
 }
 
 /// One open stream; closing it (dropping the response body) frees the slot.
@@ -452,11 +464,11 @@ mod tests {
         let first = streams.open(a).expect("first");
         let _second = streams.open(a).expect("second");
         assert_eq!(
-            streams.open(a).expect_err("third of a").status(),
-            http::StatusCode::SERVICE_UNAVAILABLE
+            streams.open(a).expect_err("third of a"),
+            Refused::PerClient(2)
         );
         let _third = streams.open(b).expect("b's first");
-        assert!(streams.open(b).is_err(), "over the total");
+        assert_eq!(streams.open(b).expect_err("over the total"), Refused::Total);
         drop(first);
         assert!(streams.open(b).is_ok(), "a slot was freed");
     }
@@ -464,6 +476,8 @@ mod tests {
 
 /// The live routes in the OpenAPI description (`openapi.rs` lists them).
 pub(crate) mod doc {
+    // Only their generated `__path_*` types are used, by the `OpenApi` derive.
+    #![allow(dead_code)]
     /// The blog's changes as Server-Sent Events: `ready`, then `PostCreated`,
     /// `CommentCreated`, `CommentUpdated` (a moderation decision; `data` is the event's
     /// JSON) and `resync` (read `GET /posts` again); a comment line every 15 s.
