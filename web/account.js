@@ -59,7 +59,7 @@ export function mountAccount() {
   session.subscribe((change) => {
     if (change.kind === "expired") {
       banner(change.message, "error");
-      feedback(message, change.message, "error");
+      feedback(message, "");
     }
     render();
   });
