@@ -214,3 +214,76 @@ async fn the_blog_stream_crosses_processes() {
     gateway.stop().await.expect("clean stop");
     query.stop().await.expect("clean stop");
 }
+
+/// With auth, media and the gateway each in its own process, a user's job stream is
+/// media's `GET /jobs/stream` over HTTP, authorised by the user's token (which media
+/// checks itself against auth's keys): the upload's `queued` job arrives on it, and
+/// another user's stream does not see it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_job_stream_crosses_processes_with_the_callers_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let auth =
+        test_support::spawn_service(flotilla::ServiceName::Auth, &dir.path().join("a")).await;
+    let auth_url = flotilla::parse_upstream_url(&auth.url("")).expect("url");
+    let mut services = flotilla::ServiceArgs::default();
+    services.media.auth_url = Some(auth.url(""));
+    let media = test_support::spawn_served(flotilla::ServeArgs {
+        service: flotilla::ServiceName::Media,
+        server: test_support::server_args(&dir.path().join("m")),
+        database_url: None,
+        gateway: Default::default(),
+        services,
+        allow_embedded: true,
+    })
+    .await;
+    let upstreams = flotilla::GatewayArgs {
+        auth_url: Some(auth_url),
+        media_url: Some(flotilla::parse_upstream_url(&media.url("")).expect("url")),
+        ..Default::default()
+    };
+    let gateway = test_support::spawn_gateway(upstreams, &dir.path().join("g")).await;
+
+    let token = media_support::new_user(&gateway, "streamer@example.com").await;
+    let other = media_support::new_user(&gateway, "other@example.com").await;
+    let stream_of = |token: String| {
+        let gateway = &gateway;
+        async move {
+            let response = gateway
+                .client
+                .get(gateway.url("/live/jobs"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), StatusCode::OK);
+            response
+        }
+    };
+    let mut mine = stream_of(token.clone()).await;
+    let mut theirs = stream_of(other).await;
+    let mut seen = String::new();
+    read_until(&mut mine, &mut seen, &["event: ready"]).await;
+    let mut their_seen = String::new();
+    read_until(&mut theirs, &mut their_seen, &["event: ready"]).await;
+
+    let file = dir.path().join("clip.webm");
+    std::fs::write(&file, b"not really a video").expect("fixture");
+    let job = media_support::upload_job(&gateway, &token, &file).await;
+    read_until(
+        &mut mine,
+        &mut seen,
+        &["event: job", &job, "\"queued\"", "clip.webm"],
+    )
+    .await;
+    // The other user's stream carries nothing of it (a keep-alive at most).
+    if let Ok(Ok(Some(chunk))) =
+        tokio::time::timeout(Duration::from_millis(500), theirs.chunk()).await
+    {
+        their_seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!their_seen.contains(&job), "{their_seen}");
+    drop((mine, theirs));
+    gateway.stop().await.expect("clean stop");
+    media.stop().await.expect("clean stop");
+    auth.stop().await.expect("clean stop");
+}
