@@ -267,7 +267,8 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         };
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
-    let entry = gateway::build(upstreams, &args.services.gateway).into_entry(shutdown.clone());
+    let entry = gateway::build_with_shutdown(upstreams, &args.services.gateway, shutdown.clone())
+        .into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(0);
     let limits = connection_limits(&args.server, true);
     start(
@@ -452,7 +453,11 @@ async fn build_service(
     let app = match name {
         ServiceName::Gateway => {
             let urls = gateway_args.cloned().unwrap_or_default();
-            gateway::build(urls.upstreams(&args.gateway.policy()), &args.gateway)
+            gateway::build_with_shutdown(
+                urls.upstreams(&args.gateway.policy()),
+                &args.gateway,
+                context.shutdown.clone(),
+            )
         }
         ServiceName::Auth => auth::build(context, &args.auth).await?,
         ServiceName::Media => media::build(context, &args.media).await?,

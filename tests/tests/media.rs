@@ -47,9 +47,10 @@ async fn the_reference_flow_uploads_emails_and_downloads_an_mp3() {
         .expect("download");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "audio/mpeg");
+    // Named after the upload (video.mp4 → video.mp3), not after the fid.
     assert_eq!(
         response.headers()["content-disposition"],
-        format!("attachment; filename=\"{fid}.mp3\"")
+        "attachment; filename=\"video.mp3\"; filename*=UTF-8''video.mp3"
     );
     assert_eq!(response.headers()["accept-ranges"], "bytes");
     let mp3 = response.bytes().await.expect("mp3 bytes");

@@ -10,6 +10,7 @@ mod auth;
 mod cors;
 mod discovery;
 mod inprocess;
+mod live;
 mod openapi;
 mod pool;
 mod ratelimit;
@@ -118,6 +119,16 @@ pub struct Args {
     /// 0 checks every signature.
     #[arg(long, env = "FLOTILLA_GATEWAY_TOKEN_CACHE", default_value_t = DEFAULT_TOKEN_CACHE)]
     pub gateway_token_cache: usize,
+    /// Live streams (`/live/blog`, `/live/jobs`) open at once, in total; beyond it new
+    /// ones are refused with 503. In `serve`, each `/live/jobs` stream holds one request
+    /// to media, counted against `FLOTILLA_GATEWAY_MAX_IN_FLIGHT`.
+    #[arg(long, env = "FLOTILLA_GATEWAY_MAX_STREAMS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_streams: u32,
+    /// Live streams open at once from one client address (a browser tab opens two).
+    #[arg(long, env = "FLOTILLA_GATEWAY_MAX_STREAMS_PER_CLIENT", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_max_streams_per_client: u32,
 }
 
 /// Verified tokens the gateway remembers by default.
@@ -135,6 +146,8 @@ impl Default for Args {
             gateway_resolve_interval: Duration::from_secs(5),
             gateway_cors_origins: vec![DEFAULT_CORS_ORIGINS.to_owned()],
             gateway_token_cache: DEFAULT_TOKEN_CACHE,
+            gateway_max_streams: 512,
+            gateway_max_streams_per_client: 8,
         }
     }
 }
@@ -201,6 +214,16 @@ impl GatewayArgs {
 /// answer 503 with `Retry-After` — one service's outage must not take every gateway
 /// instance out of the load balancer, and login with it.
 pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
+    build_with_shutdown(upstreams, args, tokio_util::sync::CancellationToken::new())
+}
+
+/// [`build`], with the token whose cancellation ends the live streams (`live.rs`):
+/// they never end on their own and would otherwise hold the drain to its timeout.
+pub fn build_with_shutdown(
+    upstreams: Upstreams,
+    args: &Args,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> ServiceApp {
     let mut readiness = Readiness::new();
     for name in upstreams.names() {
         let Some(upstream) = upstreams.get(name).cloned() else {
@@ -226,7 +249,21 @@ pub fn build(upstreams: Upstreams, args: &Args) -> ServiceApp {
         limiter,
         args.gateway_trusted_proxies.clone().into(),
     );
-    let routes = table.router().merge(web::routes()).merge(openapi::routes());
+    let live = live::routes(
+        routes::upstream_of(&upstreams, "query"),
+        routes::upstream_of(&upstreams, "media"),
+        table.verifier(),
+        live::StreamCaps {
+            total: args.gateway_max_streams as usize,
+            per_client: args.gateway_max_streams_per_client as usize,
+        },
+        shutdown,
+    );
+    let routes = table
+        .router()
+        .merge(table.guard(live))
+        .merge(web::routes())
+        .merge(openapi::routes());
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)

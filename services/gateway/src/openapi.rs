@@ -26,10 +26,13 @@ pub(crate) fn routes() -> Router {
         title = "Flotilla",
         description = "The public API of Flotilla, served by the gateway. Errors are RFC 9457 `application/problem+json`."
     ),
-    paths(signup, login, validate, jwks),
+    paths(signup, login, validate, jwks, crate::live::doc::live_blog, crate::live::doc::live_jobs),
     components(schemas(Credentials, Account, Claims, Problem, JwkSet, Jwk)),
     modifiers(&SecuritySchemes),
-    tags((name = "auth", description = "Accounts and access tokens"))
+    tags(
+        (name = "auth", description = "Accounts and access tokens"),
+        (name = "live", description = "Server-Sent Events for the web app: blog changes and a user's jobs"),
+    )
 )]
 pub struct ApiDoc;
 
@@ -171,7 +174,14 @@ mod tests {
     #[test]
     fn the_description_names_every_auth_route() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
-        for path in ["/signup", "/login", "/validate", "/.well-known/jwks.json"] {
+        for path in [
+            "/signup",
+            "/login",
+            "/validate",
+            "/.well-known/jwks.json",
+            "/live/blog",
+            "/live/jobs",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         assert_eq!(

@@ -135,6 +135,29 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// The verifier of Bearer tokens the table's guards use.
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// `router` behind what every route of the table has in front: the client resolved
+    /// from trusted proxies, then the per-client rate limit.
+    pub(crate) fn guard(&self, mut router: Router) -> Router {
+        if let Some(limiter) = &self.limiter {
+            router = router.route_layer(middleware::from_fn_with_state(
+                limiter.clone(),
+                crate::ratelimit::enforce,
+            ));
+        }
+        if !self.proxies.is_empty() {
+            router = router.route_layer(middleware::from_fn_with_state(
+                self.proxies.clone(),
+                adopt_client,
+            ));
+        }
+        router
+    }
+
     /// The table as an axum router.
     pub(crate) fn router(&self) -> Router {
         let mut router = Router::new();
@@ -214,7 +237,7 @@ async fn adopt_client(
     next.run(request).await
 }
 
-fn upstream_of(upstreams: &Upstreams, name: &'static str) -> Upstream {
+pub(crate) fn upstream_of(upstreams: &Upstreams, name: &'static str) -> Upstream {
     match upstreams.get(name) {
         Some(upstream) => upstream.clone(),
         None => not_configured(name),

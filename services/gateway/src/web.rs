@@ -1,4 +1,5 @@
-//! The web UI (`GET /`): static files from `web/`, embedded in the binary at build time,
+//! The web UI (`GET /`): static files from `web/`, embedded in the binary at build time (native
+//! ES modules, a stylesheet and an SVG favicon, no build step),
 //! served with a strict Content-Security-Policy (scripts and styles from this origin
 //! only, no inline code) and revalidated with ETags.
 
@@ -22,6 +23,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 pub fn routes() -> Router {
     Router::new()
         .route("/", get(|headers: HeaderMap| async move { asset("index.html", &headers) }))
+        .route(
+            "/favicon.ico",
+            get(|headers: HeaderMap| async move { asset("favicon.svg", &headers) }),
+        )
         .route(
             "/ui/{file}",
             get(|Path(file): Path<String>, headers: HeaderMap| async move { asset(&file, &headers) }),

@@ -369,6 +369,13 @@ async fn the_web_ui_is_served_with_a_strict_content_security_policy() {
         .expect("sent");
     assert_eq!(cached.status(), 304);
 
+    // The favicon, where the page links it and where browsers look without a link.
+    for path in ["/ui/favicon.svg", "/favicon.ico"] {
+        let icon = gw.get(path).await;
+        assert_eq!(icon.status(), 200, "{path}");
+        assert_eq!(icon.headers()["content-type"], "image/svg+xml", "{path}");
+    }
+
     let missing = gw.get("/ui/nope.js").await;
     assert_eq!(missing.status(), 404);
     assert_eq!(

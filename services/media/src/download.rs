@@ -163,3 +163,71 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-"), size), Whole);
     }
 }
+
+/// `Content-Disposition` for the MP3 of an upload named `source`: `sample.mp4` →
+/// `sample.mp3` (RFC 6266: an ASCII `filename` for old clients, the exact name as
+/// UTF-8 in `filename*`).
+pub fn attachment(source: &str) -> String {
+    // Only the last path segment: a browser's file name never has one, a client's might.
+    let base = source.rsplit(['/', '\\']).next().unwrap_or(source);
+    let stem = match base.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => base,
+    };
+    let stem = if stem.trim().is_empty() {
+        "audio"
+    } else {
+        stem
+    };
+    let name = format!("{stem}.mp3");
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    /// RFC 5987's attr-char: what `filename*` may carry unescaped.
+    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{}",
+        percent_encoding::utf8_percent_encode(&name, ATTR)
+    )
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::attachment;
+
+    #[test]
+    fn the_mp3_is_named_after_the_source() {
+        assert_eq!(
+            attachment("sample.mp4"),
+            "attachment; filename=\"sample.mp3\"; filename*=UTF-8''sample.mp3"
+        );
+        assert_eq!(
+            attachment("../a/été \"x\".webm"),
+            "attachment; filename=\"_t_ _x_.mp3\"; filename*=UTF-8''%C3%A9t%C3%A9%20%22x%22.mp3"
+        );
+        assert_eq!(
+            attachment(".hidden"),
+            "attachment; filename=\".hidden.mp3\"; filename*=UTF-8''.hidden.mp3"
+        );
+        assert!(attachment("a\r\nb.mp4").starts_with("attachment; filename=\"a__b.mp3\""));
+    }
+}

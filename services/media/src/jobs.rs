@@ -53,6 +53,9 @@ pub struct Job {
     pub duration_secs: Option<f64>,
     #[serde(skip)]
     pub owner_id: String,
+    /// The owner's email, shown to admins only (see `routes::JobView`).
+    #[serde(skip)]
+    pub owner_email: String,
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
@@ -75,7 +78,7 @@ pub struct JobStore {
     db: Database,
 }
 
-const COLUMNS: &str = "id, owner_id, video_fid, filename, size_bytes, status, mp3_fid, error, \
+const COLUMNS: &str = "id, owner_id, owner_email, video_fid, filename, size_bytes, status, mp3_fid, error, \
      duration_secs, created_at, updated_at";
 
 impl JobStore {
@@ -140,6 +143,28 @@ impl JobStore {
              ORDER BY created_at DESC, id DESC LIMIT ?"
         )))
         .bind(owner_id)
+        .bind(created_at)
+        .bind(created_at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Every user's jobs (an admin's listing), newest first, paged like
+    /// [`Self::list_for_owner`].
+    pub async fn list_all(
+        &self,
+        limit: i64,
+        before: Option<&Job>,
+    ) -> Result<Vec<Job>, StorageError> {
+        let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
+        let rows = sqlx::query(self.db.sql(format!(
+            "SELECT {COLUMNS} FROM media_jobs \
+             WHERE (created_at < ? OR (created_at = ? AND id < ?)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?"
+        )))
         .bind(created_at)
         .bind(created_at)
         .bind(id)
@@ -237,6 +262,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StorageError> {
     Ok(Job {
         job_id: row.try_get("id")?,
         owner_id: row.try_get("owner_id")?,
+        owner_email: row.try_get("owner_email")?,
         status,
         video_fid: row.try_get("video_fid")?,
         mp3_fid: row.try_get("mp3_fid")?,

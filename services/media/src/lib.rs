@@ -73,10 +73,13 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     )
     .await?;
     let jobs = JobStore::new(db.clone());
+    // Bounded: a live stream that falls this far behind is told to resync instead.
+    let (changes, _) = tokio::sync::broadcast::channel(routes::LIVE_BUFFER);
     events::spawn(
         bus,
         jobs.clone(),
         bus::Inbox::new(&db),
+        changes.clone(),
         &context.tasks,
         context.shutdown.clone(),
     );
@@ -86,6 +89,8 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         blobs,
         publisher,
         max_upload_bytes: args.max_upload_bytes,
+        changes,
+        shutdown: context.shutdown.clone(),
     });
     let verifier = Verifier::new(jwks_source(args.auth_url.as_deref())?);
     let routes = routes::router(state).layer(verifier.layer());

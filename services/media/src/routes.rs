@@ -5,6 +5,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use futures::StreamExt as _;
+
 use axum::{
     Json, Router,
     body::Body,
@@ -42,6 +44,33 @@ pub struct MediaState {
     /// The `video` message is enqueued with the job row and goes out after the commit.
     pub publisher: bus::OutboxPublisher,
     pub max_upload_bytes: u64,
+    /// Jobs that changed in this instance, for `GET /jobs/stream`.
+    pub changes: crate::events::Changes,
+    /// Ends the live streams when the service stops (they would hold the drain).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Job changes a live stream may fall behind by before it is sent `resync`.
+pub const LIVE_BUFFER: usize = 256;
+/// A comment line on an idle live stream, so proxies and the gateway see it alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A job as a listing shows it: with its owner's email for an admin.
+#[derive(Debug, Serialize)]
+struct JobView<'a> {
+    #[serde(flatten)]
+    job: &'a Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+}
+
+impl<'a> JobView<'a> {
+    fn for_caller(caller: &Caller, job: &'a Job) -> Self {
+        Self {
+            job,
+            owner: caller.admin.then_some(job.owner_email.as_str()),
+        }
+    }
 }
 
 pub fn router(state: Arc<MediaState>) -> Router {
@@ -59,6 +88,10 @@ pub fn router(state: Arc<MediaState>) -> Router {
         )
         .route("/jobs", get(list_jobs).layer(limited(DEFAULT_TIMEOUT)))
         .route("/jobs/{id}", get(get_job).layer(limited(DEFAULT_TIMEOUT)))
+        .route(
+            "/jobs/stream",
+            get(stream_jobs).layer(limited(DEFAULT_TIMEOUT)),
+        )
         .route(
             "/download",
             get(download_mp3).layer(limited(DEFAULT_TIMEOUT)),
@@ -108,6 +141,7 @@ async fn upload_video(
         return Err(Problem::internal(&error));
     }
     tracing::info!(%job_id, %video_fid, bytes = file.size, "video uploaded");
+    crate::events::announce(&state.jobs, &state.changes, &job_id).await;
     metrics::counter!("media_uploads_total").increment(1);
     metrics::counter!("media_upload_bytes_total").increment(file.size);
 
@@ -164,11 +198,14 @@ fn accepts_json(headers: &HeaderMap) -> bool {
         .any(|value| value.contains("application/json"))
 }
 
-/// `?limit=N&before=JOB_ID`: at most N jobs, older than job JOB_ID.
+/// `?limit=N&before=JOB_ID`: at most N jobs, older than job JOB_ID; `all=true`: every
+/// user's jobs, with their owner (admins only, 403 for anyone else).
 #[derive(Debug, serde::Deserialize)]
 struct JobsPage {
     limit: Option<u32>,
     before: Option<String>,
+    #[serde(default)]
+    all: bool,
 }
 
 async fn list_jobs(
@@ -183,26 +220,40 @@ async fn list_jobs(
             "'limit' must be 1 to {MAX_LISTED_JOBS}"
         )));
     }
+    if page.all && !caller.admin {
+        return Err(Problem::forbidden(
+            "'all=true' lists every user's jobs and is for admins",
+        ));
+    }
     let before = match page.before.as_deref() {
         None => None,
         Some(id) => match state.jobs.get(id).await {
-            Ok(Some(job)) if job.owner_id == caller.user_id => Some(job),
+            Ok(Some(job)) if page.all || job.owner_id == caller.user_id => Some(job),
             Ok(_) => return Err(Problem::bad_request("'before' is not one of your jobs")),
             Err(error) => return Err(Problem::internal(&error)),
         },
     };
-    let jobs = state
-        .jobs
-        .list_for_owner(&caller.user_id, i64::from(limit), before.as_ref())
-        .await
-        .map_err(|error| Problem::internal(&error))?;
+    let jobs = if page.all {
+        state.jobs.list_all(i64::from(limit), before.as_ref()).await
+    } else {
+        state
+            .jobs
+            .list_for_owner(&caller.user_id, i64::from(limit), before.as_ref())
+            .await
+    }
+    .map_err(|error| Problem::internal(&error))?;
     let next = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|job| job.job_id.clone()))
         .flatten();
-    let mut response = Json(jobs).into_response();
+    let views: Vec<JobView<'_>> = jobs
+        .iter()
+        .map(|job| JobView::for_caller(&caller, job))
+        .collect();
+    let mut response = Json(views).into_response();
+    let all = if page.all { "&all=true" } else { "" };
     if let Some(next) = next
         && let Ok(link) = http::HeaderValue::from_str(&format!(
-            "</jobs?limit={limit}&before={next}>; rel=\"next\""
+            "</jobs?limit={limit}&before={next}{all}>; rel=\"next\""
         ))
     {
         response.headers_mut().insert(header::LINK, link);
@@ -245,7 +296,49 @@ async fn download_mp3(
         .ok_or_else(|| Problem::not_found(format!("no file {fid}")))?;
     metrics::counter!("media_downloads_total").increment(1);
     let fid = job.mp3_fid.as_deref().unwrap_or(fid);
-    download::respond(&state.blobs, fid, &headers).await
+    let mut response = download::respond(&state.blobs, fid, &headers).await?;
+    if response.status().is_success()
+        && let Ok(value) = http::HeaderValue::from_str(&download::attachment(&job.filename))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /jobs/stream`: Server-Sent Events, one `job` event (the job as `GET /jobs/{id}`
+/// shows it) each time one of the caller's jobs — every job, for an admin — changes
+/// status in this instance, `resync` when the stream fell more than [`LIVE_BUFFER`]
+/// changes behind (the client then lists its jobs again), a comment every 15 s. The
+/// gateway serves it as `GET /live/jobs` and caps how many are open.
+async fn stream_jobs(State(state): State<Arc<MediaState>>, caller: Caller) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = state.changes.subscribe();
+    let shutdown = state.shutdown.clone();
+    let events = futures::stream::unfold(receiver, move |mut receiver| {
+        let caller = caller.clone();
+        async move {
+            loop {
+                let event = match receiver.recv().await {
+                    Ok(job) if may_see(&caller, &job) => Event::default()
+                        .event("job")
+                        .json_data(JobView::for_caller(&caller, &job)),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => Ok(Event::default().event("resync").data("{}")),
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((event, receiver));
+            }
+        }
+    });
+    let ready = futures::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
+    let events = ready.chain(events);
+    let events = futures::StreamExt::take_until(events, async move { shutdown.cancelled().await });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
 
 fn may_see(caller: &Caller, job: &Job) -> bool {

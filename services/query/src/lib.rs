@@ -84,9 +84,26 @@ const POSTS_PER_CHUNK: u32 = 100;
 /// The largest full rendering of `GET /posts` kept in memory for reuse.
 pub const KEPT_RENDERING_BYTES: usize = 2 * 1024 * 1024;
 
+/// What `GET /posts/changes` streams: an event the view just applied, or `Resync` when
+/// the view changed in a way not told event by event (a catch-up from the log).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Applied(Arc<BlogEvent>),
+    Resync,
+}
+
+/// Changes a stream may fall behind by before it is told to resync.
+const LIVE_BUFFER: usize = 256;
+/// A comment line on an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Changes = tokio::sync::broadcast::Sender<Change>;
+
 #[derive(Debug, Clone)]
 struct AppState {
     store: ViewStore,
+    changes: Changes,
+    shutdown: tokio_util::sync::CancellationToken,
     /// The last full rendering of `GET /posts` and the view version it shows, if it
     /// was at most [`KEPT_RENDERING_BYTES`].
     rendered: Arc<Mutex<Option<(i64, Bytes)>>>,
@@ -112,12 +129,14 @@ pub async fn build_with_event_log(
     let reader = storage::Database::connect(&url).await?;
     let store = ViewStore::open(db.clone(), reader).await?;
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    start_consumer(context, bus, store.clone());
+    let (changes, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+    start_consumer(context, bus, store.clone(), changes.clone());
     let caught_up = Arc::new(AtomicBool::new(false));
     match event_log {
         Some(log) => {
             let follower = follow_log(
                 store.clone(),
+                changes.clone(),
                 log,
                 caught_up.clone(),
                 args.query_log_poll,
@@ -149,10 +168,13 @@ pub async fn build_with_event_log(
         });
     let state = AppState {
         store,
+        changes,
+        shutdown: context.shutdown.clone(),
         rendered: Arc::new(Mutex::new(None)),
     };
     let routes = Router::new()
         .route("/posts", get(read_posts))
+        .route("/posts/changes", get(stream_changes))
         .route("/events", post(receive_event))
         .with_state(state);
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
@@ -180,7 +202,12 @@ pub async fn rebuild(
     Ok(applied)
 }
 
-fn start_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, store: ViewStore) {
+fn start_consumer(
+    context: &ServiceContext,
+    bus: Arc<dyn bus::EventBus>,
+    store: ViewStore,
+    changes: Changes,
+) {
     let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
         .also(blog::routing_key(blog::COMMENT_CREATED))
         .also(blog::routing_key(blog::COMMENT_UPDATED))
@@ -189,15 +216,20 @@ fn start_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, store: 
         .concurrency(CONSUMER_CONCURRENCY)
         .run(context.shutdown.clone(), move |message| {
             let store = store.clone();
+            let changes = changes.clone();
             async move {
                 let event: BlogEvent = message
                     .decode()
                     .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
-                store
+                let applied = store
                     .apply(&message.id, &event)
                     .await
-                    .map(drop)
-                    .map_err(|e| bus::Nack::Retry(e.to_string()))
+                    .map_err(|e| bus::Nack::Retry(e.to_string()))?;
+                if applied {
+                    // No receiver is not an error: nobody is watching.
+                    let _ = changes.send(Change::Applied(Arc::new(event)));
+                }
+                Ok(())
             }
         });
     context.tasks.spawn(async move {
@@ -210,6 +242,7 @@ fn start_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, store: 
 /// Folds in what the log has beyond the store's cursor, then keeps doing so.
 async fn follow_log(
     store: ViewStore,
+    changes: Changes,
     log: EventLogClient,
     caught_up: Arc<AtomicBool>,
     interval: Duration,
@@ -221,6 +254,11 @@ async fn follow_log(
             Ok(applied) => {
                 if first || applied > 0 {
                     tracing::info!(applied, "view caught up with the event log");
+                }
+                if applied > 0 {
+                    // Events this instance's consumer did not see (another replica's
+                    // deliveries, a lost one): watchers read the view again.
+                    let _ = changes.send(Change::Resync);
                 }
                 first = false;
                 caught_up.store(true, Ordering::Release);
@@ -423,11 +461,58 @@ async fn receive_event(
         .blog_event()
         .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
     if let Some(event) = event {
-        state
+        let applied = state
             .store
             .apply(&event.message_id(), &event)
             .await
             .map_err(|e| Problem::internal(&e))?;
+        if applied {
+            let _ = state.changes.send(Change::Applied(Arc::new(event)));
+        }
     }
     Ok(Json(serde_json::json!({})))
+}
+
+/// `GET /posts/changes`: Server-Sent Events of the view's changes, each sent once the
+/// view holds it (a client that reads `GET /posts` after an event sees it): the event
+/// as the bus carries it (`event:` its type — `PostCreated`, `CommentCreated`,
+/// `CommentUpdated` —, `data:` its JSON), `resync` when the stream fell more than
+/// [`LIVE_BUFFER`] behind or the view caught up from the log (read `GET /posts` again),
+/// a comment every 15 s. The gateway holds one such stream and fans it out to browsers
+/// (`GET /live/blog`); the stream ends when the service stops.
+async fn stream_changes(State(state): State<AppState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = state.changes.subscribe();
+    let events = futures::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(Change::Applied(event)) => {
+                let data = match event.as_ref() {
+                    BlogEvent::PostCreated(e) => serde_json::to_string(e),
+                    BlogEvent::CommentCreated(e) => serde_json::to_string(e),
+                    BlogEvent::CommentModerated(e) => serde_json::to_string(e),
+                    BlogEvent::CommentUpdated(e) => serde_json::to_string(e),
+                };
+                match data {
+                    Ok(data) => Event::default().event(event.event_type()).data(data),
+                    Err(_) => Event::default().event("resync").data("{}"),
+                }
+            }
+            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                Event::default().event("resync").data("{}")
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), receiver))
+    });
+    let ready = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Event::default().event("ready").data("{}"))
+    });
+    let shutdown = state.shutdown.clone();
+    let events = ready
+        .chain(events)
+        .take_until(async move { shutdown.cancelled().await });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
