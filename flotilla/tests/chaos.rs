@@ -18,7 +18,8 @@
 //! processes' logs (kept when anything is non-zero).
 //!
 //! Rounds: `FLOTILLA_CHAOS_ROUNDS` (default 20; `scripts/chaos.sh ROUNDS` runs the long
-//! form). Restarting the shared RabbitMQ and PostgreSQL happens only when
+//! form); `FLOTILLA_CHAOS_FAULTS=kill9,broker-cut,…` picks only among those faults.
+//! Restarting the shared RabbitMQ and PostgreSQL happens only when
 //! `FLOTILLA_TEST_RABBITMQ_RESTART_CMD` / `FLOTILLA_TEST_POSTGRES_RESTART_CMD` say how
 //! (`.ci/run` sets both: test binaries run one at a time there); without them those two
 //! faults are left out and the report says so. Needs root for the tmpfs (as the
@@ -642,6 +643,8 @@ struct Findings {
     /// Emails handed to the SMTP server twice (same Message-ID) because notification was
     /// killed between the hand-over and its record (see [`Checker::check`]).
     resent_after_kill: u64,
+    /// Staging files of blob writes killed mid-way (see [`Checker::check`]).
+    partial_files: u64,
     /// What each count is made of, in words.
     details: Vec<String>,
 }
@@ -751,7 +754,16 @@ impl Checker<'_> {
         );
 
         // MP3s: exactly the done jobs' files, no more.
-        let files = mp3_files;
+        // A write killed mid-way leaves its staging file (`KEY#N` on disk), never a blob
+        // under its key: not an MP3 anyone sees, but space to reclaim — reported apart.
+        let (partial, files): (Vec<String>, Vec<String>) =
+            mp3_files.into_iter().partition(|name| name.contains('#'));
+        findings.partial_files = partial.len() as u64;
+        if !partial.is_empty() {
+            findings.details.push(format!(
+                "staging files of writes killed mid-way: {partial:?}"
+            ));
+        }
         let done_fids: Vec<&String> = jobs
             .values()
             .filter(|(status, _)| status == "done")
@@ -993,6 +1005,18 @@ async fn chaos(run: &str, blobs: Blobs) {
         Some(_) => faults.push(Fault::DatabaseRestart),
         None => left_out.push("database-restart (set FLOTILLA_TEST_POSTGRES_RESTART_CMD)"),
     }
+    // `FLOTILLA_CHAOS_FAULTS=broker-restart,kill9` narrows the pick (to reproduce one).
+    if let Ok(only) = std::env::var("FLOTILLA_CHAOS_FAULTS") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        faults.retain(|fault| {
+            let name = serde_json::to_value(fault).expect("a fault's name");
+            wanted.iter().any(|w| name == *w)
+        });
+        assert!(
+            !faults.is_empty(),
+            "FLOTILLA_CHAOS_FAULTS={only} names no fault of this run"
+        );
+    }
 
     let broker: SocketAddr = servers
         .amqp_base
@@ -1140,7 +1164,7 @@ async fn chaos(run: &str, blobs: Blobs) {
         smtp: &smtp,
     };
     let settle_started = Instant::now();
-    let settle_limit = Duration::from_secs(300);
+    let settle_limit = Duration::from_secs(600);
     tokio::task::block_in_place(|| {
         let ledger = ledger.lock().expect("ledger");
         while !checker.settled(&ledger) && settle_started.elapsed() < settle_limit {
@@ -1216,6 +1240,7 @@ async fn chaos(run: &str, blobs: Blobs) {
         "stuck": findings.stuck,
         "unexpected_dead_letters": findings.unexpected_dead_letters,
         "resent_after_kill": findings.resent_after_kill,
+        "partial_files": findings.partial_files,
         "details": findings.details,
     });
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");

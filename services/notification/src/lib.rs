@@ -110,7 +110,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         public_url,
     });
 
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let bus = bus::connect(&context.bus_url_or_embedded(), bus_options()).await?;
     let consumer = Consumer::new(bus, Subscription::new(GROUP, MP3).with_prefetch(16))
         .concurrency(4)
         .run_attempts(context.shutdown.clone(), move |message, attempt| {
@@ -133,6 +133,28 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         async move { db.ping().await.map_err(|e| e.to_string()) }
     });
     Ok(ServiceApp::new(NAME, axum::Router::new()).with_readiness(readiness))
+}
+
+/// The SMTP server is outside the system and may be away for a while (a restart, an
+/// outage of the provider): an email is retried for about 45 minutes (1 s doubling to
+/// 10 min, 14 attempts) before it is parked as a dead letter, where the default policy
+/// would give up after 15 s. (On RabbitMQ the `notification` queue's delivery limit
+/// follows; a queue declared by an older version must be deleted once empty — `/readyz`
+/// names it.)
+pub fn retry_policy() -> bus::RetryPolicy {
+    bus::RetryPolicy {
+        max_attempts: 14,
+        initial_backoff: std::time::Duration::from_secs(1),
+        max_backoff: std::time::Duration::from_secs(600),
+        multiplier: 2,
+    }
+}
+
+fn bus_options() -> bus::BusOptions {
+    bus::BusOptions {
+        retry: retry_policy(),
+        ..bus::BusOptions::default()
+    }
 }
 
 /// Turns `mp3` messages into emails, one per job.
@@ -225,5 +247,24 @@ impl Notifier {
             .increment(1);
         tracing::info!(job_id = %finished.job_id, status = finished.status.as_str(), "email sent");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_email_outlasts_a_forty_minute_smtp_outage_before_it_is_parked() {
+        let policy = retry_policy();
+        let waited: std::time::Duration = (1..policy.max_attempts)
+            .map(|attempt| policy.backoff(attempt))
+            .sum();
+        assert!(
+            waited >= std::time::Duration::from_secs(40 * 60),
+            "{waited:?}"
+        );
+        // The first retries stay quick: a blip costs seconds, not minutes.
+        assert_eq!(policy.backoff(1), std::time::Duration::from_secs(1));
     }
 }
