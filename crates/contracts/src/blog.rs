@@ -55,7 +55,7 @@ pub fn is_valid_event_type(name: &str) -> bool {
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
 /// A comment's moderation state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CommentStatus {
     Pending,
@@ -254,7 +254,7 @@ pub fn check_text(field: &'static str, text: &str) -> Result<(), TextError> {
 /// only combine with a preceding character (including variation selectors), and the
 /// fillers that render as blanks. Unicode's general categories come from
 /// `unicode-properties` rather than a hand-kept table.
-fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
     c.is_whitespace()
         || matches!(

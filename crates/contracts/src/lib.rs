@@ -4,6 +4,7 @@
 pub mod blog;
 pub mod email;
 pub mod media;
+pub mod schema;
 
 /// Every service of the system, in start order (the gateway last).
 pub const SERVICES: [&str; 10] = [

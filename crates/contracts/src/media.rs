@@ -20,7 +20,7 @@ pub const MP3: &str = "mp3";
 pub const CONVERTING: &str = "converting";
 
 /// A job's state: `queued → converting → done | failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,

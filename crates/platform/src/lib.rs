@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod observe;
+pub mod openapi;
 pub mod problem;
 pub mod service;
 pub mod shutdown;

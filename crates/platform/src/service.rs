@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse, routing::get};
+use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
@@ -178,15 +178,15 @@ impl ServiceApp {
         let name = self.name;
         let readiness = self.readiness;
         let limits = self.limits;
-        let readyz = get(move || {
-            let readiness = readiness.clone();
-            let shutdown = shutdown.clone();
-            async move { readiness.respond(&shutdown).await }
-        });
+        // The standard routes are registered with their descriptions (openapi.rs).
+        let (standard, _) = crate::openapi::standard_routes()
+            .with_state(crate::openapi::ReadyState {
+                readiness,
+                shutdown,
+            })
+            .split_for_parts();
         self.routes
-            .route("/healthz", get(crate::health::healthz))
-            .route("/readyz", readyz)
-            .route("/metrics", get(|| async { crate::metrics::render() }))
+            .merge(standard)
             .fallback(|| async { Problem::not_found("no such route") })
             .layer(
                 ServiceBuilder::new()

@@ -1,11 +1,14 @@
 //! Input parsed into types at the edge: an [`Email`] is normalised and plausible, a
 //! [`Password`] is long enough and never printed.
 
-/// Shortest password accepted (CONTRACTS §3).
+/// Shortest password accepted (docs/API.md, `POST /signup`).
 pub const MIN_PASSWORD_CHARS: usize = 8;
-/// Longest password accepted; argon2 copes with more, but nobody needs more and a
-/// megabyte "password" is only a way to waste our CPU.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Longest new password accepted; argon2 copes with more, but nobody needs more and a
+/// megabyte "password" is only a way to waste our CPU. Counted in characters, as the
+/// OpenAPI `maxLength` counts, so every password the schema allows is accepted.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+/// Longest password read at login (256 characters of at most 4 bytes each).
+pub const MAX_PASSWORD_BYTES: usize = 4 * MAX_PASSWORD_CHARS;
 /// An email address the mailer can send to, normalised (trimmed, NFC, lower case) so
 /// that `A@X.com` and `a@x.com` are one account: [`contracts::email::normalise`], the
 /// same rule the notification service applies to recipients.
@@ -18,7 +21,7 @@ pub enum InputError {
     Email(#[from] contracts::email::AddressError),
     #[error("the password must be at least {MIN_PASSWORD_CHARS} characters long")]
     PasswordTooShort,
-    #[error("the password must be at most {MAX_PASSWORD_BYTES} bytes long")]
+    #[error("the password must be at most {MAX_PASSWORD_CHARS} characters long")]
     PasswordTooLong,
 }
 
@@ -61,7 +64,7 @@ impl Password {
         if raw.chars().count() < MIN_PASSWORD_CHARS {
             return Err(InputError::PasswordTooShort);
         }
-        if raw.len() > MAX_PASSWORD_BYTES {
+        if raw.chars().count() > MAX_PASSWORD_CHARS {
             return Err(InputError::PasswordTooLong);
         }
         Ok(Self(raw))
@@ -124,9 +127,14 @@ mod tests {
         // Eight characters, more bytes: characters count.
         assert!(Password::new("ééééééé".into()).is_err());
         assert_eq!(
-            Password::new("x".repeat(MAX_PASSWORD_BYTES + 1)).err(),
+            Password::new("x".repeat(MAX_PASSWORD_CHARS + 1)).err(),
             Some(InputError::PasswordTooLong)
         );
+        // The most characters, each of the most bytes: accepted, and within the cap
+        // at login.
+        let widest = "😀".repeat(MAX_PASSWORD_CHARS);
+        assert!(Password::new(widest.clone()).is_ok());
+        assert!(Password::offered(widest).is_some());
         assert!(Password::offered("short".into()).is_some());
         assert_eq!(
             format!("{:?}", Password::new("secret123".into())),

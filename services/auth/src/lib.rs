@@ -26,7 +26,7 @@ use anyhow::Context;
 use identity::Verifier;
 use platform::{ServiceApp, ServiceContext, health::Readiness};
 
-pub use routes::{AuthError, SignupResponse};
+pub use routes::{AuthError, SignupResponse, openapi};
 
 use crate::{
     domain::{Email, Password},

@@ -8,13 +8,14 @@ use axum::{
     body::Body,
     extract::{Request, State},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{HeaderMap, StatusCode, header};
 use identity::{Claims, ISSUER, Verifier, VerifyError};
 use platform::Problem;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     domain::{Email, InputError, Password},
@@ -40,12 +41,22 @@ pub(crate) struct AuthState {
 }
 
 pub(crate) fn router(state: AuthState) -> Router {
-    Router::new()
-        .route("/signup", post(signup))
-        .route("/login", post(login))
-        .route("/validate", post(validate))
-        .route(identity::JWKS_PATH, get(jwks))
-        .with_state(state)
+    let (router, _) = api().with_state(state).split_for_parts();
+    router
+}
+
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+fn api() -> OpenApiRouter<AuthState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(validate))
+        .routes(routes!(jwks))
+}
+
+/// The OpenAPI description of auth's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
 }
 
 /// What can go wrong in a request, and the answer each gets.
@@ -121,19 +132,72 @@ impl IntoResponse for AuthError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A signup: the new account's email and password.
+#[derive(Debug, Deserialize, ToSchema)]
 struct SignupRequest {
+    /// The account's address; stored trimmed, NFC-normalised and lower-cased, so
+    /// `Ada@Example.com` and `ada@example.com` are one account.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
+    /// 8 to 256 characters.
+    #[schema(
+        min_length = 8,
+        max_length = 256,
+        example = "correct horse battery staple"
+    )]
     password: String,
 }
 
 /// The account created by a signup.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SignupResponse {
+    /// The user id (the `sub` of their tokens).
+    #[schema(format = Uuid)]
     pub id: String,
+    /// The address as stored (normalised, lower case).
+    #[schema(format = Email)]
     pub email: String,
 }
 
+/// A JSON Web Key Set (RFC 7517): the keys that verify access tokens. Described here;
+/// served from `jsonwebtoken`'s own type.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+/// An Ed25519 public key (RFC 8037).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Jwk {
+    #[schema(example = "OKP")]
+    kty: String,
+    #[schema(example = "Ed25519")]
+    crv: String,
+    /// The public key, base64url.
+    x: String,
+    /// The RFC 7638 thumbprint; a token names its key with it in the `kid` header.
+    kid: String,
+    #[schema(example = "EdDSA")]
+    alg: String,
+    #[schema(rename = "use", example = "sig")]
+    key_use: String,
+}
+
+/// Create an account. The answer is the account; log in next for a token.
+#[utoipa::path(
+    post, path = "/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account created", body = SignupResponse),
+        (status = 400, description = "Not JSON, not an accepted email address, or a password outside 8 to 256 characters", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An account with this email exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this address; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn signup(State(state): State<AuthState>, request: Request) -> Result<Response, AuthError> {
     let (parts, body) = request.into_parts();
     let client = client_address(&parts.extensions, &parts.headers, &state.trusted_proxies);
@@ -177,6 +241,18 @@ pub(crate) async fn create_user(
     Ok(user)
 }
 
+/// Log in with HTTP Basic credentials (email and password); the answer is an access
+/// token (an EdDSA JWT) as plain text, for `Authorization: Bearer`.
+#[utoipa::path(
+    post, path = "/login", tag = "auth",
+    security(("basic" = [])),
+    responses(
+        (status = 200, description = "The access token, valid 24 h by default", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or malformed credentials, or a wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts for this account or from this address; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
 async fn login(State(state): State<AuthState>, request: Request) -> Result<Response, AuthError> {
     let (parts, _body) = request.into_parts();
     let client = client_address(&parts.extensions, &parts.headers, &state.trusted_proxies);
@@ -271,6 +347,17 @@ fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), AuthError>
     Ok((email.to_owned(), password.to_owned()))
 }
 
+/// Check a token online and read its claims. (The gateway and services check tokens
+/// locally with the JWKS; this is for clients and tools.)
+#[utoipa::path(
+    post, path = "/validate", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token is valid; its claims", body = Claims),
+        (status = 401, description = "No Bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is invalid or expired", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn validate(
     State(state): State<AuthState>,
     headers: HeaderMap,
@@ -283,6 +370,11 @@ async fn validate(
     }
 }
 
+/// The public keys that verify access tokens.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "The key set", body = JwkSet))
+)]
 async fn jwks(State(state): State<AuthState>) -> Response {
     let body = match serde_json::to_vec(&state.keys.jwks) {
         Ok(body) => body,

@@ -22,11 +22,11 @@ use axum::{
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
-    response::IntoResponse,
-    routing::{get, post},
 };
+use contracts::schema::{EventEnvelope, NewComment};
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 use tokio::sync::Notify;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use store::{Comment, CommentError, CommentStore};
 
@@ -96,20 +96,40 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
 }
 
 fn routes(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/posts/{id}/comments",
-            get(list_comments).post(create_comment),
-        )
-        .route("/events", post(receive_event))
-        .with_state(state)
+    let (router, _) = api().with_state(state).split_for_parts();
+    router
 }
 
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_comments, create_comment))
+        .routes(routes!(receive_event))
+}
+
+/// The OpenAPI description of the service's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Comment on a post. The comment starts `pending`; moderation decides (a comment
+/// containing "orange" is rejected) and `GET /posts` shows the outcome.
+#[utoipa::path(
+    post, path = "/posts/{id}/comments", tag = "blog",
+    params(("id" = String, Path, description = "The post's id")),
+    request_body = NewComment,
+    responses(
+        (status = 201, description = "Every comment of the post, the new one included", body = Vec<Comment>),
+        (status = 400, description = "Not JSON, or a content that is missing, not a string, over 10,000 characters, without a visible character or with a control character", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such post (after waiting `FLOTILLA_COMMENTS_POST_WAIT` for it to arrive)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 1 MiB", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create_comment(
     State(state): State<AppState>,
     Path(post_id): Path<String>,
     body: Bytes,
-) -> Result<impl IntoResponse, Problem> {
+) -> Result<(StatusCode, Json<Vec<Comment>>), Problem> {
     let body = json_body(&body).map_err(not_json)?;
     let content = contracts::blog::text_field(&body, "content")
         .map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -122,6 +142,15 @@ async fn create_comment(
     }
 }
 
+/// The comments of a post, oldest first, with their moderation status.
+#[utoipa::path(
+    get, path = "/posts/{id}/comments", tag = "blog",
+    params(("id" = String, Path, description = "The post's id")),
+    responses(
+        (status = 200, description = "The comments", body = Vec<Comment>),
+        (status = 404, description = "No such post (after waiting `FLOTILLA_COMMENTS_POST_WAIT` for it to arrive)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_comments(
     State(state): State<AppState>,
     Path(post_id): Path<String>,
@@ -165,6 +194,14 @@ fn unknown_post(post_id: &str) -> Problem {
 
 /// The course's push style: an event posted here is applied exactly as if the bus had
 /// delivered it (same inbox, so a pushed copy and a delivered copy count once).
+#[utoipa::path(
+    post, path = "/events", tag = "internal",
+    request_body = EventEnvelope,
+    responses(
+        (status = 200, description = "Applied (or already applied)", body = Object, example = json!({})),
+        (status = 400, description = "Not JSON, not an envelope, or a blog event whose data does not fit its type", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn receive_event(
     State(state): State<AppState>,
     body: Bytes,

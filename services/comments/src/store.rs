@@ -36,8 +36,9 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// A comment as the course's client shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Comment {
+    /// A UUID for comments made here; an event pushed to the log may carry any id.
     pub id: String,
     pub content: String,
     pub status: CommentStatus,

@@ -23,16 +23,18 @@ pub mod log;
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
     extract::{DefaultBodyLimit, Query, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use contracts::blog::{self, Envelope};
+use contracts::schema::EventEnvelope;
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use log::{EventLog, LogPage, LoggedEvent, Recorded};
 
@@ -83,15 +85,23 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
         let db = db.clone();
         async move { db.ping().await.map_err(|e| e.to_string()) }
     });
-    let routes = Router::new()
-        .route(
-            "/events",
-            get(read_events)
-                .post(publish_event)
-                .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES)),
-        )
-        .with_state(AppState { log, bus });
+    let (routes, _) = api().with_state(AppState { log, bus }).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
+}
+
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+fn api() -> OpenApiRouter<AppState> {
+    let (schemas, paths, methods) = routes!(read_events, publish_event);
+    OpenApiRouter::new().routes((
+        schemas,
+        paths,
+        methods.layer(DefaultBodyLimit::max(MAX_EVENT_BYTES)),
+    ))
+}
+
+/// The OpenAPI description of the service's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
 }
 
 /// Several deliveries in flight, so that acknowledgements overlap; the appends
@@ -136,12 +146,28 @@ async fn append(log: &EventLog, message: &bus::Message) -> Result<(), bus::Nack>
 }
 
 /// `?after=SEQ&limit=N`: events with a sequence number above SEQ, at most N.
-#[derive(Debug, Deserialize)]
+/// `?after=SEQ&limit=N`: the events after sequence number SEQ, at most N of them.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Only events after this sequence number (0, the default, is the start).
     after: Option<i64>,
+    /// At most this many events (1 to 1,000; 1,000 by default). A page also stops at
+    /// about 1 MiB of event data.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// The blog's event log, in order, in pages (`Link: rel="next"` when more follow).
+#[utoipa::path(
+    get, path = "/events", tag = "blog",
+    params(Page),
+    responses(
+        (status = 200, description = "Events in log order", body = Vec<LoggedEvent>,
+            headers(("Link" = String, description = "`</events?after=SEQ&limit=N>; rel=\"next\"` when more events follow"))),
+        (status = 400, description = "`limit` outside 1 to 1,000, or a parameter that is not a number", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn read_events(
     State(state): State<AppState>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -174,6 +200,18 @@ async fn read_events(
     Ok(response)
 }
 
+/// Publish an event on the bus (the course's event bus): it is logged and delivered to
+/// every service that subscribes to its type.
+#[utoipa::path(
+    post, path = "/events", tag = "blog",
+    request_body = EventEnvelope,
+    responses(
+        (status = 200, description = "Published", body = Object, example = json!({"status": "OK"})),
+        (status = 400, description = "Not a `{\"type\", \"data\"}` envelope, an invalid type name, or a blog event whose data does not fit its type", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The event is larger than 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The bus did not take the event", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn publish_event(
     State(state): State<AppState>,
     body: Bytes,

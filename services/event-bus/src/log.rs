@@ -82,11 +82,16 @@ pub const MIGRATIONS: &[Migration] = &[
 
 /// One entry of the log, as `GET /events` shows it: the course's `{"type", "data"}`
 /// plus its sequence number, for paging.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LoggedEvent {
+    /// The event's place in the log, from 1.
+    #[schema(minimum = 1)]
     pub seq: i64,
+    /// The event type (`PostCreated`, `CommentCreated`, `CommentModerated`,
+    /// `CommentUpdated`, or another type published to `POST /events`).
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The event's fields (see docs/API.md).
     pub data: serde_json::Value,
 }
 

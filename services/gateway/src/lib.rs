@@ -1,5 +1,5 @@
 //! The gateway: the one origin clients talk to. It owns the route table of the system
-//! (CONTRACTS §2) and forwards each route to the service that serves it.
+//! (docs/API.md) and forwards each route to the service that serves it.
 //!
 //! Every upstream is a [`Upstream`]: a cloneable tower `Service` from request to
 //! response. In `flotilla up` it is the service's own router, called in-process with no
@@ -26,6 +26,7 @@ use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
 pub use discovery::{UpstreamUrl, parse_upstream_url};
+pub use openapi::{OPENAPI_PATH, Undocumented, openapi};
 pub use resilience::Policy;
 
 pub const NAME: &str = "gateway";
@@ -33,7 +34,7 @@ pub const NAME: &str = "gateway";
 /// One upstream service, however it is reached.
 pub type Upstream = BoxCloneSyncService<Request, Response, Infallible>;
 
-/// The upstreams by service name (`auth`, `media`, … as in CONTRACTS §1).
+/// The upstreams by service name (`auth`, `media`, … as in docs/API.md).
 #[derive(Clone, Default)]
 pub struct Upstreams {
     by_name: BTreeMap<&'static str, Upstream>,
@@ -249,7 +250,11 @@ pub fn build_with_shutdown(
         limiter,
         args.gateway_trusted_proxies.clone().into(),
     );
-    let live = live::routes(
+    // The gateway's own routes are registered with their descriptions; the whole
+    // description (theirs and the table's rows) is served at /openapi.json.
+    let served = openapi::Served::default();
+    let (own, own_document) = own_routes(served.clone()).split_for_parts();
+    let (live, live_document) = live::routes(
         routes::upstream_of(&upstreams, "query"),
         routes::upstream_of(&upstreams, "media"),
         table.verifier(),
@@ -258,17 +263,24 @@ pub fn build_with_shutdown(
             per_client: args.gateway_max_streams_per_client as usize,
         },
         shutdown,
-    );
-    let routes = table
-        .router()
-        .merge(table.guard(live))
-        .merge(web::routes())
-        .merge(openapi::routes());
+    )
+    .split_for_parts();
+    match openapi::document(own_document, live_document) {
+        Ok(document) => served.set(&document),
+        // The gateway's tests fail on this; a binary built anyway still serves the API.
+        Err(error) => tracing::error!(%error, "the API description is incomplete"),
+    }
+    let routes = table.router().merge(table.guard(live)).merge(own);
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)
         .with_cors(cors::layer(&args.gateway_cors_origins))
         .with_fast_path(std::sync::Arc::new(table.proxy()))
+}
+
+/// The gateway's own routes (web UI, API documentation) with their descriptions.
+fn own_routes(served: openapi::Served) -> utoipa_axum::router::OpenApiRouter {
+    web::routes().merge(openapi::routes(served))
 }
 
 async fn probe_ready(upstream: Upstream) -> Result<(), String> {

@@ -36,7 +36,6 @@ use std::{
 };
 
 use axum::{
-    Router,
     body::Body,
     extract::{ConnectInfo, Request, State},
     http::{HeaderValue, Uri, header},
@@ -45,7 +44,6 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
 };
 use futures::{Stream, StreamExt as _};
 use identity::Verifier;
@@ -53,6 +51,7 @@ use platform::Problem;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::Upstream;
 
@@ -83,7 +82,7 @@ pub(crate) fn routes(
     verifier: &Verifier,
     caps: StreamCaps,
     shutdown: CancellationToken,
-) -> Router {
+) -> OpenApiRouter {
     let state = LiveState {
         hub: Arc::new(Hub {
             sender: broadcast::channel(BLOG_BUFFER).0,
@@ -98,14 +97,28 @@ pub(crate) fn routes(
         }),
         shutdown,
     };
-    let jobs = get(jobs_stream).layer(middleware::from_fn_with_state(
-        verifier.clone(),
-        identity::require_caller,
-    ));
-    Router::new()
-        .route("/live/blog", get(blog_stream))
-        .route("/live/jobs", jobs)
-        .with_state(state)
+    api(Some(verifier)).with_state(state)
+}
+
+/// The live routes with their descriptions (one source for the router and the
+/// OpenAPI). `verifier` checks `/live/jobs`'s caller; without one (describing only)
+/// the route has no check.
+fn api(verifier: Option<&Verifier>) -> OpenApiRouter<LiveState> {
+    let (schemas, paths, mut jobs) = routes!(jobs_stream);
+    if let Some(verifier) = verifier {
+        jobs = jobs.layer(middleware::from_fn_with_state(
+            verifier.clone(),
+            identity::require_caller,
+        ));
+    }
+    OpenApiRouter::new()
+        .routes(routes!(blog_stream))
+        .routes((schemas, paths, jobs))
+}
+
+/// The description of the live routes.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    api(None).into_openapi()
 }
 
 #[derive(Clone)]
@@ -116,7 +129,16 @@ struct LiveState {
     shutdown: CancellationToken,
 }
 
-/// `GET /live/blog`.
+/// The blog's changes as Server-Sent Events: `ready`, then `PostCreated`,
+/// `CommentCreated`, `CommentUpdated` (a moderation decision; `data` is the event's
+/// JSON) and `resync` (read `GET /posts` again); a comment line every 15 s.
+#[utoipa::path(
+    get, path = "/live/blog", tag = "live",
+    responses(
+        (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+        (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn blog_stream(State(state): State<LiveState>, request: Request) -> Response {
     let slot = match state.streams.open(client_ip(&request)) {
         Ok(slot) => slot,
@@ -134,7 +156,20 @@ async fn blog_stream(State(state): State<LiveState>, request: Request) -> Respon
     sse(events, state.shutdown.clone())
 }
 
-/// `GET /live/jobs`: media's `GET /jobs/stream` for the verified caller.
+/// The caller's conversion jobs as Server-Sent Events: `ready`, then `job` (the job
+/// as `GET /jobs/{id}` shows it, with `owner` for an admin, who sees every user's)
+/// each time one changes status, `resync` (list `GET /jobs` again); a comment line
+/// every 15 s. Send the token in `Authorization` (read the stream with `fetch`). It is
+/// media's `GET /jobs/stream` for the verified caller.
+#[utoipa::path(
+    get, path = "/live/jobs", tag = "live",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many live streams open (in total or from this client), or media did not answer in time; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn jobs_stream(State(state): State<LiveState>, request: Request) -> Response {
     let slot = match state.streams.open(client_ip(&request)) {
         Ok(slot) => slot,
@@ -472,36 +507,4 @@ mod tests {
         drop(first);
         assert!(streams.open(b).is_ok(), "a slot was freed");
     }
-}
-
-/// The live routes in the OpenAPI description (`openapi.rs` lists them).
-pub(crate) mod doc {
-    // Only their generated `__path_*` types are used, by the `OpenApi` derive.
-    #![allow(dead_code)]
-    /// The blog's changes as Server-Sent Events: `ready`, then `PostCreated`,
-    /// `CommentCreated`, `CommentUpdated` (a moderation decision; `data` is the event's
-    /// JSON) and `resync` (read `GET /posts` again); a comment line every 15 s.
-    #[utoipa::path(
-        get, path = "/live/blog", tag = "live",
-        responses(
-            (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
-            (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", content_type = "application/problem+json"),
-        )
-    )]
-    pub(crate) fn live_blog() {}
-
-    /// The caller's conversion jobs as Server-Sent Events: `ready`, then `job` (the job
-    /// as `GET /jobs/{id}` shows it, with `owner` for an admin, who sees every user's)
-    /// each time one changes status, `resync` (list `GET /jobs` again); a comment line
-    /// every 15 s. Send the token in `Authorization` (read the stream with `fetch`).
-    #[utoipa::path(
-        get, path = "/live/jobs", tag = "live",
-        security(("bearer" = [])),
-        responses(
-            (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
-            (status = 401, description = "No valid Bearer token", content_type = "application/problem+json"),
-            (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", content_type = "application/problem+json"),
-        )
-    )]
-    pub(crate) fn live_jobs() {}
 }

@@ -1,195 +1,403 @@
 //! The public API description: `GET /openapi.json` (OpenAPI 3.1) and `GET /docs`
-//! (Swagger UI, vendored into the binary: no CDN, works offline).
+//! (Swagger UI, vendored into the binary: no CDN, no validator badge, works offline).
 //!
-//! The gateway is the one origin, so it describes the routes clients call. The
-//! functions below are never called; they carry the `utoipa` description of each route
-//! that the services implement.
+//! Nothing here describes a route by hand. Each service describes its handlers where
+//! they are written (`#[utoipa::path]`) and registers them with `utoipa_axum::routes!`,
+//! so its router and its description come from one place; the gateway's own routes
+//! (this module's, the web UI's, `/healthz`, `/readyz`, `/metrics`) are registered the
+//! same way. [`document`] walks the route table (routes.rs) and takes, for each row, the
+//! operation its upstream describes, then adds what the gateway itself may answer on
+//! that route: 401/403 of its token check, 429 of its rate limit, 503 when the upstream
+//! is down, overloaded or not configured, 413 past its body limit. A row whose upstream
+//! describes no such operation makes [`document`] fail — and the gateway's tests with
+//! it, so a new route cannot go undocumented (docs/API.md).
 
-#![allow(dead_code)]
+use std::sync::{Arc, OnceLock};
 
-use axum::Router;
-use serde::{Deserialize, Serialize};
-use utoipa::{
-    Modify, OpenApi, ToSchema,
-    openapi::security::{Http, HttpAuthScheme, SecurityScheme},
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::header,
+    response::{IntoResponse, Redirect, Response},
 };
-use utoipa_swagger_ui::SwaggerUi;
+use platform::{
+    Problem,
+    openapi::{problem_response, problem_response_retry},
+};
+use utoipa::openapi::{
+    ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem, Tag,
+    path::{HttpMethod, Operation},
+    security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::Config;
 
-/// `/openapi.json` and `/docs`.
-pub(crate) fn routes() -> Router {
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-}
+use crate::routes::{Guard, table_rows};
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Flotilla",
-        description = "The public API of Flotilla, served by the gateway. Errors are RFC 9457 `application/problem+json`."
-    ),
-    paths(signup, login, validate, jwks, crate::live::doc::live_blog, crate::live::doc::live_jobs),
-    components(schemas(Credentials, Account, Claims, Problem, JwkSet, Jwk)),
-    modifiers(&SecuritySchemes),
-    tags(
-        (name = "auth", description = "Accounts and access tokens"),
-        (name = "live", description = "Server-Sent Events for the web app: blog changes and a user's jobs"),
-    )
-)]
-pub struct ApiDoc;
+/// Where the description is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
 
-struct SecuritySchemes;
+/// The serialised description, set once the whole router (and so the description) is
+/// known: `/openapi.json` describes itself too.
+#[derive(Clone, Default)]
+pub(crate) struct Served(Arc<OnceLock<bytes::Bytes>>);
 
-impl Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "basic",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
-        );
-        let mut bearer = Http::new(HttpAuthScheme::Bearer);
-        bearer.bearer_format = Some("JWT".to_owned());
-        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+impl Served {
+    pub(crate) fn set(&self, document: &OpenApi) {
+        let json = serde_json::to_vec(document).unwrap_or_default();
+        let _ = self.0.set(json.into());
     }
 }
 
-/// A signup request.
-#[derive(Serialize, Deserialize, ToSchema)]
-struct Credentials {
-    #[schema(example = "ada@example.com")]
-    email: String,
-    /// At least 8 characters.
-    #[schema(example = "correct horse battery staple", min_length = 8)]
-    password: String,
+/// `/openapi.json` and `/docs`, registered with their descriptions.
+pub(crate) fn routes(served: Served) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs_redirect))
+        .routes(routes!(docs_index))
+        .routes(routes!(docs_file))
+        .with_state(served)
 }
 
-/// An account.
-#[derive(Serialize, Deserialize, ToSchema)]
-struct Account {
-    /// The user id (the `sub` of their tokens).
-    id: String,
-    /// Lower-cased.
-    email: String,
-}
-
-/// The claims of an access token.
-#[derive(Serialize, Deserialize, ToSchema)]
-struct Claims {
-    /// User id.
-    sub: String,
-    /// The user's email.
-    username: String,
-    admin: bool,
-    /// Issued at (Unix seconds).
-    iat: i64,
-    /// Expires at (Unix seconds).
-    exp: i64,
-    #[schema(example = "flotilla-auth")]
-    iss: String,
-}
-
-/// RFC 9457 problem details.
-#[derive(Serialize, Deserialize, ToSchema)]
-struct Problem {
-    #[serde(rename = "type")]
-    kind: String,
-    title: String,
-    status: u16,
-    detail: String,
-    request_id: Option<String>,
-}
-
-/// A JSON Web Key Set (RFC 7517).
-#[derive(Serialize, Deserialize, ToSchema)]
-struct JwkSet {
-    keys: Vec<Jwk>,
-}
-
-/// An Ed25519 public key (RFC 8037).
-#[derive(Serialize, Deserialize, ToSchema)]
-struct Jwk {
-    #[schema(example = "OKP")]
-    kty: String,
-    #[schema(example = "Ed25519")]
-    crv: String,
-    /// The public key, base64url.
-    x: String,
-    /// RFC 7638 thumbprint; tokens name their key with it in the `kid` header.
-    kid: String,
-    #[schema(example = "EdDSA")]
-    alg: String,
-    #[serde(rename = "use")]
-    #[schema(example = "sig")]
-    key_use: String,
-}
-
-/// Create an account.
+/// This description (OpenAPI 3.1, JSON).
 #[utoipa::path(
-    post, path = "/signup", tag = "auth",
-    request_body = Credentials,
+    get, path = "/openapi.json", tag = "documentation",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
+)]
+async fn openapi_json(State(served): State<Served>) -> Response {
+    match served.0.get() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response(),
+        None => Problem::service_unavailable("the API description is being built").into_response(),
+    }
+}
+
+/// Swagger UI's address without its slash: a redirect to `/docs/`.
+#[utoipa::path(
+    get, path = "/docs", tag = "documentation",
+    responses((status = 303, description = "See `/docs/`", headers(("Location" = String, description = "`/docs/`"))))
+)]
+async fn docs_redirect() -> Redirect {
+    Redirect::to("/docs/")
+}
+
+/// Swagger UI over this description, served from the binary (works offline).
+#[utoipa::path(
+    get, path = "/docs/", tag = "documentation",
+    responses((status = 200, description = "Swagger UI", body = String, content_type = "text/html"))
+)]
+async fn docs_index() -> Response {
+    swagger_file("")
+}
+
+/// One file of Swagger UI (scripts, styles, its initializer pointing at `/openapi.json`).
+#[utoipa::path(
+    get, path = "/docs/{file}", tag = "documentation",
+    params(("file" = String, Path, description = "A file of Swagger UI, e.g. `swagger-ui.css`")),
     responses(
-        (status = 201, description = "Account created", body = Account),
-        (status = 400, description = "Invalid email, password shorter than 8 characters, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "An account with this email exists", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts from this address; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The file", body = String, content(
+            ("text/html"), ("text/css"), ("text/javascript"), ("image/png"), ("application/octet-stream"))),
+        (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
     )
 )]
-fn signup() {}
+async fn docs_file(Path(file): Path<String>) -> Response {
+    swagger_file(&file)
+}
 
-/// Log in with HTTP Basic credentials; the answer is the access token as plain text.
-#[utoipa::path(
-    post, path = "/login", tag = "auth",
-    security(("basic" = [])),
-    responses(
-        (status = 200, description = "The access token (an EdDSA JWT, valid 24 h by default)", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing credentials, or wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts for this account or from this address; see Retry-After", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    )
-)]
-fn login() {}
+/// Swagger UI's configuration: this origin's description only, and no validator (the
+/// default sends the description to validator.swagger.io and shows its badge).
+fn swagger_config() -> Arc<Config<'static>> {
+    static CONFIG: OnceLock<Arc<Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| Arc::new(Config::new([OPENAPI_PATH]).validator_url("none")))
+        .clone()
+}
 
-/// Check a token online and read its claims. (The gateway and services check tokens
-/// locally with the JWKS; this is for clients and tools.)
-#[utoipa::path(
-    post, path = "/validate", tag = "auth",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The token is valid", body = Claims),
-        (status = 401, description = "No Bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token is invalid or expired", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-fn validate() {}
+fn swagger_file(path: &str) -> Response {
+    match utoipa_swagger_ui::serve(path, swagger_config()) {
+        Ok(Some(file)) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, file.content_type)],
+                Body::from(file.bytes.into_owned()),
+            )
+                .into_response();
+            if file.gzpipped {
+                response.headers_mut().insert(
+                    header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
+        Ok(None) => Problem::not_found(format!("Swagger UI has no file {path}")).into_response(),
+        Err(error) => Problem::internal(&error).into_response(),
+    }
+}
 
-/// The public keys that verify access tokens.
-#[utoipa::path(
-    get, path = "/.well-known/jwks.json", tag = "auth",
-    responses((status = 200, description = "The key set", body = JwkSet))
-)]
-fn jwks() {}
+/// What a route of the table lacks in its upstream's description.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {pattern} is served (by {upstream}) but its handler describes no such operation")]
+pub struct Undocumented {
+    pub method: String,
+    pub pattern: &'static str,
+    pub upstream: &'static str,
+}
+
+/// Each upstream's description, from its handlers.
+fn upstream_document(upstream: &str) -> OpenApi {
+    match upstream {
+        "auth" => auth::openapi(),
+        "media" => media::routes::openapi(),
+        "posts" => posts::openapi(),
+        "comments" => comments::openapi(),
+        "query" => query::openapi(),
+        "event-bus" => event_bus::openapi(),
+        _ => OpenApi::default(),
+    }
+}
+
+const METHODS: [(HttpMethod, &str); 5] = [
+    (HttpMethod::Get, "GET"),
+    (HttpMethod::Post, "POST"),
+    (HttpMethod::Put, "PUT"),
+    (HttpMethod::Patch, "PATCH"),
+    (HttpMethod::Delete, "DELETE"),
+];
+
+fn operation_mut<'a>(item: &'a mut PathItem, method: &HttpMethod) -> Option<&'a mut Operation> {
+    match method {
+        HttpMethod::Get => item.get.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Put => item.put.as_mut(),
+        HttpMethod::Patch => item.patch.as_mut(),
+        HttpMethod::Delete => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+/// The whole description: the route table's rows as their upstreams describe them,
+/// plus the gateway's own routes (`own`: the web UI, the documentation; `live`: the
+/// event streams) and the routes every service serves.
+pub(crate) fn document(own: OpenApi, mut live: OpenApi) -> Result<OpenApi, Undocumented> {
+    let mut document = base();
+    document.merge(own);
+    // The live streams are behind the table's client resolution and rate limit.
+    for item in live.paths.paths.values_mut() {
+        if let Some(operation) = item.get.as_mut() {
+            add_gateway_answers(operation, Guard::Open, "GET");
+        }
+    }
+    document.merge(live);
+    document.merge(platform::openapi::standard_openapi());
+    for row in table_rows() {
+        let mut upstream = upstream_document(row.upstream);
+        let item = upstream.paths.paths.get_mut(row.pattern);
+        let undocumented = |method: &str| Undocumented {
+            method: method.to_owned(),
+            pattern: row.pattern,
+            upstream: row.upstream,
+        };
+        let Some(item) = item else {
+            return Err(undocumented(row.methods.name()));
+        };
+        let mut found = false;
+        for (method, name) in &METHODS {
+            if !row.methods.covers(name) {
+                continue;
+            }
+            let Some(operation) = operation_mut(item, method) else {
+                continue;
+            };
+            found = true;
+            let mut operation = operation.clone();
+            add_gateway_answers(&mut operation, row.guard, name);
+            document
+                .paths
+                .add_path_operation(row.pattern, vec![method.clone()], operation);
+        }
+        if !found {
+            return Err(undocumented(row.methods.name()));
+        }
+        // The schemas the operations name.
+        if let Some(components) = upstream.components.take() {
+            let into = document.components.get_or_insert_with(Default::default);
+            for (name, schema) in components.schemas {
+                into.schemas.entry(name).or_insert(schema);
+            }
+        }
+    }
+    Ok(document)
+}
+
+/// The answers the gateway gives on a proxied route before or instead of its upstream.
+fn add_gateway_answers(operation: &mut Operation, guard: Guard, method: &str) {
+    let responses = &mut operation.responses.responses;
+    let mut add = |status: &str, response: utoipa::openapi::Response| {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| response.into());
+    };
+    if guard != Guard::Open {
+        add(
+            "401",
+            problem_response(
+                "No Bearer token, or one that is invalid or expired (checked by the gateway)",
+            ),
+        );
+        operation.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+    if guard == Guard::Admin {
+        add("403", problem_response("The token is not an admin's"));
+    }
+    if method == "POST" {
+        add(
+            "413",
+            problem_response("The body is larger than the route allows"),
+        );
+    }
+    add(
+        "429",
+        problem_response_retry(
+            "Too many requests from this client address (the gateway's limit, FLOTILLA_GATEWAY_RATE_LIMIT); see Retry-After",
+        ),
+    );
+    add(
+        "503",
+        problem_response_retry(
+            "The service behind this route is unavailable, overloaded, slow to answer, or not configured on this gateway",
+        ),
+    );
+}
+
+fn base() -> OpenApi {
+    let mut bearer = Http::new(HttpAuthScheme::Bearer);
+    bearer.bearer_format = Some("JWT".to_owned());
+    let tag = |name: &str, description: &str| {
+        let mut tag = Tag::new(name);
+        tag.description = Some(description.to_owned());
+        tag
+    };
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Flotilla")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "The public API of Flotilla, served by the gateway: every route the gateway \
+                     serves, generated from the handlers. Every error is an RFC 9457 \
+                     `application/problem+json` body (the `Problem` schema). The prose \
+                     reference, with the messages on the bus, is docs/API.md.",
+                )),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .schema("Problem", <Problem as utoipa::PartialSchema>::schema())
+                .security_scheme(
+                    "basic",
+                    SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+                )
+                .security_scheme("bearer", SecurityScheme::Http(bearer))
+                .build(),
+        ))
+        .tags(Some([
+            tag("auth", "Accounts and access tokens"),
+            tag("media", "Video uploads, conversion jobs and MP3 downloads"),
+            tag("blog", "Posts, comments and the blog's event log"),
+            tag(
+                "live",
+                "Server-Sent Events for the web app: blog changes and a user's jobs",
+            ),
+            tag("web", "The web app"),
+            tag("documentation", "This description and Swagger UI"),
+            tag("operations", "Liveness, readiness and metrics"),
+        ]))
+        .build()
+}
+
+/// The description of the gateway's API as `build` serves it (for tools and tests).
+pub fn openapi() -> Result<OpenApi, Undocumented> {
+    let own = crate::own_routes(Served::default()).into_openapi();
+    document(own, crate::live::openapi())
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn doc() -> serde_json::Value {
+        serde_json::to_value(openapi().expect("every row documented")).expect("json")
+    }
+
     #[test]
-    fn the_description_names_every_auth_route() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
-        for path in [
-            "/signup",
-            "/login",
-            "/validate",
-            "/.well-known/jwks.json",
-            "/live/blog",
-            "/live/jobs",
-        ] {
-            assert!(doc["paths"][path].is_object(), "{path} missing");
+    fn every_row_of_the_route_table_is_described_with_the_gateway_answers() {
+        let doc = doc();
+        for row in table_rows() {
+            let item = &doc["paths"][row.pattern];
+            assert!(item.is_object(), "{} missing", row.pattern);
+            for (_, name) in METHODS {
+                if !row.methods.covers(name) {
+                    continue;
+                }
+                let Some(operation) = item.get(name.to_lowercase()) else {
+                    continue;
+                };
+                let responses = &operation["responses"];
+                assert!(responses["429"].is_object(), "{name} {}", row.pattern);
+                assert!(responses["503"].is_object(), "{name} {}", row.pattern);
+                if row.guard != Guard::Open {
+                    assert!(responses["401"].is_object(), "{name} {}", row.pattern);
+                    assert_eq!(operation["security"][0]["bearer"], serde_json::json!([]));
+                }
+                if row.guard == Guard::Admin {
+                    assert!(responses["403"].is_object(), "{name} {}", row.pattern);
+                }
+            }
         }
         assert_eq!(
-            doc["paths"]["/login"]["post"]["responses"]["429"]["description"]
-                .as_str()
-                .map(|d| d.contains("Retry-After")),
-            Some(true)
+            doc["paths"]["/login"]["post"]["security"][0]["basic"],
+            serde_json::json!([])
         );
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+        assert!(doc["components"]["schemas"]["Problem"].is_object());
+    }
+
+    #[test]
+    fn formats_and_limits_are_the_servers() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["SignupRequest"]["properties"]["email"]["format"],
+            "email"
+        );
+        assert_eq!(
+            schemas["SignupRequest"]["properties"]["password"]["maxLength"],
+            256
+        );
+        assert_eq!(
+            schemas["NewPost"]["properties"]["title"]["maxLength"],
+            10_000
+        );
+        assert_eq!(schemas["Job"]["properties"]["job_id"]["format"], "uuid");
+        let upload = &doc["paths"]["/upload"]["post"]["requestBody"];
+        assert!(upload["content"]["multipart/form-data"].is_object());
+        assert!(
+            upload["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("FLOTILLA_MAX_UPLOAD_BYTES"))
+        );
+    }
+
+    #[test]
+    fn swagger_ui_calls_no_validator() {
+        let Ok(Some(file)) = utoipa_swagger_ui::serve("swagger-initializer.js", swagger_config())
+        else {
+            panic!("the initializer is vendored");
+        };
+        let text = String::from_utf8_lossy(&file.bytes);
+        assert!(text.contains("\"validatorUrl\": \"none\""), "{text}");
+        assert!(text.contains(OPENAPI_PATH));
+        assert!(!text.contains("https://"), "{text}");
     }
 }

@@ -1,4 +1,4 @@
-//! The route table of the system (CONTRACTS §2), in one place: which upstream serves
+//! The route table of the system (docs/API.md), in one place: which upstream serves
 //! which path and method, how long each route may take and what it needs from a caller.
 //!
 //! The table is served twice, with the same answers: as an axum router (what a test or
@@ -36,16 +36,16 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
-struct Route {
-    methods: Methods,
-    pattern: &'static str,
-    upstream: &'static str,
+pub(crate) struct Route {
+    pub(crate) methods: Methods,
+    pub(crate) pattern: &'static str,
+    pub(crate) upstream: &'static str,
     timeout: Duration,
-    guard: Guard,
+    pub(crate) guard: Guard,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Methods {
+pub(crate) enum Methods {
     Get,
     Post,
     Any,
@@ -53,7 +53,7 @@ enum Methods {
 
 /// What a route needs before its upstream is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Guard {
+pub(crate) enum Guard {
     Open,
     /// A valid Bearer token, checked here (auth.rs), or 401.
     Token,
@@ -107,6 +107,11 @@ const TABLE: [Route; 14] = [
     route(Get, "/events", "event-bus"),
     route(Post, "/events", "event-bus").guarded(Guard::Admin),
 ];
+
+/// The rows of the table, for the API description (openapi.rs).
+pub(crate) fn table_rows() -> impl Iterator<Item = &'static Route> {
+    TABLE.iter()
+}
 
 /// What every route shares: the upstreams, the token verifier (auth's keys, cached) and
 /// the per-client rate limit.
@@ -378,6 +383,23 @@ async fn after_reading_body(request: Request, refusal: Response) -> Response {
 }
 
 impl Methods {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Get => "GET",
+            Post => "POST",
+            Any => "any method",
+        }
+    }
+
+    /// Whether the row serves the method named `name` (upper case).
+    pub(crate) fn covers(self, name: &str) -> bool {
+        match self {
+            Get => name == "GET",
+            Post => name == "POST",
+            Any => true,
+        }
+    }
+
     /// As axum's method routers: `GET` routes answer `HEAD` too, but that (rare) case is
     /// left to the router.
     fn allow(self, method: &Method) -> bool {

@@ -4,14 +4,13 @@
 //! only, no inline code) and revalidated with ETags.
 
 use axum::{
-    Router,
     extract::Path,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use platform::Problem;
 use rust_embed::RustEmbed;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 #[derive(RustEmbed)]
 #[folder = "../../web"]
@@ -20,17 +19,56 @@ struct Assets;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub fn routes() -> Router {
-    Router::new()
-        .route("/", get(|headers: HeaderMap| async move { asset("index.html", &headers) }))
-        .route(
-            "/favicon.ico",
-            get(|headers: HeaderMap| async move { asset("favicon.svg", &headers) }),
-        )
-        .route(
-            "/ui/{file}",
-            get(|Path(file): Path<String>, headers: HeaderMap| async move { asset(&file, &headers) }),
-        )
+/// The web app's routes, registered with their descriptions.
+pub fn routes() -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(favicon))
+        .routes(routes!(ui_file))
+}
+
+/// The web app (upload, jobs, blog) in a browser.
+#[utoipa::path(
+    get, path = "/", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
+    responses(
+        (status = 200, description = "The web app's page", body = String, content_type = "text/html"),
+        (status = 304, description = "The copy held is current"),
+    )
+)]
+async fn index(headers: HeaderMap) -> Response {
+    asset("index.html", &headers)
+}
+
+/// The web app's icon (SVG), where browsers look for it.
+#[utoipa::path(
+    get, path = "/favicon.ico", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
+    responses(
+        (status = 200, description = "The icon", body = String, content_type = "image/svg+xml"),
+        (status = 304, description = "The copy held is current"),
+    )
+)]
+async fn favicon(headers: HeaderMap) -> Response {
+    asset("favicon.svg", &headers)
+}
+
+/// A file of the web app (script, style sheet, image).
+#[utoipa::path(
+    get, path = "/ui/{file}", tag = "web",
+    params(
+        ("file" = String, Path, description = "The file's name, e.g. `app.js`"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held"),
+    ),
+    responses(
+        (status = 200, description = "The file", body = String, content(
+            ("text/html"), ("text/javascript"), ("text/css"), ("image/svg+xml"), ("application/octet-stream"))),
+        (status = 304, description = "The copy held is current"),
+        (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ui_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    asset(&file, &headers)
 }
 
 fn asset(name: &str, request_headers: &HeaderMap) -> Response {

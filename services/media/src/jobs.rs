@@ -41,23 +41,33 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// A conversion job as clients see it (`GET /jobs`, `GET /jobs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Job {
+    #[schema(format = Uuid)]
     pub job_id: String,
     pub status: JobStatus,
+    /// The uploaded video's file id (`video-<job_id>`).
     pub video_fid: String,
+    /// The MP3's file id once `done`: `GET /download?fid=…`.
     pub mp3_fid: Option<String>,
+    /// Why the job `failed`, in words.
     pub error: Option<String>,
+    /// The uploaded file's name (directories and control characters removed).
     pub filename: String,
+    #[schema(minimum = 0)]
     pub size_bytes: i64,
+    /// The MP3's duration once `done`.
     pub duration_secs: Option<f64>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub owner_id: String,
     /// The owner's email, shown to admins only (see `routes::JobView`).
     #[serde(skip)]
+    #[schema(ignore)]
     pub owner_email: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// Unix seconds.
     pub updated_at: i64,
 }
 

@@ -13,7 +13,6 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use contracts::media::{VIDEO, VideoMessage};
 use http::{HeaderMap, header};
@@ -21,6 +20,11 @@ use identity::Caller;
 use platform::Problem;
 use serde::Serialize;
 use storage::blob::BlobStore;
+use utoipa::ToSchema;
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouter},
+    routes,
+};
 
 use crate::{
     download,
@@ -56,11 +60,14 @@ pub const LIVE_BUFFER: usize = 256;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// A job as a listing shows it: with its owner's email for an admin.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct JobView<'a> {
     #[serde(flatten)]
+    #[schema(value_type = Job)]
     job: &'a Job,
+    /// The owner's email (shown to admins only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Email)]
     owner: Option<&'a str>,
 }
 
@@ -74,38 +81,74 @@ impl<'a> JobView<'a> {
 }
 
 pub fn router(state: Arc<MediaState>) -> Router {
+    let (router, _) = api().with_state(state).split_for_parts();
+    router
+}
+
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+fn api() -> OpenApiRouter<Arc<MediaState>> {
     let limited = |timeout: Duration| {
         middleware::from_fn_with_state(timeout, platform::http::enforce_timeout)
     };
-    Router::new()
-        .route(
-            "/upload",
-            post(upload_video)
-                // The platform's 1 MiB default is for JSON; an upload is bounded by
-                // `max_upload_bytes`, counted while it streams (upload.rs).
-                .layer(DefaultBodyLimit::disable())
-                .layer(limited(UPLOAD_TIMEOUT)),
-        )
-        .route("/jobs", get(list_jobs).layer(limited(DEFAULT_TIMEOUT)))
-        .route("/jobs/{id}", get(get_job).layer(limited(DEFAULT_TIMEOUT)))
-        .route(
-            "/jobs/stream",
-            get(stream_jobs).layer(limited(DEFAULT_TIMEOUT)),
-        )
-        .route(
-            "/download",
-            get(download_mp3).layer(limited(DEFAULT_TIMEOUT)),
-        )
-        .with_state(state)
+    let within = |(schemas, paths, methods): UtoipaMethodRouter<Arc<MediaState>>,
+                  timeout: Duration| {
+        (schemas, paths, methods.layer(limited(timeout)))
+    };
+    let (schemas, paths, upload) = routes!(upload_video);
+    // The platform's 1 MiB default is for JSON; an upload is bounded by
+    // `max_upload_bytes`, counted while it streams (upload.rs).
+    let upload = (schemas, paths, upload.layer(DefaultBodyLimit::disable()));
+    OpenApiRouter::new()
+        .routes(within(upload, UPLOAD_TIMEOUT))
+        .routes(within(routes!(list_jobs), DEFAULT_TIMEOUT))
+        .routes(within(routes!(get_job), DEFAULT_TIMEOUT))
+        .routes(within(routes!(stream_jobs), DEFAULT_TIMEOUT))
+        .routes(within(routes!(download_mp3), DEFAULT_TIMEOUT))
 }
 
-#[derive(Debug, Serialize)]
+/// The OpenAPI description of media's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The job an upload created (with `Accept: application/json`).
+#[derive(Debug, Serialize, ToSchema)]
 struct Uploaded {
+    #[schema(format = Uuid)]
     job_id: String,
     video_fid: String,
+    /// Where to follow the job: `/jobs/{job_id}`.
     status_url: String,
 }
 
+/// The form of an upload: exactly one file part (its field name is free) and, beside it,
+/// optional text fields (read and dropped, at most 64 KiB each).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The video (or any audio/video file ffmpeg reads). The whole request body counts
+    /// against the upload limit: `FLOTILLA_MAX_UPLOAD_BYTES`, 2 GiB by default.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// Upload a video to convert to MP3. The answer comes once the whole file is stored;
+/// the job then goes `queued → converting → done | failed` (`GET /jobs/{id}`) and the
+/// uploader gets an email when it ends.
+#[utoipa::path(
+    post, path = "/upload", tag = "media",
+    security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data",
+        description = "One file part. The whole body may be at most `FLOTILLA_MAX_UPLOAD_BYTES` (2 GiB by default); a larger `Content-Length` is refused before anything is read."),
+    responses(
+        (status = 200, description = "Stored and queued: the job as JSON when `Accept` names `application/json`, otherwise the reference system's `success!`",
+            content((Uploaded = "application/json"), (String = "text/plain"))),
+        (status = 400, description = "Not multipart/form-data, no file part or more than one, an empty file, a text field over 64 KiB, or malformed framing", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body arrived too slowly", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the upload limit (the problem's `limit_bytes` says it)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn upload_video(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
@@ -200,14 +243,32 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 
 /// `?limit=N&before=JOB_ID`: at most N jobs, older than job JOB_ID; `all=true`: every
 /// user's jobs, with their owner (admins only, 403 for anyone else).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobsPage {
+    /// At most this many jobs (1 to 500; 500 by default).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// Only jobs older than this one of yours (the `Link: rel="next"` of a page).
     before: Option<String>,
+    /// Every user's jobs, each with its `owner` (admins only; 403 for anyone else).
     #[serde(default)]
     all: bool,
 }
 
+/// The caller's jobs, newest first, in pages (`Link: rel="next"` when there may be more).
+#[utoipa::path(
+    get, path = "/jobs", tag = "media",
+    security(("bearer" = [])),
+    params(JobsPage),
+    responses(
+        (status = 200, description = "The jobs", body = Vec<JobView>,
+            headers(("Link" = String, description = "`</jobs?limit=N&before=ID>; rel=\"next\"` when the page is full"))),
+        (status = 400, description = "`limit` outside 1 to 500, or `before` is not one of your jobs", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`all=true` from someone who is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_jobs(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
@@ -261,6 +322,17 @@ async fn list_jobs(
     Ok(response)
 }
 
+/// One job: its status, and its MP3's file id once done.
+#[utoipa::path(
+    get, path = "/jobs/{id}", tag = "media",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job id (from the upload's answer)")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or not yours (the two are one answer)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_job(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
@@ -276,6 +348,23 @@ async fn get_job(
     Ok(Json(job))
 }
 
+/// The MP3 of a finished job; `Range` requests are served (206).
+#[utoipa::path(
+    get, path = "/download", tag = "media",
+    security(("bearer" = [])),
+    params(
+        ("fid" = String, Query, description = "The MP3's file id (a job's `mp3_fid`)"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
+    ),
+    responses(
+        (status = 200, description = "The whole MP3", body = Vec<u8>, content_type = "audio/mpeg"),
+        (status = 206, description = "The requested range", body = Vec<u8>, content_type = "audio/mpeg"),
+        (status = 400, description = "No `fid`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "The range is outside the file; `Content-Range: bytes */SIZE`"),
+    )
+)]
 async fn download_mp3(
     State(state): State<Arc<MediaState>>,
     caller: Caller,
@@ -312,6 +401,14 @@ async fn download_mp3(
 /// status in this instance, `resync` when the stream fell more than [`LIVE_BUFFER`]
 /// changes behind (the client then lists its jobs again), a comment every 15 s. The
 /// gateway serves it as `GET /live/jobs` and caps how many are open.
+#[utoipa::path(
+    get, path = "/jobs/stream", tag = "media",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn stream_jobs(State(state): State<Arc<MediaState>>, caller: Caller) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;

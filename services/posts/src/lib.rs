@@ -15,11 +15,12 @@ use axum::{
     body::Bytes,
     extract::{Query, State},
     http::StatusCode,
-    response::IntoResponse,
-    routing::{get, post},
 };
+use contracts::schema::{EventEnvelope, NewPost};
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use store::{Post, PostError, PostStore};
 
@@ -53,17 +54,38 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
 }
 
 fn routes(store: PostStore) -> Router {
-    Router::new()
-        .route("/posts", get(list_posts).post(create_post))
-        .route("/posts/create", post(create_post))
-        .route("/events", post(receive_event))
-        .with_state(store)
+    let (router, _) = api().with_state(store).split_for_parts();
+    router
 }
 
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+/// `POST /posts` is `POST /posts/create` under the course's other name.
+fn api() -> OpenApiRouter<PostStore> {
+    OpenApiRouter::new()
+        .routes(routes!(list_posts, create_post_at_posts))
+        .routes(routes!(create_post))
+        .routes(routes!(receive_event))
+}
+
+/// The OpenAPI description of the service's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Create a post (the course's name for it). Its `PostCreated` event goes out on the bus.
+#[utoipa::path(
+    post, path = "/posts/create", tag = "blog",
+    request_body = NewPost,
+    responses(
+        (status = 201, description = "The post", body = Post),
+        (status = 400, description = "Not JSON, or a title that is missing, not a string, over 10,000 characters, without a visible character or with a control character", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 1 MiB", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create_post(
     State(store): State<PostStore>,
     body: Bytes,
-) -> Result<impl IntoResponse, Problem> {
+) -> Result<(StatusCode, Json<Post>), Problem> {
     let body = json_body(&body).map_err(not_json)?;
     let title = contracts::blog::text_field(&body, "title")
         .map_err(|e| Problem::bad_request(e.to_string()))?;
@@ -74,14 +96,45 @@ async fn create_post(
     Ok((StatusCode::CREATED, Json(post)))
 }
 
+/// Create a post: `POST /posts/create` under the path the course's client also uses.
+#[utoipa::path(
+    post, path = "/posts", tag = "blog",
+    request_body = NewPost,
+    responses(
+        (status = 201, description = "The post", body = Post),
+        (status = 400, description = "Not JSON, or a title that is missing, not a string, over 10,000 characters, without a visible character or with a control character", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 1 MiB", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_post_at_posts(
+    state: State<PostStore>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Post>), Problem> {
+    create_post(state, body).await
+}
+
 /// `?limit=N&after=ID`: at most N posts created after post ID. Both optional; without
 /// them the whole map, as the course's client expects.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// At most this many posts.
+    #[param(minimum = 0)]
     limit: Option<u32>,
+    /// Only posts created after this one.
     after: Option<String>,
 }
 
+/// The posts this service wrote, by id (the gateway's `GET /posts` is the query
+/// service's view, with comments).
+#[utoipa::path(
+    get, path = "/posts", tag = "blog",
+    params(Page),
+    responses(
+        (status = 200, description = "Posts by id", body = BTreeMap<String, Post>),
+        (status = 400, description = "A `limit` that is not a number", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_posts(
     State(store): State<PostStore>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -101,6 +154,15 @@ async fn list_posts(
 
 /// The course's services are pushed every event; this one has nothing to do with them,
 /// but answers as the course's does so a course-style event bus can push to it.
+/// The course's push of every event to every service; this one reacts to none.
+#[utoipa::path(
+    post, path = "/events", tag = "internal",
+    request_body = EventEnvelope,
+    responses(
+        (status = 200, description = "Taken (and ignored)", body = Object, example = json!({})),
+        (status = 400, description = "Not JSON, or not a `{\"type\", \"data\"}` envelope", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn receive_event(body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
     let body = json_body(&body).map_err(not_json)?;
     let _: contracts::blog::Envelope = serde_json::from_value(body)

@@ -17,8 +17,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration::portable(
 )];
 
 /// A post as the write side knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Post {
+    #[schema(format = Uuid)]
     pub id: String,
     pub title: String,
 }

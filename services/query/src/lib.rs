@@ -30,18 +30,21 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Json,
     body::{Body, Bytes},
     extract::{Query, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use contracts::blog::{self, BlogEvent, Envelope};
+use contracts::schema::EventEnvelope;
 use futures::StreamExt as _;
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
 use serde::Deserialize;
+use store::ViewPost;
 use tokio::sync::Mutex;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use event_log::{EventLogClient, EventLogError, EventLogService};
 pub use store::{View, ViewStore};
@@ -172,12 +175,21 @@ pub async fn build_with_event_log(
         shutdown: context.shutdown.clone(),
         rendered: Arc::new(Mutex::new(None)),
     };
-    let routes = Router::new()
-        .route("/posts", get(read_posts))
-        .route("/posts/changes", get(stream_changes))
-        .route("/events", post(receive_event))
-        .with_state(state);
+    let (routes, _) = api().with_state(state).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
+}
+
+/// The routes with their descriptions (one source for the router and the OpenAPI).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(read_posts))
+        .routes(routes!(stream_changes))
+        .routes(routes!(receive_event))
+}
+
+/// The OpenAPI description of the service's routes, from the handlers themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
 }
 
 /// Empties the view at `database_url` and, when the log is given, rebuilds it now
@@ -295,12 +307,28 @@ async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usi
 }
 
 /// `?limit=N&after=ID`: at most N posts created after post ID.
-#[derive(Debug, Deserialize)]
+/// `?limit=N&after=ID`: a page of the view. Without either, the whole view.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// At most this many posts (100 when only `after` is given).
+    #[param(minimum = 1)]
     limit: Option<u32>,
+    /// Only posts after this id (the `Link: rel="next"` of a page).
     after: Option<String>,
 }
 
+/// Every post with its comments, by post id — the course's `GET /posts`. With `limit`
+/// or `after`, one page (`Link: rel="next"` when there may be more).
+#[utoipa::path(
+    get, path = "/posts", tag = "blog",
+    params(Page),
+    responses(
+        (status = 200, description = "Posts by id, each with its comments", body = BTreeMap<String, ViewPost>,
+            headers(("Link" = String, description = "`</posts?limit=N&after=ID>; rel=\"next\"` when a page is full"))),
+        (status = 400, description = "`limit` is not a number of at least 1", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn read_posts(
     State(state): State<AppState>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -451,6 +479,14 @@ impl Renderer {
 }
 
 /// The course's push style: applied like a delivery from the bus (same inbox).
+#[utoipa::path(
+    post, path = "/events", tag = "internal",
+    request_body = EventEnvelope,
+    responses(
+        (status = 200, description = "Applied (or already applied)", body = Object, example = json!({})),
+        (status = 400, description = "Not an envelope, or a blog event whose data does not fit its type", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn receive_event(
     State(state): State<AppState>,
     body: Bytes,
@@ -480,6 +516,10 @@ async fn receive_event(
 /// [`LIVE_BUFFER`] behind or the view caught up from the log (read `GET /posts` again),
 /// a comment every 15 s. The gateway holds one such stream and fans it out to browsers
 /// (`GET /live/blog`); the stream ends when the service stops.
+#[utoipa::path(
+    get, path = "/posts/changes", tag = "internal",
+    responses((status = 200, description = "An endless event stream", body = String, content_type = "text/event-stream"))
+)]
 async fn stream_changes(State(state): State<AppState>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;

@@ -60,14 +60,16 @@ pub const MIGRATIONS: &[Migration] = &[
     ),
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A comment in the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ViewComment {
     pub id: String,
     pub content: String,
     pub status: CommentStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A post in the view, with its comments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ViewPost {
     pub id: String,
     pub title: String,

@@ -1,0 +1,264 @@
+//! JSON Schemas of the blog's inputs and events that say exactly what the services
+//! accept: the patterns are built from the same predicates the services check
+//! ([`blog::check_text`], the id and event-type rules), so every string the OpenAPI
+//! document allows is accepted and every other one is refused (Schemathesis checks both
+//! ways). A hand-written regex would drift from Unicode's general categories.
+//!
+//! Patterns are ECMA-262 / Python-compatible: BMP characters as `\uXXXX`, characters
+//! beyond it as themselves.
+
+use std::{fmt::Write as _, sync::OnceLock};
+
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        ObjectBuilder, OneOfBuilder, RefOr, Schema, Type,
+        extensions::Extensions,
+        schema::{AdditionalProperties, SchemaType},
+    },
+};
+
+use crate::blog::{self, MAX_ID_CHARS, MAX_TEXT_CHARS};
+
+/// `c` as it appears in a regex character class.
+fn class_char(out: &mut String, c: char) {
+    if (c as u32) <= 0xFFFF {
+        let _ = write!(out, "\\u{:04X}", c as u32);
+    } else {
+        out.push(c);
+    }
+}
+
+/// A character class body (without brackets) of every character for which `pick` holds,
+/// as ranges.
+fn class_of(pick: impl Fn(char) -> bool) -> String {
+    let mut out = String::new();
+    let mut run: Option<(char, char)> = None;
+    let flush = |out: &mut String, run: Option<(char, char)>| {
+        if let Some((first, last)) = run {
+            class_char(out, first);
+            if last != first {
+                out.push('-');
+                class_char(out, last);
+            }
+        }
+    };
+    for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+        if pick(c) {
+            run = match run {
+                Some((first, last)) if last as u32 + 1 == c as u32 => Some((first, c)),
+                other => {
+                    flush(&mut out, other);
+                    Some((c, c))
+                }
+            };
+        }
+    }
+    flush(&mut out, run);
+    out
+}
+
+/// Control characters a title or comment may not hold (all but tab, LF, CR).
+fn forbidden_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// The pattern of [`blog::check_text`]: no forbidden control character, at least one
+/// visible one.
+pub fn text_pattern() -> &'static str {
+    static PATTERN: OnceLock<String> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let allowed = format!("[^{}]", class_of(forbidden_control));
+        let visible = format!(
+            "[^{}]",
+            class_of(|c| blog::is_invisible(c) || forbidden_control(c))
+        );
+        format!("^{allowed}*{visible}{allowed}*$")
+    })
+}
+
+/// The pattern of a post or comment id in an event: visible characters only.
+pub fn id_pattern() -> &'static str {
+    static PATTERN: OnceLock<String> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        format!(
+            "^[^{}]*$",
+            class_of(|c| blog::is_invisible(c) || c.is_control())
+        )
+    })
+}
+
+/// The pattern of an event type name ([`blog::is_valid_event_type`]).
+pub fn event_type_pattern() -> &'static str {
+    static PATTERN: OnceLock<String> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        format!(
+            "^[^{}]*$",
+            class_of(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace() || c.is_control())
+        )
+    })
+}
+
+/// `"not": {"enum": [the four blog types]}`. utoipa's builders have no `not`; its
+/// extensions are a flattened map, so the keyword is added there.
+fn not_one_of_the_blog_types() -> Extensions {
+    let mut extensions = Extensions::default();
+    extensions.insert(
+        "not".to_owned(),
+        serde_json::json!({"enum": blog::EVENT_TYPES}),
+    );
+    extensions
+}
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+/// A title or a comment: 1 to 10,000 characters, at least one visible, no control
+/// character but tab and line breaks.
+pub fn text_schema(description: &str) -> ObjectBuilder {
+    string()
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(MAX_TEXT_CHARS))
+        .pattern(Some(text_pattern()))
+}
+
+/// An id carried by an event: 1 to 64 visible characters.
+pub fn id_schema(description: &str) -> ObjectBuilder {
+    string()
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_CHARS))
+        .pattern(Some(id_pattern()))
+}
+
+fn status_schema() -> ObjectBuilder {
+    string()
+        .enum_values(Some(["pending", "approved", "rejected"]))
+        .description(Some("The comment's moderation state"))
+}
+
+/// `{"type": event_type, "data": {fields…}}` with exactly `fields`, all required.
+fn envelope(event_type: &str, description: &str, fields: Vec<(&str, ObjectBuilder)>) -> Schema {
+    let mut data = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    for (name, schema) in fields {
+        data = data.property(name, schema).required(name);
+    }
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property("type", string().enum_values(Some([event_type])))
+        .required("type")
+        .property("data", data)
+        .required("data")
+        .into()
+}
+
+fn comment_fields() -> Vec<(&'static str, ObjectBuilder)> {
+    vec![
+        ("id", id_schema("The comment's id")),
+        ("content", text_schema("The comment")),
+        ("postId", id_schema("The post commented on")),
+        ("status", status_schema()),
+    ]
+}
+
+/// An event of the blog, as `POST /events` accepts it and `GET /events` returns it:
+/// one of the four blog events (exactly their fields), or an envelope of any other type
+/// (carried as it is; the services ignore it).
+#[derive(Debug)]
+pub struct EventEnvelope;
+
+impl PartialSchema for EventEnvelope {
+    fn schema() -> RefOr<Schema> {
+        let other = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "An event of another type: carried and logged as it is, ignored by the blog's services",
+            ))
+            .property(
+                "type",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(100))
+                    .pattern(Some(event_type_pattern()))
+                    .extensions(Some(not_one_of_the_blog_types())),
+            )
+            .required("type")
+            .property("data", ObjectBuilder::new().schema_type(SchemaType::AnyValue));
+        OneOfBuilder::new()
+            .item(envelope(
+                blog::POST_CREATED,
+                "A post was created (routing key `blog.PostCreated`)",
+                vec![
+                    ("id", id_schema("The post's id")),
+                    ("title", text_schema("The post's title")),
+                ],
+            ))
+            .item(envelope(
+                blog::COMMENT_CREATED,
+                "A comment was written, `pending` moderation (`blog.CommentCreated`)",
+                comment_fields(),
+            ))
+            .item(envelope(
+                blog::COMMENT_MODERATED,
+                "Moderation decided on a comment (`blog.CommentModerated`)",
+                comment_fields(),
+            ))
+            .item(envelope(
+                blog::COMMENT_UPDATED,
+                "The comments service applied a decision (`blog.CommentUpdated`)",
+                comment_fields(),
+            ))
+            .item(other)
+            .into()
+    }
+}
+
+impl ToSchema for EventEnvelope {}
+
+fn title_schema() -> ObjectBuilder {
+    text_schema("The post's title")
+}
+
+fn content_schema() -> ObjectBuilder {
+    text_schema("The comment")
+}
+
+/// A new post: `POST /posts/create` (or `POST /posts`). Other members are ignored.
+#[derive(Debug, ToSchema)]
+pub struct NewPost {
+    #[schema(schema_with = title_schema)]
+    pub title: String,
+}
+
+/// A new comment: `POST /posts/{id}/comments`. Other members are ignored.
+#[derive(Debug, ToSchema)]
+pub struct NewComment {
+    #[schema(schema_with = content_schema)]
+    pub content: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `text` matches a `^[^…]*[^…][^…]*$`-style pattern of this module, read
+    /// back by hand (no regex engine in this crate): the pattern and the predicate it
+    /// was built from agree.
+    #[test]
+    fn the_text_pattern_is_built_from_the_check() {
+        let pattern = text_pattern();
+        assert!(pattern.starts_with("^[^\\u0000-\\u0008\\u000B-\\u000C\\u000E-\\u001F"));
+        // A zero-width space and a combining mark are in the invisible class.
+        let visible = pattern.split("*[^").nth(1).expect("the visible class");
+        assert!(visible.contains("\\u200B"));
+        assert!(visible.contains("\\u0300-\\u036F"));
+        // Letters are not.
+        assert!(!visible.contains("\\u0041"));
+    }
+}
