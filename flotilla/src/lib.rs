@@ -15,7 +15,7 @@ use tower::ServiceExt;
 
 pub use gateway::{GatewayArgs, parse_upstream_url};
 
-/// The services of the system (CONTRACTS §1), as accepted by `flotilla serve`.
+/// The services of the system (docs/API.md §1), as accepted by `flotilla serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceName {
     Gateway,

@@ -1,4 +1,4 @@
-//! Blog event JSON (CONTRACTS §6) as `POST /events` and the bus deliver it: an envelope
+//! Blog event JSON (docs/API.md §6) as `POST /events` and the bus deliver it: an envelope
 //! or a typed event parses or is refused; a parsed event survives a round trip with the
 //! same content-derived message id.
 #![no_main]

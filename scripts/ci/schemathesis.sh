@@ -18,7 +18,7 @@ base="http://127.0.0.1:$port"
 admin_email=schemathesis-admin@example.com
 admin_password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 FLOTILLA_ADMIN_EMAIL=$admin_email FLOTILLA_ADMIN_PASSWORD=$admin_password \
-  FLOTILLA_CONVERTER_FFMPEG=off \
+  FLOTILLA_CONVERTER_FFMPEG=off FLOTILLA_COMMENTS_POST_WAIT=200ms \
   "$bin" up --listen "127.0.0.1:$port" --data-dir "$data" >"$data/flotilla.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
@@ -30,7 +30,7 @@ for _ in $(seq 1 120); do
 done
 token=$(curl -fsS -X POST -u "$admin_email:$admin_password" "$base/login")
 status=0
-schemathesis run "$base/openapi.json" --url "$base" --checks all \
+schemathesis --config-file scripts/ci/schemathesis.toml run "$base/openapi.json" --url "$base" --checks all \
   --header "Authorization: Bearer $token" \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
   --request-timeout 30 --workers 1 --seed 14 "$@" || status=$?

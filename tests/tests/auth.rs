@@ -1,5 +1,5 @@
 //! Auth end to end, through the gateway of a whole `flotilla up` system: every status
-//! code of CONTRACTS §3, tokens checked locally at the gateway for protected routes,
+//! code of docs/API.md §3, tokens checked locally at the gateway for protected routes,
 //! the reference curl flow with an admin seeded from the command line, and no plain
 //! password anywhere in the data directory.
 

@@ -1,4 +1,4 @@
-//! Events and inputs of the blog (CONTRACTS §6), with the course's names: the four
+//! Events and inputs of the blog (docs/API.md §6), with the course's names: the four
 //! events travel as `{"type": "...", "data": {...}}` envelopes whose `data` fields are
 //! camelCase (`postId`), exactly what the course's event bus and React client expect.
 //!

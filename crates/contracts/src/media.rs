@@ -1,4 +1,4 @@
-//! Messages of the media pipeline (CONTRACTS §5). Bodies keep the reference system's
+//! Messages of the media pipeline (docs/API.md §5). Bodies keep the reference system's
 //! shape — `video_fid`, `mp3_fid`, `username` — and add `job_id`; extra fields are
 //! additions, never renames, so a consumer written for the reference shape still reads
 //! them.

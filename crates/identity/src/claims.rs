@@ -1,4 +1,4 @@
-//! The claims of a Flotilla access token (CONTRACTS §3).
+//! The claims of a Flotilla access token (docs/API.md §3).
 
 use serde::{Deserialize, Serialize};
 

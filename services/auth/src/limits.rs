@@ -1,4 +1,4 @@
-//! Login rate limits, per account and per client address (CONTRACTS §3: 429 with
+//! Login rate limits, per account and per client address (docs/API.md §3: 429 with
 //! `Retry-After`), and how the client address is found.
 //!
 //! Client address: the peer of the connection, unless that peer is a trusted proxy

@@ -1,4 +1,4 @@
-//! The HTTP API (CONTRACTS §3): `POST /signup`, `POST /login`, `POST /validate`,
+//! The HTTP API (docs/API.md §3): `POST /signup`, `POST /login`, `POST /validate`,
 //! `GET /.well-known/jwks.json`.
 
 use std::{sync::Arc, time::Duration};

@@ -389,6 +389,77 @@ mod tests {
         );
     }
 
+    /// Every (method, path) of the description.
+    fn described() -> std::collections::BTreeSet<(String, String)> {
+        let doc = doc();
+        let mut described = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("item").keys() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    described.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        described
+    }
+
+    #[test]
+    fn docs_api_md_lists_every_route_of_the_description() {
+        let text = include_str!("../../../docs/API.md");
+        let table = text
+            .split("<!-- routes:begin")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- routes:end -->").next())
+            .expect("docs/API.md has the route list between its markers");
+        let code = |cell: Option<&&str>| {
+            cell.and_then(|c| c.strip_prefix('`'))
+                .and_then(|c| c.strip_suffix('`'))
+                .map(str::to_owned)
+        };
+        let listed: std::collections::BTreeSet<(String, String)> = table
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                Some((code(cells.get(1))?, code(cells.get(2))?))
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            described(),
+            "docs/API.md §2 and /openapi.json list different routes"
+        );
+    }
+
+    /// The other direction of the table check: every described route is one the
+    /// gateway's router serves (not its fallback, not 405), with the router built by
+    /// `build` itself.
+    #[tokio::test]
+    async fn every_described_route_is_served_by_the_gateway() {
+        use tower::ServiceExt as _;
+        let app = crate::build(crate::Upstreams::new(), &crate::Args::default());
+        let router = app.into_router(tokio_util::sync::CancellationToken::new());
+        for (method, path) in described() {
+            let uri = path.replace("{id}", "x").replace("{file}", "x");
+            let request = axum::extract::Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .body(Body::empty())
+                .expect("request");
+            let response = router.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let body = String::from_utf8_lossy(&body);
+            assert_ne!(
+                status,
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert!(!body.contains("no such route"), "{method} {path}: {body}");
+        }
+    }
+
     #[test]
     fn swagger_ui_calls_no_validator() {
         let Ok(Some(file)) = utoipa_swagger_ui::serve("swagger-initializer.js", swagger_config())

@@ -1,4 +1,4 @@
-//! Video uploads, conversion jobs and MP3 downloads (CONTRACTS §4).
+//! Video uploads, conversion jobs and MP3 downloads (docs/API.md §4).
 //!
 //! `POST /upload` streams the one file of a multipart form into the blob store and then,
 //! in one transaction, writes the job row and the `video` message into the outbox

@@ -122,15 +122,51 @@ struct Uploaded {
 }
 
 /// The form of an upload: exactly one file part (its field name is free) and, beside it,
-/// optional text fields (read and dropped, at most 64 KiB each).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct UploadForm {
-    /// The video (or any audio/video file ffmpeg reads). The whole request body counts
-    /// against the upload limit: `FLOTILLA_MAX_UPLOAD_BYTES`, 2 GiB by default.
-    #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
+/// optional text fields (read and dropped, at most 64 KiB each) whose names hold no
+/// control character, quote or backslash (they could not be framed in a part header).
+struct UploadForm;
+
+impl utoipa::PartialSchema for UploadForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{
+            ObjectBuilder, Type,
+            extensions::Extensions,
+            schema::{AdditionalProperties, KnownFormat, SchemaFormat},
+        };
+        // utoipa's builder has no `propertyNames`; its extensions are a flattened map.
+        let mut names = Extensions::default();
+        names.insert(
+            "propertyNames".to_owned(),
+            serde_json::json!({"pattern": "^[^\\u0000-\\u001F\\u007F\"\\\\]*$"}),
+        );
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "file",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                    // An empty file is refused (400).
+                    .min_length(Some(1))
+                    .description(Some(
+                        "The video (or any audio/video file ffmpeg reads). The whole request \
+                         body counts against the upload limit: `FLOTILLA_MAX_UPLOAD_BYTES`, \
+                         2 GiB by default.",
+                    )),
+            )
+            .required("file")
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("A text field: read and dropped (at most 64 KiB)"))
+                    .into(),
+            )))
+            .extensions(Some(names))
+            .into()
+    }
 }
+
+impl ToSchema for UploadForm {}
 
 /// Upload a video to convert to MP3. The answer comes once the whole file is stored;
 /// the job then goes `queued → converting → done | failed` (`GET /jobs/{id}`) and the
@@ -264,8 +300,9 @@ struct JobsPage {
     responses(
         (status = 200, description = "The jobs", body = Vec<JobView>,
             headers(("Link" = String, description = "`</jobs?limit=N&before=ID>; rel=\"next\"` when the page is full"))),
-        (status = 400, description = "`limit` outside 1 to 500, or `before` is not one of your jobs", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`limit` outside 1 to 500", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`all=true` from someone who is not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`before` is not one of your jobs (or of anyone's, with `all=true`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -290,7 +327,8 @@ async fn list_jobs(
         None => None,
         Some(id) => match state.jobs.get(id).await {
             Ok(Some(job)) if page.all || job.owner_id == caller.user_id => Some(job),
-            Ok(_) => return Err(Problem::bad_request("'before' is not one of your jobs")),
+            // Not found, as any job of someone else's is (ids cannot be probed).
+            Ok(_) => return Err(Problem::not_found(format!("no job {id} among yours"))),
             Err(error) => return Err(Problem::internal(&error)),
         },
     };
@@ -353,13 +391,13 @@ async fn get_job(
     get, path = "/download", tag = "media",
     security(("bearer" = [])),
     params(
-        ("fid" = String, Query, description = "The MP3's file id (a job's `mp3_fid`)"),
+        ("fid" = String, Query, min_length = 1, description = "The MP3's file id (a job's `mp3_fid`)"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`"),
     ),
     responses(
         (status = 200, description = "The whole MP3", body = Vec<u8>, content_type = "audio/mpeg"),
         (status = 206, description = "The requested range", body = Vec<u8>, content_type = "audio/mpeg"),
-        (status = 400, description = "No `fid`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `fid`, or an empty one", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "The range is outside the file; `Content-Range: bytes */SIZE`"),
@@ -371,9 +409,10 @@ async fn download_mp3(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    // Any other non-empty text is looked up (and is then not found).
     let fid = query
         .get("fid")
-        .map(|fid| fid.trim())
+        .map(String::as_str)
         .filter(|fid| !fid.is_empty())
         .ok_or_else(|| Problem::bad_request("missing query parameter fid"))?;
     let job = state

@@ -307,12 +307,15 @@ async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usi
 }
 
 /// `?limit=N&after=ID`: at most N posts created after post ID.
+/// Most posts in one page of `GET /posts?limit=`.
+const MAX_PAGE_POSTS: u32 = 1_000;
+
 /// `?limit=N&after=ID`: a page of the view. Without either, the whole view.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
-    /// At most this many posts (100 when only `after` is given).
-    #[param(minimum = 1)]
+    /// At most this many posts (1 to 1,000; 100 when only `after` is given).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Only posts after this id (the `Link: rel="next"` of a page).
     after: Option<String>,
@@ -326,7 +329,7 @@ struct Page {
     responses(
         (status = 200, description = "Posts by id, each with its comments", body = BTreeMap<String, ViewPost>,
             headers(("Link" = String, description = "`</posts?limit=N&after=ID>; rel=\"next\"` when a page is full"))),
-        (status = 400, description = "`limit` is not a number of at least 1", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`limit` is not a number from 1 to 1,000", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn read_posts(
@@ -338,8 +341,10 @@ async fn read_posts(
         return full_view(&state).await;
     }
     let limit = page.limit.unwrap_or(100);
-    if limit == 0 {
-        return Err(Problem::bad_request("'limit' must be at least 1"));
+    if !(1..=MAX_PAGE_POSTS).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "'limit' must be 1 to {MAX_PAGE_POSTS}"
+        )));
     }
     let view = state
         .store
