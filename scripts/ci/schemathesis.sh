@@ -6,7 +6,7 @@
 # its schema. SCHEMATHESIS_MAX_EXAMPLES (default 50) bounds the examples per operation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-command -v schemathesis >/dev/null || pip install -q schemathesis
+command -v schemathesis >/dev/null || pip install -q 'schemathesis>=4,<5'
 bin=${FLOTILLA_BIN:-}
 if [ -z "$bin" ]; then
   if [ -x target/release/flotilla ]; then bin=target/release/flotilla

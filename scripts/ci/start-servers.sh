@@ -31,11 +31,14 @@ fi
 # deployment files (tests/tests/deploy.rs).
 # moto's server is the S3-compatible store (crates/storage/tests/s3.rs).
 # playwright drives Debian's chromium in tests/tests/web_ui.rs (no browser download: it
-# uses /usr/bin/chromium).
+# uses /usr/bin/chromium). Schemathesis (major version 4, whose configuration file and
+# checks tests/tests/schemathesis.rs uses) tests the API.
 if ! python3 -c 'import aiosmtpd, yaml, playwright' 2>/dev/null || ! command -v kubernetes-validate >/dev/null \
   || ! command -v moto_server >/dev/null \
-  || ! command -v podman-compose >/dev/null || ! command -v check-jsonschema >/dev/null; then
-  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip install -q aiosmtpd kubernetes-validate pyyaml podman-compose check-jsonschema 'moto[server]>=5,<6' playwright >"$log_dir/pip.log" 2>&1 \
+  || ! command -v podman-compose >/dev/null || ! command -v check-jsonschema >/dev/null \
+  || ! schemathesis --version 2>/dev/null | grep -q 'version 4\.'; then
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 pip install -q aiosmtpd kubernetes-validate pyyaml podman-compose check-jsonschema 'moto[server]>=5,<6' playwright \
+    'schemathesis>=4,<5' >"$log_dir/pip.log" 2>&1 \
     || { tail -n 30 "$log_dir/pip.log"; exit 1; }
 fi
 command -v kubectl >/dev/null || need_kubectl=1

@@ -155,12 +155,9 @@ impl utoipa::PartialSchema for UploadForm {
                     )),
             )
             .required("file")
-            .additional_properties(Some(AdditionalProperties::RefOr(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .description(Some("A text field: read and dropped (at most 64 KiB)"))
-                    .into(),
-            )))
+            // Text fields of any content (a form has no types: `12` and `"12"` are one
+            // field), read and dropped, at most 64 KiB each.
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
             .extensions(Some(names))
             .into()
     }
