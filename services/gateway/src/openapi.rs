@@ -8,7 +8,8 @@
 //! same way. [`document`] walks the route table (routes.rs) and takes, for each row, the
 //! operation its upstream describes, then adds what the gateway itself may answer on
 //! that route: 401/403 of its token check, 429 of its rate limit, 503 when the upstream
-//! is down, overloaded or not configured, 413 past its body limit. A row whose upstream
+//! is down, overloaded or not configured, 413 past its body limit — and 507 on a
+//! writing route, which any service answers when its store's disk is full. A row whose upstream
 //! describes no such operation makes [`document`] fail — and the gateway's tests with
 //! it, so a new route cannot go undocumented (docs/API.md).
 
