@@ -5,7 +5,8 @@
 //! content types, headers and schemas, every schema-valid request accepted and every
 //! schema-violating one refused (scripts/ci/schemathesis.toml names 408 and 413 as
 //! refusals too), authentication not ignored, 405 with `Allow` for undocumented
-//! methods. The description is generated from the handlers (docs/API.md), so this is a
+//! methods. Only the live streams (`/live/…`, endless Server-Sent Events) are left
+//! out. The description is generated from the handlers (docs/API.md), so this is a
 //! test of the server and of its description at once.
 //!
 //! Schemathesis (PyPI, 4.x) is installed by scripts/ci/start-servers.sh; outside CI a
@@ -73,6 +74,9 @@ async fn schemathesis_finds_no_failure_on_any_route() {
             &format!("Authorization: Bearer {}", token.trim()),
         ])
         .args(["--max-examples", &examples])
+        // The live routes are endless event streams, which Schemathesis would wait on
+        // until its request timeout; the gateway's tests cover them.
+        .args(["--exclude-path-regex", "^/live/"])
         .args(["--seed", "18", "--workers", "1", "--request-timeout", "30"])
         .arg("--no-color")
         .kill_on_drop(true)
