@@ -115,10 +115,6 @@ pub struct ServeArgs {
     /// `postgres://…` or `mysql://…` in production.
     #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    #[command(flatten, next_help_heading = "Gateway upstreams")]
-    pub gateway: gateway::GatewayArgs,
-    #[command(flatten)]
-    pub services: ServiceArgs,
     /// Lets a service whose database, bus or blob store URL is unset use the embedded
     /// one in its data directory (SQLite, files). Without it `serve` refuses to start
     /// and names the missing variable: in a cluster an embedded store is private to
@@ -126,6 +122,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_ALLOW_EMBEDDED",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_embedded: bool,
+    #[command(flatten, next_help_heading = "Gateway upstreams")]
+    pub gateway: gateway::GatewayArgs,
+    #[command(flatten)]
+    pub services: ServiceArgs,
 }
 
 impl ServeArgs {
@@ -143,6 +143,49 @@ impl ServeArgs {
             missing.push("FLOTILLA_BLOB_URL");
         }
         missing
+    }
+}
+
+impl ServiceName {
+    /// The `--help` sections of `serve SERVICE` that the service reads: its own, the
+    /// gateway's upstreams, the message bus, the blob store (see [`needs`]).
+    pub fn help_headings(self) -> Vec<&'static str> {
+        use ServiceName::*;
+        let own = match self {
+            Gateway => "Gateway",
+            Auth => "Auth",
+            Media => "Media",
+            Converter => "Converter",
+            Notification => "Notification",
+            Posts => "Posts",
+            Comments => "Comments",
+            Moderation => "Moderation",
+            Query => "Query",
+            EventBus => "Event bus",
+        };
+        let (_, bus, blobs) = needs(self);
+        let mut headings = vec![own];
+        if self == Gateway {
+            headings.push("Gateway upstreams");
+        }
+        if bus {
+            headings.push("Message bus");
+        }
+        if blobs {
+            headings.push("Blob store");
+        }
+        headings
+    }
+
+    /// Whether the service keeps a database (reads `FLOTILLA_DATABASE_URL`).
+    pub fn keeps_a_database(self) -> bool {
+        needs(self).0
+    }
+
+    /// Whether the service keeps any store (a database, the bus or blobs).
+    pub fn keeps_a_store(self) -> bool {
+        let (database, bus, blobs) = needs(self);
+        database || bus || blobs
     }
 }
 

@@ -54,7 +54,46 @@ fn command() -> clap::Command {
             .mut_args(|arg| arg.hide_env_values(true))
             .mut_subcommands(hide_env_values)
     }
-    hide_env_values(Cli::command())
+    let argv: Vec<String> = std::env::args().collect();
+    narrow_serve_help(hide_env_values(Cli::command()), &argv)
+}
+
+/// `serve SERVICE --help` lists what that service reads, not every service's options
+/// (they are all accepted, and ignored by the others, so one environment can serve all).
+fn narrow_serve_help(command: clap::Command, argv: &[String]) -> clap::Command {
+    let service = match argv {
+        [_, serve, name, ..] if serve == "serve" => {
+            <flotilla::ServiceName as clap::ValueEnum>::from_str(name, true).ok()
+        }
+        _ => None,
+    };
+    let Some(service) = service else {
+        return command;
+    };
+    command.mut_subcommand("serve", |serve| {
+        let keep = service.help_headings();
+        let foreign: Vec<String> = serve
+            .get_arguments()
+            .filter(|arg| match arg.get_help_heading() {
+                Some(heading) => !keep.contains(&heading),
+                None => match arg.get_id().as_str() {
+                    "database_url" => !service.keeps_a_database(),
+                    "allow_embedded" => !service.keeps_a_store(),
+                    _ => false,
+                },
+            })
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        let name = <flotilla::ServiceName as clap::ValueEnum>::to_possible_value(&service)
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default();
+        foreign
+            .iter()
+            .fold(serve, |serve, id| serve.mut_arg(id, |arg| arg.hide(true)))
+            .about(format!(
+                "Run the {name} service in this process (for containers)."
+            ))
+    })
 }
 
 /// What the ready line names, and for `up` whether mail goes out by SMTP.
@@ -287,6 +326,93 @@ mod tests {
         assert!(
             Cli::try_parse_from(["flotilla", "bus", "dlq", "replay", "id-1", "--all"]).is_err()
         );
+    }
+
+    /// `serve SERVICE --help` as a user sees it.
+    fn serve_help(service: &str) -> String {
+        let argv: Vec<String> = ["flotilla", "serve", service, "--help"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut command = narrow_serve_help(command(), &argv);
+        let error = command
+            .try_get_matches_from_mut(&argv)
+            .expect_err("--help stops parsing");
+        error.render().to_string()
+    }
+
+    #[test]
+    fn serve_help_lists_only_what_the_service_reads() {
+        let converter = serve_help("converter");
+        assert!(
+            converter.contains("Run the converter service"),
+            "{converter}"
+        );
+        for own in [
+            "FLOTILLA_CONVERTER_WORKERS",
+            "FLOTILLA_BUS_URL",
+            "FLOTILLA_BLOB_URL",
+        ] {
+            assert!(
+                converter.contains(own),
+                "converter help lacks {own}:\n{converter}"
+            );
+        }
+        for foreign in [
+            "FLOTILLA_SMTP_URL",
+            "FLOTILLA_DATABASE_URL",
+            "FLOTILLA_GATEWAY_RATE_LIMIT",
+            "FLOTILLA_MAX_UPLOAD_BYTES",
+        ] {
+            assert!(
+                !converter.contains(foreign),
+                "converter help shows {foreign}:\n{converter}"
+            );
+        }
+
+        let gateway = serve_help("gateway");
+        for own in [
+            "FLOTILLA_GATEWAY_RATE_LIMIT",
+            "FLOTILLA_AUTH_URL",
+            "FLOTILLA_LISTEN",
+        ] {
+            assert!(
+                gateway.contains(own),
+                "gateway help lacks {own}:\n{gateway}"
+            );
+        }
+        for foreign in [
+            "FLOTILLA_BUS_URL",
+            "FLOTILLA_BLOB_URL",
+            "FLOTILLA_DATABASE_URL",
+            "FLOTILLA_ALLOW_EMBEDDED",
+        ] {
+            assert!(
+                !gateway.contains(foreign),
+                "gateway help shows {foreign}:\n{gateway}"
+            );
+        }
+
+        let notification = serve_help("notification");
+        for own in [
+            "FLOTILLA_SMTP_URL",
+            "FLOTILLA_DATABASE_URL",
+            "FLOTILLA_BUS_URL",
+        ] {
+            assert!(notification.contains(own), "notification help lacks {own}");
+        }
+        assert!(!notification.contains("FLOTILLA_BLOB_URL"));
+        // Every option of every service has a description.
+        let command = command();
+        let serve = command
+            .find_subcommand("serve")
+            .expect("a serve subcommand");
+        for arg in serve.get_arguments() {
+            assert!(
+                arg.get_help().is_some() || arg.get_long_help().is_some(),
+                "--{} has no description",
+                arg.get_long().unwrap_or_default()
+            );
+        }
     }
 
     #[test]

@@ -168,16 +168,22 @@ impl Args {
 /// answered with 503 by the gateway.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GatewayArgs {
+    /// The auth service (signup, login, keys): `http://auth:8080`; a host name is resolved again every resolve interval, so every instance behind it is used.
     #[arg(long, env = "FLOTILLA_AUTH_URL", value_parser = parse_upstream_url)]
     pub auth_url: Option<UpstreamUrl>,
+    /// The media service (upload, download, jobs): `http://media:8080`.
     #[arg(long, env = "FLOTILLA_MEDIA_URL", value_parser = parse_upstream_url)]
     pub media_url: Option<UpstreamUrl>,
+    /// The posts service (`POST /posts`, `/posts/create`): `http://posts:8080`.
     #[arg(long, env = "FLOTILLA_POSTS_URL", value_parser = parse_upstream_url)]
     pub posts_url: Option<UpstreamUrl>,
+    /// The comments service (`POST /posts/{id}/comments`): `http://comments:8080`.
     #[arg(long, env = "FLOTILLA_COMMENTS_URL", value_parser = parse_upstream_url)]
     pub comments_url: Option<UpstreamUrl>,
+    /// The query service (the blog's read model, `GET /posts`): `http://query:8080`.
     #[arg(long, env = "FLOTILLA_QUERY_URL", value_parser = parse_upstream_url)]
     pub query_url: Option<UpstreamUrl>,
+    /// The event-bus service (the blog's event log, `/events`): `http://event-bus:8080`.
     #[arg(long, env = "FLOTILLA_EVENT_BUS_URL", value_parser = parse_upstream_url)]
     pub event_bus_url: Option<UpstreamUrl>,
 }
