@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the committed seed inputs of the fuzz targets (seeds/TARGET/): a few small,
-valid or nearly valid examples of each input, from which libFuzzer mutates."""
+valid or nearly valid examples of each input, from which libFuzzer mutates. The crash-*
+seeds are inputs the fuzzer found (each with a regression test); they are not written here."""
 import json
 import math
 import os
@@ -98,3 +99,8 @@ w("multipart_upload", "two-files", b"\x01" + file_part + file_part + b"--XyZ--\r
 w("multipart_upload", "header-line",
   b"\x00multipart/form-data; boundary=\"a b\"\n--a b\r\n"
   b"Content-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nX\r\n--a b--\r\n")
+
+# download_name: upload file names as clients send them.
+for i, v in enumerate(["sample.mp4", "../a/été \"x\".webm", ".hidden", "a\r\nb.mp4", "clip",
+                       "C:\\Users\\me\\voice memo.m4a", "\u202etxt.exe", "."]):
+    w("download_name", f"n{i}", v)

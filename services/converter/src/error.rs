@@ -16,6 +16,10 @@ pub enum ConvertError {
     /// The container or stream is damaged or ends early.
     #[error("corrupt or truncated media: {0}")]
     Corrupt(String),
+    /// The built-in decoder panicked on this input (a bug in a demuxer, found by
+    /// fuzzing). The same bytes fail the same way again; ffmpeg may still read them.
+    #[error("corrupt or unreadable media: the built-in decoder failed on it")]
+    DecoderFailed,
     /// An audio track whose codec neither decoder can handle.
     #[error("unsupported audio codec: {0}")]
     UnsupportedCodec(String),
@@ -49,6 +53,7 @@ impl ConvertError {
             | Self::NoAudioTrack
             | Self::Corrupt(_)
             | Self::UnsupportedCodec(_)
+            | Self::DecoderFailed
             | Self::Encoder(_)
             | Self::Ffmpeg(_) => true,
             // Resource trouble, shutdown, a slow host or a crashed worker may all go
@@ -64,7 +69,7 @@ impl ConvertError {
     pub(crate) fn ffmpeg_may_help(&self) -> bool {
         matches!(
             self,
-            Self::NotMedia | Self::NoAudioTrack | Self::UnsupportedCodec(_)
+            Self::NotMedia | Self::NoAudioTrack | Self::UnsupportedCodec(_) | Self::DecoderFailed
         )
     }
 }

@@ -90,16 +90,33 @@ where
     let stream = MediaSourceStream::new(Box::new(source), Default::default());
     // symphonia 0.5's probe takes a hint but does not use it (content decides).
     let _ = extension;
-    let (format, at_start) = probe_format(stream)?;
-    let mut decoded_any = false;
-    match decode_all(format, sink, cancel, &mut decoded_any) {
-        // symphonia searches the whole input for anything that looks like a container
-        // or frame header, and random bytes contain some (an MP3 sync word, `OggS`…):
-        // what fails before a single packet decodes, found anywhere but at the start,
-        // was never media (issue 14). A damaged file starts with its container's mark.
-        Err(ConvertError::Corrupt(_)) if !at_start && !decoded_any => Err(ConvertError::NotMedia),
-        result => result,
-    }
+    // symphonia's demuxers can panic on crafted input (the fuzzer found an arithmetic
+    // overflow in its MKV reader): the same bytes panic again, so that is a permanent
+    // failure of this input, not a crashed worker to retry. Nothing of the decoder
+    // outlives the call, so no broken state is seen after the unwind.
+    let converted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (format, at_start) = probe_format(stream)?;
+        let mut decoded_any = false;
+        match decode_all(format, sink, cancel, &mut decoded_any) {
+            // symphonia searches the whole input for anything that looks like a container
+            // or frame header, and random bytes contain some (an MP3 sync word, `OggS`…):
+            // what fails before a single packet decodes, found anywhere but at the start,
+            // was never media (issue 14). A damaged file starts with its container's mark.
+            Err(ConvertError::Corrupt(_)) if !at_start && !decoded_any => {
+                Err(ConvertError::NotMedia)
+            }
+            result => result,
+        }
+    }));
+    converted.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::warn!(%reason, "the in-process decoder panicked on this input");
+        Err(ConvertError::DecoderFailed)
+    })
 }
 
 /// Bytes a file's container mark may lie from where it is expected: MP4 puts a box
@@ -721,6 +738,17 @@ mod edge_tests {
     fn a_header_without_samples_has_no_audio_to_convert() {
         let error = convert_bytes(wav_header(0)).expect_err("no samples");
         assert!(matches!(error, ConvertError::Corrupt(_)), "{error:?}");
+    }
+
+    /// Found by the `media_probe` fuzz target: an MKV header whose element size makes
+    /// symphonia's EBML reader overflow (a panic with overflow checks on).
+    #[test]
+    fn a_decoder_panic_is_a_permanent_failure_of_the_input() {
+        let input = include_bytes!("../../../fuzz/seeds/media_probe/crash-mkv-vint-overflow");
+        let error = convert_bytes(input.to_vec()).expect_err("not convertible");
+        assert!(matches!(error, ConvertError::DecoderFailed), "{error:?}");
+        assert!(error.is_permanent());
+        assert!(error.ffmpeg_may_help());
     }
 
     #[test]
