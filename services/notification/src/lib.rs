@@ -157,6 +157,10 @@ fn bus_options() -> bus::BusOptions {
     }
 }
 
+/// How long a sent email's record is retried before the message is (re)tried by the bus,
+/// which would send the email again: long enough for a database restart.
+const MARK_SENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Turns `mp3` messages into emails, one per job.
 #[derive(Debug)]
 pub struct Notifier {
@@ -239,10 +243,22 @@ impl Notifier {
                 return Err(retry(&error));
             }
         }
-        self.ledger
-            .mark_sent(&finished.job_id)
-            .await
-            .map_err(|e| retry(&e))?;
+        // The email is out: record it, riding out a short database outage (a restart),
+        // because giving up here means the next attempt sends it again.
+        let mut pause = std::time::Duration::from_millis(250);
+        let give_up = tokio::time::Instant::now() + MARK_SENT_PATIENCE;
+        loop {
+            match self.ledger.mark_sent(&finished.job_id).await {
+                Ok(()) => break,
+                Err(error) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(job_id = %finished.job_id, %error,
+                        "email sent but not yet recorded; trying the database again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(error) => return Err(retry(&error)),
+            }
+        }
         metrics::counter!("notification_emails_sent_total", "kind" => email::kind(&finished))
             .increment(1);
         tracing::info!(job_id = %finished.job_id, status = finished.status.as_str(), "email sent");
