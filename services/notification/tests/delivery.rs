@@ -99,6 +99,16 @@ async fn deliver_repeatedly(notifier: &Notifier, message: &Mp3Message) {
     notifier.handle(&republished).await.expect("republished");
 }
 
+/// A sender to an SMTP port nothing listens on (bound, then dropped).
+fn unreachable_smtp(dir: &Path) -> Sender {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    Sender::new(Some(&format!("smtp://127.0.0.1:{port}")), &dir.join("mail")).expect("smtp sender")
+}
+
 /// Test server settings, or `None` to skip (a failure under CI=true).
 fn smtp_server() -> Option<(String, String)> {
     let url = std::env::var("FLOTILLA_TEST_SMTP_URL").ok();
@@ -204,18 +214,7 @@ async fn without_smtp_one_eml_file_is_written_per_job() {
 #[tokio::test]
 async fn an_unreachable_smtp_server_is_retried_not_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // A port nothing listens on: bind one and drop it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let sender = Sender::new(
-        Some(&format!("smtp://127.0.0.1:{port}")),
-        &dir.path().join("mail"),
-    )
-    .expect("smtp sender");
-    let notifier = notifier(dir.path(), sender).await;
+    let notifier = notifier(dir.path(), unreachable_smtp(dir.path())).await;
     let job_id = unique_job();
     let message = bus::Message::json(MP3, &done(&job_id)).expect("encode");
     let outcome = notifier.handle(&message).await;
@@ -237,17 +236,7 @@ async fn a_send_that_failed_is_retried_at_once_and_sent_when_the_server_returns(
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let away = Sender::new(
-        Some(&format!("smtp://127.0.0.1:{port}")),
-        &dir.path().join("mail"),
-    )
-    .expect("smtp sender");
-    let notifier_away = notifier(dir.path(), away).await;
+    let notifier_away = notifier(dir.path(), unreachable_smtp(dir.path())).await;
     let job_id = unique_job();
     let message = bus::Message::json(MP3, &done(&job_id)).expect("encode");
     // The server is away for two attempts in a row: each retry tries the server again
