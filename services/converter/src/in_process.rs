@@ -432,25 +432,21 @@ impl<W: Write + Seek> Pipeline<W> {
         self.mp3.clear();
         self.mp3
             .reserve(mp3lame_encoder::max_required_buffer_size(to - from));
-        let written = match (self.output_channels, planes) {
-            (1, [mono, ..]) => self
-                .encoder
-                .encode_to_vec(MonoPcm(&mono[from..to]), &mut self.mp3),
+        // LAME takes full-scale samples in [-1, 1]; a corrupt stream can decode to values
+        // far outside it (or NaN), and those fail an `assert` in LAME's quantiser, which
+        // aborts the process. So every sample is clipped into range on the way in (what a
+        // conversion to 16-bit integers would do anyway), into the reused plane buffers.
+        match (self.output_channels, planes) {
+            (1, [mono, ..]) => clip_into(&mut self.left, &mono[from..to]),
             // The container promised more channels than the decoder delivers.
-            (_, [mono]) => self.encoder.encode_to_vec(
-                DualPcm {
-                    left: &mono[from..to],
-                    right: &mono[from..to],
-                },
-                &mut self.mp3,
-            ),
-            (_, [left, right]) => self.encoder.encode_to_vec(
-                DualPcm {
-                    left: &left[from..to],
-                    right: &right[from..to],
-                },
-                &mut self.mp3,
-            ),
+            (_, [mono]) => {
+                clip_into(&mut self.left, &mono[from..to]);
+                clip_into(&mut self.right, &mono[from..to]);
+            }
+            (_, [left, right]) => {
+                clip_into(&mut self.left, &left[from..to]);
+                clip_into(&mut self.right, &right[from..to]);
+            }
             (_, planes) => {
                 downmix_to_stereo(
                     buffer.spec().channels,
@@ -459,14 +455,25 @@ impl<W: Write + Seek> Pipeline<W> {
                     &mut self.left,
                     &mut self.right,
                 );
-                self.encoder.encode_to_vec(
-                    DualPcm {
-                        left: &self.left,
-                        right: &self.right,
-                    },
-                    &mut self.mp3,
-                )
+                self.left
+                    .iter_mut()
+                    .for_each(|sample| *sample = clip(*sample));
+                self.right
+                    .iter_mut()
+                    .for_each(|sample| *sample = clip(*sample));
             }
+        }
+        let written = if self.output_channels == 1 {
+            self.encoder
+                .encode_to_vec(MonoPcm(&self.left), &mut self.mp3)
+        } else {
+            self.encoder.encode_to_vec(
+                DualPcm {
+                    left: &self.left,
+                    right: &self.right,
+                },
+                &mut self.mp3,
+            )
         };
         written.map_err(|err| ConvertError::Encoder(err.to_string()))?;
         if self.output_sample_rate.is_none() {
@@ -550,6 +557,21 @@ fn build_encoder(sample_rate: u32, channels: u8) -> Result<Encoder, ConvertError
         .map_err(encoder_error)?;
     builder.set_to_write_vbr_tag(true).map_err(encoder_error)?;
     builder.build().map_err(encoder_error)
+}
+
+/// One sample clipped to LAME's full scale, [-1, 1]; NaN becomes silence.
+fn clip(sample: f32) -> f32 {
+    if sample.is_nan() {
+        0.0
+    } else {
+        sample.clamp(-1.0, 1.0)
+    }
+}
+
+/// `source` clipped (see [`clip`]) into `plane`, which is reused between packets.
+fn clip_into(plane: &mut Vec<f32>, source: &[f32]) {
+    plane.clear();
+    plane.extend(source.iter().map(|&sample| clip(sample)));
 }
 
 /// Mixes any layout down to stereo, ITU-R BS.775 style: centre channels at −3 dB into
@@ -749,6 +771,17 @@ mod edge_tests {
         assert!(matches!(error, ConvertError::DecoderFailed), "{error:?}");
         assert!(error.is_permanent());
         assert!(error.ffmpeg_may_help());
+    }
+
+    /// Found by the `media_probe` fuzz target: a corrupt AAC stream that decodes to samples
+    /// far outside [-1, 1]. Handed to LAME as they were, they failed an `assert` in its
+    /// quantiser (`vbrquantize.c`, `k_34_4`), and a C assertion aborts the whole process —
+    /// every service of `flotilla up` with it, on every redelivery of the upload.
+    #[test]
+    fn samples_out_of_range_are_clipped_before_lame() {
+        let input = include_bytes!("../../../fuzz/seeds/media_probe/crash-lame-ixmax-assert");
+        // Converted or refused, but the process is still here to say so.
+        let _ = convert_bytes(input.to_vec());
     }
 
     #[test]
