@@ -441,34 +441,17 @@ fn with_blob_check(
 
 /// Adds the broker as a *degraded* readiness check: `/readyz` reports an outage, yet the
 /// service stays ready, because it keeps accepting writes into its outbox meanwhile.
-/// A consumer that cannot subscribe for a reason that will not pass by itself (the broker
-/// holds its queue declared differently, as by an earlier version) makes the service not
-/// ready: it would never consume, and a rolling upgrade should stop there.
+/// (Whether its consumers can subscribe is the service's own `consumers` check, from
+/// their [`bus::ConsumerHealth`].)
 async fn with_broker_check(
     readiness: platform::health::Readiness,
     context: &ServiceContext,
 ) -> anyhow::Result<platform::health::Readiness> {
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    Ok(readiness
-        .with_degraded_check("broker", move || {
-            let bus = bus.clone();
-            async move { bus.health().await }
-        })
-        .with_check("consumers", || async { consumers_check() }))
-}
-
-/// `Err` naming every consumer group of the process that cannot subscribe for good.
-fn consumers_check() -> Result<(), String> {
-    let stuck: Vec<String> = bus::subscription_failures()
-        .into_iter()
-        .filter(|failure| failure.permanent)
-        .map(|failure| format!("{}: {}", failure.group, failure.error))
-        .collect();
-    if stuck.is_empty() {
-        Ok(())
-    } else {
-        Err(stuck.join("; "))
-    }
+    Ok(readiness.with_degraded_check("broker", move || {
+        let bus = bus.clone();
+        async move { bus.health().await }
+    }))
 }
 
 fn prepare_context(

@@ -139,7 +139,11 @@ async fn blog_on(server_var: &str) {
     // A new query instance over an emptied view rebuilds it from the log.
     query.stop().await.expect("stop");
     let cleared = storage::Database::connect(&url).await.expect("connect");
-    for table in ["query_comments", "query_posts", "query_applied"] {
+    for table in [
+        "query_comments",
+        "query_posts",
+        "bus_inbox WHERE consumer = 'query'",
+    ] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
             .execute(cleared.pool())
             .await

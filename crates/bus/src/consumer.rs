@@ -21,6 +21,7 @@ pub struct Consumer {
     bus: Arc<dyn EventBus>,
     subscription: Subscription,
     concurrency: usize,
+    health: ConsumerHealth,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -38,6 +39,7 @@ impl Consumer {
             bus,
             subscription,
             concurrency: 1,
+            health: ConsumerHealth::default(),
         }
     }
 
@@ -45,6 +47,11 @@ impl Consumer {
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
         self
+    }
+
+    /// This consumer's readiness: add it to the service's (see [`ConsumerHealth`]).
+    pub fn health(&self) -> ConsumerHealth {
+        self.health.clone()
     }
 
     /// Spawns the loop; it ends, after the handlers in progress finish, when `shutdown`
@@ -106,7 +113,11 @@ impl Consumer {
                         } else {
                             tracing::warn!(%group, %error, "cannot subscribe; retrying");
                         }
-                        failing(&group, Some((error.to_string(), permanent)));
+                        self.health.set(Some(SubscriptionFailure {
+                            group: group.clone(),
+                            error: error.to_string(),
+                            permanent,
+                        }));
                         tokio::select! {
                             () = shutdown.cancelled() => break,
                             () = tokio::time::sleep(backoff) => {}
@@ -117,7 +128,7 @@ impl Consumer {
                 },
             };
             backoff = Duration::from_millis(100);
-            failing(&group, None);
+            self.health.set(None);
             loop {
                 // Reap finished handlers so the set does not grow; a panic is logged.
                 while let Some(done) = running.try_join_next() {
@@ -204,39 +215,63 @@ pub struct SubscriptionFailure {
     pub permanent: bool,
 }
 
-/// Groups whose last subscription failed, by name: the consumers of every bus of the
-/// process report here, so that a readiness check sees them.
-static FAILING: std::sync::Mutex<std::collections::BTreeMap<String, (String, bool)>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// A consumer's readiness, by handle: whether its last attempt to subscribe failed.
+/// A service adds it to its readiness ([`ConsumerHealth::check`] as the `consumers`
+/// check); the [`Consumer`] sets and clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerHealth {
+    failure: Arc<std::sync::Mutex<Option<SubscriptionFailure>>>,
+}
 
-fn failing(group: &str, failure: Option<(String, bool)>) {
-    let Ok(mut failing) = FAILING.lock() else {
-        return;
-    };
-    match failure {
-        Some(failure) => {
-            failing.insert(group.to_owned(), failure);
+impl ConsumerHealth {
+    fn set(&self, failure: Option<SubscriptionFailure>) {
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = failure;
         }
-        None => {
-            failing.remove(group);
+    }
+
+    /// Why the consumer cannot subscribe right now, if it cannot.
+    pub fn failure(&self) -> Option<SubscriptionFailure> {
+        self.failure.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    /// `Err` when the consumer cannot subscribe for a reason that will not pass by
+    /// itself ([`SubscriptionFailure::permanent`]): it would never consume, so the
+    /// service is not ready. A broker that is away is the degraded `broker` check's.
+    pub fn check(&self) -> Result<(), String> {
+        match self.failure() {
+            Some(failure) if failure.permanent => {
+                Err(format!("{}: {}", failure.group, failure.error))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// [`check`](Self::check) as a readiness check function.
+    pub fn check_fn(
+        &self,
+    ) -> impl Fn() -> futures::future::Ready<Result<(), String>> + Send + Sync + 'static {
+        let health = self.clone();
+        move || futures::future::ready(health.check())
+    }
+
+    /// The checks of several consumers as one.
+    pub fn all(healths: impl IntoIterator<Item = ConsumerHealth>) -> AllHealth {
+        AllHealth(healths.into_iter().collect())
     }
 }
 
-/// The consumer groups of this process whose last attempt to subscribe failed (a
-/// [`Consumer`] retries with backoff and clears its entry once subscribed).
-pub fn subscription_failures() -> Vec<SubscriptionFailure> {
-    FAILING.lock().map_or_else(
-        |_| Vec::new(),
-        |failing| {
-            failing
-                .iter()
-                .map(|(group, (error, permanent))| SubscriptionFailure {
-                    group: group.clone(),
-                    error: error.clone(),
-                    permanent: *permanent,
-                })
-                .collect()
-        },
-    )
+/// Several consumers' health: see [`ConsumerHealth::all`].
+#[derive(Debug, Clone, Default)]
+pub struct AllHealth(Vec<ConsumerHealth>);
+
+impl AllHealth {
+    pub fn check(&self) -> Result<(), String> {
+        let stuck: Vec<String> = self.0.iter().filter_map(|h| h.check().err()).collect();
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(stuck.join("; "))
+        }
+    }
 }

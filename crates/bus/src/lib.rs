@@ -47,6 +47,9 @@
 //!   marks them sent, retrying while the bus is away.
 //! * **Inbox** — [`Inbox::record`] inserts the message id in the same transaction as the
 //!   consumer's effects; `false` means "already processed, skip and ack".
+//! * **Handlers** — services do not write that sequence themselves: a [`Handler`] says
+//!   what a message means, and a [`Runner`] (handler.rs) owns decoding, the transaction,
+//!   the inbox, the outbox, the commit, the acknowledgement and the retry mapping.
 //!
 //! Metrics (`metrics` facade; the process installs the recorder): `bus_published_total`,
 //! `bus_delivered_total`, `bus_acked_total`, `bus_retried_total`,
@@ -66,28 +69,35 @@
 //!   of an existing group (or upgrading from a version that declared them otherwise)
 //!   needs its queues deleted first. The broker refuses a redeclaration with other
 //!   arguments; the [`Consumer`] reports it as a permanent [`SubscriptionFailure`]
-//!   ([`BusError::Topology`], with the queues to delete), which `flotilla` turns into a
-//!   failing `consumers` readiness check.
+//!   ([`BusError::Topology`], with the queues to delete) on its [`ConsumerHealth`],
+//!   which the service adds to its readiness as the `consumers` check.
 //! * In one process every [`connect`] to the same embedded file shares one writer and the
 //!   options of the first caller.
 
 pub mod amqp;
 mod consumer;
 pub mod embedded;
+mod handler;
 mod message;
 mod outbox;
+mod push;
 pub mod trace;
 
 use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
-pub use consumer::{Consumer, SubscriptionFailure, subscription_failures};
+pub use consumer::{AllHealth, Consumer, ConsumerHealth, SubscriptionFailure};
+pub use handler::{
+    CONSUMER_CONCURRENCY, Delivered, Failure, Handled, Handler, HandlerError, Retry, Runner, Store,
+    Tx, decode_json,
+};
 pub use message::{
     Attempt, DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT,
     new_traceparent, topic_matches,
 };
 pub use outbox::{Inbox, Outbox, OutboxPublisher, OutboxRelay, migrations as outbox_migrations};
+pub use push::PushError;
 
 /// What can go wrong on the bus.
 #[derive(Debug, thiserror::Error)]

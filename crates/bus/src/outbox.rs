@@ -422,6 +422,25 @@ impl Inbox {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Whether `consumer` recorded `message_id` (outside any transaction): how a
+    /// delivery past its last attempt learns that it was applied.
+    pub async fn contains(
+        &self,
+        db: &Database,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, BusError> {
+        let row = sqlx::query(
+            self.dialect
+                .sql("SELECT 1 FROM bus_inbox WHERE consumer = ? AND message_id = ?"),
+        )
+        .bind(consumer.to_owned())
+        .bind(message_id.to_owned())
+        .fetch_optional(db.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Forgets ids processed before `age` ago (after which a redelivery is implausible).
     pub async fn prune(&self, db: &Database, age: Duration) -> Result<u64, BusError> {
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);

@@ -948,16 +948,14 @@ async fn a_group_queue_declared_differently_is_reported_as_a_permanent_failure()
                 .expect("the old queue");
 
             let shutdown = CancellationToken::new();
-            let consumer = Consumer::new(backend.bus.clone(), Subscription::new(&group, "stale"))
-                .run(shutdown.clone(), |_| async { Ok(()) });
-            let reported = || {
-                bus::subscription_failures()
-                    .into_iter()
-                    .find(|failure| failure.group == group)
-            };
+            let consumer = Consumer::new(backend.bus.clone(), Subscription::new(&group, "stale"));
+            let health = consumer.health();
+            let consumer = consumer.run(shutdown.clone(), |_| async { Ok(()) });
+            let reported = || health.failure().filter(|failure| failure.group == group);
             wait_for(|| async { reported().is_some() }).await;
             let failure = reported().expect("reported");
             assert!(failure.permanent, "{failure:?}");
+            assert!(health.check().is_err(), "the consumer's readiness fails");
             assert!(
                 failure
                     .error
@@ -971,6 +969,7 @@ async fn a_group_queue_declared_differently_is_reported_as_a_permanent_failure()
                 .await
                 .expect("delete the old queue");
             wait_for(|| async { reported().is_none() }).await;
+            assert!(health.check().is_ok(), "ready again once subscribed");
             backend
                 .bus
                 .publish(Message::new("stale", "now consumed"))

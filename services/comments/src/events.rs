@@ -1,63 +1,55 @@
 //! The events this service consumes (it publishes through [`bus::OutboxPublisher`]):
-//! `PostCreated` teaches it posts, `CommentModerated` applies decisions; each is applied
-//! once per message id (inbox).
+//! `PostCreated` teaches it posts, `CommentModerated` applies decisions (and causes
+//! `CommentUpdated`); the [`bus::Runner`] applies each once per message id.
 
 use std::sync::Arc;
 
-use bus::EventBus;
+use bus::{Delivered, Handler, Message, Subscription, Tx};
 use contracts::blog::{self, BlogEvent};
-use platform::ServiceContext;
+use futures::future::BoxFuture;
 
-/// Deliveries handled at once. The handlers do not depend on delivery order (each is
-/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
-/// overlaps the acknowledgements, which otherwise bound throughput.
-const CONSUMER_CONCURRENCY: usize = 8;
+use crate::{CommentError, CommentStore};
 
 /// The consumer group of this service.
 pub const GROUP: &str = "comments";
 
-/// Consumes `PostCreated` (to learn posts) and `CommentModerated` (to apply decisions).
-pub fn start_consumer(
-    context: &ServiceContext,
-    bus: Arc<dyn EventBus>,
-    store: crate::CommentStore,
-    post_learned: Arc<tokio::sync::Notify>,
-) {
-    let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
-        .also(blog::routing_key(blog::COMMENT_MODERATED))
-        .with_prefetch(128);
-    let consumer = bus::Consumer::new(bus, subscription)
-        .concurrency(CONSUMER_CONCURRENCY)
-        .run(context.shutdown.clone(), move |message| {
-            let store = store.clone();
-            let post_learned = post_learned.clone();
-            async move {
-                let event: BlogEvent = message
-                    .decode()
-                    .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
-                apply(&store, &post_learned, &message.id, &event)
-                    .await
-                    .map_err(|e| bus::Nack::Retry(e.to_string()))
-            }
-        });
-    context.tasks.spawn(async move {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "the comments consumer stopped");
-        }
-    });
+/// What `PostCreated` and `CommentModerated` mean here.
+#[derive(Debug, Clone)]
+pub struct CommentEvents {
+    pub store: CommentStore,
+    /// Woken whenever this process learns a post.
+    pub post_learned: Arc<tokio::sync::Notify>,
 }
 
-/// Applies `event` once per `message_id`: the inbox record, the effect and any event it
-/// causes commit together.
-pub async fn apply(
-    store: &crate::CommentStore,
-    post_learned: &tokio::sync::Notify,
-    message_id: &str,
-    event: &BlogEvent,
-) -> Result<(), crate::CommentError> {
-    let learned = store.apply_once(GROUP, message_id, event).await?;
-    if learned {
-        post_learned.notify_waiters();
+impl Handler for CommentEvents {
+    type Event = BlogEvent;
+    type Error = CommentError;
+
+    fn subscription(&self) -> Subscription {
+        Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
+            .also(blog::routing_key(blog::COMMENT_MODERATED))
+            .with_prefetch(128)
     }
-    Ok(())
+
+    fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
+        message
+            .decode()
+            .map_err(|e| format!("not a blog event: {e}"))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a BlogEvent,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, CommentError>> {
+        Box::pin(self.store.apply(tx, event))
+    }
+
+    fn after_commit(&self, event: BlogEvent) -> BoxFuture<'_, ()> {
+        if matches!(event, BlogEvent::PostCreated(_)) {
+            self.post_learned.notify_waiters();
+        }
+        Box::pin(async {})
+    }
 }

@@ -12,7 +12,7 @@
 //! as soon as it is applied, and re-checking the database for events applied by another
 //! replica) for at most `--comments-post-wait`, and only then answers 404.
 
-mod events;
+pub mod events;
 mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -58,6 +58,7 @@ const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 struct AppState {
     store: CommentStore,
+    events: Arc<bus::Runner<events::CommentEvents>>,
     /// Woken whenever this process learns a post.
     post_learned: Arc<Notify>,
     post_wait: Duration,
@@ -77,21 +78,31 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         context.shutdown.clone(),
     )
     .await?;
-    let state = AppState {
-        store: CommentStore::new(db.clone(), publisher),
+    let store = CommentStore::new(db.clone(), publisher.clone());
+    let handler = events::CommentEvents {
+        store: store.clone(),
         post_learned: Arc::new(Notify::new()),
+    };
+    let post_learned = handler.post_learned.clone();
+    let events = Arc::new(bus::Runner::new(
+        bus::Store::database(&db).await?.with_outbox(publisher),
+        handler,
+    ));
+    let consumer = events
+        .clone()
+        .serve(bus, &context.tasks, context.shutdown.clone());
+    let state = AppState {
+        store,
+        events,
+        post_learned,
         post_wait: args.comments_post_wait,
     };
-    events::start_consumer(
-        context,
-        bus,
-        state.store.clone(),
-        state.post_learned.clone(),
-    );
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("consumers", consumer.check_fn());
     Ok(ServiceApp::new(NAME, routes(state)).with_readiness(readiness))
 }
 
@@ -206,22 +217,14 @@ async fn receive_event(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let body = json_body(&body).map_err(not_json)?;
-    let envelope: contracts::blog::Envelope = serde_json::from_value(body)
-        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
-    let event = envelope
-        .blog_event()
-        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
-    if let Some(event) = event {
-        events::apply(
-            &state.store,
-            &state.post_learned,
-            &event.message_id(),
-            &event,
-        )
+    state
+        .events
+        .push_blog_event(&body)
         .await
-        .map_err(|e| Problem::internal(&e))?;
-    }
+        .map_err(|e| match e {
+            bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
+            bus::PushError::Failed(detail) => Problem::internal(&detail),
+        })?;
     Ok(Json(serde_json::json!({})))
 }
 

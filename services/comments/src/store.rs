@@ -54,6 +54,15 @@ pub enum CommentError {
     Bus(#[from] bus::BusError),
 }
 
+impl bus::Failure for CommentError {
+    fn retry(&self) -> bus::Retry {
+        match self {
+            CommentError::UnknownPost(_) => bus::Retry::Never,
+            CommentError::Storage(_) | CommentError::Bus(_) => bus::Retry::Later,
+        }
+    }
+}
+
 impl From<sqlx::Error> for CommentError {
     fn from(error: sqlx::Error) -> Self {
         CommentError::Storage(error.into())
@@ -64,17 +73,11 @@ impl From<sqlx::Error> for CommentError {
 pub struct CommentStore {
     db: Database,
     publisher: Publisher,
-    inbox: bus::Inbox,
 }
 
 impl CommentStore {
     pub fn new(db: Database, publisher: Publisher) -> Self {
-        let inbox = bus::Inbox::new(&db);
-        Self {
-            db,
-            publisher,
-            inbox,
-        }
+        Self { db, publisher }
     }
 
     pub fn database(&self) -> &Database {
@@ -142,30 +145,13 @@ impl CommentStore {
         Ok(list_conn(&mut conn, self.db.dialect(), post_id).await?)
     }
 
-    /// Applies the event of message `message_id` unless `consumer` processed it before;
-    /// the inbox record, the effect and any event it causes commit together. Returns
-    /// whether a post is known now, so waiting requests can look again.
-    pub async fn apply_once(
-        &self,
-        consumer: &str,
-        message_id: &str,
-        event: &BlogEvent,
-    ) -> Result<bool, CommentError> {
-        let mut tx = self.db.begin().await?;
-        if !self.inbox.record(&mut tx, consumer, message_id).await? {
-            return Ok(false);
-        }
-        let learned = self.apply(&mut tx, event).await?;
-        tx.commit().await?;
-        self.publisher.committed();
-        Ok(learned)
-    }
-
-    async fn apply(
+    /// Applies a consumed event inside `tx` (the [`bus::Runner`]'s, which holds its
+    /// inbox record); returns the events it causes.
+    pub async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,
         event: &BlogEvent,
-    ) -> Result<bool, CommentError> {
+    ) -> Result<Vec<bus::Message>, CommentError> {
         match event {
             BlogEvent::PostCreated(PostCreated { id, .. }) => {
                 let known = sqlx::query(
@@ -185,14 +171,15 @@ impl CommentStore {
                     .execute(&mut **tx)
                     .await?;
                 }
-                Ok(true)
+                Ok(Vec::new())
             }
-            BlogEvent::CommentModerated(moderated) => {
-                self.apply_moderation(tx, moderated).await?;
-                Ok(false)
-            }
+            BlogEvent::CommentModerated(moderated) => Ok(self
+                .apply_moderation(tx, moderated)
+                .await?
+                .into_iter()
+                .collect()),
             // Our own events come back to us only through a push; nothing to do.
-            BlogEvent::CommentCreated(_) | BlogEvent::CommentUpdated(_) => Ok(false),
+            BlogEvent::CommentCreated(_) | BlogEvent::CommentUpdated(_) => Ok(Vec::new()),
         }
     }
 
@@ -201,7 +188,7 @@ impl CommentStore {
         &self,
         tx: &mut Transaction<'static, Any>,
         moderated: &CommentModerated,
-    ) -> Result<(), CommentError> {
+    ) -> Result<Option<bus::Message>, CommentError> {
         let row = sqlx::query(
             self.db
                 .sql("SELECT post_id, content FROM comments WHERE id = ?"),
@@ -212,7 +199,7 @@ impl CommentStore {
         let Some(row) = row else {
             // Possible only for an event posted by hand to the event bus.
             tracing::warn!(comment = %moderated.id, "moderation of an unknown comment ignored");
-            return Ok(());
+            return Ok(None);
         };
         let post_id: String = row.try_get("post_id")?;
         let content: String = row.try_get("content")?;
@@ -227,8 +214,7 @@ impl CommentStore {
             post_id,
             content,
         });
-        self.publisher.enqueue(tx, &event).await?;
-        Ok(())
+        Ok(Some(bus::Message::from(&event)))
     }
 }
 

@@ -92,14 +92,15 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     // The `video` consumer (worker.rs): blobs in, MP3s out, outcomes on `mp3`.
     let blobs = storage::blob::BlobStore::from_url(&context.blob_url_or_local())?;
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    worker::Worker {
+    let consumer = worker::Worker {
         bus,
         blobs,
         converter,
         work_dir: context.data_dir.join("converter-work"),
     }
     .spawn(&context.tasks, context.shutdown.clone());
-    Ok(ServiceApp::new(NAME, axum::Router::new()))
+    let readiness = platform::health::Readiness::new().with_check("consumers", consumer.check_fn());
+    Ok(ServiceApp::new(NAME, axum::Router::new()).with_readiness(readiness))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! attempt, the worker publishes a `failed` outcome ("gave up after N attempts: …")
 //! and acknowledges, so the job ends `failed` and the user gets one email,
 //! instead of the bus dead-lettering the message and the job staying `converting`. The
-//! one exception is shutdown: an interrupted job is requeued ([`Nack::Requeue`]) as the
+//! one exception is shutdown: an interrupted job is requeued ([`bus::Retry::Requeue`]) as the
 //! same attempt, not failed and not counted — even on the last attempt. A converter
 //! killed during the last attempt cannot do that; the bus then delivers the message once
 //! more as exhausted ([`Attempt::is_exhausted`]), and the worker fails the job ("the
@@ -24,10 +24,13 @@ use std::{
     sync::Arc,
 };
 
-use bus::{Attempt, Consumer, EventBus, Message, Nack, Subscription};
+use bus::{
+    Attempt, Delivered, EventBus, Handler, HandlerError, Message, Runner, Store, Subscription, Tx,
+};
 use contracts::media::{
     CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message, VIDEO, VideoMessage, mp3_fid_for_job,
 };
+use futures::future::BoxFuture;
 use storage::blob::{BlobError, BlobStore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -47,43 +50,23 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts consuming `video`, as many at once as the converter has workers.
-    pub fn spawn(self, tasks: &TaskTracker, shutdown: CancellationToken) {
-        let concurrency = self.converter.config().workers;
-        let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
-        let subscription = Subscription::new(GROUP, VIDEO).with_prefetch(prefetch);
-        let worker = Arc::new(self);
-        let consumer = Consumer::new(worker.bus.clone(), subscription)
-            .concurrency(concurrency)
-            .run_attempts(shutdown, move |message, attempt| {
-                let worker = worker.clone();
-                async move { worker.handle(&message, attempt).await }
-            });
-        tasks.spawn(async move {
-            if let Err(error) = consumer.await {
-                tracing::error!(%error, "the video consumer stopped");
-            }
-        });
+    /// Starts consuming `video`, as many at once as the converter has workers, on the
+    /// [`bus::Runner`] with a [`Store::keyed`] (the worker has no database: redoing a
+    /// job redoes the same keys). The returned health is the service's `consumers`
+    /// readiness.
+    pub fn spawn(self, tasks: &TaskTracker, shutdown: CancellationToken) -> bus::ConsumerHealth {
+        let store = Store::keyed(self.bus.clone());
+        let bus = self.bus.clone();
+        Arc::new(Runner::new(store, self)).serve(bus, tasks, shutdown)
     }
 
-    /// Converts the video of one `video` message, delivered for the `attempt`-th time.
-    pub async fn handle(&self, message: &Message, attempt: Attempt) -> Result<(), Nack> {
-        let video: VideoMessage = message
-            .decode()
-            .map_err(|e| Nack::Reject(format!("bad {VIDEO} body: {e}")))?;
-        if attempt.is_exhausted() {
-            // Every attempt ended with the converter gone mid-way (killed, out of memory,
-            // the machine lost): no new try, but the job must not stay "converting".
-            tracing::warn!(job_id = %video.job_id, attempts = attempt.max, "the converter stopped during every attempt; failing the job");
-            let failed = Self::failed(
-                &video,
-                format!(
-                    "the converter stopped during each of its {} attempts",
-                    attempt.max
-                ),
-            );
-            return self.publish_outcome(&video, &failed).await;
-        }
+    /// Converts the video of one `video` message, delivered for the `attempt`-th time;
+    /// returns the outcome to publish (`mp3`).
+    async fn convert_job(
+        &self,
+        video: &VideoMessage,
+        attempt: Attempt,
+    ) -> Result<Vec<Message>, HandlerError> {
         tracing::info!(job_id = %video.job_id, attempt = attempt.number, "conversion started");
         let started = ConversionStarted {
             job_id: video.job_id.clone(),
@@ -101,7 +84,7 @@ impl Worker {
         }
 
         let scratch = self.work_dir.join(safe_name(&video.job_id));
-        let outcome = self.convert(&video, &scratch).await;
+        let outcome = self.convert(video, &scratch).await;
         if let Err(error) = tokio::fs::remove_dir_all(&scratch).await
             && error.kind() != std::io::ErrorKind::NotFound
         {
@@ -112,31 +95,21 @@ impl Worker {
             Err(Outcome::Retry(reason)) if attempt.is_last() => {
                 tracing::warn!(job_id = %video.job_id, %reason, attempts = attempt.number, "giving up on the job");
                 Self::failed(
-                    &video,
+                    video,
                     format!("gave up after {} attempts: {reason}", attempt.number),
                 )
             }
-            Err(Outcome::Retry(reason)) => return Err(Nack::Retry(reason)),
+            Err(Outcome::Retry(reason)) => return Err(HandlerError::Transient(reason)),
             // Not the job's fault and not a try: the same attempt again, even the last.
-            Err(Outcome::Interrupted(reason)) => return Err(Nack::Requeue(reason)),
-            Err(Outcome::Failed(reason)) => Self::failed(&video, reason),
+            Err(Outcome::Interrupted(reason)) => return Err(HandlerError::Interrupted(reason)),
+            Err(Outcome::Failed(reason)) => Self::failed(video, reason),
         };
-        self.publish_outcome(&video, &finished).await
+        Ok(vec![Self::outcome(video, &finished)?])
     }
 
-    /// Publishes the job's outcome (`mp3`), one id per job.
-    async fn publish_outcome(
-        &self,
-        video: &VideoMessage,
-        finished: &Mp3Message,
-    ) -> Result<(), Nack> {
-        let outcome = Message::json(MP3, finished)
-            .map_err(|e| Nack::Retry(e.to_string()))?
-            .with_id(format!("mp3-{}", video.job_id));
-        self.bus
-            .publish(outcome)
-            .await
-            .map_err(|e| Nack::Retry(format!("could not publish the outcome: {e}")))
+    /// The job's outcome message (`mp3`), one id per job.
+    fn outcome(video: &VideoMessage, finished: &Mp3Message) -> Result<Message, HandlerError> {
+        Ok(Message::json(MP3, finished)?.with_id(format!("mp3-{}", video.job_id)))
     }
 
     /// The `failed` outcome of a job, with the reason the user is told.
@@ -223,6 +196,61 @@ impl Worker {
             error: None,
             duration_secs: Some(report.duration_secs),
             filename: video.filename.clone(),
+        })
+    }
+}
+
+impl Handler for Worker {
+    type Event = VideoMessage;
+    type Error = HandlerError;
+
+    fn subscription(&self) -> Subscription {
+        let prefetch = u16::try_from(self.converter.config().workers).unwrap_or(u16::MAX);
+        Subscription::new(GROUP, VIDEO).with_prefetch(prefetch)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.converter.config().workers
+    }
+
+    fn decode(&self, message: &Message) -> Result<VideoMessage, String> {
+        bus::decode_json(message)
+    }
+
+    /// The conversion: outside any database, keyed by the job.
+    fn effect<'a>(
+        &'a self,
+        video: &'a VideoMessage,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(self.convert_job(video, delivered.attempt))
+    }
+
+    /// Never called: the worker's store is keyed, without a transaction.
+    fn apply<'a>(
+        &'a self,
+        _tx: &'a mut Tx,
+        _video: &'a VideoMessage,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Every attempt ended with the converter gone mid-way (killed, out of memory, the
+    /// machine lost): no new try, but the job must not stay "converting".
+    fn exhausted<'a>(
+        &'a self,
+        video: &'a VideoMessage,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, HandlerError>> {
+        Box::pin(async move {
+            let attempts = delivered.attempt.max;
+            tracing::warn!(job_id = %video.job_id, attempts, "the converter stopped during every attempt; failing the job");
+            let failed = Self::failed(
+                video,
+                format!("the converter stopped during each of its {attempts} attempts"),
+            );
+            Ok(Some(vec![Self::outcome(video, &failed)?]))
         })
     }
 }

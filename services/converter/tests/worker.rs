@@ -40,6 +40,11 @@ impl Setup {
     }
 }
 
+/// The worker on the runner its service uses (a keyed store: no database).
+fn runner(worker: Worker) -> bus::Runner<Worker> {
+    bus::Runner::new(bus::Store::keyed(worker.bus.clone()), worker)
+}
+
 /// The `video` message of job `job_id` for the upload `video_fid`.
 fn video_message(video_fid: &str, job_id: &str) -> Message {
     let video = VideoMessage {
@@ -58,7 +63,7 @@ async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
     let (worker, mut media) = (setup.worker, setup.media);
     let message = video_message("never-uploaded", "job-exhausted");
 
-    worker
+    runner(worker)
         .handle(&message, Attempt { number: 6, max: 5 })
         .await
         .expect("settled, not retried");
@@ -107,7 +112,9 @@ async fn a_job_interrupted_by_shutdown_on_the_last_attempt_is_requeued_not_faile
     let (worker, mut media) = (setup.worker, setup.media);
     let message = video_message("video-1", "job-interrupted");
 
-    let settled = worker.handle(&message, Attempt { number: 5, max: 5 }).await;
+    let settled = runner(worker)
+        .handle(&message, Attempt { number: 5, max: 5 })
+        .await;
     assert!(matches!(settled, Err(bus::Nack::Requeue(_))), "{settled:?}");
 
     // `converting`, and no outcome.

@@ -60,9 +60,6 @@ pub const PAGE_BYTES: usize = 1024 * 1024;
 /// The longest message id the bus's inbox tables keep.
 const MAX_MESSAGE_ID: usize = 64;
 
-/// Deliveries handled at once by the log's consumer.
-const CONSUMER_CONCURRENCY: usize = 8;
-
 /// The consumer group that feeds the log.
 pub const GROUP: &str = "event-bus";
 
@@ -80,11 +77,17 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
     db.migrate(NAME, log::MIGRATIONS).await?;
     let log = EventLog::new(db.clone());
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
-    start_log_consumer(context, bus.clone(), log.clone());
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
+    let runner = bus::Runner::new(
+        bus::Store::database(&db).await?,
+        LogEvents { log: log.clone() },
+    );
+    let consumer = Arc::new(runner).serve(bus.clone(), &context.tasks, context.shutdown.clone());
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("consumers", consumer.check_fn());
     let (routes, _) = api().with_state(AppState { log, bus }).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
@@ -104,45 +107,49 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().into_openapi()
 }
 
-/// Several deliveries in flight, so that acknowledgements overlap; the appends
-/// themselves are serialised in the database (see [`log`]).
-fn start_log_consumer(context: &ServiceContext, bus: Arc<dyn bus::EventBus>, log: EventLog) {
-    let subscription = bus::Subscription::new(GROUP, blog::ALL_EVENTS).with_prefetch(128);
-    let consumer = bus::Consumer::new(bus, subscription)
-        .concurrency(CONSUMER_CONCURRENCY)
-        .run(context.shutdown.clone(), move |message| {
-            let log = log.clone();
-            async move { append(&log, &message).await }
-        });
-    context.tasks.spawn(async move {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "the event log consumer stopped");
-        }
-    });
+/// What the blog's events mean here: an entry of the log. The appends are serialised
+/// in the database (see [`log`]), so the runner's several deliveries in flight only
+/// overlap their acknowledgements. The log keys entries by message id besides the
+/// runner's inbox.
+#[derive(Debug, Clone)]
+pub struct LogEvents {
+    pub log: EventLog,
 }
 
-async fn append(log: &EventLog, message: &bus::Message) -> Result<(), bus::Nack> {
-    let envelope: Envelope = message
-        .decode()
-        .map_err(|e| bus::Nack::Reject(format!("not an event envelope: {e}")))?;
-    let retry = |e: &dyn std::fmt::Display| bus::Nack::Retry(e.to_string());
-    let mut tx = log.database().begin().await.map_err(|e| retry(&e))?;
-    let recorded = log
-        .record(&mut tx, &message.id, &envelope)
-        .await
-        .map_err(|e| retry(&e))?;
-    tx.commit().await.map_err(|e| retry(&e))?;
-    match recorded {
-        Recorded::Parked => tracing::debug!(
-            message = %message.id,
-            "event parked until its cause is in the log"
-        ),
-        Recorded::Appended { released } if released > 0 => {
-            tracing::debug!(message = %message.id, released, "parked events released")
-        }
-        Recorded::Appended { .. } | Recorded::Duplicate => {}
+impl bus::Handler for LogEvents {
+    type Event = Envelope;
+    type Error = bus::HandlerError;
+
+    fn subscription(&self) -> bus::Subscription {
+        bus::Subscription::new(GROUP, blog::ALL_EVENTS).with_prefetch(128)
     }
-    Ok(())
+
+    fn decode(&self, message: &bus::Message) -> Result<Envelope, String> {
+        message
+            .decode()
+            .map_err(|e| format!("not an event envelope: {e}"))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut bus::Tx,
+        envelope: &'a Envelope,
+        delivered: &'a bus::Delivered,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<bus::Message>, bus::HandlerError>> {
+        Box::pin(async move {
+            let message = &delivered.message_id;
+            match self.log.record(tx, message, envelope).await? {
+                Recorded::Parked => {
+                    tracing::debug!(%message, "event parked until its cause is in the log");
+                }
+                Recorded::Appended { released } if released > 0 => {
+                    tracing::debug!(%message, released, "parked events released");
+                }
+                Recorded::Appended { .. } | Recorded::Duplicate => {}
+            }
+            Ok(Vec::new())
+        })
+    }
 }
 
 /// `?after=SEQ&limit=N`: events with a sequence number above SEQ, at most N.

@@ -1,13 +1,11 @@
 //! The pipeline's messages moving jobs along: `converting` (a worker started) and `mp3`
-//! (done or failed). Each is applied in one transaction with its inbox record, so a
-//! redelivered message is recognised and skipped; the status transitions only move
-//! forward besides, so even a message applied twice could not undo anything.
+//! (done or failed). The [`bus::Runner`] applies each in one transaction with its inbox
+//! record, so a redelivered message is recognised and skipped; the status transitions
+//! only move forward besides, so even a message applied twice could not undo anything.
 
-use std::sync::Arc;
-
-use bus::{Consumer, EventBus, Inbox, Message, Nack, Subscription};
+use bus::{Delivered, Handler, HandlerError, Message, Subscription, Tx};
 use contracts::media::{CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use futures::future::BoxFuture;
 
 use crate::jobs::{Job, JobStore};
 
@@ -31,89 +29,103 @@ pub async fn announce(jobs: &JobStore, changes: &Changes, job_id: &str) {
 /// The consumer group (and RabbitMQ queue) of the media service.
 pub const GROUP: &str = "media-jobs";
 
-/// Starts consuming `converting` and `mp3`.
-pub fn spawn(
-    bus: Arc<dyn EventBus>,
-    jobs: JobStore,
-    inbox: Inbox,
-    changes: Changes,
-    tasks: &TaskTracker,
-    shutdown: CancellationToken,
-) {
-    let subscription = Subscription::new(GROUP, CONVERTING).also(MP3);
-    let handler = move |message: Message| {
-        let jobs = jobs.clone();
-        let changes = changes.clone();
-        async move {
-            if let Some(job_id) = apply(&jobs, &inbox, &message).await? {
-                announce(&jobs, &changes, &job_id).await;
-            }
-            Ok(())
-        }
-    };
-    let consumer = Consumer::new(bus, subscription).run(shutdown, handler);
-    tasks.spawn(async move {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "media job consumer stopped abnormally");
-        }
-    });
+/// A message that moves a job along.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// `converting`: a worker started.
+    Started(ConversionStarted),
+    /// `mp3`: done or failed.
+    Finished(Mp3Message),
+    /// Any other routing key: recorded and ignored.
+    Other(String),
 }
 
-/// Applies one message; an undecodable body can never succeed and is dead-lettered.
-/// Returns the id of the job it moved, if it moved one.
-pub async fn apply(
-    jobs: &JobStore,
-    inbox: &Inbox,
-    message: &Message,
-) -> Result<Option<String>, Nack> {
-    let retry = |error: &dyn std::fmt::Display| Nack::Retry(error.to_string());
-    let mut tx = jobs.database().begin().await.map_err(|e| retry(&e))?;
-    if !inbox
-        .record(&mut tx, GROUP, &message.id)
-        .await
-        .map_err(|e| retry(&e))?
-    {
-        tracing::debug!(id = %message.id, "already applied; skipped");
-        return Ok(None);
-    }
-    let (changed, job_id) = match message.routing_key.as_str() {
-        CONVERTING => {
-            let started: ConversionStarted = message
-                .decode()
-                .map_err(|e| Nack::Reject(format!("bad {CONVERTING} body: {e}")))?;
-            let changed = jobs
-                .mark_converting(&mut tx, &started.job_id)
-                .await
-                .map_err(|e| retry(&e))?;
-            (changed, started.job_id)
+impl JobEvent {
+    fn job_id(&self) -> Option<&str> {
+        match self {
+            JobEvent::Started(started) => Some(&started.job_id),
+            JobEvent::Finished(finished) => Some(&finished.job_id),
+            JobEvent::Other(_) => None,
         }
-        MP3 => {
-            let finished: Mp3Message = message
-                .decode()
-                .map_err(|e| Nack::Reject(format!("bad {MP3} body: {e}")))?;
-            let changed = match (finished.status, finished.mp3_fid.as_deref()) {
-                (JobStatus::Done, Some(mp3_fid)) => jobs
-                    .mark_done(&mut tx, &finished.job_id, mp3_fid, finished.duration_secs)
-                    .await
-                    .map_err(|e| retry(&e))?,
-                (JobStatus::Done, None) => {
-                    return Err(Nack::Reject("a done mp3 message without mp3_fid".into()));
+    }
+}
+
+/// What `converting` and `mp3` mean here: a job's status, announced to the live streams
+/// once committed.
+#[derive(Debug, Clone)]
+pub struct JobEvents {
+    pub jobs: JobStore,
+    pub changes: Changes,
+}
+
+impl Handler for JobEvents {
+    type Event = JobEvent;
+    type Error = HandlerError;
+
+    fn subscription(&self) -> Subscription {
+        Subscription::new(GROUP, CONVERTING).also(MP3)
+    }
+
+    // One at a time, as before the runner: a job's `converting` and `mp3` are applied in
+    // the order they arrive (the transitions only move forward besides).
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    fn decode(&self, message: &Message) -> Result<JobEvent, String> {
+        match message.routing_key.as_str() {
+            CONVERTING => Ok(JobEvent::Started(bus::decode_json(message)?)),
+            MP3 => {
+                let finished: Mp3Message = bus::decode_json(message)?;
+                if finished.status == JobStatus::Done && finished.mp3_fid.is_none() {
+                    return Err("a done mp3 message without mp3_fid".into());
                 }
-                _ => {
-                    let reason = finished.error.as_deref().unwrap_or("the conversion failed");
-                    jobs.mark_failed(&mut tx, &finished.job_id, reason)
-                        .await
-                        .map_err(|e| retry(&e))?
+                Ok(JobEvent::Finished(finished))
+            }
+            other => Ok(JobEvent::Other(other.to_owned())),
+        }
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a JobEvent,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(async move {
+            let changed = match event {
+                JobEvent::Started(started) => {
+                    self.jobs.mark_converting(tx, &started.job_id).await?
+                }
+                JobEvent::Finished(finished) => {
+                    match (finished.status, finished.mp3_fid.as_deref()) {
+                        (JobStatus::Done, Some(mp3_fid)) => {
+                            self.jobs
+                                .mark_done(tx, &finished.job_id, mp3_fid, finished.duration_secs)
+                                .await?
+                        }
+                        _ => {
+                            let reason =
+                                finished.error.as_deref().unwrap_or("the conversion failed");
+                            self.jobs.mark_failed(tx, &finished.job_id, reason).await?
+                        }
+                    }
+                }
+                JobEvent::Other(routing_key) => {
+                    tracing::warn!(%routing_key, "unexpected message; ignored");
+                    false
                 }
             };
-            (changed, finished.job_id)
-        }
-        other => {
-            tracing::warn!(routing_key = other, "unexpected message; ignored");
-            (false, String::new())
-        }
-    };
-    tx.commit().await.map_err(|e| retry(&e))?;
-    tracing::debug!(id = %message.id, key = %message.routing_key, changed, "job message applied");
-    Ok(changed.then_some(job_id))
+            tracing::debug!(id = %delivered.message_id, key = %delivered.routing_key, changed, "job message applied");
+            Ok(Vec::new())
+        })
+    }
+
+    fn after_commit(&self, event: JobEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(job_id) = event.job_id() {
+                announce(&self.jobs, &self.changes, job_id).await;
+            }
+        })
+    }
 }

@@ -75,14 +75,14 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let jobs = JobStore::new(db.clone());
     // Bounded: a live stream that falls this far behind is told to resync instead.
     let (changes, _) = tokio::sync::broadcast::channel(routes::LIVE_BUFFER);
-    events::spawn(
-        bus,
-        jobs.clone(),
-        bus::Inbox::new(&db),
-        changes.clone(),
-        &context.tasks,
-        context.shutdown.clone(),
+    let runner = bus::Runner::new(
+        bus::Store::database(&db).await?,
+        events::JobEvents {
+            jobs: jobs.clone(),
+            changes: changes.clone(),
+        },
     );
+    let consumer = Arc::new(runner).serve(bus, &context.tasks, context.shutdown.clone());
 
     let state = Arc::new(MediaState {
         jobs,
@@ -94,10 +94,12 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     });
     let verifier = Verifier::new(jwks_source(args.auth_url.as_deref())?);
     let routes = routes::router(state).layer(verifier.layer());
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("consumers", consumer.check_fn());
     let limits = HttpLimits {
         // Route-level timeouts (routes.rs) are the real limits; this is the backstop
         // for the slowest route, a large upload.

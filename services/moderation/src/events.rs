@@ -1,87 +1,45 @@
-//! Moderation's consumer: each `CommentCreated` is decided once per message id, the
-//! inbox record and the `CommentModerated` decision (outbox) committed together.
+//! Moderation's consumer: each `CommentCreated` is decided once per message id — the
+//! [`bus::Runner`] commits the inbox record and the `CommentModerated` decision (outbox)
+//! together.
 
-use std::sync::Arc;
-
-use bus::EventBus;
+use bus::{Delivered, Handler, HandlerError, Message, Subscription, Tx};
 use contracts::blog::{self, BlogEvent};
-use platform::ServiceContext;
-use storage::Database;
-
-/// Deliveries handled at once. The handlers do not depend on delivery order (each is
-/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
-/// overlaps the acknowledgements, which otherwise bound throughput.
-const CONSUMER_CONCURRENCY: usize = 8;
+use futures::future::BoxFuture;
 
 /// The consumer group of this service.
 pub const GROUP: &str = "moderation";
 
-/// What moderation needs to answer a comment: its database, outbox and rule.
+/// What a `CommentCreated` means here: a decision.
 #[derive(Debug, Clone)]
 pub struct Moderation {
-    pub db: Database,
-    pub publisher: bus::OutboxPublisher,
     pub moderator: crate::Moderator,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModerationError {
-    #[error(transparent)]
-    Bus(#[from] bus::BusError),
-    #[error(transparent)]
-    Storage(#[from] storage::StorageError),
-    #[error(transparent)]
-    Sqlx(#[from] sqlx::Error),
-}
+impl Handler for Moderation {
+    type Event = BlogEvent;
+    type Error = HandlerError;
 
-impl Moderation {
-    /// Consumes `CommentCreated`.
-    pub fn start_consumer(&self, context: &ServiceContext, bus: Arc<dyn EventBus>) {
-        let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::COMMENT_CREATED))
-            .with_prefetch(128);
-        let moderation = self.clone();
-        let consumer = bus::Consumer::new(bus, subscription)
-            .concurrency(CONSUMER_CONCURRENCY)
-            .run(context.shutdown.clone(), move |message| {
-                let moderation = moderation.clone();
-                async move {
-                    let event: BlogEvent = message
-                        .decode()
-                        .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
-                    let BlogEvent::CommentCreated(comment) = event else {
-                        return Ok(());
-                    };
-                    moderation
-                        .moderate(&message.id, &comment)
-                        .await
-                        .map_err(|e| bus::Nack::Retry(e.to_string()))
-                }
-            });
-        context.tasks.spawn(async move {
-            if let Err(error) = consumer.await {
-                tracing::error!(%error, "the moderation consumer stopped");
-            }
-        });
+    fn subscription(&self) -> Subscription {
+        Subscription::new(GROUP, blog::routing_key(blog::COMMENT_CREATED)).with_prefetch(128)
     }
 
-    /// Decides on `comment` once per `message_id`: inbox record and `CommentModerated`
-    /// commit together.
-    pub async fn moderate(
-        &self,
-        message_id: &str,
-        comment: &blog::CommentCreated,
-    ) -> Result<(), ModerationError> {
-        let mut tx = self.db.begin().await?;
-        if !bus::Inbox::new(&self.db)
-            .record(&mut tx, GROUP, message_id)
-            .await?
-        {
-            return Ok(());
-        }
-        let decision = self.moderator.moderate(comment);
-        self.publisher.enqueue(&mut tx, &decision).await?;
-        tx.commit().await?;
-        self.publisher.committed();
-        Ok(())
+    fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
+        message
+            .decode()
+            .map_err(|e| format!("not a blog event: {e}"))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        _tx: &'a mut Tx,
+        event: &'a BlogEvent,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(async move {
+            let BlogEvent::CommentCreated(comment) = event else {
+                return Ok(Vec::new());
+            };
+            Ok(vec![Message::from(&self.moderator.moderate(comment))])
+        })
     }
 }

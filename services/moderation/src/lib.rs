@@ -9,6 +9,8 @@
 
 mod events;
 
+use std::sync::Arc;
+
 use axum::{Json, Router, body::Bytes, extract::State, routing::post};
 use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus};
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
@@ -95,39 +97,32 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         context.shutdown.clone(),
     )
     .await?;
-    let state = events::Moderation {
-        db: db.clone(),
-        publisher,
-        moderator,
-    };
-    state.start_consumer(context, bus);
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
+    let store = bus::Store::database(&db).await?.with_outbox(publisher);
+    let runner = Arc::new(bus::Runner::new(store, events::Moderation { moderator }));
+    let consumer = runner
+        .clone()
+        .serve(bus, &context.tasks, context.shutdown.clone());
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("consumers", consumer.check_fn());
     let routes = Router::new()
         .route("/events", post(receive_event))
-        .with_state(state);
+        .with_state(runner);
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
 /// The course's push style: handled exactly like a delivery from the bus.
 async fn receive_event(
-    State(state): State<events::Moderation>,
+    State(runner): State<Arc<bus::Runner<events::Moderation>>>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let envelope: contracts::blog::Envelope = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
-    let event = envelope
-        .blog_event()
-        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
-    if let Some(BlogEvent::CommentCreated(comment)) = event {
-        let id = BlogEvent::CommentCreated(comment.clone()).message_id();
-        state
-            .moderate(&id, &comment)
-            .await
-            .map_err(|e| Problem::internal(&e))?;
-    }
+    runner.push_blog_event(&body).await.map_err(|e| match e {
+        bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
+        bus::PushError::Failed(detail) => Problem::internal(&detail),
+    })?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -133,8 +133,21 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records that the job's email was handed over.
+    /// Records that the job's email was handed over (in a transaction of its own).
     pub async fn mark_sent(&self, job_id: &str) -> Result<(), LedgerError> {
+        let mut tx = self.db.begin().await?;
+        self.mark_sent_in(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the job's email was handed over, inside `tx` (the runner's, with
+    /// the message's inbox record).
+    pub async fn mark_sent_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        job_id: &str,
+    ) -> Result<(), LedgerError> {
         sqlx::query(
             self.db.sql(
                 "UPDATE notification_emails SET state = 'sent', updated_at = ? WHERE job_id = ?",
@@ -142,7 +155,7 @@ impl Ledger {
         )
         .bind(now_ms())
         .bind(job_id)
-        .execute(self.db.pool())
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }

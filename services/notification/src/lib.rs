@@ -29,8 +29,9 @@ pub mod sender;
 
 use std::{path::PathBuf, sync::Arc};
 
-use bus::{Consumer, Message, Nack, Subscription};
+use bus::{Delivered, Handler, HandlerError, Message, Runner, Subscription, Tx};
 use contracts::media::{MP3, Mp3Message};
+use futures::future::BoxFuture;
 use lettre::message::Mailbox;
 use platform::{ServiceApp, ServiceContext, health::Readiness};
 
@@ -103,36 +104,33 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let db = storage::Database::connect(&context.database_url_for(NAME)).await?;
     db.migrate(NAME, ledger::MIGRATIONS).await?;
     let ledger = Ledger::new(db.clone());
-    let notifier = Arc::new(Notifier {
+    let notifier = Notifier {
         ledger,
         sender,
         from,
         public_url,
-    });
+    };
 
     let bus = bus::connect(&context.bus_url_or_embedded(), bus_options()).await?;
-    let consumer = Consumer::new(bus, Subscription::new(GROUP, MP3).with_prefetch(16))
-        .concurrency(4)
-        .run_attempts(context.shutdown.clone(), move |message, attempt| {
-            let notifier = notifier.clone();
-            async move {
-                if attempt.is_exhausted() {
-                    return notifier.settle_exhausted(&message, attempt).await;
-                }
-                notifier.handle(&message).await
-            }
-        });
-    context.tasks.spawn(async move {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "the notification consumer stopped");
-        }
-    });
+    let runner = Arc::new(runner(&db, notifier).await?);
+    let consumer = runner.serve(bus, &context.tasks, context.shutdown.clone());
 
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
+    let readiness = Readiness::new()
+        .with_check("db", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .with_check("consumers", consumer.check_fn());
     Ok(ServiceApp::new(NAME, axum::Router::new()).with_readiness(readiness))
+}
+
+/// The notifier on the runner its service uses: the ledger's database is also the
+/// runner's inbox.
+pub async fn runner(
+    db: &storage::Database,
+    notifier: Notifier,
+) -> anyhow::Result<Runner<Notifier>> {
+    Ok(Runner::new(bus::Store::database(db).await?, notifier))
 }
 
 /// The SMTP server is outside the system and may be away for a while (a restart, an
@@ -157,8 +155,9 @@ fn bus_options() -> bus::BusOptions {
     }
 }
 
-/// How long a sent email's record is retried before the message is (re)tried by the bus,
-/// which would send the email again: long enough for a database restart.
+/// How long a sent email's record (the ledger's `sent` and the inbox record, one
+/// transaction) is retried before the message is (re)tried by the bus, which would send
+/// the email again: long enough for a database restart.
 const MARK_SENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Turns `mp3` messages into emails, one per job.
@@ -181,38 +180,83 @@ fn is_link_base(url: &str) -> bool {
     })
 }
 
-impl Notifier {
-    /// A delivery past its last attempt: the consumer stopped (or lost the broker) during
-    /// each try — or the last try sent the email and only its acknowledgement was lost.
-    /// The ledger knows which: a sent email is settled, anything else is dead-lettered
-    /// for an operator rather than tried forever.
-    pub async fn settle_exhausted(
-        &self,
-        message: &Message,
-        attempt: bus::Attempt,
-    ) -> Result<(), Nack> {
-        let finished: Mp3Message = message
-            .decode()
-            .map_err(|e| Nack::Reject(format!("bad {MP3} body: {e}")))?;
-        match self.ledger.state(&finished.job_id).await {
-            Ok(Some(state)) if state == "sent" => {
-                tracing::info!(job_id = %finished.job_id, "email already sent; its acknowledgement was lost");
-                Ok(())
-            }
-            Ok(_) => Err(Nack::Reject(format!(
-                "its handler never finished: the consumer stopped during each of its {} attempts",
-                attempt.max
-            ))),
-            Err(error) => Err(Nack::Retry(error.to_string())),
-        }
+/// The email of an `mp3` message is an effect outside the database: [`Handler::effect`]
+/// claims the job in the ledger and sends; the runner then commits the inbox record
+/// with the ledger's `sent` ([`Handler::apply`]), trying for [`MARK_SENT_PATIENCE`]
+/// rather than letting a retry send again.
+impl Handler for Notifier {
+    type Event = Mp3Message;
+    type Error = HandlerError;
+
+    fn subscription(&self) -> Subscription {
+        Subscription::new(GROUP, MP3).with_prefetch(16)
     }
 
-    /// Handles one `mp3` message (see the crate docs for the exactly-once reasoning).
-    pub async fn handle(&self, message: &Message) -> Result<(), Nack> {
-        let finished: Mp3Message = message
-            .decode()
-            .map_err(|e| Nack::Reject(format!("bad {MP3} body: {e}")))?;
-        let retry = |e: &dyn std::fmt::Display| Nack::Retry(e.to_string());
+    fn concurrency(&self) -> usize {
+        4
+    }
+
+    fn decode(&self, message: &Message) -> Result<Mp3Message, String> {
+        bus::decode_json(message)
+    }
+
+    fn effect<'a>(
+        &'a self,
+        finished: &'a Mp3Message,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(self.send_once(finished))
+    }
+
+    fn effect_patience(&self) -> std::time::Duration {
+        MARK_SENT_PATIENCE
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        finished: &'a Mp3Message,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
+        Box::pin(async move {
+            self.ledger
+                .mark_sent_in(tx, &finished.job_id)
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            Ok(Vec::new())
+        })
+    }
+
+    /// Past the last attempt and not in the inbox: the consumer stopped (or lost the
+    /// broker) during each try — or the last try sent the email and only its record was
+    /// lost. The ledger knows which: a sent email is settled, anything else is
+    /// dead-lettered for an operator rather than tried forever.
+    fn exhausted<'a>(
+        &'a self,
+        finished: &'a Mp3Message,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, HandlerError>> {
+        Box::pin(async move {
+            let state = self
+                .ledger
+                .state(&finished.job_id)
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            if state.as_deref() == Some("sent") {
+                tracing::info!(job_id = %finished.job_id, "email already sent; its acknowledgement was lost");
+                Ok(Some(Vec::new()))
+            } else {
+                Ok(None)
+            }
+        })
+    }
+}
+
+impl Notifier {
+    /// Sends the job's email unless the ledger says it was sent (see the crate docs for
+    /// the exactly-once reasoning).
+    async fn send_once(&self, finished: &Mp3Message) -> Result<Vec<Message>, HandlerError> {
+        let retry = |e: &dyn std::fmt::Display| HandlerError::Transient(e.to_string());
         let state = self
             .ledger
             .begin_sending(&finished.job_id, &finished.username)
@@ -221,7 +265,7 @@ impl Notifier {
         match state {
             LedgerState::Sent => {
                 tracing::debug!(job_id = %finished.job_id, "email already sent; skipped");
-                return Ok(());
+                return Ok(Vec::new());
             }
             LedgerState::Resending => tracing::warn!(
                 job_id = %finished.job_id,
@@ -229,11 +273,13 @@ impl Notifier {
             ),
             LedgerState::New => {}
         }
-        let email = email::compose(&finished, &self.from, &self.public_url)
-            .map_err(|e| Nack::Reject(e.to_string()))?;
+        let email = email::compose(finished, &self.from, &self.public_url)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
         match self.sender.send(&finished.job_id, &email).await {
             Ok(()) => {}
-            Err(error) if error.is_permanent() => return Err(Nack::Reject(error.to_string())),
+            Err(error) if error.is_permanent() => {
+                return Err(HandlerError::Permanent(error.to_string()));
+            }
             Err(error) => {
                 // Not sent (or not known to be): let the retry take the claim at once.
                 if let Err(release) = self.ledger.release(&finished.job_id).await {
@@ -243,26 +289,10 @@ impl Notifier {
                 return Err(retry(&error));
             }
         }
-        // The email is out: record it, riding out a short database outage (a restart),
-        // because giving up here means the next attempt sends it again.
-        let mut pause = std::time::Duration::from_millis(250);
-        let give_up = tokio::time::Instant::now() + MARK_SENT_PATIENCE;
-        loop {
-            match self.ledger.mark_sent(&finished.job_id).await {
-                Ok(()) => break,
-                Err(error) if tokio::time::Instant::now() < give_up => {
-                    tracing::warn!(job_id = %finished.job_id, %error,
-                        "email sent but not yet recorded; trying the database again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
-                }
-                Err(error) => return Err(retry(&error)),
-            }
-        }
-        metrics::counter!("notification_emails_sent_total", "kind" => email::kind(&finished))
+        metrics::counter!("notification_emails_sent_total", "kind" => email::kind(finished))
             .increment(1);
         tracing::info!(job_id = %finished.job_id, status = finished.status.as_str(), "email sent");
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use bus::Runner;
 use contracts::media::{JobStatus, MP3, Mp3Message};
 use notification::{Ledger, Notifier, Sender, ledger};
 use storage::Database;
@@ -75,28 +76,39 @@ fn check_ready_email(raw: &str, job_id: &str) {
     assert!(html.contains("<strong>clip.mp4</strong>"), "{html}");
 }
 
-async fn notifier(dir: &Path, sender: Sender) -> Notifier {
+/// The notifier on its service's runner (inbox and ledger in one SQLite file).
+async fn notifier(dir: &Path, sender: Sender) -> Runner<Notifier> {
     let url = format!("sqlite://{}", dir.join("notification.db").display());
     let db = Database::connect(&url).await.expect("database");
     db.migrate("notification", ledger::MIGRATIONS)
         .await
         .expect("migrations");
-    Notifier {
-        ledger: Ledger::new(db),
+    let notifier = Notifier {
+        ledger: Ledger::new(db.clone()),
         sender,
         from: "Flotilla <noreply@flotilla.invalid>".parse().expect("from"),
         public_url: "https://flotilla.example".into(),
-    }
+    };
+    notification::runner(&db, notifier).await.expect("runner")
 }
 
+/// A first delivery, as the bus makes it for the notification group.
+const FIRST: bus::Attempt = bus::Attempt { number: 1, max: 14 };
+
 /// The message delivered three times: twice with one id, once republished with another.
-async fn deliver_repeatedly(notifier: &Notifier, message: &Mp3Message) {
+async fn deliver_repeatedly(notifier: &Runner<Notifier>, message: &Mp3Message) {
     let first = bus::Message::json(MP3, message).expect("encode");
-    notifier.handle(&first).await.expect("first delivery");
-    notifier.handle(&first).await.expect("redelivery");
+    notifier
+        .handle(&first, FIRST)
+        .await
+        .expect("first delivery");
+    notifier.handle(&first, FIRST).await.expect("redelivery");
     let republished = bus::Message::json(MP3, message).expect("encode");
     assert_ne!(first.id, republished.id);
-    notifier.handle(&republished).await.expect("republished");
+    notifier
+        .handle(&republished, FIRST)
+        .await
+        .expect("republished");
 }
 
 /// A sender to an SMTP port nothing listens on (bound, then dropped).
@@ -169,6 +181,7 @@ async fn a_real_smtp_server_gets_exactly_one_email_per_job() {
     );
     assert_eq!(
         notifier
+            .handler()
             .ledger
             .state(&job_id)
             .await
@@ -217,10 +230,11 @@ async fn an_unreachable_smtp_server_is_retried_not_dropped() {
     let notifier = notifier(dir.path(), unreachable_smtp(dir.path())).await;
     let job_id = unique_job();
     let message = bus::Message::json(MP3, &done(&job_id)).expect("encode");
-    let outcome = notifier.handle(&message).await;
+    let outcome = notifier.handle(&message, FIRST).await;
     assert!(matches!(outcome, Err(bus::Nack::Retry(_))), "{outcome:?}");
     assert_eq!(
         notifier
+            .handler()
             .ledger
             .state(&job_id)
             .await
@@ -243,7 +257,7 @@ async fn a_send_that_failed_is_retried_at_once_and_sent_when_the_server_returns(
     // rather than finding its own failed attempt "in progress" (which used to exhaust
     // the attempts and dead-letter the email).
     for attempt in 1..=2 {
-        match notifier_away.handle(&message).await {
+        match notifier_away.handle(&message, FIRST).await {
             Err(bus::Nack::Retry(reason)) => assert!(
                 reason.contains("SMTP server"),
                 "attempt {attempt}: {reason}"
@@ -254,9 +268,9 @@ async fn a_send_that_failed_is_retried_at_once_and_sent_when_the_server_returns(
     // The server is back: the next attempt sends, once.
     let back = Sender::new(Some(&url), &dir.path().join("mail")).expect("smtp sender");
     let notifier_back = notifier(dir.path(), back).await;
-    notifier_back.handle(&message).await.expect("sent");
+    notifier_back.handle(&message, FIRST).await.expect("sent");
     notifier_back
-        .handle(&message)
+        .handle(&message, FIRST)
         .await
         .expect("redelivery skipped");
     assert_eq!(maildir_messages(Path::new(&maildir), &job_id).len(), 1);
@@ -271,16 +285,25 @@ async fn a_delivery_past_its_last_attempt_is_settled_by_the_ledger() {
 
     // Sent on the last attempt, but its acknowledgement was lost: settled, not dead.
     let sent = bus::Message::json(MP3, &done(&unique_job())).expect("encode");
-    notifier.handle(&sent).await.expect("sent");
+    notifier.handle(&sent, FIRST).await.expect("sent");
     notifier
-        .settle_exhausted(&sent, past_last)
+        .handle(&sent, past_last)
         .await
-        .expect("a sent email is settled");
+        .expect("a sent email is settled by the inbox");
+    // The same job's email republished under another id (not in the inbox) and past
+    // its last attempt: the ledger knows it was sent.
+    let republished =
+        bus::Message::json(MP3, &sent.decode::<Mp3Message>().expect("mp3")).expect("encode");
+    assert_eq!(
+        notifier.handle(&republished, past_last).await,
+        Ok(bus::Handled::Applied),
+        "settled by the ledger"
+    );
 
     // Never sent: dead-lettered for an operator.
     let unsent = bus::Message::json(MP3, &done(&unique_job())).expect("encode");
     assert!(matches!(
-        notifier.settle_exhausted(&unsent, past_last).await,
+        notifier.handle(&unsent, past_last).await,
         Err(bus::Nack::Reject(_))
     ));
 }

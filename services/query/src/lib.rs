@@ -36,7 +36,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use contracts::blog::{self, BlogEvent, Envelope};
+use contracts::blog::{self, BlogEvent};
 use contracts::schema::EventEnvelope;
 use futures::StreamExt as _;
 use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
@@ -69,11 +69,6 @@ impl Default for Args {
 
 pub const NAME: &str = "query";
 
-/// Deliveries handled at once. The handlers do not depend on delivery order (each is
-/// keyed by its post or comment and deduplicated by the inbox), and overlapping them
-/// overlaps the acknowledgements, which otherwise bound throughput.
-const CONSUMER_CONCURRENCY: usize = 8;
-
 /// The consumer group of the view.
 pub const GROUP: &str = "query";
 
@@ -105,6 +100,7 @@ type Changes = tokio::sync::broadcast::Sender<Change>;
 #[derive(Debug, Clone)]
 struct AppState {
     store: ViewStore,
+    events: Arc<bus::Runner<ViewEvents>>,
     changes: Changes,
     shutdown: tokio_util::sync::CancellationToken,
     /// The last full rendering of `GET /posts` and the view version it shows, if it
@@ -133,7 +129,16 @@ pub async fn build_with_event_log(
     let store = ViewStore::open(db.clone(), reader).await?;
     let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
     let (changes, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
-    start_consumer(context, bus, store.clone(), changes.clone());
+    let events = Arc::new(bus::Runner::new(
+        bus::Store::database(&db).await?,
+        ViewEvents {
+            store: store.clone(),
+            changes: changes.clone(),
+        },
+    ));
+    let consumer = events
+        .clone()
+        .serve(bus, &context.tasks, context.shutdown.clone());
     let caught_up = Arc::new(AtomicBool::new(false));
     match event_log {
         Some(log) => {
@@ -168,9 +173,11 @@ pub async fn build_with_event_log(
                     Err("catching up with the event log".to_owned())
                 }
             }
-        });
+        })
+        .with_check("consumers", consumer.check_fn());
     let state = AppState {
         store,
+        events,
         changes,
         shutdown: context.shutdown.clone(),
         rendered: Arc::new(Mutex::new(None)),
@@ -214,41 +221,48 @@ pub async fn rebuild(
     Ok(applied)
 }
 
-fn start_consumer(
-    context: &ServiceContext,
-    bus: Arc<dyn bus::EventBus>,
-    store: ViewStore,
-    changes: Changes,
-) {
-    let subscription = bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
-        .also(blog::routing_key(blog::COMMENT_CREATED))
-        .also(blog::routing_key(blog::COMMENT_UPDATED))
-        .with_prefetch(128);
-    let consumer = bus::Consumer::new(bus, subscription)
-        .concurrency(CONSUMER_CONCURRENCY)
-        .run(context.shutdown.clone(), move |message| {
-            let store = store.clone();
-            let changes = changes.clone();
-            async move {
-                let event: BlogEvent = message
-                    .decode()
-                    .map_err(|e| bus::Nack::Reject(format!("not a blog event: {e}")))?;
-                let applied = store
-                    .apply(&message.id, &event)
-                    .await
-                    .map_err(|e| bus::Nack::Retry(e.to_string()))?;
-                if applied {
-                    // No receiver is not an error: nobody is watching.
-                    let _ = changes.send(Change::Applied(Arc::new(event)));
-                }
-                Ok(())
-            }
-        });
-    context.tasks.spawn(async move {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "the view's consumer stopped");
-        }
-    });
+/// What the view's events mean: a change of the view, told to the live streams once
+/// committed.
+#[derive(Debug, Clone)]
+pub struct ViewEvents {
+    pub store: ViewStore,
+    pub changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl bus::Handler for ViewEvents {
+    type Event = BlogEvent;
+    type Error = bus::HandlerError;
+
+    fn subscription(&self) -> bus::Subscription {
+        bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
+            .also(blog::routing_key(blog::COMMENT_CREATED))
+            .also(blog::routing_key(blog::COMMENT_UPDATED))
+            .with_prefetch(128)
+    }
+
+    fn decode(&self, message: &bus::Message) -> Result<BlogEvent, String> {
+        message
+            .decode()
+            .map_err(|e| format!("not a blog event: {e}"))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut bus::Tx,
+        event: &'a BlogEvent,
+        _delivered: &'a bus::Delivered,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<bus::Message>, bus::HandlerError>> {
+        Box::pin(async move {
+            self.store.apply(tx, event).await?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn after_commit(&self, event: BlogEvent) -> futures::future::BoxFuture<'_, ()> {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.changes.send(Change::Applied(Arc::new(event)));
+        Box::pin(async {})
+    }
 }
 
 /// Folds in what the log has beyond the store's cursor, then keeps doing so.
@@ -496,21 +510,14 @@ async fn receive_event(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let envelope: Envelope = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
-    let event = envelope
-        .blog_event()
-        .map_err(|e| Problem::bad_request(format!("invalid {} data: {e}", envelope.event_type)))?;
-    if let Some(event) = event {
-        let applied = state
-            .store
-            .apply(&event.message_id(), &event)
-            .await
-            .map_err(|e| Problem::internal(&e))?;
-        if applied {
-            let _ = state.changes.send(Change::Applied(Arc::new(event)));
-        }
-    }
+    state
+        .events
+        .push_blog_event(&body)
+        .await
+        .map_err(|e| match e {
+            bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
+            bus::PushError::Failed(detail) => Problem::internal(&detail),
+        })?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -1,7 +1,8 @@
 //! The read model: posts with their comments, built only from events.
 //!
-//! Every apply is idempotent twice over: the message id goes into `query_applied` (this
-//! service's inbox) in the same transaction, and the writes themselves are keyed by the
+//! Every apply is idempotent twice over: the message id goes into the bus inbox (as
+//! consumer `query`, the [`bus::Runner`]'s for deliveries and pushes, [`ViewStore::apply_log_page`]'s
+//! for the log) in the same transaction, and the writes themselves are keyed by the
 //! post's or comment's id, so a post or comment is stored once however many copies of
 //! its event arrive (bus delivery, push, log replay). Folding is order-independent: a
 //! comment that arrives before its post is kept and shows once the post is there, and a
@@ -58,6 +59,15 @@ pub const MIGRATIONS: &[Migration] = &[
             version BIGINT NOT NULL
         )",
     ),
+    // The view's own inbox becomes the bus inbox the runner keeps (the bus tables are
+    // migrated first, see `ViewStore::open`); longer ids were never bus message ids.
+    Migration::portable(
+        6,
+        "applied messages in the bus inbox",
+        "INSERT INTO bus_inbox (consumer, message_id, processed_at)
+            SELECT 'query', message_id, 0 FROM query_applied WHERE LENGTH(message_id) <= 64",
+    ),
+    Migration::portable(7, "no own inbox", "DROP TABLE query_applied"),
 ];
 
 /// A comment in the view.
@@ -90,6 +100,7 @@ impl ViewStore {
     /// Opens the view: writes go through `db`, reads of the view through `reader` (the
     /// same database, possibly another pool).
     pub async fn open(db: Database, reader: Database) -> Result<Self, StorageError> {
+        db.migrate("bus", bus::outbox_migrations()).await?;
         db.migrate(crate::NAME, MIGRATIONS).await?;
         let store = Self { db, reader };
         store.ensure_state().await?;
@@ -114,17 +125,6 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Applies one event delivered with `message_id`; `false` if it was applied before.
-    pub async fn apply(&self, message_id: &str, event: &BlogEvent) -> Result<bool, StorageError> {
-        let mut tx = self.db.begin().await?;
-        let applied = self.apply_in(&mut tx, message_id, event).await?;
-        if applied {
-            bump_version(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(applied)
-    }
-
     /// Applies a page of the event log and moves the cursor to `last_seq`, atomically.
     /// Returns how many events were new to this view.
     pub async fn apply_log_page(
@@ -134,8 +134,20 @@ impl ViewStore {
     ) -> Result<usize, StorageError> {
         let mut tx = self.db.begin().await?;
         let mut applied = 0;
+        let inbox = bus::Inbox::new(&self.db);
         for (message_id, event) in events {
-            if self.apply_in(&mut tx, message_id, event).await? {
+            // The log is not a delivery (there is nothing to acknowledge), but its events
+            // share the consumer's inbox, so each is folded in once however it arrives.
+            let recorded = inbox
+                .record(&mut tx, crate::GROUP, message_id)
+                .await
+                .map_err(|e| match e {
+                    bus::BusError::Database(e) => StorageError::Sqlx(e),
+                    bus::BusError::Storage(e) => e,
+                    other => StorageError::Sqlx(sqlx::Error::Protocol(other.to_string())),
+                })?;
+            if recorded {
+                self.apply_in(&mut tx, event).await?;
                 applied += 1;
             }
         }
@@ -150,30 +162,24 @@ impl ViewStore {
         Ok(applied)
     }
 
+    /// Applies a delivered (or pushed) event inside the runner's transaction, which
+    /// holds its inbox record, and bumps the view's version.
+    pub async fn apply(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &BlogEvent,
+    ) -> Result<(), StorageError> {
+        self.apply_in(tx, event).await?;
+        bump_version(tx).await?;
+        Ok(())
+    }
+
     async fn apply_in(
         &self,
         tx: &mut Transaction<'static, Any>,
-        message_id: &str,
         event: &BlogEvent,
-    ) -> Result<bool, StorageError> {
-        // The inbox insert comes first and never fails on a duplicate: on SQLite a
-        // transaction must write before it reads to wait for the write lock, and on
-        // PostgreSQL a failed statement would abort the transaction.
+    ) -> Result<(), StorageError> {
         let dialect = self.db.dialect();
-        let record = match dialect {
-            Dialect::Sqlite => "INSERT OR IGNORE INTO query_applied (message_id) VALUES (?)",
-            Dialect::Postgres => {
-                "INSERT INTO query_applied (message_id) VALUES (?) ON CONFLICT DO NOTHING"
-            }
-            Dialect::MySql => "INSERT IGNORE INTO query_applied (message_id) VALUES (?)",
-        };
-        let recorded = sqlx::query(dialect.sql(record))
-            .bind(message_id)
-            .execute(&mut **tx)
-            .await?;
-        if recorded.rows_affected() != 1 {
-            return Ok(false);
-        }
         match event {
             BlogEvent::PostCreated(post) => {
                 if !exists(tx, dialect, POST_EXISTS, &post.id).await? {
@@ -227,7 +233,7 @@ impl ViewStore {
             // The course's query service ignores it too: CommentUpdated follows.
             BlogEvent::CommentModerated(_) => {}
         }
-        Ok(true)
+        Ok(())
     }
 
     /// The last event-log sequence number folded in.
@@ -249,11 +255,15 @@ impl ViewStore {
     /// Empties the view, its inbox and its cursor, so that it is rebuilt from the log.
     pub async fn clear(&self) -> Result<(), StorageError> {
         let mut tx = self.db.begin().await?;
-        for table in ["query_comments", "query_posts", "query_applied"] {
+        for table in ["query_comments", "query_posts"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *tx)
                 .await?;
         }
+        sqlx::query(self.db.sql("DELETE FROM bus_inbox WHERE consumer = ?"))
+            .bind(crate::GROUP)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE query_state SET log_seq = 0, version = version + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;

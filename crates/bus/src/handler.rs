@@ -1,0 +1,474 @@
+//! The one way a service consumes: it says *what a message means* in a [`Handler`], and
+//! a [`Runner`] does everything that makes that happen exactly once.
+//!
+//! A handler names its group and routing keys ([`Handler::subscription`]), decodes a body
+//! into its event type and applies the event inside a database transaction it is handed
+//! ([`Handler::apply`]), returning the messages the event causes. It never sees the
+//! delivery (so it cannot acknowledge it), the inbox or the outbox: the runner
+//!
+//! 1. decodes the body (undecodable → dead letter at once);
+//! 2. runs the handler's [`effect`](Handler::effect) outside the database, if it has one
+//!    (an email, a conversion: effects that cannot join a transaction and so must be
+//!    idempotent by a key of their own);
+//! 3. begins the transaction, records the message in the inbox — an id already there
+//!    means "applied before": nothing is applied, the delivery is acknowledged —, applies
+//!    the event, enqueues the returned messages in the outbox and commits, so the effect,
+//!    the "applied" mark and the caused messages are durable together;
+//! 4. wakes the outbox relay, calls [`after_commit`](Handler::after_commit) (live
+//!    streams), and acknowledges;
+//! 5. maps a [`Failure`] to the bus's settlement: [`Retry::Later`] retries with backoff,
+//!    [`Retry::Never`] dead-letters, [`Retry::Requeue`] (shutdown) hands it out again as
+//!    the same attempt;
+//! 6. settles a delivery past its last attempt ([`Attempt::is_exhausted`]: the consumer
+//!    died during each) by asking the inbox whether it was applied — applied → ack;
+//!    otherwise the handler may still settle it ([`Handler::exhausted`]), else it is
+//!    dead-lettered;
+//!
+//! under one span per delivery (see [`crate::Consumer`]) and the metrics
+//! `bus_handled_total{group, outcome}` and `bus_handle_seconds{group}`.
+//!
+//! A service without a database (the converter) runs on a [`Store::keyed`]: no
+//! transaction and no inbox — its effect is keyed by the message (same object key, same
+//! outgoing message ids), and the messages it returns are published before the ack.
+//!
+//! The blog's push endpoints (`POST /events`) hand a pushed event to the same runner
+//! ([`Runner::push`]), so a pushed copy and a delivered copy count once.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use sqlx::{Any, Transaction};
+use storage::{Database, StorageError};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    Attempt, BusError, Consumer, ConsumerHealth, EventBus, Inbox, Message, Nack, OutboxPublisher,
+    Subscription,
+};
+
+/// Deliveries a service's consumer handles at once unless its handler says otherwise
+/// ([`Handler::concurrency`]). The handlers do not depend on delivery order (each is
+/// keyed by its post, comment or job and deduplicated by the inbox), and overlapping
+/// them overlaps the acknowledgements, which otherwise bound throughput.
+pub const CONSUMER_CONCURRENCY: usize = 8;
+
+/// Whether another attempt can help a message whose handling failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Transient (the database or the bus away): try again after the backoff;
+    /// dead-lettered after the last attempt.
+    Later,
+    /// Permanent (the message contradicts itself, the recipient does not exist):
+    /// dead-letter it now.
+    Never,
+    /// Interrupted by shutdown, not failed: the same attempt again, at once.
+    Requeue,
+}
+
+/// A handler's error: says whether a retry can help.
+pub trait Failure: std::fmt::Display + Send {
+    fn retry(&self) -> Retry;
+}
+
+/// A ready-made [`Failure`]; storage and bus errors are transient.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{0}")]
+    Transient(String),
+    #[error("{0}")]
+    Permanent(String),
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl Failure for HandlerError {
+    fn retry(&self) -> Retry {
+        match self {
+            HandlerError::Transient(_) => Retry::Later,
+            HandlerError::Permanent(_) => Retry::Never,
+            HandlerError::Interrupted(_) => Retry::Requeue,
+        }
+    }
+}
+
+impl From<BusError> for HandlerError {
+    fn from(error: BusError) -> Self {
+        HandlerError::Transient(error.to_string())
+    }
+}
+
+impl From<StorageError> for HandlerError {
+    fn from(error: StorageError) -> Self {
+        HandlerError::Transient(error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        HandlerError::Transient(error.to_string())
+    }
+}
+
+/// What a handler may know about the delivery it handles — read only: it cannot settle
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub message_id: String,
+    pub routing_key: String,
+    pub attempt: Attempt,
+}
+
+/// The transaction a handler applies its event in.
+pub type Tx = Transaction<'static, Any>;
+
+/// What a message means to a service. See the [module docs](self) for what the runner
+/// does around it.
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded body.
+    type Event: Send + Sync + 'static;
+    type Error: Failure + 'static;
+
+    /// The group (also the inbox's consumer name) and its routing keys.
+    fn subscription(&self) -> Subscription;
+
+    /// Deliveries handled at once.
+    fn concurrency(&self) -> usize {
+        CONSUMER_CONCURRENCY
+    }
+
+    /// The event in `message`; `Err` dead-letters the message at once.
+    fn decode(&self, message: &Message) -> Result<Self::Event, String>;
+
+    /// An effect outside the database, before the transaction (an email, a conversion).
+    /// It must be idempotent by a key of its own, as it runs again for a redelivered
+    /// message. Returns messages to send along with the transaction's.
+    fn effect<'a>(
+        &'a self,
+        _event: &'a Self::Event,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// How long the runner keeps trying to commit a message whose [`effect`]
+    /// (Self::effect) is done before it gives up (a retry repeats the effect).
+    fn effect_patience(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Applies the event in `tx`, once per message id; returns the messages it causes
+    /// (enqueued in the same transaction). Not called on a [`Store::keyed`].
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a Self::Event,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>>;
+
+    /// After the commit of a message applied for the first time (not a duplicate).
+    fn after_commit(&self, _event: Self::Event) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// A delivery past its last attempt that the inbox does not know: every attempt
+    /// ended without a settlement. `Some(messages)` settles it (the messages are sent, the
+    /// message recorded as applied) without doing the work again; `None` (the default)
+    /// dead-letters it.
+    fn exhausted<'a>(
+        &'a self,
+        _event: &'a Self::Event,
+        _delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, Self::Error>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Decodes a JSON body, for [`Handler::decode`].
+pub fn decode_json<T: DeserializeOwned>(message: &Message) -> Result<T, String> {
+    message
+        .decode()
+        .map_err(|e| format!("bad {} body: {e}", message.routing_key))
+}
+
+/// Where a runner keeps what it applied: a service's database with its inbox (and its
+/// outbox, for handlers that cause messages), or nothing ([`Store::keyed`]).
+#[derive(Debug, Clone)]
+pub struct Store {
+    kind: StoreKind,
+}
+
+#[derive(Debug, Clone)]
+enum StoreKind {
+    Database {
+        db: Database,
+        inbox: Inbox,
+        outbox: Option<OutboxPublisher>,
+    },
+    Keyed(Arc<dyn EventBus>),
+}
+
+impl Store {
+    /// The service's database; adds the inbox (and outbox) tables if missing. Caused
+    /// messages need an outbox: see [`with_outbox`](Self::with_outbox).
+    pub async fn database(db: &Database) -> Result<Self, StorageError> {
+        db.migrate("bus", crate::outbox_migrations()).await?;
+        Ok(Self {
+            kind: StoreKind::Database {
+                db: db.clone(),
+                inbox: Inbox::new(db),
+                outbox: None,
+            },
+        })
+    }
+
+    /// Caused messages go to `publisher`'s outbox (on the same database).
+    pub fn with_outbox(mut self, publisher: OutboxPublisher) -> Self {
+        if let StoreKind::Database { outbox, .. } = &mut self.kind {
+            *outbox = Some(publisher);
+        }
+        self
+    }
+
+    /// No database: the handler's effect is keyed by the message, nothing is recorded,
+    /// and caused messages are published to `bus` before the acknowledgement.
+    pub fn keyed(bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            kind: StoreKind::Keyed(bus),
+        }
+    }
+}
+
+/// How a message was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Applied now.
+    Applied,
+    /// Applied before (the inbox holds its id): nothing done.
+    Duplicate,
+}
+
+/// A [`Handler`] with its [`Store`]: handles deliveries from the bus ([`Runner::serve`])
+/// and pushed events ([`Runner::push`]) the same way.
+#[derive(Debug)]
+pub struct Runner<H> {
+    handler: H,
+    store: Store,
+    group: String,
+}
+
+impl<H: Handler> Runner<H> {
+    pub fn new(store: Store, handler: H) -> Self {
+        let group = handler.subscription().group;
+        Self {
+            handler,
+            store,
+            group,
+        }
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Consumes the handler's subscription on `bus` until `shutdown` (spawned on
+    /// `tasks`). The returned health is the consumer's readiness: add it to the
+    /// service's as the `consumers` check.
+    pub fn serve(
+        self: Arc<Self>,
+        bus: Arc<dyn EventBus>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> ConsumerHealth {
+        let consumer =
+            Consumer::new(bus, self.handler.subscription()).concurrency(self.handler.concurrency());
+        let health = consumer.health();
+        let group = self.group.clone();
+        let runner = self;
+        let task = consumer.run_attempts(shutdown, move |message, attempt| {
+            let runner = runner.clone();
+            async move { runner.handle(&message, attempt).await.map(|_| ()) }
+        });
+        tasks.spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(%group, %error, "a consumer stopped abnormally");
+            }
+        });
+        health
+    }
+
+    /// Handles one message as delivered for the `attempt`-th time; `Err` says how to
+    /// settle it. The bus's deliveries and pushed events both come through here.
+    pub async fn handle(&self, message: &Message, attempt: Attempt) -> Result<Handled, Nack> {
+        let started = std::time::Instant::now();
+        let outcome = self.handle_timed(message, attempt).await;
+        let label = match &outcome {
+            Ok(Handled::Applied) => "applied",
+            Ok(Handled::Duplicate) => "duplicate",
+            Err(Nack::Retry(_)) => "retried",
+            Err(Nack::Reject(_)) => "rejected",
+            Err(Nack::Requeue(_)) => "requeued",
+        };
+        metrics::counter!("bus_handled_total", "group" => self.group.clone(), "outcome" => label)
+            .increment(1);
+        metrics::histogram!("bus_handle_seconds", "group" => self.group.clone())
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// A pushed message (the course's `POST /events`): handled as a first delivery of
+    /// one attempt; a transient failure is the pusher's to retry.
+    pub async fn push(&self, message: &Message) -> Result<Handled, Nack> {
+        self.handle(message, Attempt { number: 1, max: 1 }).await
+    }
+
+    async fn handle_timed(&self, message: &Message, attempt: Attempt) -> Result<Handled, Nack> {
+        let event = self.handler.decode(message).map_err(Nack::Reject)?;
+        let delivered = Delivered {
+            message_id: message.id.clone(),
+            routing_key: message.routing_key.clone(),
+            attempt,
+        };
+        if attempt.is_exhausted() {
+            return self.settle_exhausted(event, &delivered).await;
+        }
+        let caused = self
+            .handler
+            .effect(&event, &delivered)
+            .await
+            .map_err(nack)?;
+        match &self.store.kind {
+            StoreKind::Keyed(bus) => {
+                publish(bus.as_ref(), caused).await?;
+                self.handler.after_commit(event).await;
+                Ok(Handled::Applied)
+            }
+            StoreKind::Database { .. } => {
+                let give_up = tokio::time::Instant::now() + self.handler.effect_patience();
+                let mut pause = Duration::from_millis(250);
+                loop {
+                    match self.commit(&event, &delivered, caused.clone(), true).await {
+                        Err(Nack::Retry(reason)) if tokio::time::Instant::now() < give_up => {
+                            tracing::warn!(group = %self.group, message_id = %message.id, %reason,
+                                "effect done but not yet recorded; trying the database again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                        Ok(Handled::Applied) => {
+                            self.handler.after_commit(event).await;
+                            return Ok(Handled::Applied);
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }
+    }
+
+    /// In one transaction: the inbox record, then (unless already recorded) `apply` when
+    /// `apply` is set, and the caused messages in the outbox.
+    async fn commit(
+        &self,
+        event: &H::Event,
+        delivered: &Delivered,
+        mut caused: Vec<Message>,
+        apply: bool,
+    ) -> Result<Handled, Nack> {
+        let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
+            return Ok(Handled::Applied);
+        };
+        let mut tx = db.begin().await.map_err(transient)?;
+        if !inbox
+            .record(&mut tx, &self.group, &delivered.message_id)
+            .await
+            .map_err(transient)?
+        {
+            tracing::debug!(group = %self.group, message_id = %delivered.message_id, "already applied; skipped");
+            return Ok(Handled::Duplicate);
+        }
+        if apply {
+            caused.extend(
+                self.handler
+                    .apply(&mut tx, event, delivered)
+                    .await
+                    .map_err(nack)?,
+            );
+        }
+        if !caused.is_empty() {
+            let Some(outbox) = outbox else {
+                // A wiring mistake, not the message's fault: keep it for a fixed build.
+                tracing::error!(group = %self.group, "the handler caused messages but its store has no outbox");
+                return Err(Nack::Retry(format!(
+                    "consumer group {} has no outbox for the messages it causes",
+                    self.group
+                )));
+            };
+            for message in caused {
+                outbox.enqueue(&mut tx, message).await.map_err(transient)?;
+            }
+        }
+        tx.commit().await.map_err(transient)?;
+        if let Some(outbox) = outbox {
+            outbox.committed();
+        }
+        Ok(Handled::Applied)
+    }
+
+    /// Past the last attempt: applied (the inbox knows) → settled; otherwise the
+    /// handler's [`Handler::exhausted`] decides.
+    async fn settle_exhausted(
+        &self,
+        event: H::Event,
+        delivered: &Delivered,
+    ) -> Result<Handled, Nack> {
+        if let StoreKind::Database { db, inbox, .. } = &self.store.kind
+            && inbox
+                .contains(db, &self.group, &delivered.message_id)
+                .await
+                .map_err(transient)?
+        {
+            tracing::info!(group = %self.group, message_id = %delivered.message_id,
+                "applied already; only its acknowledgement was lost");
+            return Ok(Handled::Duplicate);
+        }
+        let settled = self
+            .handler
+            .exhausted(&event, delivered)
+            .await
+            .map_err(nack)?;
+        let Some(caused) = settled else {
+            return Err(Nack::Reject(format!(
+                "its handler never finished: the consumer stopped during each of its {} attempts",
+                delivered.attempt.max
+            )));
+        };
+        match &self.store.kind {
+            StoreKind::Keyed(bus) => {
+                publish(bus.as_ref(), caused).await?;
+                Ok(Handled::Applied)
+            }
+            StoreKind::Database { .. } => self.commit(&event, delivered, caused, false).await,
+        }
+    }
+}
+
+async fn publish(bus: &dyn EventBus, messages: Vec<Message>) -> Result<(), Nack> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    bus.publish_all(messages)
+        .await
+        .map_err(|e| Nack::Retry(format!("could not publish: {e}")))
+}
+
+fn transient(error: impl std::fmt::Display) -> Nack {
+    Nack::Retry(error.to_string())
+}
+
+fn nack<E: Failure>(error: E) -> Nack {
+    match error.retry() {
+        Retry::Later => Nack::Retry(error.to_string()),
+        Retry::Never => Nack::Reject(error.to_string()),
+        Retry::Requeue => Nack::Requeue(error.to_string()),
+    }
+}

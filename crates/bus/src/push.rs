@@ -1,0 +1,54 @@
+//! The course's push style: an event `POST`ed to a blog service's `/events` is handed to
+//! the service's [`Runner`] as if the bus had delivered it (same inbox: a pushed copy and
+//! a delivered copy count once). One implementation for every blog service; each only
+//! turns a [`PushError`] into its problem+json answer.
+
+use contracts::blog::Envelope;
+
+use crate::{Handler, Message, Nack, Runner, topic_matches};
+
+/// Why a pushed event was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// Not JSON, not an envelope, or a blog event whose data does not fit its type:
+    /// the pusher's mistake (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The service could not apply it now (its database away): the pusher may retry
+    /// (500).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl<H: Handler> Runner<H> {
+    /// Applies the blog event in the envelope `body`, if this handler's group consumes
+    /// its type; other and unknown types are taken and ignored, as the course's
+    /// services do.
+    pub async fn push_blog_event(&self, body: &[u8]) -> Result<(), PushError> {
+        let body: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| PushError::BadRequest(format!("the body is not JSON: {e}")))?;
+        let envelope: Envelope = serde_json::from_value(body)
+            .map_err(|e| PushError::BadRequest(format!("not an event envelope: {e}")))?;
+        let event = envelope.blog_event().map_err(|e| {
+            PushError::BadRequest(format!("invalid {} data: {e}", envelope.event_type))
+        })?;
+        let Some(event) = event else {
+            return Ok(());
+        };
+        let message = Message::from(&event);
+        let consumed = self
+            .handler()
+            .subscription()
+            .routing_keys
+            .iter()
+            .any(|pattern| topic_matches(pattern, &message.routing_key));
+        if !consumed {
+            return Ok(());
+        }
+        match self.push(&message).await {
+            Ok(_) => Ok(()),
+            Err(Nack::Reject(reason)) => Err(PushError::BadRequest(reason)),
+            Err(Nack::Retry(reason) | Nack::Requeue(reason)) => Err(PushError::Failed(reason)),
+        }
+    }
+}
