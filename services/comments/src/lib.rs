@@ -13,7 +13,7 @@
 //! replica) for at most `--comments-post-wait`, and only then answers 404.
 
 pub mod events;
-mod store;
+pub mod store;
 
 use std::{sync::Arc, time::Duration};
 

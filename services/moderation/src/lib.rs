@@ -7,7 +7,7 @@
 //! message's inbox record, so a redelivered `CommentCreated` is not moderated twice.
 //! `POST /events` accepts the course's pushed events through the same path.
 
-mod events;
+pub mod events;
 
 use std::sync::Arc;
 

@@ -1,0 +1,566 @@
+//! Every consumer of every service, on the runner it runs on in production
+//! (`bus::Runner`, crates/bus/src/handler.rs), against a real SQLite file and a real
+//! PostgreSQL (`FLOTILLA_TEST_POSTGRES_URL`, a scratch database per case):
+//!
+//! * a first delivery is applied once and acknowledged only with its inbox record
+//!   committed;
+//! * a redelivery of the same message applies nothing (the handler's `apply` is not
+//!   called again, and what it wrote — rows, outbox messages, the view's version, the
+//!   log's append counter, the email ledger — is unchanged);
+//! * a delivery whose transaction fails after `apply` is not acknowledged (a retry) and
+//!   leaves neither its inbox record nor its effects, so a handler cannot have a message
+//!   acknowledged without its inbox record;
+//! * a delivery past its last attempt that the inbox knows is settled, not dead-lettered.
+//!
+//! Handlers never see the delivery or the inbox (the `Handler` trait hands them a
+//! transaction and the decoded event only), so there is no way for one to acknowledge
+//! a message itself: the compile-time half of the guarantee.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use bus::{Attempt, Delivered, Failure, Handled, Handler, Message, Nack, Retry, Runner, Store, Tx};
+use contracts::{
+    blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus, PostCreated},
+    media::{JobStatus, MP3, Mp3Message},
+};
+use futures::future::BoxFuture;
+use sqlx::Row;
+use storage::Database;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+const FIRST: Attempt = Attempt { number: 1, max: 5 };
+const EXHAUSTED: Attempt = Attempt { number: 6, max: 5 };
+
+/// A handler wrapped to count its `apply` calls and, when `fail` is set, to fail each
+/// transaction after the real `apply` has written into it.
+struct Probe<H> {
+    inner: H,
+    applied: Arc<AtomicUsize>,
+    fail: bool,
+}
+
+#[derive(Debug)]
+enum ProbeError<E> {
+    Inner(E),
+    Injected,
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ProbeError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Inner(error) => error.fmt(f),
+            ProbeError::Injected => f.write_str("injected failure after apply"),
+        }
+    }
+}
+
+impl<E: Failure> Failure for ProbeError<E> {
+    fn retry(&self) -> Retry {
+        match self {
+            ProbeError::Inner(error) => error.retry(),
+            ProbeError::Injected => Retry::Later,
+        }
+    }
+}
+
+impl<H: Handler> Handler for Probe<H> {
+    type Event = H::Event;
+    type Error = ProbeError<H::Error>;
+
+    fn subscription(&self) -> bus::Subscription {
+        self.inner.subscription()
+    }
+
+    fn decode(&self, message: &Message) -> Result<H::Event, String> {
+        self.inner.decode(message)
+    }
+
+    fn effect<'a>(
+        &'a self,
+        event: &'a H::Event,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
+        Box::pin(async move {
+            self.inner
+                .effect(event, delivered)
+                .await
+                .map_err(ProbeError::Inner)
+        })
+    }
+
+    // An injected failure is not a database outage worth waiting out.
+    fn effect_patience(&self) -> std::time::Duration {
+        if self.fail {
+            std::time::Duration::ZERO
+        } else {
+            self.inner.effect_patience()
+        }
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        event: &'a H::Event,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
+        Box::pin(async move {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+            let caused = self
+                .inner
+                .apply(tx, event, delivered)
+                .await
+                .map_err(ProbeError::Inner)?;
+            if self.fail {
+                return Err(ProbeError::Injected);
+            }
+            Ok(caused)
+        })
+    }
+
+    fn after_commit(&self, event: H::Event) -> BoxFuture<'_, ()> {
+        self.inner.after_commit(event)
+    }
+
+    fn exhausted<'a>(
+        &'a self,
+        event: &'a H::Event,
+        delivered: &'a Delivered,
+    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, Self::Error>> {
+        Box::pin(async move {
+            self.inner
+                .exhausted(event, delivered)
+                .await
+                .map_err(ProbeError::Inner)
+        })
+    }
+}
+
+/// One row of the table: a consumer over its database.
+struct Case {
+    db: Database,
+    store: Store,
+    /// What the consumer's effects look like now (rows, counters), as text.
+    fingerprint: &'static str,
+    /// For a handler with an effect outside the database (an email): the effect of the
+    /// failed attempt stays (its ledger claim), and this ages the claim as the time
+    /// until a retry would.
+    effect_outside: Option<&'static str>,
+}
+
+async fn fingerprint(db: &Database, sql: &'static str) -> String {
+    let rows = sqlx::query(sql).fetch_all(db.pool()).await.expect(sql);
+    let mut parts: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    row.try_get::<String, _>(i)
+                        .or_else(|_| row.try_get::<i64, _>(i).map(|n| n.to_string()))
+                        .unwrap_or_else(|_| "?".to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    let outbox = sqlx::query("SELECT COUNT(*) FROM bus_outbox")
+        .fetch_one(db.pool())
+        .await
+        .expect("outbox count")
+        .try_get::<i64, _>(0)
+        .expect("count");
+    parts.push(format!("outbox={outbox}"));
+    parts.join(";")
+}
+
+async fn inbox_rows(db: &Database, group: &str, message_id: &str) -> i64 {
+    sqlx::query(db.sql("SELECT COUNT(*) FROM bus_inbox WHERE consumer = ? AND message_id = ?"))
+        .bind(group)
+        .bind(message_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("inbox count")
+        .try_get::<i64, _>(0)
+        .expect("count")
+}
+
+/// The four checks of the module docs for the handler `make()` builds, on `case`.
+async fn exercise<H: Handler>(name: &str, case: Case, make: impl Fn() -> H, message: Message) {
+    let group = make().subscription().group;
+    let before = fingerprint(&case.db, case.fingerprint).await;
+
+    // A transaction that fails after apply: retried, nothing of it kept.
+    let failing = Runner::new(
+        case.store.clone(),
+        Probe {
+            inner: make(),
+            applied: Arc::default(),
+            fail: true,
+        },
+    );
+    let outcome = failing.handle(&message, FIRST).await;
+    assert!(
+        matches!(outcome, Err(Nack::Retry(_))),
+        "{name}: {outcome:?}"
+    );
+    assert_eq!(
+        inbox_rows(&case.db, &group, &message.id).await,
+        0,
+        "{name}: no inbox record without the commit"
+    );
+    match case.effect_outside {
+        None => assert_eq!(
+            fingerprint(&case.db, case.fingerprint).await,
+            before,
+            "{name}: the failed transaction left nothing"
+        ),
+        Some(age) => {
+            sqlx::query(age).execute(case.db.pool()).await.expect(age);
+        }
+    }
+
+    // First delivery: applied once, recorded.
+    let applied = Arc::new(AtomicUsize::new(0));
+    let runner = Runner::new(
+        case.store.clone(),
+        Probe {
+            inner: make(),
+            applied: applied.clone(),
+            fail: false,
+        },
+    );
+    assert_eq!(
+        runner.handle(&message, FIRST).await,
+        Ok(Handled::Applied),
+        "{name}"
+    );
+    assert_eq!(applied.load(Ordering::SeqCst), 1, "{name}");
+    assert_eq!(inbox_rows(&case.db, &group, &message.id).await, 1, "{name}");
+    let after_first = fingerprint(&case.db, case.fingerprint).await;
+    assert_ne!(
+        after_first, before,
+        "{name}: the first delivery had an effect"
+    );
+
+    // Redelivered (a lost ack), and once more past its last attempt: nothing twice.
+    assert_eq!(
+        runner.handle(&message, FIRST).await,
+        Ok(Handled::Duplicate),
+        "{name}"
+    );
+    assert_eq!(
+        runner.handle(&message, EXHAUSTED).await,
+        Ok(Handled::Duplicate),
+        "{name}: settled by the inbox"
+    );
+    assert_eq!(applied.load(Ordering::SeqCst), 1, "{name}: applied once");
+    assert_eq!(inbox_rows(&case.db, &group, &message.id).await, 1, "{name}");
+    assert_eq!(
+        fingerprint(&case.db, case.fingerprint).await,
+        after_first,
+        "{name}: the redeliveries changed nothing"
+    );
+}
+
+/// The service databases of one backend: a file in `dir`, or a scratch database on the
+/// server.
+struct Backend {
+    dir: tempfile::TempDir,
+    server: Option<String>,
+    scratch: Vec<storage::scratch::ScratchDatabase>,
+    bus: Arc<dyn bus::EventBus>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Backend {
+    async fn new(server: Option<String>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = bus::connect(&bus::default_url(dir.path()), bus::BusOptions::default())
+            .await
+            .expect("embedded bus");
+        Self {
+            dir,
+            server,
+            scratch: Vec::new(),
+            bus,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    async fn database(&mut self, name: &str, migrations: &[storage::Migration]) -> Database {
+        let url = match &self.server {
+            Some(server) => {
+                let scratch = storage::scratch::ScratchDatabase::create(server)
+                    .await
+                    .expect("scratch database");
+                let url = scratch.url().to_owned();
+                self.scratch.push(scratch);
+                url
+            }
+            None => format!("sqlite://{}", self.dir.path().join(name).display()),
+        };
+        let db = Database::connect(&url).await.expect("connect");
+        db.migrate(name, migrations).await.expect("migrate");
+        db
+    }
+
+    /// A store with an outbox whose relay publishes to the embedded bus (nothing
+    /// consumes there: the rows stay for the fingerprint to count).
+    async fn publisher(&self, name: &str, db: &Database) -> bus::OutboxPublisher {
+        bus::OutboxPublisher::start(
+            name,
+            db,
+            self.bus.clone(),
+            &self.tasks,
+            self.shutdown.clone(),
+        )
+        .await
+        .expect("outbox")
+    }
+
+    async fn store_with_outbox(&self, name: &str, db: &Database) -> Store {
+        let publisher = self.publisher(name, db).await;
+        Store::database(db)
+            .await
+            .expect("store")
+            .with_outbox(publisher)
+    }
+
+    async fn finish(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        for scratch in self.scratch {
+            let _ = scratch.drop_database().await;
+        }
+    }
+}
+
+async fn every_consumer(backend: &mut Backend) {
+    // media: a job's outcome.
+    let db = backend.database("media", media::jobs::MIGRATIONS).await;
+    let jobs = media::jobs::JobStore::new(db.clone());
+    let mut tx = db.begin().await.expect("begin");
+    jobs.insert(
+        &mut tx,
+        &media::jobs::NewJob {
+            job_id: "job-1",
+            owner_id: "u1",
+            owner_email: "ada@example.com",
+            video_fid: "video-job-1",
+            filename: "clip.mp4",
+            size_bytes: 10,
+        },
+    )
+    .await
+    .expect("job");
+    tx.commit().await.expect("commit");
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    let finished = Mp3Message {
+        video_fid: "video-job-1".into(),
+        mp3_fid: Some("mp3-job-1".into()),
+        username: "ada@example.com".into(),
+        job_id: "job-1".into(),
+        status: JobStatus::Done,
+        error: None,
+        duration_secs: Some(1.0),
+        filename: Some("clip.mp4".into()),
+    };
+    let case = Case {
+        store: Store::database(&db).await.expect("store"),
+        db,
+        fingerprint: "SELECT id, status FROM media_jobs",
+        effect_outside: None,
+    };
+    exercise(
+        "media",
+        case,
+        || media::events::JobEvents {
+            jobs: jobs.clone(),
+            changes: changes.clone(),
+        },
+        Message::json(MP3, &finished).expect("mp3"),
+    )
+    .await;
+
+    // moderation: a comment's decision, into the outbox.
+    let db = backend.database("moderation", &[]).await;
+    let case = Case {
+        store: backend.store_with_outbox("moderation", &db).await,
+        db,
+        fingerprint: "SELECT routing_key FROM bus_outbox",
+        effect_outside: None,
+    };
+    let created = BlogEvent::CommentCreated(CommentCreated {
+        id: "c1".into(),
+        content: "an orange".into(),
+        post_id: "p1".into(),
+        status: CommentStatus::Pending,
+    });
+    exercise(
+        "moderation",
+        case,
+        || moderation::events::Moderation {
+            moderator: moderation::Moderator::new(&["orange"]),
+        },
+        Message::from(&created),
+    )
+    .await;
+
+    // comments: a post learned, then a decision applied (causing CommentUpdated).
+    let db = backend
+        .database("comments", comments::store::MIGRATIONS)
+        .await;
+    let publisher = backend.publisher("comments", &db).await;
+    let store = Store::database(&db)
+        .await
+        .expect("store")
+        .with_outbox(publisher.clone());
+    let comment_store = comments::CommentStore::new(db.clone(), publisher);
+    let learned = Arc::new(tokio::sync::Notify::new());
+    let make = || comments::events::CommentEvents {
+        store: comment_store.clone(),
+        post_learned: learned.clone(),
+    };
+    let post = BlogEvent::PostCreated(PostCreated {
+        id: "p1".into(),
+        title: "Hello".into(),
+    });
+    let case = Case {
+        store: store.clone(),
+        db: db.clone(),
+        fingerprint: "SELECT id FROM comments_known_posts",
+        effect_outside: None,
+    };
+    exercise("comments/PostCreated", case, make, Message::from(&post)).await;
+    let comment = comment_store
+        .create("p1", "an orange".into())
+        .await
+        .expect("comment")
+        .pop()
+        .expect("the new comment");
+    let moderated = BlogEvent::CommentModerated(CommentModerated {
+        id: comment.id.clone(),
+        post_id: "p1".into(),
+        status: CommentStatus::Rejected,
+        content: comment.content.clone(),
+    });
+    let case = Case {
+        store,
+        db,
+        fingerprint: "SELECT id, status FROM comments",
+        effect_outside: None,
+    };
+    exercise(
+        "comments/CommentModerated",
+        case,
+        make,
+        Message::from(&moderated),
+    )
+    .await;
+
+    // query: the view, whose version counts every apply.
+    let db = backend.database("query-base", &[]).await;
+    let view = query::store::ViewStore::open(db.clone(), db.clone())
+        .await
+        .expect("view");
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    let case = Case {
+        store: Store::database(&db).await.expect("store"),
+        db,
+        fingerprint: "SELECT id, title FROM query_posts UNION ALL SELECT 'version', CAST(version AS VARCHAR(20)) FROM query_state",
+        effect_outside: None,
+    };
+    exercise(
+        "query",
+        case,
+        || query::ViewEvents {
+            store: view.clone(),
+            changes: changes.clone(),
+        },
+        Message::from(&post),
+    )
+    .await;
+
+    // event-bus: the log, whose writer row counts every append attempt.
+    let db = backend
+        .database("event-bus", event_bus::log::MIGRATIONS)
+        .await;
+    let log = event_bus::log::EventLog::new(db.clone());
+    let case = Case {
+        store: Store::database(&db).await.expect("store"),
+        db,
+        fingerprint: "SELECT message_id FROM event_log UNION ALL SELECT CAST(appends AS VARCHAR(20)) FROM event_log_writer",
+        effect_outside: None,
+    };
+    exercise(
+        "event-bus",
+        case,
+        || event_bus::LogEvents { log: log.clone() },
+        Message::from(&post),
+    )
+    .await;
+
+    // notification: the email, once (the ledger's attempts and state; the mail file).
+    let db = backend
+        .database("notification", notification::ledger::MIGRATIONS)
+        .await;
+    let mail = backend.dir.path().join("mail");
+    let sender = notification::Sender::new(None, &mail).expect("file sender");
+    let case = Case {
+        store: Store::database(&db).await.expect("store"),
+        db: db.clone(),
+        fingerprint: "SELECT job_id, state, CAST(attempts AS VARCHAR(20)) FROM notification_emails",
+        effect_outside: Some("UPDATE notification_emails SET updated_at = 0"),
+    };
+    exercise(
+        "notification",
+        case,
+        || notification::Notifier {
+            ledger: notification::Ledger::new(db.clone()),
+            sender: sender.clone(),
+            from: "Flotilla <noreply@flotilla.invalid>".parse().expect("from"),
+            public_url: "https://flotilla.example".into(),
+        },
+        Message::json(MP3, &finished).expect("mp3"),
+    )
+    .await;
+    assert_eq!(emails(&mail), 1, "one email file");
+}
+
+fn emails(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn on(server: Option<String>) {
+    let mut backend = Backend::new(server).await;
+    every_consumer(&mut backend).await;
+    backend.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_consumer_applies_once_and_acks_only_with_its_inbox_record_on_sqlite() {
+    on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_consumer_applies_once_and_acks_only_with_its_inbox_record_on_postgres() {
+    let Some(server) = test_support::real_server_url("FLOTILLA_TEST_POSTGRES_URL") else {
+        return;
+    };
+    on(Some(server)).await;
+}
