@@ -29,7 +29,6 @@ use contracts::{
     blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus, PostCreated},
     media::{JobStatus, MP3, Mp3Message},
 };
-use futures::future::BoxFuture;
 use sqlx::Row;
 use storage::Database;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -81,17 +80,15 @@ impl<H: Handler> Handler for Probe<H> {
         self.inner.decode(message)
     }
 
-    fn effect<'a>(
-        &'a self,
-        event: &'a H::Event,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
-        Box::pin(async move {
-            self.inner
-                .effect(event, delivered)
-                .await
-                .map_err(ProbeError::Inner)
-        })
+    async fn effect(
+        &self,
+        event: &H::Event,
+        delivered: &Delivered,
+    ) -> Result<Vec<Message>, Self::Error> {
+        self.inner
+            .effect(event, delivered)
+            .await
+            .map_err(ProbeError::Inner)
     }
 
     // An injected failure is not a database outage worth waiting out.
@@ -103,41 +100,37 @@ impl<H: Handler> Handler for Probe<H> {
         }
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        event: &'a H::Event,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
-        Box::pin(async move {
-            self.applied.fetch_add(1, Ordering::SeqCst);
-            let caused = self
-                .inner
-                .apply(tx, event, delivered)
-                .await
-                .map_err(ProbeError::Inner)?;
-            if self.fail {
-                return Err(ProbeError::Injected);
-            }
-            Ok(caused)
-        })
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &H::Event,
+        delivered: &Delivered,
+    ) -> Result<Vec<Message>, Self::Error> {
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        let caused = self
+            .inner
+            .apply(tx, event, delivered)
+            .await
+            .map_err(ProbeError::Inner)?;
+        if self.fail {
+            return Err(ProbeError::Injected);
+        }
+        Ok(caused)
     }
 
-    fn after_commit(&self, event: H::Event) -> BoxFuture<'_, ()> {
+    fn after_commit(&self, event: H::Event) -> impl std::future::Future<Output = ()> + Send {
         self.inner.after_commit(event)
     }
 
-    fn exhausted<'a>(
-        &'a self,
-        event: &'a H::Event,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, Self::Error>> {
-        Box::pin(async move {
-            self.inner
-                .exhausted(event, delivered)
-                .await
-                .map_err(ProbeError::Inner)
-        })
+    async fn exhausted(
+        &self,
+        event: &H::Event,
+        delivered: &Delivered,
+    ) -> Result<Option<Vec<Message>>, Self::Error> {
+        self.inner
+            .exhausted(event, delivered)
+            .await
+            .map_err(ProbeError::Inner)
     }
 }
 

@@ -36,9 +36,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use sqlx::{Any, Transaction};
+use std::future::Future;
 use storage::{Database, StorageError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -137,18 +137,19 @@ pub trait Handler: Send + Sync + 'static {
         CONSUMER_CONCURRENCY
     }
 
-    /// The event in `message`; `Err` dead-letters the message at once.
+    /// The event in `message` (most handlers: [`decode_json`]); `Err` dead-letters the
+    /// message at once.
     fn decode(&self, message: &Message) -> Result<Self::Event, String>;
 
     /// An effect outside the database, before the transaction (an email, a conversion).
     /// It must be idempotent by a key of its own, as it runs again for a redelivered
     /// message. Returns messages to send along with the transaction's.
-    fn effect<'a>(
-        &'a self,
-        _event: &'a Self::Event,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>> {
-        Box::pin(async { Ok(Vec::new()) })
+    fn effect(
+        &self,
+        _event: &Self::Event,
+        _delivered: &Delivered,
+    ) -> impl Future<Output = Result<Vec<Message>, Self::Error>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// How long the runner keeps trying to commit a message whose [`effect`]
@@ -159,28 +160,28 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies the event in `tx`, once per message id; returns the messages it causes
     /// (enqueued in the same transaction). Not called on a [`Store::keyed`].
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        event: &'a Self::Event,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, Self::Error>>;
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &Self::Event,
+        delivered: &Delivered,
+    ) -> impl Future<Output = Result<Vec<Message>, Self::Error>> + Send;
 
     /// After the commit of a message applied for the first time (not a duplicate).
-    fn after_commit(&self, _event: Self::Event) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    fn after_commit(&self, _event: Self::Event) -> impl Future<Output = ()> + Send {
+        async {}
     }
 
     /// A delivery past its last attempt that the inbox does not know: every attempt
     /// ended without a settlement. `Some(messages)` settles it (the messages are sent, the
     /// message recorded as applied) without doing the work again; `None` (the default)
     /// dead-letters it.
-    fn exhausted<'a>(
-        &'a self,
-        _event: &'a Self::Event,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, Self::Error>> {
-        Box::pin(async { Ok(None) })
+    fn exhausted(
+        &self,
+        _event: &Self::Event,
+        _delivered: &Delivered,
+    ) -> impl Future<Output = Result<Option<Vec<Message>>, Self::Error>> + Send {
+        async { Ok(None) }
     }
 }
 

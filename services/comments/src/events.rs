@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bus::{Delivered, Handler, Message, Subscription, Tx};
 use contracts::blog::{self, BlogEvent};
-use futures::future::BoxFuture;
 
 use crate::{CommentError, CommentStore};
 
@@ -32,24 +31,21 @@ impl Handler for CommentEvents {
     }
 
     fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
-        message
-            .decode()
-            .map_err(|e| format!("not a blog event: {e}"))
+        bus::decode_json(message)
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        event: &'a BlogEvent,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, CommentError>> {
-        Box::pin(self.store.apply(tx, event))
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &BlogEvent,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, CommentError> {
+        self.store.apply(tx, event).await
     }
 
-    fn after_commit(&self, event: BlogEvent) -> BoxFuture<'_, ()> {
+    async fn after_commit(&self, event: BlogEvent) {
         if matches!(event, BlogEvent::PostCreated(_)) {
             self.post_learned.notify_waiters();
         }
-        Box::pin(async {})
     }
 }

@@ -30,7 +30,6 @@ use bus::{
 use contracts::media::{
     CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message, VIDEO, VideoMessage, mp3_fid_for_job,
 };
-use futures::future::BoxFuture;
 use storage::blob::{BlobError, BlobStore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -218,40 +217,38 @@ impl Handler for Worker {
     }
 
     /// The conversion: outside any database, keyed by the job.
-    fn effect<'a>(
-        &'a self,
-        video: &'a VideoMessage,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(self.convert_job(video, delivered.attempt))
+    async fn effect(
+        &self,
+        video: &VideoMessage,
+        delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        self.convert_job(video, delivered.attempt).await
     }
 
     /// Never called: the worker's store is keyed, without a transaction.
-    fn apply<'a>(
-        &'a self,
-        _tx: &'a mut Tx,
-        _video: &'a VideoMessage,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(async { Ok(Vec::new()) })
+    async fn apply(
+        &self,
+        _tx: &mut Tx,
+        _video: &VideoMessage,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        Ok(Vec::new())
     }
 
     /// Every attempt ended with the converter gone mid-way (killed, out of memory, the
     /// machine lost): no new try, but the job must not stay "converting".
-    fn exhausted<'a>(
-        &'a self,
-        video: &'a VideoMessage,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, HandlerError>> {
-        Box::pin(async move {
-            let attempts = delivered.attempt.max;
-            tracing::warn!(job_id = %video.job_id, attempts, "the converter stopped during every attempt; failing the job");
-            let failed = Self::failed(
-                video,
-                format!("the converter stopped during each of its {attempts} attempts"),
-            );
-            Ok(Some(vec![Self::outcome(video, &failed)?]))
-        })
+    async fn exhausted(
+        &self,
+        video: &VideoMessage,
+        delivered: &Delivered,
+    ) -> Result<Option<Vec<Message>>, HandlerError> {
+        let attempts = delivered.attempt.max;
+        tracing::warn!(job_id = %video.job_id, attempts, "the converter stopped during every attempt; failing the job");
+        let failed = Self::failed(
+            video,
+            format!("the converter stopped during each of its {attempts} attempts"),
+        );
+        Ok(Some(vec![Self::outcome(video, &failed)?]))
     }
 }
 

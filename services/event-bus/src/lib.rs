@@ -125,30 +125,26 @@ impl bus::Handler for LogEvents {
     }
 
     fn decode(&self, message: &bus::Message) -> Result<Envelope, String> {
-        message
-            .decode()
-            .map_err(|e| format!("not an event envelope: {e}"))
+        bus::decode_json(message)
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut bus::Tx,
-        envelope: &'a Envelope,
-        delivered: &'a bus::Delivered,
-    ) -> futures::future::BoxFuture<'a, Result<Vec<bus::Message>, bus::HandlerError>> {
-        Box::pin(async move {
-            let message = &delivered.message_id;
-            match self.log.record(tx, message, envelope).await? {
-                Recorded::Parked => {
-                    tracing::debug!(%message, "event parked until its cause is in the log");
-                }
-                Recorded::Appended { released } if released > 0 => {
-                    tracing::debug!(%message, released, "parked events released");
-                }
-                Recorded::Appended { .. } | Recorded::Duplicate => {}
+    async fn apply(
+        &self,
+        tx: &mut bus::Tx,
+        envelope: &Envelope,
+        delivered: &bus::Delivered,
+    ) -> Result<Vec<bus::Message>, bus::HandlerError> {
+        let message = &delivered.message_id;
+        match self.log.record(tx, message, envelope).await? {
+            Recorded::Parked => {
+                tracing::debug!(%message, "event parked until its cause is in the log");
             }
-            Ok(Vec::new())
-        })
+            Recorded::Appended { released } if released > 0 => {
+                tracing::debug!(%message, released, "parked events released");
+            }
+            Recorded::Appended { .. } | Recorded::Duplicate => {}
+        }
+        Ok(Vec::new())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use bus::{Delivered, Handler, HandlerError, Message, Subscription, Tx};
 use contracts::media::{CONVERTING, ConversionStarted, JobStatus, MP3, Mp3Message};
-use futures::future::BoxFuture;
 
 use crate::jobs::{Job, JobStore};
 
@@ -86,46 +85,37 @@ impl Handler for JobEvents {
         }
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        event: &'a JobEvent,
-        delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(async move {
-            let changed = match event {
-                JobEvent::Started(started) => {
-                    self.jobs.mark_converting(tx, &started.job_id).await?
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        event: &JobEvent,
+        delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let changed = match event {
+            JobEvent::Started(started) => self.jobs.mark_converting(tx, &started.job_id).await?,
+            JobEvent::Finished(finished) => match (finished.status, finished.mp3_fid.as_deref()) {
+                (JobStatus::Done, Some(mp3_fid)) => {
+                    self.jobs
+                        .mark_done(tx, &finished.job_id, mp3_fid, finished.duration_secs)
+                        .await?
                 }
-                JobEvent::Finished(finished) => {
-                    match (finished.status, finished.mp3_fid.as_deref()) {
-                        (JobStatus::Done, Some(mp3_fid)) => {
-                            self.jobs
-                                .mark_done(tx, &finished.job_id, mp3_fid, finished.duration_secs)
-                                .await?
-                        }
-                        _ => {
-                            let reason =
-                                finished.error.as_deref().unwrap_or("the conversion failed");
-                            self.jobs.mark_failed(tx, &finished.job_id, reason).await?
-                        }
-                    }
+                _ => {
+                    let reason = finished.error.as_deref().unwrap_or("the conversion failed");
+                    self.jobs.mark_failed(tx, &finished.job_id, reason).await?
                 }
-                JobEvent::Other(routing_key) => {
-                    tracing::warn!(%routing_key, "unexpected message; ignored");
-                    false
-                }
-            };
-            tracing::debug!(id = %delivered.message_id, key = %delivered.routing_key, changed, "job message applied");
-            Ok(Vec::new())
-        })
+            },
+            JobEvent::Other(routing_key) => {
+                tracing::warn!(%routing_key, "unexpected message; ignored");
+                false
+            }
+        };
+        tracing::debug!(id = %delivered.message_id, key = %delivered.routing_key, changed, "job message applied");
+        Ok(Vec::new())
     }
 
-    fn after_commit(&self, event: JobEvent) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Some(job_id) = event.job_id() {
-                announce(&self.jobs, &self.changes, job_id).await;
-            }
-        })
+    async fn after_commit(&self, event: JobEvent) {
+        if let Some(job_id) = event.job_id() {
+            announce(&self.jobs, &self.changes, job_id).await;
+        }
     }
 }

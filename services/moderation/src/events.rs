@@ -4,7 +4,6 @@
 
 use bus::{Delivered, Handler, HandlerError, Message, Subscription, Tx};
 use contracts::blog::{self, BlogEvent};
-use futures::future::BoxFuture;
 
 /// The consumer group of this service.
 pub const GROUP: &str = "moderation";
@@ -24,22 +23,18 @@ impl Handler for Moderation {
     }
 
     fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
-        message
-            .decode()
-            .map_err(|e| format!("not a blog event: {e}"))
+        bus::decode_json(message)
     }
 
-    fn apply<'a>(
-        &'a self,
-        _tx: &'a mut Tx,
-        event: &'a BlogEvent,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(async move {
-            let BlogEvent::CommentCreated(comment) = event else {
-                return Ok(Vec::new());
-            };
-            Ok(vec![Message::from(&self.moderator.moderate(comment))])
-        })
+    async fn apply(
+        &self,
+        _tx: &mut Tx,
+        event: &BlogEvent,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let BlogEvent::CommentCreated(comment) = event else {
+            return Ok(Vec::new());
+        };
+        Ok(vec![Message::from(&self.moderator.moderate(comment))])
     }
 }

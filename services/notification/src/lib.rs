@@ -31,7 +31,6 @@ use std::{path::PathBuf, sync::Arc};
 
 use bus::{Delivered, Handler, HandlerError, Message, Runner, Subscription, Tx};
 use contracts::media::{MP3, Mp3Message};
-use futures::future::BoxFuture;
 use lettre::message::Mailbox;
 use platform::{ServiceApp, ServiceContext, health::Readiness};
 
@@ -200,55 +199,51 @@ impl Handler for Notifier {
         bus::decode_json(message)
     }
 
-    fn effect<'a>(
-        &'a self,
-        finished: &'a Mp3Message,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(self.send_once(finished))
+    async fn effect(
+        &self,
+        finished: &Mp3Message,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        self.send_once(finished).await
     }
 
     fn effect_patience(&self) -> std::time::Duration {
         MARK_SENT_PATIENCE
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        finished: &'a Mp3Message,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Vec<Message>, HandlerError>> {
-        Box::pin(async move {
-            self.ledger
-                .mark_sent_in(tx, &finished.job_id)
-                .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?;
-            Ok(Vec::new())
-        })
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        finished: &Mp3Message,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, HandlerError> {
+        self.ledger
+            .mark_sent_in(tx, &finished.job_id)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        Ok(Vec::new())
     }
 
     /// Past the last attempt and not in the inbox: the consumer stopped (or lost the
     /// broker) during each try — or the last try sent the email and only its record was
     /// lost. The ledger knows which: a sent email is settled, anything else is
     /// dead-lettered for an operator rather than tried forever.
-    fn exhausted<'a>(
-        &'a self,
-        finished: &'a Mp3Message,
-        _delivered: &'a Delivered,
-    ) -> BoxFuture<'a, Result<Option<Vec<Message>>, HandlerError>> {
-        Box::pin(async move {
-            let state = self
-                .ledger
-                .state(&finished.job_id)
-                .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?;
-            if state.as_deref() == Some("sent") {
-                tracing::info!(job_id = %finished.job_id, "email already sent; its acknowledgement was lost");
-                Ok(Some(Vec::new()))
-            } else {
-                Ok(None)
-            }
-        })
+    async fn exhausted(
+        &self,
+        finished: &Mp3Message,
+        _delivered: &Delivered,
+    ) -> Result<Option<Vec<Message>>, HandlerError> {
+        let state = self
+            .ledger
+            .state(&finished.job_id)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        if state.as_deref() == Some("sent") {
+            tracing::info!(job_id = %finished.job_id, "email already sent; its acknowledgement was lost");
+            Ok(Some(Vec::new()))
+        } else {
+            Ok(None)
+        }
     }
 }
 

@@ -241,27 +241,22 @@ impl bus::Handler for ViewEvents {
     }
 
     fn decode(&self, message: &bus::Message) -> Result<BlogEvent, String> {
-        message
-            .decode()
-            .map_err(|e| format!("not a blog event: {e}"))
+        bus::decode_json(message)
     }
 
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut bus::Tx,
-        event: &'a BlogEvent,
-        _delivered: &'a bus::Delivered,
-    ) -> futures::future::BoxFuture<'a, Result<Vec<bus::Message>, bus::HandlerError>> {
-        Box::pin(async move {
-            self.store.apply(tx, event).await?;
-            Ok(Vec::new())
-        })
+    async fn apply(
+        &self,
+        tx: &mut bus::Tx,
+        event: &BlogEvent,
+        _delivered: &bus::Delivered,
+    ) -> Result<Vec<bus::Message>, bus::HandlerError> {
+        self.store.apply(tx, event).await?;
+        Ok(Vec::new())
     }
 
-    fn after_commit(&self, event: BlogEvent) -> futures::future::BoxFuture<'_, ()> {
+    async fn after_commit(&self, event: BlogEvent) {
         // No receiver is not an error: nobody is watching.
         let _ = self.changes.send(Change::Applied(Arc::new(event)));
-        Box::pin(async {})
     }
 }
 
