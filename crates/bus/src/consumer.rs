@@ -254,24 +254,4 @@ impl ConsumerHealth {
         let health = self.clone();
         move || futures::future::ready(health.check())
     }
-
-    /// The checks of several consumers as one.
-    pub fn all(healths: impl IntoIterator<Item = ConsumerHealth>) -> AllHealth {
-        AllHealth(healths.into_iter().collect())
-    }
-}
-
-/// Several consumers' health: see [`ConsumerHealth::all`].
-#[derive(Debug, Clone, Default)]
-pub struct AllHealth(Vec<ConsumerHealth>);
-
-impl AllHealth {
-    pub fn check(&self) -> Result<(), String> {
-        let stuck: Vec<String> = self.0.iter().filter_map(|h| h.check().err()).collect();
-        if stuck.is_empty() {
-            Ok(())
-        } else {
-            Err(stuck.join("; "))
-        }
-    }
 }

@@ -87,7 +87,7 @@ use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
-pub use consumer::{AllHealth, Consumer, ConsumerHealth, SubscriptionFailure};
+pub use consumer::{Consumer, ConsumerHealth, SubscriptionFailure};
 pub use handler::{
     CONSUMER_CONCURRENCY, Delivered, Failure, Handled, Handler, HandlerError, Retry, Runner, Store,
     Tx, decode_json,

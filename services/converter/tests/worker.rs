@@ -132,3 +132,35 @@ async fn a_job_interrupted_by_shutdown_on_the_last_attempt_is_requeued_not_faile
         "no outcome was published"
     );
 }
+
+/// The converter has no inbox: a redelivered `video` redoes the job under the same keys.
+/// Both outcomes carry the one message id derived from the job, so media's inbox applies
+/// the job's outcome once (and notification's ledger sends one email).
+#[tokio::test]
+async fn a_redelivered_job_publishes_its_outcome_under_the_same_id() {
+    let setup = Setup::new(CancellationToken::new()).await;
+    let (worker, mut media) = (setup.worker, setup.media);
+    let runner = runner(worker);
+    let message = video_message("never-uploaded", "job-twice");
+    for _ in 0..2 {
+        runner
+            .handle(&message, Attempt { number: 1, max: 5 })
+            .await
+            .expect("a missing upload is a result, not a retry");
+    }
+    // (The embedded bus keeps one message per id; a broker would deliver both.)
+    let mut outcomes = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(2), media.next()).await
+    {
+        if delivery.message.routing_key == MP3 {
+            outcomes.push(delivery.message.id.clone());
+        }
+        delivery.ack().await.expect("ack");
+    }
+    assert!(!outcomes.is_empty(), "an outcome was published");
+    assert!(
+        outcomes.iter().all(|id| id == "mp3-job-twice"),
+        "{outcomes:?}"
+    );
+}
