@@ -15,8 +15,9 @@ use crate::{Attempt, BusError, EventBus, Message, Nack, Subscription};
 /// `Ok(())` acks; `Err(Nack::Retry(_))` retries with backoff (dead-lettered after the
 /// last attempt); `Err(Nack::Reject(_))` dead-letters at once. A handler that panics
 /// leaves its delivery unsettled, so it is redelivered (and dead-lettered if it keeps
-/// crashing) — the consumer itself keeps running. Handlers must be idempotent (use the
-/// [`crate::Inbox`]): delivery is at least once.
+/// crashing) — the consumer itself keeps running. Delivery is at least once: services
+/// consume through a [`crate::Runner`], which makes a handler's effects idempotent with
+/// the [`crate::Inbox`].
 pub struct Consumer {
     bus: Arc<dyn EventBus>,
     subscription: Subscription,

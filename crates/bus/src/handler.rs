@@ -122,8 +122,9 @@ pub struct Delivered {
 /// The transaction a handler applies its event in.
 pub type Tx = Transaction<'static, Any>;
 
-/// What a message means to a service. See the [module docs](self) for what the runner
-/// does around it.
+/// What a message means to a service. A [`Runner`] does the rest: decoding, the
+/// transaction, the inbox record, the outbox, the commit, the acknowledgement and the
+/// retry mapping (see `crates/bus/src/handler.rs`).
 pub trait Handler: Send + Sync + 'static {
     /// The decoded body.
     type Event: Send + Sync + 'static;
@@ -152,8 +153,8 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
-    /// How long the runner keeps trying to commit a message whose [`effect`]
-    /// (Self::effect) is done before it gives up (a retry repeats the effect).
+    /// How long the runner keeps trying to commit a message whose
+    /// [`effect`](Self::effect) is done before it gives up (a retry repeats the effect).
     fn effect_patience(&self) -> Duration {
         Duration::ZERO
     }
