@@ -255,15 +255,13 @@ impl ViewStore {
     /// Empties the view, its inbox and its cursor, so that it is rebuilt from the log.
     pub async fn clear(&self) -> Result<(), StorageError> {
         let mut tx = self.db.begin().await?;
-        for table in ["query_comments", "query_posts"] {
+        // The view's inbox records too (the group is a constant name, no input).
+        let inbox = format!("bus_inbox WHERE consumer = '{}'", crate::GROUP);
+        for table in ["query_comments", "query_posts", inbox.as_str()] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(self.db.sql("DELETE FROM bus_inbox WHERE consumer = ?"))
-            .bind(crate::GROUP)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query("UPDATE query_state SET log_seq = 0, version = version + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;
