@@ -157,7 +157,7 @@ where
 
         // Called here, not inside the future: the inner service needs no clone. Messages
         // the request publishes carry its trace context.
-        let future = bus::trace::scope(current, self.inner.call(request));
+        let future = trace_context::scope(current, self.inner.call(request));
         Box::pin(async move {
             let Ok(mut response) = future.instrument(span.clone()).await;
             if crate::problem::is_error(&response) {
@@ -318,8 +318,9 @@ fn export_under(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<T
     })
 }
 
-/// The bus's [`bus::trace::SpanParent`] hook, installed when spans are exported: a
-/// delivery's span becomes a child of the context its message carries.
+/// The [`trace_context::SpanParent`] hook (the bus calls it per delivery), installed when
+/// spans are exported: a delivery's span becomes a child of the context its message
+/// carries.
 pub(crate) fn export_delivery_span(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
     let parent = parent.and_then(TraceContext::parse);
     export_under(span, parent.as_ref()).map(|own| own.to_traceparent().0)

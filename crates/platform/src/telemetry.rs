@@ -11,8 +11,8 @@
 //! every span at `info` and above is, so a quiet log does not mean a blind trace. The
 //! server span of each request takes the trace id and parent of the request's W3C
 //! `traceparent` (see [`crate::http::TraceParent`]), so a trace crosses processes; the span
-//! of each bus delivery takes the message's (see [`bus::trace`]), so it crosses the bus
-//! too: an upload's trace holds its conversion and its email. Without
+//! of each bus delivery takes the message's (see [`trace_context::for_delivery`]), so it
+//! crosses the bus too: an upload's trace holds its conversion and its email. Without
 //! the variables no exporter exists and the request path does no tracing work beyond logs.
 
 use std::{
@@ -119,7 +119,7 @@ pub fn init(default_service_name: &str) -> Telemetry {
     }
     if exporter.is_some() {
         EXPORTING.store(true, Ordering::Relaxed);
-        bus::trace::set_span_parent(crate::observe::export_delivery_span);
+        trace_context::set_span_parent(crate::observe::export_delivery_span);
     }
     Telemetry { provider: exporter }
 }
