@@ -12,7 +12,6 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use http::HeaderName;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -24,18 +23,7 @@ use tower::Service as _;
 
 use crate::{Problem, entry::Entry};
 
-/// The header that carries a request's id across services and back to the client.
-pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served, put in the request's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-/// The W3C trace context of the request being served (`TraceParent`, a request
-/// extension) and its parser: one implementation, shared with the bus.
-pub use trace_context::{TraceContext, TraceParent};
-
-pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
+pub use crate::ids::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext, TraceParent};
 
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
