@@ -493,16 +493,11 @@ async fn build_service(
         ServiceName::Comments => comments::build(context, &args.comments).await?,
         ServiceName::Moderation => moderation::build(context, &args.moderation).await?,
         ServiceName::Query => {
-            // Over HTTP to FLOTILLA_EVENT_BUS_URL, through the gateway's resilience stack.
+            // Over HTTP to FLOTILLA_EVENT_BUS_URL, through the query service's own
+            // resilience stack (crates/upstream, as the gateway's).
             let log = gateway_args
                 .and_then(|urls| urls.event_bus_url.clone())
-                .and_then(|url| {
-                    gateway::Upstreams::new()
-                        .remote(event_bus::NAME, url, &args.gateway.policy())
-                        .get(event_bus::NAME)
-                        .cloned()
-                })
-                .map(query::EventLogClient::new);
+                .map(query::EventLogClient::remote);
             query::build_with_event_log(context, &args.query, log).await?
         }
         ServiceName::EventBus => event_bus::build(context, &args.event_bus).await?,

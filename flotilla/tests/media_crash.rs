@@ -18,21 +18,6 @@ const UPLOADS: usize = 3;
 /// Long enough that conversions are still running when the process is killed.
 const AUDIO_SECS: u32 = 120;
 
-fn have_ffmpeg() -> bool {
-    let found = Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(
-        found || std::env::var("CI").as_deref() != Ok("true"),
-        "ffmpeg is not on PATH; CI must install it"
-    );
-    if !found {
-        eprintln!("skipped: ffmpeg is not on PATH");
-    }
-    found
-}
-
 fn make_video(dir: &Path, n: usize) -> PathBuf {
     let out = dir.join(format!("long-{n}.mp4"));
     let tone = format!("sine=frequency={}:duration={AUDIO_SECS}", 300 + 100 * n);
@@ -163,7 +148,7 @@ fn maildir_count(maildir: &Path, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_conversion_then_restart_gives_one_mp3_and_one_email_per_upload() {
-    if !have_ffmpeg() {
+    if !test_support::media::have_ffmpeg() {
         return;
     }
     let smtp = match (

@@ -22,27 +22,12 @@ use bus::{
 use futures::StreamExt;
 use sqlx::Row;
 use storage::{Database, Migration};
+use test_kit::real_server_url;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for something that should happen promptly before failing
 /// (a bound against hanging, not a performance assertion).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The URL of a real server from `var`, or `None` (test skipped) outside CI. (As
-/// `test_support::real_server_url`; that crate depends on the whole system, which
-/// depends on this one.)
-fn real_server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set, but CI=true: .ci/run must start the server and set it")
-        }
-        _ => {
-            eprintln!("skipped: {var} is not set");
-            None
-        }
-    }
-}
 
 fn unique(prefix: &str) -> String {
     format!(

@@ -15,7 +15,45 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::{SIGNATURE_LENGTH, Signature, VerifyingKey};
 use serde::Deserialize;
 
-use crate::{Claims, ISSUER, VerifyError};
+use crate::{Claims, ISSUER};
+
+/// Why a token was not accepted. Everything but [`VerifyError::KeysUnavailable`] is
+/// the caller's fault (401); that one is ours (503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signing algorithm is not accepted")]
+    UnsupportedAlgorithm,
+    #[error("the token requires header extensions (crit) that are not supported")]
+    UnsupportedExtension,
+    #[error("the token does not name its signing key (kid)")]
+    MissingKeyId,
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token's claims are invalid")]
+    InvalidClaims,
+    #[error("the signing keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl From<VerifyError> for platform::Problem {
+    fn from(error: VerifyError) -> Self {
+        match error {
+            VerifyError::KeysUnavailable(cause) => {
+                tracing::warn!(%cause, "cannot verify tokens: signing keys unavailable");
+                platform::Problem::service_unavailable(
+                    "tokens cannot be verified right now; try again shortly",
+                )
+            }
+            other => platform::Problem::unauthorized(other.to_string()),
+        }
+    }
+}
 
 /// The header members we read; any others (`typ`, …) are ignored, as RFC 7515 allows
 /// for members not listed in `crit`.

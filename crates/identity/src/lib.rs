@@ -30,9 +30,10 @@ pub use caller::{
     authenticate_admin, bearer_token, require_admin, require_caller, with_challenge,
 };
 pub use claims::{Claims, ISSUER};
+pub use jws::VerifyError;
 pub use signing::{KeyError, SigningKey, public_jwk_from_pem};
 pub use source::{JwksSource, SourceError};
-pub use verifier::{Verifier, VerifierSettings, VerifyError};
+pub use verifier::{Verifier, VerifierSettings};
 
 /// Where the auth service publishes its public keys.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";

@@ -33,6 +33,7 @@ use futures::{
 use tower::{Layer, Service};
 use tower_http::cors::CorsLayer;
 
+pub use crate::observe::MatchedRoute;
 use crate::observe::{Observe, ObserveLayer};
 
 /// Requests a service serves ahead of its router (see the module documentation).
@@ -44,16 +45,6 @@ pub trait FastPath: Send + Sync + std::fmt::Debug + 'static {
     /// Serves `request`, which [`FastPath::route`] matched to `route`. Timeouts are the
     /// fast path's own business: no stack-wide timeout is added around it.
     fn call(&self, route: MatchedRoute, request: Request) -> BoxFuture<'static, Response>;
-}
-
-/// The route a fast path matched (request extension): the pattern is the route label of
-/// the request's metrics and span, as axum's `MatchedPath` is for routed requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatchedRoute {
-    /// The route's pattern, e.g. `/jobs/{id}`.
-    pub pattern: &'static str,
-    /// The fast path's own number for the route.
-    pub index: usize,
 }
 
 /// A service's router behind its fast path; the HTTP server keeps one per connection.
@@ -158,12 +149,12 @@ impl Service<Request> for FastCall {
             }
         }));
         let future = called.unwrap_or_else(|cause| {
-            Box::pin(std::future::ready(crate::service::panic_to_problem(cause)))
+            Box::pin(std::future::ready(crate::problem::panic_to_problem(cause)))
         });
         AssertUnwindSafe(future).catch_unwind().map(answer_panic)
     }
 }
 
 fn answer_panic(outcome: std::thread::Result<Response>) -> Result<Response, Infallible> {
-    Ok(outcome.unwrap_or_else(crate::service::panic_to_problem))
+    Ok(outcome.unwrap_or_else(crate::problem::panic_to_problem))
 }

@@ -12,7 +12,6 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use http::HeaderName;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -24,130 +23,7 @@ use tower::Service as _;
 
 use crate::{Problem, entry::Entry};
 
-/// The header that carries a request's id across services and back to the client.
-pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served, put in the request's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-/// The W3C trace context of the request being served (request extension), so that work
-/// it causes — messages published, calls made — carries the same trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent(pub String);
-
-pub static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
-
-impl TraceParent {
-    /// A new root trace context: random trace id and span id, sampled.
-    pub fn new_root() -> Self {
-        TraceContext::new_root().to_traceparent()
-    }
-
-    /// Accepts a header value only if it is a well-formed version-00 traceparent.
-    pub fn parse(value: &str) -> Option<Self> {
-        TraceContext::parse(value).map(|_| Self(value.trim().to_owned()))
-    }
-
-    /// The 32-hex-digit trace id.
-    pub fn trace_id(&self) -> &str {
-        self.0.get(3..35).unwrap_or("")
-    }
-
-    /// The 16-hex-digit id of the span this context names as the parent.
-    pub fn span_id(&self) -> &str {
-        self.0.get(36..52).unwrap_or("")
-    }
-}
-
-/// A parsed W3C trace context: trace id, span id (of the caller, or of this request once
-/// it is continued with [`TraceContext::child`]) and flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: u128,
-    pub span_id: u64,
-    pub flags: u8,
-}
-
-impl TraceContext {
-    /// A new trace: random ids (unique, not secret: a thread-local generator avoids a
-    /// `getrandom` system call per request), sampled.
-    pub fn new_root() -> Self {
-        Self {
-            trace_id: fastrand::u128(1..),
-            span_id: fastrand::u64(1..),
-            flags: 1,
-        }
-    }
-
-    /// The context of a new span in the same trace, under this one.
-    pub fn child(&self) -> Self {
-        Self {
-            span_id: fastrand::u64(1..),
-            ..*self
-        }
-    }
-
-    /// Accepts only a well-formed version-00 `traceparent`: lower-case hex, non-zero ids.
-    pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim().as_bytes();
-        if value.len() != 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
-            return None;
-        }
-        let hex = |bytes: &[u8]| -> Option<u128> {
-            bytes.iter().try_fold(0u128, |acc, &b| {
-                let digit = match b {
-                    b'0'..=b'9' => b - b'0',
-                    b'a'..=b'f' => b - b'a' + 10,
-                    _ => return None,
-                };
-                Some(acc << 4 | u128::from(digit))
-            })
-        };
-        if hex(&value[0..2])? != 0 {
-            return None;
-        }
-        let trace_id = hex(&value[3..35])?;
-        let span_id = u64::try_from(hex(&value[36..52])?).ok()?;
-        let flags = u8::try_from(hex(&value[53..55])?).ok()?;
-        (trace_id != 0 && span_id != 0).then_some(Self {
-            trace_id,
-            span_id,
-            flags,
-        })
-    }
-
-    /// The trace id as 32 lower-case hex digits.
-    pub fn trace_id_hex(&self) -> impl std::fmt::Display + use<> {
-        let id = self.trace_id;
-        DisplayWith(move |f: &mut std::fmt::Formatter<'_>| write!(f, "{id:032x}"))
-    }
-
-    /// `00-<trace id>-<span id>-<flags>` (written directly: this runs per request).
-    pub fn to_traceparent(&self) -> TraceParent {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let mut put = |at: usize, value: u128, digits: usize| {
-            for i in 0..digits {
-                let shift = 4 * (digits - 1 - i);
-                out[at + i] = HEX[((value >> shift) & 0xf) as usize];
-            }
-        };
-        put(3, self.trace_id, 32);
-        put(36, u128::from(self.span_id), 16);
-        put(53, u128::from(self.flags), 2);
-        // Hex digits and dashes only: always UTF-8.
-        TraceParent(std::str::from_utf8(&out).unwrap_or_default().to_owned())
-    }
-}
-
-struct DisplayWith<F>(F);
-
-impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display for DisplayWith<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (self.0)(f)
-    }
-}
+pub use crate::ids::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext, TraceParent};
 
 /// How long in-flight requests get to finish once shutdown starts.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -783,40 +659,4 @@ fn timed_out(limit: Duration) -> Response {
         ))
         .with_title("Request timed out"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_contexts_are_parsed_strictly() {
-        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let parsed = TraceParent::parse(good).expect("valid");
-        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(
-            TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(
-            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(
-            TraceParent::parse("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none()
-        );
-        assert!(TraceParent::parse("garbage").is_none());
-        assert!(
-            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01").is_none()
-        );
-        assert!(
-            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")
-                .is_none()
-        );
-        let root = TraceParent::new_root();
-        assert!(TraceParent::parse(&root.0).is_some(), "{}", root.0);
-        let context = TraceContext::parse(good).expect("valid");
-        assert_eq!(context.to_traceparent().0, good);
-        let child = context.child().to_traceparent();
-        assert_eq!(child.trace_id(), parsed.trace_id());
-        assert_ne!(child.span_id(), parsed.span_id());
-    }
 }

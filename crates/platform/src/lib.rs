@@ -13,6 +13,7 @@ pub mod entry;
 pub mod forwarded;
 pub mod health;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;

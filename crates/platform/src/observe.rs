@@ -4,7 +4,7 @@
 //! * request id — a well-formed incoming `x-request-id` is kept, else one is made; it is
 //!   put in the extensions ([`RequestId`]) and echoed on the response;
 //! * trace context — the request's W3C `traceparent` is continued (or a trace started) and
-//!   this request gets its own span id; the extension [`crate::http::TraceParent`] and the forwarded
+//!   this request gets its own span id; the extension [`crate::ids::TraceParent`] and the forwarded
 //!   header carry *this* span as the parent of whatever the request causes;
 //! * a tracing span around the request (request id and trace id in every log line), which
 //!   is also the exported OpenTelemetry server span when export is on (see
@@ -36,10 +36,20 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
-    entry::MatchedRoute,
-    http::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext},
+    ids::{REQUEST_ID_HEADER, RequestId, TRACEPARENT_HEADER, TraceContext},
     metrics::RequestMetrics,
+    telemetry::export_under,
 };
+
+/// The route a fast path matched (request extension): the pattern is the route label of
+/// the request's metrics and span, as axum's `MatchedPath` is for routed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchedRoute {
+    /// The route's pattern, e.g. `/jobs/{id}`.
+    pub pattern: &'static str,
+    /// The fast path's own number for the route.
+    pub index: usize,
+}
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -157,7 +167,7 @@ where
 
         // Called here, not inside the future: the inner service needs no clone. Messages
         // the request publishes carry its trace context.
-        let future = bus::trace::scope(current, self.inner.call(request));
+        let future = trace_context::scope(current, self.inner.call(request));
         Box::pin(async move {
             let Ok(mut response) = future.instrument(span.clone()).await;
             if crate::problem::is_error(&response) {
@@ -289,40 +299,6 @@ fn export_server_span(
         span.record("trace_id", tracing::field::display(context.trace_id_hex()));
     }
     context
-}
-
-/// Makes `parent` (a caller's context) the parent of `span` in the exported trace, and
-/// returns the exported span's own context — `None` when the exporter does not see it.
-fn export_under(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
-    if let Some(parent) = parent {
-        let parent = SpanContext::new(
-            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
-            SpanId::from_bytes(parent.span_id.to_be_bytes()),
-            TraceFlags::new(parent.flags),
-            true,
-            TraceState::NONE,
-        );
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
-    }
-    let otel = span.context();
-    let own = otel.span().span_context().clone();
-    own.is_valid().then(|| TraceContext {
-        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
-        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
-        flags: own.trace_flags().to_u8(),
-    })
-}
-
-/// The bus's [`bus::trace::SpanParent`] hook, installed when spans are exported: a
-/// delivery's span becomes a child of the context its message carries.
-pub(crate) fn export_delivery_span(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
-    let parent = parent.and_then(TraceContext::parse);
-    export_under(span, parent.as_ref()).map(|own| own.to_traceparent().0)
 }
 
 fn record_outcome(span: &tracing::Span, status: u16) {

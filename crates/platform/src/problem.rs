@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::http::RequestId;
+use crate::ids::RequestId;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -311,6 +311,19 @@ pub fn out_of_storage(text: &str) -> bool {
     ];
     SIGNS.iter().any(|sign| text.contains(sign))
         || (text.starts_with("The table") && text.contains("is full"))
+}
+
+/// The answer to a handler that panicked: a 500 problem that does not leak the panic's
+/// message to the client (`Problem::internal` logs it).
+pub(crate) fn panic_to_problem(
+    cause: Box<dyn std::any::Any + Send + 'static>,
+) -> axum::response::Response {
+    let message = cause
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| cause.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    Problem::internal(&format!("handler panicked: {message}")).into_response()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse};
+use axum::{Router, extract::DefaultBodyLimit};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceBuilder;
 use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
@@ -195,20 +195,9 @@ impl ServiceApp {
                     .map_response(|response: ::http::Response<_>| {
                         response.map(axum::body::Body::new)
                     })
-                    .layer(CatchPanicLayer::custom(panic_to_problem))
+                    .layer(CatchPanicLayer::custom(crate::problem::panic_to_problem))
                     .option_layer(limits.request_timeout.map(http::TimeoutLayer::new))
                     .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
             )
     }
-}
-
-pub(crate) fn panic_to_problem(
-    cause: Box<dyn std::any::Any + Send + 'static>,
-) -> axum::response::Response {
-    let message = cause
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| cause.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    Problem::internal(&format!("handler panicked: {message}")).into_response()
 }

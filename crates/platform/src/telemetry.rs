@@ -10,9 +10,9 @@
 //! served service, or `flotilla` for `up`). `RUST_LOG` does not limit what is exported:
 //! every span at `info` and above is, so a quiet log does not mean a blind trace. The
 //! server span of each request takes the trace id and parent of the request's W3C
-//! `traceparent` (see [`crate::http::TraceParent`]), so a trace crosses processes; the span
-//! of each bus delivery takes the message's (see [`bus::trace`]), so it crosses the bus
-//! too: an upload's trace holds its conversion and its email. Without
+//! `traceparent` (see [`crate::ids::TraceParent`]), so a trace crosses processes; the span
+//! of each bus delivery takes the message's (see [`trace_context::for_delivery`]), so it
+//! crosses the bus too: an upload's trace holds its conversion and its email. Without
 //! the variables no exporter exists and the request path does no tracing work beyond logs.
 
 use std::{
@@ -22,6 +22,8 @@ use std::{
 };
 
 use opentelemetry::trace::TracerProvider as _;
+
+use crate::ids::TraceContext;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{
@@ -119,7 +121,7 @@ pub fn init(default_service_name: &str) -> Telemetry {
     }
     if exporter.is_some() {
         EXPORTING.store(true, Ordering::Relaxed);
-        bus::trace::set_span_parent(crate::observe::export_delivery_span);
+        trace_context::set_span_parent(export_delivery_span);
     }
     Telemetry { provider: exporter }
 }
@@ -199,6 +201,44 @@ pub fn init_for_tests() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Makes `parent` (a caller's context) the parent of `span` in the exported trace, and
+/// returns the exported span's own context — `None` when the exporter does not see it.
+pub(crate) fn export_under(
+    span: &tracing::Span,
+    parent: Option<&TraceContext>,
+) -> Option<TraceContext> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    if let Some(parent) = parent {
+        let parent = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+            SpanId::from_bytes(parent.span_id.to_be_bytes()),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::NONE,
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    let otel = span.context();
+    let own = otel.span().span_context().clone();
+    own.is_valid().then(|| TraceContext {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        flags: own.trace_flags().to_u8(),
+    })
+}
+
+/// The [`trace_context::SpanParent`] hook (the bus calls it per delivery), installed when
+/// spans are exported: a delivery's span becomes a child of the context its message
+/// carries.
+pub(crate) fn export_delivery_span(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
+    let parent = parent.and_then(TraceContext::parse);
+    export_under(span, parent.as_ref()).map(|own| own.to_traceparent().0)
 }
 
 #[cfg(test)]

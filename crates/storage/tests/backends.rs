@@ -34,7 +34,7 @@ impl Backend {
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
         backends.push((url, Backend::Sqlite { _dir: dir }));
         for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
-            if let Some(server) = server_url(var) {
+            if let Some(server) = test_kit::real_server_url(var) {
                 let scratch = ScratchDatabase::create(&server)
                     .await
                     .expect("scratch database");
@@ -50,17 +50,6 @@ impl Backend {
                 .drop_database()
                 .await
                 .expect("drop scratch database");
-        }
-    }
-}
-
-fn server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{var} must be set in CI"),
-        _ => {
-            eprintln!("skipped on this backend: {var} is not set");
-            None
         }
     }
 }

@@ -19,18 +19,9 @@ struct S3 {
 impl S3 {
     /// A fresh bucket on the test server, or `None` when the test should be skipped.
     async fn bucket() -> Option<S3> {
-        let endpoint = match std::env::var("FLOTILLA_TEST_S3_ENDPOINT") {
-            Ok(url) if !url.trim().is_empty() => url.trim_end_matches('/').to_owned(),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!(
-                    "FLOTILLA_TEST_S3_ENDPOINT is not set, but CI=true: .ci/run must start the S3 server"
-                )
-            }
-            _ => {
-                eprintln!("skipped: FLOTILLA_TEST_S3_ENDPOINT is not set");
-                return None;
-            }
-        };
+        let endpoint = test_kit::real_server_url("FLOTILLA_TEST_S3_ENDPOINT")?
+            .trim_end_matches('/')
+            .to_owned();
         let bucket = format!("flotilla-test-{}", uuid::Uuid::new_v4().simple());
         // CreateBucket: the test server takes it unsigned (object_store has no bucket API).
         let created = http()

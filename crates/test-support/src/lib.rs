@@ -18,6 +18,9 @@ use platform::config::ServerArgs;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+/// The skip-or-fail rule and fixtures shared with the crates' own tests.
+pub use test_kit::{available, media, real_server_url, under_ci};
+
 /// A whole system started with `up` for one test.
 #[derive(Debug)]
 pub struct TestSystem {
@@ -147,21 +150,6 @@ pub fn http_client() -> reqwest::Client {
         .expect("http client")
 }
 
-/// The URL of a real server from `var`, or `None` (test skipped) outside CI.
-/// Under `CI=true` a missing variable panics: CI must run every test.
-pub fn real_server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set, but CI=true: .ci/run must start the server and set it")
-        }
-        _ => {
-            eprintln!("skipped: {var} is not set (start the server and set it to run this test)");
-            None
-        }
-    }
-}
-
 /// The `flotilla` binary of this workspace, for tests that run it as a user does (and
 /// kill it): built once per test process, so a stale binary is rebuilt (a no-op when it is
 /// current).
@@ -216,7 +204,7 @@ impl Tmpfs {
                     Ok(output) => String::from_utf8_lossy(&output.stderr).trim().to_owned(),
                     Err(error) => error.to_string(),
                 };
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                if test_kit::under_ci() {
                     panic!("cannot mount a tmpfs under CI=true (the test needs root): {why}");
                 }
                 eprintln!("skipped: cannot mount a tmpfs (the test needs root): {why}");

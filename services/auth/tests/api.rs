@@ -44,7 +44,7 @@ impl Backend {
             ("postgres", "FLOTILLA_TEST_POSTGRES_URL"),
             ("mariadb", "FLOTILLA_TEST_MYSQL_URL"),
         ] {
-            let Some(server) = server_url(var) else {
+            let Some(server) = test_kit::real_server_url(var) else {
                 continue;
             };
             let scratch = ScratchDatabase::create(&server)
@@ -81,17 +81,6 @@ impl Backend {
                 .drop_database()
                 .await
                 .expect("drop scratch database");
-        }
-    }
-}
-
-fn server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{var} must be set in CI"),
-        _ => {
-            eprintln!("skipped on this backend: {var} is not set");
-            None
         }
     }
 }

@@ -8,13 +8,13 @@ use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Channels, Signal};
 use symphonia::core::codecs::{CODEC_TYPE_AAC, CODEC_TYPE_NULL, CodecParameters, DecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader, Track};
-use symphonia::core::io::{MediaSource, MediaSourceStream, ReadBytes};
+use symphonia::core::io::{MediaSourceStream, ReadBytes};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Instantiate;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConvertError;
-use crate::report::{ConversionReport, Engine};
+use crate::report::{ConversionReport, Engine, SeekableSource};
 
 /// Frames of silence the AAC encoders we meet (ffmpeg, FDK, most phones) put before the
 /// audio. MP4 marks them with an edit list that symphonia does not apply, so without
@@ -28,47 +28,6 @@ const MAX_CONSECUTIVE_DECODE_ERRORS: u32 = 32;
 /// If the container announces a length and the packets stop this much earlier, the file
 /// was cut short (an interrupted upload, say) rather than merely rounded.
 const TRUNCATION_SLACK_SECS: f64 = 0.5;
-
-/// Any `Read + Seek` source (a temp file from the blob store, a cursor in tests) as a
-/// symphonia media source. The length is measured once, up front.
-pub(crate) struct SeekableSource<R> {
-    inner: R,
-    len: Option<u64>,
-}
-
-impl<R: Read + Seek> SeekableSource<R> {
-    pub(crate) fn new(mut inner: R) -> io::Result<Self> {
-        let start = inner.stream_position()?;
-        let end = inner.seek(SeekFrom::End(0))?;
-        inner.seek(SeekFrom::Start(start))?;
-        Ok(Self {
-            inner,
-            len: Some(end),
-        })
-    }
-}
-
-impl<R: Read> Read for SeekableSource<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
-impl<R: Seek> Seek for SeekableSource<R> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.inner.seek(pos)
-    }
-}
-
-impl<R: Read + Seek + Send + Sync> MediaSource for SeekableSource<R> {
-    fn is_seekable(&self) -> bool {
-        true
-    }
-
-    fn byte_len(&self) -> Option<u64> {
-        self.len
-    }
-}
 
 /// Converts `source` to MP3 into `sink`, in the calling (blocking) thread.
 ///

@@ -1,15 +1,14 @@
 //! What a finished conversion produced.
 
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
 use crate::error::ConvertError;
-use crate::in_process::SeekableSource;
 
 /// Which engine made the MP3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,4 +92,45 @@ where
         sample_rate,
         channels: u8::try_from(channels).unwrap_or(2),
     })
+}
+
+/// Any `Read + Seek` source (a temp file from the blob store, a cursor in tests) as a
+/// symphonia media source. The length is measured once, up front.
+pub(crate) struct SeekableSource<R> {
+    inner: R,
+    len: Option<u64>,
+}
+
+impl<R: Read + Seek> SeekableSource<R> {
+    pub(crate) fn new(mut inner: R) -> io::Result<Self> {
+        let start = inner.stream_position()?;
+        let end = inner.seek(SeekFrom::End(0))?;
+        inner.seek(SeekFrom::Start(start))?;
+        Ok(Self {
+            inner,
+            len: Some(end),
+        })
+    }
+}
+
+impl<R: Read> Read for SeekableSource<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Seek> Seek for SeekableSource<R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl<R: Read + Seek + Send + Sync> MediaSource for SeekableSource<R> {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        self.len
+    }
 }

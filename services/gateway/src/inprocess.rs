@@ -43,7 +43,7 @@ impl Service<Request> for InProcess {
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        crate::remote::append_client_address(&mut request);
+        upstream::remote::append_client_address(&mut request);
         self.router.call(with_fresh_extensions(request))
     }
 }

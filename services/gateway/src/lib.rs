@@ -8,31 +8,23 @@
 
 mod auth;
 mod cors;
-mod discovery;
 mod inprocess;
 mod live;
 mod openapi;
-mod pool;
 mod ratelimit;
-mod remote;
-pub mod resilience;
 mod routes;
 mod web;
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use axum::{body::Body, extract::Request, response::Response};
+use axum::{body::Body, extract::Request};
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
-pub use discovery::{UpstreamUrl, parse_upstream_url};
 pub use openapi::{OPENAPI_PATH, Undocumented, openapi};
-pub use resilience::Policy;
+pub use upstream::{Policy, Upstream, UpstreamUrl, parse_upstream_url, resilience};
 
 pub const NAME: &str = "gateway";
-
-/// One upstream service, however it is reached.
-pub type Upstream = BoxCloneSyncService<Request, Response, Infallible>;
 
 /// The upstreams by service name (`auth`, `media`, … as in docs/API.md).
 #[derive(Clone, Default)]

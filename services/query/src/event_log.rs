@@ -1,7 +1,9 @@
 //! The event-bus service's log, as the query service reads it: `GET /events?after=&limit=`
 //! through a tower service. In `flotilla up` that service is the event-bus's own router,
 //! called in-process; in `flotilla serve query` it is an HTTP client for
-//! `FLOTILLA_EVENT_BUS_URL`. The query service never links the event-bus crate.
+//! `FLOTILLA_EVENT_BUS_URL` ([`EventLogClient::remote`]: the `upstream` crate's stack,
+//! the gateway's too, under the query service's own [`upstream::Policy`]). The query
+//! service never links the event-bus or the gateway crate.
 
 use std::convert::Infallible;
 
@@ -66,6 +68,17 @@ impl std::fmt::Debug for EventLogClient {
 impl EventLogClient {
     pub fn new(service: EventLogService) -> Self {
         Self { service }
+    }
+
+    /// The event-bus service at `url`, over HTTP through a resilience stack (endpoints
+    /// re-resolved, load shed past 1024 requests in flight, retried on another endpoint,
+    /// a circuit breaker): [`upstream::Policy::default`], the query service's own.
+    pub fn remote(url: upstream::UpstreamUrl) -> Self {
+        Self::new(upstream::remote_upstream(
+            "event-bus",
+            url,
+            &upstream::Policy::default(),
+        ))
     }
 
     /// Up to `limit` entries after sequence number `after`.

@@ -1,16 +1,14 @@
 //! Shared by the media end-to-end tests: fixtures made with the real ffmpeg, and the
 //! client side of the reference flow (login, upload, wait, read the email, download).
-#![allow(dead_code)]
+//! The fixtures are `test_kit::media`'s (shared with the converter's tests).
+#![allow(dead_code, unused_imports)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use reqwest::{StatusCode, multipart};
 use serde_json::Value;
 use test_support::TestSystem;
+pub use test_support::media::{audio_codec, audio_duration, have_ffmpeg, make, mp4_with_aac};
 
 /// The reference system's admin (its README's curl flow logs in with these).
 pub const ADMIN_EMAIL: &str = "georgio@email.com";
@@ -18,90 +16,6 @@ pub const ADMIN_PASSWORD: &str = "Admin123";
 
 /// How long a small conversion may take end to end on a busy 2-core machine.
 pub const PIPELINE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// True when ffmpeg is on PATH. Locally a missing ffmpeg skips the test; under CI=true
-/// it is a failure, because CI must exercise the real thing.
-pub fn have_ffmpeg() -> bool {
-    let found = Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ffmpeg is not on PATH; CI must install it (apt-get install ffmpeg)"
-        );
-        eprintln!("skipped: ffmpeg is not on PATH");
-    }
-    found
-}
-
-/// `ffmpeg -y … DIR/NAME`; returns the path.
-pub fn make(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-y", "-hide_banner", "-loglevel", "error"])
-        .args(args)
-        .arg(&out)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg failed making {name}");
-    out
-}
-
-/// A small video: `secs` of a 440 Hz tone in AAC and a test pattern in MPEG-4.
-pub fn mp4_with_aac(dir: &Path, secs: u32) -> PathBuf {
-    let d = secs.to_string();
-    make(
-        dir,
-        "video.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:duration={d}"),
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc=size=160x120:rate=10:duration={d}"),
-            "-c:a",
-            "aac",
-            "-c:v",
-            "mpeg4",
-            "-shortest",
-        ],
-    )
-}
-
-/// Duration in seconds of the first audio stream (or of the file) as ffprobe sees it.
-pub fn audio_duration(path: &Path) -> f64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
-        .args([
-            "stream=duration:format=duration",
-            "-of",
-            "default=nw=1:nk=1",
-        ])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe failed on {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| line.trim().parse::<f64>().ok())
-        .expect("ffprobe printed a duration")
-}
-
-/// The codec of the first audio stream (`mp3` for a real MP3).
-pub fn audio_codec(path: &Path) -> String {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "a:0", "-show_entries"])
-        .args(["stream=codec_name", "-of", "default=nw=1:nk=1"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// `flotilla up` with the reference admin seeded and `tweak` applied to the settings.
 pub async fn start(dir: &Path, tweak: impl FnOnce(&mut flotilla::ServiceArgs)) -> TestSystem {

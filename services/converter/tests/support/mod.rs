@@ -3,6 +3,8 @@
 //! duration (which is what players show, from the LAME/Xing tag).
 #![allow(dead_code)]
 
+pub use test_kit::media::make;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,27 +20,11 @@ use symphonia::core::probe::Hint;
 /// `CI=true` it is a failure, because CI must exercise the real thing.
 pub fn ffmpeg() -> Option<PathBuf> {
     let found = converter::find_ffmpeg();
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "ffmpeg is not on PATH; CI must install it (apt-get install ffmpeg)"
-        );
-        eprintln!("skipped: ffmpeg is not on PATH");
-    }
-    found
-}
-
-/// Runs `ffmpeg -y -hide_banner -loglevel error ARGS… DIR/NAME` and returns the path.
-pub fn make(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-y", "-hide_banner", "-loglevel", "error"])
-        .args(args)
-        .arg(&out)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg failed making {name}");
-    out
+    test_kit::available(
+        found.is_some(),
+        "ffmpeg is not on PATH (apt-get install ffmpeg)",
+    )
+    .then_some(found)?
 }
 
 /// Stereo test tone (different pitch per side) of `secs` seconds at `rate` Hz.

@@ -1,6 +1,7 @@
 //! How the gateway protects itself and its upstreams. The stack of a remote upstream is
 //! composed in one place, [`remote_stack`]; each piece is a small tower layer here.
-//! Per-route timeouts and the per-client rate limit live in the route table (`routes.rs`).
+//! Per-route timeouts and the per-client rate limit live in the gateway's route table
+//! (`services/gateway/src/routes.rs`).
 
 use std::{
     convert::Infallible,

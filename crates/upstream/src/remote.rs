@@ -317,7 +317,7 @@ fn address_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
 
 /// Appends the connection's peer (the client, as this gateway sees it) to `request`'s
 /// `X-Forwarded-For`.
-pub(crate) fn append_client_address(request: &mut Request) {
+pub fn append_client_address(request: &mut Request) {
     let Some(ConnectInfo(peer)) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
