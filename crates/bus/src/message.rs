@@ -199,6 +199,8 @@ pub struct Delivery {
     /// The consumer group it was delivered to.
     pub group: String,
     pub(crate) settle: Box<dyn Settle>,
+    /// Counts the delivery as in flight in this process until it is settled or dropped.
+    pub(crate) _held: crate::tap::Held,
 }
 
 impl fmt::Debug for Delivery {
@@ -216,12 +218,25 @@ impl Delivery {
     /// Done: the message will not be delivered to this group again.
     pub async fn ack(self) -> Result<(), BusError> {
         metrics::counter!("bus_acked_total", "group" => self.group.clone()).increment(1);
-        self.settle.ack().await
+        let (message, group) = (self.message, self.group);
+        self.settle.ack().await?;
+        crate::tap::settled(&message, &group, self.attempt, self.max_attempts, None);
+        Ok(())
     }
 
     /// Not done: retry later or dead-letter, as `nack` says.
     pub async fn nack(self, nack: Nack) -> Result<(), BusError> {
-        self.settle.nack(nack).await
+        let (message, group) = (self.message, self.group);
+        let observed = nack.clone();
+        self.settle.nack(nack).await?;
+        crate::tap::settled(
+            &message,
+            &group,
+            self.attempt,
+            self.max_attempts,
+            Some(&observed),
+        );
+        Ok(())
     }
 
     /// The body decoded from JSON.
