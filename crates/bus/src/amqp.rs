@@ -1257,6 +1257,7 @@ async fn consume(
                 &delivery.data,
             );
             metrics::counter!("bus_delivered_total", "group" => group.clone()).increment(1);
+            crate::tap::delivered(&message, &group, attempt_of(&bookkeeping));
             let ours = Delivery {
                 attempt: attempt_of(&bookkeeping),
                 max_attempts: shared.options.retry.max_attempts,

@@ -1376,6 +1376,8 @@ impl Consuming {
                 held.extend(rows.iter().map(|row| (row.delivery_id, row.attempts)));
             }
             for (row, permit) in rows.into_iter().zip(permits) {
+                let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+                crate::tap::delivered(&row.message, &self.group, attempt);
                 self.buffered.push_back(Delivery {
                     message: row.message,
                     attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),

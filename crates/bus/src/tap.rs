@@ -33,6 +33,8 @@ pub const CAPACITY: usize = 4096;
 pub enum Outcome {
     /// The bus took it (committed / confirmed).
     Published,
+    /// A consumer of `group` received it and works on it.
+    Delivered,
     /// A consumer of `group` handled it (acked).
     Handled,
     /// Its handler failed; it will be delivered again after a backoff.
@@ -101,6 +103,24 @@ pub(crate) fn published(message: &Message, publisher: Option<&str>) {
         publisher: publisher.map(str::to_owned),
         group: None,
         attempt: None,
+        reason: None,
+        at_ms: crate::now_ms(),
+    });
+}
+
+/// `message` was handed to a consumer of `group`.
+pub(crate) fn delivered(message: &Message, group: &str, attempt: u32) {
+    emit(|| Observation {
+        outcome: Outcome::Delivered,
+        routing_key: message.routing_key.clone(),
+        message_id: message.id.clone(),
+        trace_id: message
+            .traceparent()
+            .and_then(crate::trace::trace_id)
+            .map(str::to_owned),
+        publisher: None,
+        group: Some(group.to_owned()),
+        attempt: Some(attempt),
         reason: None,
         at_ms: crate::now_ms(),
     });

@@ -179,9 +179,10 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
         }
         let mut seen: Vec<(String, Outcome, Option<String>)> = Vec::new();
         let done = tokio::time::timeout(PATIENCE, async {
-            // good: published, handled; poison: published, dead-lettered; flaky:
-            // published, retried, dead-lettered (2 attempts).
-            while seen.len() < 7 {
+            // good: published, delivered, handled; poison: published, delivered,
+            // dead-lettered; flaky: published, delivered, retried, delivered,
+            // dead-lettered (2 attempts).
+            while seen.len() < 11 {
                 let observation = watcher.recv().await.expect("tap open");
                 if observation.routing_key == key {
                     assert!(observation.trace_id.is_some());
@@ -204,11 +205,12 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
                 .map(|(_, o, _)| *o)
                 .collect()
         };
-        assert_eq!(of(&good.id), [Outcome::Published, Outcome::Handled]);
-        assert_eq!(of(&poison.id), [Outcome::Published, Outcome::DeadLettered]);
+        use Outcome::{DeadLettered, Delivered, Handled, Published, Retried};
+        assert_eq!(of(&good.id), [Published, Delivered, Handled]);
+        assert_eq!(of(&poison.id), [Published, Delivered, DeadLettered]);
         assert_eq!(
             of(&flaky.id),
-            [Outcome::Published, Outcome::Retried, Outcome::DeadLettered]
+            [Published, Delivered, Retried, Delivered, DeadLettered]
         );
         for (_, outcome, who) in &seen {
             let expected = if *outcome == Outcome::Published {

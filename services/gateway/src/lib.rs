@@ -191,16 +191,28 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    /// The remote upstreams named by the configuration.
-    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
-        let configured = [
+    /// The variable of the first upstream configured as `registry`, if any.
+    pub fn registry_variable(&self) -> Option<String> {
+        self.configured()
+            .into_iter()
+            .find(|(_, url)| url.as_ref().is_some_and(UpstreamUrl::is_registry))
+            .map(|(name, _)| contracts::upstream_url_var(name))
+    }
+
+    fn configured(&self) -> [(&'static str, &Option<UpstreamUrl>); 6] {
+        [
             ("auth", &self.auth_url),
             ("media", &self.media_url),
             ("posts", &self.posts_url),
             ("comments", &self.comments_url),
             ("query", &self.query_url),
             ("event-bus", &self.event_bus_url),
-        ];
+        ]
+    }
+
+    /// The remote upstreams named by the configuration.
+    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
+        let configured = self.configured();
         let mut upstreams = Upstreams::new();
         for (name, url) in configured {
             match url {

@@ -355,6 +355,7 @@ impl Watched {
                         .insert(publisher.clone());
                 }
             }
+            Outcome::Delivered => {}
             Outcome::Handled | Outcome::Retried | Outcome::DeadLettered | Outcome::Requeued => {
                 let Some(group) = &observation.group else {
                     return;
@@ -880,7 +881,7 @@ async fn system_view(State(state): State<SystemState>) -> Response {
 
 /// The system live, as Server-Sent Events: `ready` (says how watching is sampled),
 /// `system` (the snapshot of `GET /admin/system`) every 2 s, `message` for every
-/// message published and settled (`outcome`: published, handled, retried,
+/// message published, delivered and settled (`outcome`: published, delivered, handled, retried,
 /// dead_lettered, requeued; `routing_key`, `message_id`, `trace_id`, `publisher`,
 /// `group`), `instance` when one comes or goes, `sampled` (`dropped`: messages this
 /// watcher missed because it fell behind). Admin only; send the token in
@@ -1122,6 +1123,7 @@ pub struct Replayed {
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer group", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON that is not a replay request (unknown or mistyped fields)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No bus, or it did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
