@@ -693,6 +693,7 @@ impl Settle for AmqpSettle {
 impl EventBus for AmqpBus {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            let started = now_ms();
             self.shared
                 .publish_confirmed(
                     &self.shared.exchange,
@@ -701,7 +702,7 @@ impl EventBus for AmqpBus {
                     properties_for(&message, &[]),
                 )
                 .await?;
-            crate::tap::published(&message, self.service.as_deref());
+            crate::tap::published(&message, self.service.as_deref(), started);
             metrics::counter!("bus_published_total", "routing_key" => message.routing_key)
                 .increment(1);
             Ok(())
@@ -724,6 +725,7 @@ impl EventBus for AmqpBus {
     /// sent too and may be published again by the caller (duplicates, harmless).
     fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
         Box::pin(async move {
+            let started = now_ms();
             let link = match self
                 .shared
                 .link(Some(self.shared.options.publish_timeout))
@@ -766,7 +768,7 @@ impl EventBus for AmqpBus {
                 }
             }
             for message in &messages[..confirmed] {
-                crate::tap::published(message, self.service.as_deref());
+                crate::tap::published(message, self.service.as_deref(), started);
                 metrics::counter!("bus_published_total", "routing_key" => message.routing_key.clone())
                     .increment(1);
             }

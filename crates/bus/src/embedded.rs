@@ -1088,11 +1088,12 @@ impl EventBus for EmbeddedBus {
         Box::pin(async move {
             // Kept for the tap only while someone watches.
             let observed = crate::tap::watched().then(|| messages.clone());
+            let started = now_ms();
             self.shared
                 .call(|reply| Command::Publish(messages, reply))
                 .await?;
             for message in observed.iter().flatten() {
-                crate::tap::published(message, self.service.as_deref());
+                crate::tap::published(message, self.service.as_deref(), started);
             }
             Ok(())
         })

@@ -90,8 +90,9 @@ fn emit(make: impl FnOnce() -> Observation) {
     }
 }
 
-/// `message` was published by `publisher`.
-pub(crate) fn published(message: &Message, publisher: Option<&str>) {
+/// `message` was published by `publisher`; `at_ms` is when the publish began (a
+/// consumer may receive it before the broker's confirm is back).
+pub(crate) fn published(message: &Message, publisher: Option<&str>, at_ms: i64) {
     emit(|| Observation {
         outcome: Outcome::Published,
         routing_key: message.routing_key.clone(),
@@ -104,7 +105,7 @@ pub(crate) fn published(message: &Message, publisher: Option<&str>) {
         group: None,
         attempt: None,
         reason: None,
-        at_ms: crate::now_ms(),
+        at_ms,
     });
 }
 

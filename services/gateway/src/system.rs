@@ -58,6 +58,9 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 /// Stream items a watcher may fall behind by before it skips ahead (`sampled`).
 pub const STREAM_BUFFER: usize = 1024;
+/// How long observations from other processes are held to be sent on in time order
+/// (their batches leave every 100 ms).
+const REORDER_MS: i64 = 400;
 /// The window of the rates.
 const WINDOW: Duration = Duration::from_secs(60);
 /// Errors kept per service.
@@ -441,9 +444,23 @@ impl Inner {
             match listening {
                 Ok(mut batches) => {
                     backoff = Duration::from_millis(100);
+                    // Each process sends its batch every 100 ms: held for REORDER and
+                    // sent on in time order, a message's steps from different
+                    // processes arrive in the order they happened.
+                    let mut pending: Vec<Observation> = Vec::new();
+                    let mut tick = tokio::time::interval(Duration::from_millis(100));
                     loop {
                         let body = tokio::select! {
                             () = self.shutdown.cancelled() => return,
+                            _ = tick.tick() => {
+                                pending.sort_by_key(|o| o.at_ms);
+                                let due = now_ms() - REORDER_MS;
+                                let ready = pending.partition_point(|o| o.at_ms <= due);
+                                for observation in pending.drain(..ready) {
+                                    self.observed(observation);
+                                }
+                                continue;
+                            }
                             body = batches.next() => body,
                         };
                         let Some(body) = body else { break };
@@ -453,8 +470,10 @@ impl Inner {
                         if batch.dropped > 0 {
                             self.deliver(StreamItem::Sampled(batch.dropped));
                         }
-                        for observation in batch.observations {
-                            self.observed(observation);
+                        if pending.len() < STREAM_BUFFER * 4 {
+                            pending.extend(batch.observations);
+                        } else {
+                            self.deliver(StreamItem::Sampled(batch.observations.len() as u64));
                         }
                     }
                 }
