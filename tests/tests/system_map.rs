@@ -421,5 +421,35 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
     })
     .await;
     drop(stream);
+
+    // `flotilla status`: the same picture in a terminal, as a table or JSON; admins only.
+    let status = |token: &str, json: bool| {
+        let mut command = Command::new(test_support::flotilla_binary());
+        command
+            .args(["status", "--gateway", base, "--token", token])
+            .env("FLOTILLA_CLIENT_CONFIG", dir.path().join("no-client.json"));
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("flotilla status runs")
+    };
+    let table = status(&admin, false);
+    assert!(table.status.success(), "{table:?}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    for needle in [
+        "SERVICE",
+        "converter",
+        "1/1",
+        "QUEUE",
+        "video",
+        "bus: embedded (up)",
+    ] {
+        assert!(table.contains(needle), "{needle} in {table}");
+    }
+    let json = status(&admin, true);
+    let parsed: Value = serde_json::from_slice(&json.stdout).expect("status --json");
+    assert_eq!(instances_of(&parsed, "converter").len(), 1);
+    let refused = status(&user, false);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
     system.stop().await.expect("stops");
 }
