@@ -5,6 +5,7 @@
 import { mountAccount } from "./account.js";
 import { mountBlog } from "./blog.js";
 import { mountMedia } from "./media.js";
+import { mountSystem } from "./system.js";
 import { setText } from "./ui.js";
 
 // stream name → "live" | "reconnecting" | "unreachable" (absent: not open)
@@ -35,7 +36,11 @@ function connection(name, state) {
   document.getElementById("offline").hidden = overall !== "unreachable";
 }
 
-connection("blog", "connecting");
 mountAccount();
-mountMedia({ connection });
-mountBlog({ connection });
+if (location.pathname === "/system") {
+  mountSystem({ connection });
+} else {
+  connection("blog", "connecting");
+  mountMedia({ connection });
+  mountBlog({ connection });
+}

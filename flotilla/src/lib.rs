@@ -74,6 +74,94 @@ pub struct ServiceArgs {
     pub bus: BusArgs,
     #[command(flatten, next_help_heading = "Blob store")]
     pub blobs: BlobArgs,
+    #[command(flatten, next_help_heading = "Service registry")]
+    pub registry: RegistryArgs,
+}
+
+/// The service registry (every instance announces itself on the bus) and the system map.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// The URL other processes reach this instance at, as registered in the service
+    /// registry (`http://host:port`); unset → the listen address (a wildcard address
+    /// registers as 127.0.0.1: set this when the services run on several hosts).
+    #[arg(long, env = "FLOTILLA_ADVERTISE_URL", value_parser = parse_advertise_url)]
+    pub advertise_url: Option<String>,
+    /// A trace in your tracing UI, for the system map's messages: a URL in which
+    /// `{trace_id}` is replaced, e.g. `http://localhost:16686/trace/{trace_id}` (Jaeger).
+    #[arg(long, env = "FLOTILLA_TRACE_URL_TEMPLATE", value_parser = parse_trace_url_template)]
+    pub trace_url_template: Option<String>,
+}
+
+fn parse_advertise_url(value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    match gateway::parse_upstream_url(value) {
+        Ok(url) if !url.is_registry() && !value.contains(',') => Ok(value.to_owned()),
+        _ => Err(format!(
+            "'{value}' is not one http://host:port URL (how other processes reach this one)"
+        )),
+    }
+}
+
+fn parse_trace_url_template(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let http = value.starts_with("http://") || value.starts_with("https://");
+    if !http || !value.contains("{trace_id}") || value.len() > 2048 {
+        return Err(format!(
+            "'{value}' must be an http(s) URL containing {{trace_id}}, e.g. http://localhost:16686/trace/{{trace_id}}"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// The registration of one instance: `service` reached at `url`.
+fn instance(service: &str, url: String, process_id: &str) -> bus::registry::Instance {
+    bus::registry::Instance {
+        service: service.to_owned(),
+        id: format!("{service}-{process_id}"),
+        url,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at_ms: i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(0),
+        consumes: Vec::new(),
+    }
+}
+
+/// A short id of this process (the hostname is not always unique, a pid not across hosts).
+fn process_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
+}
+
+/// Announces `services` of this process on `bus` until shutdown (the drain waits for
+/// their last word); on RabbitMQ also forwards the process's tap to the gateway.
+fn register_instances(
+    bus: &std::sync::Arc<dyn bus::EventBus>,
+    services: &[&str],
+    url: &str,
+    context: &ServiceContext,
+) {
+    let process = process_id();
+    for service in services {
+        let registration = bus::registry::register(
+            bus.clone(),
+            instance(service, url.to_owned(), &process),
+            bus::registry::HEARTBEAT,
+            context.shutdown.clone(),
+        );
+        context.tasks.spawn(async move {
+            let _ = registration.await;
+        });
+    }
+    if bus.backend() == "rabbitmq" {
+        let forwarding = bus::registry::forward_observations(bus.clone(), context.shutdown.clone());
+        context.tasks.spawn(async move {
+            let _ = forwarding.await;
+        });
+    }
 }
 
 /// The blob store (uploaded videos, MP3s) of the media services.
@@ -147,6 +235,23 @@ impl ServeArgs {
 }
 
 impl ServiceName {
+    /// The service's name, as in `serve NAME` and the registry.
+    pub fn name(self) -> &'static str {
+        use ServiceName::*;
+        match self {
+            Gateway => gateway::NAME,
+            Auth => "auth",
+            Media => "media",
+            Converter => "converter",
+            Notification => "notification",
+            Posts => "posts",
+            Comments => "comments",
+            Moderation => "moderation",
+            Query => "query",
+            EventBus => "event-bus",
+        }
+    }
+
     /// The `--help` sections of `serve SERVICE` that the service reads: its own, the
     /// gateway's upstreams, the message bus, the blob store (see [`needs`]).
     pub fn help_headings(self) -> Vec<&'static str> {
@@ -168,12 +273,13 @@ impl ServiceName {
         if self == Gateway {
             headings.push("Gateway upstreams");
         }
-        if bus {
+        if bus || self == Gateway {
             headings.push("Message bus");
         }
         if blobs {
             headings.push("Blob store");
         }
+        headings.push("Service registry");
         headings
     }
 
@@ -310,11 +416,27 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         };
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
     }
-    let entry = gateway::build_with_shutdown(upstreams, &args.services.gateway, shutdown.clone())
-        .into_entry(shutdown.clone());
+    let bus = bus::connect(
+        &context.bus_url_or_embedded(),
+        bus::BusOptions::for_service(gateway::NAME),
+    )
+    .await?;
+    let directory = bus::registry::Directory::start_global(
+        bus.clone(),
+        bus::registry::EXPIRY,
+        shutdown.clone(),
+    );
+    let system = gateway::System {
+        bus: Some(bus.clone()),
+        directory: Some(directory),
+        trace_url_template: args.services.registry.trace_url_template.clone(),
+    };
+    let entry =
+        gateway::build_with_system(upstreams, &args.services.gateway, shutdown.clone(), system)
+            .into_entry(shutdown.clone());
     let threads = args.server.http_threads.unwrap_or(0);
     let limits = connection_limits(&args.server, true);
-    start(
+    let running = start(
         listener,
         &args.server,
         entry,
@@ -323,7 +445,17 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         limits,
         shutdown,
     )
-    .await
+    .await?;
+    let url = args
+        .services
+        .registry
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| public_url_of(running.addr));
+    let mut services = vec![gateway::NAME];
+    services.extend(ServiceName::BEHIND_GATEWAY.iter().map(|s| s.name()));
+    register_instances(&bus, &services, &url, &running.context);
+    Ok(running)
 }
 
 /// `flotilla serve SERVICE`: one service in this process. A service whose stores are not
@@ -375,7 +507,8 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
     });
     let limits = connection_limits(&args.server, args.service == ServiceName::Gateway);
     let listener = platform::http::bind(args.server.listen).await?;
-    start(
+    let registered = context.bus_url.is_some() || needs(args.service).1;
+    let running = start(
         listener,
         &args.server,
         entry,
@@ -384,7 +517,39 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
         limits,
         shutdown,
     )
-    .await
+    .await?;
+    if registered {
+        let url = args
+            .services
+            .registry
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| public_url_of(running.addr));
+        let context = running.context.clone();
+        let service = args.service.name();
+        // The broker may come later: the registration waits for it, the server does not.
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                let options = bus::BusOptions::for_service(service);
+                match bus::connect(&context.bus_url_or_embedded(), options).await {
+                    Ok(bus) => {
+                        register_instances(&bus, &[service], &url, &context);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot register in the service registry yet")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = context.shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(MAX_START_RETRY_DELAY);
+            }
+        });
+    }
+    Ok(running)
 }
 
 /// Refuses, before any connection is tried, a store URL no attempt could ever open (a
@@ -401,6 +566,13 @@ fn check_urls(args: &ServeArgs) -> anyhow::Result<()> {
                 storage::redact(url)
             );
         }
+    }
+    if args.services.bus.bus_url.is_none()
+        && let Some(variable) = args.gateway.registry_variable()
+    {
+        anyhow::bail!(
+            "{variable}=registry takes the endpoints from the service registry, which is on the bus: set FLOTILLA_BUS_URL"
+        );
     }
     if let Some(url) = &args.services.blobs.blob_url {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
@@ -479,10 +651,25 @@ async fn build_service(
     let app = match name {
         ServiceName::Gateway => {
             let urls = gateway_args.cloned().unwrap_or_default();
-            gateway::build_with_shutdown(
+            // With a bus, the gateway follows the registry and serves the system API.
+            let mut system = gateway::System {
+                trace_url_template: args.registry.trace_url_template.clone(),
+                ..gateway::System::default()
+            };
+            if let Some(url) = &context.bus_url {
+                let bus = bus::connect(url, bus::BusOptions::for_service(gateway::NAME)).await?;
+                system.directory = Some(bus::registry::Directory::start_global(
+                    bus.clone(),
+                    bus::registry::EXPIRY,
+                    context.shutdown.clone(),
+                ));
+                system.bus = Some(bus);
+            }
+            gateway::build_with_system(
                 urls.upstreams(&args.gateway.policy()),
                 &args.gateway,
                 context.shutdown.clone(),
+                system,
             )
         }
         ServiceName::Auth => auth::build(context, &args.auth).await?,

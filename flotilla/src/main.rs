@@ -29,6 +29,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a running gateway: login, upload, jobs, download, posts.
     Client(client::ClientArgs),
+    /// The system at a glance: services and instances, queues with depth and dead letters
+    /// (an admin's token; `--watch` to refresh, `--json`).
+    Status(client::StatusArgs),
     /// Operate the message bus: `bus dlq list`, `bus dlq replay`.
     Bus(bus_cli::BusOperatorArgs),
     /// Manage accounts: `user add --email E --password P [--admin]`.
@@ -172,11 +175,12 @@ fn private_files() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    if !matches!(cli.command, Command::Client(_)) {
+    if !matches!(cli.command, Command::Client(_) | Command::Status(_)) {
         platform::shutdown::cancel_on_signals(shutdown.clone());
     }
     let (running, what) = match cli.command {
         Command::Client(args) => return Ok(client::run(args).await?),
+        Command::Status(args) => return Ok(client::status(args).await?),
         Command::Completions { shell } => {
             let mut command = command();
             clap_complete::generate(shell, &mut command, "flotilla", &mut std::io::stdout());

@@ -106,3 +106,48 @@ async fn the_web_app_works_in_a_real_browser() {
     assert!(stdout.contains("all browser checks passed"), "{stdout}");
     stopper.await.expect("the stopper ran").expect("clean stop");
 }
+
+/// The system map (`/system`) in the same Chromium: every service and the `video` queue,
+/// an upload in another tab moving along the arrows, a service's details, a queue's
+/// dead letters, a message's trace (`tests/browser/system_map.py`). Screenshots:
+/// target/system-map/ (docs/system-map.png is the best of them).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_system_map_works_in_a_real_browser() {
+    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let video = media_support::mp4_with_aac(dir.path(), 2);
+    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/system-map");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("output dir");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/system_map.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg("--url")
+        .arg(system.url("/"))
+        .arg("--video")
+        .arg(&video)
+        .arg("--out")
+        .arg(&out)
+        .args(["--chromium", CHROMIUM])
+        .args(["--admin-email", media_support::ADMIN_EMAIL])
+        .args(["--admin-password", media_support::ADMIN_PASSWORD])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(300), run)
+        .await
+        .expect("the browser test finished within 5 minutes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the system map test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        out.display()
+    );
+    assert!(stdout.contains("all system map checks passed"), "{stdout}");
+    system.stop().await.expect("clean stop");
+}

@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     BusError, BusOptions, DeadLetter, Delivery, EventBus, Message, Nack, RetryPolicy, Subscriber,
-    Subscription, message::Settle, now_ms,
+    Subscription, delivery::Settle, now_ms,
 };
 
 /// Header with our attempt count (1 on first publish; retries carry the next number).
@@ -87,6 +87,8 @@ const BOOKKEEPING: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct AmqpBus {
     shared: Arc<Shared>,
+    /// The service using this handle ([`BusOptions::service`]).
+    service: Option<Arc<str>>,
 }
 
 struct Shared {
@@ -98,6 +100,8 @@ struct Shared {
     /// Serialises reconnecting, so one failure makes one new connection.
     reconnecting: tokio::sync::Mutex<()>,
     closed: CancellationToken,
+    /// The channel signals are sent on (no confirms), opened on first use.
+    signals: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -147,9 +151,11 @@ impl AmqpBus {
             link: Mutex::new(None),
             reconnecting: tokio::sync::Mutex::new(()),
             closed: CancellationToken::new(),
+            signals: tokio::sync::Mutex::new(None),
         });
         shared.connect_once(0).await?;
-        Ok(Self { shared })
+        let service = shared.options.service.as_deref().map(Arc::from);
+        Ok(Self { shared, service })
     }
 
     /// The name of group `group`'s parking (dead-letter) queue.
@@ -687,6 +693,7 @@ impl Settle for AmqpSettle {
 impl EventBus for AmqpBus {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            let started = now_ms();
             self.shared
                 .publish_confirmed(
                     &self.shared.exchange,
@@ -695,6 +702,7 @@ impl EventBus for AmqpBus {
                     properties_for(&message, &[]),
                 )
                 .await?;
+            crate::tap::published(&message, self.service.as_deref(), started);
             metrics::counter!("bus_published_total", "routing_key" => message.routing_key)
                 .increment(1);
             Ok(())
@@ -717,6 +725,7 @@ impl EventBus for AmqpBus {
     /// sent too and may be published again by the caller (duplicates, harmless).
     fn publish_in_order(&self, messages: Vec<Message>) -> BoxFuture<'_, (usize, Option<BusError>)> {
         Box::pin(async move {
+            let started = now_ms();
             let link = match self
                 .shared
                 .link(Some(self.shared.options.publish_timeout))
@@ -759,6 +768,7 @@ impl EventBus for AmqpBus {
                 }
             }
             for message in &messages[..confirmed] {
+                crate::tap::published(message, self.service.as_deref(), started);
                 metrics::counter!("bus_published_total", "routing_key" => message.routing_key.clone())
                     .increment(1);
             }
@@ -791,6 +801,11 @@ impl EventBus for AmqpBus {
             self.shared
                 .declare_group(&channel, &subscription.group, &subscription.routing_keys)
                 .await?;
+            crate::tap::subscribed(
+                self.service.as_deref(),
+                &subscription.group,
+                &subscription.routing_keys,
+            );
             let (sender, receiver) = mpsc::channel(1);
             tokio::spawn(consume(
                 self.shared.clone(),
@@ -920,6 +935,127 @@ impl EventBus for AmqpBus {
         })
     }
 
+    /// Two passive declares on one channel: the group's queue (ready messages,
+    /// consumers) and its parking queue (dead letters).
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<crate::GroupStats, BusError>> {
+        Box::pin(async move {
+            let link = self
+                .shared
+                .link(Some(self.shared.options.publish_timeout))
+                .await?;
+            let channel = link.connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let queue = channel
+                .queue_declare(group.into(), passive, FieldTable::default())
+                .await;
+            // A failed passive declare closes the channel: nothing more to ask on it.
+            let Ok(queue) = queue else {
+                return Ok(crate::GroupStats::default());
+            };
+            let dead = parking_depth(&channel, group).await.ok();
+            let _ = channel.close(200, "stats".into()).await;
+            Ok(crate::GroupStats {
+                depth: Some(u64::from(queue.message_count())),
+                in_flight: None,
+                consumers: Some(u64::from(queue.consumer_count())),
+                dead_letters: dead.map(u64::from),
+            })
+        })
+    }
+
+    fn signal<'a>(&'a self, topic: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut slot = self.shared.signals.lock().await;
+            let channel = match slot.as_ref() {
+                Some(channel) if channel.status().connected() => channel.clone(),
+                _ => {
+                    let link = self.shared.link(Some(SETTLE_TIMEOUT)).await?;
+                    let channel = link.connection.create_channel().await?;
+                    declare_signals(&channel, &self.shared.exchange).await?;
+                    *slot = Some(channel.clone());
+                    channel
+                }
+            };
+            drop(slot);
+            channel
+                .basic_publish(
+                    signals_exchange(&self.shared.exchange).as_str().into(),
+                    topic.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default(),
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// A server-named, exclusive queue bound to `topic`, gone with the channel.
+    fn listen<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<futures::stream::BoxStream<'static, Bytes>, BusError>> {
+        Box::pin(async move {
+            let link = self.shared.link(Some(SETTLE_TIMEOUT)).await?;
+            let channel = link.connection.create_channel().await?;
+            declare_signals(&channel, &self.shared.exchange).await?;
+            let queue = channel
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.name().as_str().into(),
+                    signals_exchange(&self.shared.exchange).as_str().into(),
+                    topic.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.name().as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        exclusive: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let stream = futures::stream::unfold(
+                (channel, consumer),
+                |(channel, mut consumer)| async move {
+                    match consumer.next().await {
+                        Some(Ok(delivery)) => {
+                            Some((Bytes::from(delivery.data), (channel, consumer)))
+                        }
+                        _ => None,
+                    }
+                },
+            );
+            Ok(stream.boxed())
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     fn health(&self) -> BoxFuture<'_, Result<(), String>> {
         // The current link only: reconnecting is the background tasks' job, and a probe
         // must answer at once.
@@ -944,6 +1080,24 @@ impl EventBus for AmqpBus {
             }
         })
     }
+}
+
+/// The exchange signals go through (`EventBus::signal`).
+fn signals_exchange(exchange: &str) -> String {
+    format!("{exchange}.signals")
+}
+
+async fn declare_signals(channel: &Channel, exchange: &str) -> Result<(), BusError> {
+    // Not durable: signals are for whoever listens now.
+    channel
+        .exchange_declare(
+            signals_exchange(exchange).as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Messages in `group`'s parking queue; a clear error when there is no such group.
@@ -1105,10 +1259,12 @@ async fn consume(
                 &delivery.data,
             );
             metrics::counter!("bus_delivered_total", "group" => group.clone()).increment(1);
+            crate::tap::delivered(&message, &group, attempt_of(&bookkeeping));
             let ours = Delivery {
                 attempt: attempt_of(&bookkeeping),
                 max_attempts: shared.options.retry.max_attempts,
                 group: group.clone(),
+                _held: crate::tap::Held::new(&group),
                 settle: Box::new(AmqpSettle {
                     shared: shared.clone(),
                     channel: channel.clone(),

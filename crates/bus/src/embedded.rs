@@ -47,7 +47,7 @@ use open_lock::OpenLock;
 
 use crate::{
     BusError, BusOptions, DeadLetter, Delivery, EventBus, Message, Nack, RetryPolicy, Subscriber,
-    Subscription, message::Settle, now_ms, topic_matches,
+    Subscription, delivery::Settle, now_ms, topic_matches,
 };
 
 /// How many queued commands one transaction may take.
@@ -96,12 +96,20 @@ CREATE TABLE IF NOT EXISTS bindings (
     pattern TEXT NOT NULL,
     PRIMARY KEY (group_name, pattern)
 );
+CREATE TABLE IF NOT EXISTS signals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sent_at INTEGER NOT NULL
+);
 ";
 
 /// The embedded bus; see the module documentation.
 #[derive(Debug)]
 pub struct EmbeddedBus {
     shared: Arc<Shared>,
+    /// The service using this handle ([`BusOptions::service`]).
+    service: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -148,6 +156,11 @@ fn subscribe_wakeups(wakeups: &Wakeups, group: &str) -> watch::Receiver<u64> {
     }
 }
 
+/// The wakeup key of a signal topic (beside the groups' names, which have no `!`).
+fn signal_wakeup(topic: &str) -> String {
+    format!("!signal:{topic}")
+}
+
 /// Files opened in this process, so that every service of `flotilla up` shares one
 /// writer and wakes the others' consumers at once.
 /// A stored message's headers, kept as a JSON object of strings; anything else (a file
@@ -190,6 +203,12 @@ enum Command {
     DeadLetters(Option<String>, usize, Reply<Vec<DeadLetter>>),
     Replay(Option<String>, Vec<String>, Reply<u64>),
     Depth(String, Reply<u64>),
+    /// (waiting, leased, dead letters) of a group.
+    Stats(String, Reply<(u64, u64, u64)>),
+    /// A signal (see `EventBus::signal`).
+    Signal(String, Bytes, Reply<()>),
+    /// Signals of a topic after a sequence number (`None`: the last one, to start from).
+    Signals(String, Option<i64>, Reply<Vec<(i64, Bytes)>>),
     /// Refresh the queue-depth gauges.
     Maintain,
 }
@@ -215,6 +234,15 @@ impl Command {
                 let _ = reply.send(Err(error()));
             }
             Command::Depth(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Stats(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Signal(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Command::Signals(_, _, reply) => {
                 let _ = reply.send(Err(error()));
             }
             Command::Maintain | Command::Release(..) | Command::Renew(_) => {}
@@ -268,7 +296,10 @@ impl EmbeddedBus {
         if let Ok(files) = open_files().lock()
             && let Some(shared) = files.get(&key).and_then(Weak::upgrade)
         {
-            return Ok(Self { shared });
+            return Ok(Self {
+                shared,
+                service: options.service.as_deref().map(Arc::from),
+            });
         }
         let path_for_open = key.clone();
         let (conn, open_lock) = tokio::task::spawn_blocking(move || {
@@ -337,7 +368,10 @@ impl EmbeddedBus {
             files.retain(|_, weak| weak.strong_count() > 0);
             files.insert(key, Arc::downgrade(&shared));
         }
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            service: options.service.as_deref().map(Arc::from),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -439,6 +473,8 @@ enum Outcome {
     Count(Reply<u64>, u64),
     /// Answered with this error; the command wrote nothing.
     Refused(Reply<()>, BusError),
+    Stats(Reply<(u64, u64, u64)>, (u64, u64, u64)),
+    Signals(Reply<Vec<(i64, Bytes)>>, Vec<(i64, Bytes)>),
     None,
 }
 
@@ -489,6 +525,12 @@ impl Writer {
                         Outcome::Refused(reply, error) => {
                             let _ = reply.send(Err(error));
                         }
+                        Outcome::Stats(reply, stats) => {
+                            let _ = reply.send(Ok(stats));
+                        }
+                        Outcome::Signals(reply, rows) => {
+                            let _ = reply.send(Ok(rows));
+                        }
                         Outcome::None => {}
                     }
                 }
@@ -519,6 +561,12 @@ impl Writer {
                             let _ = reply.send(Err(BusError::Embedded(message.clone())));
                         }
                         Outcome::Refused(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Stats(reply, _) => {
+                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
+                        }
+                        Outcome::Signals(reply, _) => {
                             let _ = reply.send(Err(BusError::Embedded(message.clone())));
                         }
                         Outcome::None => {}
@@ -655,6 +703,56 @@ impl Writer {
                     .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE group_name = ?1")?
                     .query_row(params![group], |row| row.get(0))?;
                 Outcome::Count(reply, u64::try_from(n).unwrap_or(0))
+            }
+            Command::Stats(group, reply) => {
+                let now = now_ms();
+                let (waiting, leased): (i64, i64) = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(lease_until > ?2), 0) FROM deliveries WHERE group_name = ?1",
+                    )?
+                    .query_row(params![group, now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let dead: i64 = self
+                    .conn
+                    .prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE group_name = ?1")?
+                    .query_row(params![group], |row| row.get(0))?;
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Outcome::Stats(reply, (count(waiting - leased), count(leased), count(dead)))
+            }
+            Command::Signal(topic, body, reply) => {
+                woken.push(signal_wakeup(&topic));
+                let now = now_ms();
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO signals (topic, body, sent_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![topic, body.as_ref(), now])?;
+                // Signals are for whoever listens now; a minute is plenty for a poller.
+                self.conn
+                    .prepare_cached("DELETE FROM signals WHERE sent_at < ?1")?
+                    .execute(params![now - 60_000])?;
+                Outcome::Unit(reply)
+            }
+            Command::Signals(topic, after, reply) => {
+                let rows = match after {
+                    None => {
+                        let last: i64 = self
+                            .conn
+                            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM signals")?
+                            .query_row([], |row| row.get(0))?;
+                        vec![(last, Bytes::new())]
+                    }
+                    Some(after) => self
+                        .conn
+                        .prepare_cached(
+                            "SELECT seq, body FROM signals WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT 1000",
+                        )?
+                        .query_map(params![topic, after], |row| {
+                            Ok((row.get::<_, i64>(0)?, Bytes::from(row.get::<_, Vec<u8>>(1)?)))
+                        })?
+                        .collect::<Result<_, _>>()?,
+                };
+                Outcome::Signals(reply, rows)
             }
             Command::Maintain => {
                 let mut statement = self.conn.prepare_cached(
@@ -988,9 +1086,16 @@ impl EventBus for EmbeddedBus {
 
     fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            // Kept for the tap only while someone watches.
+            let observed = crate::tap::watched().then(|| messages.clone());
+            let started = now_ms();
             self.shared
                 .call(|reply| Command::Publish(messages, reply))
-                .await
+                .await?;
+            for message in observed.iter().flatten() {
+                crate::tap::published(message, self.service.as_deref(), started);
+            }
+            Ok(())
         })
     }
 
@@ -1020,6 +1125,11 @@ impl EventBus for EmbeddedBus {
             self.shared
                 .call(|reply| Command::Bind(group, subscription.routing_keys.clone(), reply))
                 .await?;
+            crate::tap::subscribed(
+                self.service.as_deref(),
+                &subscription.group,
+                &subscription.routing_keys,
+            );
             Ok(subscriber(self.shared.clone(), subscription))
         })
     }
@@ -1059,6 +1169,87 @@ impl EventBus for EmbeddedBus {
                 .await?;
             Ok(Some(depth))
         })
+    }
+
+    fn group_stats<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<crate::GroupStats, BusError>> {
+        Box::pin(async move {
+            let group = group.to_owned();
+            let (depth, in_flight, dead) = self
+                .shared
+                .call(|reply| Command::Stats(group, reply))
+                .await?;
+            Ok(crate::GroupStats {
+                depth: Some(depth),
+                in_flight: Some(in_flight),
+                consumers: None,
+                dead_letters: Some(dead),
+            })
+        })
+    }
+
+    fn signal<'a>(&'a self, topic: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let topic = topic.to_owned();
+            self.shared
+                .call(|reply| Command::Signal(topic, body, reply))
+                .await
+        })
+    }
+
+    /// Polls the signals table (every [`POLL_INTERVAL`]; this process's own signals
+    /// wake it at once).
+    fn listen<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<futures::stream::BoxStream<'static, Bytes>, BusError>> {
+        Box::pin(async move {
+            let start = self
+                .shared
+                .call(|reply| Command::Signals(topic.to_owned(), None, reply))
+                .await?;
+            let after = start.first().map_or(0, |(seq, _)| *seq);
+            let state = (
+                self.shared.clone(),
+                topic.to_owned(),
+                after,
+                VecDeque::<Bytes>::new(),
+                subscribe_wakeups(&self.shared.wakeups, &signal_wakeup(topic)),
+            );
+            let stream = futures::stream::unfold(
+                state,
+                |(shared, topic, mut after, mut buffered, mut wakeups)| async move {
+                    loop {
+                        if let Some(body) = buffered.pop_front() {
+                            return Some((body, (shared, topic, after, buffered, wakeups)));
+                        }
+                        wakeups.borrow_and_update();
+                        let rows = shared
+                            .call(|reply| Command::Signals(topic.clone(), Some(after), reply))
+                            .await
+                            .ok()?;
+                        if rows.is_empty() {
+                            tokio::select! {
+                                _ = wakeups.changed() => {}
+                                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                            }
+                            continue;
+                        }
+                        for (seq, body) in rows {
+                            after = seq;
+                            buffered.push_back(body);
+                        }
+                    }
+                },
+            );
+            Ok(stream.boxed())
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "embedded"
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -1186,11 +1377,14 @@ impl Consuming {
                 held.extend(rows.iter().map(|row| (row.delivery_id, row.attempts)));
             }
             for (row, permit) in rows.into_iter().zip(permits) {
+                let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+                crate::tap::delivered(&row.message, &self.group, attempt);
                 self.buffered.push_back(Delivery {
                     message: row.message,
                     attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                     max_attempts: self.shared.max_attempts,
                     group: self.group.clone(),
+                    _held: crate::tap::Held::new(&self.group),
                     settle: Box::new(EmbeddedSettle {
                         shared: self.shared.clone(),
                         delivery_id: row.delivery_id,

@@ -76,25 +76,30 @@
 
 pub mod amqp;
 mod consumer;
+mod delivery;
 pub mod embedded;
 mod handler;
 mod message;
 mod outbox;
 mod push;
+pub mod registry;
+pub mod tap;
 pub mod trace;
 
 use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 
+use bytes::Bytes;
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
 pub use consumer::{Consumer, ConsumerHealth, SubscriptionFailure};
+pub use delivery::Delivery;
 pub use handler::{
     CONSUMER_CONCURRENCY, Delivered, Failure, Handled, Handler, HandlerError, Retry, Runner, Store,
     Tx, decode_json,
 };
 pub use message::{
-    Attempt, DeadLetter, Delivery, Message, Nack, RetryPolicy, Subscription, TRACEPARENT,
-    new_traceparent, topic_matches,
+    Attempt, DeadLetter, Message, Nack, RetryPolicy, Subscription, TRACEPARENT, new_traceparent,
+    topic_matches,
 };
 pub use outbox::{Inbox, Outbox, OutboxPublisher, OutboxRelay, migrations as outbox_migrations};
 pub use push::PushError;
@@ -232,12 +237,63 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     /// Flushes and closes; later calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
 
+    /// Sends `body` to whoever [`listen`](EventBus::listen)s to `topic` right now —
+    /// not durably, not to anyone who listens later: heartbeats of the service registry
+    /// and batches of the system map's observations. Embedded: a table of the bus file
+    /// pruned after a minute (other processes sharing the file see it within the poll
+    /// interval); RabbitMQ: the topic exchange `<exchange>.signals`, unconfirmed.
+    fn signal<'a>(&'a self, topic: &'a str, body: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = (topic, body);
+        Box::pin(async { Err(BusError::Unsupported("this bus has no signals".to_owned())) })
+    }
+
+    /// The signals sent on `topic` from now on (see [`EventBus::signal`]). The stream
+    /// ends when the connection is lost: listen again.
+    fn listen<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Bytes>, BusError>> {
+        let _ = topic;
+        Box::pin(async { Err(BusError::Unsupported("this bus has no signals".to_owned())) })
+    }
+
+    /// What the bus knows of `group` now: messages waiting, delivered and unsettled,
+    /// consumers, dead letters. On RabbitMQ from passive declares of the group's queue
+    /// and its parking queue (one channel, no management API).
+    fn group_stats<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<GroupStats, BusError>> {
+        Box::pin(async move {
+            Ok(GroupStats {
+                depth: self.queue_depth(group).await?,
+                dead_letters: Some(self.dead_letters(Some(group), 10_000).await?.len() as u64),
+                ..GroupStats::default()
+            })
+        })
+    }
+
+    /// Which backend this is: `embedded` or `rabbitmq`.
+    fn backend(&self) -> &'static str {
+        "unknown"
+    }
+
     /// Whether the broker is reachable right now (`Err` says why). Services report it as
     /// a *degraded* readiness check: while it fails, writes still go to their outboxes
     /// and are published once it is back.
     fn health(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A consumer group as the bus sees it ([`EventBus::group_stats`]); `None` where the
+/// backend cannot tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStats {
+    /// Messages waiting to be delivered (RabbitMQ: ready; embedded: not yet settled).
+    pub depth: Option<u64>,
+    /// Delivered and not yet settled (embedded: leased).
+    pub in_flight: Option<u64>,
+    /// Consumers attached (RabbitMQ).
+    pub consumers: Option<u64>,
+    pub dead_letters: Option<u64>,
 }
 
 /// Settings shared by both backends (URL query parameters override some, see
@@ -252,6 +308,19 @@ pub struct BusOptions {
     pub exchange: String,
     /// RabbitMQ: how long a publish keeps retrying while the broker is unreachable.
     pub publish_timeout: Duration,
+    /// The service using this handle: the publisher of what it publishes and the owner
+    /// of what it subscribes to, as the system map shows them ([`tap`], [`registry`]).
+    pub service: Option<String>,
+}
+
+impl BusOptions {
+    /// The defaults, for `service`.
+    pub fn for_service(service: &str) -> Self {
+        Self {
+            service: Some(service.to_owned()),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for BusOptions {
@@ -261,6 +330,7 @@ impl Default for BusOptions {
             lease: Duration::from_secs(30),
             exchange: "flotilla".to_owned(),
             publish_timeout: Duration::from_secs(30),
+            service: None,
         }
     }
 }

@@ -1,9 +1,9 @@
-//! What travels on the bus, and the handle a consumer gets for each delivery.
+//! What travels on the bus: messages, what a consumer says of one, its attempts and dead
+//! letters (the handle a consumer gets for each delivery is in `delivery`).
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::BusError;
@@ -177,65 +177,6 @@ pub enum Nack {
     /// the message again at once, to another consumer or after the restart, as the same
     /// attempt — an interruption does not use up an attempt, even the last one.
     Requeue(String),
-}
-
-/// Backend side of one delivery: settles it exactly once.
-pub(crate) trait Settle: Send + Sync {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>>;
-    fn nack(self: Box<Self>, nack: Nack) -> BoxFuture<'static, Result<(), BusError>>;
-}
-
-/// A message handed to a consumer. Settle it with [`Delivery::ack`] once its effects
-/// are durable, or [`Delivery::nack`]; a delivery dropped unsettled (the consumer died)
-/// is redelivered — by the broker when the channel closes, by the embedded bus when its
-/// lease expires.
-pub struct Delivery {
-    pub message: Message,
-    /// 1 on first delivery, incremented on every redelivery and retry.
-    pub attempt: u32,
-    /// The bus's [`RetryPolicy::max_attempts`]: when `attempt` reaches it, a
-    /// [`Nack::Retry`] dead-letters the message instead of retrying it.
-    pub max_attempts: u32,
-    /// The consumer group it was delivered to.
-    pub group: String,
-    pub(crate) settle: Box<dyn Settle>,
-}
-
-impl fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
-            .field("message", &self.message)
-            .field("attempt", &self.attempt)
-            .field("max_attempts", &self.max_attempts)
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Delivery {
-    /// Done: the message will not be delivered to this group again.
-    pub async fn ack(self) -> Result<(), BusError> {
-        metrics::counter!("bus_acked_total", "group" => self.group.clone()).increment(1);
-        self.settle.ack().await
-    }
-
-    /// Not done: retry later or dead-letter, as `nack` says.
-    pub async fn nack(self, nack: Nack) -> Result<(), BusError> {
-        self.settle.nack(nack).await
-    }
-
-    /// The body decoded from JSON.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        self.message.decode()
-    }
-
-    /// Which attempt this is, and how many there are.
-    pub fn attempt(&self) -> Attempt {
-        Attempt {
-            number: self.attempt,
-            max: self.max_attempts,
-        }
-    }
 }
 
 /// Where a delivery stands among its attempts: handed to [`crate::Consumer::run_attempts`]

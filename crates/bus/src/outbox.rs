@@ -157,7 +157,7 @@ impl OutboxPublisher {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(Arc<dyn EventBus>, Self), BusError> {
-        let bus = crate::connect(bus_url, crate::BusOptions::default()).await?;
+        let bus = crate::connect(bus_url, crate::BusOptions::for_service(name)).await?;
         let publisher = Self::start(name, db, bus.clone(), tasks, shutdown).await?;
         Ok((bus, publisher))
     }

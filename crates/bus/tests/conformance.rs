@@ -47,6 +47,7 @@ fn test_options() -> BusOptions {
         lease: Duration::from_secs(1),
         exchange: unique("test"),
         publish_timeout: Duration::from_secs(60),
+        service: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn options() -> BusOptions {
         lease: Duration::from_secs(1),
         exchange: format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         publish_timeout: Duration::from_secs(90),
+        service: None,
     }
 }
 

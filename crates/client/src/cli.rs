@@ -226,6 +226,168 @@ fn bar(total: Option<u64>) -> ProgressBar {
 }
 
 /// Runs one `flotilla client` command.
+/// `flotilla status`: the system as a table (or JSON), once or every `--interval`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct StatusArgs {
+    /// The gateway [default: the one saved by `flotilla client login`, else
+    /// http://127.0.0.1:8080]. An admin's token is needed.
+    #[arg(long, env = "FLOTILLA_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// A token to use instead of the one saved by `flotilla client login`.
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The file `flotilla client login` saved the gateway and token to.
+    #[arg(long, env = "FLOTILLA_CLIENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Refresh until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch (1–3600).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// The JSON of GET /admin/system (one object per line with --watch).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `flotilla status`.
+pub async fn status(args: StatusArgs) -> Result<(), CliError> {
+    let (client, _) = connect(
+        args.gateway.clone(),
+        args.token.clone(),
+        args.config.clone(),
+    )?;
+    loop {
+        let view = client.system().await?;
+        if args.json {
+            println!("{view}");
+        } else {
+            if args.watch && std::io::stdout().is_terminal() {
+                // Clear the screen and go home, as `watch` does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", status_table(&view));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(args.interval)).await;
+    }
+}
+
+/// The system of `GET /admin/system` as tables: services and instances, queues, the bus.
+pub fn status_table(view: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let number = |v: &serde_json::Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |n| format!("{n:.digits$}"))
+    };
+    let empty = Vec::new();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:>9} {:>8} {:>7} {:>9}",
+        "SERVICE", "INSTANCES", "REQ/S", "ERRORS", "P99"
+    );
+    for service in view["services"].as_array().unwrap_or(&empty) {
+        let instances = service["instances"].as_array().unwrap_or(&empty);
+        let up = instances.iter().filter(|i| i["status"] == "up").count();
+        let errors = service["error_ratio"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+        let p99 = service["p99_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms"));
+        let _ = writeln!(
+            out,
+            "{:<14} {:>9} {:>8} {:>7} {:>9}",
+            text(&service["name"]),
+            format!("{up}/{}", instances.len()),
+            number(&service["requests_per_s"], 1),
+            errors,
+            p99
+        );
+        for instance in instances {
+            let _ = writeln!(
+                out,
+                "  {:<30} {:<28} {:<5} v{}",
+                text(&instance["id"]),
+                text(&instance["url"]),
+                text(&instance["status"]),
+                text(&instance["version"])
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<22} {:>6} {:>9} {:>9} {:>5} {:>7} {:>7}",
+        "QUEUE", "ROUTING KEYS", "DEPTH", "IN FLIGHT", "CONSUMERS", "DEAD", "PUB/S", "DLV/S"
+    );
+    for queue in view["queues"].as_array().unwrap_or(&empty) {
+        let keys: Vec<String> = queue["routing_keys"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(text)
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<22} {:>6} {:>9} {:>9} {:>5} {:>7} {:>7}",
+            text(&queue["group"]),
+            keys.join(","),
+            text(&queue["depth"]),
+            text(&queue["in_flight"]),
+            text(&queue["consumers"]),
+            text(&queue["dead_letters"]),
+            number(&queue["publish_per_s"], 2),
+            number(&queue["deliver_per_s"], 2)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nbus: {} ({}){}",
+        text(&view["bus"]["backend"]),
+        text(&view["bus"]["state"]),
+        view["bus"]["detail"]
+            .as_str()
+            .map(|d| format!(" — {d}"))
+            .unwrap_or_default()
+    );
+    out
+}
+
+/// The client for `gateway` (else the saved one, else the default) with `token` (else
+/// the one saved for that gateway), and the config file.
+fn connect(
+    gateway: Option<String>,
+    token: Option<String>,
+    config: Option<PathBuf>,
+) -> Result<(Client, PathBuf), CliError> {
+    let config = config.unwrap_or_else(default_config_file);
+    let saved = load(&config)?;
+    let gateway = gateway
+        .filter(|g| !g.trim().is_empty())
+        .or_else(|| saved.gateway.clone())
+        .unwrap_or_else(|| DEFAULT_GATEWAY.to_owned());
+    if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
+        return Err(CliError::new(
+            Failure::Usage,
+            format!("--gateway '{gateway}' is not an http:// or https:// URL"),
+        ));
+    }
+    // A token saved for another gateway is not sent to this one.
+    let same_gateway = saved.gateway.as_deref().map(|g| g.trim_end_matches('/'))
+        == Some(gateway.trim_end_matches('/'));
+    let token = token.or_else(|| saved.token.clone().filter(|_| same_gateway));
+    Ok((Client::new(&gateway, token)?, config))
+}
+
 pub async fn run(args: ClientArgs) -> Result<(), CliError> {
     let config = args.config.clone().unwrap_or_else(default_config_file);
     let saved = load(&config)?;

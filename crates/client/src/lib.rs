@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
-pub use cli::{CliError, ClientArgs, Failure, run};
+pub use cli::{CliError, ClientArgs, Failure, StatusArgs, run, status, status_table};
 
 /// What went wrong talking to the gateway. Each message is complete in itself (no
 /// `source()` chain to print after it), so the command prints it once, as one line.
@@ -181,6 +181,11 @@ impl Client {
             .json::<UploadReceipt>()
             .await
             .map_err(|e| ClientError::Unexpected(e.to_string()))
+    }
+
+    /// `GET /admin/system`: the system's services, instances, queues (admins).
+    pub async fn system(&self) -> Result<serde_json::Value, ClientError> {
+        self.get_json("/admin/system").await
     }
 
     /// `GET /jobs`: the caller's jobs as the server describes them.

@@ -18,6 +18,15 @@ use http::Uri;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     targets: Vec<Target>,
+    /// `registry`: the instances the service registry lists (`bus::registry`).
+    registry: bool,
+}
+
+impl UpstreamUrl {
+    /// Whether the endpoints come from the service registry.
+    pub fn is_registry(&self) -> bool {
+        self.registry
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +42,24 @@ impl std::fmt::Display for UpstreamUrl {
             .iter()
             .map(|t| format!("http://{}:{}", t.host, t.port))
             .collect();
+        if self.registry {
+            return f.write_str(REGISTRY);
+        }
         f.write_str(&list.join(","))
     }
 }
 
-/// Parses `http://host:port[,http://host:port…]`.
+/// The value of `FLOTILLA_<SERVICE>_URL` that takes the endpoints from the registry.
+pub const REGISTRY: &str = "registry";
+
+/// Parses `http://host:port[,http://host:port…]`, or `registry`.
 pub fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
+    if value.trim() == REGISTRY {
+        return Ok(UpstreamUrl {
+            targets: Vec::new(),
+            registry: true,
+        });
+    }
     let mut targets = Vec::new();
     for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let uri: Uri = part
@@ -73,7 +94,10 @@ pub fn parse_upstream_url(value: &str) -> Result<UpstreamUrl, String> {
     if targets.is_empty() {
         return Err("expected at least one URL, e.g. http://auth:8080".to_owned());
     }
-    Ok(UpstreamUrl { targets })
+    Ok(UpstreamUrl {
+        targets,
+        registry: false,
+    })
 }
 
 /// One instance of an upstream and what the gateway has seen of it.
@@ -179,7 +203,7 @@ impl Endpoints {
     }
 
     /// Replaces the set, keeping the state of endpoints that are still there.
-    fn update(&self, found: Vec<(SocketAddr, String)>) {
+    pub(crate) fn update(&self, found: Vec<(SocketAddr, String)>) {
         let old = self.snapshot();
         let next: Vec<Arc<Endpoint>> = found
             .into_iter()
@@ -211,6 +235,10 @@ pub fn spawn_resolver(
     endpoints: Weak<Endpoints>,
     interval: Duration,
 ) {
+    if url.registry {
+        tokio::spawn(follow_registry(name, endpoints, interval));
+        return;
+    }
     tokio::spawn(async move {
         loop {
             let Some(strong) = endpoints.upgrade() else {
@@ -225,6 +253,44 @@ pub fn spawn_resolver(
             tokio::time::sleep(interval).await;
         }
     });
+}
+
+/// Keeps `endpoints` to the instances of `name` the process's registry directory lists:
+/// at once on every change of the directory (an instance up, stopped or expired), and
+/// every `interval` for host names that resolve differently.
+async fn follow_registry(name: &'static str, endpoints: Weak<Endpoints>, interval: Duration) {
+    let directory = loop {
+        if let Some(directory) = bus::registry::directory() {
+            break directory;
+        }
+        if endpoints.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut version = directory.version();
+    loop {
+        let urls = directory.urls_of(name);
+        let listed = if urls.is_empty() {
+            None
+        } else {
+            parse_upstream_url(&urls.join(",")).ok()
+        };
+        let found = match listed {
+            Some(url) => resolve(name, &url).await,
+            None => Vec::new(),
+        };
+        let Some(strong) = endpoints.upgrade() else {
+            return;
+        };
+        // Unlike DNS, an empty list is the truth: every instance is gone.
+        strong.update(found);
+        drop(strong);
+        tokio::select! {
+            changed = version.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 async fn resolve(name: &'static str, url: &UpstreamUrl) -> Vec<(SocketAddr, String)> {
@@ -270,6 +336,9 @@ mod tests {
         assert!(parse_upstream_url("not a url").is_err());
         assert!(parse_upstream_url("http://auth:8080/base").is_err());
         assert!(parse_upstream_url(" , ").is_err());
+        let registry = parse_upstream_url("registry").expect("registry");
+        assert!(registry.is_registry());
+        assert_eq!(registry.to_string(), "registry");
     }
 
     #[tokio::test]

@@ -91,7 +91,11 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     );
     // The `video` consumer (worker.rs): blobs in, MP3s out, outcomes on `mp3`.
     let blobs = storage::blob::BlobStore::from_url(&context.blob_url_or_local())?;
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let bus = bus::connect(
+        &context.bus_url_or_embedded(),
+        bus::BusOptions::for_service(NAME),
+    )
+    .await?;
     let consumer = worker::Worker {
         bus,
         blobs,

@@ -76,7 +76,11 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
         storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
     db.migrate(NAME, log::MIGRATIONS).await?;
     let log = EventLog::new(db.clone());
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let bus = bus::connect(
+        &context.bus_url_or_embedded(),
+        bus::BusOptions::for_service(NAME),
+    )
+    .await?;
     let runner = bus::Runner::new(
         bus::Store::database(&db).await?,
         LogEvents { log: log.clone() },

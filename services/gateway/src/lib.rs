@@ -13,6 +13,7 @@ mod live;
 mod openapi;
 mod ratelimit;
 mod routes;
+mod system;
 mod web;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -22,6 +23,7 @@ use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
 pub use openapi::{OPENAPI_PATH, Undocumented, openapi};
+pub use system::{System, SystemView, caption};
 pub use upstream::{Policy, Upstream, UpstreamUrl, parse_upstream_url, resilience};
 
 pub const NAME: &str = "gateway";
@@ -181,16 +183,28 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    /// The remote upstreams named by the configuration.
-    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
-        let configured = [
+    /// The variable of the first upstream configured as `registry`, if any.
+    pub fn registry_variable(&self) -> Option<String> {
+        self.configured()
+            .into_iter()
+            .find(|(_, url)| url.as_ref().is_some_and(UpstreamUrl::is_registry))
+            .map(|(name, _)| contracts::upstream_url_var(name))
+    }
+
+    fn configured(&self) -> [(&'static str, &Option<UpstreamUrl>); 6] {
+        [
             ("auth", &self.auth_url),
             ("media", &self.media_url),
             ("posts", &self.posts_url),
             ("comments", &self.comments_url),
             ("query", &self.query_url),
             ("event-bus", &self.event_bus_url),
-        ];
+        ]
+    }
+
+    /// The remote upstreams named by the configuration.
+    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
+        let configured = self.configured();
         let mut upstreams = Upstreams::new();
         for (name, url) in configured {
             match url {
@@ -223,6 +237,17 @@ pub fn build_with_shutdown(
     args: &Args,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> ServiceApp {
+    build_with_system(upstreams, args, shutdown, System::default())
+}
+
+/// [`build_with_shutdown`], with what the admin routes read (`/admin/system`, its
+/// stream, the dead letters): the bus and the registry's directory.
+pub fn build_with_system(
+    upstreams: Upstreams,
+    args: &Args,
+    shutdown: tokio_util::sync::CancellationToken,
+    system: System,
+) -> ServiceApp {
     let mut readiness = Readiness::new();
     for name in upstreams.names() {
         let Some(upstream) = upstreams.get(name).cloned() else {
@@ -252,23 +277,30 @@ pub fn build_with_shutdown(
     // description (theirs and the table's rows) is served at /openapi.json.
     let served = openapi::Served::default();
     let (own, own_document) = own_routes(served.clone()).split_for_parts();
+    let streams = live::OpenStreams::new(live::StreamCaps {
+        total: args.gateway_max_streams as usize,
+        per_client: args.gateway_max_streams_per_client as usize,
+    });
     let (live, live_document) = live::routes(
         routes::upstream_of(&upstreams, "query"),
         routes::upstream_of(&upstreams, "media"),
         table.verifier(),
-        live::StreamCaps {
-            total: args.gateway_max_streams as usize,
-            per_client: args.gateway_max_streams_per_client as usize,
-        },
-        shutdown,
+        streams.clone(),
+        shutdown.clone(),
     )
     .split_for_parts();
-    match openapi::document(own_document, live_document) {
+    let (admin, admin_document) =
+        system::routes(system, table.verifier(), streams, shutdown).split_for_parts();
+    match openapi::document(own_document, live_document, admin_document) {
         Ok(document) => served.set(&document),
         // The gateway's tests fail on this; a binary built anyway still serves the API.
         Err(error) => tracing::error!(%error, "the API description is incomplete"),
     }
-    let routes = table.router().merge(table.guard(live)).merge(own);
+    let routes = table
+        .router()
+        .merge(table.guard(live))
+        .merge(table.guard(admin))
+        .merge(own);
     ServiceApp::new(NAME, routes)
         .with_readiness(readiness)
         .with_limits(limits)

@@ -80,7 +80,7 @@ pub(crate) fn routes(
     query: Upstream,
     media: Upstream,
     verifier: &Verifier,
-    caps: StreamCaps,
+    streams: Arc<OpenStreams>,
     shutdown: CancellationToken,
 ) -> OpenApiRouter {
     let state = LiveState {
@@ -91,10 +91,7 @@ pub(crate) fn routes(
             shutdown: shutdown.clone(),
         }),
         media,
-        streams: Arc::new(OpenStreams {
-            caps,
-            by_client: Mutex::new(HashMap::new()),
-        }),
+        streams,
         shutdown,
     };
     api(Some(verifier)).with_state(state)
@@ -207,7 +204,7 @@ async fn jobs_stream(State(state): State<LiveState>, request: Request) -> Respon
     Response::from_parts(parts, Body::from_stream(body))
 }
 
-fn sse<S>(events: S, shutdown: CancellationToken) -> Response
+pub(crate) fn sse<S>(events: S, shutdown: CancellationToken) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -231,7 +228,7 @@ fn resync() -> Event {
 
 /// The client's address (absent when the router is called without a connection, as
 /// tests do: they share one count).
-fn client_ip(request: &Request) -> IpAddr {
+pub(crate) fn client_ip(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -391,14 +388,22 @@ fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
 
 /// The streams open now, in total and per client address.
 #[derive(Debug)]
-struct OpenStreams {
+pub(crate) struct OpenStreams {
     caps: StreamCaps,
     by_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl OpenStreams {
+    /// Shared by every live stream of the gateway (blog, jobs, the system map).
+    pub(crate) fn new(caps: StreamCaps) -> Arc<Self> {
+        Arc::new(Self {
+            caps,
+            by_client: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// A slot for one more stream of `client`, or the 503 that refuses it.
-    fn open(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refused> {
+    pub(crate) fn open(self: &Arc<Self>, client: IpAddr) -> Result<Slot, Refused> {
         let mut by_client = self
             .by_client
             .lock()
@@ -421,7 +426,7 @@ impl OpenStreams {
 
 /// Why a stream was not opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
+pub(crate) enum Refused {
     Total,
     PerClient(usize),
 }
@@ -443,7 +448,7 @@ impl IntoResponse for Refused {
 
 /// One open stream; closing it (dropping the response body) frees the slot.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     streams: Arc<OpenStreams>,
     client: IpAddr,
 }

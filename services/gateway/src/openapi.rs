@@ -178,7 +178,11 @@ fn operation_mut<'a>(item: &'a mut PathItem, method: &HttpMethod) -> Option<&'a 
 /// The whole description: the route table's rows as their upstreams describe them,
 /// plus the gateway's own routes (`own`: the web UI, the documentation; `live`: the
 /// event streams) and the routes every service serves.
-pub(crate) fn document(own: OpenApi, mut live: OpenApi) -> Result<OpenApi, Undocumented> {
+pub(crate) fn document(
+    own: OpenApi,
+    mut live: OpenApi,
+    mut admin: OpenApi,
+) -> Result<OpenApi, Undocumented> {
     let mut document = base();
     document.merge(own);
     // The live streams are behind the table's client resolution and rate limit.
@@ -188,6 +192,16 @@ pub(crate) fn document(own: OpenApi, mut live: OpenApi) -> Result<OpenApi, Undoc
         }
     }
     document.merge(live);
+    // The admin routes: the same, and the token of an admin (401, 403).
+    for item in admin.paths.paths.values_mut() {
+        if let Some(operation) = item.get.as_mut() {
+            add_gateway_answers(operation, Guard::Admin, "GET");
+        }
+        if let Some(operation) = item.post.as_mut() {
+            add_gateway_answers(operation, Guard::Admin, "POST");
+        }
+    }
+    document.merge(admin);
     document.merge(platform::openapi::standard_openapi());
     for row in table_rows() {
         let mut upstream = upstream_document(row.upstream);
@@ -310,6 +324,10 @@ fn base() -> OpenApi {
                 "live",
                 "Server-Sent Events for the web app: blog changes and a user's jobs",
             ),
+            tag(
+                "admin",
+                "The system map's data: services, instances, queues, messages, dead letters",
+            ),
             tag("web", "The web app"),
             tag("documentation", "This description and Swagger UI"),
             tag("operations", "Liveness, readiness and metrics"),
@@ -320,7 +338,7 @@ fn base() -> OpenApi {
 /// The description of the gateway's API as `build` serves it (for tools and tests).
 pub fn openapi() -> Result<OpenApi, Undocumented> {
     let own = crate::own_routes(Served::default()).into_openapi();
-    document(own, crate::live::openapi())
+    document(own, crate::live::openapi(), crate::system::openapi())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 pub fn routes() -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(index))
+        .routes(routes!(system_map))
         .routes(routes!(favicon))
         .routes(routes!(ui_file))
 }
@@ -41,6 +42,19 @@ async fn index(headers: HeaderMap) -> Response {
 }
 
 /// The web app's icon (SVG), where browsers look for it.
+/// The system map: the same page, which shows the map at this path (admins).
+#[utoipa::path(
+    get, path = "/system", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
+    responses(
+        (status = 200, description = "The web app's page, showing the system map", body = String, content_type = "text/html"),
+        (status = 304, description = "The copy held is current"),
+    )
+)]
+async fn system_map(headers: HeaderMap) -> Response {
+    asset("index.html", &headers)
+}
+
 #[utoipa::path(
     get, path = "/favicon.ico", tag = "web",
     params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),

@@ -150,7 +150,7 @@ pub fn retry_policy() -> bus::RetryPolicy {
 fn bus_options() -> bus::BusOptions {
     bus::BusOptions {
         retry: retry_policy(),
-        ..bus::BusOptions::default()
+        ..bus::BusOptions::for_service(NAME)
     }
 }
 

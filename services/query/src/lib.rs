@@ -127,7 +127,11 @@ pub async fn build_with_event_log(
     // for the writer.
     let reader = storage::Database::connect(&url).await?;
     let store = ViewStore::open(db.clone(), reader).await?;
-    let bus = bus::connect(&context.bus_url_or_embedded(), bus::BusOptions::default()).await?;
+    let bus = bus::connect(
+        &context.bus_url_or_embedded(),
+        bus::BusOptions::for_service(NAME),
+    )
+    .await?;
     let (changes, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
     let events = Arc::new(bus::Runner::new(
         bus::Store::database(&db).await?,

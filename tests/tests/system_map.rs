@@ -1,0 +1,455 @@
+//! The system made visible, in `flotilla up` (embedded bus): the registry lists every
+//! service; a second converter process on the same bus file appears within a heartbeat
+//! and, killed, expires; an upload's messages appear on the stream in order; a poisoned
+//! message becomes a dead letter and is replayed from the API; only admins get in.
+//! (The same on RabbitMQ with every service its own process: flotilla/tests/system_map.rs.)
+
+mod media_support;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use media_support::{ADMIN_EMAIL, ADMIN_PASSWORD};
+use reqwest::{StatusCode, multipart};
+use serde_json::{Value, json};
+
+const SERVICES: [&str; 10] = [
+    "auth",
+    "comments",
+    "converter",
+    "event-bus",
+    "gateway",
+    "media",
+    "moderation",
+    "notification",
+    "posts",
+    "query",
+];
+
+/// Reads the event stream until `done(seen)` (or fails after `patience`).
+async fn read_until(
+    response: &mut reqwest::Response,
+    seen: &mut String,
+    patience: Duration,
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + patience;
+    while !done(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("not in the stream in time: {seen}"))
+            .expect("stream read");
+        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// The `data` of every `event: NAME` in the stream so far, as JSON.
+fn events(seen: &str, name: &str) -> Vec<Value> {
+    seen.split("\n\n")
+        .filter(|block| block.lines().any(|l| l == format!("event: {name}")))
+        .filter_map(|block| {
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            serde_json::from_str(&data).ok()
+        })
+        .collect()
+}
+
+async fn system_view(client: &reqwest::Client, url: &str, token: &str) -> Value {
+    let response = client
+        .get(format!("{url}/admin/system"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("json")
+}
+
+fn instances_of<'a>(view: &'a Value, service: &str) -> Vec<&'a Value> {
+    view["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == service)
+        .flat_map(|s| s["instances"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// A short mono WAV (symphonia converts it in-process).
+fn wav() -> Vec<u8> {
+    let rate = 8_000u32;
+    let samples = rate;
+    let mut out = Vec::new();
+    out.extend(b"RIFF");
+    out.extend((36 + samples * 2).to_le_bytes());
+    out.extend(b"WAVEfmt ");
+    out.extend(16u32.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(rate.to_le_bytes());
+    out.extend((rate * 2).to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(16u16.to_le_bytes());
+    out.extend(b"data");
+    out.extend((samples * 2).to_le_bytes());
+    for i in 0..samples {
+        let value = ((f64::from(i) * 0.3).sin() * 8000.0) as i16;
+        out.extend(value.to_le_bytes());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_system_map_in_up_lists_streams_and_replays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let system = media_support::start(dir.path(), |_| {}).await;
+    let base = system.url("");
+    let base = base.trim_end_matches('/');
+    let client = &system.client;
+    let admin = media_support::login(&system, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let user = media_support::new_user(&system, "someone@example.com").await;
+
+    // Only admins: 401 without a token, 403 for a user, on every /admin route.
+    for (method, path, body) in [
+        ("GET", "/admin/system", None),
+        ("GET", "/admin/system/stream", None),
+        ("GET", "/admin/dead-letters?group=video", None),
+        (
+            "POST",
+            "/admin/dead-letters/replay",
+            Some(json!({"group": "video", "all": true})),
+        ),
+    ] {
+        for (token, expected) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some(&user), StatusCode::FORBIDDEN),
+        ] {
+            let mut request =
+                client.request(method.parse().expect("method"), format!("{base}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), expected, "{method} {path}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+    }
+
+    // Every service of the process is registered within a heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = system_view(client, base, &admin).await;
+        let listed: Vec<&str> = view["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        if listed == SERVICES {
+            break view;
+        }
+        assert!(Instant::now() < deadline, "registered: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view["bus"]["backend"], "embedded");
+    assert_eq!(view["bus"]["state"], "up");
+    for service in SERVICES {
+        let instances = instances_of(&view, service);
+        assert_eq!(instances.len(), 1, "{service}");
+        assert_eq!(instances[0]["url"], base, "{service}");
+        assert_eq!(instances[0]["status"], "up");
+    }
+    let video = view["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["group"] == "video")
+        .expect("the video queue");
+    assert_eq!(video["consumed_by"], json!(["converter"]));
+    assert_eq!(video["depth"], 0);
+    let media = view["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["name"] == "media")
+        .expect("media");
+    assert!(
+        media["routes"]
+            .as_array()
+            .expect("routes")
+            .contains(&json!("POST /upload"))
+    );
+
+    // The stream: an upload's messages in order, gateway → media → video → converter →
+    // mp3 → notification.
+    // A client without the suite's overall request timeout: the stream is endless.
+    let mut stream = reqwest::Client::new()
+        .get(format!("{base}/admin/system/stream"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, Duration::from_secs(10), |s| {
+        s.contains("event: hello")
+    })
+    .await;
+    assert!(
+        seen.contains("sampled"),
+        "the stream says how it is sampled"
+    );
+    let part = multipart::Part::bytes(wav()).file_name("tone.wav");
+    let uploaded = client
+        .post(format!("{base}/upload"))
+        .bearer_auth(&user)
+        .multipart(multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .expect("upload");
+    assert!(uploaded.status().is_success(), "{}", uploaded.status());
+    let is =
+        |m: &Value, outcome: &str, key: &str| m["outcome"] == outcome && m["routing_key"] == key;
+    read_until(&mut stream, &mut seen, Duration::from_secs(60), |s| {
+        events(s, "message")
+            .iter()
+            .any(|m| is(m, "handled", "mp3") && m["group"] == "notification")
+    })
+    .await;
+    let messages = events(&seen, "message");
+    let position = |outcome: &str, key: &str| {
+        messages
+            .iter()
+            .position(|m| is(m, outcome, key))
+            .unwrap_or_else(|| panic!("no {outcome} {key} in {messages:?}"))
+    };
+    let to_notification = |outcome: &str| {
+        messages
+            .iter()
+            .position(|m| is(m, outcome, "mp3") && m["group"] == "notification")
+            .unwrap_or_else(|| panic!("no {outcome} mp3 for notification in {messages:?}"))
+    };
+    // A delivery is settled after its handler's own messages are out: the video is
+    // handled once the mp3 is published.
+    let steps = [
+        position("published", "video"),
+        position("delivered", "video"),
+        position("published", "mp3"),
+        to_notification("delivered"),
+        to_notification("handled"),
+    ];
+    assert!(steps.is_sorted(), "out of order: {steps:?} in {messages:?}");
+    assert!(position("handled", "video") > steps[2]);
+    assert_eq!(messages[steps[0]]["publisher"], "media");
+    assert_eq!(messages[steps[1]]["group"], "video");
+    assert_eq!(messages[steps[2]]["publisher"], "converter");
+    let trace = messages[steps[0]]["trace_id"].as_str().expect("trace id");
+    assert_eq!(trace.len(), 32);
+    assert_eq!(
+        messages[steps[2]]["trace_id"], trace,
+        "the conversion continues the upload's trace"
+    );
+
+    // A second converter process on the same bus file appears within one heartbeat;
+    // killed with SIGKILL (no last word), it expires within the expiry.
+    let bus_url = bus::default_url(dir.path());
+    let mut second = Command::new(test_support::flotilla_binary())
+        .args(["serve", "converter", "--listen", "127.0.0.1:0"])
+        .env("FLOTILLA_DATA_DIR", dir.path().join("converter-2"))
+        .env("FLOTILLA_BUS_URL", &bus_url)
+        .env(
+            "FLOTILLA_BLOB_URL",
+            format!("file://{}", dir.path().join("blobs").display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flotilla serve converter");
+    let started = Instant::now();
+    let appeared = loop {
+        let view = system_view(client, base, &admin).await;
+        if instances_of(&view, "converter").len() == 2 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the second converter never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Start-up (a debug binary) plus at most one heartbeat and one poll.
+    eprintln!("second converter listed {appeared:?} after its start");
+    read_until(&mut stream, &mut seen, Duration::from_secs(5), |s| {
+        events(s, "instance")
+            .iter()
+            .any(|c| c["change"] == "up" && c["service"] == "converter")
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let killed = Instant::now();
+    loop {
+        let view = system_view(client, base, &admin).await;
+        if instances_of(&view, "converter").len() == 1 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < bus::registry::EXPIRY + Duration::from_secs(3),
+            "the killed converter is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let expired_after = killed.elapsed();
+    assert!(
+        expired_after > bus::registry::EXPIRY - bus::registry::HEARTBEAT - Duration::from_secs(1),
+        "expired too early: {expired_after:?}"
+    );
+    read_until(&mut stream, &mut seen, Duration::from_secs(5), |s| {
+        events(s, "instance")
+            .iter()
+            .any(|c| c["change"] == "down" && c["reason"] == "expired")
+    })
+    .await;
+
+    // A poisoned message becomes a dead letter, visible and replayable from the API.
+    let bus = bus::connect(&bus_url, bus::BusOptions::default())
+        .await
+        .expect("the bus");
+    let poison = bus::Message::new("video", "not a video message");
+    bus.publish(poison.clone()).await.expect("published");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letter = loop {
+        let listed: Value = client
+            .get(format!("{base}/admin/dead-letters?group=video"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        if let Some(letter) = listed["dead_letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["id"] == poison.id.as_str())
+        {
+            break letter.clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letter["body"], "not a video message");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("bad video body"))
+    );
+    // The snapshot is at most a second old.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = system_view(client, base, &admin).await;
+        let video = view["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .find(|q| q["group"] == "video")
+            .expect("video")
+            .clone();
+        if video["dead_letters"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{video}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for bad in [
+        json!({"group": "video"}),
+        json!({"group": "video", "all": true, "ids": ["x"]}),
+        json!({"group": "", "all": true}),
+        json!({"group": "video", "ids": [], "extra": 1}),
+    ] {
+        let response = client
+            .post(format!("{base}/admin/dead-letters/replay"))
+            .bearer_auth(&admin)
+            .json(&bad)
+            .send()
+            .await
+            .expect("sent");
+        // 422: well-formed JSON that is not a replay request (axum's answer).
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY]
+                .contains(&response.status()),
+            "{bad}: {}",
+            response.status()
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let replayed: Value = client
+        .post(format!("{base}/admin/dead-letters/replay"))
+        .bearer_auth(&admin)
+        .json(&json!({"group": "video", "ids": [poison.id]}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["replayed"], 1);
+    // Replayed, it is delivered again (and, still poison, parked again).
+    read_until(&mut stream, &mut seen, Duration::from_secs(30), |s| {
+        events(s, "message")
+            .iter()
+            .filter(|m| m["message_id"] == poison.id.as_str() && m["outcome"] == "dead_lettered")
+            .count()
+            == 2
+    })
+    .await;
+    drop(stream);
+
+    // `flotilla status`: the same picture in a terminal, as a table or JSON; admins only.
+    let status = |token: &str, json: bool| {
+        let mut command = Command::new(test_support::flotilla_binary());
+        command
+            .args(["status", "--gateway", base, "--token", token])
+            .env("FLOTILLA_CLIENT_CONFIG", dir.path().join("no-client.json"));
+        if json {
+            command.arg("--json");
+        }
+        command.output().expect("flotilla status runs")
+    };
+    let table = status(&admin, false);
+    assert!(table.status.success(), "{table:?}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    for needle in [
+        "SERVICE",
+        "converter",
+        "1/1",
+        "QUEUE",
+        "video",
+        "bus: embedded (up)",
+    ] {
+        assert!(table.contains(needle), "{needle} in {table}");
+    }
+    let json = status(&admin, true);
+    let parsed: Value = serde_json::from_slice(&json.stdout).expect("status --json");
+    assert_eq!(instances_of(&parsed, "converter").len(), 1);
+    let refused = status(&user, false);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    system.stop().await.expect("stops");
+}
