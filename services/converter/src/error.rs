@@ -23,6 +23,10 @@ pub enum ConvertError {
     /// An audio track whose codec neither decoder can handle.
     #[error("unsupported audio codec: {0}")]
     UnsupportedCodec(String),
+    /// A sample rate outside what the built-in encoder takes (LAME fails an assertion,
+    /// which aborts the process, on absurd ones such as 1 Hz). ffmpeg may resample it.
+    #[error("unsupported sample rate: {0} Hz (the built-in encoder takes 8,000 to 192,000 Hz)")]
+    UnsupportedSampleRate(u32),
     /// LAME refused the stream parameters or failed while encoding.
     #[error("mp3 encoder failed: {0}")]
     Encoder(String),
@@ -53,6 +57,7 @@ impl ConvertError {
             | Self::NoAudioTrack
             | Self::Corrupt(_)
             | Self::UnsupportedCodec(_)
+            | Self::UnsupportedSampleRate(_)
             | Self::DecoderFailed
             | Self::Encoder(_)
             | Self::Ffmpeg(_) => true,
@@ -69,7 +74,11 @@ impl ConvertError {
     pub(crate) fn ffmpeg_may_help(&self) -> bool {
         matches!(
             self,
-            Self::NotMedia | Self::NoAudioTrack | Self::UnsupportedCodec(_) | Self::DecoderFailed
+            Self::NotMedia
+                | Self::NoAudioTrack
+                | Self::UnsupportedCodec(_)
+                | Self::UnsupportedSampleRate(_)
+                | Self::DecoderFailed
         )
     }
 }

@@ -307,6 +307,9 @@ impl<W: Write + Seek> Pipeline<W> {
         let sample_rate = params
             .sample_rate
             .ok_or_else(|| ConvertError::Corrupt("the audio track has no sample rate".into()))?;
+        if !SAMPLE_RATES.contains(&sample_rate) {
+            return Err(ConvertError::UnsupportedSampleRate(sample_rate));
+        }
         let input_channels = params.channels.map_or(2, Channels::count);
         let output_channels: u8 = if input_channels == 1 { 1 } else { 2 };
         let encoder = build_encoder(sample_rate, output_channels)?;
@@ -500,6 +503,12 @@ fn frame_sample_rate(bytes: &[u8]) -> Option<u32> {
 
 /// LAME set up like `ffmpeg -codec:a libmp3lame -q:a 2`: VBR (mtrh) at quality 2, LAME
 /// choosing the output sample rate (it resamples internally only when it must).
+/// The input sample rates handed to LAME: from MP3's lowest (8 kHz) to 192 kHz. LAME
+/// resamples anything, but on absurd rates (a WAV header saying 1 Hz, found by the
+/// `media_probe` fuzz target) its psychoacoustic model fails an `assert`, and a C
+/// assertion aborts the whole process.
+const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+
 fn build_encoder(sample_rate: u32, channels: u8) -> Result<Encoder, ConvertError> {
     let encoder_error = |err: mp3lame_encoder::BuildError| ConvertError::Encoder(err.to_string());
     let mut builder = Builder::new()
@@ -741,6 +750,21 @@ mod edge_tests {
         let input = include_bytes!("../../../fuzz/seeds/media_probe/crash-lame-ixmax-assert");
         // Converted or refused, but the process is still here to say so.
         let _ = convert_bytes(input.to_vec());
+    }
+
+    /// Found by the `media_probe` fuzz target: a WAV whose header says 1 Hz. LAME took it
+    /// and then failed an `assert` in its psychoacoustic model (`psymodel.c`,
+    /// `calc_energy`), aborting the process.
+    #[test]
+    fn a_sample_rate_lame_cannot_take_is_refused() {
+        let input = include_bytes!("../../../fuzz/seeds/media_probe/crash-lame-sample-rate-1hz");
+        let error = convert_bytes(input.to_vec()).expect_err("not convertible");
+        assert!(
+            matches!(error, ConvertError::UnsupportedSampleRate(1)),
+            "{error:?}"
+        );
+        assert!(error.is_permanent());
+        assert!(error.ffmpeg_may_help());
     }
 
     #[test]
