@@ -378,6 +378,10 @@ mod tests {
             "FLOTILLA_GATEWAY_RATE_LIMIT",
             "FLOTILLA_AUTH_URL",
             "FLOTILLA_LISTEN",
+            // The registry and the system API (`/admin/system`) are on the bus.
+            "FLOTILLA_BUS_URL",
+            "FLOTILLA_ADVERTISE_URL",
+            "FLOTILLA_TRACE_URL_TEMPLATE",
         ] {
             assert!(
                 gateway.contains(own),
@@ -385,9 +389,9 @@ mod tests {
             );
         }
         for foreign in [
-            "FLOTILLA_BUS_URL",
             "FLOTILLA_BLOB_URL",
             "FLOTILLA_DATABASE_URL",
+            "FLOTILLA_SMTP_URL",
             "FLOTILLA_ALLOW_EMBEDDED",
         ] {
             assert!(
