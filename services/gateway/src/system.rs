@@ -975,10 +975,17 @@ fn item_event(item: &StreamItem) -> Event {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeadLetterQuery {
     /// The consumer group (a queue name on RabbitMQ): `video`, `mp3`, `notification`, …
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     group: String,
     /// At most this many, oldest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -1110,7 +1117,7 @@ async fn dead_letters(
 }
 
 /// Which dead letters to replay: `ids`, or `all`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     pub group: String,
@@ -1121,6 +1128,65 @@ pub struct ReplayRequest {
     #[serde(default)]
     pub all: bool,
 }
+
+/// The schema of a [`ReplayRequest`]: exactly one of the two forms, so that what the
+/// schema allows is what the route accepts (a derived schema could not say "ids
+/// non-empty, or all true, not both").
+struct ReplayBody;
+
+impl utoipa::PartialSchema for ReplayBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{
+            ArrayBuilder, ObjectBuilder, OneOfBuilder, Type, schema::AdditionalProperties,
+        };
+        // A group or message id: 1 to MAX_NAME characters, no control characters.
+        let name = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_NAME))
+                .pattern(Some(r"^[^\x00-\x1f\x7f-\x9f]*$"))
+                .description(Some(description))
+        };
+        let group = || name("The consumer group: `video`, `mp3`, `notification`, …");
+        let ids = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("group", group())
+            .property(
+                "ids",
+                ArrayBuilder::new()
+                    .items(name("A dead letter's message id"))
+                    .min_items(Some(1))
+                    .max_items(Some(MAX_REPLAY_IDS))
+                    .description(Some("The message ids to replay")),
+            )
+            .required("group")
+            .required("ids")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let all = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("group", group())
+            .property(
+                "all",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .enum_values(Some([true]))
+                    .description(Some("Replay every dead letter of the group")),
+            )
+            .required("group")
+            .required("all")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(ids)
+            .item(all)
+            .description(Some(
+                "`{\"group\", \"ids\": [...]}` or `{\"group\", \"all\": true}`",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ReplayBody {}
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Replayed {
@@ -1134,7 +1200,7 @@ pub struct Replayed {
 #[utoipa::path(
     post, path = "/admin/dead-letters/replay", tag = "admin",
     security(("bearer" = [])),
-    request_body = ReplayRequest,
+    request_body = ReplayBody,
     responses(
         (status = 200, description = "How many were replayed", body = Replayed),
         (status = 400, description = "Not a valid request: a group and either ids or all", body = Problem, content_type = "application/problem+json"),
@@ -1142,6 +1208,7 @@ pub struct Replayed {
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such consumer group", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON that is not a replay request (unknown or mistyped fields)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No bus, or it did not answer", body = Problem, content_type = "application/problem+json"),
     )
