@@ -50,6 +50,8 @@ def main():
         page = context.new_page()
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # Which request failed, beside the console line that only says it did.
+        page.on("response", lambda r: r.status >= 500 and errors.append(f"{r.status} {r.request.method} {r.url}"))
         try:
             print("step: /system asks for an admin", flush=True)
             page.goto(base + "/system")
