@@ -94,36 +94,17 @@ fn emit(make: impl FnOnce() -> Observation) {
 /// consumer may receive it before the broker's confirm is back).
 pub(crate) fn published(message: &Message, publisher: Option<&str>, at_ms: i64) {
     emit(|| Observation {
-        outcome: Outcome::Published,
-        routing_key: message.routing_key.clone(),
-        message_id: message.id.clone(),
-        trace_id: message
-            .traceparent()
-            .and_then(crate::trace::trace_id)
-            .map(str::to_owned),
         publisher: publisher.map(str::to_owned),
-        group: None,
-        attempt: None,
-        reason: None,
-        at_ms,
+        ..Observation::of(message, Outcome::Published, at_ms)
     });
 }
 
 /// `message` was handed to a consumer of `group`.
 pub(crate) fn delivered(message: &Message, group: &str, attempt: u32) {
     emit(|| Observation {
-        outcome: Outcome::Delivered,
-        routing_key: message.routing_key.clone(),
-        message_id: message.id.clone(),
-        trace_id: message
-            .traceparent()
-            .and_then(crate::trace::trace_id)
-            .map(str::to_owned),
-        publisher: None,
         group: Some(group.to_owned()),
         attempt: Some(attempt),
-        reason: None,
-        at_ms: crate::now_ms(),
+        ..Observation::of(message, Outcome::Delivered, crate::now_ms())
     });
 }
 
@@ -147,6 +128,18 @@ pub(crate) fn settled(
             }
         };
         Observation {
+            group: Some(group.to_owned()),
+            attempt: Some(attempt),
+            reason,
+            ..Observation::of(message, outcome, crate::now_ms())
+        }
+    });
+}
+
+impl Observation {
+    /// What every observation of `message` says: its key, id and trace; the rest empty.
+    fn of(message: &Message, outcome: Outcome, at_ms: i64) -> Self {
+        Observation {
             outcome,
             routing_key: message.routing_key.clone(),
             message_id: message.id.clone(),
@@ -155,12 +148,12 @@ pub(crate) fn settled(
                 .and_then(crate::trace::trace_id)
                 .map(str::to_owned),
             publisher: None,
-            group: Some(group.to_owned()),
-            attempt: Some(attempt),
-            reason,
-            at_ms: crate::now_ms(),
+            group: None,
+            attempt: None,
+            reason: None,
+            at_ms,
         }
-    });
+    }
 }
 
 /// A consumer group this process consumes, and for which service.
