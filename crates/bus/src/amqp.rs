@@ -102,6 +102,8 @@ struct Shared {
     closed: CancellationToken,
     /// The channel signals are sent on (no confirms), opened on first use.
     signals: tokio::sync::Mutex<Option<Channel>>,
+    /// The tap of this broker and exchange in this process.
+    tap: Arc<crate::tap::Tap>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -145,6 +147,7 @@ impl AmqpBus {
             format!("{base}?{}", kept.join("&"))
         };
         let shared = Arc::new(Shared {
+            tap: crate::tap::of_bus(&format!("{uri}#{}", options.exchange)),
             uri,
             exchange: options.exchange.clone(),
             options,
@@ -702,7 +705,7 @@ impl EventBus for AmqpBus {
                     properties_for(&message, &[]),
                 )
                 .await?;
-            crate::tap::published(&message, self.service.as_deref(), started);
+            (self.shared.tap).published(&message, self.service.as_deref(), started);
             metrics::counter!("bus_published_total", "routing_key" => message.routing_key)
                 .increment(1);
             Ok(())
@@ -768,7 +771,7 @@ impl EventBus for AmqpBus {
                 }
             }
             for message in &messages[..confirmed] {
-                crate::tap::published(message, self.service.as_deref(), started);
+                (self.shared.tap).published(message, self.service.as_deref(), started);
                 metrics::counter!("bus_published_total", "routing_key" => message.routing_key.clone())
                     .increment(1);
             }
@@ -801,7 +804,7 @@ impl EventBus for AmqpBus {
             self.shared
                 .declare_group(&channel, &subscription.group, &subscription.routing_keys)
                 .await?;
-            crate::tap::subscribed(
+            self.shared.tap.subscribed(
                 self.service.as_deref(),
                 &subscription.group,
                 &subscription.routing_keys,
@@ -1052,6 +1055,10 @@ impl EventBus for AmqpBus {
         })
     }
 
+    fn tap(&self) -> Arc<crate::tap::Tap> {
+        Arc::clone(&self.shared.tap)
+    }
+
     fn backend(&self) -> &'static str {
         "rabbitmq"
     }
@@ -1259,12 +1266,14 @@ async fn consume(
                 &delivery.data,
             );
             metrics::counter!("bus_delivered_total", "group" => group.clone()).increment(1);
-            crate::tap::delivered(&message, &group, attempt_of(&bookkeeping));
+            let held = shared
+                .tap
+                .delivered(&message, &group, attempt_of(&bookkeeping));
             let ours = Delivery {
                 attempt: attempt_of(&bookkeeping),
                 max_attempts: shared.options.retry.max_attempts,
                 group: group.clone(),
-                _held: crate::tap::Held::new(&group),
+                held,
                 settle: Box::new(AmqpSettle {
                     shared: shared.clone(),
                     channel: channel.clone(),

@@ -28,8 +28,9 @@ pub struct Delivery {
     /// The consumer group it was delivered to.
     pub group: String,
     pub(crate) settle: Box<dyn Settle>,
-    /// Counts the delivery as in flight in this process until it is settled or dropped.
-    pub(crate) _held: crate::tap::Held,
+    /// Counts the delivery as in flight in this process until it is settled or dropped,
+    /// and reports its settlement to the bus's tap.
+    pub(crate) held: crate::tap::Held,
 }
 
 impl fmt::Debug for Delivery {
@@ -49,7 +50,7 @@ impl Delivery {
         metrics::counter!("bus_acked_total", "group" => self.group.clone()).increment(1);
         let (message, group) = (self.message, self.group);
         self.settle.ack().await?;
-        crate::tap::settled(&message, &group, self.attempt, self.max_attempts, None);
+        (self.held.tap).settled(&message, &group, self.attempt, self.max_attempts, None);
         Ok(())
     }
 
@@ -58,7 +59,7 @@ impl Delivery {
         let (message, group) = (self.message, self.group);
         let observed = nack.clone();
         self.settle.nack(nack).await?;
-        crate::tap::settled(
+        self.held.tap.settled(
             &message,
             &group,
             self.attempt,

@@ -124,6 +124,8 @@ struct Shared {
     max_attempts: u32,
     /// Cancelled when the last handle goes: stops the maintenance task.
     stop: CancellationToken,
+    /// The tap of this bus file in this process.
+    tap: Arc<crate::tap::Tap>,
 }
 
 type Held = Arc<Mutex<HashSet<(i64, i64)>>>;
@@ -332,6 +334,7 @@ impl EmbeddedBus {
         let stop = CancellationToken::new();
         let held = Held::default();
         let shared = Arc::new(Shared {
+            tap: crate::tap::of_bus(&key.to_string_lossy()),
             path: key.clone(),
             commands: commands.clone(),
             wakeups,
@@ -1087,13 +1090,13 @@ impl EventBus for EmbeddedBus {
     fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             // Kept for the tap only while someone watches.
-            let observed = crate::tap::watched().then(|| messages.clone());
+            let observed = self.shared.tap.watched().then(|| messages.clone());
             let started = now_ms();
             self.shared
                 .call(|reply| Command::Publish(messages, reply))
                 .await?;
             for message in observed.iter().flatten() {
-                crate::tap::published(message, self.service.as_deref(), started);
+                (self.shared.tap).published(message, self.service.as_deref(), started);
             }
             Ok(())
         })
@@ -1125,7 +1128,7 @@ impl EventBus for EmbeddedBus {
             self.shared
                 .call(|reply| Command::Bind(group, subscription.routing_keys.clone(), reply))
                 .await?;
-            crate::tap::subscribed(
+            self.shared.tap.subscribed(
                 self.service.as_deref(),
                 &subscription.group,
                 &subscription.routing_keys,
@@ -1246,6 +1249,10 @@ impl EventBus for EmbeddedBus {
             );
             Ok(stream.boxed())
         })
+    }
+
+    fn tap(&self) -> Arc<crate::tap::Tap> {
+        Arc::clone(&self.shared.tap)
     }
 
     fn backend(&self) -> &'static str {
@@ -1378,13 +1385,16 @@ impl Consuming {
             }
             for (row, permit) in rows.into_iter().zip(permits) {
                 let attempt = u32::try_from(row.attempts).unwrap_or(u32::MAX);
-                crate::tap::delivered(&row.message, &self.group, attempt);
+                let held = self
+                    .shared
+                    .tap
+                    .delivered(&row.message, &self.group, attempt);
                 self.buffered.push_back(Delivery {
                     message: row.message,
                     attempt: u32::try_from(row.attempts).unwrap_or(u32::MAX),
                     max_attempts: self.shared.max_attempts,
                     group: self.group.clone(),
-                    _held: crate::tap::Held::new(&self.group),
+                    held,
                     settle: Box::new(EmbeddedSettle {
                         shared: self.shared.clone(),
                         delivery_id: row.delivery_id,

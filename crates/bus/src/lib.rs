@@ -270,6 +270,10 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         })
     }
 
+    /// The tap of this bus: every message its handles in this process publish and
+    /// settle, and the groups they consume (see [`tap`]).
+    fn tap(&self) -> Arc<tap::Tap>;
+
     /// Which backend this is: `embedded` or `rabbitmq`.
     fn backend(&self) -> &'static str {
         "unknown"

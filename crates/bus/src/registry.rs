@@ -87,7 +87,7 @@ pub fn register(
                 _ = tick.tick() => {}
             }
             let mut instance = instance.clone();
-            instance.consumes = crate::tap::consumed_by(&instance.service);
+            instance.consumes = bus.tap().consumed_by(&instance.service);
             announce(&*bus, &Announcement::Heartbeat { instance }).await;
         }
         let stopped = Announcement::Stopped {
@@ -353,7 +353,7 @@ pub fn forward_observations(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tap = crate::tap::watch();
+        let mut tap = bus.tap().watch();
         let mut tick = tokio::time::interval(FORWARD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut batch = Batch::default();

@@ -8,13 +8,14 @@
 //! how many (`Lagged`), and the bus never waits for it. With no watcher nothing is built
 //! at all (one atomic load per publish or settlement).
 //!
-//! Observations are process-local; [`crate::registry`] forwards them to other processes
+//! Each bus has its own tap ([`Tap`], from [`EventBus::tap`](crate::EventBus::tap)),
+//! shared by every handle on that bus in this process. Observations are process-local; [`crate::registry`] forwards them to other processes
 //! (the gateway) over the bus's signals, in batches, when the bus is RabbitMQ.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, LazyLock, Mutex,
+        Arc, LazyLock, Mutex, Weak,
         atomic::{AtomicI64, Ordering},
     },
 };
@@ -69,71 +70,173 @@ pub struct Observation {
     pub at_ms: i64,
 }
 
-static TAP: LazyLock<broadcast::Sender<Arc<Observation>>> =
-    LazyLock::new(|| broadcast::channel(CAPACITY).0);
-
-/// Starts watching this process's bus; see the module documentation for what a slow
-/// receiver gets.
-pub fn watch() -> broadcast::Receiver<Arc<Observation>> {
-    TAP.subscribe()
+/// The tap of one bus in this process: what its backends publish and settle, and which
+/// groups its services consume. Every handle on the same bus (the same embedded file, or
+/// the same broker and exchange) shares one, whoever connected it; two systems in one
+/// process (tests) see only their own messages. [`EventBus::tap`](crate::EventBus::tap).
+#[derive(Debug)]
+pub struct Tap {
+    sender: broadcast::Sender<Arc<Observation>>,
+    groups: Mutex<Groups>,
 }
 
-/// Whether anyone watches now (so that a backend can skip work kept only for the tap).
-pub(crate) fn watched() -> bool {
-    TAP.receiver_count() > 0
+/// The taps of the buses this process uses, by where the bus is.
+static TAPS: LazyLock<Mutex<HashMap<String, Weak<Tap>>>> = LazyLock::new(Mutex::default);
+
+/// The tap of the bus at `location` (an embedded file's absolute path, or a broker's URL
+/// with its exchange), shared with every other handle on it while one lives.
+pub(crate) fn of_bus(location: &str) -> Arc<Tap> {
+    let Ok(mut taps) = TAPS.lock() else {
+        return Arc::new(Tap::new());
+    };
+    if let Some(tap) = taps.get(location).and_then(Weak::upgrade) {
+        return tap;
+    }
+    taps.retain(|_, tap| tap.strong_count() > 0);
+    let tap = Arc::new(Tap::new());
+    taps.insert(location.to_owned(), Arc::downgrade(&tap));
+    tap
 }
 
-fn emit(make: impl FnOnce() -> Observation) {
-    // No watcher, no work: this is on every publish and settlement.
-    if TAP.receiver_count() > 0 {
-        let _ = TAP.send(Arc::new(make()));
+impl Default for Tap {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-/// `message` was published by `publisher`; `at_ms` is when the publish began (a
-/// consumer may receive it before the broker's confirm is back).
-pub(crate) fn published(message: &Message, publisher: Option<&str>, at_ms: i64) {
-    emit(|| Observation {
-        publisher: publisher.map(str::to_owned),
-        ..Observation::of(message, Outcome::Published, at_ms)
-    });
-}
+impl Tap {
+    /// A tap of its own, shared with nobody.
+    pub fn new() -> Self {
+        Self {
+            sender: broadcast::channel(CAPACITY).0,
+            groups: Mutex::default(),
+        }
+    }
 
-/// `message` was handed to a consumer of `group`.
-pub(crate) fn delivered(message: &Message, group: &str, attempt: u32) {
-    emit(|| Observation {
-        group: Some(group.to_owned()),
-        attempt: Some(attempt),
-        ..Observation::of(message, Outcome::Delivered, crate::now_ms())
-    });
-}
+    /// Starts watching this bus; see the module documentation for what a slow receiver
+    /// gets.
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Observation>> {
+        self.sender.subscribe()
+    }
 
-/// A delivery of `message` to `group` was settled with `nack` (`None`: acked).
-pub(crate) fn settled(
-    message: &Message,
-    group: &str,
-    attempt: u32,
-    max_attempts: u32,
-    nack: Option<&Nack>,
-) {
-    emit(|| {
-        let (outcome, reason) = match nack {
-            None => (Outcome::Handled, None),
-            Some(Nack::Requeue(reason)) => (Outcome::Requeued, Some(reason.clone())),
-            Some(Nack::Retry(reason)) if attempt < max_attempts => {
-                (Outcome::Retried, Some(reason.clone()))
-            }
-            Some(Nack::Retry(reason) | Nack::Reject(reason)) => {
-                (Outcome::DeadLettered, Some(reason.clone()))
-            }
-        };
-        Observation {
+    /// Whether anyone watches now (so that a backend can skip work kept only for the tap).
+    pub(crate) fn watched(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    fn emit(&self, make: impl FnOnce() -> Observation) {
+        // No watcher, no work: this is on every publish and settlement.
+        if self.watched() {
+            let _ = self.sender.send(Arc::new(make()));
+        }
+    }
+
+    /// `message` was published by `publisher`; `at_ms` is when the publish began (a
+    /// consumer may receive it before the broker's confirm is back).
+    pub(crate) fn published(&self, message: &Message, publisher: Option<&str>, at_ms: i64) {
+        self.emit(|| Observation {
+            publisher: publisher.map(str::to_owned),
+            ..Observation::of(message, Outcome::Published, at_ms)
+        });
+    }
+
+    /// `message` was handed to a consumer of `group`; the returned [`Held`] counts it in
+    /// flight until it is settled or dropped.
+    pub(crate) fn delivered(
+        self: &Arc<Self>,
+        message: &Message,
+        group: &str,
+        attempt: u32,
+    ) -> Held {
+        self.emit(|| Observation {
             group: Some(group.to_owned()),
             attempt: Some(attempt),
-            reason,
-            ..Observation::of(message, outcome, crate::now_ms())
+            ..Observation::of(message, Outcome::Delivered, crate::now_ms())
+        });
+        let counter = match self.groups.lock() {
+            Ok(mut groups) => groups
+                .in_flight
+                .entry(group.to_owned())
+                .or_default()
+                .clone(),
+            Err(_) => Arc::default(),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Held {
+            tap: Arc::clone(self),
+            counter,
         }
-    });
+    }
+
+    /// A delivery of `message` to `group` was settled with `nack` (`None`: acked).
+    pub(crate) fn settled(
+        &self,
+        message: &Message,
+        group: &str,
+        attempt: u32,
+        max_attempts: u32,
+        nack: Option<&Nack>,
+    ) {
+        self.emit(|| {
+            let (outcome, reason) = match nack {
+                None => (Outcome::Handled, None),
+                Some(Nack::Requeue(reason)) => (Outcome::Requeued, Some(reason.clone())),
+                Some(Nack::Retry(reason)) if attempt < max_attempts => {
+                    (Outcome::Retried, Some(reason.clone()))
+                }
+                Some(Nack::Retry(reason) | Nack::Reject(reason)) => {
+                    (Outcome::DeadLettered, Some(reason.clone()))
+                }
+            };
+            Observation {
+                group: Some(group.to_owned()),
+                attempt: Some(attempt),
+                reason,
+                ..Observation::of(message, outcome, crate::now_ms())
+            }
+        });
+    }
+
+    /// `service` subscribed to `group` with `routing_keys` (recorded for the registry).
+    pub(crate) fn subscribed(&self, service: Option<&str>, group: &str, routing_keys: &[String]) {
+        if let Ok(mut groups) = self.groups.lock() {
+            let keys = groups
+                .by_service
+                .entry(service.unwrap_or_default().to_owned())
+                .or_default()
+                .entry(group.to_owned())
+                .or_default();
+            for key in routing_keys {
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+        }
+    }
+
+    /// The groups `service` consumes on this bus in this process.
+    pub fn consumed_by(&self, service: &str) -> Vec<Consumed> {
+        let Ok(groups) = self.groups.lock() else {
+            return Vec::new();
+        };
+        groups
+            .by_service
+            .get(service)
+            .map(|by_group| {
+                by_group
+                    .iter()
+                    .map(|(group, keys)| Consumed {
+                        group: group.clone(),
+                        routing_keys: keys.clone(),
+                        in_flight: groups
+                            .in_flight
+                            .get(group)
+                            .map_or(0, |n| n.load(Ordering::Relaxed)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Observation {
@@ -165,77 +268,23 @@ pub struct Consumed {
     pub in_flight: i64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Groups {
     /// service (or "" when the bus handle was not named) → group → routing keys.
     by_service: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     in_flight: HashMap<String, Arc<AtomicI64>>,
 }
 
-static GROUPS: LazyLock<Mutex<Groups>> = LazyLock::new(Mutex::default);
-
-/// `service` subscribed to `group` with `routing_keys` (recorded for the registry).
-pub(crate) fn subscribed(service: Option<&str>, group: &str, routing_keys: &[String]) {
-    if let Ok(mut groups) = GROUPS.lock() {
-        let keys = groups
-            .by_service
-            .entry(service.unwrap_or_default().to_owned())
-            .or_default()
-            .entry(group.to_owned())
-            .or_default();
-        for key in routing_keys {
-            if !keys.contains(key) {
-                keys.push(key.clone());
-            }
-        }
-    }
-}
-
-/// The groups `service` consumes in this process.
-pub fn consumed_by(service: &str) -> Vec<Consumed> {
-    let Ok(groups) = GROUPS.lock() else {
-        return Vec::new();
-    };
-    groups
-        .by_service
-        .get(service)
-        .map(|by_group| {
-            by_group
-                .iter()
-                .map(|(group, keys)| Consumed {
-                    group: group.clone(),
-                    routing_keys: keys.clone(),
-                    in_flight: groups
-                        .in_flight
-                        .get(group)
-                        .map_or(0, |n| n.load(Ordering::Relaxed)),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// One delivery of `group` held by this process, from hand-out to settlement or drop.
-pub(crate) struct Held(Arc<AtomicI64>);
-
-impl Held {
-    pub(crate) fn new(group: &str) -> Self {
-        let counter = match GROUPS.lock() {
-            Ok(mut groups) => groups
-                .in_flight
-                .entry(group.to_owned())
-                .or_default()
-                .clone(),
-            Err(_) => Arc::default(),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
+/// One delivery held by this process, from hand-out to settlement or drop: counted in
+/// flight, and the tap its settlement is reported to.
+pub(crate) struct Held {
+    pub(crate) tap: Arc<Tap>,
+    counter: Arc<AtomicI64>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -245,13 +294,14 @@ mod tests {
 
     #[test]
     fn settlements_are_classified_by_attempt() {
-        let mut watcher = watch();
+        let tap = Tap::new();
+        let mut watcher = tap.watch();
         let message = Message::new("video", "{}");
-        settled(&message, "video", 1, 5, None);
-        settled(&message, "video", 1, 5, Some(&Nack::Retry("x".into())));
-        settled(&message, "video", 5, 5, Some(&Nack::Retry("x".into())));
-        settled(&message, "video", 1, 5, Some(&Nack::Reject("bad".into())));
-        settled(&message, "video", 2, 5, Some(&Nack::Requeue("stop".into())));
+        tap.settled(&message, "video", 1, 5, None);
+        tap.settled(&message, "video", 1, 5, Some(&Nack::Retry("x".into())));
+        tap.settled(&message, "video", 5, 5, Some(&Nack::Retry("x".into())));
+        tap.settled(&message, "video", 1, 5, Some(&Nack::Reject("bad".into())));
+        tap.settled(&message, "video", 2, 5, Some(&Nack::Requeue("stop".into())));
         let outcomes: Vec<Outcome> = (0..5)
             .map(|_| watcher.try_recv().expect("observed").outcome)
             .collect();

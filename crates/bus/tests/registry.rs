@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use bus::{
     BusOptions, Consumer, EventBus, Message, Nack, RetryPolicy, Subscription,
     registry::{self, Change, Directory, Instance},
-    tap::{self, Outcome},
+    tap::Outcome,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +154,7 @@ async fn instances_register_deregister_on_stop_and_expire_when_killed() {
 #[tokio::test]
 async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
     for (bus, _dir) in buses().await {
-        let mut watcher = tap::watch();
+        let mut watcher = bus.tap().watch();
         let group = unique("tapped");
         let key = unique("key");
         let stop = CancellationToken::new();
@@ -223,7 +223,7 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
         let stats = bus.group_stats(&group).await.expect("stats");
         assert_eq!(stats.dead_letters, Some(2), "{}", bus.backend());
         assert_eq!(stats.depth, Some(0));
-        let consumed = tap::consumed_by("tester");
+        let consumed = bus.tap().consumed_by("tester");
         assert!(
             consumed
                 .iter()
@@ -232,4 +232,54 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
         stop.cancel();
         let _ = consumer.await;
     }
+}
+
+/// Two systems in one process (as tests run them) each see only their own bus; every
+/// handle on one bus, whichever service connected it, shares its tap.
+#[tokio::test]
+async fn each_bus_has_its_own_tap_shared_by_every_handle_on_it() {
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let connect = |dir: &tempfile::TempDir, service: &str| {
+        let url = bus::default_url(dir.path());
+        let options = BusOptions::for_service(service);
+        async move { bus::connect(&url, options).await.expect("embedded") }
+    };
+    let first_publisher = connect(&first_dir, "posts").await;
+    let first_consumer = connect(&first_dir, "query").await;
+    let second = connect(&second_dir, "posts").await;
+    let (mut first_watch, mut second_watch) = (first_consumer.tap().watch(), second.tap().watch());
+    let key = unique("key");
+    for bus in [&first_publisher, &second] {
+        drop(
+            bus.subscribe(Subscription::new(unique("group"), key.clone()))
+                .await
+                .expect("declared"),
+        );
+    }
+    let ours = Message::new(key.clone(), "first");
+    first_publisher
+        .publish(ours.clone())
+        .await
+        .expect("published");
+    let seen = tokio::time::timeout(PATIENCE, first_watch.recv())
+        .await
+        .expect("the first bus's tap saw its publish")
+        .expect("tap open");
+    assert_eq!(seen.message_id, ours.id);
+    assert_eq!(seen.publisher.as_deref(), Some("posts"));
+    assert!(
+        second_watch.try_recv().is_err(),
+        "the second bus saw the first one's message"
+    );
+    let theirs = Message::new(key, "second");
+    second.publish(theirs.clone()).await.expect("published");
+    let seen = tokio::time::timeout(PATIENCE, second_watch.recv())
+        .await
+        .expect("the second bus's tap saw its publish")
+        .expect("tap open");
+    assert_eq!(seen.message_id, theirs.id);
+    assert!(first_watch.try_recv().is_err());
 }

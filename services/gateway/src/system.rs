@@ -422,7 +422,7 @@ impl Inner {
     async fn follow_messages(self: Arc<Self>, bus: Arc<dyn EventBus>) {
         if bus.backend() != "rabbitmq" {
             // Every service of the embedded bus's system runs in this process.
-            let mut tap = bus::tap::watch();
+            let mut tap = bus.tap().watch();
             loop {
                 let next = tokio::select! {
                     () = self.shutdown.cancelled() => return,
