@@ -21,14 +21,10 @@ pub enum PushError {
 }
 
 impl<H: Handler> Runner<H> {
-    /// Applies the blog event in the envelope `body`, if this handler's group consumes
-    /// its type; other and unknown types are taken and ignored, as the course's
-    /// services do.
-    pub async fn push_blog_event(&self, body: &[u8]) -> Result<(), PushError> {
-        let body: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| PushError::BadRequest(format!("the body is not JSON: {e}")))?;
-        let envelope: Envelope = serde_json::from_value(body)
-            .map_err(|e| PushError::BadRequest(format!("not an event envelope: {e}")))?;
+    /// Applies the blog event in `envelope` (parsed at the edge, e.g. by the services'
+    /// `JsonBody<Envelope>`), if this handler's group consumes its type; other and
+    /// unknown types are taken and ignored, as the course's services do.
+    pub async fn push_blog_event(&self, envelope: &Envelope) -> Result<(), PushError> {
         let event = envelope.blog_event().map_err(|e| {
             PushError::BadRequest(format!("invalid {} data: {e}", envelope.event_type))
         })?;

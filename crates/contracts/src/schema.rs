@@ -221,26 +221,46 @@ impl PartialSchema for EventEnvelope {
 
 impl ToSchema for EventEnvelope {}
 
-fn title_schema() -> ObjectBuilder {
-    text_schema("The post's title")
+/// A request body of one checked text member (`blog::NewPost`, `blog::NewComment`).
+fn text_body(description: &str, member: &str, text: ObjectBuilder) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property(member, text)
+        .required(member)
+        .into()
 }
 
-fn content_schema() -> ObjectBuilder {
-    text_schema("The comment")
+impl PartialSchema for blog::NewPost {
+    fn schema() -> RefOr<Schema> {
+        text_body(
+            "A new post: `POST /posts/create` (or `POST /posts`). Other members are ignored.",
+            blog::Title::FIELD,
+            text_schema("The post's title"),
+        )
+    }
 }
 
-/// A new post: `POST /posts/create` (or `POST /posts`). Other members are ignored.
-#[derive(Debug, ToSchema)]
-pub struct NewPost {
-    #[schema(schema_with = title_schema)]
-    pub title: String,
+impl ToSchema for blog::NewPost {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "NewPost".into()
+    }
 }
 
-/// A new comment: `POST /posts/{id}/comments`. Other members are ignored.
-#[derive(Debug, ToSchema)]
-pub struct NewComment {
-    #[schema(schema_with = content_schema)]
-    pub content: String,
+impl PartialSchema for blog::NewComment {
+    fn schema() -> RefOr<Schema> {
+        text_body(
+            "A new comment: `POST /posts/{id}/comments`. Other members are ignored.",
+            blog::CommentText::FIELD,
+            text_schema("The comment"),
+        )
+    }
+}
+
+impl ToSchema for blog::NewComment {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "NewComment".into()
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod cors;
 pub mod entry;
+pub mod extract;
 pub mod forwarded;
 pub mod health;
 pub mod http;

@@ -19,12 +19,16 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::Bytes,
     extract::{Path, State},
     http::StatusCode,
+    response::{IntoResponse, Response},
 };
-use contracts::schema::{EventEnvelope, NewComment};
-use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use contracts::{
+    blog::{Envelope, NewComment},
+    schema::EventEnvelope,
+};
+use platform::{Problem, ServiceApp, ServiceContext, extract::JsonBody, health::Readiness};
+use storage::StorageError;
 use tokio::sync::Notify;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -139,18 +143,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 async fn create_comment(
     State(state): State<AppState>,
     Path(post_id): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Vec<Comment>>), Problem> {
-    let body = json_body(&body).map_err(not_json)?;
-    let content = contracts::blog::text_field(&body, "content")
-        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    JsonBody(new): JsonBody<NewComment>,
+) -> Result<(StatusCode, Json<Vec<Comment>>), ApiError> {
     wait_for_post(&state, &post_id).await?;
-    match state.store.create(&post_id, content).await {
-        Ok(comments) => Ok((StatusCode::CREATED, Json(comments))),
-        Err(CommentError::UnknownPost(id)) => Err(unknown_post(&id)),
-        Err(CommentError::Storage(e)) => Err(Problem::internal(&e)),
-        Err(CommentError::Bus(e)) => Err(Problem::internal(&e)),
-    }
+    let comments = state.store.create(&post_id, new.content).await?;
+    Ok((StatusCode::CREATED, Json(comments)))
 }
 
 /// The comments of a post, oldest first, with their moderation status.
@@ -165,42 +162,28 @@ async fn create_comment(
 async fn list_comments(
     State(state): State<AppState>,
     Path(post_id): Path<String>,
-) -> Result<Json<Vec<Comment>>, Problem> {
+) -> Result<Json<Vec<Comment>>, ApiError> {
     wait_for_post(&state, &post_id).await?;
-    let comments = state
-        .store
-        .list(&post_id)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(comments))
+    Ok(Json(state.store.list(&post_id).await?))
 }
 
 /// Returns once `post_id` is known, or 404 after the configured wait.
-async fn wait_for_post(state: &AppState, post_id: &str) -> Result<(), Problem> {
+async fn wait_for_post(state: &AppState, post_id: &str) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + state.post_wait;
     loop {
         // Registered before the check, so a post learned in between still wakes us.
         let learned = state.post_learned.notified();
         tokio::pin!(learned);
         learned.as_mut().enable();
-        if state
-            .store
-            .post_is_known(post_id)
-            .await
-            .map_err(|e| Problem::internal(&e))?
-        {
+        if state.store.post_is_known(post_id).await? {
             return Ok(());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(unknown_post(post_id));
+            return Err(CommentError::UnknownPost(post_id.to_owned()).into());
         }
         let _ = tokio::time::timeout((deadline - now).min(RECHECK_INTERVAL), learned).await;
     }
-}
-
-fn unknown_post(post_id: &str) -> Problem {
-    Problem::not_found(format!("there is no post {post_id}"))
 }
 
 /// The course's push style: an event posted here is applied exactly as if the bus had
@@ -215,25 +198,38 @@ fn unknown_post(post_id: &str) -> Problem {
 )]
 async fn receive_event(
     State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, Problem> {
-    state
-        .events
-        .push_blog_event(&body)
-        .await
-        .map_err(|e| match e {
-            bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
-            bus::PushError::Failed(detail) => Problem::internal(&detail),
-        })?;
+    JsonBody(envelope): JsonBody<Envelope>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.events.push_blog_event(&envelope).await?;
     Ok(Json(serde_json::json!({})))
 }
 
-/// The request body as JSON, whatever its content type: the course's client sends
-/// `application/json`, curl users often forget it.
-fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
-    serde_json::from_slice(body)
+/// Everything a route of this service can fail with once its input is parsed (the
+/// extractors refuse bad input themselves), turned into problem+json in one place.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    Comment(#[from] CommentError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Push(#[from] bus::PushError),
 }
 
-fn not_json(error: serde_json::Error) -> Problem {
-    Problem::bad_request(format!("the body is not JSON: {error}"))
+impl From<ApiError> for Problem {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::Comment(CommentError::UnknownPost(id)) => {
+                Problem::not_found(format!("there is no post {id}"))
+            }
+            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
 }

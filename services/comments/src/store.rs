@@ -1,7 +1,8 @@
 //! Comments, the posts this service has heard of, and the events both cause.
 
 use contracts::blog::{
-    BlogEvent, CommentCreated, CommentModerated, CommentStatus, CommentUpdated, PostCreated,
+    BlogEvent, CommentCreated, CommentModerated, CommentStatus, CommentText, CommentUpdated,
+    PostCreated,
 };
 use sqlx::{Any, Row, Transaction};
 use storage::{Database, Dialect, Migration, StorageError};
@@ -100,11 +101,12 @@ impl CommentStore {
     pub async fn create(
         &self,
         post_id: &str,
-        content: String,
+        content: CommentText,
     ) -> Result<Vec<Comment>, CommentError> {
         // Written before the post is checked: on SQLite a transaction that reads first
         // and writes later cannot wait for the write lock (its snapshot may be stale), so
         // every transaction here starts with its write. An unknown post rolls it back.
+        let content = content.into_string();
         let mut tx = self.db.begin().await?;
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(self.db.sql(

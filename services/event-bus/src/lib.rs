@@ -24,14 +24,17 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{DefaultBodyLimit, Query, State},
+    extract::{DefaultBodyLimit, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use contracts::blog::{self, Envelope};
+use contracts::blog::{self, CheckedEvent, Envelope};
 use contracts::schema::EventEnvelope;
-use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use platform::{
+    Problem, ServiceApp, ServiceContext,
+    extract::{JsonBody, Query},
+    health::Readiness,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -177,21 +180,14 @@ struct Page {
 )]
 async fn read_events(
     State(state): State<AppState>,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Problem> {
-    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
     let limit = page.limit.unwrap_or(MAX_PAGE_EVENTS);
     if !(1..=MAX_PAGE_EVENTS).contains(&limit) {
-        return Err(Problem::bad_request(format!(
-            "'limit' must be 1 to {MAX_PAGE_EVENTS}"
-        )));
+        return Err(ApiError::Limit);
     }
     let after = page.after.unwrap_or(0);
-    let page = state
-        .log
-        .read_page(after, limit, PAGE_BYTES)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let page = state.log.read_page(after, limit, PAGE_BYTES).await?;
     let next = page
         .more
         .then(|| page.events.last().map(|event| event.seq))
@@ -221,18 +217,13 @@ async fn read_events(
 )]
 async fn publish_event(
     State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, Problem> {
-    let envelope: Envelope = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request(format!("expected {{\"type\", \"data\"}}: {e}")))?;
-    let event = envelope
-        .validated()
-        .map_err(|e| Problem::bad_request(e.to_string()))?;
+    JsonBody(CheckedEvent { envelope, event }): JsonBody<CheckedEvent>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if event.is_none() {
         // As the course's bus: carried to whoever subscribes, ignored by the blog.
         tracing::info!(event_type = %envelope.event_type, "event of a type the blog does not know published");
     }
-    let body = serde_json::to_vec(&envelope).map_err(|e| Problem::internal(&e))?;
+    let body = serde_json::to_vec(&envelope)?;
     let mut message = bus::Message::new(blog::routing_key(&envelope.event_type), body);
     // A known event keeps the id every other copy of it has, so consumers that already
     // saw it (from its service's outbox) recognise it; others get a fresh one.
@@ -243,8 +234,31 @@ async fn publish_event(
     {
         message = message.with_id(event.message_id());
     }
-    state.bus.publish(message).await.map_err(|e| {
-        Problem::service_unavailable(format!("the bus did not take the event: {e}"))
-    })?;
+    state.bus.publish(message).await?;
     Ok(Json(serde_json::json!({"status": "OK"})))
+}
+
+/// Everything a route of this service can fail with once its input is parsed (the
+/// extractors refuse bad input themselves), turned into problem+json in one place.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("'limit' must be 1 to {MAX_PAGE_EVENTS}")]
+    Limit,
+    #[error(transparent)]
+    Log(#[from] storage::StorageError),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error("the bus did not take the event: {0}")]
+    Bus(#[from] bus::BusError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Limit => Problem::bad_request(self.to_string()),
+            ApiError::Bus(_) => Problem::service_unavailable(self.to_string()),
+            other => Problem::internal(&other),
+        }
+        .into_response()
+    }
 }

@@ -11,9 +11,14 @@ pub mod events;
 
 use std::sync::Arc;
 
-use axum::{Json, Router, body::Bytes, extract::State, routing::post};
-use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus};
-use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus, Envelope};
+use platform::{Problem, ServiceApp, ServiceContext, extract::JsonBody, health::Readiness};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -117,13 +122,28 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
 /// The course's push style: handled exactly like a delivery from the bus.
 async fn receive_event(
     State(runner): State<Arc<bus::Runner<events::Moderation>>>,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, Problem> {
-    runner.push_blog_event(&body).await.map_err(|e| match e {
-        bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
-        bus::PushError::Failed(detail) => Problem::internal(&detail),
-    })?;
+    JsonBody(envelope): JsonBody<Envelope>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    runner.push_blog_event(&envelope).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// What the service's one route can fail with once its input is parsed, turned into
+/// problem+json in one place.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error(transparent)]
+    Push(#[from] bus::PushError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
+            other => Problem::internal(&other),
+        }
+        .into_response()
+    }
 }
 
 #[cfg(test)]

@@ -10,14 +10,16 @@ mod store;
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Json, Router,
-    body::Bytes,
-    extract::{Query, State},
-    http::StatusCode,
+use axum::{Json, Router, extract::State, http::StatusCode};
+use contracts::{
+    blog::{Envelope, NewPost},
+    schema::EventEnvelope,
 };
-use contracts::schema::{EventEnvelope, NewPost};
-use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use platform::{
+    Problem, ServiceApp, ServiceContext,
+    extract::{JsonBody, Query},
+    health::Readiness,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -84,15 +86,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 )]
 async fn create_post(
     State(store): State<PostStore>,
-    body: Bytes,
+    JsonBody(new): JsonBody<NewPost>,
 ) -> Result<(StatusCode, Json<Post>), Problem> {
-    let body = json_body(&body).map_err(not_json)?;
-    let title = contracts::blog::text_field(&body, "title")
-        .map_err(|e| Problem::bad_request(e.to_string()))?;
-    let post = store
-        .create(title)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let post = store.create(new.title).await?;
     Ok((StatusCode::CREATED, Json(post)))
 }
 
@@ -108,9 +104,9 @@ async fn create_post(
 )]
 async fn create_post_at_posts(
     state: State<PostStore>,
-    body: Bytes,
+    new: JsonBody<NewPost>,
 ) -> Result<(StatusCode, Json<Post>), Problem> {
-    create_post(state, body).await
+    create_post(state, new).await
 }
 
 /// `?limit=N&after=ID`: at most N posts created after post ID. Both optional; without
@@ -137,13 +133,9 @@ struct Page {
 )]
 async fn list_posts(
     State(store): State<PostStore>,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    Query(page): Query<Page>,
 ) -> Result<Json<BTreeMap<String, Post>>, Problem> {
-    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let posts = store
-        .list(page.after.as_deref(), page.limit)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let posts = store.list(page.after.as_deref(), page.limit).await?;
     Ok(Json(
         posts
             .into_iter()
@@ -163,19 +155,14 @@ async fn list_posts(
         (status = 400, description = "Not JSON, or not a `{\"type\", \"data\"}` envelope", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn receive_event(body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
-    let body = json_body(&body).map_err(not_json)?;
-    let _: contracts::blog::Envelope = serde_json::from_value(body)
-        .map_err(|e| Problem::bad_request(format!("not an event envelope: {e}")))?;
-    Ok(Json(serde_json::json!({})))
+async fn receive_event(JsonBody(_): JsonBody<Envelope>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({}))
 }
 
-/// The request body as JSON, whatever its content type: the course's client sends
-/// `application/json`, curl users often forget it.
-fn json_body(body: &[u8]) -> Result<serde_json::Value, serde_json::Error> {
-    serde_json::from_slice(body)
-}
-
-fn not_json(error: serde_json::Error) -> Problem {
-    Problem::bad_request(format!("the body is not JSON: {error}"))
+/// The one place a failure of this service becomes an answer: input was refused by the
+/// extractors already, so what is left is the store or the outbox failing.
+impl From<PostError> for Problem {
+    fn from(error: PostError) -> Self {
+        Problem::internal(&error)
+    }
 }

@@ -1,6 +1,6 @@
 //! The posts table, and the outbox its events leave through.
 
-use contracts::blog::{BlogEvent, PostCreated};
+use contracts::blog::{BlogEvent, PostCreated, Title};
 use sqlx::Row;
 use storage::{Database, Migration, StorageError};
 
@@ -55,11 +55,11 @@ impl PostStore {
 
     /// Stores a new post and its `PostCreated` in one transaction: either both exist or
     /// neither does.
-    pub async fn create(&self, title: String) -> Result<Post, PostError> {
+    pub async fn create(&self, title: Title) -> Result<Post, PostError> {
         // Time-ordered ids: listing by id is listing by creation, which paging relies on.
         let post = Post {
             id: uuid::Uuid::now_v7().to_string(),
-            title,
+            title: title.into_string(),
         };
         let mut tx = self.db.begin().await?;
         sqlx::query(
@@ -86,7 +86,7 @@ impl PostStore {
         &self,
         after: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<Vec<Post>, StorageError> {
+    ) -> Result<Vec<Post>, PostError> {
         let limit = i64::from(limit.unwrap_or(u32::MAX));
         let rows = sqlx::query(
             self.db
@@ -104,7 +104,7 @@ impl PostStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+            .map_err(PostError::from)
     }
 }
 

@@ -32,14 +32,18 @@ use std::{
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::State,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use contracts::blog::{self, BlogEvent};
+use contracts::blog::{self, BlogEvent, Envelope};
 use contracts::schema::EventEnvelope;
 use futures::StreamExt as _;
-use platform::{Problem, ServiceApp, ServiceContext, health::Readiness};
+use platform::{
+    Problem, ServiceApp, ServiceContext,
+    extract::{JsonBody, Query},
+    health::Readiness,
+};
 use serde::Deserialize;
 use store::ViewPost;
 use tokio::sync::Mutex;
@@ -347,23 +351,16 @@ struct Page {
 )]
 async fn read_posts(
     State(state): State<AppState>,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Problem> {
-    let Query(page) = page.map_err(|e| Problem::bad_request(e.body_text()))?;
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
     if page.limit.is_none() && page.after.is_none() {
         return full_view(&state).await;
     }
     let limit = page.limit.unwrap_or(100);
     if !(1..=MAX_PAGE_POSTS).contains(&limit) {
-        return Err(Problem::bad_request(format!(
-            "'limit' must be 1 to {MAX_PAGE_POSTS}"
-        )));
+        return Err(ApiError::Limit);
     }
-    let view = state
-        .store
-        .view(page.after.as_deref(), Some(limit))
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let view = state.store.view(page.after.as_deref(), Some(limit)).await?;
     let next = (view.len() == limit as usize)
         .then(|| view.keys().next_back().cloned())
         .flatten();
@@ -380,12 +377,8 @@ async fn read_posts(
 
 /// The whole view: the kept rendering if it shows the current version, else rendered
 /// page by page — kept if it turns out small, streamed as it is rendered if not.
-async fn full_view(state: &AppState) -> Result<Response, Problem> {
-    let version = state
-        .store
-        .version()
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+async fn full_view(state: &AppState) -> Result<Response, ApiError> {
+    let version = state.store.version().await?;
     // Held while the head is rendered, so concurrent requests for a new version render
     // it once; released before a large view streams.
     let mut rendered = state.rendered.lock().await;
@@ -399,11 +392,7 @@ async fn full_view(state: &AppState) -> Result<Response, Problem> {
     let mut renderer = Renderer::new(state.store.clone());
     let mut head = Vec::new();
     while head.len() <= KEPT_RENDERING_BYTES {
-        match renderer
-            .next_chunk()
-            .await
-            .map_err(|e| Problem::internal(&e))?
-        {
+        match renderer.next_chunk().await? {
             Some(chunk) => head.extend_from_slice(&chunk),
             None => {
                 let body = Bytes::from(head);
@@ -507,17 +496,35 @@ impl Renderer {
 )]
 async fn receive_event(
     State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<serde_json::Value>, Problem> {
-    state
-        .events
-        .push_blog_event(&body)
-        .await
-        .map_err(|e| match e {
-            bus::PushError::BadRequest(detail) => Problem::bad_request(detail),
-            bus::PushError::Failed(detail) => Problem::internal(&detail),
-        })?;
+    JsonBody(envelope): JsonBody<Envelope>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.events.push_blog_event(&envelope).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// Everything a route of this service can fail with once its input is parsed (the
+/// extractors refuse bad input themselves), turned into problem+json in one place.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("'limit' must be 1 to {MAX_PAGE_POSTS}")]
+    Limit,
+    #[error(transparent)]
+    Store(#[from] storage::StorageError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Push(#[from] bus::PushError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Limit => Problem::bad_request(self.to_string()),
+            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
+            other => Problem::internal(&other),
+        }
+        .into_response()
+    }
 }
 
 /// `GET /posts/changes`: Server-Sent Events of the view's changes, each sent once the
