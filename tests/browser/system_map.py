@@ -4,8 +4,12 @@ Run by tests/tests/web_ui.rs against a system it started:
     python3 system_map.py --url URL --video sample.mp4 --out DIR --chromium /usr/bin/chromium \
         --admin-email E --admin-password P
 Opens /system as the admin, sees every service and the `video` queue, uploads the video
-in another tab and sees its messages move along the arrows; opens a service, a queue
-(dead letters) and a message (trace id). Screenshots in DIR. Exits non-zero on failure.
+in another tab and sees its messages move along the arrows; at 1280 and 1600 px wide, every
+title and caption is readable in full, no box overlaps another and no arrow crosses a box,
+before and after the blog's messages are seen (then the media and blog flows each lie on a
+line); opens a service, a queue (dead letters) and a message (trace id). Screenshots in
+DIR (flow.png: a second upload on the known map, the one in docs/system-map.png). Exits
+non-zero on failure.
 """
 
 import argparse
@@ -198,7 +202,6 @@ def main():
             post.get_by_role("button", name="Comment", exact=True).click()
             expect(post.locator(".comment", has_text="What a lovely map").locator(".chip")).to_have_text(
                 "approved", timeout=LIVE_TIMEOUT)
-            other.close()
             # Publishers are known once seen: comments → its queue → moderation → the
             # decision's queue, which comments consumes (an arrow back).
             for edge in ["service:comments>queue:moderation", "queue:moderation>service:moderation",
@@ -211,6 +214,16 @@ def main():
                 time.sleep(0.5)  # the resize's new layout
                 problems = page.evaluate(ROWS)
                 assert not problems, f"at {width} px wide: " + "; ".join(problems)
+
+            print("step: a second upload on the known map (docs/system-map.png)", flush=True)
+            page.evaluate("() => { window.__dots.length = 0; }")
+            other.locator("#file").set_input_files(args.video)
+            other.get_by_role("button", name="Upload", exact=True).click()
+            page.wait_for_function(
+                "() => window.__dots.includes('mp3')", timeout=LIVE_TIMEOUT)
+            time.sleep(0.3)
+            shot(page, "flow")
+            other.close()
 
             print("step: a service's details", flush=True)
             page.locator('.box.service[data-key="service:media"]').click()
