@@ -235,7 +235,7 @@ function structure(view) {
   const order = (a, b) => reach.get(b) + rank.get(b) - (reach.get(a) + rank.get(a)) || nodes.indexOf(a) - nodes.indexOf(b);
   for (const n of [...nodes].sort(order)) if (n !== GATEWAY) put(band.get(n), n);
   const links = []; // [a, b] between neighbouring columns
-  const chains = new Map(); // "a>b" of a flow edge → [a, lanes…, b]
+  const chains = new Map(); // "from>to" of an edge → [a, lanes…, b] in the flow's direction
   for (const [from, to] of edges) {
     const backwards = back.has(from + ">" + to);
     const [a, b] = backwards ? [to, from] : [from, to];
@@ -253,7 +253,7 @@ function structure(view) {
       chain.push(lane);
     }
     chain.push(b);
-    chains.set(a + ">" + b, chain);
+    chains.set(`${from}>${to}`, chain);
     for (let i = 1; i < chain.length; i++) links.push([chain[i - 1], chain[i]]);
   }
   const linked = new Set();
@@ -373,7 +373,7 @@ function coordinates(plan, box) {
     for (const n of members) place.get(n).y += top - highest;
     top += lowest - highest + BAND_GAP;
   });
-  const bottom = Math.max(...[...place.values()].map((p) => p.y + p.h));
+  const bottom = Math.max(PAD, ...[...place.values()].map((p) => p.y + p.h));
   return { place, width: left(columns - 1) + box.w + PAD, height: bottom + PAD };
 }
 
@@ -506,7 +506,7 @@ function curve(points) {
 // left side of its target; a back edge the other way round, a little lower.
 function route(from, to, plan, place) {
   const backwards = plan.back.has(from + ">" + to);
-  const chain = backwards ? plan.chains.get(to + ">" + from) : plan.chains.get(from + ">" + to);
+  const chain = plan.chains.get(from + ">" + to); // (a back edge's runs from its target)
   if (!chain) return null;
   const a = place.get(from);
   const b = place.get(to);
