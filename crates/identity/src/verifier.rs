@@ -219,14 +219,16 @@ impl Verifier {
             } else {
                 self.inner.settings.min_refetch_interval
             };
-            if at.elapsed() < interval {
-                return if first {
-                    Err(VerifyError::KeysUnavailable(
-                        "the last attempt failed moments ago".into(),
-                    ))
-                } else {
-                    Ok(())
-                };
+            let since = at.elapsed();
+            if since < interval {
+                if !first {
+                    return Ok(());
+                }
+                // Nothing to verify with yet, and the last attempt (before this request
+                // came) failed moments ago — at start-up, auth may answer a moment later.
+                // Wait out the rest of the (≤ 1 s) interval and try once more rather than
+                // refuse at once; requests queued behind this one take its outcome above.
+                tokio::time::sleep(interval - since).await;
             }
         }
         *last = Some(Instant::now());

@@ -264,6 +264,46 @@ async fn unavailable_keys_are_reported_as_such() {
     assert_eq!(problem.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// At start-up the first fetch may fail (auth not answering yet); a request that comes
+/// just after is not refused for the rest of the retry interval: it waits it out (≤ 1 s)
+/// and tries again. Requests that arrive together share one attempt.
+#[tokio::test]
+async fn a_request_just_after_a_failed_first_fetch_waits_for_the_retry() {
+    let key = new_key();
+    let keys = jwks(&[&key]);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let verifier = {
+        let fetches = fetches.clone();
+        Verifier::new(JwksSource::from_fn(move || {
+            let first = fetches.fetch_add(1, Ordering::SeqCst) == 0;
+            let keys = keys.clone();
+            async move {
+                if first {
+                    Err(identity::SourceError("auth is not up yet".into()))
+                } else {
+                    Ok(keys)
+                }
+            }
+        }))
+    };
+    let token = key.sign(&claims(60)).expect("sign");
+    assert!(matches!(
+        verifier.verify(&token).await,
+        Err(VerifyError::KeysUnavailable(_))
+    ));
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        verifier.verify(&token),
+        verifier.verify(&token),
+        verifier.verify(&token)
+    );
+    for verified in [a, b, c] {
+        assert_eq!(verified.expect("verified after the retry").sub, "user-1");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "one retry for all three");
+}
+
 #[tokio::test]
 async fn the_caller_extractor_needs_a_valid_bearer_token() {
     let key = new_key();
