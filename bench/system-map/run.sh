@@ -6,8 +6,10 @@
 # JOBS one-second WAVs, CONCURRENCY at a time, and times until every job is done.
 #   bench/system-map/run.sh [JOBS] [CONCURRENCY] [ROUNDS]   (default 40 4 3)
 #   PROFILE=debug bench/system-map/run.sh ...                 (default release)
-# Goal (issue 17): throughput with the stream open within 5 % of closed. Prints a
-# Markdown section for BENCHMARKS.md.
+# Goal (issue 17): throughput with the stream open within 5 % of closed. Also the CPU
+# time the flotilla process spends per job (utime + stime from /proc), which a busy
+# machine disturbs far less than wall-clock throughput. Prints a Markdown section for
+# BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${1:-40} concurrency=${2:-4} rounds=${3:-3}
@@ -28,7 +30,10 @@ with wave.open(sys.argv[1], "wb") as w:
     w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i * 0.2))) for i in range(16000)))
 PY
 
-# One run: a fresh system, optionally watched; prints jobs per second.
+# The CPU time process $1 has used, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One run: a fresh system, optionally watched; prints "jobs/s CPU-ms/job".
 run() {
   local watched=$1 data=$work/data-$RANDOM
   FLOTILLA_DATA_DIR=$data FLOTILLA_LISTEN=127.0.0.1:$port RUST_LOG=error \
@@ -45,7 +50,8 @@ run() {
     echo $! >"$work/stream.pid"
     sleep 1
   fi
-  local started ended
+  local started ended cpu_started cpu_ended
+  cpu_started=$(cpu_ticks "$(cat "$work/flotilla.pid")")
   started=$(date +%s.%N)
   seq "$jobs" | xargs -P "$concurrency" -I{} curl -fsS -o /dev/null \
     -H "Authorization: Bearer $token" -F "file=@$work/tone.wav" "http://127.0.0.1:$port/upload"
@@ -58,6 +64,7 @@ run() {
     sleep 0.05
   done
   ended=$(date +%s.%N)
+  cpu_ended=$(cpu_ticks "$(cat "$work/flotilla.pid")")
   if [ "$watched" = open ]; then
     local seen
     seen=$(grep -c '^event: message' "$work/stream.txt" || true)
@@ -67,26 +74,29 @@ run() {
   fi
   kill "$(cat "$work/flotilla.pid")"; wait "$(cat "$work/flotilla.pid")" 2>/dev/null || true
   rm -f "$work/flotilla.pid"; rm -rf "$data"
-  python3 -c "print(f'{$jobs / ($ended - $started):.2f}')"
+  python3 -c "print(f'{$jobs / ($ended - $started):.2f} {($cpu_ended - $cpu_started) * 1000 / $(getconf CLK_TCK) / $jobs:.1f}')"
 }
 
-closed=() open=()
+closed=() open=() closed_cpu=() open_cpu=()
 for round in $(seq "$rounds"); do
-  c=$(run closed); o=$(run open)
-  echo "round $round: closed $c jobs/s, open $o jobs/s" >&2
-  closed+=("$c"); open+=("$o")
+  read -r c c_cpu <<<"$(run closed)"; read -r o o_cpu <<<"$(run open)"
+  echo "round $round: closed $c jobs/s ($c_cpu CPU ms/job), open $o jobs/s ($o_cpu CPU ms/job)" >&2
+  closed+=("$c"); open+=("$o"); closed_cpu+=("$c_cpu"); open_cpu+=("$o_cpu")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mc=$(median "${closed[@]}") mo=$(median "${open[@]}")
+mcc=$(median "${closed_cpu[@]}") moc=$(median "${open_cpu[@]}")
 delta=$(python3 -c "print(f'{($mo - $mc) / $mc * 100:+.1f}')")
+delta_cpu=$(python3 -c "print(f'{($moc - $mcc) / $mcc * 100:+.1f}')")
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 cat <<MD
 ### Watching the system map (\`bench/system-map/run.sh $jobs $concurrency $rounds\`, $profile build)
 
-| | jobs/s per round | median |
-|---|---|---|
-| stream closed (nobody watches) | ${closed[*]} | $mc |
-| \`GET /admin/system/stream\` open | ${open[*]} | $mo |
+| | jobs/s per round | median | CPU ms per job, per round | median |
+|---|---|---|---|---|
+| stream closed (nobody watches) | ${closed[*]} | $mc | ${closed_cpu[*]} | $mcc |
+| \`GET /admin/system/stream\` open | ${open[*]} | $mo | ${open_cpu[*]} | $moc |
 
-Throughput with the stream open: **${delta} %** against closed (goal: within 5 %).
-$(nproc) CPUs ($(nproc) shared with other work), $jobs one-second WAVs, $concurrency uploads at a time, each round a fresh \`flotilla up\`.
+With the stream open: throughput **${delta} %**, CPU per job **${delta_cpu} %** against closed (goal: within 5 %).
+$(nproc) CPUs, load average $load at the end, $jobs one-second WAVs, $concurrency uploads at a time, each round a fresh \`flotilla up\`.
 MD
