@@ -434,7 +434,10 @@ async fn every_consumer(backend: &mut Backend) {
     };
     exercise("comments/PostCreated", case, make, Message::from(&post)).await;
     let comment = comment_store
-        .create("p1", "an orange".into())
+        .create(
+            "p1",
+            contracts::blog::CommentText::parse("an orange".to_owned()).expect("a comment"),
+        )
         .await
         .expect("comment")
         .pop()
