@@ -10,58 +10,11 @@ use std::time::{Duration, Instant};
 
 use production_support::{System, servers, wav};
 use serde_json::{Value, json};
+use test_support::client::{events, instances, read_until, system_view, system_view_until};
 
-async fn read_until(
-    response: &mut reqwest::Response,
-    seen: &mut String,
-    patience: Duration,
-    done: impl Fn(&str) -> bool,
-) {
-    let deadline = Instant::now() + patience;
-    while !done(seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("not in the stream in time: {seen}"))
-            .expect("stream read");
-        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"));
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
-fn events(seen: &str, name: &str) -> Vec<Value> {
-    seen.split("\n\n")
-        .filter(|block| block.lines().any(|l| l == format!("event: {name}")))
-        .filter_map(|block| {
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .collect();
-            serde_json::from_str(&data).ok()
-        })
-        .collect()
-}
-
+/// `GET /admin/system` of `system`'s gateway.
 async fn view(system: &System, token: &str) -> Value {
-    let response = system
-        .client
-        .get(format!("{}/admin/system", system.gateway))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
-}
-
-fn instances<'a>(view: &'a Value, service: &str) -> Vec<&'a Value> {
-    view["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == service)
-        .flat_map(|s| s["instances"].as_array().into_iter().flatten())
-        .collect()
+    system_view(&system.client, &system.gateway, token).await
 }
 
 /// Polls `GET /admin/system` until `wanted` holds; returns how long it took.
@@ -71,15 +24,7 @@ async fn until(
     patience: Duration,
     wanted: impl Fn(&Value) -> bool,
 ) -> Duration {
-    let started = Instant::now();
-    loop {
-        let view = view(system, token).await;
-        if wanted(&view) {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < patience, "not in time: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    system_view_until(&system.client, &system.gateway, token, patience, wanted).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
