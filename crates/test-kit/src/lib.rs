@@ -11,6 +11,7 @@
 //! * [`media`]: fixtures made with the real `ffmpeg`, and what `ffprobe` says of a file.
 //! * [`client`]: what the system tests do as a gateway's client (log in, read an event
 //!   stream, poll the system view), written once.
+//! * [`s3`]: a bucket of its own on the S3-compatible test server.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod client;
 pub mod media;
+pub mod s3;
 
 /// True when running under CI (`CI=true`), where nothing may be skipped.
 pub fn under_ci() -> bool {

@@ -148,20 +148,7 @@ pub enum Databases {
 /// Blobs in a fresh bucket of the S3-compatible test server (`FLOTILLA_TEST_S3_ENDPOINT`):
 /// the environment a service needs to use it, or `None` when the test should be skipped.
 pub async fn s3_blobs() -> Option<Vec<(String, String)>> {
-    let endpoint = test_support::real_server_url("FLOTILLA_TEST_S3_ENDPOINT")?;
-    let endpoint = endpoint.trim_end_matches('/').to_owned();
-    platform::tls::install_crypto_provider();
-    let bucket = format!("flotilla-{:x}{:x}", std::process::id(), fastrand_u32());
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .expect("the S3 server answers");
-    assert!(
-        created.status().is_success(),
-        "CreateBucket: {}",
-        created.status()
-    );
+    let test_support::s3::Bucket { endpoint, bucket } = test_support::s3::bucket().await?;
     Some(vec![
         ("FLOTILLA_BLOB_URL".into(), format!("s3://{bucket}/blobs")),
         ("AWS_ENDPOINT".into(), endpoint),
