@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use production_support::{System, servers, wav};
 use serde_json::{Value, json};
-use test_support::client::{events, instances, read_until, system_view, system_view_until};
+use test_support::client::{
+    dead_letter, events, instances, read_until, replay, system_view, system_view_until,
+};
 
 /// `GET /admin/system` of `system`'s gateway.
 async fn view(system: &System, token: &str) -> Value {
@@ -190,29 +192,8 @@ async fn the_system_map_across_processes_on_rabbitmq() {
         .expect("the broker");
     let poison = bus::Message::new("video", "not a video message");
     bus.publish(poison.clone()).await.expect("published");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed: Value = system
-            .client
-            .get(format!("{}/admin/dead-letters?group=video", system.gateway))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        if listed["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|l| l["id"] == poison.id.as_str() && l["body"] == "not a video message")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {listed}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let letter = dead_letter(&system.client, &system.gateway, &admin, "video", &poison.id).await;
+    assert_eq!(letter["body"], "not a video message");
     let unknown = system
         .client
         .get(format!(
@@ -224,18 +205,15 @@ async fn the_system_map_across_processes_on_rabbitmq() {
         .await
         .expect("sent");
     assert_eq!(unknown.status(), 404);
-    let replayed: Value = system
-        .client
-        .post(format!("{}/admin/dead-letters/replay", system.gateway))
-        .bearer_auth(&admin)
-        .json(&json!({"group": "video", "ids": [poison.id]}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(replayed["replayed"], 1);
+    let replayed = replay(
+        &system.client,
+        &system.gateway,
+        &admin,
+        "video",
+        &[poison.id.as_str()],
+    )
+    .await;
+    assert_eq!(replayed, 1);
     read_until(&mut stream, &mut seen, Duration::from_secs(30), |s| {
         events(s, "message")
             .iter()

@@ -15,7 +15,7 @@ use media_support::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use reqwest::{StatusCode, multipart};
 use serde_json::{Value, json};
 use test_support::{
-    client::{events, instances, read_until, system_view},
+    client::{dead_letter, events, instances, read_until, replay, system_view},
     media::wav,
 };
 
@@ -256,28 +256,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
         .expect("the bus");
     let poison = bus::Message::new("video", "not a video message");
     bus.publish(poison.clone()).await.expect("published");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let letter = loop {
-        let listed: Value = client
-            .get(format!("{base}/admin/dead-letters?group=video"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        if let Some(letter) = listed["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["id"] == poison.id.as_str())
-        {
-            break letter.clone();
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {listed}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let letter = dead_letter(client, base, &admin, "video", &poison.id).await;
     assert_eq!(letter["body"], "not a video message");
     assert!(
         letter["reason"]
@@ -326,17 +305,8 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
             "application/problem+json"
         );
     }
-    let replayed: Value = client
-        .post(format!("{base}/admin/dead-letters/replay"))
-        .bearer_auth(&admin)
-        .json(&json!({"group": "video", "ids": [poison.id]}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(replayed["replayed"], 1);
+    let replayed = replay(client, base, &admin, "video", &[poison.id.as_str()]).await;
+    assert_eq!(replayed, 1);
     // Replayed, it is delivered again (and, still poison, parked again).
     read_until(&mut stream, &mut seen, Duration::from_secs(30), |s| {
         events(s, "message")

@@ -50,6 +50,18 @@ fn browser_tools() -> Option<()> {
     None
 }
 
+/// `up` with the admin in a temporary directory, and a video (2 s, AAC) in it to upload;
+/// `None` (skip) without the browser tools or ffmpeg.
+async fn browser_system() -> Option<(tempfile::TempDir, PathBuf, test_support::TestSystem)> {
+    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let video = media_support::mp4_with_aac(dir.path(), 2);
+    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
+    Some((dir, video, system))
+}
+
 /// Where a test's screenshots go: target/NAME, emptied first and kept after the run,
 /// for people to look at.
 fn output_dir(name: &str) -> PathBuf {
@@ -109,12 +121,9 @@ async fn run_browser_script(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_web_app_works_in_a_real_browser() {
-    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+    let Some((_dir, video, system)) = browser_system().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let video = media_support::mp4_with_aac(dir.path(), 2);
-    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
+    };
     let out = output_dir("web-ui");
     let url = system.url("/");
 
@@ -145,12 +154,9 @@ async fn the_web_app_works_in_a_real_browser() {
 /// Screenshots: target/system-map/ (docs/system-map.png is `flow.png`).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_map_works_in_a_real_browser() {
-    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+    let Some((_dir, video, system)) = browser_system().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let video = media_support::mp4_with_aac(dir.path(), 2);
-    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
+    };
     let out = output_dir("system-map");
     run_browser_script(
         "system_map.py",

@@ -828,42 +828,24 @@ mod tests {
         let table = status_table(&view);
         let lines: Vec<&str> = table.lines().collect();
         let column = |line: &str, word: &str| line.find(word).expect(word);
-        assert_eq!(
-            column(lines[0], "INSTANCES"),
-            column(lines[1], "1/2"),
-            "{table}"
-        );
-        assert_eq!(
-            column(lines[0], "INSTANCES"),
-            column(lines[2], "0/0"),
-            "{table}"
-        );
-        assert_eq!(
-            column(lines[0], "ERRORS"),
-            column(lines[1], "50.0%"),
-            "{table}"
-        );
+        // (heading line, its word, row line, the cell under it)
+        for (heading, word, row, cell) in [
+            (0, "INSTANCES", 1, "1/2"),
+            (0, "INSTANCES", 2, "0/0"),
+            (0, "ERRORS", 1, "50.0%"),
+            (4, "STATUS", 5, "up"),
+            (4, "STATUS", 6, "expired"),
+            (8, "DEPTH", 9, "3"),
+            (8, "PUB/S", 9, "0.50"),
+        ] {
+            let (heading, row) = (lines[heading], lines[row]);
+            assert_eq!(column(heading, word), column(row, cell), "{cell}: {table}");
+        }
         assert!(
             lines[1].ends_with("12 ms") && lines[2].ends_with('-'),
             "{table}"
         );
         assert_eq!(lines[3], "", "{table}");
-        assert_eq!(
-            column(lines[4], "STATUS"),
-            column(lines[5], "up"),
-            "{table}"
-        );
-        assert_eq!(
-            column(lines[4], "STATUS"),
-            column(lines[6], "expired"),
-            "{table}"
-        );
-        assert_eq!(column(lines[8], "DEPTH"), column(lines[9], "3"), "{table}");
-        assert_eq!(
-            column(lines[8], "PUB/S"),
-            column(lines[9], "0.50"),
-            "{table}"
-        );
         assert!(
             lines[9].contains("video,retry") && lines[9].ends_with('-'),
             "{table}"

@@ -1,6 +1,6 @@
 //! What the system tests do as a client of a running gateway, written once: log in, read
-//! a Server-Sent Events stream until it holds what the test waits for, and read or poll
-//! the system view (`GET /admin/system`).
+//! a Server-Sent Events stream until it holds what the test waits for, read or poll the
+//! system view (`GET /admin/system`), find and replay a dead letter.
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,61 @@ pub async fn system_view_until(
         assert!(started.elapsed() < patience, "not in time: {view}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls `GET {base}/admin/dead-letters?group=GROUP` until the message `id` is listed;
+/// returns its entry. Panics with the last listing after 30 s.
+pub async fn dead_letter(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    group: &str,
+    id: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = json(
+            client
+                .get(format!("{base}/admin/dead-letters?group={group}"))
+                .bearer_auth(token),
+        )
+        .await;
+        if let Some(letter) = listed["dead_letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["id"] == id)
+        {
+            return letter.clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter {id}: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `POST {base}/admin/dead-letters/replay` of the dead letters `ids` of `group`; returns
+/// how many were replayed.
+pub async fn replay(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    group: &str,
+    ids: &[&str],
+) -> Value {
+    let answer = json(
+        client
+            .post(format!("{base}/admin/dead-letters/replay"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"group": group, "ids": ids})),
+    )
+    .await;
+    answer["replayed"].clone()
+}
+
+/// Sends `request`; its answer's body as JSON.
+async fn json(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("sent");
+    response.json().await.expect("json")
 }
 
 /// The instances of `service` in a system view.
