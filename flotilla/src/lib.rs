@@ -421,11 +421,8 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         bus::BusOptions::for_service(gateway::NAME),
     )
     .await?;
-    let directory = bus::registry::Directory::start_global(
-        bus.clone(),
-        bus::registry::EXPIRY,
-        shutdown.clone(),
-    );
+    let directory =
+        bus::registry::Directory::start(bus.clone(), bus::registry::EXPIRY, shutdown.clone());
     let system = gateway::System {
         bus: Some(bus.clone()),
         directory: Some(directory),
@@ -658,7 +655,7 @@ async fn build_service(
             };
             if let Some(url) = &context.bus_url {
                 let bus = bus::connect(url, bus::BusOptions::for_service(gateway::NAME)).await?;
-                system.directory = Some(bus::registry::Directory::start_global(
+                system.directory = Some(bus::registry::Directory::start(
                     bus.clone(),
                     bus::registry::EXPIRY,
                     context.shutdown.clone(),
@@ -666,7 +663,7 @@ async fn build_service(
                 system.bus = Some(bus);
             }
             gateway::build_with_system(
-                urls.upstreams(&args.gateway.policy()),
+                urls.upstreams(&args.gateway.policy(), system.directory.clone()),
                 &args.gateway,
                 context.shutdown.clone(),
                 system,
@@ -682,9 +679,11 @@ async fn build_service(
         ServiceName::Query => {
             // Over HTTP to FLOTILLA_EVENT_BUS_URL, through the query service's own
             // resilience stack (crates/upstream, as the gateway's).
+            // The README's `registry` is the gateway's: the query service follows no
+            // directory of its own (the resolver says so if one is configured).
             let log = gateway_args
                 .and_then(|urls| urls.event_bus_url.clone())
-                .map(query::EventLogClient::remote);
+                .map(|url| query::EventLogClient::remote(url, None));
             query::build_with_event_log(context, &args.query, log).await?
         }
         ServiceName::EventBus => event_bus::build(context, &args.event_bus).await?,

@@ -94,15 +94,7 @@ struct Api {
 
 impl Api {
     async fn login(&self) -> String {
-        let response = self
-            .client
-            .post(format!("{}/login", self.base))
-            .basic_auth(ADMIN.0, Some(ADMIN.1))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("token")
+        test_support::client::login(&self.client, &self.base, ADMIN.0, ADMIN.1).await
     }
 
     async fn upload(&self, token: &str, path: &Path) -> String {

@@ -10,58 +10,13 @@ use std::time::{Duration, Instant};
 
 use production_support::{System, servers, wav};
 use serde_json::{Value, json};
+use test_support::client::{
+    dead_letter, events, instances, read_until, replay, system_view, system_view_until,
+};
 
-async fn read_until(
-    response: &mut reqwest::Response,
-    seen: &mut String,
-    patience: Duration,
-    done: impl Fn(&str) -> bool,
-) {
-    let deadline = Instant::now() + patience;
-    while !done(seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("not in the stream in time: {seen}"))
-            .expect("stream read");
-        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"));
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
-fn events(seen: &str, name: &str) -> Vec<Value> {
-    seen.split("\n\n")
-        .filter(|block| block.lines().any(|l| l == format!("event: {name}")))
-        .filter_map(|block| {
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .collect();
-            serde_json::from_str(&data).ok()
-        })
-        .collect()
-}
-
+/// `GET /admin/system` of `system`'s gateway.
 async fn view(system: &System, token: &str) -> Value {
-    let response = system
-        .client
-        .get(format!("{}/admin/system", system.gateway))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
-}
-
-fn instances<'a>(view: &'a Value, service: &str) -> Vec<&'a Value> {
-    view["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == service)
-        .flat_map(|s| s["instances"].as_array().into_iter().flatten())
-        .collect()
+    system_view(&system.client, &system.gateway, token).await
 }
 
 /// Polls `GET /admin/system` until `wanted` holds; returns how long it took.
@@ -71,15 +26,7 @@ async fn until(
     patience: Duration,
     wanted: impl Fn(&Value) -> bool,
 ) -> Duration {
-    let started = Instant::now();
-    loop {
-        let view = view(system, token).await;
-        if wanted(&view) {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < patience, "not in time: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    system_view_until(&system.client, &system.gateway, token, patience, wanted).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,29 +192,8 @@ async fn the_system_map_across_processes_on_rabbitmq() {
         .expect("the broker");
     let poison = bus::Message::new("video", "not a video message");
     bus.publish(poison.clone()).await.expect("published");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed: Value = system
-            .client
-            .get(format!("{}/admin/dead-letters?group=video", system.gateway))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        if listed["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|l| l["id"] == poison.id.as_str() && l["body"] == "not a video message")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {listed}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let letter = dead_letter(&system.client, &system.gateway, &admin, "video", &poison.id).await;
+    assert_eq!(letter["body"], "not a video message");
     let unknown = system
         .client
         .get(format!(
@@ -279,18 +205,15 @@ async fn the_system_map_across_processes_on_rabbitmq() {
         .await
         .expect("sent");
     assert_eq!(unknown.status(), 404);
-    let replayed: Value = system
-        .client
-        .post(format!("{}/admin/dead-letters/replay", system.gateway))
-        .bearer_auth(&admin)
-        .json(&json!({"group": "video", "ids": [poison.id]}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(replayed["replayed"], 1);
+    let replayed = replay(
+        &system.client,
+        &system.gateway,
+        &admin,
+        "video",
+        &[poison.id.as_str()],
+    )
+    .await;
+    assert_eq!(replayed, 1);
     read_until(&mut stream, &mut seen, Duration::from_secs(30), |s| {
         events(s, "message")
             .iter()

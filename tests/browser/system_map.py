@@ -12,12 +12,13 @@ DIR (flow.png: a second upload on the known map, the one in docs/system-map.png)
 non-zero on failure.
 """
 
-import argparse
 import os
 import sys
 import time
 
 from playwright.sync_api import expect, sync_playwright
+
+import chromium
 
 SERVICES = ["gateway", "auth", "media", "converter", "notification", "posts", "comments",
             "moderation", "query", "event-bus"]
@@ -110,15 +111,7 @@ def readable(page, shot, label):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--admin-email", required=True)
-    parser.add_argument("--admin-password", required=True)
-    args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    args = chromium.arguments()
     base = args.url.rstrip("/")
     errors = []
 
@@ -133,8 +126,7 @@ def main():
         page.get_by_role("button", name="Log in", exact=True).click()
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium,
-                                    args=["--no-sandbox", "--disable-gpu"])
+        browser = chromium.launch(p, args)
         context = browser.new_context(viewport={"width": 1600, "height": 1000})
         page = context.new_page()
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))

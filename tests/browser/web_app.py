@@ -6,7 +6,6 @@ Run by tests/tests/web_ui.rs against a system it started:
 Each step saves a screenshot in DIR. Exits non-zero (with the failed step) on any failure.
 """
 
-import argparse
 import base64
 import json
 import os
@@ -19,27 +18,19 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import expect, sync_playwright
 
+import chromium
+
 LIVE_TIMEOUT = 90_000  # ms: a conversion on a busy 2-core machine
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--video", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--admin-email", required=True)
-    parser.add_argument("--admin-password", required=True)
-    args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    args = chromium.arguments()
     base = args.url.rstrip("/")
     origin = urlsplit(base)
     origin = f"{origin.scheme}://{origin.netloc}"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu"]
-        )
+        browser = chromium.launch(p, args)
         run = Run(browser, base, origin, args)
         try:
             run.all()

@@ -295,15 +295,7 @@ async fn spawn_with_admin() -> (TestSystem, String, tempfile::TempDir) {
 
 /// `POST /login -u EMAIL:PASSWORD` → the token.
 async fn login(system: &TestSystem, email: &str, password: &str) -> String {
-    let response = system
-        .client
-        .post(system.url("/login"))
-        .basic_auth(email, Some(password))
-        .send()
-        .await
-        .expect("login request");
-    assert_eq!(response.status(), 200, "login of {email}");
-    response.text().await.expect("token").trim().to_owned()
+    test_support::client::login(&system.client, &system.base_url, email, password).await
 }
 
 /// `POST /events` with `token`.

@@ -11,16 +11,10 @@ use serde_json::json;
 
 /// Reads the event stream until it holds every one of `needles` (or fails after 20 s).
 async fn read_until(response: &mut reqwest::Response, seen: &mut String, needles: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !needles.iter().all(|n| seen.contains(n)) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needles:?} in the stream: {seen}"))
-            .expect("stream read");
-        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"));
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    test_support::client::read_until(response, seen, Duration::from_secs(20), |seen| {
+        needles.iter().all(|n| seen.contains(n))
+    })
+    .await;
 }
 
 async fn open(client: &reqwest::Client, url: String) -> reqwest::Response {

@@ -14,6 +14,10 @@ use std::{
 use media_support::{ADMIN_EMAIL, ADMIN_PASSWORD};
 use reqwest::{StatusCode, multipart};
 use serde_json::{Value, json};
+use test_support::{
+    client::{dead_letter, events, instances, read_until, replay, system_view},
+    media::wav,
+};
 
 const SERVICES: [&str; 10] = [
     "auth",
@@ -27,84 +31,6 @@ const SERVICES: [&str; 10] = [
     "posts",
     "query",
 ];
-
-/// Reads the event stream until `done(seen)` (or fails after `patience`).
-async fn read_until(
-    response: &mut reqwest::Response,
-    seen: &mut String,
-    patience: Duration,
-    done: impl Fn(&str) -> bool,
-) {
-    let deadline = Instant::now() + patience;
-    while !done(seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("not in the stream in time: {seen}"))
-            .expect("stream read");
-        let chunk = chunk.unwrap_or_else(|| panic!("the stream ended: {seen}"));
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
-/// The `data` of every `event: NAME` in the stream so far, as JSON.
-fn events(seen: &str, name: &str) -> Vec<Value> {
-    seen.split("\n\n")
-        .filter(|block| block.lines().any(|l| l == format!("event: {name}")))
-        .filter_map(|block| {
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .collect();
-            serde_json::from_str(&data).ok()
-        })
-        .collect()
-}
-
-async fn system_view(client: &reqwest::Client, url: &str, token: &str) -> Value {
-    let response = client
-        .get(format!("{url}/admin/system"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.expect("json")
-}
-
-fn instances_of<'a>(view: &'a Value, service: &str) -> Vec<&'a Value> {
-    view["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"] == service)
-        .flat_map(|s| s["instances"].as_array().into_iter().flatten())
-        .collect()
-}
-
-/// A short mono WAV (symphonia converts it in-process).
-fn wav() -> Vec<u8> {
-    let rate = 8_000u32;
-    let samples = rate;
-    let mut out = Vec::new();
-    out.extend(b"RIFF");
-    out.extend((36 + samples * 2).to_le_bytes());
-    out.extend(b"WAVEfmt ");
-    out.extend(16u32.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(rate.to_le_bytes());
-    out.extend((rate * 2).to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(16u16.to_le_bytes());
-    out.extend(b"data");
-    out.extend((samples * 2).to_le_bytes());
-    for i in 0..samples {
-        let value = ((f64::from(i) * 0.3).sin() * 8000.0) as i16;
-        out.extend(value.to_le_bytes());
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_map_in_up_lists_streams_and_replays() {
@@ -167,7 +93,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
     assert_eq!(view["bus"]["backend"], "embedded");
     assert_eq!(view["bus"]["state"], "up");
     for service in SERVICES {
-        let instances = instances_of(&view, service);
+        let instances = instances(&view, service);
         assert_eq!(instances.len(), 1, "{service}");
         assert_eq!(instances[0]["url"], base, "{service}");
         assert_eq!(instances[0]["status"], "up");
@@ -212,7 +138,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
         seen.contains("sampled"),
         "the stream says how it is sampled"
     );
-    let part = multipart::Part::bytes(wav()).file_name("tone.wav");
+    let part = multipart::Part::bytes(wav(1)).file_name("tone.wav");
     let uploaded = client
         .post(format!("{base}/upload"))
         .bearer_auth(&user)
@@ -281,7 +207,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
     let started = Instant::now();
     let appeared = loop {
         let view = system_view(client, base, &admin).await;
-        if instances_of(&view, "converter").len() == 2 {
+        if instances(&view, "converter").len() == 2 {
             break started.elapsed();
         }
         assert!(
@@ -303,7 +229,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
     let killed = Instant::now();
     loop {
         let view = system_view(client, base, &admin).await;
-        if instances_of(&view, "converter").len() == 1 {
+        if instances(&view, "converter").len() == 1 {
             break;
         }
         assert!(
@@ -330,28 +256,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
         .expect("the bus");
     let poison = bus::Message::new("video", "not a video message");
     bus.publish(poison.clone()).await.expect("published");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let letter = loop {
-        let listed: Value = client
-            .get(format!("{base}/admin/dead-letters?group=video"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
-        if let Some(letter) = listed["dead_letters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["id"] == poison.id.as_str())
-        {
-            break letter.clone();
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {listed}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let letter = dead_letter(client, base, &admin, "video", &poison.id).await;
     assert_eq!(letter["body"], "not a video message");
     assert!(
         letter["reason"]
@@ -400,17 +305,8 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
             "application/problem+json"
         );
     }
-    let replayed: Value = client
-        .post(format!("{base}/admin/dead-letters/replay"))
-        .bearer_auth(&admin)
-        .json(&json!({"group": "video", "ids": [poison.id]}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(replayed["replayed"], 1);
+    let replayed = replay(client, base, &admin, "video", &[poison.id.as_str()]).await;
+    assert_eq!(replayed, 1);
     // Replayed, it is delivered again (and, still poison, parked again).
     read_until(&mut stream, &mut seen, Duration::from_secs(30), |s| {
         events(s, "message")
@@ -448,7 +344,7 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
     }
     let json = status(&admin, true);
     let parsed: Value = serde_json::from_slice(&json.stdout).expect("status --json");
-    assert_eq!(instances_of(&parsed, "converter").len(), 1);
+    assert_eq!(instances(&parsed, "converter").len(), 1);
     let refused = status(&user, false);
     assert_eq!(refused.status.code(), Some(3), "{refused:?}");
     system.stop().await.expect("stops");

@@ -13,13 +13,13 @@
 
 mod media_support;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
 
 /// Python with playwright, and chromium; `None` (skip) when missing outside CI.
 fn browser_tools() -> Option<()> {
@@ -42,7 +42,7 @@ fn browser_tools() -> Option<()> {
         return Some(());
     }
     assert!(
-        !under_ci(),
+        !test_support::under_ci(),
         "CI=true but {} is missing: scripts/ci/start-servers.sh must install it",
         missing.join(" and ")
     );
@@ -50,60 +50,100 @@ fn browser_tools() -> Option<()> {
     None
 }
 
-/// Where screenshots go: target/web-ui (kept after the run, for people to look at).
-fn output_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/web-ui");
+/// `up` with the admin in a temporary directory, and a video (2 s, AAC) in it to upload;
+/// `None` (skip) without the browser tools or ffmpeg.
+async fn browser_system() -> Option<(tempfile::TempDir, PathBuf, test_support::TestSystem)> {
+    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let video = media_support::mp4_with_aac(dir.path(), 2);
+    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
+    Some((dir, video, system))
+}
+
+/// Where a test's screenshots go: target/NAME, emptied first and kept after the run,
+/// for people to look at.
+fn output_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("output dir");
     dir
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_web_app_works_in_a_real_browser() {
-    if browser_tools().is_none() || !media_support::have_ffmpeg() {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let video = media_support::mp4_with_aac(dir.path(), 2);
-    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
-    let out = output_dir();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/web_app.py");
-    let url = system.url("/");
-
-    // The script's last step needs the server gone: it asks by creating `stop-now`.
-    let stop_now = out.join("stop-now");
-    let stopper = tokio::spawn(async move {
-        while !stop_now.exists() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        system.stop().await
-    });
+/// Runs `tests/browser/SCRIPT` against the system at `url` in Chromium, with the admin
+/// account, `video` to upload and `out` for screenshots (the command line of
+/// tests/browser/chromium.py); panics unless it ends within `patience`, succeeds and
+/// prints `passed`.
+async fn run_browser_script(
+    script: &str,
+    url: &str,
+    video: &Path,
+    out: &Path,
+    patience: Duration,
+    passed: &str,
+) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("browser")
+        .join(script);
     let run = tokio::process::Command::new("python3")
+        // The scripts import tests/browser/chromium.py: no __pycache__ left in the tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg(&script)
         .arg("--url")
-        .arg(&url)
+        .arg(url)
         .arg("--video")
-        .arg(&video)
+        .arg(video)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .args(["--chromium", CHROMIUM])
         .args(["--admin-email", media_support::ADMIN_EMAIL])
         .args(["--admin-password", media_support::ADMIN_PASSWORD])
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
+    let output = tokio::time::timeout(patience, run)
         .await
-        .expect("the browser test finished within 10 minutes")
+        .unwrap_or_else(|_| panic!("{} did not finish within {patience:?}", script.display()))
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(
         output.status.success(),
-        "the browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        "{} failed (screenshots in {}):\n{stdout}\n{stderr}",
+        script.display(),
         out.display()
     );
-    assert!(stdout.contains("all browser checks passed"), "{stdout}");
+    assert!(stdout.contains(passed), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_app_works_in_a_real_browser() {
+    let Some((_dir, video, system)) = browser_system().await else {
+        return;
+    };
+    let out = output_dir("web-ui");
+    let url = system.url("/");
+
+    // The script's last step needs the server gone: it asks by creating `stop-now`.
+    let stop_now = out.join("stop-now");
+    let stopper = tokio::spawn(async move {
+        while !stop_now.exists() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        system.stop().await
+    });
+    run_browser_script(
+        "web_app.py",
+        &url,
+        &video,
+        &out,
+        Duration::from_secs(600),
+        "all browser checks passed",
+    )
+    .await;
     stopper.await.expect("the stopper ran").expect("clean stop");
 }
 
@@ -114,41 +154,18 @@ async fn the_web_app_works_in_a_real_browser() {
 /// Screenshots: target/system-map/ (docs/system-map.png is `flow.png`).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_map_works_in_a_real_browser() {
-    if browser_tools().is_none() || !media_support::have_ffmpeg() {
+    let Some((_dir, video, system)) = browser_system().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let video = media_support::mp4_with_aac(dir.path(), 2);
-    let system = media_support::start(&dir.path().join("data"), |_| {}).await;
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/system-map");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).expect("output dir");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/system_map.py");
-    let run = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg("--url")
-        .arg(system.url("/"))
-        .arg("--video")
-        .arg(&video)
-        .arg("--out")
-        .arg(&out)
-        .args(["--chromium", CHROMIUM])
-        .args(["--admin-email", media_support::ADMIN_EMAIL])
-        .args(["--admin-password", media_support::ADMIN_PASSWORD])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(300), run)
-        .await
-        .expect("the browser test finished within 5 minutes")
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "the system map test failed (screenshots in {}):\n{stdout}\n{stderr}",
-        out.display()
-    );
-    assert!(stdout.contains("all system map checks passed"), "{stdout}");
+    };
+    let out = output_dir("system-map");
+    run_browser_script(
+        "system_map.py",
+        &system.url("/"),
+        &video,
+        &out,
+        Duration::from_secs(300),
+        "all system map checks passed",
+    )
+    .await;
     system.stop().await.expect("clean stop");
 }

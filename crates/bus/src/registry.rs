@@ -17,7 +17,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -135,7 +135,9 @@ pub enum Change {
     },
 }
 
-/// The live instances, kept from the registry's signals.
+/// The live instances, kept from the registry's signals. A handle: whoever starts it
+/// (the gateway's builder) passes it to what reads it — the system API and the upstreams
+/// configured as `registry` — so two systems in one process each follow their own bus.
 #[derive(Debug)]
 pub struct Directory {
     instances: Mutex<BTreeMap<(String, String), Listed>>,
@@ -143,13 +145,6 @@ pub struct Directory {
     changes: broadcast::Sender<Change>,
     /// Bumped on every change of the set (not on a mere heartbeat).
     version: watch::Sender<u64>,
-}
-
-static GLOBAL: OnceLock<Arc<Directory>> = OnceLock::new();
-
-/// The process's directory, once [`Directory::start_global`] ran.
-pub fn directory() -> Option<Arc<Directory>> {
-    GLOBAL.get().cloned()
 }
 
 impl Directory {
@@ -169,18 +164,6 @@ impl Directory {
         tokio::spawn(Arc::clone(&directory).follow(bus, shutdown.clone()));
         tokio::spawn(Arc::clone(&directory).sweep(shutdown));
         directory
-    }
-
-    /// [`Directory::start`] as the process's one directory (the first call wins; later
-    /// ones get it).
-    pub fn start_global(
-        bus: Arc<dyn EventBus>,
-        expiry: Duration,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        GLOBAL
-            .get_or_init(|| Self::start(bus, expiry, shutdown))
-            .clone()
     }
 
     async fn follow(self: Arc<Self>, bus: Arc<dyn EventBus>, shutdown: CancellationToken) {

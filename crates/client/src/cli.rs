@@ -276,9 +276,9 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     }
 }
 
-/// The system of `GET /admin/system` as tables: services and instances, queues, the bus.
+/// The system of `GET /admin/system` as tables (aligned as `jobs` is): services, their
+/// instances, queues, then the bus.
 pub fn status_table(view: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_owned(),
         serde_json::Value::String(s) => s.clone(),
@@ -288,57 +288,52 @@ pub fn status_table(view: &serde_json::Value) -> String {
         v.as_f64()
             .map_or_else(|| "-".to_owned(), |n| format!("{n:.digits$}"))
     };
-    let empty = Vec::new();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<14} {:>9} {:>8} {:>7} {:>9}",
-        "SERVICE", "INSTANCES", "REQ/S", "ERRORS", "P99"
-    );
-    for service in view["services"].as_array().unwrap_or(&empty) {
-        let instances = service["instances"].as_array().unwrap_or(&empty);
-        let up = instances.iter().filter(|i| i["status"] == "up").count();
-        let errors = service["error_ratio"]
-            .as_f64()
-            .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0));
-        let p99 = service["p99_ms"]
-            .as_f64()
-            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms"));
-        let _ = writeln!(
-            out,
-            "{:<14} {:>9} {:>8} {:>7} {:>9}",
+    let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let heading = |names: &[&str; 5]| names.map(str::to_owned);
+    let mut services = vec![heading(&["SERVICE", "INSTANCES", "REQ/S", "ERRORS", "P99"])];
+    let mut instances = vec![heading(&[
+        "INSTANCE", "SERVICE", "URL", "STATUS", "VERSION",
+    ])];
+    for service in list(&view["services"]) {
+        let listed = list(&service["instances"]);
+        let up = listed.iter().filter(|i| i["status"] == "up").count();
+        services.push([
             text(&service["name"]),
-            format!("{up}/{}", instances.len()),
+            format!("{up}/{}", listed.len()),
             number(&service["requests_per_s"], 1),
-            errors,
-            p99
-        );
-        for instance in instances {
-            let _ = writeln!(
-                out,
-                "  {:<30} {:<28} {:<5} v{}",
+            service["error_ratio"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
+            service["p99_ms"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms")),
+        ]);
+        for instance in &listed {
+            instances.push([
                 text(&instance["id"]),
+                text(&service["name"]),
                 text(&instance["url"]),
                 text(&instance["status"]),
-                text(&instance["version"])
-            );
+                format!("v{}", text(&instance["version"])),
+            ]);
         }
     }
-    let _ = writeln!(
-        out,
-        "\n{:<16} {:<22} {:>6} {:>9} {:>9} {:>5} {:>7} {:>7}",
-        "QUEUE", "ROUTING KEYS", "DEPTH", "IN FLIGHT", "CONSUMERS", "DEAD", "PUB/S", "DLV/S"
-    );
-    for queue in view["queues"].as_array().unwrap_or(&empty) {
-        let keys: Vec<String> = queue["routing_keys"]
-            .as_array()
-            .unwrap_or(&empty)
-            .iter()
-            .map(text)
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:<16} {:<22} {:>6} {:>9} {:>9} {:>5} {:>7} {:>7}",
+    let mut queues = vec![
+        [
+            "QUEUE",
+            "ROUTING KEYS",
+            "DEPTH",
+            "IN FLIGHT",
+            "CONSUMERS",
+            "DEAD",
+            "PUB/S",
+            "DLV/S",
+        ]
+        .map(str::to_owned),
+    ];
+    for queue in list(&view["queues"]) {
+        let keys: Vec<String> = list(&queue["routing_keys"]).iter().map(text).collect();
+        queues.push([
             text(&queue["group"]),
             keys.join(","),
             text(&queue["depth"]),
@@ -346,12 +341,11 @@ pub fn status_table(view: &serde_json::Value) -> String {
             text(&queue["consumers"]),
             text(&queue["dead_letters"]),
             number(&queue["publish_per_s"], 2),
-            number(&queue["deliver_per_s"], 2)
-        );
+            number(&queue["deliver_per_s"], 2),
+        ]);
     }
-    let _ = writeln!(
-        out,
-        "\nbus: {} ({}){}",
+    let bus = format!(
+        "bus: {} ({}){}\n",
         text(&view["bus"]["backend"]),
         text(&view["bus"]["state"]),
         view["bus"]["detail"]
@@ -359,7 +353,13 @@ pub fn status_table(view: &serde_json::Value) -> String {
             .map(|d| format!(" — {d}"))
             .unwrap_or_default()
     );
-    out
+    [
+        aligned(&services),
+        aligned(&instances),
+        aligned(&queues),
+        bus,
+    ]
+    .join("\n")
 }
 
 /// The client for `gateway` (else the saved one, else the default) with `token` (else
@@ -389,28 +389,11 @@ fn connect(
 }
 
 pub async fn run(args: ClientArgs) -> Result<(), CliError> {
-    let config = args.config.clone().unwrap_or_else(default_config_file);
-    let saved = load(&config)?;
-    let gateway = args
-        .gateway
-        .clone()
-        .filter(|g| !g.trim().is_empty())
-        .or_else(|| saved.gateway.clone())
-        .unwrap_or_else(|| DEFAULT_GATEWAY.to_owned());
-    if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
-        return Err(CliError::new(
-            Failure::Usage,
-            format!("--gateway '{gateway}' is not an http:// or https:// URL"),
-        ));
-    }
-    // A token saved for another gateway is not sent to this one.
-    let same_gateway = saved.gateway.as_deref().map(|g| g.trim_end_matches('/'))
-        == Some(gateway.trim_end_matches('/'));
-    let token = args
-        .token
-        .clone()
-        .or_else(|| saved.token.clone().filter(|_| same_gateway));
-    let client = Client::new(&gateway, token)?;
+    let (client, config) = connect(
+        args.gateway.clone(),
+        args.token.clone(),
+        args.config.clone(),
+    )?;
     match args.command {
         ClientCommand::Login {
             email,
@@ -826,6 +809,48 @@ mod tests {
         assert_eq!(ago(0, 86_400), "1 day ago");
         assert_eq!(ago(0, 3 * 86_400), "3 days ago");
         assert_eq!(ago(10, 5), "0 s ago");
+    }
+
+    #[test]
+    fn the_status_tables_are_aligned_like_the_jobs_table() {
+        let view = serde_json::json!({
+            "services": [
+                {"name": "converter", "requests_per_s": 1.25, "error_ratio": 0.5, "p99_ms": 12.4,
+                 "instances": [
+                    {"id": "c-1", "url": "http://127.0.0.1:1", "status": "up", "version": "0.1.0"},
+                    {"id": "c-22", "url": "http://127.0.0.1:2", "status": "expired", "version": "0.1.0"}]},
+                {"name": "gateway-with-a-long-name", "instances": []}],
+            "queues": [{"group": "video", "routing_keys": ["video", "retry"], "depth": 3,
+                        "in_flight": 1, "consumers": 2, "dead_letters": 0,
+                        "publish_per_s": 0.5, "deliver_per_s": null}],
+            "bus": {"backend": "embedded", "state": "up"},
+        });
+        let table = status_table(&view);
+        let lines: Vec<&str> = table.lines().collect();
+        let column = |line: &str, word: &str| line.find(word).expect(word);
+        // (heading line, its word, row line, the cell under it)
+        for (heading, word, row, cell) in [
+            (0, "INSTANCES", 1, "1/2"),
+            (0, "INSTANCES", 2, "0/0"),
+            (0, "ERRORS", 1, "50.0%"),
+            (4, "STATUS", 5, "up"),
+            (4, "STATUS", 6, "expired"),
+            (8, "DEPTH", 9, "3"),
+            (8, "PUB/S", 9, "0.50"),
+        ] {
+            let (heading, row) = (lines[heading], lines[row]);
+            assert_eq!(column(heading, word), column(row, cell), "{cell}: {table}");
+        }
+        assert!(
+            lines[1].ends_with("12 ms") && lines[2].ends_with('-'),
+            "{table}"
+        );
+        assert_eq!(lines[3], "", "{table}");
+        assert!(
+            lines[9].contains("video,retry") && lines[9].ends_with('-'),
+            "{table}"
+        );
+        assert_eq!(lines[11], "bus: embedded (up)", "{table}");
     }
 
     #[test]

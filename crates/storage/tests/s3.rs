@@ -19,21 +19,7 @@ struct S3 {
 impl S3 {
     /// A fresh bucket on the test server, or `None` when the test should be skipped.
     async fn bucket() -> Option<S3> {
-        let endpoint = test_kit::real_server_url("FLOTILLA_TEST_S3_ENDPOINT")?
-            .trim_end_matches('/')
-            .to_owned();
-        let bucket = format!("flotilla-test-{}", uuid::Uuid::new_v4().simple());
-        // CreateBucket: the test server takes it unsigned (object_store has no bucket API).
-        let created = http()
-            .put(format!("{endpoint}/{bucket}"))
-            .send()
-            .await
-            .expect("the S3 server answers");
-        assert!(
-            created.status().is_success(),
-            "CreateBucket: {}",
-            created.status()
-        );
+        let test_kit::s3::Bucket { endpoint, bucket } = test_kit::s3::bucket().await?;
         Some(S3 { endpoint, bucket })
     }
 

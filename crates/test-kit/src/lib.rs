@@ -9,6 +9,9 @@
 //!   [`available`]): missing locally, the test is skipped with a note; missing under
 //!   `CI=true`, it fails, because CI must run every test.
 //! * [`media`]: fixtures made with the real `ffmpeg`, and what `ffprobe` says of a file.
+//! * [`client`]: what the system tests do as a gateway's client (log in, read an event
+//!   stream, poll the system view), written once.
+//! * [`s3`]: a bucket of its own on the S3-compatible test server.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -16,7 +19,9 @@ use platform::{ServiceApp, ServiceContext};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod client;
 pub mod media;
+pub mod s3;
 
 /// True when running under CI (`CI=true`), where nothing may be skipped.
 pub fn under_ci() -> bool {

@@ -85,6 +85,33 @@ pub fn audio_codec(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A mono 16-bit PCM WAV of a 440 Hz tone lasting `seconds`: audio every converter path
+/// takes (symphonia in-process, no ffmpeg needed).
+pub fn wav(seconds: u32) -> Vec<u8> {
+    let rate = 44_100u32;
+    let samples = rate * seconds;
+    let mut out = Vec::with_capacity(44 + samples as usize * 2);
+    let data_len = samples * 2;
+    out.extend(b"RIFF");
+    out.extend((36 + data_len).to_le_bytes());
+    out.extend(b"WAVEfmt ");
+    out.extend(16u32.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(rate.to_le_bytes());
+    out.extend((rate * 2).to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(16u16.to_le_bytes());
+    out.extend(b"data");
+    out.extend(data_len.to_le_bytes());
+    for i in 0..samples {
+        let t = f64::from(i) / f64::from(rate);
+        let value = (t * 440.0 * std::f64::consts::TAU).sin() * 8000.0;
+        out.extend((value as i16).to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 /// The skip-or-fail rule and fixtures shared with the crates' own tests.
-pub use test_kit::{available, media, real_server_url, under_ci};
+pub use test_kit::{available, client, media, real_server_url, s3, under_ci};
 
 /// A whole system started with `up` for one test.
 #[derive(Debug)]

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bus::registry::Directory;
 use http::Uri;
 
 /// The configured targets of one upstream: base URLs, each `http://host:port`.
@@ -228,15 +229,26 @@ impl Endpoints {
     }
 }
 
-/// Resolves `url` now and then every `interval`, for as long as `endpoints` is alive.
+/// Resolves `url` now and then every `interval`, for as long as `endpoints` is alive; a
+/// `registry` URL follows `directory` instead (with none, the upstream has no endpoint).
 pub fn spawn_resolver(
     name: &'static str,
     url: UpstreamUrl,
     endpoints: Weak<Endpoints>,
     interval: Duration,
+    directory: Option<Arc<Directory>>,
 ) {
     if url.registry {
-        tokio::spawn(follow_registry(name, endpoints, interval));
+        match directory {
+            Some(directory) => {
+                tokio::spawn(follow_registry(name, directory, endpoints, interval));
+            }
+            // `serve` refuses `registry` without a bus before it gets here.
+            None => tracing::error!(
+                upstream = name,
+                "configured as `registry` but given no registry directory; its routes answer 503"
+            ),
+        }
         return;
     }
     tokio::spawn(async move {
@@ -255,19 +267,15 @@ pub fn spawn_resolver(
     });
 }
 
-/// Keeps `endpoints` to the instances of `name` the process's registry directory lists:
-/// at once on every change of the directory (an instance up, stopped or expired), and
-/// every `interval` for host names that resolve differently.
-async fn follow_registry(name: &'static str, endpoints: Weak<Endpoints>, interval: Duration) {
-    let directory = loop {
-        if let Some(directory) = bus::registry::directory() {
-            break directory;
-        }
-        if endpoints.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+/// Keeps `endpoints` to the instances of `name` that `directory` lists: at once on every
+/// change of the directory (an instance up, stopped or expired), and every `interval` for
+/// host names that resolve differently.
+async fn follow_registry(
+    name: &'static str,
+    directory: Arc<Directory>,
+    endpoints: Weak<Endpoints>,
+    interval: Duration,
+) {
     let mut version = directory.version();
     loop {
         let urls = directory.urls_of(name);

@@ -17,6 +17,7 @@ use axum::{
     extract::Request,
     response::{IntoResponse, Response},
 };
+use bus::registry::Directory;
 use futures::future::{BoxFuture, Either};
 use http::Method;
 use http_body::Body as _;
@@ -61,18 +62,30 @@ impl Default for Policy {
 pub type RemoteStack = Shed<CircuitBreaker<Retry<Balancer>>>;
 
 /// [`remote_stack`] as an [`Upstream`].
-pub fn remote_upstream(name: &'static str, url: UpstreamUrl, policy: &Policy) -> Upstream {
-    BoxCloneSyncService::new(remote_stack(name, url, policy))
+pub fn remote_upstream(
+    name: &'static str,
+    url: UpstreamUrl,
+    policy: &Policy,
+    directory: Option<Arc<Directory>>,
+) -> Upstream {
+    BoxCloneSyncService::new(remote_stack(name, url, policy, directory))
 }
 
-/// The stack of one remote upstream, outermost first.
-pub fn remote_stack(name: &'static str, url: UpstreamUrl, policy: &Policy) -> RemoteStack {
+/// The stack of one remote upstream, outermost first. `directory` is the registry an
+/// upstream configured as `registry` takes its endpoints from.
+pub fn remote_stack(
+    name: &'static str,
+    url: UpstreamUrl,
+    policy: &Policy,
+    directory: Option<Arc<Directory>>,
+) -> RemoteStack {
     let endpoints = Arc::new(Endpoints::default());
     spawn_resolver(
         name,
         url,
         Arc::downgrade(&endpoints),
         policy.resolve_interval,
+        directory,
     );
     ServiceBuilder::new()
         // 1. Load shedding: past `max_in_flight` answer 503 at once instead of queueing

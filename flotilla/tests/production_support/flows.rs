@@ -27,15 +27,7 @@ impl<'a> Target<'a> {
 }
 
 async fn login(target: &Target<'_>) -> String {
-    let response = target
-        .client
-        .post(format!("{}/login", target.gateway))
-        .basic_auth(ADMIN_EMAIL, Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .expect("login answers");
-    assert_eq!(response.status(), 200);
-    response.text().await.expect("token")
+    test_support::client::login(&target.client, &target.gateway, ADMIN_EMAIL, ADMIN_PASSWORD).await
 }
 
 pub async fn media_flow(target: &Target<'_>) {

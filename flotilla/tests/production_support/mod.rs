@@ -148,20 +148,7 @@ pub enum Databases {
 /// Blobs in a fresh bucket of the S3-compatible test server (`FLOTILLA_TEST_S3_ENDPOINT`):
 /// the environment a service needs to use it, or `None` when the test should be skipped.
 pub async fn s3_blobs() -> Option<Vec<(String, String)>> {
-    let endpoint = test_support::real_server_url("FLOTILLA_TEST_S3_ENDPOINT")?;
-    let endpoint = endpoint.trim_end_matches('/').to_owned();
-    platform::tls::install_crypto_provider();
-    let bucket = format!("flotilla-{:x}{:x}", std::process::id(), fastrand_u32());
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}"))
-        .send()
-        .await
-        .expect("the S3 server answers");
-    assert!(
-        created.status().is_success(),
-        "CreateBucket: {}",
-        created.status()
-    );
+    let test_support::s3::Bucket { endpoint, bucket } = test_support::s3::bucket().await?;
     Some(vec![
         ("FLOTILLA_BLOB_URL".into(), format!("s3://{bucket}/blobs")),
         ("AWS_ENDPOINT".into(), endpoint),
@@ -411,15 +398,7 @@ impl System {
     }
 
     pub async fn login(&self) -> String {
-        let response = self
-            .client
-            .post(format!("{}/login", self.gateway))
-            .basic_auth(ADMIN_EMAIL, Some(ADMIN_PASSWORD))
-            .send()
-            .await
-            .expect("login answers");
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("token")
+        test_support::client::login(&self.client, &self.gateway, ADMIN_EMAIL, ADMIN_PASSWORD).await
     }
 
     /// Uploads `bytes` as `name`; returns the job id.
@@ -635,28 +614,4 @@ fn fastrand_u32() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-/// A mono 16-bit PCM WAV of a 440 Hz tone lasting `seconds`.
-pub fn wav(seconds: u32) -> Vec<u8> {
-    let rate = 44_100u32;
-    let samples = rate * seconds;
-    let mut out = Vec::with_capacity(44 + samples as usize * 2);
-    let data_len = samples * 2;
-    out.extend(b"RIFF");
-    out.extend((36 + data_len).to_le_bytes());
-    out.extend(b"WAVEfmt ");
-    out.extend(16u32.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
-    out.extend(rate.to_le_bytes());
-    out.extend((rate * 2).to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(16u16.to_le_bytes());
-    out.extend(b"data");
-    out.extend(data_len.to_le_bytes());
-    for i in 0..samples {
-        let t = f64::from(i) / f64::from(rate);
-        let value = (t * 440.0 * std::f64::consts::TAU).sin() * 8000.0;
-        out.extend((value as i16).to_le_bytes());
-    }
-    out
-}
+pub use test_support::media::wav;

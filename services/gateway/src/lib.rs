@@ -16,9 +16,10 @@ mod routes;
 mod system;
 mod web;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{body::Body, extract::Request};
+use bus::registry::Directory;
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -34,6 +35,8 @@ pub struct Upstreams {
     by_name: BTreeMap<&'static str, Upstream>,
     /// The remote ones' stacks as their concrete type, for the fast path (routes.rs).
     remote_stacks: BTreeMap<&'static str, resilience::RemoteStack>,
+    /// The registry that remote upstreams configured as `registry` follow.
+    directory: Option<Arc<Directory>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -45,6 +48,13 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The registry directory that the remote upstreams added after this and configured
+    /// as `registry` take their endpoints from.
+    pub fn with_directory(mut self, directory: Option<Arc<Directory>>) -> Self {
+        self.directory = directory;
+        self
     }
 
     /// A service running in this process: its router is called directly, with fresh
@@ -60,7 +70,7 @@ impl Upstreams {
 
     /// A service reached over HTTP, through the resilience stack of `policy`.
     pub fn remote(mut self, name: &'static str, url: UpstreamUrl, policy: &Policy) -> Self {
-        let stack = resilience::remote_stack(name, url, policy);
+        let stack = resilience::remote_stack(name, url, policy, self.directory.clone());
         // One stack (one breaker, one pool of endpoints) however it is called.
         self.by_name
             .insert(name, BoxCloneSyncService::new(stack.clone()));
@@ -202,10 +212,11 @@ impl GatewayArgs {
         ]
     }
 
-    /// The remote upstreams named by the configuration.
-    pub fn upstreams(&self, policy: &Policy) -> Upstreams {
+    /// The remote upstreams named by the configuration; those configured as `registry`
+    /// follow `directory`.
+    pub fn upstreams(&self, policy: &Policy, directory: Option<Arc<Directory>>) -> Upstreams {
         let configured = self.configured();
-        let mut upstreams = Upstreams::new();
+        let mut upstreams = Upstreams::new().with_directory(directory);
         for (name, url) in configured {
             match url {
                 Some(url) => upstreams = upstreams.remote(name, url.clone(), policy),

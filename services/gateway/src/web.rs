@@ -28,43 +28,32 @@ pub fn routes() -> OpenApiRouter {
         .routes(routes!(ui_file))
 }
 
-/// The web app (upload, jobs, blog) in a browser.
-#[utoipa::path(
-    get, path = "/", tag = "web",
-    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
-    responses(
-        (status = 200, description = "The web app's page", body = String, content_type = "text/html"),
-        (status = 304, description = "The copy held is current"),
-    )
-)]
-async fn index(headers: HeaderMap) -> Response {
-    asset("index.html", &headers)
+/// The pages at fixed paths, one row each: the handler, its path, the embedded file it
+/// serves, its content type and what it is. Each becomes a described `GET` route that
+/// answers through [`asset`] (ETag, 304, cache and security headers).
+macro_rules! pages {
+    ($($handler:ident $path:tt => $file:tt, $content_type:tt, $what:tt;)*) => {$(
+        #[doc = $what]
+        #[utoipa::path(
+            get, path = $path, tag = "web",
+            params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
+            responses(
+                (status = 200, description = $what, body = String, content_type = $content_type),
+                (status = 304, description = "The copy held is current"),
+            )
+        )]
+        async fn $handler(headers: HeaderMap) -> Response {
+            asset($file, &headers)
+        }
+    )*};
 }
 
-/// The web app's icon (SVG), where browsers look for it.
-/// The system map: the same page, which shows the map at this path (admins).
-#[utoipa::path(
-    get, path = "/system", tag = "web",
-    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
-    responses(
-        (status = 200, description = "The web app's page, showing the system map", body = String, content_type = "text/html"),
-        (status = 304, description = "The copy held is current"),
-    )
-)]
-async fn system_map(headers: HeaderMap) -> Response {
-    asset("index.html", &headers)
-}
-
-#[utoipa::path(
-    get, path = "/favicon.ico", tag = "web",
-    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a copy held")),
-    responses(
-        (status = 200, description = "The icon", body = String, content_type = "image/svg+xml"),
-        (status = 304, description = "The copy held is current"),
-    )
-)]
-async fn favicon(headers: HeaderMap) -> Response {
-    asset("favicon.svg", &headers)
+pages! {
+    index "/" => "index.html", "text/html", "The web app (upload, jobs, blog) in a browser";
+    system_map "/system" => "index.html", "text/html",
+        "The web app's page, which shows the system map at this path (admins)";
+    favicon "/favicon.ico" => "favicon.svg", "image/svg+xml",
+        "The web app's icon (SVG), where browsers look for it";
 }
 
 /// A file of the web app (script, style sheet, image).

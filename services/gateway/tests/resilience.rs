@@ -369,6 +369,14 @@ async fn the_web_ui_is_served_with_a_strict_content_security_policy() {
         .expect("sent");
     assert_eq!(cached.status(), 304);
 
+    // The system map is the same page under its own path, with the same headers.
+    let map = gw.get("/system").await;
+    assert_eq!(map.status(), 200);
+    assert_eq!(map.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(map.headers()["cache-control"], "no-cache");
+    assert_eq!(map.headers()["content-security-policy"], csp.as_str());
+    assert!(map.text().await.expect("body").contains("/ui/app.js"));
+
     // The favicon, where the page links it and where browsers look without a link.
     for path in ["/ui/favicon.svg", "/favicon.ico"] {
         let icon = gw.get(path).await;

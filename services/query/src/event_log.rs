@@ -72,12 +72,17 @@ impl EventLogClient {
 
     /// The event-bus service at `url`, over HTTP through a resilience stack (endpoints
     /// re-resolved, load shed past 1024 requests in flight, retried on another endpoint,
-    /// a circuit breaker): [`upstream::Policy::default`], the query service's own.
-    pub fn remote(url: upstream::UpstreamUrl) -> Self {
+    /// a circuit breaker): [`upstream::Policy::default`], the query service's own. A
+    /// `registry` URL takes the instances `directory` lists.
+    pub fn remote(
+        url: upstream::UpstreamUrl,
+        directory: Option<std::sync::Arc<bus::registry::Directory>>,
+    ) -> Self {
         Self::new(upstream::remote_upstream(
             "event-bus",
             url,
             &upstream::Policy::default(),
+            directory,
         ))
     }
 

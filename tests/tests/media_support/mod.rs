@@ -28,15 +28,7 @@ pub async fn start(dir: &Path, tweak: impl FnOnce(&mut flotilla::ServiceArgs)) -
 
 /// `curl -X POST …/login -u EMAIL:PASSWORD` → the token.
 pub async fn login(system: &TestSystem, email: &str, password: &str) -> String {
-    let response = system
-        .client
-        .post(system.url("/login"))
-        .basic_auth(email, Some(password))
-        .send()
-        .await
-        .expect("login request");
-    assert_eq!(response.status(), StatusCode::OK, "login of {email}");
-    response.text().await.expect("token").trim().to_owned()
+    test_support::client::login(&system.client, &system.base_url, email, password).await
 }
 
 /// A new user, logged in.
