@@ -79,8 +79,17 @@ pub struct ServiceArgs {
 }
 
 /// The service registry (every instance announces itself on the bus) and the system map.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
+    /// How often each instance announces itself in the service registry.
+    #[arg(long, env = "FLOTILLA_REGISTRY_HEARTBEAT", default_value = "5s",
+          value_parser = platform::config::parse_duration)]
+    pub registry_heartbeat: std::time::Duration,
+    /// How long the gateway keeps listing an instance it has not heard from (at least
+    /// two heartbeats; a graceful stop deregisters at once).
+    #[arg(long, env = "FLOTILLA_REGISTRY_EXPIRY", default_value = "15s",
+          value_parser = platform::config::parse_duration)]
+    pub registry_expiry: std::time::Duration,
     /// The URL other processes reach this instance at, as registered in the service
     /// registry (`http://host:port`); unset → the listen address (a wildcard address
     /// registers as 127.0.0.1: set this when the services run on several hosts).
@@ -90,6 +99,31 @@ pub struct RegistryArgs {
     /// `{trace_id}` is replaced, e.g. `http://localhost:16686/trace/{trace_id}` (Jaeger).
     #[arg(long, env = "FLOTILLA_TRACE_URL_TEMPLATE", value_parser = parse_trace_url_template)]
     pub trace_url_template: Option<String>,
+}
+
+impl Default for RegistryArgs {
+    fn default() -> Self {
+        Self {
+            registry_heartbeat: bus::registry::HEARTBEAT,
+            registry_expiry: bus::registry::EXPIRY,
+            advertise_url: None,
+            trace_url_template: None,
+        }
+    }
+}
+
+impl RegistryArgs {
+    /// Refuses timings under which a live instance would expire between two heartbeats.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.registry_heartbeat.is_zero()
+                && self.registry_expiry >= self.registry_heartbeat * 2,
+            "FLOTILLA_REGISTRY_EXPIRY ({:?}) must be at least twice FLOTILLA_REGISTRY_HEARTBEAT ({:?}), which must not be 0",
+            self.registry_expiry,
+            self.registry_heartbeat
+        );
+        Ok(())
+    }
 }
 
 fn parse_advertise_url(value: &str) -> Result<String, String> {
@@ -142,6 +176,7 @@ fn register_instances(
     bus: &std::sync::Arc<dyn bus::EventBus>,
     services: &[&str],
     url: &str,
+    heartbeat: std::time::Duration,
     context: &ServiceContext,
 ) {
     let process = process_id();
@@ -149,7 +184,7 @@ fn register_instances(
         let registration = bus::registry::register(
             bus.clone(),
             instance(service, url.to_owned(), &process),
-            bus::registry::HEARTBEAT,
+            heartbeat,
             context.shutdown.clone(),
         );
         context.tasks.spawn(async move {
@@ -392,6 +427,7 @@ impl Running {
 
 /// `flotilla up`: every service in this process, behind the gateway on `--listen`.
 pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    args.services.registry.check()?;
     // Bound first, so that the emails' download links name the real port (`--listen :0`).
     let listener = platform::http::bind(args.server.listen).await?;
     if args.services.notification.public_url.is_none() {
@@ -421,8 +457,11 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         bus::BusOptions::for_service(gateway::NAME),
     )
     .await?;
-    let directory =
-        bus::registry::Directory::start(bus.clone(), bus::registry::EXPIRY, shutdown.clone());
+    let directory = bus::registry::Directory::start(
+        bus.clone(),
+        args.services.registry.registry_expiry,
+        shutdown.clone(),
+    );
     let system = gateway::System {
         bus: Some(bus.clone()),
         directory: Some(directory),
@@ -451,7 +490,13 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         .unwrap_or_else(|| public_url_of(running.addr));
     let mut services = vec![gateway::NAME];
     services.extend(ServiceName::BEHIND_GATEWAY.iter().map(|s| s.name()));
-    register_instances(&bus, &services, &url, &running.context);
+    register_instances(
+        &bus,
+        &services,
+        &url,
+        args.services.registry.registry_heartbeat,
+        &running.context,
+    );
     Ok(running)
 }
 
@@ -460,6 +505,7 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
 /// cannot be reached yet (the database or broker still starting) is tried again, with
 /// backoff, until it answers or `shutdown` is cancelled — never a reason to exit.
 pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    args.services.registry.check()?;
     let missing = args.missing_stores();
     if !missing.is_empty() && !args.allow_embedded {
         let service = clap::ValueEnum::to_possible_value(&args.service)
@@ -524,6 +570,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
             .unwrap_or_else(|| public_url_of(running.addr));
         let context = running.context.clone();
         let service = args.service.name();
+        let heartbeat = args.services.registry.registry_heartbeat;
         // The broker may come later: the registration waits for it, the server does not.
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
@@ -531,7 +578,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Resu
                 let options = bus::BusOptions::for_service(service);
                 match bus::connect(&context.bus_url_or_embedded(), options).await {
                     Ok(bus) => {
-                        register_instances(&bus, &[service], &url, &context);
+                        register_instances(&bus, &[service], &url, heartbeat, &context);
                         return;
                     }
                     Err(error) => {
@@ -657,7 +704,7 @@ async fn build_service(
                 let bus = bus::connect(url, bus::BusOptions::for_service(gateway::NAME)).await?;
                 system.directory = Some(bus::registry::Directory::start(
                     bus.clone(),
-                    bus::registry::EXPIRY,
+                    args.registry.registry_expiry,
                     context.shutdown.clone(),
                 ));
                 system.bus = Some(bus);

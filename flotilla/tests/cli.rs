@@ -151,6 +151,36 @@ fn a_bad_setting_exits_non_zero_with_one_line_naming_the_variable() {
     assert!(output.stdout.is_empty());
 }
 
+/// The registry's timings are settings; an expiry under two heartbeats would drop live
+/// instances between their announcements, so it is refused before anything starts.
+#[test]
+fn registry_timings_are_settings_and_an_expiry_under_two_heartbeats_is_refused() {
+    let output = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tempfile::tempdir().expect("temporary directory").path())
+        .env("FLOTILLA_REGISTRY_HEARTBEAT", "2s")
+        .env("FLOTILLA_REGISTRY_EXPIRY", "3s")
+        .stdin(Stdio::null())
+        .output()
+        .expect("flotilla runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "FLOTILLA_REGISTRY_EXPIRY (3s) must be at least twice FLOTILLA_REGISTRY_HEARTBEAT (2s)"
+        ),
+        "{stderr}"
+    );
+    let help = Command::new(BIN)
+        .args(["up", "--help"])
+        .output()
+        .expect("flotilla runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for variable in ["FLOTILLA_REGISTRY_HEARTBEAT", "FLOTILLA_REGISTRY_EXPIRY"] {
+        assert!(help.contains(variable), "{variable} missing from --help");
+    }
+}
+
 #[test]
 fn an_unusable_listen_address_fails_clearly() {
     // Port 1 needs privileges we do not give; binding a foreign address fails too.

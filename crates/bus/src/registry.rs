@@ -34,7 +34,7 @@ use crate::{
 
 /// How often an instance renews its registration.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long an instance stays listed without a heartbeat.
+/// How long an instance stays listed without a heartbeat, by default.
 pub const EXPIRY: Duration = Duration::from_secs(15);
 /// The signal topic of registrations.
 pub const TOPIC: &str = "registry";
@@ -65,8 +65,16 @@ pub struct Instance {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Announcement {
-    Heartbeat { instance: Instance },
-    Stopped { service: String, id: String },
+    Heartbeat {
+        instance: Instance,
+        /// How often it announces itself (older senders: [`HEARTBEAT`]).
+        #[serde(default = "default_heartbeat_ms")]
+        heartbeat_ms: u64,
+    },
+    Stopped {
+        service: String,
+        id: String,
+    },
 }
 
 /// Announces `instance` on `bus` every `heartbeat` (refreshing what it consumes) until
@@ -88,7 +96,15 @@ pub fn register(
             }
             let mut instance = instance.clone();
             instance.consumes = bus.tap().consumed_by(&instance.service);
-            announce(&*bus, &Announcement::Heartbeat { instance }).await;
+            let heartbeat_ms = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
+            announce(
+                &*bus,
+                &Announcement::Heartbeat {
+                    instance,
+                    heartbeat_ms,
+                },
+            )
+            .await;
         }
         let stopped = Announcement::Stopped {
             service: instance.service.clone(),
@@ -115,6 +131,12 @@ pub struct Listed {
     pub instance: Instance,
     /// Unix milliseconds of the last heartbeat.
     pub last_seen_ms: i64,
+    /// How often it announces itself: one that has missed two is late.
+    pub heartbeat_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A change of the directory, for watchers (the system map's stream).
@@ -236,7 +258,10 @@ impl Directory {
 
     fn apply(&self, announcement: Announcement) {
         let change = match announcement {
-            Announcement::Heartbeat { instance } => {
+            Announcement::Heartbeat {
+                instance,
+                heartbeat_ms,
+            } => {
                 let key = (instance.service.clone(), instance.id.clone());
                 let Ok(mut instances) = self.instances.lock() else {
                     return;
@@ -251,6 +276,7 @@ impl Directory {
                     Listed {
                         instance,
                         last_seen_ms: crate::now_ms(),
+                        heartbeat_ms,
                     },
                 );
                 match known {

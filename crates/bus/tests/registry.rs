@@ -115,6 +115,15 @@ async fn instances_register_deregister_on_stop_and_expire_when_killed() {
         urls.sort();
         assert_eq!(urls, ["http://127.0.0.1:9", "http://127.0.0.1:9"]);
         assert_eq!(directory.instances().len(), 2, "{}", bus.backend());
+        for listed in directory.instances() {
+            // Each says how often it announces itself (the map calls it late after two).
+            assert_eq!(
+                u128::from(listed.heartbeat_ms),
+                heartbeat.as_millis(),
+                "{}",
+                bus.backend()
+            );
+        }
 
         // A graceful stop is heard at once.
         graceful_stop.cancel();

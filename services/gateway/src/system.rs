@@ -655,8 +655,6 @@ impl Inner {
                 .get(&name)
                 .copied()
                 .unwrap_or((None, None, None));
-            let late_after =
-                i64::try_from(bus::registry::HEARTBEAT.as_millis() * 2).unwrap_or(i64::MAX);
             services.push(ServiceView {
                 caption: caption(&name).into(),
                 instances: entries
@@ -664,7 +662,10 @@ impl Inner {
                     .map(|entry| InstanceView {
                         id: entry.instance.id.clone(),
                         url: entry.instance.url.clone(),
-                        status: if now - entry.last_seen_ms > late_after {
+                        status: if now - entry.last_seen_ms
+                            > i64::try_from(entry.heartbeat_ms.saturating_mul(2))
+                                .unwrap_or(i64::MAX)
+                        {
                             "late".into()
                         } else {
                             "up".into()
