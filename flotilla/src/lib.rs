@@ -147,6 +147,18 @@ fn parse_trace_url_template(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// What each service behind the gateway serves, from its handlers, for the gateway's
+/// `/openapi.json` (the gateway depends on no service; this binary knows them all).
+fn api_descriptions() -> gateway::Descriptions {
+    gateway::Descriptions::default()
+        .with(auth::NAME, auth::openapi())
+        .with(media::NAME, media::routes::openapi())
+        .with(posts::NAME, posts::openapi())
+        .with(comments::NAME, comments::openapi())
+        .with(query::NAME, query::openapi())
+        .with(event_bus::NAME, event_bus::openapi())
+}
+
 /// The registration of one instance: `service` reached at `url`.
 fn instance(service: &str, url: String, process_id: &str) -> bus::registry::Instance {
     bus::registry::Instance {
@@ -466,6 +478,7 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
         bus: Some(bus.clone()),
         directory: Some(directory),
         trace_url_template: args.services.registry.trace_url_template.clone(),
+        descriptions: api_descriptions(),
     };
     let entry =
         gateway::build_with_system(upstreams, &args.services.gateway, shutdown.clone(), system)
@@ -698,6 +711,7 @@ async fn build_service(
             // With a bus, the gateway follows the registry and serves the system API.
             let mut system = gateway::System {
                 trace_url_template: args.registry.trace_url_template.clone(),
+                descriptions: api_descriptions(),
                 ..gateway::System::default()
             };
             if let Some(url) = &context.bus_url {

@@ -23,7 +23,7 @@ use bus::registry::Directory;
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
-pub use openapi::{OPENAPI_PATH, Undocumented, openapi};
+pub use openapi::{Descriptions, OPENAPI_PATH, Undocumented, openapi};
 pub use system::{System, SystemView, caption};
 pub use upstream::{Policy, Upstream, UpstreamUrl, parse_upstream_url, resilience};
 
@@ -300,9 +300,10 @@ pub fn build_with_system(
         shutdown.clone(),
     )
     .split_for_parts();
+    let descriptions = system.descriptions.clone();
     let (admin, admin_document) =
         system::routes(system, table.verifier(), streams, shutdown).split_for_parts();
-    match openapi::document(own_document, live_document, admin_document) {
+    match openapi::document(own_document, live_document, admin_document, &descriptions) {
         Ok(document) => served.set(&document),
         // The gateway's tests fail on this; a binary built anyway still serves the API.
         Err(error) => tracing::error!(%error, "the API description is incomplete"),

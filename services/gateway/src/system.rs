@@ -83,6 +83,8 @@ pub struct System {
     /// `FLOTILLA_TRACE_URL_TEMPLATE`: a URL with `{trace_id}`, e.g. Jaeger's
     /// `http://jaeger:16686/trace/{trace_id}`.
     pub trace_url_template: Option<String>,
+    /// The upstreams' descriptions of their routes, for the gateway's `/openapi.json`.
+    pub descriptions: crate::openapi::Descriptions,
 }
 
 /// One sentence per service for someone who has never seen the code.
