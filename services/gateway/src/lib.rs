@@ -8,6 +8,7 @@
 
 mod auth;
 mod cors;
+mod descriptions;
 mod inprocess;
 mod live;
 mod openapi;
@@ -23,7 +24,8 @@ use bus::registry::Directory;
 use platform::{ServiceApp, health::Readiness, service::HttpLimits};
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
-pub use openapi::{Descriptions, OPENAPI_PATH, Undocumented, openapi};
+pub use descriptions::Descriptions;
+pub use openapi::{OPENAPI_PATH, Undocumented, openapi};
 pub use system::{System, SystemView, caption};
 pub use upstream::{Policy, Upstream, UpstreamUrl, parse_upstream_url, resilience};
 

@@ -33,7 +33,10 @@ use utoipa::openapi::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::Config;
 
-use crate::routes::{Guard, table_rows};
+use crate::{
+    descriptions::Descriptions,
+    routes::{Guard, table_rows},
+};
 
 /// Where the description is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -141,30 +144,6 @@ pub struct Undocumented {
     pub method: String,
     pub pattern: &'static str,
     pub upstream: &'static str,
-}
-
-/// Each upstream's description of its routes, from its handlers, by upstream name
-/// (`auth`, `media`, …). Whoever builds the gateway hands them in (`flotilla` takes them
-/// from each service crate), so that the gateway depends on no service.
-#[derive(Clone, Default)]
-pub struct Descriptions(std::collections::BTreeMap<&'static str, OpenApi>);
-
-impl std::fmt::Debug for Descriptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
-impl Descriptions {
-    /// `upstream` serves the routes `description` describes.
-    pub fn with(mut self, upstream: &'static str, description: OpenApi) -> Self {
-        self.0.insert(upstream, description);
-        self
-    }
-
-    fn of(&self, upstream: &str) -> OpenApi {
-        self.0.get(upstream).cloned().unwrap_or_default()
-    }
 }
 
 const METHODS: [(HttpMethod, &str); 5] = [

@@ -84,7 +84,7 @@ pub struct System {
     /// `http://jaeger:16686/trace/{trace_id}`.
     pub trace_url_template: Option<String>,
     /// The upstreams' descriptions of their routes, for the gateway's `/openapi.json`.
-    pub descriptions: crate::openapi::Descriptions,
+    pub descriptions: crate::descriptions::Descriptions,
 }
 
 /// One sentence per service for someone who has never seen the code.
