@@ -379,22 +379,27 @@ impl<H: Handler> Runner<H> {
         let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
             return Ok(Handled::Applied);
         };
-        let mut tx = db.begin().await.map_err(transient)?;
+        // Shares its commit with the other deliveries and requests writing at once
+        // (group commit); acknowledged only once that commit is on disk.
+        let mut write = db.write().await.map_err(transient)?;
+        let tx = write.tx().map_err(transient)?;
         if !inbox
-            .record(&mut tx, &self.group, &delivered.message_id)
+            .record(tx, &self.group, &delivered.message_id)
             .await
             .map_err(transient)?
         {
             tracing::debug!(group = %self.group, message_id = %delivered.message_id, "already applied; skipped");
+            write.rollback().await.map_err(transient)?;
             return Ok(Handled::Duplicate);
         }
         if apply {
-            caused.extend(
-                self.handler
-                    .apply(&mut tx, event, delivered)
-                    .await
-                    .map_err(nack)?,
-            );
+            match self.handler.apply(tx, event, delivered).await {
+                Ok(messages) => caused.extend(messages),
+                Err(error) => {
+                    write.rollback().await.map_err(transient)?;
+                    return Err(nack(error));
+                }
+            }
         }
         if !caused.is_empty() {
             let Some(outbox) = outbox else {
@@ -406,10 +411,10 @@ impl<H: Handler> Runner<H> {
                 )));
             };
             for message in caused {
-                outbox.enqueue(&mut tx, message).await.map_err(transient)?;
+                outbox.enqueue(tx, message).await.map_err(transient)?;
             }
         }
-        tx.commit().await.map_err(transient)?;
+        write.commit().await.map_err(transient)?;
         if let Some(outbox) = outbox {
             outbox.committed();
         }

@@ -327,7 +327,10 @@ impl OutboxRelay {
                 tx.commit().await?;
             }
             None => {
-                update.execute(self.db.pool()).await?;
+                // Joins the service's group commit instead of paying an fsync of its own.
+                let mut write = self.db.write().await?;
+                update.execute(&mut **write.tx()?).await?;
+                write.commit().await?;
             }
         }
         match refused {

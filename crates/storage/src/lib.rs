@@ -18,6 +18,7 @@
 //! service can write its own rows and, say, an outbox record atomically.
 
 pub mod blob;
+mod group;
 mod migrate;
 mod placeholders;
 pub mod scratch;
@@ -29,6 +30,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
+pub use group::{GroupStats, Tx, Write};
 pub use migrate::{Migration, MigrationSql};
 
 /// What can go wrong talking to a database.
@@ -62,6 +64,8 @@ pub enum StorageError {
     },
     #[error("could not take the migration lock: {0}")]
     MigrationLock(String),
+    #[error("the write's transaction did not commit: {0}")]
+    GroupCommit(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
@@ -153,6 +157,8 @@ impl Default for PoolSettings {
 pub struct Database {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite's shared write transaction ([`Database::write`]); `None` on servers.
+    batches: Option<std::sync::Arc<group::Batches>>,
 }
 
 impl Database {
@@ -193,10 +199,12 @@ impl Database {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
-                        // NORMAL is durable in WAL mode except for the last transactions
-                        // before a power loss, and much faster than FULL.
+                        // FULL: a commit returns once the WAL is on disk, so an
+                        // acknowledged write survives a power loss, not only a crash.
+                        // Writers share commits ([`Database::write`]), so the fsync is
+                        // paid once per batch, not once per request.
                         let pragmas = format!(
-                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON"
+                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON"
                         );
                         conn.execute(sqlx::raw_sql(AssertSqlSafe(pragmas))).await?;
                     }
@@ -210,7 +218,12 @@ impl Database {
             enable_wal(&pool).await.map_err(connect_error)?;
         }
         tracing::debug!(%dialect, "database connected");
-        Ok(Self { pool, dialect })
+        let batches = (dialect == Dialect::Sqlite).then(|| group::Batches::new(pool.clone()));
+        Ok(Self {
+            pool,
+            dialect,
+            batches,
+        })
     }
 
     /// The pool, for queries: `sqlx::query(db.sql("…")).bind(…).fetch_one(db.pool())`.
@@ -231,6 +244,23 @@ impl Database {
     /// `commit()`. Run statements on it with `.execute(&mut *tx)`.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StorageError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// A write to make durable with [`Write::commit`]: the way request handlers and
+    /// consumers write. On SQLite concurrent writes share one transaction and so one
+    /// fsync (group commit, see `crates/storage/src/group.rs`), each in a savepoint of its
+    /// own; on servers it is a transaction of its own. Don't hold one while waiting on
+    /// this database's pool or on another write: on SQLite it holds the only writer.
+    pub async fn write(&self) -> Result<Write, StorageError> {
+        match &self.batches {
+            Some(batches) => Write::batched(batches).await,
+            None => Write::own(&self.pool).await,
+        }
+    }
+
+    /// On SQLite, how many writes [`write`](Self::write) committed in how many commits.
+    pub fn group_stats(&self) -> Option<GroupStats> {
+        self.batches.as_ref().map(|batches| batches.stats())
     }
 
     /// A round trip to the database, for readiness checks.

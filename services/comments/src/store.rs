@@ -107,7 +107,9 @@ impl CommentStore {
         // and writes later cannot wait for the write lock (its snapshot may be stale), so
         // every transaction here starts with its write. An unknown post rolls it back.
         let content = content.into_string();
-        let mut tx = self.db.begin().await?;
+        // A write shares its commit with the others arriving at once (group commit).
+        let mut write = self.db.write().await?;
+        let tx = write.tx()?;
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(self.db.sql(
             "INSERT INTO comments (id, post_id, content, status, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -117,16 +119,17 @@ impl CommentStore {
         .bind(&content)
         .bind(CommentStatus::Pending.as_str())
         .bind(unix_now())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let known = sqlx::query(
             self.db
                 .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
         )
         .bind(post_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         if known.is_none() {
+            write.rollback().await?;
             return Err(CommentError::UnknownPost(post_id.to_owned()));
         }
         let event = BlogEvent::CommentCreated(CommentCreated {
@@ -135,9 +138,9 @@ impl CommentStore {
             post_id: post_id.to_owned(),
             status: CommentStatus::Pending,
         });
-        self.publisher.enqueue(&mut tx, &event).await?;
-        let comments = list_in(&mut tx, self.db.dialect(), post_id).await?;
-        tx.commit().await?;
+        self.publisher.enqueue(tx, &event).await?;
+        let comments = list_in(tx, self.db.dialect(), post_id).await?;
+        write.commit().await?;
         self.publisher.committed();
         Ok(comments)
     }

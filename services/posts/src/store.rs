@@ -61,7 +61,10 @@ impl PostStore {
             id: uuid::Uuid::now_v7().to_string(),
             title: title.into_string(),
         };
-        let mut tx = self.db.begin().await?;
+        // A write shares its commit with the others arriving at once (group commit):
+        // the 201 goes out only after the commit that holds it is on disk.
+        let mut write = self.db.write().await?;
+        let tx = write.tx()?;
         sqlx::query(
             self.db
                 .sql("INSERT INTO posts (id, title, created_at) VALUES (?, ?, ?)"),
@@ -69,14 +72,14 @@ impl PostStore {
         .bind(&post.id)
         .bind(&post.title)
         .bind(unix_now())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let event = BlogEvent::PostCreated(PostCreated {
             id: post.id.clone(),
             title: post.title.clone(),
         });
-        self.publisher.enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
+        self.publisher.enqueue(tx, &event).await?;
+        write.commit().await?;
         self.publisher.committed();
         Ok(post)
     }

@@ -1,0 +1,237 @@
+//! `Database::write`: concurrent writes share commits on SQLite (group commit), and every
+//! write is still all-or-nothing on its own — a failed or abandoned one leaves nothing and
+//! spares the others. On PostgreSQL and MariaDB (when `FLOTILLA_TEST_POSTGRES_URL` /
+//! `FLOTILLA_TEST_MYSQL_URL` name a server) each write is its own transaction; the same
+//! guarantees are checked there.
+
+use std::sync::Arc;
+
+use sqlx::Row;
+use storage::{Database, Migration, StorageError, Write, scratch::ScratchDatabase};
+
+const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "entries",
+    "CREATE TABLE entries (id VARCHAR(36) PRIMARY KEY, body TEXT NOT NULL)",
+)];
+
+struct Backend {
+    db: Database,
+    _dir: Option<tempfile::TempDir>,
+    scratch: Option<ScratchDatabase>,
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("group.db").display());
+    let mut all = vec![(url, Some(dir), None)];
+    for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
+        if let Some(server) = test_kit::real_server_url(var) {
+            let scratch = ScratchDatabase::create(&server)
+                .await
+                .expect("scratch database");
+            all.push((scratch.url().to_owned(), None, Some(scratch)));
+        }
+    }
+    let mut backends = Vec::new();
+    for (url, dir, scratch) in all {
+        // One connection, as the blog services use SQLite.
+        let settings = storage::PoolSettings::fair_writers(&url);
+        let db = Database::connect_with(&url, &settings)
+            .await
+            .expect("connect");
+        db.migrate("group", MIGRATIONS).await.expect("migrate");
+        backends.push(Backend {
+            db,
+            _dir: dir,
+            scratch,
+        });
+    }
+    backends
+}
+
+impl Backend {
+    async fn cleanup(self) {
+        self.db.close().await;
+        if let Some(scratch) = self.scratch {
+            scratch
+                .drop_database()
+                .await
+                .expect("drop scratch database");
+        }
+    }
+}
+
+async fn insert(write: &mut Write, db: &Database, id: &str) -> Result<(), StorageError> {
+    sqlx::query(db.sql("INSERT INTO entries (id, body) VALUES (?, ?)"))
+        .bind(id.to_owned())
+        .bind(format!("body of {id}"))
+        .execute(&mut **write.tx()?)
+        .await?;
+    Ok(())
+}
+
+async fn ids(db: &Database) -> Vec<String> {
+    sqlx::query("SELECT id FROM entries ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .expect("select")
+        .iter()
+        .map(|row| row.try_get::<String, _>("id").expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_writes_all_land_and_share_commits_on_sqlite() {
+    for backend in backends().await {
+        let db = backend.db.clone();
+        let before = db.group_stats();
+        let writers: Vec<_> = (0..64)
+            .map(|n| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut write = db.write().await?;
+                    insert(&mut write, &db, &format!("r{n:02}")).await?;
+                    write.commit().await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("join").expect("write commits");
+        }
+        let expected: Vec<String> = (0..64).map(|n| format!("r{n:02}")).collect();
+        assert_eq!(ids(&db).await, expected, "{:?}", db.dialect());
+        if let (Some(before), Some(after)) = (before, db.group_stats()) {
+            let writes = after.writes - before.writes;
+            let commits = after.commits - before.commits;
+            assert_eq!(writes, 64);
+            // 64 writers queued at once: far fewer commits than writes.
+            assert!(commits <= 8, "{commits} commits for 64 writes");
+        }
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
+    for backend in backends().await {
+        let db = backend.db.clone();
+        let mut seed = db.write().await.expect("write");
+        insert(&mut seed, &db, "taken").await.expect("insert");
+        seed.commit().await.expect("commit");
+
+        let gate = Arc::new(tokio::sync::Barrier::new(3));
+        let spawn = |ids: &'static [&'static str]| {
+            let db = db.clone();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                gate.wait().await;
+                let mut write = db.write().await?;
+                for id in ids {
+                    if let Err(error) = insert(&mut write, &db, id).await {
+                        write.rollback().await?;
+                        return Err(error);
+                    }
+                }
+                write.commit().await
+            })
+        };
+        let good = spawn(&["a1", "a2"]);
+        // Its first row goes in, its second collides: neither may stay.
+        let bad = spawn(&["b1", "taken"]);
+        let also_good = spawn(&["c1"]);
+        good.await.expect("join").expect("a commits");
+        assert!(bad.await.expect("join").is_err(), "the duplicate must fail");
+        also_good.await.expect("join").expect("c commits");
+        assert_eq!(ids(&db).await, ["a1", "a2", "c1", "taken"]);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_write_is_undone_whoever_comes_next() {
+    for backend in backends().await {
+        let db = backend.db.clone();
+        // Dropped with nobody waiting: undone by the next write.
+        {
+            let mut write = db.write().await.expect("write");
+            insert(&mut write, &db, "dropped-alone")
+                .await
+                .expect("insert");
+        }
+        let mut next = db.write().await.expect("write");
+        insert(&mut next, &db, "after-drop").await.expect("insert");
+        next.commit().await.expect("commit");
+
+        // A write cancelled mid-way (its task aborted) while others wait behind it: the
+        // others commit, the cancelled one leaves nothing.
+        let mut held = db.write().await.expect("write");
+        insert(&mut held, &db, "cancelled").await.expect("insert");
+        let waiting: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|id| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut write = db.write().await?;
+                    insert(&mut write, &db, id).await?;
+                    write.commit().await
+                })
+            })
+            .collect();
+        let cancelled = tokio::spawn(async move {
+            // Holds the write until it is aborted.
+            std::future::pending::<()>().await;
+            held.commit().await
+        });
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        assert!(cancelled.await.is_err(), "aborted");
+        for writer in waiting {
+            writer.await.expect("join").expect("commits");
+        }
+        // Dropped last, with nobody behind it: the batch it was in still commits what the
+        // earlier writes in it did.
+        let mut first = db.write().await.expect("write");
+        insert(&mut first, &db, "x1").await.expect("insert");
+        let committed = tokio::spawn(async move { first.commit().await });
+        committed.await.expect("join").expect("x1 commits");
+        let mut last = db.write().await.expect("write");
+        insert(&mut last, &db, "dropped-last")
+            .await
+            .expect("insert");
+        drop(last);
+        // The slot comes free again: a write after it works.
+        let mut after = tokio::time::timeout(std::time::Duration::from_secs(10), db.write())
+            .await
+            .expect("the slot is freed")
+            .expect("write");
+        insert(&mut after, &db, "z").await.expect("insert");
+        after.commit().await.expect("commit");
+        assert_eq!(ids(&db).await, ["after-drop", "w1", "w2", "x1", "z"]);
+        backend.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_commits_wait_for_the_disk() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("sync.db").display());
+    let db = Database::connect(&url).await.expect("connect");
+    // FULL (2): a commit returns after the WAL's fsync, so it survives a power loss.
+    let level: i64 = sqlx::query("PRAGMA synchronous")
+        .fetch_one(db.pool())
+        .await
+        .expect("pragma")
+        .try_get(0)
+        .expect("level");
+    assert_eq!(level, 2);
+    let mut write = db.write().await.expect("write");
+    let level: i64 = sqlx::query("PRAGMA synchronous")
+        .fetch_one(&mut **write.tx().expect("tx"))
+        .await
+        .expect("pragma")
+        .try_get(0)
+        .expect("level");
+    assert_eq!(level, 2);
+    write.commit().await.expect("commit");
+}
