@@ -216,6 +216,24 @@ enum Command {
 }
 
 impl Command {
+    /// Whether the command's effect must be on disk before it is answered: a publish or
+    /// anything a user asked for. Leases, acknowledgements, renewals and releases need
+    /// not: losing one only delivers a message again, which inboxes absorb.
+    fn must_survive_power_loss(&self) -> bool {
+        !matches!(
+            self,
+            Command::Lease(..)
+                | Command::Ack(..)
+                | Command::Renew(..)
+                | Command::Release(..)
+                | Command::DeadLetters(..)
+                | Command::Depth(..)
+                | Command::Stats(..)
+                | Command::Signals(..)
+                | Command::Maintain
+        )
+    }
+
     /// Answers with an error (the batch's transaction failed).
     fn fail(self, error: &str) {
         let error = || BusError::Embedded(error.to_owned());
@@ -321,6 +339,8 @@ impl EmbeddedBus {
             retry: options.retry.clone(),
             lease_ms: i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX),
             wakeups: wakeups.clone(),
+            synchronous,
+            at_full: synchronous == Synchronous::Full,
         };
         std::thread::Builder::new()
             .name("bus-writer".into())
@@ -466,6 +486,9 @@ struct Writer {
     retry: RetryPolicy,
     lease_ms: i64,
     wakeups: Wakeups,
+    /// How the file was opened; with `Full`, whether the connection is at FULL right now.
+    synchronous: Synchronous,
+    at_full: bool,
 }
 
 /// What a command produced, answered after the commit.
@@ -500,8 +523,24 @@ impl Writer {
     fn run_batch(&mut self, batch: Vec<Command>) {
         let mut woken: Vec<String> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
+        // Only what must survive a power loss waits for the disk: a batch of nothing but
+        // leases and acknowledgements commits without an fsync (WAL with NORMAL: a crash
+        // keeps it, a power loss may drop it, never corrupts). Losing one is harmless —
+        // a lost lease is leased again, a lost ack redelivers a message its consumer's
+        // inbox already holds — and the next synced commit makes it durable anyway. So
+        // a consumer does not wait on an fsync to take a message or to let it go.
+        let full = self.synchronous == Synchronous::Full
+            && batch.iter().any(Command::must_survive_power_loss);
         let mut pending = batch.into_iter();
         let result = (|| -> Result<(), rusqlite::Error> {
+            if full != self.at_full {
+                self.conn.pragma_update(
+                    None,
+                    "synchronous",
+                    if full { "FULL" } else { "NORMAL" },
+                )?;
+                self.at_full = full;
+            }
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.refresh_bindings()?;
             for command in pending.by_ref() {
@@ -1405,5 +1444,38 @@ impl Consuming {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a publisher or a user is answered about waits for the disk; what only moves
+    /// a message along between consumer and bus does not.
+    #[test]
+    fn only_publishes_and_user_changes_wait_for_the_disk() {
+        let (reply, _) = oneshot::channel();
+        assert!(Command::Publish(Vec::new(), reply).must_survive_power_loss());
+        let (reply, _) = oneshot::channel();
+        assert!(Command::Bind("g".into(), Vec::new(), reply).must_survive_power_loss());
+        let (reply, _) = oneshot::channel();
+        assert!(Command::Replay(None, Vec::new(), reply).must_survive_power_loss());
+        let (reply, _) = oneshot::channel();
+        assert!(
+            Command::Nack {
+                delivery_id: 1,
+                attempt: 1,
+                nack: Nack::Reject("bad".into()),
+                reply
+            }
+            .must_survive_power_loss()
+        );
+        let (reply, _) = oneshot::channel();
+        assert!(!Command::Lease("g".into(), 8, reply).must_survive_power_loss());
+        let (reply, _) = oneshot::channel();
+        assert!(!Command::Ack(1, reply).must_survive_power_loss());
+        assert!(!Command::Renew(vec![(1, 1)]).must_survive_power_loss());
+        assert!(!Command::Release(1, 1).must_survive_power_loss());
     }
 }
