@@ -1,22 +1,29 @@
-# Sourced by the gateway benchmarks: the nginx configuration they share.
-# nginx_conf DIR UPSTREAM_ADDR PROXY_PORT [UPSTREAM_PORT]
-#   writes DIR/nginx.conf: one worker, no access log, a proxy on 127.0.0.1:PROXY_PORT in
-#   front of UPSTREAM_ADDR with a keepalive pool; with UPSTREAM_PORT, the same process
-#   also serves the trivial upstream (`return 200 "ok"`) there.
+# Sourced by the gateway benchmarks: the nginx configurations they share.
+# nginx_conf DIR UPSTREAM_ADDR PROXY_PORT [UPSTREAM_PORT] [WORKERS]
+#   writes DIR/nginx.conf: WORKERS worker processes (default 1), no access log, a proxy
+#   on 127.0.0.1:PROXY_PORT in front of UPSTREAM_ADDR with a keepalive pool; with
+#   UPSTREAM_PORT, the same process also serves the trivial upstream (`return 200 "ok"`)
+#   there.
+# nginx_upstream_conf DIR PORT WORKERS
+#   writes DIR/nginx.conf: only the trivial upstream on 127.0.0.1:PORT, so that it runs as
+#   a process of its own and no proxy's figure depends on what the upstream costs it.
 nginx_conf() {
-  local dir=$1 upstream=$2 proxy=$3 serve=${4:-} trivial=""
+  local dir=$1 upstream=$2 proxy=$3 serve=${4:-} workers=${5:-1} trivial=""
   if [ -n "$serve" ]; then
     trivial="server { listen 127.0.0.1:$serve; location / { return 200 \"ok\"; } }"
   fi
   mkdir -p "$dir/logs"
   cat >"$dir/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes $workers;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream trivial { server $upstream; keepalive 128; }
+  # nginx closes a keepalive connection after 1000 requests by default, client side and
+  # upstream side; the other proxies keep theirs, so neither pays reconnects here.
+  keepalive_requests 1000000;
+  upstream trivial { server $upstream; keepalive 128; keepalive_requests 1000000; }
   $trivial
   server {
     listen 127.0.0.1:$proxy;
@@ -26,6 +33,21 @@ http {
       proxy_set_header Connection "";
     }
   }
+}
+NGINX
+}
+nginx_upstream_conf() {
+  local dir=$1 port=$2 workers=$3
+  mkdir -p "$dir/logs"
+  cat >"$dir/nginx.conf" <<NGINX
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port; location / { return 200 "ok"; } }
 }
 NGINX
 }
