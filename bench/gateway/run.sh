@@ -16,13 +16,16 @@
 #   DIR/gateway.md    the same Markdown
 #   DIR/gateway.tsv   one row per proxy and connection count (tab-separated, header row):
 #     proxy threads connections rounds rps_min rps_median rps_max p50_ms_median
-#     p99_ms_min p99_ms_median p99_ms_max rss_idle_kib rss_peak_kib instructions_per_request
-#   DIR/rounds.tsv    every wrk run: proxy threads connections round rps p50_ms p99_ms rss_peak_kib
+#     p99_ms_min p99_ms_median p99_ms_max rss_idle_kib rss_peak_kib socket_errors
+#     instructions_per_request (socket_errors: wrk's, summed over the rounds — timeouts)
+#   DIR/rounds.tsv    every wrk run: proxy threads connections round rps p50_ms p99_ms
+#     rss_peak_kib socket_errors
 # Knobs: FLOTILLA_BINARY (default: cargo build --release -p flotilla, then
 # target/release/flotilla; FLOTILLA_BENCH_NO_BUILD=1 uses that binary as it is),
 # PINGORA_BARE_BINARY (default: built here from bench/gateway/pingora-bare into
 # target/pingora-bare, outside the workspace).
-# Needs: nginx, haproxy, wrk (apt; installed here if missing), valgrind for --instructions.
+# Needs: nginx, haproxy, wrk, cmake (apt; installed here if missing), valgrind for
+# --instructions. Run it under `nice -n 19` on a shared machine (it did for BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -56,9 +59,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-command -v nginx >/dev/null && command -v wrk >/dev/null && command -v haproxy >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk haproxy >/dev/null
-}
+# cmake: Pingora's zlib-ng (through flate2) is built with it.
+for tool in nginx wrk haproxy cmake; do
+  command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null
+done
 target_dir=${CARGO_TARGET_DIR:-target}
 flotilla=${FLOTILLA_BINARY:-}
 if [ -z "$flotilla" ]; then
@@ -129,7 +133,7 @@ rss_kib() { # PID -> RSS of it and its children (nginx: master + workers), KiB
 ms() { # percentile label -> its latency in ms from wrk's --latency table
   awk -v p="$1" '$1==p {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out"
 }
-run_wrk() { # index connections seconds -> "req/s p50_ms p99_ms peak_rss_kib"
+run_wrk() { # index connections seconds -> "req/s p50_ms p99_ms peak_rss_kib socket_errors"
   local name=${names[$1]} pid peak=0 r
   pid=$(pid_of "$name")
   wrk -t2 -c"$2" -d"$3s" --latency "http://127.0.0.1:${ports[$1]}/posts" >"$work/wrk.out" 2>&1 &
@@ -138,10 +142,14 @@ run_wrk() { # index connections seconds -> "req/s p50_ms p99_ms peak_rss_kib"
     r=$(rss_kib "$pid"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.5
   done
   wait "$wrk_pid"
-  if grep -q 'Non-2xx\|Socket errors' "$work/wrk.out"; then
-    echo "$name answered errors; the comparison would be meaningless:" >&2; cat "$work/wrk.out" >&2; exit 1
+  if grep -q 'Non-2xx' "$work/wrk.out"; then
+    echo "$name answered errors; the comparison would be meaningless:" >&2; cat "$work/wrk.out" >&2; return 1
   fi
-  echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out") $(ms 50%) $(ms 99%) $peak"
+  # Socket errors (timeouts: no answer within wrk's 2 s) are a result, not a failure of
+  # the run: counted and shown beside the figures.
+  local errors
+  errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$work/wrk.out")
+  echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out") $(ms 50%) $(ms 99%) $peak ${errors:-0}"
 }
 
 declare -A idle_rss
@@ -151,15 +159,16 @@ started=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 # Warm every proxy (connections, pools, allocator), then the alternating rounds.
 for i in "${!names[@]}"; do wrk -t2 -c64 -d2s "http://127.0.0.1:${ports[$i]}/posts" >/dev/null; done
-printf 'proxy\tthreads\tconnections\tround\trps\tp50_ms\tp99_ms\trss_peak_kib\n' >"$out/rounds.tsv"
+printf 'proxy\tthreads\tconnections\tround\trps\tp50_ms\tp99_ms\trss_peak_kib\tsocket_errors\n' >"$out/rounds.tsv"
 order=("${!names[@]}")
 for round in $(seq "$rounds"); do
   for c in ${connections//,/ }; do
     for i in "${order[@]}"; do
-      read -r rps p50 p99 peak <<<"$(run_wrk "$i" "$c" "$duration")"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${names[$i]%[12]}" "${threads[$i]}" "$c" "$round" \
-        "$rps" "$p50" "$p99" "$peak" >>"$out/rounds.tsv"
-      echo "round $round, -c$c: ${labels[$i]} (${threads[$i]}): $rps req/s, p99 $p99 ms" >&2
+      result=$(run_wrk "$i" "$c" "$duration") || exit 1
+      read -r rps p50 p99 peak errors <<<"$result"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${names[$i]%[12]}" "${threads[$i]}" "$c" "$round" \
+        "$rps" "$p50" "$p99" "$peak" "$errors" >>"$out/rounds.tsv"
+      echo "round $round, -c$c: ${labels[$i]} (${threads[$i]}): $rps req/s, p99 $p99 ms, $errors socket errors" >&2
     done
   done
   # Reverse the order every round, so no proxy always runs right after the same one.
@@ -179,7 +188,7 @@ if [ -n "$instructions" ]; then
 fi
 
 # Aggregate: min / median / max over the rounds of each proxy and connection count.
-printf 'proxy\tthreads\tconnections\trounds\trps_min\trps_median\trps_max\tp50_ms_median\tp99_ms_min\tp99_ms_median\tp99_ms_max\trss_idle_kib\trss_peak_kib\tinstructions_per_request\n' >"$out/gateway.tsv"
+printf 'proxy\tthreads\tconnections\trounds\trps_min\trps_median\trps_max\tp50_ms_median\tp99_ms_min\tp99_ms_median\tp99_ms_max\trss_idle_kib\trss_peak_kib\tsocket_errors\tinstructions_per_request\n' >"$out/gateway.tsv"
 stats() { # column of rounds.tsv, proxy, threads, connections -> "min median max"
   awk -F'\t' -v col="$1" -v p="$2" -v t="$3" -v c="$4" 'NR > 1 && $1 == p && $2 == t && $3 == c {print $col}' "$out/rounds.tsv" |
     sort -g | awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print v[1], m, v[NR]}'
@@ -191,9 +200,10 @@ for c in ${connections//,/ }; do
     read -r _ p50 _ <<<"$(stats 6 "$p" "$t" "$c")"
     read -r qmin qmed qmax <<<"$(stats 7 "$p" "$t" "$c")"
     read -r _ _ peak <<<"$(stats 8 "$p" "$t" "$c")"
+    errors=$(awk -F'\t' -v p="$p" -v t="$t" -v c="$c" 'NR > 1 && $1 == p && $2 == t && $3 == c {e += $9} END {print e + 0}' "$out/rounds.tsv")
     in=""; [ "$t" = 1 ] && in=${instr[$p]:-}
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$t" "$c" "$rounds" \
-      "$rmin" "$rmed" "$rmax" "$p50" "$qmin" "$qmed" "$qmax" "${idle_rss[${names[$i]}]}" "$peak" "$in" >>"$out/gateway.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$t" "$c" "$rounds" \
+      "$rmin" "$rmed" "$rmax" "$p50" "$qmin" "$qmed" "$qmax" "${idle_rss[${names[$i]}]}" "$peak" "$errors" "$in" >>"$out/gateway.tsv"
   done
 done
 
@@ -211,25 +221,26 @@ wrk -t2 -d${duration}s, $rounds alternating rounds; each cell is the median, wit
 Every proxy is in front of the same trivial upstream, an nginx \`return 200\` in a process of its own
 ($cores workers); client, proxies and upstream share the cores. Ratios compare medians with nginx and
 HAProxy with as many workers/threads (req/s: higher is better; p99: lower is better). RSS of the whole
-proxy (nginx: master + workers), idle before the rounds and peak under load.
+proxy (nginx: master + workers), idle before the rounds and peak under load. wrk timeouts: requests
+without an answer within 2 s, summed over the rounds.
 MD
   for c in ${connections//,/ }; do
     echo
     echo "**$c connections**"
     echo
-    echo "| proxy | threads | requests/s | p50 | p99 | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | RSS idle / peak |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | threads | requests/s | p50 | p99 | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | RSS idle / peak | wrk timeouts |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v c="$c" -v nl="$(label_of nginx)" -v hl="$(label_of haproxy)" -v gl="$(label_of gateway)" -v pl="$(label_of pingora)" '
       NR == 1 || $3 != c {next}
-      {n++; p[n] = $1; t[n] = $2; rmin[n] = $5; r[n] = $6; rmax[n] = $7; p50[n] = $8; qmin[n] = $9; q[n] = $10; qmax[n] = $11; idle[n] = $12; peak[n] = $13
+      {n++; p[n] = $1; t[n] = $2; rmin[n] = $5; r[n] = $6; rmax[n] = $7; p50[n] = $8; qmin[n] = $9; q[n] = $10; qmax[n] = $11; idle[n] = $12; peak[n] = $13; err[n] = $14
        if ($1 == "nginx") {nr[$2] = $6; nq[$2] = $10} if ($1 == "haproxy") {hr[$2] = $6; hq[$2] = $10}}
       END {
         label["nginx"] = nl; label["haproxy"] = hl; label["gateway"] = gl; label["pingora"] = pl
         split("nginx haproxy pingora gateway", want, " ")
         for (w = 1; w <= 4; w++) for (th = 1; th <= 2; th++) for (i = 1; i <= n; i++) if (p[i] == want[w] && t[i] == th)
-          printf "| %s | %d | %.0f (%.0f–%.0f) | %.2f ms | %.2f ms (%.2f–%.2f) | %.2f× | %.2f× | %.2f× | %.2f× | %.1f / %.1f MiB |\n",
+          printf "| %s | %d | %.0f (%.0f–%.0f) | %.2f ms | %.2f ms (%.2f–%.2f) | %.2f× | %.2f× | %.2f× | %.2f× | %.1f / %.1f MiB | %d |\n",
             label[p[i]], t[i], r[i], rmin[i], rmax[i], p50[i], q[i], qmin[i], qmax[i],
-            r[i] / nr[t[i]], r[i] / hr[t[i]], q[i] / nq[t[i]], q[i] / hq[t[i]], idle[i] / 1024, peak[i] / 1024
+            r[i] / nr[t[i]], r[i] / hr[t[i]], q[i] / nq[t[i]], q[i] / hq[t[i]], idle[i] / 1024, peak[i] / 1024, err[i]
       }' "$out/gateway.tsv"
   done
   if [ -n "$instructions" ]; then

@@ -132,7 +132,10 @@ fn forwards_over_one_connection(runtime: &str) {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     for i in 0..5 {
-        assert_eq!(get(&mut stream, &format!("/posts/{i}")), format!("ok /posts/{i}"));
+        assert_eq!(
+            get(&mut stream, &format!("/posts/{i}")),
+            format!("ok /posts/{i}")
+        );
     }
     // Sequential requests reuse the pooled upstream connection.
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "{runtime}");
@@ -151,6 +154,9 @@ fn refuses_arguments_it_cannot_use() {
     ] {
         let out = Command::new(BINARY).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage"),
+            "{args:?}"
+        );
     }
 }
