@@ -54,6 +54,18 @@ impl Backend {
     }
 }
 
+/// `aggregate` (`COUNT(*)`, `MAX(version)`) over the migrations recorded for `notes`.
+async fn notes_migrations(db: &Database, aggregate: &str) -> i64 {
+    let sql = format!("SELECT {aggregate} FROM flotilla_migrations WHERE service = ?");
+    sqlx::query(db.sql(sql))
+        .bind("notes")
+        .fetch_one(db.pool())
+        .await
+        .expect("recorded migrations")
+        .try_get(0)
+        .expect("integer")
+}
+
 #[tokio::test]
 async fn migrations_apply_once_and_queries_are_portable() {
     for (url, backend) in Backend::all().await {
@@ -63,14 +75,7 @@ async fn migrations_apply_once_and_queries_are_portable() {
             .await
             .expect("second run is a no-op");
 
-        let recorded: i64 =
-            sqlx::query(db.sql("SELECT COUNT(*) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(db.pool())
-                .await
-                .expect("count")
-                .try_get(0)
-                .expect("integer");
+        let recorded = notes_migrations(&db, "COUNT(*)").await;
         assert_eq!(recorded, 2, "{:?}", db.dialect());
 
         // One SQL text, `?` placeholders, on every backend; '?' in a literal is kept.
@@ -112,14 +117,7 @@ async fn concurrent_starts_apply_each_migration_once() {
         );
         ra.expect("migrate a");
         rb.expect("migrate b");
-        let recorded: i64 =
-            sqlx::query(a.sql("SELECT COUNT(*) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(a.pool())
-                .await
-                .expect("count")
-                .try_get(0)
-                .expect("integer");
+        let recorded = notes_migrations(&a, "COUNT(*)").await;
         assert_eq!(recorded, 2, "{:?}", a.dialect());
         a.close().await;
         b.close().await;
@@ -170,14 +168,7 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             matches!(error, StorageError::Migration { version: 3, .. }),
             "{error}"
         );
-        let max: i64 =
-            sqlx::query(db.sql("SELECT MAX(version) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(db.pool())
-                .await
-                .expect("max")
-                .try_get(0)
-                .expect("integer");
+        let max = notes_migrations(&db, "MAX(version)").await;
         assert_eq!(max, 2);
 
         let mut tx = db.begin().await.expect("begin");
