@@ -88,6 +88,13 @@ fn status_line(answer: &str) -> &str {
     answer.lines().next().unwrap_or("")
 }
 
+/// `answer` is a problem+json with `status`.
+fn assert_problem(answer: &str, status: u16) {
+    let expected = format!("HTTP/1.1 {status}");
+    assert!(status_line(answer).starts_with(&expected), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
+
 fn still_serving(addr: SocketAddr) {
     let answer = exchange(
         addr,
@@ -185,8 +192,7 @@ async fn malformed_requests_get_400() {
             addr,
             b"GET /%zz%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
-        assert!(status_line(&answer).starts_with("HTTP/1.1 404"), "{answer}");
-        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert_problem(&answer, 404);
     })
     .await;
 }
@@ -210,8 +216,7 @@ async fn a_trickling_body_times_out_with_a_problem() {
         let head_and_a_little_body =
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc";
         let answer = exchange_within(addr, head_and_a_little_body, Duration::from_secs(5));
-        assert!(status_line(&answer).starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert_problem(&answer, 503);
     })
     .await;
 }

@@ -54,6 +54,16 @@ impl Backend {
     }
 }
 
+/// Runs `test` on a new database of each backend, then closes and drops it.
+async fn on_each_backend(test: impl AsyncFn(&Database)) {
+    for (url, backend) in Backend::all().await {
+        let db = Database::connect(&url).await.expect("connect");
+        test(&db).await;
+        db.close().await;
+        backend.cleanup().await;
+    }
+}
+
 /// `aggregate` (`COUNT(*)`, `MAX(version)`) over the migrations recorded for `notes`.
 async fn notes_migrations(db: &Database, aggregate: &str) -> i64 {
     let sql = format!("SELECT {aggregate} FROM flotilla_migrations WHERE service = ?");
@@ -68,14 +78,13 @@ async fn notes_migrations(db: &Database, aggregate: &str) -> i64 {
 
 #[tokio::test]
 async fn migrations_apply_once_and_queries_are_portable() {
-    for (url, backend) in Backend::all().await {
-        let db = Database::connect(&url).await.expect("connect");
+    on_each_backend(async |db| {
         db.migrate("notes", MIGRATIONS).await.expect("first run");
         db.migrate("notes", MIGRATIONS)
             .await
             .expect("second run is a no-op");
 
-        let recorded = notes_migrations(&db, "COUNT(*)").await;
+        let recorded = notes_migrations(db, "COUNT(*)").await;
         assert_eq!(recorded, 2, "{:?}", db.dialect());
 
         // One SQL text, `?` placeholders, on every backend; '?' in a literal is kept.
@@ -100,9 +109,8 @@ async fn migrations_apply_once_and_queries_are_portable() {
         assert_eq!(row.try_get::<i64, _>(2).expect("views"), 0);
         assert_eq!(row.try_get::<String, _>(3).expect("mark"), "?");
         db.ping().await.expect("ping");
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -127,8 +135,7 @@ async fn concurrent_starts_apply_each_migration_once() {
 
 #[tokio::test]
 async fn an_edited_migration_is_refused() {
-    for (url, backend) in Backend::all().await {
-        let db = Database::connect(&url).await.expect("connect");
+    on_each_backend(async |db| {
         db.migrate("notes", &MIGRATIONS[..1]).await.expect("first");
         let edited = [Migration::portable(
             1,
@@ -151,15 +158,13 @@ async fn an_edited_migration_is_refused() {
         )
         .await
         .expect("other service");
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
-    for (url, backend) in Backend::all().await {
-        let db = Database::connect(&url).await.expect("connect");
+    on_each_backend(async |db| {
         db.migrate("notes", MIGRATIONS).await.expect("migrate");
         let broken = [Migration::portable(3, "broken", "CREATE TABLE (")];
         let all: Vec<Migration> = MIGRATIONS.iter().copied().chain(broken).collect();
@@ -168,7 +173,7 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             matches!(error, StorageError::Migration { version: 3, .. }),
             "{error}"
         );
-        let max = notes_migrations(&db, "MAX(version)").await;
+        let max = notes_migrations(db, "MAX(version)").await;
         assert_eq!(max, 2);
 
         let mut tx = db.begin().await.expect("begin");
@@ -186,9 +191,8 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             .try_get(0)
             .expect("integer");
         assert_eq!(count, 0);
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
