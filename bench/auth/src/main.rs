@@ -106,7 +106,8 @@ fn verify(duration: Duration) -> anyhow::Result<()> {
             verifier.verify_cached(&tokens[pick]).is_ok()
         });
         println!(
-            "| token verification, steady state: {population} live tokens, uniformly random requests (cache of 16 Ki) | {rate} |"
+            "| token verification, steady state: {} live tokens, uniformly random requests (cache of 16 Ki) | {rate} |",
+            tokens.len()
         );
     }
 
@@ -175,10 +176,15 @@ fn signed(key: &SigningKey, count: u64, duration: Duration) -> anyhow::Result<Ve
     let mut tokens = Vec::new();
     for n in 0..count {
         tokens.push(key.sign(&claims(n))?);
-        anyhow::ensure!(
-            started.elapsed() < duration * 20,
-            "signing {count} tokens takes too long"
-        );
+        // A slow or busy machine measures fewer tokens rather than stopping: the rows
+        // that use them say how many there were.
+        if started.elapsed() >= duration * 20 {
+            eprintln!(
+                "signing {count} tokens takes too long here: measuring with {}",
+                tokens.len()
+            );
+            break;
+        }
     }
     Ok(tokens)
 }
