@@ -23,7 +23,7 @@ if [ -z "$binary" ]; then
   cargo build --release -q -p flotilla
   binary=${CARGO_TARGET_DIR:-target}/release/flotilla
 fi
-upstream=19111 nginx_proxy=19112 gateway=19113
+upstream=19161 nginx_proxy=19162 gateway=19163
 # shellcheck source=bench/gateway/nginx-conf.sh
 source bench/gateway/nginx-conf.sh
 nginx_conf "$work" "127.0.0.1:$upstream" "$nginx_proxy" "$upstream"

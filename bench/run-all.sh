@@ -71,12 +71,12 @@ bin=$target_dir/release
 if [ "$quick" = 1 ]; then
   blog_args=(1 1 10 20) startup_args=(1 1) gateway_args=(1) sweep_args=(1 1 8 64)
   bus_messages=500 bus_rounds=1 bus_rate_messages=400 bus_sizes=(256 16384) bus_size_messages=300
-  auth_seconds=1 auth_rounds=1 convert_runs=1 convert_lengths=2,5 convert_main=0
+  auth_seconds=1 auth_rounds=1 auth_tokens=2000 convert_runs=1 convert_lengths=2,5 convert_main=0
   upload_sizes=(8 32) upload_rounds=1 map_args=(4 2 1)
 else
   blog_args=(3 10 200 500) startup_args=(5 5) gateway_args=(10) sweep_args=(5 3 4 8 16 32 64 128 256)
   bus_messages=20000 bus_rounds=3 bus_rate_messages=10000 bus_sizes=(64 256 1024 4096 16384 65536)
-  bus_size_messages=5000 auth_seconds=3 auth_rounds=3 convert_runs=5 convert_lengths=10,30,60,120,300
+  bus_size_messages=5000 auth_seconds=3 auth_rounds=3 auth_tokens=100000 convert_runs=5 convert_lengths=10,30,60,120,300
   convert_main=1 upload_sizes=(64 256 1024) upload_rounds=3 map_args=(300 4 5)
 fi
 
@@ -114,9 +114,9 @@ bench_auth() {
   # One core, the same for both, when there is more than one.
   [ "$(nproc)" -gt 1 ] && command -v taskset >/dev/null && pin=(taskset -c 1)
   machine >"$logs/machine-before.json"
-  echo "${pin[*]} auth-bench --seconds $auth_seconds --verify-only" | sed 's/^ //' >"$logs/auth.cmd"
+  echo "${pin[*]} auth-bench --seconds $auth_seconds --tokens $auth_tokens --verify-only" | sed 's/^ //' >"$logs/auth.cmd"
   for round in $(seq "$auth_rounds"); do
-    "${pin[@]}" "$bin/auth-bench" --seconds "$auth_seconds" --verify-only >"$logs/auth-bench-$round.txt" || return 1
+    "${pin[@]}" "$bin/auth-bench" --seconds "$auth_seconds" --tokens "$auth_tokens" --verify-only >"$logs/auth-bench-$round.txt" || return 1
     "${pin[@]}" openssl speed -seconds "$auth_seconds" ed25519 >"$logs/openssl-$round.txt" 2>/dev/null || true
   done
   machine >"$logs/machine-after.json"
@@ -143,7 +143,11 @@ bench_upload() {
   machine >"$logs/machine-after.json"
   python3 bench/tools/summarize.py upload "$logs" "$out/data/upload.json"
 }
-bench_system_map() { bench/system-map/run.sh "${map_args[@]}" | body; }
+bench_system_map() {
+  echo "\`bench/system-map/run.sh ${map_args[*]}\` (release build):"
+  echo
+  bench/system-map/run.sh "${map_args[@]}" | body
+}
 
 names=(blog startup gateway gateway-sweep bus auth convert upload system-map)
 declare -A status seconds

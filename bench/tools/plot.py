@@ -16,8 +16,8 @@ import math
 import sys
 from xml.sax.saxutils import escape, quoteattr
 
-WIDTH, HEIGHT = 720, 420
-LEFT, RIGHT, TOP, BOTTOM = 80, 190, 40, 60
+WIDTH, HEIGHT = 760, 420
+LEFT, RIGHT, TOP, BOTTOM = 80, 230, 40, 60
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
 
 
@@ -44,7 +44,10 @@ def log_ticks(low, high):
     return [10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)]
 
 
-def label(value):
+def label(value, binary=False):
+    """A tick's text: 16k for 16,000; on power-of-two axes 16Ki for 16,384."""
+    if binary and value >= 1024 and value == int(value) and int(value) % 1024 == 0:
+        return f"{int(value) // 1024}Ki"
     if value == 0:
         return "0"
     if abs(value) >= 1e6:
@@ -96,7 +99,7 @@ def render(spec):
     for tick in x_ticks:
         x = px(tick)
         out.append(f'<line x1="{x:.1f}" y1="{TOP + plot_h}" x2="{x:.1f}" y2="{TOP + plot_h + 5}" stroke="#333"/>')
-        out.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{label(tick)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{label(tick, x_log)}</text>')
     out.append("</g>")
     out.append('<g class="y-ticks">')
     for tick in y_ticks:

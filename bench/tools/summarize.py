@@ -75,7 +75,8 @@ def bus(log_dir, data_path):
         sizes[size] = bus_rounds(path)
     series = {}
     if sizes:
-        contenders = sorted({c for per in sizes.values() for c in per})
+        # In bus-bench's order (raw lapin, then the bus's backends).
+        contenders = list(dict.fromkeys(c for size in sorted(sizes) for c in sizes[size]))
         lines += ["", "**Messages per second against payload size** (as fast as confirms allow; "
                   "median (min–max) over the rounds) — plotted in "
                   "[docs/bench/bus-payload.svg](docs/bench/bus-payload.svg)", "",
@@ -155,8 +156,8 @@ def upload(log_dir, data_path):
         peak.append([size, *spread(peaks)])
         growth.append([size, *spread(grows)])
     with open(data_path, "w") as f:
-        json.dump({"bench": "upload", "series": [{"name": "RSS peak during the upload", "points": peak},
-                                                 {"name": "RSS growth", "points": growth}]}, f)
+        json.dump({"bench": "upload", "series": [{"name": "peak RSS", "points": peak},
+                                                 {"name": "RSS growth (peak − before)", "points": growth}]}, f)
 
 
 def main():

@@ -3,9 +3,11 @@
 //! command line doing the same job; throughput of parallel conversions as workers grow
 //! to the number of cores; peak RSS converting 10 s against 10 min of audio.
 //!
-//! `cargo run --release -p convert-bench -- [--runs N] [--update BENCHMARKS.md]`
-//! prints a Markdown section, and with `--update` replaces the `## Converter` section of
-//! the file (other sections are kept). Needs `ffmpeg` on PATH to make the inputs.
+//! `cargo run --release -p convert-bench -- [--runs N]` prints a Markdown section;
+//! `--lengths 10,30,60 [--json FILE]` instead times both engines against input length.
+//! `bench/run-all.sh --only convert` runs both and writes them into BENCHMARKS.md (between
+//! its `bench:convert` markers) and docs/bench/convert-length.svg. Needs `ffmpeg` on PATH
+//! to make the inputs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,14 +28,12 @@ fn main() -> anyhow::Result<()> {
         return rss_child(Path::new(input));
     }
     let mut runs = 7usize;
-    let mut update = None;
     let mut lengths = Vec::new();
     let mut json = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--runs" => runs = rest.next().context("--runs N")?.parse()?,
-            "--update" => update = Some(PathBuf::from(rest.next().context("--update FILE")?)),
             "--lengths" => {
                 lengths = rest
                     .next()
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--json" => json = Some(PathBuf::from(rest.next().context("--json FILE")?)),
             other => bail!(
-                "unknown argument {other}; usage: [--runs N] [--update BENCHMARKS.md] \
+                "unknown argument {other}; usage: [--runs N] \
                  [--lengths 10,30,60 [--json FILE]]"
             ),
         }
@@ -65,10 +65,6 @@ fn main() -> anyhow::Result<()> {
     }
     let section = runtime.block_on(run(runs.max(1)))?;
     println!("{section}");
-    if let Some(path) = update {
-        update_section(&path, &section)?;
-        eprintln!("updated {}", path.display());
-    }
     Ok(())
 }
 
@@ -79,7 +75,7 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     writeln!(out, "{SECTION} (bench/convert)\n")?;
     writeln!(
         out,
-        "`cargo run --release -p convert-bench -- --runs {runs} --update BENCHMARKS.md`, \
+        "`convert-bench --runs {runs}` (`bench/run-all.sh --only convert`), \
          {} on {cores} cores ({}), ffmpeg {}; load average at the start: {}.\n",
         now_utc(),
         cpu_model(),
@@ -521,40 +517,6 @@ fn rss_child(input: &Path) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     println!("PEAK_RSS_KIB={peak}");
-    Ok(())
-}
-
-/// Replaces the `## Converter` section (up to the next `## ` heading) or appends it.
-fn update_section(path: &Path, section: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let mut lines = existing.lines().peekable();
-    let mut before = String::new();
-    let mut after = String::new();
-    let mut found = false;
-    while let Some(line) = lines.next() {
-        if line.starts_with(SECTION) {
-            found = true;
-            while lines.peek().is_some_and(|l| !l.starts_with("## ")) {
-                lines.next();
-            }
-            for rest in lines.by_ref() {
-                after.push_str(rest);
-                after.push('\n');
-            }
-            break;
-        }
-        before.push_str(line);
-        before.push('\n');
-    }
-    let mut text = before.trim_end().to_owned();
-    text.push_str("\n\n");
-    text.push_str(section.trim_end());
-    text.push('\n');
-    if found && !after.is_empty() {
-        text.push('\n');
-        text.push_str(&after);
-    }
-    std::fs::write(path, text)?;
     Ok(())
 }
 
