@@ -52,7 +52,7 @@ def label(value, binary=False):
         return "0"
     if abs(value) >= 1e6:
         return f"{value / 1e6:g}M"
-    if abs(value) >= 1e4:
+    if abs(value) >= 1e3:
         return f"{value / 1e3:g}k"
     if value == int(value):
         return f"{int(value)}"

@@ -155,6 +155,14 @@ def upload(log_dir, data_path):
               f"{cell(peaks, 1, 'MiB')} | {cell(grows, 1, 'MiB')} |")
         peak.append([size, *spread(peaks)])
         growth.append([size, *spread(grows)])
+    try:
+        skipped = [line.strip() for line in open(os.path.join(log_dir, "skipped.txt")) if line.strip()]
+    except OSError:
+        skipped = []
+    if skipped:
+        print()
+        print("Not measured here: " + "; ".join(skipped) + " (free disk: the file, its copy in "
+              "the blob store and flotilla's reserve must fit).")
     with open(data_path, "w") as f:
         json.dump({"bench": "upload", "series": [{"name": "peak RSS", "points": peak},
                                                  {"name": "RSS growth (peak − before)", "points": growth}]}, f)
