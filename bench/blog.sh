@@ -1,155 +1,134 @@
 #!/usr/bin/env bash
-# The blog's read side under load, through the gateway of a release `flotilla up`, each
-# figure beside a peer measured in the same run:
-#  1. `GET /posts` (the course client's full map) with POSTS posts: req/s and p50/p99 with
-#     wrk (-t2 -c32), against nginx (a worker per core, sendfile) serving the identical body
-#     as a static file
-#     — the floor for "answer these bytes over HTTP"; alternating, best of two runs each;
-#  2. event end-to-end latency: `POST /posts/create` until the post is in `GET /posts`
-#     (posts outbox → relay → bus → query view), p50/p99 over sequential samples, against
-#     the synchronous part of the same requests (`POST /posts/create` until its 201).
-# Prints a Markdown section for BENCHMARKS.md.
-#   bench/blog.sh [POSTS] [DURATION_SECONDS] [SAMPLES]   (defaults 10000 10 300)
-# Needs: nginx, wrk, python3, curl (apt), a release build (built here unless
-# FLOTILLA_BINARY names one).
+# The blog against its peer, the course's original Node app (bench/blog/original: five
+# Express services, in memory, behind nginx routing like the course's ingress), with the
+# same client (bench/blog/workload.py) through each system's one origin:
+#  - creates/s: wrk, 16 connections, POST /posts/create for SECONDS;
+#  - reads/s: wrk, 16 connections, GET /posts for SECONDS;
+#  - RACES × (create a post, comment on it at once), 16 at a time, then the comments that
+#    were acknowledged but never appear in GET /posts;
+#  - event latency, SAMPLES sequential samples each: post created → visible in the view,
+#    comment created → visible moderated in the view (p50/p99/max).
+# Each round starts both systems fresh and runs them one after the other, the order
+# swapped every round; figures are min/median/max over the rounds, with the machine and
+# its load beside them. The client's own ceiling (the same wrk against nginx
+# `return 201`) is measured once. Prints a Markdown section for BENCHMARKS.md.
+#   bench/blog.sh [ROUNDS] [SECONDS] [SAMPLES] [RACES]   (defaults 3 10 200 500)
+# FLOTILLA_BINARY: the flotilla binary to measure (else target/release/flotilla, built
+# here). BENCH_RESULTS=FILE: also write the figures as JSON (bench/run-all.sh uses it).
+# Needs: nginx, wrk (apt, installed here if missing), node and npm (the original's
+# dependencies are installed from its package-lock.json on first use), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-posts=${1:-10000}
-duration=${2:-10}
-samples=${3:-300}
+rounds=${1:-3} seconds=${2:-10} samples=${3:-200} races=${4:-500}
+clients=16
 work=$(mktemp -d)
-trap 'kill $(cat "$work/flotilla.pid" 2>/dev/null) 2>/dev/null || true; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$work"' EXIT
+# nginx's workers run as an unprivileged user; mktemp's directory is private.
+chmod 755 "$work"
+flotilla_port=19201 original_port=19210 ceiling_port=19220
+
+stop_flotilla() {
+  if [ -e "$work/flotilla.pid" ]; then
+    kill "$(cat "$work/flotilla.pid")" 2>/dev/null || true
+    wait "$(cat "$work/flotilla.pid")" 2>/dev/null || true
+    rm -f "$work/flotilla.pid"
+  fi
+}
+cleanup() {
+  stop_flotilla
+  bench/blog/original/stop.sh "$work/original" 2>/dev/null || true
+  nginx -p "$work" -c "$work/ceiling.conf" -s stop 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 command -v nginx >/dev/null && command -v wrk >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 }
-# FLOTILLA_BINARY: measure that binary instead of building target/release/flotilla.
 binary=${FLOTILLA_BINARY:-}
 if [ -z "$binary" ]; then
   cargo build --release -q -p flotilla
   binary=${CARGO_TARGET_DIR:-target}/release/flotilla
 fi
-port=19201 nginx_port=19202
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# The per-client rate limit is for the internet, not for a benchmark client.
-FLOTILLA_GATEWAY_RATE_LIMIT=0 RUST_LOG=warn "$binary" up \
-  --listen 127.0.0.1:$port --data-dir "$work/data" >"$work/stdout" 2>"$work/stderr" &
-echo $! >"$work/flotilla.pid"
-for _ in $(seq 300); do grep -q ready "$work/stdout" 2>/dev/null && break; sleep 0.2; done
-grep -q ready "$work/stdout" || { echo "flotilla did not start:" >&2; cat "$work/stderr" >&2; exit 1; }
-base=http://127.0.0.1:$port
 
-python3 - "$base" "$posts" "$samples" >"$work/latency.txt" <<'PY'
-import concurrent.futures, json, sys, time, urllib.request
-base, posts, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+start_flotilla() {
+  rm -rf "$work/data"
+  # The per-client rate limit is for the internet, not for a benchmark client.
+  FLOTILLA_GATEWAY_RATE_LIMIT=0 RUST_LOG=warn "$binary" up \
+    --listen 127.0.0.1:$flotilla_port --data-dir "$work/data" >"$work/flotilla.out" 2>"$work/flotilla.err" &
+  echo $! >"$work/flotilla.pid"
+  for _ in $(seq 600); do grep -q ready "$work/flotilla.out" 2>/dev/null && return 0; sleep 0.1; done
+  echo "flotilla did not start:" >&2; cat "$work/flotilla.err" >&2; return 1
+}
+start_original() {
+  rm -rf "$work/original"; mkdir -p "$work/original"; chmod 755 "$work/original"
+  bench/blog/original/start.sh "$work/original" $original_port
+}
+stop_original() { bench/blog/original/stop.sh "$work/original"; }
 
-def call(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+# One system, fresh: its figures as JSON in $work/$2-$1.json (an error object if it failed,
+# so one bad run is reported, not the end of the benchmark).
+measure() { # system round
+  local out=$work/$1-$2.json port
+  if [ "$1" = flotilla ]; then port=$flotilla_port; else port=$original_port; fi
+  echo "round $2: $1" >&2
+  if "start_$1" && python3 bench/blog/workload.py "http://127.0.0.1:$port" --seconds "$seconds" \
+      --samples "$samples" --races "$races" --clients $clients >"$out" 2>"$work/workload.err"; then
+    :
+  else
+    python3 -c 'import json,sys; print(json.dumps({"error": sys.argv[1][-300:].strip() or "failed"}))' \
+      "$(tail -3 "$work/workload.err" 2>/dev/null)" >"$out"
+  fi
+  cat "$work/workload.err" >&2 || true
+  "stop_$1" || true
+}
 
-start = time.time()
-with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    list(pool.map(lambda n: call("POST", "/posts/create", {"title": f"post {n}"}), range(posts)))
-while len(call("GET", "/posts")) < posts:
-    time.sleep(0.2)
-print(f"seeded {posts} posts in {time.time() - start:.1f} s", file=sys.stderr)
+machine_before=$(python3 bench/tools/machine.py)
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then order="original flotilla"; else order="flotilla original"; fi
+  for system in $order; do measure "$system" "$round"; done
+done
+machine_after=$(python3 bench/tools/machine.py)
 
-# Ids are time-ordered and this is the only writer: the new post is the first after the
-# newest one seen, so one small page shows whether it has arrived.
-newest = max(call("GET", "/posts"))
-visible, created = [], []
-for n in range(samples):
-    t0 = time.perf_counter()
-    post = call("POST", "/posts/create", {"title": f"timed {n}"})
-    created.append((time.perf_counter() - t0) * 1000)
-    while post["id"] not in call("GET", f"/posts?limit=1&after={newest}"):
-        time.sleep(0.0005)
-    visible.append((time.perf_counter() - t0) * 1000)
-    newest = post["id"]
-for series in (visible, created):
-    series.sort()
-pick = lambda s, q: s[min(len(s) - 1, int(q * len(s)))]
-print(f"{len(visible)} {pick(visible, 0.5):.1f} {pick(visible, 0.99):.1f} {visible[-1]:.1f}"
-      f" {pick(created, 0.5):.1f} {pick(created, 0.99):.1f}")
-PY
-read -r count p50 p99 worst c50 c99 <"$work/latency.txt"
-
-# The peer serves exactly the bytes the gateway answers.
-curl -fsS "$base/posts" >"$work/posts.json"
-size=$(wc -c <"$work/posts.json")
-cat >"$work/nginx.conf" <<NGINX
+# The client's own ceiling: the same wrk and Lua script against nginx answering 201.
+cat >"$work/ceiling.conf" <<NGINX
 worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
+pid $work/ceiling.pid;
+error_log $work/ceiling-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  sendfile on;
-  tcp_nopush on;
+  client_body_temp_path $work/ceiling-body;
   server {
-    listen 127.0.0.1:$nginx_port;
-    location = /posts { default_type application/json; alias $work/posts.json; }
+    listen 127.0.0.1:$ceiling_port;
+    location = /posts/create { default_type application/json; return 201 '{"id":"0","title":"t"}'; }
   }
 }
 NGINX
-mkdir -p "$work/logs"
-# nginx's workers run as an unprivileged user; mktemp's directory is private.
-chmod 755 "$work"; chmod 644 "$work/posts.json"
-nginx -p "$work" -c "$work/nginx.conf"
-curl -fsS "http://127.0.0.1:$nginx_port/posts" | cmp -s - "$work/posts.json" || {
-  echo "nginx does not serve the same body" >&2; exit 1
-}
+nginx -p "$work" -c "$work/ceiling.conf"
+python3 bench/blog/workload.py "http://127.0.0.1:$ceiling_port" --seconds "$seconds" \
+  --clients $clients --creates-only >"$work/ceiling.json" 2>/dev/null || echo '{}' >"$work/ceiling.json"
+nginx -p "$work" -c "$work/ceiling.conf" -s stop 2>/dev/null || true
 
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; printf "%.2f", v}'; }
-run_wrk() { # url -> "req/s p50_ms p99_ms errors"
-  wrk -t2 -c32 -d"${duration}s" --latency "$1" >"$work/wrk.out" 2>&1
-  local rps w50 w99 errors
-  rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
-  w50=$(awk '$1=="50%" {print $2}' "$work/wrk.out" | to_ms)
-  w99=$(awk '$1=="99%" {print $2}' "$work/wrk.out" | to_ms)
-  errors=$(grep -cE "Non-2xx|Socket errors" "$work/wrk.out" || true)
-  echo "$rps $w50 $w99 $errors"
-}
-better() { awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," ");split(b,y," "); exit !(x[1]>y[1])}'; }
-
-wrk -t2 -c32 -d2s "http://127.0.0.1:$nginx_port/posts" >/dev/null
-wrk -t2 -c32 -d2s "$base/posts" >/dev/null
-best_n="0 0 0 0"; best_f="0 0 0 0"
-for _ in 1 2; do
-  r=$(run_wrk "http://127.0.0.1:$nginx_port/posts"); better "$r" "$best_n" && best_n=$r
-  r=$(run_wrk "$base/posts"); better "$r" "$best_f" && best_f=$r
-done
-read -r n_rps n50 n99 n_err <<<"$best_n"
-read -r f_rps f50 f99 f_err <<<"$best_f"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
-
-cat <<MD
-## Blog (\`bench/blog.sh\`)
-
-\`bench/blog.sh $posts $duration $samples\`, release \`flotilla up\` (embedded bus, SQLite),
-through the gateway, $(date -u '+%Y-%m-%d %H:%M') UTC, load average at the start $load_before
-(2 cores shared with other builds: compare figures of one run with each other).
-
-**\`GET /posts\`, the course client's full map of $posts posts ($((size / 1024)) KiB)**, wrk -t2 -c32
-${duration}s, alternating, best of two runs each. Peer: nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') (one worker per core, sendfile) serving
-the identical body as a static file.
-
-| server | requests/s | p50 | p99 | error lines |
-|---|---:|---:|---:|---:|
-| nginx, static file | $n_rps | $n50 ms | $n99 ms | $n_err |
-| flotilla (gateway → query) | $f_rps | $f50 ms | $f99 ms | $f_err |
-| **flotilla / nginx** | **$(ratio "$f_rps" "$n_rps")×** | $(ratio "$f50" "$n50")× | $(ratio "$f99" "$n99")× | |
-
-**Event end-to-end latency**, $count sequential samples with $posts posts in the view: from
-sending \`POST /posts/create\` until the post is in \`GET /posts\` (outbox → relay → embedded
-bus → query view, polled with \`GET /posts?limit=1&after=…\`). Peer: the synchronous part
-of the same requests, until the 201.
-
-| measurement | p50 | p99 | max |
-|---|---:|---:|---:|
-| \`POST /posts/create\` → 201 | $c50 ms | $c99 ms | |
-| \`POST /posts/create\` → visible in \`GET /posts\` | $p50 ms | $p99 ms | $worst ms |
-| **visible / 201** | **$(ratio "$p50" "$c50")×** | **$(ratio "$p99" "$c99")×** | |
-MD
+python3 - "$work" "$rounds" "$seconds" "$samples" "$races" "$clients" \
+  "$machine_before" "$machine_after" "$("$binary" --version 2>/dev/null || echo flotilla)" \
+  "$(node --version)" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" >"$work/results.json" <<'PY'
+import json, sys
+work, rounds, seconds, samples, races, clients = sys.argv[1], *map(int, sys.argv[2:7])
+before, after, flotilla, node, nginx = sys.argv[7:12]
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"error": "no results"}
+print(json.dumps({
+    "bench": "blog",
+    "command": f"bench/blog.sh {rounds} {seconds} {samples} {races}",
+    "params": {"rounds": rounds, "seconds": seconds, "samples": samples, "races": races, "clients": clients},
+    "machine_before": json.loads(before), "machine_after": json.loads(after),
+    "versions": {"flotilla": flotilla, "node": node, "nginx": nginx},
+    "rounds": [{s: load(f"{work}/{s}-{r}.json") for s in ("original", "flotilla")} for r in range(1, rounds + 1)],
+    "ceiling": load(f"{work}/ceiling.json"),
+}, indent=1))
+PY
+[ -z "${BENCH_RESULTS:-}" ] || cp "$work/results.json" "$BENCH_RESULTS"
+python3 bench/blog/report.py "$work/results.json"

@@ -17,8 +17,12 @@ profile=${PROFILE:-release}
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 target_dir=${CARGO_TARGET_DIR:-target}
-if [ "$profile" = release ]; then cargo build --release -q -p flotilla; else cargo build -q -p flotilla; fi
-binary=$target_dir/$profile/flotilla
+# FLOTILLA_BINARY: measure that binary instead of building one.
+binary=${FLOTILLA_BINARY:-}
+if [ -z "$binary" ]; then
+  if [ "$profile" = release ]; then cargo build --release -q -p flotilla; else cargo build -q -p flotilla; fi
+  binary=$target_dir/$profile/flotilla
+fi
 email=bench@example.com password=bench-password
 port=19301
 

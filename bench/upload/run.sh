@@ -4,14 +4,19 @@
 # memory grows while the file streams to the blob store — in the same run.
 #   bench/upload/run.sh [SIZE_MIB]   (default 1024, i.e. 1 GiB)
 # Goals (issue 6): RSS growth < 64 MiB, throughput >= 200 MB/s. Prints a Markdown
-# section for BENCHMARKS.md.
+# section for BENCHMARKS.md; BENCH_RESULTS=FILE also writes the figures as JSON (for
+# bench/run-all.sh, which runs it over several sizes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 size_mib=${1:-1024}
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-target_dir=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p flotilla
+# FLOTILLA_BINARY: measure that binary instead of building target/release/flotilla.
+binary=${FLOTILLA_BINARY:-}
+if [ -z "$binary" ]; then
+  cargo build --release -q -p flotilla
+  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
+fi
 port=19201
 email=bench@example.com password=bench-password
 
@@ -20,7 +25,7 @@ email=bench@example.com password=bench-password
 FLOTILLA_DATA_DIR=$work/data FLOTILLA_LISTEN=127.0.0.1:$port RUST_LOG=warn \
 FLOTILLA_ADMIN_EMAIL=$email FLOTILLA_ADMIN_PASSWORD=$password \
 FLOTILLA_GATEWAY_RATE_LIMIT=0 FLOTILLA_CONVERTER_WORKERS=1 FLOTILLA_CONVERTER_FFMPEG=off \
-  "$target_dir/release/flotilla" up >"$work/flotilla.log" 2>&1 &
+  "$binary" up >"$work/flotilla.log" 2>&1 &
 echo $! >"$work/flotilla.pid"
 pid=$(cat "$work/flotilla.pid")
 for _ in $(seq 300); do curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" && break; sleep 0.1; done
@@ -51,6 +56,8 @@ read -r code seconds bytes_per_s <<<"$result"
 
 mb_s=$(awk -v b="$bytes_per_s" 'BEGIN {printf "%.0f", b / 1e6}')
 growth_mib=$(awk -v p="$peak" -v b="$before" 'BEGIN {printf "%.1f", (p - b) / 1024}')
+[ -z "${BENCH_RESULTS:-}" ] || printf '{"size_mib": %s, "mb_s": %s, "seconds": %s, "rss_before_kib": %s, "rss_peak_kib": %s}\n' \
+  "$size_mib" "$mb_s" "$seconds" "$before" "$peak" >"$BENCH_RESULTS"
 cat <<EOF
 ### Upload through the gateway ($size_mib MiB, loopback, release build)
 

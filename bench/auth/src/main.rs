@@ -31,6 +31,10 @@ struct BenchArgs {
     /// Skip the login measurement.
     #[arg(long)]
     verify_only: bool,
+    /// Tokens verified at first sight, and the larger live-token population (the smaller
+    /// is a tenth of it). Fewer make a quick smoke run (`bench/run-all.sh --quick`).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    tokens: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     println!("| measurement | per second of wall time | per second of CPU time (µs each) |");
     println!("|---|---|---|");
-    verify(duration)?;
+    verify(duration, args.tokens)?;
     #[cfg(feature = "login")]
     if !args.verify_only {
         let runtime = tokio::runtime::Runtime::new()?;
@@ -63,7 +67,7 @@ fn claims(n: u64) -> Claims {
 
 /// Single-threaded loops: one core. Every row is measured in the same run, so their
 /// ratios hold even when the host is busy.
-fn verify(duration: Duration) -> anyhow::Result<()> {
+fn verify(duration: Duration, tokens: u64) -> anyhow::Result<()> {
     let (key, pem) = SigningKey::generate()?;
     let jwks = JwkSet {
         keys: vec![key.public_jwk().clone()],
@@ -75,7 +79,7 @@ fn verify(duration: Duration) -> anyhow::Result<()> {
     // (a miss, the full check, then the insertion). Each token is verified once, so the
     // run is as long as the tokens last, not `duration`: a fast machine never runs out.
     let verifier = Verifier::from_jwks(&jwks);
-    let fresh = signed(&key, 100_000, duration)?;
+    let fresh = signed(&key, tokens, duration)?;
     let rate = per_item(&fresh, |token| verifier.verify_cached(token).is_ok());
     println!(
         "| token verification, first sight (Verifier: header, Ed25519 verify_strict with the pre-decoded key, claims, cache insert) | {rate} |"
@@ -94,7 +98,7 @@ fn verify(duration: Duration) -> anyhow::Result<()> {
 
     // Seen before: a client sending its token with every request. Uniformly random
     // requests over a population of live tokens; the cache holds 16 Ki tokens.
-    for population in [10_000, 100_000] {
+    for population in [tokens / 10, tokens] {
         let verifier = Verifier::from_jwks(&jwks);
         let tokens = signed(&key, population, duration)?;
         for token in &tokens {
@@ -106,7 +110,8 @@ fn verify(duration: Duration) -> anyhow::Result<()> {
             verifier.verify_cached(&tokens[pick]).is_ok()
         });
         println!(
-            "| token verification, steady state: {population} live tokens, uniformly random requests (cache of 16 Ki) | {rate} |"
+            "| token verification, steady state: {} live tokens, uniformly random requests (cache of 16 Ki) | {rate} |",
+            tokens.len()
         );
     }
 
@@ -175,10 +180,15 @@ fn signed(key: &SigningKey, count: u64, duration: Duration) -> anyhow::Result<Ve
     let mut tokens = Vec::new();
     for n in 0..count {
         tokens.push(key.sign(&claims(n))?);
-        anyhow::ensure!(
-            started.elapsed() < duration * 20,
-            "signing {count} tokens takes too long"
-        );
+        // A slow or busy machine measures fewer tokens rather than stopping: the rows
+        // that use them say how many there were.
+        if started.elapsed() >= duration * 20 {
+            eprintln!(
+                "signing {count} tokens takes too long here: measuring with {}",
+                tokens.len()
+            );
+            break;
+        }
     }
     Ok(tokens)
 }

@@ -3,9 +3,11 @@
 //! command line doing the same job; throughput of parallel conversions as workers grow
 //! to the number of cores; peak RSS converting 10 s against 10 min of audio.
 //!
-//! `cargo run --release -p convert-bench -- [--runs N] [--update BENCHMARKS.md]`
-//! prints a Markdown section, and with `--update` replaces the `## Converter` section of
-//! the file (other sections are kept). Needs `ffmpeg` on PATH to make the inputs.
+//! `cargo run --release -p convert-bench -- [--runs N]` prints a Markdown section;
+//! `--lengths 10,30,60 [--json FILE]` instead times both engines against input length.
+//! `bench/run-all.sh --only convert` runs both and writes them into BENCHMARKS.md (between
+//! its `bench:convert` markers) and docs/bench/convert-length.svg. Needs `ffmpeg` on PATH
+//! to make the inputs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,23 +28,43 @@ fn main() -> anyhow::Result<()> {
         return rss_child(Path::new(input));
     }
     let mut runs = 7usize;
-    let mut update = None;
+    let mut lengths = Vec::new();
+    let mut json = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--runs" => runs = rest.next().context("--runs N")?.parse()?,
-            "--update" => update = Some(PathBuf::from(rest.next().context("--update FILE")?)),
-            other => bail!("unknown argument {other}; usage: [--runs N] [--update BENCHMARKS.md]"),
+            "--lengths" => {
+                lengths = rest
+                    .next()
+                    .context("--lengths SECONDS,SECONDS,…")?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>().context("--lengths: whole seconds"))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--json" => json = Some(PathBuf::from(rest.next().context("--json FILE")?)),
+            other => bail!(
+                "unknown argument {other}; usage: [--runs N] \
+                 [--lengths 10,30,60 [--json FILE]]"
+            ),
         }
     }
     ensure!(converter::find_ffmpeg().is_some(), "ffmpeg must be on PATH");
     let runtime = tokio::runtime::Runtime::new()?;
+    if !lengths.is_empty() {
+        ensure!(
+            lengths.iter().all(|&l| (1..=3600).contains(&l)),
+            "--lengths: 1 to 3600 seconds each"
+        );
+        let (section, data) = runtime.block_on(sweep(&lengths, runs.max(1)))?;
+        println!("{section}");
+        if let Some(path) = json {
+            std::fs::write(&path, data)?;
+        }
+        return Ok(());
+    }
     let section = runtime.block_on(run(runs.max(1)))?;
     println!("{section}");
-    if let Some(path) = update {
-        update_section(&path, &section)?;
-        eprintln!("updated {}", path.display());
-    }
     Ok(())
 }
 
@@ -53,7 +75,7 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     writeln!(out, "{SECTION} (bench/convert)\n")?;
     writeln!(
         out,
-        "`cargo run --release -p convert-bench -- --runs {runs} --update BENCHMARKS.md`, \
+        "`convert-bench --runs {runs}` (`bench/run-all.sh --only convert`), \
          {} on {cores} cores ({}), ffmpeg {}; load average at the start: {}.\n",
         now_utc(),
         cpu_model(),
@@ -258,6 +280,71 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Seconds against input length: for each length, a music-like input converted in-process
+/// and by the ffmpeg command, alternating, `runs` times each. Returns the Markdown table
+/// and the figures as JSON (min / median / max wall seconds per engine and length).
+async fn sweep(lengths: &[u32], runs: usize) -> anyhow::Result<(String, String)> {
+    let dir = tempfile::tempdir()?;
+    let single = single_worker();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "**Seconds against input length**: music-like AAC-in-MP4 → MP3, one conversion at a \
+         time, {runs} alternating runs each, wall time median (min–max)\n"
+    )?;
+    writeln!(
+        out,
+        "| input length | in-process | ffmpeg command | in-process ÷ ffmpeg (medians) |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|")?;
+    let mut rows = Vec::new();
+    for &length in lengths {
+        let input = make_input(
+            dir.path(),
+            &format!("sweep{length}.mp4"),
+            length,
+            Signal::Music,
+        )?;
+        let (ours_out, theirs_out) = (dir.path().join("ours.mp3"), dir.path().join("theirs.mp3"));
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let started = Instant::now();
+            single.convert_file(&input, &ours_out).await?;
+            ours.push(started.elapsed());
+            let started = Instant::now();
+            ffmpeg_cli(&input, &theirs_out)?;
+            theirs.push(started.elapsed());
+        }
+        let spread = |times: &mut Vec<Duration>| {
+            times.sort();
+            let secs = |d: Duration| d.as_secs_f64();
+            (
+                secs(times[0]),
+                secs(median(times)),
+                secs(times[times.len() - 1]),
+            )
+        };
+        let (ours, theirs) = (spread(&mut ours), spread(&mut theirs));
+        writeln!(
+            out,
+            "| {length} s | {:.2} s ({:.2}–{:.2}) | {:.2} s ({:.2}–{:.2}) | {:.2}× |",
+            ours.1,
+            ours.0,
+            ours.2,
+            theirs.1,
+            theirs.0,
+            theirs.2,
+            ours.1 / theirs.1
+        )?;
+        rows.push(format!(
+            "{{\"length_s\": {length}, \"in_process_s\": [{:.4}, {:.4}, {:.4}], \"ffmpeg_s\": [{:.4}, {:.4}, {:.4}]}}",
+            ours.0, ours.1, ours.2, theirs.0, theirs.1, theirs.2
+        ));
+    }
+    let json = format!("{{\"runs\": {runs}, \"lengths\": [{}]}}\n", rows.join(", "));
+    Ok((out, json))
+}
+
 fn single_worker() -> Converter {
     Converter::new(
         ConverterConfig {
@@ -430,40 +517,6 @@ fn rss_child(input: &Path) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     println!("PEAK_RSS_KIB={peak}");
-    Ok(())
-}
-
-/// Replaces the `## Converter` section (up to the next `## ` heading) or appends it.
-fn update_section(path: &Path, section: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let mut lines = existing.lines().peekable();
-    let mut before = String::new();
-    let mut after = String::new();
-    let mut found = false;
-    while let Some(line) = lines.next() {
-        if line.starts_with(SECTION) {
-            found = true;
-            while lines.peek().is_some_and(|l| !l.starts_with("## ")) {
-                lines.next();
-            }
-            for rest in lines.by_ref() {
-                after.push_str(rest);
-                after.push('\n');
-            }
-            break;
-        }
-        before.push_str(line);
-        before.push('\n');
-    }
-    let mut text = before.trim_end().to_owned();
-    text.push_str("\n\n");
-    text.push_str(section.trim_end());
-    text.push('\n');
-    if found && !after.is_empty() {
-        text.push('\n');
-        text.push_str(&after);
-    }
-    std::fs::write(path, text)?;
     Ok(())
 }
 
