@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real servers the test suite talks to, without
 # systemd: PostgreSQL 15, MariaDB, RabbitMQ, an SMTP sink (aiosmtpd), an S3-compatible
-# store (moto's server), ffmpeg for
+# store (moto's server), strace (the power-loss test), ffmpeg for
 # media fixtures, and podman for the image test. Idempotent: a server that already
 # answers is left alone.
 # Writes the FLOTILLA_TEST_* variables to the file named by $1 (default
@@ -21,6 +21,8 @@ command -v podman >/dev/null || need+=(podman buildah)
 command -v runc >/dev/null || need+=(runc)
 command -v chromium >/dev/null || need+=(chromium)
 command -v psql >/dev/null || need+=(postgresql-client)
+# The power-loss test (tests/tests/blog_power_loss.rs) reads the syscalls of `flotilla up`.
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
