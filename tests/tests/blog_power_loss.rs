@@ -162,7 +162,7 @@ async fn every_acknowledged_blog_write_is_synced_to_disk_before_its_answer() {
     let trace_file = dir.path().join("trace.txt");
     let data = dir.path().join("data");
     let binary = test_support::flotilla_binary();
-    let mut strace = Command::new("strace")
+    let strace = Command::new("strace")
         .args(["-f", "-qq", "-yy", "-s", "64", "-e"])
         .arg("trace=read,recvfrom,write,writev,sendto,sendmsg,pwrite64,fsync,fdatasync")
         .arg("-o")
@@ -175,7 +175,9 @@ async fn every_acknowledged_blog_write_is_synced_to_disk_before_its_answer() {
         .stderr(Stdio::null())
         .spawn()
         .expect("strace starts");
-    let stdout = strace.stdout.take().expect("stdout");
+    // Killed however the test ends, so a failed assertion leaves no process behind.
+    let mut strace = Traced(strace);
+    let stdout = strace.0.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
@@ -229,7 +231,7 @@ async fn every_acknowledged_blog_write_is_synced_to_disk_before_its_answer() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    stop(&mut strace);
+    drop(strace);
     let trace = std::fs::read_to_string(&trace_file).expect("the trace");
     let (acknowledged, unsynced) = unsynced_acknowledgements(&events(&trace));
     assert_eq!(
@@ -242,16 +244,21 @@ async fn every_acknowledged_blog_write_is_synced_to_disk_before_its_answer() {
     );
 }
 
-/// Ends flotilla (strace's child) with SIGKILL — what a power loss does to a process —
-/// and waits for strace to write the rest of its trace.
-fn stop(strace: &mut std::process::Child) {
-    let children = std::fs::read_to_string(format!(
-        "/proc/{pid}/task/{pid}/children",
-        pid = strace.id()
-    ))
-    .unwrap_or_default();
-    for child in children.split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", child]).status();
+/// strace and the traced `flotilla up`; dropping it ends flotilla with SIGKILL — what a
+/// power loss does to a process — and waits for strace to write the rest of its trace.
+struct Traced(std::process::Child);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let children = std::fs::read_to_string(format!(
+            "/proc/{pid}/task/{pid}/children",
+            pid = self.0.id()
+        ))
+        .unwrap_or_default();
+        for child in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", child]).status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let _ = strace.wait();
 }
