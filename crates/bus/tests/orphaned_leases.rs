@@ -4,14 +4,12 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::Child,
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use bus::{BusOptions, Message};
+use bus::{BusOptions, Message, Subscription};
 use futures::StreamExt;
-
-mod support;
 
 const CHILD_DIR: &str = "BUS_ORPHANED_LEASES_DIR";
 const HELD: usize = 3;
@@ -28,10 +26,16 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the tests below as a child process"]
 async fn child_holding_leases() {
-    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", HELD as u16).await;
+    let bus = bus::connect(&bus::default_url(std::path::Path::new(&dir)), options())
+        .await
+        .expect("open");
+    let mut subscriber = bus
+        .subscribe(Subscription::new("orders", "order").with_prefetch(HELD as u16))
+        .await
+        .expect("subscribe");
     for i in 0..HELD + 2 {
         bus.publish(Message::new("order", format!("order {i}")))
             .await
@@ -52,7 +56,20 @@ async fn child_holding_leases() {
 
 /// Starts the child on `dir` and returns it with the ids it holds.
 fn child_holding(dir: &std::path::Path) -> (Child, Vec<String>) {
-    let (child, stdout) = support::spawn_child("child_holding_leases", CHILD_DIR, dir);
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_holding_leases",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--quiet",
+        ])
+        .env(CHILD_DIR, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start child");
+    let stdout = child.stdout.take().expect("child stdout");
     let mut leased = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("child output");
@@ -68,7 +85,10 @@ fn child_holding(dir: &std::path::Path) -> (Child, Vec<String>) {
 
 /// Every message id this process is given within `wait`, acked.
 async fn receive_for(bus: &dyn bus::EventBus, wait: Duration) -> Vec<String> {
-    let mut subscriber = support::subscribe(bus, "orders", "order", 16).await;
+    let mut subscriber = bus
+        .subscribe(Subscription::new("orders", "order").with_prefetch(16))
+        .await
+        .expect("subscribe");
     let mut received = Vec::new();
     let _ = tokio::time::timeout(wait, async {
         while let Some(Ok(delivery)) = subscriber.next().await {
@@ -84,9 +104,12 @@ async fn receive_for(bus: &dyn bus::EventBus, wait: Duration) -> Vec<String> {
 async fn leases_of_a_killed_process_are_released_when_the_bus_is_opened_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut child, leased) = child_holding(dir.path());
-    support::kill(&mut child);
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
 
-    let bus = support::open(dir.path(), options()).await;
+    let bus = bus::connect(&bus::default_url(dir.path()), options())
+        .await
+        .expect("reopen");
     let received = receive_for(bus.as_ref(), Duration::from_secs(3)).await;
     for id in &leased {
         assert!(
@@ -102,9 +125,12 @@ async fn leases_of_a_live_process_are_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut child, leased) = child_holding(dir.path());
 
-    let bus = support::open(dir.path(), options()).await;
+    let bus = bus::connect(&bus::default_url(dir.path()), options())
+        .await
+        .expect("open beside the child");
     let received = receive_for(bus.as_ref(), Duration::from_secs(2)).await;
-    support::kill(&mut child);
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
     assert_eq!(
         received.len(),
         2,
