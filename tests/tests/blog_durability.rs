@@ -5,7 +5,6 @@
 //! the restart).
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -31,17 +30,7 @@ fn start(binary: &Path, dir: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("flotilla starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("a line on stdout");
-    assert!(line.contains("ready"), "unexpected first line: {line}");
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .expect("the gateway URL")
-        .to_owned();
+    let url = test_support::ready_url(child.stdout.take().expect("stdout"));
     (child, url)
 }
 

@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -177,18 +176,7 @@ async fn every_acknowledged_blog_write_is_synced_to_disk_before_its_answer() {
         .expect("strace starts");
     // Killed however the test ends, so a failed assertion leaves no process behind.
     let mut strace = Traced(strace);
-    let stdout = strace.0.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("a line on stdout");
-    assert!(line.contains("ready"), "unexpected first line: {line}");
-    let base = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .expect("the gateway URL")
-        .trim_end_matches('/')
-        .to_owned();
+    let base = test_support::ready_url(strace.0.stdout.take().expect("stdout"));
 
     // One request at a time on one connection, so each answer pairs with its request.
     platform::tls::install_crypto_provider();

@@ -151,16 +151,12 @@ impl Turn {
         let Some(batch) = self.slot()?.batch.as_mut() else {
             return Ok(());
         };
-        if let Some(savepoint) = batch.abandoned.take() {
-            let undone = async {
-                execute(&mut batch.tx, format!("ROLLBACK TO SAVEPOINT w{savepoint}")).await?;
-                execute(&mut batch.tx, format!("RELEASE SAVEPOINT w{savepoint}")).await
-            };
-            if let Err(error) = undone.await {
-                // The batch cannot be trusted any more: fail everyone in it.
-                self.fail_batch(&error);
-                return Err(error);
-            }
+        if let Some(savepoint) = batch.abandoned.take()
+            && let Err(error) = end_savepoint(&mut batch.tx, savepoint, false).await
+        {
+            // The batch cannot be trusted any more: fail everyone in it.
+            self.fail_batch(&error);
+            return Err(error);
         }
         Ok(())
     }
@@ -174,17 +170,7 @@ impl Turn {
         keep: bool,
     ) -> Result<watch::Receiver<Outcome>, StorageError> {
         let batch = self.batch()?;
-        let ended = if keep {
-            execute(&mut batch.tx, format!("RELEASE SAVEPOINT w{savepoint}")).await
-        } else {
-            let rolled_back =
-                execute(&mut batch.tx, format!("ROLLBACK TO SAVEPOINT w{savepoint}")).await;
-            match rolled_back {
-                Ok(()) => execute(&mut batch.tx, format!("RELEASE SAVEPOINT w{savepoint}")).await,
-                Err(error) => Err(error),
-            }
-        };
-        if let Err(error) = ended {
+        if let Err(error) = end_savepoint(&mut batch.tx, savepoint, keep).await {
             self.fail_batch(&error);
             return Err(error);
         }
@@ -358,6 +344,14 @@ fn finished() -> StorageError {
 
 fn batch_lost() -> StorageError {
     StorageError::GroupCommit("the batch's commit was interrupted".to_owned())
+}
+
+/// Releases `savepoint`, keeping what was done since (`keep`), or undoes it first.
+async fn end_savepoint(tx: &mut Tx, savepoint: u64, keep: bool) -> Result<(), StorageError> {
+    if !keep {
+        execute(tx, format!("ROLLBACK TO SAVEPOINT w{savepoint}")).await?;
+    }
+    execute(tx, format!("RELEASE SAVEPOINT w{savepoint}")).await
 }
 
 async fn execute(tx: &mut Tx, sql: String) -> Result<(), StorageError> {

@@ -175,6 +175,22 @@ fn build_flotilla() -> PathBuf {
     binary
 }
 
+/// The URL in the first line a `flotilla` process prints on `stdout` ("… ready at
+/// http://…"); panics if that line is not the ready line.
+pub fn ready_url(stdout: impl std::io::Read) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a line on stdout");
+    assert!(line.contains("ready"), "unexpected first line: {line}");
+    line.split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .expect("the URL in the ready line")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// A small tmpfs mounted on a fresh directory (a disk a test can fill), unmounted when
 /// dropped. Mounting needs root: elsewhere [`Tmpfs::mount`] is `None` with a note, and
 /// under `CI=true` (where `.ci/run` runs as root) a failed mount is a failure.
