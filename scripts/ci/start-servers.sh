@@ -76,12 +76,33 @@ fi
 mariadb -e "CREATE DATABASE IF NOT EXISTS app; CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app'; \
   GRANT ALL ON *.* TO 'app'@'%'; FLUSH PRIVILEGES"
 
-# RabbitMQ
-if ! rabbitmqctl -q status >/dev/null 2>&1; then
-  rabbitmq-server -detached >/dev/null 2>&1 || true
+# RabbitMQ. The test broker keeps its data under $log_dir/rabbitmq, new at each start: a
+# broker that came back up on state the tests left behind (thousands of queues in dozens
+# of vhosts) was seen listening on 5672 and never answering a handshake, failing every
+# AMQP test. A broker that answers `status` but not the AMQP handshake is stopped and
+# started afresh for the same reason.
+amqp_answers() { # the broker answers AMQP's protocol header with Connection.Start
+  timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672; printf "AMQP\x00\x00\x09\x01" >&3; head -c 7 <&3' \
+    2>/dev/null | od -An -tx1 | tr -d ' \n' | grep -q '^01000000'
+}
+rabbitmq_running=0
+timeout 30 rabbitmqctl -q status >/dev/null 2>&1 && rabbitmq_running=1
+if [ "$rabbitmq_running" = 1 ] && ! amqp_answers; then
+  echo "RabbitMQ runs but does not answer AMQP: restarting it on fresh data"
+  timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -9 -u rabbitmq beam.smp || true
+  for _ in $(seq 40); do pgrep -u rabbitmq beam.smp >/dev/null || break; sleep 0.25; done
+  rabbitmq_running=0
+fi
+if [ "$rabbitmq_running" = 0 ]; then
+  pkill -9 -u rabbitmq beam.smp 2>/dev/null || true # a node too wedged to answer status
+  rm -rf "$log_dir/rabbitmq"
+  install -d -o rabbitmq -g rabbitmq "$log_dir/rabbitmq"
+  RABBITMQ_MNESIA_BASE="$log_dir/rabbitmq/mnesia" RABBITMQ_LOG_BASE="$log_dir/rabbitmq" \
+    rabbitmq-server -detached >/dev/null 2>&1 || true
   for _ in $(seq 240); do rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 && break; sleep 0.5; done
   rabbitmqctl -q await_startup --timeout 10 >/dev/null
 fi
+wait_for rabbitmq 120 amqp_answers
 
 # SMTP sink: every message stored as a file in a Maildir
 if ! (exec 3<>/dev/tcp/127.0.0.1/2525) 2>/dev/null; then
