@@ -46,6 +46,7 @@ use bytes::Bytes;
 use futures::{StreamExt, future::BoxFuture};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    message::BasicGetMessage,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
         BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -159,6 +160,16 @@ impl AmqpBus {
         shared.connect_once(0).await?;
         let service = shared.options.service.as_deref().map(Arc::from);
         Ok(Self { shared, service })
+    }
+
+    /// A channel of its own for one question on the side (declares, depths, dead
+    /// letters), the connection waited for at most the publish timeout.
+    async fn side_channel(&self) -> Result<Channel, BusError> {
+        let link = self
+            .shared
+            .link(Some(self.shared.options.publish_timeout))
+            .await?;
+        Ok(link.connection.create_channel().await?)
     }
 
     /// The name of group `group`'s parking (dead-letter) queue.
@@ -796,11 +807,7 @@ impl EventBus for AmqpBus {
                 ));
             }
             // Declare now, so messages published after `subscribe` returns are kept.
-            let link = self
-                .shared
-                .link(Some(self.shared.options.publish_timeout))
-                .await?;
-            let channel = link.connection.create_channel().await?;
+            let channel = self.side_channel().await?;
             self.shared
                 .declare_group(&channel, &subscription.group, &subscription.routing_keys)
                 .await?;
@@ -831,28 +838,14 @@ impl EventBus for AmqpBus {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
         Box::pin(async move {
-            let group = group.ok_or_else(|| {
-                BusError::Unsupported(
-                    "RabbitMQ cannot list every group's dead letters; name the group".to_owned(),
-                )
-            })?;
-            let link = self
-                .shared
-                .link(Some(self.shared.options.publish_timeout))
-                .await?;
+            let group = named(group, "list")?;
             // Take the messages without acking, then close the channel: RabbitMQ puts
             // them all back.
-            let channel = link.connection.create_channel().await?;
+            let channel = self.side_channel().await?;
             parking_depth(&channel, group).await?;
             let mut letters = Vec::new();
             while letters.len() < limit {
-                let Some(got) = channel
-                    .basic_get(
-                        AmqpBus::parking_queue(group).into(),
-                        BasicGetOptions { no_ack: false },
-                    )
-                    .await?
-                else {
+                let Some(got) = next_parked(&channel, group).await? else {
                     break;
                 };
                 let (message, bookkeeping) =
@@ -870,26 +863,14 @@ impl EventBus for AmqpBus {
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<u64, BusError>> {
         Box::pin(async move {
-            let group = group.ok_or_else(|| {
-                BusError::Unsupported(
-                    "RabbitMQ cannot replay every group's dead letters; name the group".to_owned(),
-                )
-            })?;
-            let link = self
-                .shared
-                .link(Some(self.shared.options.publish_timeout))
-                .await?;
-            let channel = link.connection.create_channel().await?;
-            let parking = AmqpBus::parking_queue(group);
+            let group = named(group, "replay")?;
+            let channel = self.side_channel().await?;
             let waiting = parking_depth(&channel, group).await?;
             let mut replayed = 0;
             // Look at each waiting message once; those not chosen stay unacked until the
             // channel closes and so go back to the parking queue.
             for _ in 0..waiting {
-                let Some(got) = channel
-                    .basic_get(parking.as_str().into(), BasicGetOptions { no_ack: false })
-                    .await?
-                else {
+                let Some(got) = next_parked(&channel, group).await? else {
                     break;
                 };
                 let (message, _) =
@@ -916,11 +897,7 @@ impl EventBus for AmqpBus {
 
     fn queue_depth<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
         Box::pin(async move {
-            let link = self
-                .shared
-                .link(Some(self.shared.options.publish_timeout))
-                .await?;
-            let channel = link.connection.create_channel().await?;
+            let channel = self.side_channel().await?;
             let queue = channel
                 .queue_declare(
                     group.into(),
@@ -945,11 +922,7 @@ impl EventBus for AmqpBus {
         group: &'a str,
     ) -> BoxFuture<'a, Result<crate::GroupStats, BusError>> {
         Box::pin(async move {
-            let link = self
-                .shared
-                .link(Some(self.shared.options.publish_timeout))
-                .await?;
-            let channel = link.connection.create_channel().await?;
+            let channel = self.side_channel().await?;
             let passive = QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -1108,6 +1081,27 @@ async fn declare_signals(channel: &Channel, exchange: &str) -> Result<(), BusErr
 }
 
 /// Messages in `group`'s parking queue; a clear error when there is no such group.
+/// `group` itself: RabbitMQ can only `doing` (list, replay) the dead letters of a named
+/// group, not of every group at once.
+fn named<'a>(group: Option<&'a str>, doing: &str) -> Result<&'a str, BusError> {
+    group.ok_or_else(|| {
+        BusError::Unsupported(format!(
+            "RabbitMQ cannot {doing} every group's dead letters; name the group"
+        ))
+    })
+}
+
+/// The next message parked for `group` (a dead letter), taken unacknowledged: it goes
+/// back to the parking queue unless acked before the channel closes.
+async fn next_parked(channel: &Channel, group: &str) -> Result<Option<BasicGetMessage>, BusError> {
+    Ok(channel
+        .basic_get(
+            AmqpBus::parking_queue(group).into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await?)
+}
+
 async fn parking_depth(channel: &Channel, group: &str) -> Result<u32, BusError> {
     let parking = AmqpBus::parking_queue(group);
     let passive = QueueDeclareOptions {

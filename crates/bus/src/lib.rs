@@ -102,7 +102,7 @@ pub use message::{
     topic_matches,
 };
 pub use outbox::{Inbox, Outbox, OutboxPublisher, OutboxRelay, migrations as outbox_migrations};
-pub use push::PushError;
+pub use push::{IgnorePushes, PushError, PushTarget};
 
 /// What can go wrong on the bus.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! turns a [`PushError`] into its problem+json answer.
 
 use contracts::blog::Envelope;
+use futures::future::BoxFuture;
 
 use crate::{Handler, Message, Nack, Runner, topic_matches};
 
@@ -46,5 +47,29 @@ impl<H: Handler> Runner<H> {
             Err(Nack::Reject(reason)) => Err(PushError::BadRequest(reason)),
             Err(Nack::Retry(reason) | Nack::Requeue(reason)) => Err(PushError::Failed(reason)),
         }
+    }
+}
+
+/// What a `POST /events` endpoint hands a pushed envelope to, whatever the service's
+/// handler: one endpoint for every blog service (a `dyn PushTarget` in its state).
+pub trait PushTarget: Send + Sync {
+    /// As [`Runner::push_blog_event`].
+    fn push_event<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), PushError>>;
+}
+
+impl<H: Handler> PushTarget for Runner<H> {
+    fn push_event<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), PushError>> {
+        Box::pin(self.push_blog_event(envelope))
+    }
+}
+
+/// The target of a service that reacts to no event: every push is taken and ignored,
+/// as the course's services answer a push they have nothing to do with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnorePushes;
+
+impl PushTarget for IgnorePushes {
+    fn push_event<'a>(&'a self, _: &'a Envelope) -> BoxFuture<'a, Result<(), PushError>> {
+        Box::pin(async { Ok(()) })
     }
 }

@@ -25,6 +25,8 @@ use storage::{Database, Migration};
 use test_kit::real_server_url;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+
 /// How long a test waits for something that should happen promptly before failing
 /// (a bound against hanging, not a performance assertion).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -124,39 +126,9 @@ impl Backend {
         self.bus.close().await;
         if let Kind::Rabbit { url, exchange } = &self.kind {
             let groups = self.groups.lock().expect("lock").clone();
-            delete_topology(url, exchange, &groups).await;
+            support::delete_topology(url, exchange, &groups).await;
         }
     }
-}
-
-/// Removes a test's queues and exchanges from the shared broker.
-async fn delete_topology(url: &str, exchange: &str, groups: &[String]) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(connection) = lapin::Connection::connect(url, Default::default()).await else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for group in groups {
-        let mut queues = vec![group.clone(), format!("{group}.dead")];
-        queues.extend((1..10).map(|n| format!("{group}.retry.{n}")));
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-    }
-    for name in [
-        exchange.to_owned(),
-        format!("{exchange}.dlx"),
-        format!("{exchange}.requeue"),
-    ] {
-        let _ = channel
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = connection.close(200, "test done".into()).await;
 }
 
 /// Runs one test, then removes its topology from the broker even if it failed.
@@ -662,18 +634,16 @@ async fn outbox_and_inbox_on_sqlite(backend: &Backend) {
 }
 
 async fn outbox_and_inbox_on_postgres(backend: &Backend) {
-    let Some(server) = real_server_url("FLOTILLA_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let scratch = storage::scratch::ScratchDatabase::create(&server)
-        .await
-        .expect("scratch database");
-    outbox_and_inbox_exactly_once(backend, scratch.url()).await;
-    scratch.drop_database().await.expect("drop");
+    outbox_and_inbox_on_server(backend, "FLOTILLA_TEST_POSTGRES_URL").await;
 }
 
 async fn outbox_and_inbox_on_mariadb(backend: &Backend) {
-    let Some(server) = real_server_url("FLOTILLA_TEST_MYSQL_URL") else {
+    outbox_and_inbox_on_server(backend, "FLOTILLA_TEST_MYSQL_URL").await;
+}
+
+/// On a scratch database of the real server named by `var` (skipped without one).
+async fn outbox_and_inbox_on_server(backend: &Backend, var: &str) {
+    let Some(server) = real_server_url(var) else {
         return;
     };
     let scratch = storage::scratch::ScratchDatabase::create(&server)

@@ -4,26 +4,23 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bus::{BusOptions, Consumer, Message, RetryPolicy, Subscription};
+use bus::{BusOptions, Consumer, Message, Subscription};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const CHILD_DIR: &str = "BUS_CRASH_TEST_DIR";
 
 fn options() -> BusOptions {
     BusOptions {
-        retry: RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(200),
-            multiplier: 2,
-        },
+        retry: support::quick_retry(),
         lease: Duration::from_secs(1),
         exchange: format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
         publish_timeout: Duration::from_secs(90),
@@ -36,16 +33,10 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by embedded_bus_loses_no_acknowledged_publish_on_sigkill as a child process"]
 async fn child_publisher() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else {
+    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
         return;
     };
-    let bus = bus::connect(&bus::default_url(std::path::Path::new(&dir)), options())
-        .await
-        .expect("open");
-    let mut subscriber = bus
-        .subscribe(Subscription::new("orders", "order").with_prefetch(5))
-        .await
-        .expect("subscribe");
+    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", 5).await;
     let mut held = Vec::new();
     let mut stdout = std::io::stdout();
     for round in 0u64.. {
@@ -72,20 +63,7 @@ async fn child_publisher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_bus_loses_no_acknowledged_publish_on_sigkill() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_publisher",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start child");
-    let stdout = child.stdout.take().expect("child stdout");
+    let (mut child, stdout) = support::spawn_child("child_publisher", CHILD_DIR, dir.path());
     let reader = std::thread::spawn(move || {
         let mut acked = BTreeSet::new();
         let mut leased = BTreeSet::new();
@@ -103,9 +81,8 @@ async fn embedded_bus_loses_no_acknowledged_publish_on_sigkill() {
         (acked, leased)
     });
     let (acked, leased) = reader.join().expect("reader");
-    // SIGKILL while the child is still publishing: no destructor, no flush.
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    // SIGKILL while the child is still publishing.
+    support::kill(&mut child);
     assert!(
         acked.len() >= 400,
         "the child published ({} acked)",
@@ -113,13 +90,8 @@ async fn embedded_bus_loses_no_acknowledged_publish_on_sigkill() {
     );
     assert!(!leased.is_empty(), "the child held deliveries");
 
-    let bus = bus::connect(&bus::default_url(dir.path()), options())
-        .await
-        .expect("reopen");
-    let mut subscriber = bus
-        .subscribe(Subscription::new("orders", "order").with_prefetch(64))
-        .await
-        .expect("subscribe");
+    let bus = support::open(dir.path(), options()).await;
+    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", 64).await;
     let mut received = BTreeSet::new();
     let drained = tokio::time::timeout(PATIENCE, async {
         while !acked.is_subset(&received) {
@@ -227,23 +199,5 @@ async fn rabbitmq_restart_loses_no_message_in_flight() {
     tokio::time::timeout(PATIENCE, bus.close())
         .await
         .expect("the bus closes after the restart");
-    // Leave the shared broker as we found it.
-    let connect = lapin::Connection::connect(&url, Default::default());
-    if let Ok(Ok(connection)) = tokio::time::timeout(PATIENCE, connect).await
-        && let Ok(channel) = connection.create_channel().await
-    {
-        let mut queues = vec![group.clone(), format!("{group}.dead")];
-        queues.extend((1..5).map(|n| format!("{group}.retry.{n}")));
-        for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-        for suffix in ["", ".dlx", ".requeue"] {
-            let name = format!("{}{suffix}", options.exchange);
-            let _ = channel
-                .exchange_delete(name.as_str().into(), Default::default())
-                .await;
-        }
-    }
+    support::delete_topology(&url, &options.exchange, &[group]).await;
 }

@@ -5,14 +5,15 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bus::{BusOptions, Consumer, Message, RetryPolicy, Subscription};
+use bus::{BusOptions, Consumer, Message, Subscription};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 const LEASE: Duration = Duration::from_millis(300);
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -20,12 +21,7 @@ const CHILD_DIR: &str = "BUS_LEASE_TEST_DIR";
 
 fn options() -> BusOptions {
     BusOptions {
-        retry: RetryPolicy {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(200),
-            multiplier: 2,
-        },
+        retry: support::quick_retry(),
         lease: LEASE,
         ..BusOptions::default()
     }
@@ -34,9 +30,7 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_handler_keeps_its_delivery_past_the_lease() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let bus = bus::connect(&bus::default_url(dir.path()), options())
-        .await
-        .expect("open");
+    let bus = support::open(dir.path(), options()).await;
     // Two competing consumers: without renewal the idle one takes the message as soon
     // as the first one's lease runs out.
     let calls: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
@@ -94,16 +88,10 @@ async fn a_slow_handler_keeps_its_delivery_past_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by a_killed_consumer_s_delivery_is_leased_again as a child process"]
 async fn child_holder() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else {
+    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
         return;
     };
-    let bus = bus::connect(&bus::default_url(std::path::Path::new(&dir)), options())
-        .await
-        .expect("open");
-    let mut subscriber = bus
-        .subscribe(Subscription::new("held", "work").with_prefetch(1))
-        .await
-        .expect("subscribe");
+    let mut subscriber = support::subscribe(bus.as_ref(), "held", "work", 1).await;
     let delivery = subscriber.next().await.expect("open").expect("delivery");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "leased {}", delivery.message.id).expect("stdout");
@@ -115,31 +103,13 @@ async fn child_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_s_delivery_is_leased_again() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let bus = bus::connect(&bus::default_url(dir.path()), options())
-        .await
-        .expect("open");
-    let mut subscriber = bus
-        .subscribe(Subscription::new("held", "work").with_prefetch(1))
-        .await
-        .expect("subscribe");
+    let bus = support::open(dir.path(), options()).await;
+    let mut subscriber = support::subscribe(bus.as_ref(), "held", "work", 1).await;
     // The group is bound (above) but this subscriber is not polled yet, so the child
     // is the one to lease the message.
     let message = Message::new("work", "job");
     bus.publish(message.clone()).await.expect("publish");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_holder",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start child");
-    let stdout = child.stdout.take().expect("child stdout");
+    let (mut child, stdout) = support::spawn_child("child_holder", CHILD_DIR, dir.path());
     let held_by_child = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
@@ -161,8 +131,7 @@ async fn a_killed_consumer_s_delivery_is_leased_again() {
     );
 
     // Killed, it stops renewing: the delivery comes back after the lease.
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    support::kill(&mut child);
     let delivery = tokio::time::timeout(PATIENCE, subscriber.next())
         .await
         .expect("redelivered after the lease")

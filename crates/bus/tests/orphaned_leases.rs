@@ -4,12 +4,14 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::Duration,
 };
 
-use bus::{BusOptions, Message, Subscription};
+use bus::{BusOptions, Message};
 use futures::StreamExt;
+
+mod support;
 
 const CHILD_DIR: &str = "BUS_ORPHANED_LEASES_DIR";
 const HELD: usize = 3;
@@ -26,16 +28,10 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the tests below as a child process"]
 async fn child_holding_leases() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else {
+    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
         return;
     };
-    let bus = bus::connect(&bus::default_url(std::path::Path::new(&dir)), options())
-        .await
-        .expect("open");
-    let mut subscriber = bus
-        .subscribe(Subscription::new("orders", "order").with_prefetch(HELD as u16))
-        .await
-        .expect("subscribe");
+    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", HELD as u16).await;
     for i in 0..HELD + 2 {
         bus.publish(Message::new("order", format!("order {i}")))
             .await
@@ -56,20 +52,7 @@ async fn child_holding_leases() {
 
 /// Starts the child on `dir` and returns it with the ids it holds.
 fn child_holding(dir: &std::path::Path) -> (Child, Vec<String>) {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_holding_leases",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env(CHILD_DIR, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start child");
-    let stdout = child.stdout.take().expect("child stdout");
+    let (child, stdout) = support::spawn_child("child_holding_leases", CHILD_DIR, dir);
     let mut leased = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("child output");
@@ -85,10 +68,7 @@ fn child_holding(dir: &std::path::Path) -> (Child, Vec<String>) {
 
 /// Every message id this process is given within `wait`, acked.
 async fn receive_for(bus: &dyn bus::EventBus, wait: Duration) -> Vec<String> {
-    let mut subscriber = bus
-        .subscribe(Subscription::new("orders", "order").with_prefetch(16))
-        .await
-        .expect("subscribe");
+    let mut subscriber = support::subscribe(bus, "orders", "order", 16).await;
     let mut received = Vec::new();
     let _ = tokio::time::timeout(wait, async {
         while let Some(Ok(delivery)) = subscriber.next().await {
@@ -104,12 +84,9 @@ async fn receive_for(bus: &dyn bus::EventBus, wait: Duration) -> Vec<String> {
 async fn leases_of_a_killed_process_are_released_when_the_bus_is_opened_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut child, leased) = child_holding(dir.path());
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    support::kill(&mut child);
 
-    let bus = bus::connect(&bus::default_url(dir.path()), options())
-        .await
-        .expect("reopen");
+    let bus = support::open(dir.path(), options()).await;
     let received = receive_for(bus.as_ref(), Duration::from_secs(3)).await;
     for id in &leased {
         assert!(
@@ -125,12 +102,9 @@ async fn leases_of_a_live_process_are_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut child, leased) = child_holding(dir.path());
 
-    let bus = bus::connect(&bus::default_url(dir.path()), options())
-        .await
-        .expect("open beside the child");
+    let bus = support::open(dir.path(), options()).await;
     let received = receive_for(bus.as_ref(), Duration::from_secs(2)).await;
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
+    support::kill(&mut child);
     assert_eq!(
         received.len(),
         2,

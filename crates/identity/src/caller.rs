@@ -132,7 +132,13 @@ pub async fn require_caller(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authenticate(&verifier, &mut request).await {
+    let checked = authenticate(&verifier, &mut request).await;
+    admit(checked, request, next).await
+}
+
+/// The rest of the stack for `request` when it passed its check, else the refusal.
+async fn admit(checked: Result<(), Response>, request: Request, next: Next) -> Response {
+    match checked {
         Ok(()) => next.run(request).await,
         Err(refusal) => refusal,
     }
@@ -165,10 +171,8 @@ pub async fn require_admin(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authenticate_admin(&verifier, &mut request).await {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refusal,
-    }
+    let checked = authenticate_admin(&verifier, &mut request).await;
+    admit(checked, request, next).await
 }
 
 /// What [`require_admin`] checks, as a function: [`authenticate`], then 403 unless the

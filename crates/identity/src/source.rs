@@ -73,13 +73,10 @@ impl JwksSource {
         Self::from_fn(move || {
             let service = service.clone();
             async move {
-                let request = Request::get(JWKS_PATH)
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(Body::empty())
-                    .map_err(|e| SourceError(e.to_string()))?;
+                let request = jwks_request(JWKS_PATH)?;
                 let response = tokio::time::timeout(FETCH_TIMEOUT, service.oneshot(request))
                     .await
-                    .map_err(|_| SourceError("the auth service did not answer in time".into()))?;
+                    .map_err(too_slow)?;
                 let Ok(response) = response;
                 read_jwks(response).await
             }
@@ -105,13 +102,10 @@ impl JwksSource {
             let client = client.clone();
             let uri = uri.clone();
             async move {
-                let request = Request::get(uri)
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(Body::empty())
-                    .map_err(|e| SourceError(e.to_string()))?;
+                let request = jwks_request(uri)?;
                 let response = tokio::time::timeout(FETCH_TIMEOUT, client.request(request))
                     .await
-                    .map_err(|_| SourceError("the auth service did not answer in time".into()))?
+                    .map_err(too_slow)?
                     .map_err(|e| SourceError(format!("the auth service is unreachable: {e}")))?;
                 read_jwks(response.map(Body::new)).await
             }
@@ -136,4 +130,21 @@ async fn read_jwks(response: Response) -> Result<JwkSet, SourceError> {
         .map_err(|e| SourceError(format!("cannot read the key set: {e}")))?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| SourceError(format!("not a JWK set: {e}")))
+}
+
+/// `GET uri` asking for the key set as JSON.
+fn jwks_request<U>(uri: U) -> Result<Request<Body>, SourceError>
+where
+    Uri: TryFrom<U>,
+    <Uri as TryFrom<U>>::Error: Into<http::Error>,
+{
+    Request::get(uri)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Body::empty())
+        .map_err(|e| SourceError(e.to_string()))
+}
+
+/// The error of a fetch that ran past [`FETCH_TIMEOUT`].
+fn too_slow(_: tokio::time::error::Elapsed) -> SourceError {
+    SourceError("the auth service did not answer in time".into())
 }

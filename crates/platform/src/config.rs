@@ -55,16 +55,21 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| hint.to_owned())
 }
 
-/// A size in bytes, with an optional binary suffix: `1048576`, `512KiB`, `64MiB`, `2GiB`.
-pub fn parse_byte_size(value: &str) -> Result<u64, String> {
+/// The leading whole number of `value` and the unit after it (`64MiB` → 64, `MiB`);
+/// without a number, an error that says `expected` what.
+fn number_and_unit<'a>(value: &'a str, expected: &str) -> Result<(u64, &'a str), String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
     let (digits, unit) = value.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| "expected a size such as 1048576, 64MiB or 2GiB".to_owned())?;
+    let number = digits.parse().map_err(|_| format!("expected {expected}"))?;
+    Ok((number, unit))
+}
+
+/// A size in bytes, with an optional binary suffix: `1048576`, `512KiB`, `64MiB`, `2GiB`.
+pub fn parse_byte_size(value: &str) -> Result<u64, String> {
+    let (number, unit) = number_and_unit(value, "a size such as 1048576, 64MiB or 2GiB")?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "KB" | "k" => 1 << 10,
@@ -84,14 +89,7 @@ pub fn parse_byte_size(value: &str) -> Result<u64, String> {
 
 /// A duration: `30s`, `500ms`, `5m`, `24h`, or plain seconds.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| "expected a duration such as 30s, 500ms, 5m or 24h".to_owned())?;
+    let (number, unit) = number_and_unit(value, "a duration such as 30s, 500ms, 5m or 24h")?;
     let seconds = |n: u64| std::time::Duration::from_secs(n);
     let duration = match unit {
         "" | "s" => seconds(number),

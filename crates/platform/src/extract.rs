@@ -64,7 +64,6 @@ where
 mod tests {
     use axum::{Router, body::Body, extract::DefaultBodyLimit, routing::post};
     use http::StatusCode;
-    use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     use super::*;
@@ -118,12 +117,9 @@ mod tests {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let body = response
-            .into_body()
-            .collect()
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
-            .expect("body")
-            .to_bytes();
+            .expect("body");
         (status, kind, String::from_utf8_lossy(&body).into_owned())
     }
 

@@ -123,6 +123,13 @@ fn chain(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|entry| !entry.is_empty())
 }
 
+/// The address `request` came from: its connection's peer, when the server recorded it
+/// (`ConnectInfo`).
+pub fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    Some(*peer)
+}
+
 /// Resolves the client of `request` (see [`resolve`]) when its peer is a trusted proxy,
 /// and makes the request look as if the client had connected itself: its
 /// `ConnectInfo` becomes the client's address and `X-Forwarded-For` keeps only the
@@ -130,11 +137,7 @@ fn chain(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// does) ends the chain with the client. Everything after this — rate limits, logs,
 /// services behind — sees one client address.
 pub fn adopt_client<B>(request: &mut http::Request<B>, proxies: &[IpNet]) {
-    let Some(ConnectInfo(peer)) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    else {
+    let Some(peer) = peer_of(request) else {
         return;
     };
     if !trusted(proxies, peer.ip()) {
@@ -232,43 +235,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn adopting_the_client_rewrites_the_peer_and_the_chain() {
-        let proxies = nets("127.0.0.1");
-        let mut request = http::Request::new(());
-        request.headers_mut().insert(
-            "x-forwarded-for",
-            "6.6.6.6, 198.51.100.7".parse().expect("header"),
-        );
-        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
-            "127.0.0.1:4000".parse().expect("addr"),
-        ));
-        adopt_client(&mut request, &proxies);
-        assert_eq!(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            Some("198.51.100.7:4000".parse().expect("addr"))
-        );
-        assert_eq!(request.headers()["x-forwarded-for"], "6.6.6.6");
-
-        // An untrusted peer: nothing changes.
+    /// A request from `peer` with `forwarded_for` after [`adopt_client`]: its peer and
+    /// its `X-Forwarded-For`.
+    fn adopted(peer: &str, forwarded_for: &str, proxies: &[IpNet]) -> (Option<SocketAddr>, String) {
         let mut request = http::Request::new(());
         request
             .headers_mut()
-            .insert("x-forwarded-for", "198.51.100.7".parse().expect("header"));
-        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(
-            "203.0.113.1:4000".parse().expect("addr"),
-        ));
-        adopt_client(&mut request, &proxies);
+            .insert("x-forwarded-for", forwarded_for.parse().expect("header"));
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer.parse().expect("addr")));
+        adopt_client(&mut request, proxies);
+        let chain = request.headers()["x-forwarded-for"]
+            .to_str()
+            .expect("ascii");
+        (peer_of(&request), chain.to_owned())
+    }
+
+    #[test]
+    fn adopting_the_client_rewrites_the_peer_and_the_chain() {
+        let proxies = nets("127.0.0.1");
         assert_eq!(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-            Some("203.0.113.1:4000".parse().expect("addr"))
+            adopted("127.0.0.1:4000", "6.6.6.6, 198.51.100.7", &proxies),
+            (
+                Some("198.51.100.7:4000".parse().expect("addr")),
+                "6.6.6.6".to_owned()
+            )
         );
-        assert_eq!(request.headers()["x-forwarded-for"], "198.51.100.7");
+        // An untrusted peer: nothing changes.
+        assert_eq!(
+            adopted("203.0.113.1:4000", "198.51.100.7", &proxies),
+            (
+                Some("203.0.113.1:4000".parse().expect("addr")),
+                "198.51.100.7".to_owned()
+            )
+        );
     }
 }

@@ -18,6 +18,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
+/// `check` under `name`, as [`Readiness`] keeps it.
+fn named<F, Fut>(name: impl Into<String>, check: F) -> (String, Arc<CheckFn>)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    (name.into(), Arc::new(move || check().boxed()))
+}
+
 /// The named readiness checks of a service. A *required* check failing makes the
 /// service not ready (503); a *degraded* check failing is reported but the service stays
 /// ready, for dependencies it can work without for a while (the broker: writes go to the
@@ -47,8 +56,7 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks
-            .push((name.into(), Arc::new(move || check().boxed())));
+        self.checks.push(named(name, check));
         self
     }
 
@@ -58,8 +66,7 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.degraded
-            .push((name.into(), Arc::new(move || check().boxed())));
+        self.degraded.push(named(name, check));
         self
     }
 

@@ -52,18 +52,10 @@ pub struct MatchedRoute {
 }
 
 /// See the module documentation.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ObserveLayer {
     service: &'static str,
     metrics: Arc<RequestMetrics>,
-}
-
-impl std::fmt::Debug for ObserveLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObserveLayer")
-            .field("service", &self.service)
-            .finish()
-    }
 }
 
 impl ObserveLayer {

@@ -16,15 +16,28 @@ use platform::{
 };
 use tokio_util::sync::CancellationToken;
 
-async fn start() -> (SocketAddr, CancellationToken) {
-    start_with(ConnectionLimits {
+/// Tighter than the defaults, so that the tests reach them quickly.
+fn tight() -> ConnectionLimits {
+    ConnectionLimits {
         header_read_timeout: Duration::from_millis(500),
         max_header_bytes: 16 * 1024,
         max_headers: 50,
         max_connections: 64,
         ..ConnectionLimits::default()
+    }
+}
+
+/// Runs the blocking client `check` against a server with `limits`, then makes sure the
+/// server still serves everyone else.
+async fn against(limits: ConnectionLimits, check: impl FnOnce(SocketAddr) + Send + 'static) {
+    let (addr, shutdown) = start_with(limits).await;
+    tokio::task::spawn_blocking(move || {
+        check(addr);
+        still_serving(addr);
     })
     .await
+    .expect("joined");
+    shutdown.cancel();
 }
 
 async fn start_with(limits: ConnectionLimits) -> (SocketAddr, CancellationToken) {
@@ -50,12 +63,21 @@ async fn start_with(limits: ConnectionLimits) -> (SocketAddr, CancellationToken)
     (addr, shutdown)
 }
 
+/// A connection to `addr` whose reads give up after `patience`.
+fn connect(addr: SocketAddr, patience: Duration) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(patience)).expect("timeout");
+    stream
+}
+
 /// Sends raw bytes and reads whatever comes back until the server closes or 3 s pass.
 fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
+    exchange_within(addr, request, Duration::from_secs(3))
+}
+
+/// [`exchange`], reading for at most `patience`.
+fn exchange_within(addr: SocketAddr, request: &[u8], patience: Duration) -> String {
+    let mut stream = connect(addr, patience);
     let _ = stream.write_all(request);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -64,6 +86,13 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 fn status_line(answer: &str) -> &str {
     answer.lines().next().unwrap_or("")
+}
+
+/// `answer` is a problem+json with `status`.
+fn assert_problem(answer: &str, status: u16) {
+    let expected = format!("HTTP/1.1 {status}");
+    assert!(status_line(answer).starts_with(&expected), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
 }
 
 fn still_serving(addr: SocketAddr) {
@@ -77,8 +106,7 @@ fn still_serving(addr: SocketAddr) {
 /// The default limit (hyper's own, not set explicitly) is 100 header fields.
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_the_101st_header_field_gets_431() {
-    let (addr, shutdown) = start_with(ConnectionLimits::default()).await;
-    tokio::task::spawn_blocking(move || {
+    against(ConnectionLimits::default(), |addr| {
         let request = |fields: usize| {
             let mut head = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
             for i in 2..fields {
@@ -93,9 +121,7 @@ async fn by_default_the_101st_header_field_gets_431() {
             "HTTP/1.1 431 Request Header Fields Too Large"
         );
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 /// The documented default head limit is 64 KiB (request line + headers): a head of
@@ -103,8 +129,7 @@ async fn by_default_the_101st_header_field_gets_431() {
 /// one piece (the read buffer's limit alone let it through).
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_the_request_head_is_limited_to_64_kib() {
-    let (addr, shutdown) = start_with(ConnectionLimits::default()).await;
-    tokio::task::spawn_blocking(move || {
+    against(ConnectionLimits::default(), |addr| {
         let head_of = |size: usize| {
             let start = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ";
             let mut head = start.to_vec();
@@ -122,17 +147,13 @@ async fn by_default_the_request_head_is_limited_to_64_kib() {
                 "a head of {size} bytes"
             );
         }
-        still_serving(addr);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_and_too_many_headers_get_431() {
-    let (addr, shutdown) = start().await;
-    tokio::task::spawn_blocking(move || {
+    against(tight(), |addr| {
         let mut big = b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 100_000));
         big.extend(b"\r\n\r\n");
@@ -150,17 +171,13 @@ async fn oversized_and_too_many_headers_get_431() {
             status_line(&exchange(addr, &many)),
             "HTTP/1.1 431 Request Header Fields Too Large"
         );
-        still_serving(addr);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_400() {
-    let (addr, shutdown) = start().await;
-    tokio::task::spawn_blocking(move || {
+    against(tight(), |addr| {
         for bad in [
             &b"GET /he llo HTTP/1.1\r\nHost: x\r\n\r\n"[..],
             b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -175,60 +192,33 @@ async fn malformed_requests_get_400() {
             addr,
             b"GET /%zz%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
-        assert!(status_line(&answer).starts_with("HTTP/1.1 404"), "{answer}");
-        assert!(answer.contains("application/problem+json"), "{answer}");
-        still_serving(addr);
+        assert_problem(&answer, 404);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_request_head_is_cut_off() {
-    let (addr, shutdown) = start().await;
-    tokio::task::spawn_blocking(move || {
+    against(tight(), |addr| {
         let started = Instant::now();
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream
-            .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
-            .expect("partial head");
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
+        let head = b"GET /hello HTTP/1.1\r\nHost: x\r\n";
+        exchange_within(addr, head, Duration::from_secs(5));
         let waited = started.elapsed();
         // Closed by the server (with or without a 408), well before our 5 s read timeout.
         assert!(waited < Duration::from_secs(4), "held for {waited:?}");
-        still_serving(addr);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickling_body_times_out_with_a_problem() {
-    let (addr, shutdown) = start().await;
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
-            .expect("head and a little body");
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(status_line(&answer).starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("application/problem+json"), "{answer}");
-        still_serving(addr);
+    against(tight(), |addr| {
+        let head_and_a_little_body =
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc";
+        let answer = exchange_within(addr, head_and_a_little_body, Duration::from_secs(5));
+        assert_problem(&answer, 503);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }
 
 /// A server that answers before it has read the request body (here: 413 for a declared
@@ -238,13 +228,9 @@ async fn a_trickling_body_times_out_with_a_problem() {
 /// reads the 413 and then an orderly end of the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_early_answer_reaches_a_client_still_sending_its_body() {
-    let (addr, shutdown) = start().await;
-    tokio::task::spawn_blocking(move || {
+    against(tight(), |addr| {
         for _ in 0..5 {
-            let mut stream = TcpStream::connect(addr).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
+            let mut stream = connect(addr, Duration::from_secs(5));
             stream
                 .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
                 .expect("head");
@@ -269,9 +255,6 @@ async fn an_early_answer_reaches_a_client_still_sending_its_body() {
             );
             assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         }
-        still_serving(addr);
     })
-    .await
-    .expect("joined");
-    shutdown.cancel();
+    .await;
 }

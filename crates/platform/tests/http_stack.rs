@@ -152,12 +152,7 @@ async fn request_ids_are_echoed_or_generated() {
     let client = client();
     let url = format!("{}/hello", served.base);
 
-    let given = client
-        .get(&url)
-        .header("x-request-id", "trace-42")
-        .send()
-        .await
-        .expect("sent");
+    let given = fetch(&client, &url, &[("x-request-id", "trace-42")]).await;
     assert_eq!(given.headers()["x-request-id"], "trace-42");
 
     let generated = client.get(&url).send().await.expect("sent");
@@ -165,12 +160,7 @@ async fn request_ids_are_echoed_or_generated() {
     assert_eq!(id.len(), 36, "a uuid: {id}");
 
     // An id that would corrupt logs is replaced.
-    let hostile = client
-        .get(&url)
-        .header("x-request-id", "a b \" c")
-        .send()
-        .await
-        .expect("sent");
+    let hostile = fetch(&client, &url, &[("x-request-id", "a b \" c")]).await;
     assert_ne!(hostile.headers()["x-request-id"], "a b \" c");
     served.shutdown.cancel();
 }
@@ -183,32 +173,17 @@ async fn health_readiness_and_metrics() {
     let served = serve(test_app().with_readiness(failing)).await;
     let client = client();
 
-    let health = client
-        .get(format!("{}/healthz", served.base))
-        .send()
-        .await
-        .expect("sent");
+    let health = fetch(&client, &format!("{}/healthz", served.base), &[]).await;
     assert_eq!(health.status(), 200);
 
-    let ready = client
-        .get(format!("{}/readyz", served.base))
-        .send()
-        .await
-        .expect("sent");
+    let ready = fetch(&client, &format!("{}/readyz", served.base), &[]).await;
     assert_eq!(ready.status(), 503);
     let body = problem(ready).await;
     assert_eq!(body["checks"]["database"], "connection refused");
 
-    client
-        .get(format!("{}/hello", served.base))
-        .send()
+    fetch(&client, &format!("{}/hello", served.base), &[]).await;
+    let metrics = fetch(&client, &format!("{}/metrics", served.base), &[])
         .await
-        .expect("sent");
-    let metrics = client
-        .get(format!("{}/metrics", served.base))
-        .send()
-        .await
-        .expect("sent")
         .text()
         .await
         .expect("body");
@@ -269,11 +244,7 @@ async fn on_threads_of_its_own_the_stack_serves_every_connection_and_drains() {
         .expect("client");
     let mut threads = std::collections::BTreeSet::new();
     for _ in 0..20 {
-        let response = fresh
-            .get(format!("{}/thread", served.base))
-            .send()
-            .await
-            .expect("served");
+        let response = fetch(&fresh, &format!("{}/thread", served.base), &[]).await;
         assert_eq!(response.status(), 200);
         threads.insert(response.text().await.expect("body"));
     }
@@ -284,12 +255,12 @@ async fn on_threads_of_its_own_the_stack_serves_every_connection_and_drains() {
         "{threads:?}"
     );
     // Errors are still problems with the request id.
-    let response = fresh
-        .get(format!("{}/no-such-route", served.base))
-        .header("x-request-id", "threads-1")
-        .send()
-        .await
-        .expect("served");
+    let response = fetch(
+        &fresh,
+        &format!("{}/no-such-route", served.base),
+        &[("x-request-id", "threads-1")],
+    )
+    .await;
     assert_eq!(response.status(), 404);
     assert_eq!(problem(response).await["request_id"], "threads-1");
     drains_then_stops(served, &fresh).await;
@@ -301,12 +272,8 @@ async fn trace_context_is_continued_or_started() {
     let client = client();
     let url = format!("{}/trace", served.base);
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let continued = client
-        .get(&url)
-        .header("traceparent", incoming)
-        .send()
+    let continued = fetch(&client, &url, &[("traceparent", incoming)])
         .await
-        .expect("sent")
         .text()
         .await
         .expect("body");
@@ -315,20 +282,22 @@ async fn trace_context_is_continued_or_started() {
     assert_eq!(continued.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(continued.span_id(), "00f067aa0ba902b7");
 
-    let started = client
-        .get(&url)
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
+    let started = fetch(&client, &url, &[]).await.text().await.expect("body");
     assert!(
         platform::http::TraceParent::parse(&started).is_some(),
         "{started}"
     );
     assert_ne!(started, incoming);
     served.shutdown.cancel();
+}
+
+/// `GET url` with `headers`, answered.
+async fn fetch(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("sent")
 }
 
 /// A plain HTTP client (installs the process's TLS provider first, see `platform::tls`).

@@ -54,23 +54,37 @@ impl Backend {
     }
 }
 
-#[tokio::test]
-async fn migrations_apply_once_and_queries_are_portable() {
+/// Runs `test` on a new database of each backend, then closes and drops it.
+async fn on_each_backend(test: impl AsyncFn(&Database)) {
     for (url, backend) in Backend::all().await {
         let db = Database::connect(&url).await.expect("connect");
+        test(&db).await;
+        db.close().await;
+        backend.cleanup().await;
+    }
+}
+
+/// `aggregate` (`COUNT(*)`, `MAX(version)`) over the migrations recorded for `notes`.
+async fn notes_migrations(db: &Database, aggregate: &str) -> i64 {
+    let sql = format!("SELECT {aggregate} FROM flotilla_migrations WHERE service = ?");
+    sqlx::query(db.sql(sql))
+        .bind("notes")
+        .fetch_one(db.pool())
+        .await
+        .expect("recorded migrations")
+        .try_get(0)
+        .expect("integer")
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_queries_are_portable() {
+    on_each_backend(async |db| {
         db.migrate("notes", MIGRATIONS).await.expect("first run");
         db.migrate("notes", MIGRATIONS)
             .await
             .expect("second run is a no-op");
 
-        let recorded: i64 =
-            sqlx::query(db.sql("SELECT COUNT(*) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(db.pool())
-                .await
-                .expect("count")
-                .try_get(0)
-                .expect("integer");
+        let recorded = notes_migrations(db, "COUNT(*)").await;
         assert_eq!(recorded, 2, "{:?}", db.dialect());
 
         // One SQL text, `?` placeholders, on every backend; '?' in a literal is kept.
@@ -95,9 +109,8 @@ async fn migrations_apply_once_and_queries_are_portable() {
         assert_eq!(row.try_get::<i64, _>(2).expect("views"), 0);
         assert_eq!(row.try_get::<String, _>(3).expect("mark"), "?");
         db.ping().await.expect("ping");
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -112,14 +125,7 @@ async fn concurrent_starts_apply_each_migration_once() {
         );
         ra.expect("migrate a");
         rb.expect("migrate b");
-        let recorded: i64 =
-            sqlx::query(a.sql("SELECT COUNT(*) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(a.pool())
-                .await
-                .expect("count")
-                .try_get(0)
-                .expect("integer");
+        let recorded = notes_migrations(&a, "COUNT(*)").await;
         assert_eq!(recorded, 2, "{:?}", a.dialect());
         a.close().await;
         b.close().await;
@@ -129,8 +135,7 @@ async fn concurrent_starts_apply_each_migration_once() {
 
 #[tokio::test]
 async fn an_edited_migration_is_refused() {
-    for (url, backend) in Backend::all().await {
-        let db = Database::connect(&url).await.expect("connect");
+    on_each_backend(async |db| {
         db.migrate("notes", &MIGRATIONS[..1]).await.expect("first");
         let edited = [Migration::portable(
             1,
@@ -153,15 +158,13 @@ async fn an_edited_migration_is_refused() {
         )
         .await
         .expect("other service");
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
-    for (url, backend) in Backend::all().await {
-        let db = Database::connect(&url).await.expect("connect");
+    on_each_backend(async |db| {
         db.migrate("notes", MIGRATIONS).await.expect("migrate");
         let broken = [Migration::portable(3, "broken", "CREATE TABLE (")];
         let all: Vec<Migration> = MIGRATIONS.iter().copied().chain(broken).collect();
@@ -170,14 +173,7 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             matches!(error, StorageError::Migration { version: 3, .. }),
             "{error}"
         );
-        let max: i64 =
-            sqlx::query(db.sql("SELECT MAX(version) FROM flotilla_migrations WHERE service = ?"))
-                .bind("notes")
-                .fetch_one(db.pool())
-                .await
-                .expect("max")
-                .try_get(0)
-                .expect("integer");
+        let max = notes_migrations(db, "MAX(version)").await;
         assert_eq!(max, 2);
 
         let mut tx = db.begin().await.expect("begin");
@@ -195,9 +191,8 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             .try_get(0)
             .expect("integer");
         assert_eq!(count, 0);
-        db.close().await;
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

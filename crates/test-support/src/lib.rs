@@ -41,6 +41,16 @@ impl TestSystem {
         &self.running.data_dir
     }
 
+    /// The test's view of `running`: its URL and a client for it.
+    fn on(running: Running) -> Self {
+        TestSystem {
+            base_url: format!("http://{}", running.addr),
+            client: http_client(),
+            running,
+            _data_dir: None,
+        }
+    }
+
     /// Graceful stop: drain and wait.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.running.stop().await
@@ -78,40 +88,30 @@ pub async fn spawn_system_with(data_dir: &Path, services: flotilla::ServiceArgs)
         .wait_ready(Duration::from_secs(30))
         .await
         .expect("system becomes ready");
-    TestSystem {
-        base_url: format!("http://{}", running.addr),
-        client: http_client(),
-        running,
-        _data_dir: None,
-    }
+    TestSystem::on(running)
 }
 
 /// Starts one service as `flotilla serve` would, on 127.0.0.1:0.
 pub async fn spawn_service(service: ServiceName, data_dir: &Path) -> TestSystem {
-    spawn_served(ServeArgs {
-        service,
-        server: server_args(data_dir),
-        database_url: None,
-        gateway: Default::default(),
-        services: Default::default(),
-        // Tests run on the embedded stores unless they say otherwise.
-        allow_embedded: true,
-    })
-    .await
+    spawn_served(serve_args(service, data_dir, Default::default())).await
 }
 
 /// Starts `flotilla serve gateway` on 127.0.0.1:0 with the given upstream URLs.
 pub async fn spawn_gateway(upstreams: flotilla::GatewayArgs, data_dir: &Path) -> TestSystem {
-    spawn_served(ServeArgs {
-        service: ServiceName::Gateway,
+    spawn_served(serve_args(ServiceName::Gateway, data_dir, upstreams)).await
+}
+
+/// `flotilla serve service` settings in `data_dir`, with `gateway`'s upstreams.
+fn serve_args(service: ServiceName, data_dir: &Path, gateway: flotilla::GatewayArgs) -> ServeArgs {
+    ServeArgs {
+        service,
         server: server_args(data_dir),
         database_url: None,
-        gateway: upstreams,
+        gateway,
         services: Default::default(),
         // Tests run on the embedded stores unless they say otherwise.
         allow_embedded: true,
-    })
-    .await
+    }
 }
 
 /// Starts one service from complete `serve` settings, on whatever `args` says.
@@ -121,12 +121,7 @@ pub async fn spawn_served(args: ServeArgs) -> TestSystem {
     let running = flotilla::serve(args, CancellationToken::new())
         .await
         .expect("flotilla serve starts");
-    TestSystem {
-        base_url: format!("http://{}", running.addr),
-        client: http_client(),
-        running,
-        _data_dir: None,
-    }
+    TestSystem::on(running)
 }
 
 /// The server settings every test uses: 127.0.0.1:0 and `data_dir`, the rest as defaults.

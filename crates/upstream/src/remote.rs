@@ -12,7 +12,7 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Request},
+    extract::Request,
     response::{IntoResponse, Response},
 };
 use futures::future::{BoxFuture, Either};
@@ -318,11 +318,7 @@ fn address_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
 /// Appends the connection's peer (the client, as this gateway sees it) to `request`'s
 /// `X-Forwarded-For`.
 pub fn append_client_address(request: &mut Request) {
-    let Some(ConnectInfo(peer)) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    else {
+    let Some(peer) = platform::forwarded::peer_of(request) else {
         return;
     };
     let client = peer.ip();
@@ -362,6 +358,7 @@ mod tests {
     use axum::body::Body;
 
     use super::*;
+    use axum::extract::ConnectInfo;
 
     #[test]
     fn the_upstream_gets_the_path_and_query() {

@@ -18,16 +18,13 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
-    extract::{Path, State},
+    Json,
+    extract::{FromRef, Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use contracts::{
-    blog::{Envelope, NewComment},
-    schema::EventEnvelope,
-};
-use platform::{Problem, ServiceApp, ServiceContext, extract::JsonBody, health::Readiness};
+use contracts::blog::NewComment;
+use platform::{Problem, ServiceApp, ServiceContext, extract::JsonBody};
 use storage::StorageError;
 use tokio::sync::Notify;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -70,18 +67,9 @@ struct AppState {
 
 /// Builds the service; `flotilla up`, `flotilla serve comments` and tests all call this.
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
-    let url = context.database_url_for(NAME);
-    let db =
-        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
+    let db = backbone::database(context, NAME).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let (bus, publisher) = bus::OutboxPublisher::connect(
-        NAME,
-        &db,
-        &context.bus_url_or_embedded(),
-        &context.tasks,
-        context.shutdown.clone(),
-    )
-    .await?;
+    let (bus, publisher) = backbone::outbox(context, NAME, &db).await?;
     let store = CommentStore::new(db.clone(), publisher.clone());
     let handler = events::CommentEvents {
         store: store.clone(),
@@ -101,25 +89,16 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         post_learned,
         post_wait: args.comments_post_wait,
     };
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("consumers", consumer.check_fn());
-    Ok(ServiceApp::new(NAME, routes(state)).with_readiness(readiness))
-}
-
-fn routes(state: AppState) -> Router {
-    let (router, _) = api().with_state(state).split_for_parts();
-    router
+    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
+    let (routes, _) = api().with_state(state).split_for_parts();
+    Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
 /// The routes with their descriptions (one source for the router and the OpenAPI).
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_comments, create_comment))
-        .routes(routes!(receive_event))
+        .merge(backbone::push_route())
 }
 
 /// The OpenAPI description of the service's routes, from the handlers themselves.
@@ -186,24 +165,6 @@ async fn wait_for_post(state: &AppState, post_id: &str) -> Result<(), ApiError> 
     }
 }
 
-/// The course's push style: an event posted here is applied exactly as if the bus had
-/// delivered it (same inbox, so a pushed copy and a delivered copy count once).
-#[utoipa::path(
-    post, path = "/events", tag = "internal",
-    request_body = EventEnvelope,
-    responses(
-        (status = 200, description = "Applied (or already applied)", body = Object, example = json!({})),
-        (status = 400, description = "Not JSON, not an envelope, or a blog event whose data does not fit its type", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn receive_event(
-    State(state): State<AppState>,
-    JsonBody(envelope): JsonBody<Envelope>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.events.push_blog_event(&envelope).await?;
-    Ok(Json(serde_json::json!({})))
-}
-
 /// Everything a route of this service can fail with once its input is parsed (the
 /// extractors refuse bad input themselves), turned into problem+json in one place.
 #[derive(Debug, thiserror::Error)]
@@ -212,8 +173,6 @@ enum ApiError {
     Comment(#[from] CommentError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error(transparent)]
-    Push(#[from] bus::PushError),
 }
 
 impl From<ApiError> for Problem {
@@ -222,9 +181,14 @@ impl From<ApiError> for Problem {
             ApiError::Comment(CommentError::UnknownPost(id)) => {
                 Problem::not_found(format!("there is no post {id}"))
             }
-            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
             other => Problem::internal(&other),
         }
+    }
+}
+
+impl FromRef<AppState> for Arc<dyn bus::PushTarget> {
+    fn from_ref(state: &AppState) -> Self {
+        state.events.clone()
     }
 }
 

@@ -89,9 +89,26 @@ async fn convert_and_check(
     report
 }
 
+/// The errors converting `input` fails with, with ffmpeg and without: each permanent
+/// (a retry cannot help).
+async fn permanent_errors(input: &Path) -> Vec<ConvertError> {
+    let mut errors = Vec::new();
+    for ffmpeg in [support::ffmpeg(), None] {
+        let error = convert_expecting_error(input, ffmpeg).await;
+        assert!(error.is_permanent(), "{error:?}");
+        errors.push(error);
+    }
+    errors
+}
+
 async fn convert_expecting_error(input: &Path, ffmpeg: Option<PathBuf>) -> ConvertError {
+    failure_of(converter(ffmpeg), input).await
+}
+
+/// How `converter` fails to convert `input` (it leaves no MP3 behind).
+async fn failure_of(converter: Converter, input: &Path) -> ConvertError {
     let output = input.with_extension("out.mp3");
-    let error = converter(ffmpeg)
+    let error = converter
         .convert_file(input, &output)
         .await
         .expect_err("conversion should fail");
@@ -108,72 +125,66 @@ macro_rules! needs_ffmpeg {
     }};
 }
 
-#[tokio::test]
-async fn aac_in_mp4_converts_in_process_with_the_source_duration() {
-    let dir = needs_ffmpeg!();
+/// `tone` encoded by ffmpeg with `codec` into `name` in a new directory, then converted
+/// by `engine` to a stereo MP3 and checked (see [`convert_and_check`]); `None` without
+/// ffmpeg.
+async fn tone_converts(
+    tone: Vec<String>,
+    codec: &[&str],
+    name: &str,
+    engine: Engine,
+) -> Option<(tempfile::TempDir, ConversionReport)> {
+    support::ffmpeg()?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = make(dir.path(), name, &args(&tone, codec));
+    let report = convert_and_check(dir.path(), &input, engine, 2).await;
+    Some((dir, report))
+}
+
+/// A 3 s test picture as the first input before `tone`'s: a video with that audio.
+fn with_video(tone: Vec<String>) -> Vec<String> {
+    let picture = lavfi("testsrc=size=160x120:rate=10:duration=3");
+    picture.into_iter().map(str::to_owned).chain(tone).collect()
+}
+
+/// A `SECS`-second stereo tone in AAC in MP4, made in `dir`.
+fn aac_in_mp4(dir: &Path) -> PathBuf {
     let tone = stereo_tone(SECS, 44_100);
-    let input = make(
-        dir.path(),
-        "in.mp4",
-        &args(&tone, &["-c:a", "aac", "-b:a", "128k"]),
-    );
-    let report = convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-    assert_eq!(report.sample_rate, 44_100);
+    make(dir, "in.mp4", &args(&tone, &["-c:a", "aac"]))
 }
 
-#[tokio::test]
-async fn fragmented_mp4_converts_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(
-        dir.path(),
-        "fragmented.mp4",
-        &args(
-            &tone,
-            &["-c:a", "aac", "-movflags", "frag_keyframe+empty_moov"],
-        ),
-    );
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
+/// ffmpeg's arguments for an input made by its lavfi filter `source`.
+fn lavfi(source: &str) -> Vec<&str> {
+    vec!["-f", "lavfi", "-i", source]
 }
 
-#[tokio::test]
-async fn video_with_aac_audio_in_mov_converts_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 48_000);
-    let mut source = vec![
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=160x120:rate=10:duration=3",
-    ];
-    source.extend(args(&tone, &[]));
-    source.extend(["-c:v", "mpeg4", "-c:a", "aac", "-shortest"]);
-    let input = make(dir.path(), "in.mov", &source);
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
+/// Tests that encode a tone with a codec into a file and check that the engine named
+/// converts it to a stereo MP3 as long as the tone (see [`tone_converts`]).
+/// `=> rate`: the MP3's sample rate too.
+macro_rules! tone_converts {
+    ($($test:ident: $file:literal, $tone:expr, $codec:expr, $engine:ident $(=> $rate:expr)?;)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            let converted = tone_converts($tone, &$codec, $file, Engine::$engine).await;
+            if let Some((_, _report)) = converted {
+                $(assert_eq!(_report.sample_rate, $rate);)?
+            }
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn aac_in_mkv_converts_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.mkv", &args(&tone, &["-c:a", "aac"]));
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-}
-
-#[tokio::test]
-async fn vorbis_in_webm_converts_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 48_000);
-    let input = make(dir.path(), "in.webm", &args(&tone, &["-c:a", "libvorbis"]));
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-}
-
-#[tokio::test]
-async fn opus_in_webm_goes_to_the_ffmpeg_fallback() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 48_000);
-    let input = make(dir.path(), "in.webm", &args(&tone, &["-c:a", "libopus"]));
-    convert_and_check(dir.path(), &input, Engine::Ffmpeg, 2).await;
+tone_converts! {
+    aac_in_mp4_converts_in_process_with_the_source_duration: "in.mp4", stereo_tone(SECS, 44_100), ["-c:a", "aac", "-b:a", "128k"], InProcess => 44_100;
+    video_with_aac_audio_in_mov_converts_in_process: "in.mov", with_video(stereo_tone(SECS, 48_000)), ["-c:v", "mpeg4", "-c:a", "aac", "-shortest"], InProcess;
+    avi_goes_to_the_ffmpeg_fallback: "in.avi", with_video(stereo_tone(SECS, 44_100)), ["-c:v", "mpeg4", "-c:a", "pcm_s16le", "-shortest"], Ffmpeg;
+    fragmented_mp4_converts_in_process: "fragmented.mp4", stereo_tone(SECS, 44_100), ["-c:a", "aac", "-movflags", "frag_keyframe+empty_moov"], InProcess;
+    aac_in_mkv_converts_in_process: "in.mkv", stereo_tone(SECS, 44_100), ["-c:a", "aac"], InProcess;
+    vorbis_in_webm_converts_in_process: "in.webm", stereo_tone(SECS, 48_000), ["-c:a", "libvorbis"], InProcess;
+    opus_in_webm_goes_to_the_ffmpeg_fallback: "in.webm", stereo_tone(SECS, 48_000), ["-c:a", "libopus"], Ffmpeg;
+    pcm_wav_converts_in_process: "in.wav", stereo_tone(SECS, 44_100), ["-c:a", "pcm_s16le"], InProcess;
+    mp3_input_is_reencoded_without_gaining_its_padding: "in.mp3", stereo_tone(SECS, 44_100), ["-c:a", "libmp3lame"], InProcess;
+    five_one_flac_is_mixed_down_to_stereo_in_process: "in.mka", surround_tone(SECS), ["-c:a", "flac"], InProcess;
+    five_one_aac_goes_to_ffmpeg_and_comes_out_stereo: "in.mp4", surround_tone(SECS), ["-c:a", "aac"], Ffmpeg;
 }
 
 #[tokio::test]
@@ -196,23 +207,17 @@ async fn opus_without_ffmpeg_is_a_permanent_unsupported_codec() {
 }
 
 #[tokio::test]
-async fn pcm_wav_converts_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.wav", &args(&tone, &["-c:a", "pcm_s16le"]));
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-}
-
-#[tokio::test]
 async fn a_96_khz_wav_is_resampled_by_lame_to_a_rate_mp3_carries() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 96_000);
-    let input = make(
-        dir.path(),
+    let Some((dir, report)) = tone_converts(
+        stereo_tone(SECS, 96_000),
+        &["-c:a", "pcm_s24le"],
         "hires.wav",
-        &args(&tone, &["-c:a", "pcm_s24le"]),
-    );
-    let report = convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
+        Engine::InProcess,
+    )
+    .await
+    else {
+        return;
+    };
     assert_eq!(report.sample_rate, 48_000);
     assert_eq!(
         decode_mp3(&dir.path().join("hires.wav.mp3")).sample_rate,
@@ -223,80 +228,21 @@ async fn a_96_khz_wav_is_resampled_by_lame_to_a_rate_mp3_carries() {
 #[tokio::test]
 async fn mono_flac_stays_mono() {
     let dir = needs_ffmpeg!();
-    let input = make(
-        dir.path(),
-        "in.flac",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=22050:duration=3",
-        ],
-    );
+    let mono = lavfi("sine=frequency=440:sample_rate=22050:duration=3");
+    let input = make(dir.path(), "in.flac", &mono);
     let report = convert_and_check(dir.path(), &input, Engine::InProcess, 1).await;
     assert_eq!(report.sample_rate, 22_050);
 }
 
 #[tokio::test]
-async fn mp3_input_is_reencoded_without_gaining_its_padding() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.mp3", &args(&tone, &["-c:a", "libmp3lame"]));
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-}
-
-#[tokio::test]
-async fn five_one_flac_is_mixed_down_to_stereo_in_process() {
-    let dir = needs_ffmpeg!();
-    let tone = surround_tone(SECS);
-    let input = make(dir.path(), "in.mka", &args(&tone, &["-c:a", "flac"]));
-    convert_and_check(dir.path(), &input, Engine::InProcess, 2).await;
-}
-
-#[tokio::test]
-async fn five_one_aac_goes_to_ffmpeg_and_comes_out_stereo() {
-    let dir = needs_ffmpeg!();
-    let tone = surround_tone(SECS);
-    let input = make(dir.path(), "in.mp4", &args(&tone, &["-c:a", "aac"]));
-    convert_and_check(dir.path(), &input, Engine::Ffmpeg, 2).await;
-}
-
-#[tokio::test]
-async fn avi_goes_to_the_ffmpeg_fallback() {
-    let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let mut source = vec![
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=160x120:rate=10:duration=3",
-    ];
-    source.extend(args(&tone, &[]));
-    source.extend(["-c:v", "mpeg4", "-c:a", "pcm_s16le", "-shortest"]);
-    let input = make(dir.path(), "in.avi", &source);
-    convert_and_check(dir.path(), &input, Engine::Ffmpeg, 2).await;
-}
-
-#[tokio::test]
 async fn a_video_without_audio_fails_with_no_audio_track() {
     let dir = needs_ffmpeg!();
-    let input = make(
-        dir.path(),
-        "silent.mp4",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=160x120:rate=10:duration=2",
-            "-c:v",
-            "mpeg4",
-        ],
-    );
-    for ffmpeg in [support::ffmpeg(), None] {
-        let error = convert_expecting_error(&input, ffmpeg).await;
+    let mut picture_only = lavfi("testsrc=size=160x120:rate=10:duration=2");
+    picture_only.extend(["-c:v", "mpeg4"]);
+    let input = make(dir.path(), "silent.mp4", &picture_only);
+    for error in permanent_errors(&input).await {
         assert!(matches!(error, ConvertError::NoAudioTrack), "{error:?}");
         assert_eq!(error.to_string(), "no audio track");
-        assert!(error.is_permanent());
     }
 }
 
@@ -305,11 +251,9 @@ async fn a_text_file_named_mp4_is_not_a_media_file() {
     let dir = needs_ffmpeg!();
     let input = dir.path().join("notes.mp4");
     std::fs::write(&input, "These are my notes, not a video.\n".repeat(100)).expect("write");
-    for ffmpeg in [support::ffmpeg(), None] {
-        let error = convert_expecting_error(&input, ffmpeg).await;
+    for error in permanent_errors(&input).await {
         assert!(matches!(error, ConvertError::NotMedia), "{error:?}");
         assert_eq!(error.to_string(), "not a media file");
-        assert!(error.is_permanent());
     }
 }
 
@@ -329,8 +273,7 @@ async fn a_truncated_mp4_with_its_index_first_is_corrupt() {
         &args(&tone, &["-c:a", "aac", "-movflags", "+faststart"]),
     );
     truncate_half(&input);
-    for ffmpeg in [support::ffmpeg(), None] {
-        let error = convert_expecting_error(&input, ffmpeg).await;
+    for error in permanent_errors(&input).await {
         assert!(matches!(error, ConvertError::Corrupt(_)), "{error:?}");
         assert!(
             error
@@ -338,7 +281,6 @@ async fn a_truncated_mp4_with_its_index_first_is_corrupt() {
                 .starts_with("corrupt or truncated media: "),
             "{error}"
         );
-        assert!(error.is_permanent());
     }
 }
 
@@ -349,36 +291,27 @@ async fn a_truncated_mp4_that_lost_its_index_is_corrupt() {
     // ffmpeg writes the index (moov) last by default: half a file has none.
     let input = make(dir.path(), "cut.mp4", &args(&tone, &["-c:a", "aac"]));
     truncate_half(&input);
-    for ffmpeg in [support::ffmpeg(), None] {
-        let error = convert_expecting_error(&input, ffmpeg).await;
+    for error in permanent_errors(&input).await {
         assert!(matches!(error, ConvertError::Corrupt(_)), "{error:?}");
-        assert!(error.is_permanent());
     }
 }
 
 #[tokio::test]
 async fn shutdown_cancels_with_a_retryable_error() {
     let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.mp4", &args(&tone, &["-c:a", "aac"]));
+    let input = aac_in_mp4(dir.path());
     let shutdown = CancellationToken::new();
     let converter = Converter::new(ConverterConfig::default(), shutdown.clone());
     shutdown.cancel();
-    let output = dir.path().join("out.mp3");
-    let error = converter
-        .convert_file(&input, &output)
-        .await
-        .expect_err("cancelled");
+    let error = failure_of(converter, &input).await;
     assert!(matches!(error, ConvertError::Cancelled), "{error:?}");
     assert!(!error.is_permanent());
-    assert!(!output.exists());
 }
 
 #[tokio::test]
 async fn a_conversion_past_its_deadline_is_stopped() {
     let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.mp4", &args(&tone, &["-c:a", "aac"]));
+    let input = aac_in_mp4(dir.path());
     let converter = Converter::new(
         ConverterConfig {
             timeout: Duration::from_nanos(1),
@@ -386,21 +319,15 @@ async fn a_conversion_past_its_deadline_is_stopped() {
         },
         CancellationToken::new(),
     );
-    let output = dir.path().join("out.mp3");
-    let error = converter
-        .convert_file(&input, &output)
-        .await
-        .expect_err("too slow");
+    let error = failure_of(converter, &input).await;
     assert!(matches!(error, ConvertError::Timeout(_)), "{error:?}");
     assert!(!error.is_permanent());
-    assert!(!output.exists());
 }
 
 #[tokio::test]
 async fn the_blocking_core_streams_from_any_reader_to_any_seekable_writer() {
     let dir = needs_ffmpeg!();
-    let tone = stereo_tone(SECS, 44_100);
-    let input = make(dir.path(), "in.mp4", &args(&tone, &["-c:a", "aac"]));
+    let input = aac_in_mp4(dir.path());
     let bytes = std::fs::read(&input).expect("read");
     let mut sink = std::io::Cursor::new(Vec::new());
     let report = converter::convert(

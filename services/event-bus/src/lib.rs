@@ -33,7 +33,6 @@ use contracts::schema::EventEnvelope;
 use platform::{
     Problem, ServiceApp, ServiceContext,
     extract::{JsonBody, Query},
-    health::Readiness,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -74,9 +73,7 @@ struct AppState {
 
 /// Builds the service; `flotilla up`, `flotilla serve event-bus` and tests all call this.
 pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    let url = context.database_url_for(NAME);
-    let db =
-        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
+    let db = backbone::database(context, NAME).await?;
     db.migrate(NAME, log::MIGRATIONS).await?;
     let log = EventLog::new(db.clone());
     let bus = bus::connect(
@@ -89,12 +86,7 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
         LogEvents { log: log.clone() },
     );
     let consumer = Arc::new(runner).serve(bus.clone(), &context.tasks, context.shutdown.clone());
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("consumers", consumer.check_fn());
+    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
     let (routes, _) = api().with_state(AppState { log, bus }).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }

@@ -148,12 +148,14 @@ impl<'a> Table<'a> {
     /// `router` behind what every route of the table has in front: the client resolved
     /// from trusted proxies, then the per-client rate limit.
     pub(crate) fn guard(&self, mut router: Router) -> Router {
+        // No layer at all when the limit is off, rather than one that passes everything.
         if let Some(limiter) = &self.limiter {
             router = router.route_layer(middleware::from_fn_with_state(
                 limiter.clone(),
                 crate::ratelimit::enforce,
             ));
         }
+        // Outermost: the client is known before the rate limit keys on it.
         if !self.proxies.is_empty() {
             router = router.route_layer(middleware::from_fn_with_state(
                 self.proxies.clone(),
@@ -178,21 +180,7 @@ impl<'a> Table<'a> {
                 router = router.route(pattern, methods);
             }
         }
-        // No layer at all when the limit is off, rather than one that passes everything.
-        if let Some(limiter) = &self.limiter {
-            router = router.route_layer(middleware::from_fn_with_state(
-                limiter.clone(),
-                crate::ratelimit::enforce,
-            ));
-        }
-        // Outermost: the client is known before the rate limit keys on it.
-        if !self.proxies.is_empty() {
-            router = router.route_layer(middleware::from_fn_with_state(
-                self.proxies.clone(),
-                adopt_client,
-            ));
-        }
-        router
+        self.guard(router)
     }
 
     fn method_router(&self, route: &Route) -> MethodRouter {

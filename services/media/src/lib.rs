@@ -18,7 +18,7 @@ pub mod upload;
 use std::{sync::Arc, time::Duration};
 
 use identity::{JwksSource, SourceError, Verifier};
-use platform::{ServiceApp, ServiceContext, health::Readiness, service::HttpLimits};
+use platform::{ServiceApp, ServiceContext, service::HttpLimits};
 use storage::{Database, blob::BlobStore};
 
 use crate::{jobs::JobStore, routes::MediaState};
@@ -64,14 +64,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
         "media store"
     );
 
-    let (bus, publisher) = bus::OutboxPublisher::connect(
-        NAME,
-        &db,
-        &context.bus_url_or_embedded(),
-        &context.tasks,
-        context.shutdown.clone(),
-    )
-    .await?;
+    let (bus, publisher) = backbone::outbox(context, NAME, &db).await?;
     let jobs = JobStore::new(db.clone());
     // Bounded: a live stream that falls this far behind is told to resync instead.
     let (changes, _) = tokio::sync::broadcast::channel(routes::LIVE_BUFFER);
@@ -94,12 +87,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     });
     let verifier = Verifier::new(jwks_source(args.auth_url.as_deref())?);
     let routes = routes::router(state).layer(verifier.layer());
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("consumers", consumer.check_fn());
+    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
     let limits = HttpLimits {
         // Route-level timeouts (routes.rs) are the real limits; this is the backstop
         // for the slowest route, a large upload.

@@ -11,14 +11,8 @@ pub mod events;
 
 use std::sync::Arc;
 
-use axum::{
-    Json, Router,
-    extract::State,
-    response::{IntoResponse, Response},
-    routing::post,
-};
-use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus, Envelope};
-use platform::{Problem, ServiceApp, ServiceContext, extract::JsonBody, health::Readiness};
+use contracts::blog::{BlogEvent, CommentCreated, CommentModerated, CommentStatus};
+use platform::{ServiceApp, ServiceContext};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -89,61 +83,19 @@ impl Moderator {
 
 /// Builds the service; `flotilla up`, `flotilla serve moderation` and tests all call this.
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
-    let url = context.database_url_for(NAME);
-    let db =
-        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
+    let db = backbone::database(context, NAME).await?;
     let moderator = Moderator::new(&args.blocked_words);
     tracing::info!(blocked_words = ?moderator.blocked, "moderation rule");
-    let (bus, publisher) = bus::OutboxPublisher::connect(
-        NAME,
-        &db,
-        &context.bus_url_or_embedded(),
-        &context.tasks,
-        context.shutdown.clone(),
-    )
-    .await?;
+    let (bus, publisher) = backbone::outbox(context, NAME, &db).await?;
     let store = bus::Store::database(&db).await?.with_outbox(publisher);
     let runner = Arc::new(bus::Runner::new(store, events::Moderation { moderator }));
     let consumer = runner
         .clone()
         .serve(bus, &context.tasks, context.shutdown.clone());
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("consumers", consumer.check_fn());
-    let routes = Router::new()
-        .route("/events", post(receive_event))
-        .with_state(runner);
+    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
+    let target: Arc<dyn bus::PushTarget> = runner;
+    let (routes, _) = backbone::push_route().with_state(target).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
-}
-
-/// The course's push style: handled exactly like a delivery from the bus.
-async fn receive_event(
-    State(runner): State<Arc<bus::Runner<events::Moderation>>>,
-    JsonBody(envelope): JsonBody<Envelope>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    runner.push_blog_event(&envelope).await?;
-    Ok(Json(serde_json::json!({})))
-}
-
-/// What the service's one route can fail with once its input is parsed, turned into
-/// problem+json in one place.
-#[derive(Debug, thiserror::Error)]
-enum ApiError {
-    #[error(transparent)]
-    Push(#[from] bus::PushError),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
-            other => Problem::internal(&other),
-        }
-        .into_response()
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::{path::PathBuf, sync::Arc};
 use bus::{Delivered, Handler, HandlerError, Message, Runner, Subscription, Tx};
 use contracts::media::{MP3, Mp3Message};
 use lettre::message::Mailbox;
-use platform::{ServiceApp, ServiceContext, health::Readiness};
+use platform::{ServiceApp, ServiceContext};
 
 pub use ledger::{Ledger, LedgerState};
 pub use sender::{SendError, Sender};
@@ -114,12 +114,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let runner = Arc::new(runner(&db, notifier).await?);
     let consumer = runner.serve(bus, &context.tasks, context.shutdown.clone());
 
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
-        .with_check("consumers", consumer.check_fn());
+    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
     Ok(ServiceApp::new(NAME, axum::Router::new()).with_readiness(readiness))
 }
 

@@ -95,6 +95,16 @@ async fn notifier(dir: &Path, sender: Sender) -> Runner<Notifier> {
 /// A first delivery, as the bus makes it for the notification group.
 const FIRST: bus::Attempt = bus::Attempt { number: 1, max: 14 };
 
+/// What the notifier's ledger says of `job_id`'s email.
+async fn ledger_state(notifier: &Runner<Notifier>, job_id: &str) -> Option<String> {
+    notifier
+        .handler()
+        .ledger
+        .state(job_id)
+        .await
+        .expect("state")
+}
+
 /// The message delivered three times: twice with one id, once republished with another.
 async fn deliver_repeatedly(notifier: &Runner<Notifier>, message: &Mp3Message) {
     let first = bus::Message::json(MP3, message).expect("encode");
@@ -176,13 +186,7 @@ async fn a_real_smtp_server_gets_exactly_one_email_per_job() {
         "{email}"
     );
     assert_eq!(
-        notifier
-            .handler()
-            .ledger
-            .state(&job_id)
-            .await
-            .expect("state")
-            .as_deref(),
+        ledger_state(&notifier, &job_id).await.as_deref(),
         Some("sent")
     );
 }
@@ -229,13 +233,7 @@ async fn an_unreachable_smtp_server_is_retried_not_dropped() {
     let outcome = notifier.handle(&message, FIRST).await;
     assert!(matches!(outcome, Err(bus::Nack::Retry(_))), "{outcome:?}");
     assert_eq!(
-        notifier
-            .handler()
-            .ledger
-            .state(&job_id)
-            .await
-            .expect("state")
-            .as_deref(),
+        ledger_state(&notifier, &job_id).await.as_deref(),
         Some("sending")
     );
 }

@@ -8,17 +8,17 @@
 
 mod store;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{Json, Router, extract::State, http::StatusCode};
-use contracts::{
-    blog::{Envelope, NewPost},
-    schema::EventEnvelope,
+use axum::{
+    Json,
+    extract::{FromRef, State},
+    http::StatusCode,
 };
+use contracts::blog::NewPost;
 use platform::{
     Problem, ServiceApp, ServiceContext,
     extract::{JsonBody, Query},
-    health::Readiness,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -35,29 +35,13 @@ pub const NAME: &str = "posts";
 
 /// Builds the service; `flotilla up`, `flotilla serve posts` and tests all call this.
 pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<ServiceApp> {
-    let url = context.database_url_for(NAME);
-    let db =
-        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
+    let db = backbone::database(context, NAME).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
-    let (_, publisher) = bus::OutboxPublisher::connect(
-        NAME,
-        &db,
-        &context.bus_url_or_embedded(),
-        &context.tasks,
-        context.shutdown.clone(),
-    )
-    .await?;
+    let (_, publisher) = backbone::outbox(context, NAME, &db).await?;
     let store = PostStore::new(db.clone(), publisher);
-    let readiness = Readiness::new().with_check("db", move || {
-        let db = db.clone();
-        async move { db.ping().await.map_err(|e| e.to_string()) }
-    });
-    Ok(ServiceApp::new(NAME, routes(store)).with_readiness(readiness))
-}
-
-fn routes(store: PostStore) -> Router {
-    let (router, _) = api().with_state(store).split_for_parts();
-    router
+    let readiness = backbone::readiness(&db);
+    let (routes, _) = api().with_state(store).split_for_parts();
+    Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
 /// The routes with their descriptions (one source for the router and the OpenAPI).
@@ -66,7 +50,7 @@ fn api() -> OpenApiRouter<PostStore> {
     OpenApiRouter::new()
         .routes(routes!(list_posts, create_post_at_posts))
         .routes(routes!(create_post))
-        .routes(routes!(receive_event))
+        .merge(backbone::push_route())
 }
 
 /// The OpenAPI description of the service's routes, from the handlers themselves.
@@ -144,19 +128,11 @@ async fn list_posts(
     ))
 }
 
-/// The course's services are pushed every event; this one has nothing to do with them,
-/// but answers as the course's does so a course-style event bus can push to it.
-/// The course's push of every event to every service; this one reacts to none.
-#[utoipa::path(
-    post, path = "/events", tag = "internal",
-    request_body = EventEnvelope,
-    responses(
-        (status = 200, description = "Taken (and ignored)", body = Object, example = json!({})),
-        (status = 400, description = "Not JSON, or not a `{\"type\", \"data\"}` envelope", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn receive_event(JsonBody(_): JsonBody<Envelope>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({}))
+/// This service reacts to no event: a push is taken and ignored.
+impl FromRef<PostStore> for Arc<dyn bus::PushTarget> {
+    fn from_ref(_: &PostStore) -> Self {
+        Arc::new(bus::IgnorePushes)
+    }
 }
 
 /// The one place a failure of this service becomes an answer: input was refused by the

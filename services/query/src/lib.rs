@@ -32,18 +32,13 @@ use std::{
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::State,
+    extract::{FromRef, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use contracts::blog::{self, BlogEvent, Envelope};
-use contracts::schema::EventEnvelope;
+use contracts::blog::{self, BlogEvent};
 use futures::StreamExt as _;
-use platform::{
-    Problem, ServiceApp, ServiceContext,
-    extract::{JsonBody, Query},
-    health::Readiness,
-};
+use platform::{Problem, ServiceApp, ServiceContext, extract::Query};
 use serde::Deserialize;
 use store::ViewPost;
 use tokio::sync::Mutex;
@@ -124,12 +119,10 @@ pub async fn build_with_event_log(
     args: &Args,
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<ServiceApp> {
-    let url = context.database_url_for(NAME);
-    let db =
-        storage::Database::connect_with(&url, &storage::PoolSettings::fair_writers(&url)).await?;
+    let db = backbone::database(context, NAME).await?;
     // Reads (the rendering of `GET /posts`) get their own pool: WAL readers do not wait
     // for the writer.
-    let reader = storage::Database::connect(&url).await?;
+    let reader = storage::Database::connect(&context.database_url_for(NAME)).await?;
     let store = ViewStore::open(db.clone(), reader).await?;
     let bus = bus::connect(
         &context.bus_url_or_embedded(),
@@ -167,11 +160,7 @@ pub async fn build_with_event_log(
             caught_up.store(true, Ordering::Release);
         }
     }
-    let readiness = Readiness::new()
-        .with_check("db", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        })
+    let readiness = backbone::readiness(&db)
         .with_check("event-log", move || {
             let caught_up = caught_up.load(Ordering::Acquire);
             async move {
@@ -199,7 +188,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(read_posts))
         .routes(routes!(stream_changes))
-        .routes(routes!(receive_event))
+        .merge(backbone::push_route())
 }
 
 /// The OpenAPI description of the service's routes, from the handlers themselves.
@@ -485,23 +474,6 @@ impl Renderer {
     }
 }
 
-/// The course's push style: applied like a delivery from the bus (same inbox).
-#[utoipa::path(
-    post, path = "/events", tag = "internal",
-    request_body = EventEnvelope,
-    responses(
-        (status = 200, description = "Applied (or already applied)", body = Object, example = json!({})),
-        (status = 400, description = "Not an envelope, or a blog event whose data does not fit its type", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn receive_event(
-    State(state): State<AppState>,
-    JsonBody(envelope): JsonBody<Envelope>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.events.push_blog_event(&envelope).await?;
-    Ok(Json(serde_json::json!({})))
-}
-
 /// Everything a route of this service can fail with once its input is parsed (the
 /// extractors refuse bad input themselves), turned into problem+json in one place.
 #[derive(Debug, thiserror::Error)]
@@ -512,15 +484,18 @@ enum ApiError {
     Store(#[from] storage::StorageError),
     #[error(transparent)]
     Render(#[from] RenderError),
-    #[error(transparent)]
-    Push(#[from] bus::PushError),
+}
+
+impl FromRef<AppState> for Arc<dyn bus::PushTarget> {
+    fn from_ref(state: &AppState) -> Self {
+        state.events.clone()
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Limit => Problem::bad_request(self.to_string()),
-            ApiError::Push(bus::PushError::BadRequest(detail)) => Problem::bad_request(detail),
             other => Problem::internal(&other),
         }
         .into_response()
