@@ -616,13 +616,7 @@ fn check_urls(args: &ServeArgs) -> anyhow::Result<()> {
         storage::Dialect::from_url(url).context("FLOTILLA_DATABASE_URL")?;
     }
     if let Some(url) = &args.services.bus.bus_url {
-        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("sqlite" | "amqp" | "amqps")) {
-            anyhow::bail!(
-                "FLOTILLA_BUS_URL: unsupported bus URL '{}': expected amqp://, amqps:// or sqlite://",
-                storage::redact(url)
-            );
-        }
+        bus::check_url(url).context("FLOTILLA_BUS_URL")?;
     }
     if args.services.bus.bus_url.is_none()
         && let Some(variable) = args.gateway.registry_variable()
@@ -632,13 +626,7 @@ fn check_urls(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(url) = &args.services.blobs.blob_url {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("file" | "s3" | "memory")) {
-            anyhow::bail!(
-                "FLOTILLA_BLOB_URL: unsupported blob store URL '{}': expected file:///dir or s3://bucket",
-                storage::redact(url)
-            );
-        }
+        storage::blob::BlobStore::check_url(url).context("FLOTILLA_BLOB_URL")?;
     }
     Ok(())
 }

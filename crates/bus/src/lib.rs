@@ -74,6 +74,7 @@
 //! * In one process every [`connect`] to the same embedded file shares one writer and the
 //!   options of the first caller.
 
+#[cfg(feature = "rabbitmq")]
 pub mod amqp;
 mod consumer;
 mod delivery;
@@ -121,8 +122,11 @@ pub enum BusError {
     Embedded(String),
     #[error("the embedded bus is closed")]
     Closed,
+    #[cfg(feature = "rabbitmq")]
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    NotBuiltIn(storage::NotBuiltIn),
     #[error("RabbitMQ refused (nacked) message {0}")]
     PublishRefused(String),
     /// No consumer group is bound to the routing key yet, so nothing would keep the
@@ -347,16 +351,34 @@ impl Default for BusOptions {
 /// * `amqp://…` / `amqps://…` — RabbitMQ. Query parameters other than the broker's own:
 ///   `exchange=NAME` (default `flotilla`).
 pub async fn connect(url: &str, options: BusOptions) -> Result<Arc<dyn EventBus>, BusError> {
-    let scheme = url
-        .split_once(':')
-        .map(|(scheme, _)| scheme.to_ascii_lowercase());
-    match scheme.as_deref() {
+    check_url(url)?;
+    match scheme(url).as_deref() {
         Some("sqlite") => Ok(Arc::new(
             embedded::EmbeddedBus::open_url(url, options).await?,
         )),
+        #[cfg(feature = "rabbitmq")]
         Some("amqp" | "amqps") => Ok(Arc::new(amqp::AmqpBus::connect(url, options).await?)),
         _ => Err(BusError::UnsupportedUrl(storage::redact(url))),
     }
+}
+
+/// Refuses, before anything is opened, a URL no bus could ever open: a scheme no backend
+/// speaks, or a backend this build was compiled without.
+pub fn check_url(url: &str) -> Result<(), BusError> {
+    match scheme(url).as_deref() {
+        Some("sqlite") => Ok(()),
+        Some("amqp" | "amqps") if cfg!(feature = "rabbitmq") => Ok(()),
+        Some("amqp" | "amqps") => Err(BusError::NotBuiltIn(storage::NotBuiltIn {
+            backend: "RabbitMQ",
+            feature: "rabbitmq",
+        })),
+        _ => Err(BusError::UnsupportedUrl(storage::redact(url))),
+    }
+}
+
+fn scheme(url: &str) -> Option<String> {
+    url.split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase())
 }
 
 /// The default bus URL of `flotilla up`: the embedded bus in `data_dir`.
@@ -369,4 +391,32 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build without RabbitMQ (`--no-default-features`, as CI builds it once) refuses an
+    /// AMQP URL by name and says which feature builds it in.
+    #[cfg(not(feature = "rabbitmq"))]
+    #[tokio::test]
+    async fn an_amqp_url_needs_the_rabbitmq_feature() {
+        let options = BusOptions::default();
+        match connect("amqp://guest:guest@127.0.0.1:5672/%2f", options).await {
+            Err(BusError::NotBuiltIn(missing)) => {
+                assert_eq!(missing.feature, "rabbitmq");
+                assert!(missing.to_string().contains("RabbitMQ"), "{missing}");
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("an AMQP bus opened without the rabbitmq feature"),
+        }
+    }
+
+    /// Whatever the features, an unknown scheme is refused as unsupported.
+    #[tokio::test]
+    async fn an_unknown_scheme_is_unsupported() {
+        let refused = connect("kafka://broker:9092", BusOptions::default()).await;
+        assert!(matches!(refused, Err(BusError::UnsupportedUrl(_))));
+    }
 }

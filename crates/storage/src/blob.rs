@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart, local::LocalFileSystem,
-    memory::InMemory, path::Path, prefix::PrefixStore,
+    memory::InMemory, path::Path,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,6 +37,46 @@ const HEALTH_PROBE_KEY: &str = "readyz-probe";
 /// Read size when copying a local file into the store.
 const FILE_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The S3 bucket `bucket` (under `prefix`, if any) as a store: the `AWS_*` variables and
+/// then `options` (object_store's configuration keys) configure it.
+#[cfg(feature = "s3")]
+fn s3(
+    bucket: &str,
+    prefix: &str,
+    options: &[(&str, &str)],
+) -> Result<Arc<dyn ObjectStore>, BlobError> {
+    // reqwest is built without a default TLS provider so that the process carries one
+    // crypto library (ring, as sqlx does); make it the default. An error means another
+    // part of the process installed one first: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (key, value) in options {
+        let key = key.parse::<object_store::aws::AmazonS3ConfigKey>()?;
+        builder = builder.with_config(key, *value);
+    }
+    let s3 = builder.build()?;
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+    })
+}
+
+/// This build has no S3 client (the cargo feature `s3` was off).
+#[cfg(not(feature = "s3"))]
+fn s3(_: &str, _: &str, _: &[(&str, &str)]) -> Result<Arc<dyn ObjectStore>, BlobError> {
+    Err(s3_left_out())
+}
+
+/// The error for an S3 URL in a build without the cargo feature `s3`.
+fn s3_left_out() -> BlobError {
+    BlobError::NotBuiltIn(crate::NotBuiltIn {
+        backend: "S3",
+        feature: "s3",
+    })
+}
+
 /// What can go wrong with a blob.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -44,6 +84,8 @@ pub enum BlobError {
         "unsupported blob store URL '{0}': expected file:///absolute/dir, s3://bucket[/prefix] or memory://"
     )]
     UnsupportedUrl(String),
+    #[error("{0}")]
+    NotBuiltIn(crate::NotBuiltIn),
     #[error("invalid blob key '{0}': use letters, digits, '-', '_' and '.' only")]
     InvalidKey(String),
     #[error("no blob named '{0}'")]
@@ -120,6 +162,18 @@ impl BlobStore {
     /// As [`BlobStore::from_url`], with S3 settings given here on top of the `AWS_*`
     /// variables: object_store's configuration keys (`aws_endpoint`, `aws_access_key_id`,
     /// `aws_allow_http`, …). Ignored for the other backends.
+    /// Refuses, before anything is opened, a URL no store could ever open: a scheme
+    /// other than `file`, `s3` and `memory`, or S3 in a build without it.
+    pub fn check_url(url: &str) -> Result<(), BlobError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("file" | "memory") => Ok(()),
+            Some("s3") if cfg!(feature = "s3") => Ok(()),
+            Some("s3") => Err(s3_left_out()),
+            _ => Err(BlobError::UnsupportedUrl(crate::redact(url))),
+        }
+    }
+
     pub fn from_url_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Self, BlobError> {
         let unsupported = || BlobError::UnsupportedUrl(url.to_owned());
         let (scheme, rest) = url.split_once("://").ok_or_else(unsupported)?;
@@ -135,25 +189,8 @@ impl BlobStore {
                 if bucket.is_empty() {
                     return Err(unsupported());
                 }
-                // reqwest is built without a default TLS provider so that the process
-                // carries one crypto library (ring, as sqlx does); make it the default.
-                // An error means another part of the process installed one first: fine.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                for (key, value) in s3_options {
-                    let key = key.parse::<object_store::aws::AmazonS3ConfigKey>()?;
-                    builder = builder.with_config(key, *value);
-                }
-                let s3 = builder.build()?;
-                let prefix = prefix.trim_matches('/');
-                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(s3)
-                } else {
-                    Arc::new(PrefixStore::new(s3, prefix))
-                };
                 Ok(Self {
-                    store,
+                    store: s3(bucket, prefix, s3_options)?,
                     local: None,
                     description: url.to_owned(),
                 })
@@ -550,7 +587,17 @@ mod tests {
             BlobStore::from_url("s3://"),
             Err(BlobError::UnsupportedUrl(_))
         ));
-        let s3 = BlobStore::from_url("s3://bucket/some/prefix").expect("s3 store");
-        assert_eq!(s3.url(), "s3://bucket/some/prefix");
+        let built_in = cfg!(feature = "s3");
+        match BlobStore::from_url("s3://bucket/some/prefix") {
+            Ok(s3) => {
+                assert!(built_in, "s3 opened without its feature");
+                assert_eq!(s3.url(), "s3://bucket/some/prefix");
+            }
+            Err(BlobError::NotBuiltIn(missing)) => {
+                assert!(!built_in, "s3 refused with its feature on");
+                assert_eq!(missing.feature, "s3");
+            }
+            Err(other) => panic!("s3: {other}"),
+        }
     }
 }

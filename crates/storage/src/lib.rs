@@ -40,6 +40,8 @@ pub enum StorageError {
         "unsupported database URL '{0}': expected sqlite://, postgres://, postgresql://, mysql:// or mariadb://"
     )]
     UnsupportedUrl(String),
+    #[error("{0}")]
+    NotBuiltIn(NotBuiltIn),
     #[error("cannot connect to the {dialect} database: {source}")]
     Connect {
         dialect: Dialect,
@@ -70,6 +72,27 @@ pub enum StorageError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// A URL named a backend this build was compiled without (its cargo feature was off):
+/// said as such, instead of the driver's "no driver found for the scheme".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBuiltIn {
+    /// The backend, as a user knows it ("PostgreSQL").
+    pub backend: &'static str,
+    /// The cargo feature that builds it in (on by default in the `flotilla` binary).
+    pub feature: &'static str,
+}
+
+impl std::fmt::Display for NotBuiltIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this build has no {} support: it was compiled without the cargo feature `{}` \
+             (on by default; build with `--features {}`)",
+            self.backend, self.feature, self.feature
+        )
+    }
+}
+
 /// The SQL dialect of a backend, for the few places where dialects differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
@@ -95,8 +118,16 @@ impl Dialect {
         let scheme = url.split_once(':').map(|(scheme, _)| scheme);
         match scheme.map(str::to_ascii_lowercase).as_deref() {
             Some("sqlite") => Ok(Dialect::Sqlite),
-            Some("postgres" | "postgresql") => Ok(Dialect::Postgres),
-            Some("mysql" | "mariadb") => Ok(Dialect::MySql),
+            Some("postgres" | "postgresql") if cfg!(feature = "postgres") => Ok(Dialect::Postgres),
+            Some("postgres" | "postgresql") => Err(StorageError::NotBuiltIn(NotBuiltIn {
+                backend: "PostgreSQL",
+                feature: "postgres",
+            })),
+            Some("mysql" | "mariadb") if cfg!(feature = "mysql") => Ok(Dialect::MySql),
+            Some("mysql" | "mariadb") => Err(StorageError::NotBuiltIn(NotBuiltIn {
+                backend: "MySQL/MariaDB",
+                feature: "mysql",
+            })),
             _ => Err(StorageError::UnsupportedUrl(redact(url))),
         }
     }
@@ -347,21 +378,37 @@ mod tests {
             Dialect::from_url("sqlite:///tmp/a.db").ok(),
             Some(Dialect::Sqlite)
         );
-        assert_eq!(
-            Dialect::from_url("postgres://u:p@h/db").ok(),
-            Some(Dialect::Postgres)
-        );
-        assert_eq!(
-            Dialect::from_url("postgresql://h/db").ok(),
-            Some(Dialect::Postgres)
-        );
-        assert_eq!(Dialect::from_url("mysql://h/db").ok(), Some(Dialect::MySql));
-        assert_eq!(
-            Dialect::from_url("MariaDB://h/db").ok(),
-            Some(Dialect::MySql)
-        );
+        // A backend compiled out is refused by name, with the feature that builds it in.
+        let built = |url: &str, dialect, feature: &str| match Dialect::from_url(url) {
+            Ok(found) => {
+                assert!(cfg_feature(feature), "{url} opened without its feature");
+                assert_eq!(found, dialect);
+            }
+            Err(StorageError::NotBuiltIn(missing)) => {
+                assert!(!cfg_feature(feature), "{url} refused with its feature on");
+                assert_eq!(missing.feature, feature);
+                assert!(
+                    missing
+                        .to_string()
+                        .contains(&format!("--features {feature}"))
+                );
+            }
+            Err(other) => panic!("{url}: {other}"),
+        };
+        built("postgres://u:p@h/db", Dialect::Postgres, "postgres");
+        built("postgresql://h/db", Dialect::Postgres, "postgres");
+        built("mysql://h/db", Dialect::MySql, "mysql");
+        built("MariaDB://h/db", Dialect::MySql, "mysql");
         assert!(Dialect::from_url("redis://h").is_err());
         assert!(Dialect::from_url("no scheme").is_err());
+    }
+
+    fn cfg_feature(name: &str) -> bool {
+        match name {
+            "postgres" => cfg!(feature = "postgres"),
+            "mysql" => cfg!(feature = "mysql"),
+            _ => unreachable!("no feature {name}"),
+        }
     }
 
     #[test]

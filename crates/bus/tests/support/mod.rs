@@ -68,6 +68,7 @@ pub fn kill(child: &mut Child) {
 /// Removes a test's queues (of each of `groups`) and exchanges from the shared broker at
 /// `url`, leaving it as the test found it; a broker that does not answer within a minute
 /// is left alone.
+#[cfg(feature = "rabbitmq")]
 pub async fn delete_topology(url: &str, exchange: &str, groups: &[String]) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let connect = lapin::Connection::connect(url, Default::default());
