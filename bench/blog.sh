@@ -26,38 +26,19 @@ work=$(mktemp -d)
 chmod 755 "$work"
 flotilla_port=19201 original_port=19210 ceiling_port=19220
 
-stop_flotilla() {
-  if [ -e "$work/flotilla.pid" ]; then
-    kill "$(cat "$work/flotilla.pid")" 2>/dev/null || true
-    wait "$(cat "$work/flotilla.pid")" 2>/dev/null || true
-    rm -f "$work/flotilla.pid"
-  fi
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 cleanup() {
-  stop_flotilla
+  stop_flotilla "$work"
   bench/blog/original/stop.sh "$work/original" 2>/dev/null || true
   nginx -p "$work" -c "$work/ceiling.conf" -s stop 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-}
-binary=${FLOTILLA_BINARY:-}
-if [ -z "$binary" ]; then
-  cargo build --release -q -p flotilla
-  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
-fi
+need_nginx_wrk
+flotilla_binary
 
-start_flotilla() {
-  rm -rf "$work/data"
-  # The per-client rate limit is for the internet, not for a benchmark client.
-  FLOTILLA_GATEWAY_RATE_LIMIT=0 RUST_LOG=warn "$binary" up \
-    --listen 127.0.0.1:$flotilla_port --data-dir "$work/data" >"$work/flotilla.out" 2>"$work/flotilla.err" &
-  echo $! >"$work/flotilla.pid"
-  for _ in $(seq 600); do grep -q ready "$work/flotilla.out" 2>/dev/null && return 0; sleep 0.1; done
-  echo "flotilla did not start:" >&2; cat "$work/flotilla.err" >&2; return 1
-}
+start_flotilla() { start_flotilla_up $flotilla_port "$work"; }
 start_original() {
   rm -rf "$work/original"; mkdir -p "$work/original"; chmod 755 "$work/original"
   bench/blog/original/start.sh "$work/original" $original_port
@@ -78,7 +59,7 @@ measure() { # system round
       "$(tail -3 "$work/workload.err" 2>/dev/null)" >"$out"
   fi
   cat "$work/workload.err" >&2 || true
-  "stop_$1" || true
+  "stop_$1" "$work" || true
 }
 
 machine_before=$(python3 bench/tools/machine.py)

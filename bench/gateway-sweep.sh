@@ -15,14 +15,10 @@ connections=("$@")
 [ ${#connections[@]} -gt 0 ] || connections=(4 8 16 32 64 128 256)
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/gw.pid 2>/dev/null) 2>/dev/null || true; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$work"' EXIT
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-}
-binary=${FLOTILLA_BINARY:-}
-if [ -z "$binary" ]; then
-  cargo build --release -q -p flotilla
-  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+need_nginx_wrk
+flotilla_binary
 upstream=19161 nginx_proxy=19162 gateway=19163
 # shellcheck source=bench/gateway/nginx-conf.sh
 source bench/gateway/nginx-conf.sh

@@ -20,11 +20,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-binary=${FLOTILLA_BINARY:-}
-if [ -z "$binary" ]; then
-  cargo build --release -q -p flotilla
-  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+flotilla_binary
 # The original's dependencies are installed before the clock starts, not during it.
 [ -d bench/blog/original/node_modules ] || (cd bench/blog/original && npm ci --no-audit --no-fund --silent >/dev/null)
 

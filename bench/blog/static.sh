@@ -13,29 +13,19 @@
 # Needs: nginx, wrk, python3, curl (apt), a release build (built here unless
 # FLOTILLA_BINARY names one).
 set -euo pipefail
-cd "$(dirname "$0")/../..
+cd "$(dirname "$0")/../.."
 posts=${1:-10000}
 duration=${2:-10}
 samples=${3:-300}
 work=$(mktemp -d)
-trap 'kill $(cat "$work/flotilla.pid" 2>/dev/null) 2>/dev/null || true; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$work"' EXIT
-command -v nginx >/dev/null && command -v wrk >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-}
-# FLOTILLA_BINARY: measure that binary instead of building target/release/flotilla.
-binary=${FLOTILLA_BINARY:-}
-if [ -z "$binary" ]; then
-  cargo build --release -q -p flotilla
-  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+trap 'stop_flotilla "$work"; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$work"' EXIT
+need_nginx_wrk
+flotilla_binary
 port=19201 nginx_port=19202
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# The per-client rate limit is for the internet, not for a benchmark client.
-FLOTILLA_GATEWAY_RATE_LIMIT=0 RUST_LOG=warn "$binary" up \
-  --listen 127.0.0.1:$port --data-dir "$work/data" >"$work/stdout" 2>"$work/stderr" &
-echo $! >"$work/flotilla.pid"
-for _ in $(seq 300); do grep -q ready "$work/stdout" 2>/dev/null && break; sleep 0.2; done
-grep -q ready "$work/stdout" || { echo "flotilla did not start:" >&2; cat "$work/stderr" >&2; exit 1; }
+start_flotilla_up $port "$work"
 base=http://127.0.0.1:$port
 
 python3 - "$base" "$posts" "$samples" >"$work/latency.txt" <<'PY'

@@ -1,9 +1,9 @@
-# Sourced by the instruction counts of the gateway benchmarks (instructions-haproxy.sh,
-# instructions-pingora.sh): one proxy under valgrind's callgrind, counted as
-# instructions.sh and instructions-nginx.sh count theirs.
+# Sourced by the instruction counts of the gateway benchmarks (instructions-nginx.sh,
+# instructions-haproxy.sh, instructions-pingora.sh): one proxy under valgrind's callgrind,
+# counted as instructions.sh counts the gateway's.
 # proxy_instructions WORK PORT SIGNAL COMMAND...
 #   runs COMMAND (a proxy listening on 127.0.0.1:PORT that serves `GET /posts`) under
-#   callgrind twice, idle and with wrk -t1 -c8 for 8 s, stopping it with SIGNAL (INT, TERM:
+#   callgrind twice, idle and with wrk -t1 -c8 for 8 s, stopping it with SIGNAL (INT, TERM, QUIT:
 #   whichever makes it exit at once; HAProxy keeps the SIGINT that bash ignores in
 #   background jobs); prints
 #   "requests N, instructions per request I" (start-up and shut-down subtracted).

@@ -7,13 +7,11 @@
 # nginx_upstream_conf DIR PORT WORKERS
 #   writes DIR/nginx.conf: only the trivial upstream on 127.0.0.1:PORT, so that it runs as
 #   a process of its own and no proxy's figure depends on what the upstream costs it.
-nginx_conf() {
-  local dir=$1 upstream=$2 proxy=$3 serve=${4:-} workers=${5:-1} trivial=""
-  if [ -n "$serve" ]; then
-    trivial="server { listen 127.0.0.1:$serve; location / { return 200 \"ok\"; } }"
-  fi
+# nginx_head DIR WORKERS: the part both configurations share, up to `http {`'s settings.
+nginx_head() {
+  local dir=$1 workers=$2
   mkdir -p "$dir/logs"
-  cat >"$dir/nginx.conf" <<NGINX
+  cat <<NGINX
 worker_processes $workers;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -23,6 +21,16 @@ http {
   # nginx closes a keepalive connection after 1000 requests by default, client side and
   # upstream side; the other proxies keep theirs, so neither pays reconnects here.
   keepalive_requests 1000000;
+NGINX
+}
+nginx_conf() {
+  local dir=$1 upstream=$2 proxy=$3 serve=${4:-} workers=${5:-1} trivial=""
+  if [ -n "$serve" ]; then
+    trivial="server { listen 127.0.0.1:$serve; location / { return 200 \"ok\"; } }"
+  fi
+  {
+    nginx_head "$dir" "$workers"
+    cat <<NGINX
   upstream trivial { server $upstream; keepalive 128; keepalive_requests 1000000; }
   $trivial
   server {
@@ -35,19 +43,15 @@ http {
   }
 }
 NGINX
+  } >"$dir/nginx.conf"
 }
 nginx_upstream_conf() {
   local dir=$1 port=$2 workers=$3
-  mkdir -p "$dir/logs"
-  cat >"$dir/nginx.conf" <<NGINX
-worker_processes $workers;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+  {
+    nginx_head "$dir" "$workers"
+    cat <<NGINX
   server { listen 127.0.0.1:$port; location / { return 200 "ok"; } }
 }
 NGINX
+  } >"$dir/nginx.conf"
 }

@@ -12,11 +12,9 @@ size_mib=${1:-1024}
 work=$(mktemp -d)
 trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 # FLOTILLA_BINARY: measure that binary instead of building target/release/flotilla.
-binary=${FLOTILLA_BINARY:-}
-if [ -z "$binary" ]; then
-  cargo build --release -q -p flotilla
-  binary=${CARGO_TARGET_DIR:-target}/release/flotilla
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+flotilla_binary
 port=19201
 email=bench@example.com password=bench-password
 
