@@ -6,7 +6,7 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `E` | topic exchange, durable | every message is published here with its routing key |
-//! | `G` | quorum queue, bound to `E` by the group's patterns | the group's work queue — `video`, `mp3`, … as an operator expects |
+//! | `G` | quorum queue, bound to `E` by the group's patterns | the group's work queue — `video`, `notification`, `media-jobs`, … as an operator expects |
 //! | `G.retry.N` | quorum queue, TTL = backoff after attempt N | delayed retry: expired messages go back to `G` through `E.requeue` |
 //! | `E.requeue` | direct exchange | routes expired retries back to their group queue (key `G`) |
 //! | `G.dead` | quorum queue, bound to `E.dlx` with key `G` | parking queue: dead letters for an operator to list and replay |
