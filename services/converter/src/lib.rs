@@ -50,15 +50,7 @@ pub struct Args {
     pub converter_timeout: Duration,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            converter_workers: None,
-            converter_ffmpeg: None,
-            converter_timeout: Duration::from_secs(25 * 60),
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 impl Args {
     pub fn converter_config(&self) -> ConverterConfig {
