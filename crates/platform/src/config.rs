@@ -87,6 +87,35 @@ pub fn parse_byte_size(value: &str) -> Result<u64, String> {
         .ok_or_else(|| "size must be greater than zero and fit in 64 bits".to_owned())
 }
 
+/// The settings `A` takes when no flag is given and no variable is set: what its
+/// `#[arg(default_value = …)]` attributes say (an `Option` without one is `None`). A
+/// service's `Default` for its `Args` is this ([`crate::default_from_flags`]), so each
+/// default is written once, in the attribute `--help` shows.
+///
+/// # Panics
+/// If an argument of `A` has no default and is not optional: a mistake in `A` that any
+/// test calling `A::default()` shows.
+pub fn defaults<A: clap::Args + clap::FromArgMatches>() -> A {
+    // The variables are ignored: a default does not depend on the environment.
+    let command = A::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every argument has a default");
+    A::from_arg_matches(&matches).expect("the defaults are valid values")
+}
+
+/// `impl Default for $args` with [`defaults`]: the flags' own defaults.
+#[macro_export]
+macro_rules! default_from_flags {
+    ($args:ty) => {
+        impl ::std::default::Default for $args {
+            fn default() -> Self {
+                $crate::config::defaults()
+            }
+        }
+    };
+}
+
 /// A duration: `30s`, `500ms`, `5m`, `24h`, or plain seconds.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = number_and_unit(value, "a duration such as 30s, 500ms, 5m or 24h")?;
@@ -165,6 +194,32 @@ fn find_env(command: &clap::Command, flag: &str) -> Option<String> {
 mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, PartialEq, clap::Args)]
+    struct WithDefaults {
+        #[arg(long, env = "PATH", default_value = "90s", value_parser = parse_duration)]
+        wait: std::time::Duration,
+        #[arg(long, env = "PATH", default_value = "a,b", value_delimiter = ',')]
+        words: Vec<String>,
+        #[arg(long, env = "PATH")]
+        url: Option<String>,
+    }
+
+    crate::default_from_flags!(WithDefaults);
+
+    /// The defaults are the attributes' values, whatever the variables say (`PATH` is set).
+    #[test]
+    fn defaults_are_the_stated_ones_not_the_environment() {
+        assert!(std::env::var_os("PATH").is_some());
+        assert_eq!(
+            WithDefaults::default(),
+            WithDefaults {
+                wait: std::time::Duration::from_secs(90),
+                words: vec!["a".to_owned(), "b".to_owned()],
+                url: None,
+            }
+        );
+    }
 
     #[derive(Debug, Parser)]
     struct Cli {

@@ -101,25 +101,7 @@ const DEFAULT_ATTEMPTS_PER_ACCOUNT: u32 = 10;
 const DEFAULT_ATTEMPTS_PER_CLIENT: u32 = 60;
 const DEFAULT_FAILURES_PER_ACCOUNT: u32 = 100;
 
-impl Default for Args {
-    /// The same values as the command line's defaults.
-    fn default() -> Self {
-        Self {
-            jwt_key_file: None,
-            jwt_previous_keys: Vec::new(),
-            jwt_lifetime: Duration::from_secs(24 * 3600),
-            admin_email: None,
-            admin_password: None,
-            login_attempts_per_account: DEFAULT_ATTEMPTS_PER_ACCOUNT,
-            login_attempts_per_client: DEFAULT_ATTEMPTS_PER_CLIENT,
-            login_failures_per_account: DEFAULT_FAILURES_PER_ACCOUNT,
-            trusted_proxies: limits::DEFAULT_TRUSTED_PROXIES
-                .split(',')
-                .filter_map(|net| net.parse().ok())
-                .collect(),
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 impl Args {
     fn key_file(&self, context: &ServiceContext) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The HTTP API (docs/API.md §3): `POST /signup`, `POST /login`, `POST /validate`,
 //! `GET /.well-known/jwks.json`.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -10,9 +10,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode, header, request::Parts};
 use identity::{Claims, ISSUER, Verifier, VerifyError};
-use platform::Problem;
+use platform::{Problem, problem::PROBLEM_JSON};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -38,6 +38,34 @@ pub(crate) struct AuthState {
     pub limits: Arc<LoginLimits>,
     pub trusted_proxies: Arc<[IpNet]>,
     pub token_lifetime: Duration,
+}
+
+impl AuthState {
+    /// The client of a signup or login (its address, behind the trusted proxies), if the
+    /// per-client limit lets it try now.
+    fn admit_client(&self, parts: &Parts) -> Result<Option<IpAddr>, AuthError> {
+        let client = client_address(&parts.extensions, &parts.headers, &self.trusted_proxies);
+        self.limits
+            .check_client(client)
+            .map_err(|retry_after_secs| AuthError::RateLimited { retry_after_secs })?;
+        Ok(client)
+    }
+}
+
+/// The refusal of a signup or login past a limit (for the OpenAPI description).
+#[derive(utoipa::IntoResponses)]
+#[expect(
+    dead_code,
+    reason = "describes the answer; AuthError::RateLimited builds it"
+)]
+enum TooManyAttempts {
+    #[response(
+        status = 429,
+        description = "Too many attempts from this address (at login, also: for this account); see Retry-After",
+        content_type = PROBLEM_JSON,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    Refused(Problem),
 }
 
 pub(crate) fn router(state: AuthState) -> Router {
@@ -194,18 +222,13 @@ struct Jwk {
         (status = 400, description = "Not JSON, not an accepted email address, or a password outside 8 to 256 characters", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An account with this email exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts from this address; see Retry-After", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        TooManyAttempts,
     )
 )]
 async fn signup(State(state): State<AuthState>, request: Request) -> Result<Response, AuthError> {
     let (parts, body) = request.into_parts();
-    let client = client_address(&parts.extensions, &parts.headers, &state.trusted_proxies);
     // Each signup costs a hash: the per-client limit protects the CPU here too.
-    state
-        .limits
-        .check_client(client)
-        .map_err(|retry_after_secs| AuthError::RateLimited { retry_after_secs })?;
+    state.admit_client(&parts)?;
     let bytes = axum::body::to_bytes(body, MAX_SIGNUP_BYTES)
         .await
         .map_err(|e| AuthError::BadJson(e.to_string()))?;
@@ -249,15 +272,13 @@ pub(crate) async fn create_user(
     responses(
         (status = 200, description = "The access token, valid 24 h by default", body = String, content_type = "text/plain"),
         (status = 401, description = "Missing or malformed credentials, or a wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts for this account or from this address; see Retry-After", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        TooManyAttempts,
     )
 )]
 async fn login(State(state): State<AuthState>, request: Request) -> Result<Response, AuthError> {
     let (parts, _body) = request.into_parts();
-    let client = client_address(&parts.extensions, &parts.headers, &state.trusted_proxies);
+    let client = state.admit_client(&parts)?;
     let limited = |retry_after_secs| AuthError::RateLimited { retry_after_secs };
-    state.limits.check_client(client).map_err(limited)?;
     let (email, password) = basic_credentials(&parts.headers)?;
     // Keyed by what was typed (normalised when possible), so a wrong-format email is
     // limited too.

@@ -42,13 +42,7 @@ pub struct Args {
     pub comments_post_wait: Duration,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            comments_post_wait: Duration::from_secs(10),
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 pub const NAME: &str = "comments";
 

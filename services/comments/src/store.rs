@@ -86,14 +86,8 @@ impl CommentStore {
     }
 
     pub async fn post_is_known(&self, post_id: &str) -> Result<bool, StorageError> {
-        let row = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
-        )
-        .bind(post_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.is_some())
+        let mut conn = self.db.pool().acquire().await?;
+        Ok(is_known(&mut conn, self.db.dialect(), post_id).await?)
     }
 
     /// Adds a pending comment to a known post and emits `CommentCreated`, in one
@@ -121,14 +115,7 @@ impl CommentStore {
         .bind(unix_now())
         .execute(&mut **tx)
         .await?;
-        let known = sqlx::query(
-            self.db
-                .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
-        )
-        .bind(post_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if known.is_none() {
+        if !is_known(tx, self.db.dialect(), post_id).await? {
             write.rollback().await?;
             return Err(CommentError::UnknownPost(post_id.to_owned()));
         }
@@ -159,14 +146,7 @@ impl CommentStore {
     ) -> Result<Vec<bus::Message>, CommentError> {
         match event {
             BlogEvent::PostCreated(PostCreated { id, .. }) => {
-                let known = sqlx::query(
-                    self.db
-                        .sql("SELECT 1 FROM comments_known_posts WHERE id = ?"),
-                )
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?;
-                if known.is_none() {
+                if !is_known(tx, self.db.dialect(), id).await? {
                     sqlx::query(
                         self.db
                             .sql("INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?)"),
@@ -221,6 +201,19 @@ impl CommentStore {
         });
         Ok(Some(bus::Message::from(&event)))
     }
+}
+
+/// Whether this service has heard of post `post_id` (its `PostCreated` was applied).
+async fn is_known(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    post_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(dialect.sql("SELECT 1 FROM comments_known_posts WHERE id = ?"))
+        .bind(post_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
 }
 
 async fn list_in(

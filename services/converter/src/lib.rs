@@ -25,7 +25,7 @@ pub use engine::{Converter, ConverterConfig, default_workers};
 pub use error::ConvertError;
 pub use ffmpeg::find_on_path as find_ffmpeg;
 pub use in_process::convert;
-pub use report::{ConversionReport, Engine, Mp3Info, probe_mp3};
+pub use report::{ConversionReport, Engine, Mp3Info, open_mp3, probe_mp3};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,15 +50,7 @@ pub struct Args {
     pub converter_timeout: Duration,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            converter_workers: None,
-            converter_ffmpeg: None,
-            converter_timeout: Duration::from_secs(25 * 60),
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 impl Args {
     pub fn converter_config(&self) -> ConverterConfig {

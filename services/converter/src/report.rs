@@ -3,7 +3,7 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
@@ -42,23 +42,33 @@ pub struct Mp3Info {
     pub channels: u8,
 }
 
-/// Reads an MP3's length, sample rate and channels without decoding it: the frame
-/// headers give the rest, the LAME tag gives the delay and padding to leave out.
-pub fn probe_mp3<R>(source: R) -> Result<Mp3Info, ConvertError>
-where
-    R: Read + Seek + Send + Sync + 'static,
-{
-    let stream = MediaSourceStream::new(Box::new(SeekableSource::new(source)?), Default::default());
+/// Opens an MP3 for reading gapless, as a player does: the LAME tag's encoder delay and
+/// padding are left out of its packets.
+pub fn open_mp3(source: Box<dyn MediaSource>) -> Result<Box<dyn FormatReader>, SymphoniaError> {
+    let stream = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     hint.with_extension("mp3");
     let options = FormatOptions {
         enable_gapless: true,
         ..Default::default()
     };
-    let mut format = symphonia::default::get_probe()
-        .format(&hint, stream, &options, &MetadataOptions::default())
-        .map_err(|err| ConvertError::Corrupt(format!("the MP3 written is unreadable: {err}")))?
-        .format;
+    let probed = symphonia::default::get_probe().format(
+        &hint,
+        stream,
+        &options,
+        &MetadataOptions::default(),
+    )?;
+    Ok(probed.format)
+}
+
+/// Reads an MP3's length, sample rate and channels without decoding it: the frame
+/// headers give the rest, the LAME tag gives the delay and padding to leave out.
+pub fn probe_mp3<R>(source: R) -> Result<Mp3Info, ConvertError>
+where
+    R: Read + Seek + Send + Sync + 'static,
+{
+    let mut format = open_mp3(Box::new(SeekableSource::new(source)?))
+        .map_err(|err| ConvertError::Corrupt(format!("the MP3 written is unreadable: {err}")))?;
     let track = format
         .default_track()
         .ok_or_else(|| ConvertError::Corrupt("the MP3 written has no audio".to_owned()))?;

@@ -45,6 +45,24 @@ fn runner(worker: Worker) -> bus::Runner<Worker> {
     bus::Runner::new(bus::Store::keyed(worker.bus.clone()), worker)
 }
 
+/// The next message the worker published for media (waited for up to 10 s), acknowledged.
+async fn next_for_media(media: &mut bus::Subscriber) -> Message {
+    let delivery = tokio::time::timeout(Duration::from_secs(10), media.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("delivery");
+    let message = delivery.message.clone();
+    delivery.ack().await.expect("ack");
+    message
+}
+
+/// Nothing more is published for media within half a second.
+async fn assert_nothing_more_for_media(media: &mut bus::Subscriber) {
+    let next = tokio::time::timeout(Duration::from_millis(500), media.next()).await;
+    assert!(next.is_err(), "nothing else was published");
+}
+
 /// The `video` message of job `job_id` for the upload `video_fid`.
 fn video_message(video_fid: &str, job_id: &str) -> Message {
     let video = VideoMessage {
@@ -70,27 +88,17 @@ async fn an_exhausted_delivery_fails_the_job_without_converting_again() {
 
     // The first and only message is the outcome: no `converting`, no conversion (which
     // would have failed differently, on the missing upload).
-    let delivery = tokio::time::timeout(Duration::from_secs(10), media.next())
-        .await
-        .expect("an outcome in time")
-        .expect("stream open")
-        .expect("delivery");
-    assert_eq!(delivery.message.routing_key, MP3);
-    assert_eq!(delivery.message.id, "mp3-job-exhausted");
-    let outcome: Mp3Message = delivery.message.decode().expect("mp3 message");
+    let message = next_for_media(&mut media).await;
+    assert_eq!(message.routing_key, MP3);
+    assert_eq!(message.id, "mp3-job-exhausted");
+    let outcome: Mp3Message = message.decode().expect("mp3 message");
     assert_eq!(outcome.status, JobStatus::Failed);
     assert_eq!(outcome.job_id, "job-exhausted");
     assert_eq!(
         outcome.error.as_deref(),
         Some("the converter stopped during each of its 5 attempts")
     );
-    delivery.ack().await.expect("ack");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), media.next())
-            .await
-            .is_err(),
-        "nothing else was published"
-    );
+    assert_nothing_more_for_media(&mut media).await;
 }
 
 /// A conversion interrupted by shutdown during the last attempt is requeued as the same
@@ -118,19 +126,8 @@ async fn a_job_interrupted_by_shutdown_on_the_last_attempt_is_requeued_not_faile
     assert!(matches!(settled, Err(bus::Nack::Requeue(_))), "{settled:?}");
 
     // `converting`, and no outcome.
-    let delivery = tokio::time::timeout(Duration::from_secs(10), media.next())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
-        .expect("delivery");
-    assert_eq!(delivery.message.routing_key, CONVERTING);
-    delivery.ack().await.expect("ack");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), media.next())
-            .await
-            .is_err(),
-        "no outcome was published"
-    );
+    assert_eq!(next_for_media(&mut media).await.routing_key, CONVERTING);
+    assert_nothing_more_for_media(&mut media).await;
 }
 
 /// The converter has no inbox: a redelivered `video` redoes the job under the same keys.

@@ -144,20 +144,7 @@ pub const DEFAULT_TOKEN_CACHE: usize = 16 * 1024;
 /// Where the course's React client runs in development.
 pub const DEFAULT_CORS_ORIGINS: &str = "http://localhost:3000";
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            gateway_rate_limit: 500,
-            gateway_trusted_proxies: Vec::new(),
-            gateway_max_in_flight: 1024,
-            gateway_resolve_interval: Duration::from_secs(5),
-            gateway_cors_origins: vec![DEFAULT_CORS_ORIGINS.to_owned()],
-            gateway_token_cache: DEFAULT_TOKEN_CACHE,
-            gateway_max_streams: 512,
-            gateway_max_streams_per_client: 8,
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 impl Args {
     pub fn policy(&self) -> Policy {

@@ -43,7 +43,7 @@ use bus::{
 use bytes::Bytes;
 use futures::StreamExt as _;
 use identity::Verifier;
-use platform::Problem;
+use platform::{Problem, problem::PROBLEM_JSON};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
@@ -885,6 +885,20 @@ fn no_bus() -> Response {
     .into_response()
 }
 
+/// The refusals of every admin route (for the OpenAPI description; the admin check
+/// answers them).
+#[derive(utoipa::IntoResponses)]
+#[expect(
+    dead_code,
+    reason = "describes the answers; the admin check builds them"
+)]
+enum AdminOnly {
+    #[response(status = 401, description = "No valid Bearer token", content_type = PROBLEM_JSON)]
+    Unauthenticated(Problem),
+    #[response(status = 403, description = "Not an admin", content_type = PROBLEM_JSON)]
+    NotAnAdmin(Problem),
+}
+
 /// The system now: services with instances and request rates, queues with depths and
 /// consumers, the bus. Admin only.
 #[utoipa::path(
@@ -892,8 +906,7 @@ fn no_bus() -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The system", body = SystemView),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
     )
 )]
 async fn system_view(State(state): State<SystemState>) -> Response {
@@ -913,8 +926,7 @@ async fn system_view(State(state): State<SystemState>) -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
         (status = 503, description = "Too many live streams open (in total or from this client); see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -1042,8 +1054,7 @@ fn bus_failure(error: &bus::BusError) -> Response {
     responses(
         (status = 200, description = "The group's dead letters", body = DeadLetters),
         (status = 400, description = "No or a bad group, or a bad limit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
         (status = 404, description = "No such consumer group", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No bus, or it did not answer", body = Problem, content_type = "application/problem+json"),
     )
@@ -1207,8 +1218,7 @@ pub struct Replayed {
     responses(
         (status = 200, description = "How many were replayed", body = Replayed),
         (status = 400, description = "Not a valid request: a group and either ids or all", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        AdminOnly,
         (status = 404, description = "No such consumer group", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),

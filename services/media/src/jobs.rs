@@ -145,21 +145,7 @@ impl JobStore {
         limit: i64,
         before: Option<&Job>,
     ) -> Result<Vec<Job>, StorageError> {
-        // (created_at, id) orders the listing; the page after `before` is a range of it.
-        let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
-        let rows = sqlx::query(self.db.sql(format!(
-            "SELECT {COLUMNS} FROM media_jobs WHERE owner_id = ? \
-             AND (created_at < ? OR (created_at = ? AND id < ?)) \
-             ORDER BY created_at DESC, id DESC LIMIT ?"
-        )))
-        .bind(owner_id)
-        .bind(created_at)
-        .bind(created_at)
-        .bind(id)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(job_from_row).collect()
+        self.list(Some(owner_id), limit, before).await
     }
 
     /// Every user's jobs (an admin's listing), newest first, paged like
@@ -169,18 +155,38 @@ impl JobStore {
         limit: i64,
         before: Option<&Job>,
     ) -> Result<Vec<Job>, StorageError> {
+        self.list(None, limit, before).await
+    }
+
+    /// The jobs of `owner_id` (every user's without one), paged as the listings are.
+    async fn list(
+        &self,
+        owner_id: Option<&str>,
+        limit: i64,
+        before: Option<&Job>,
+    ) -> Result<Vec<Job>, StorageError> {
+        // (created_at, id) orders the listing; the page after `before` is a range of it.
         let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
-        let rows = sqlx::query(self.db.sql(format!(
-            "SELECT {COLUMNS} FROM media_jobs \
-             WHERE (created_at < ? OR (created_at = ? AND id < ?)) \
+        let of_owner = if owner_id.is_some() {
+            "owner_id = ? AND"
+        } else {
+            ""
+        };
+        let mut select = sqlx::query(self.db.sql(format!(
+            "SELECT {COLUMNS} FROM media_jobs WHERE {of_owner} \
+             (created_at < ? OR (created_at = ? AND id < ?)) \
              ORDER BY created_at DESC, id DESC LIMIT ?"
-        )))
-        .bind(created_at)
-        .bind(created_at)
-        .bind(id)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
+        )));
+        if let Some(owner_id) = owner_id {
+            select = select.bind(owner_id);
+        }
+        let rows = select
+            .bind(created_at)
+            .bind(created_at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(job_from_row).collect()
     }
 
@@ -202,17 +208,8 @@ impl JobStore {
         tx: &mut Transaction<'static, Any>,
         job_id: &str,
     ) -> Result<bool, StorageError> {
-        let result =
-            sqlx::query(self.db.sql(
-                "UPDATE media_jobs SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
-            ))
-            .bind(JobStatus::Converting.as_str())
-            .bind(now())
-            .bind(job_id)
-            .bind(JobStatus::Queued.as_str())
-            .execute(&mut **tx)
-            .await?;
-        Ok(result.rows_affected() > 0)
+        let to = Transition::to(JobStatus::Converting);
+        self.transition(tx, job_id, &[JobStatus::Queued], to).await
     }
 
     /// `queued | converting → done` with the MP3's fid.
@@ -223,20 +220,12 @@ impl JobStore {
         mp3_fid: &str,
         duration_secs: Option<f64>,
     ) -> Result<bool, StorageError> {
-        let result = sqlx::query(self.db.sql(
-            "UPDATE media_jobs SET status = ?, mp3_fid = ?, duration_secs = ?, error = NULL, \
-             updated_at = ? WHERE id = ? AND status IN (?, ?)",
-        ))
-        .bind(JobStatus::Done.as_str())
-        .bind(mp3_fid)
-        .bind(duration_secs)
-        .bind(now())
-        .bind(job_id)
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Converting.as_str())
-        .execute(&mut **tx)
-        .await?;
-        Ok(result.rows_affected() > 0)
+        let to = Transition {
+            mp3_fid: Some(mp3_fid),
+            duration_secs,
+            ..Transition::to(JobStatus::Done)
+        };
+        self.transition(tx, job_id, UNFINISHED, to).await
     }
 
     /// `queued | converting → failed` with the reason.
@@ -246,19 +235,61 @@ impl JobStore {
         job_id: &str,
         error: &str,
     ) -> Result<bool, StorageError> {
-        let result = sqlx::query(self.db.sql(
-            "UPDATE media_jobs SET status = ?, error = ?, updated_at = ? \
-             WHERE id = ? AND status IN (?, ?)",
-        ))
-        .bind(JobStatus::Failed.as_str())
-        .bind(error)
+        let to = Transition {
+            error: Some(error),
+            ..Transition::to(JobStatus::Failed)
+        };
+        self.transition(tx, job_id, UNFINISHED, to).await
+    }
+
+    /// Moves the job to `to` (with its outcome columns) if its status is one of `from`;
+    /// false when it is not (a late or repeated outcome), so statuses only move forward.
+    /// The outcome columns are written on every move: a job that has not ended has none.
+    async fn transition(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        from: &[JobStatus],
+        to: Transition<'_>,
+    ) -> Result<bool, StorageError> {
+        let from_placeholders = vec!["?"; from.len()].join(", ");
+        let mut update = sqlx::query(self.db.sql(format!(
+            "UPDATE media_jobs SET status = ?, mp3_fid = ?, duration_secs = ?, error = ?, \
+             updated_at = ? WHERE id = ? AND status IN ({from_placeholders})"
+        )))
+        .bind(to.status.as_str())
+        .bind(to.mp3_fid)
+        .bind(to.duration_secs)
+        .bind(to.error)
         .bind(now())
-        .bind(job_id)
-        .bind(JobStatus::Queued.as_str())
-        .bind(JobStatus::Converting.as_str())
-        .execute(&mut **tx)
-        .await?;
+        .bind(job_id);
+        for status in from {
+            update = update.bind(status.as_str());
+        }
+        let result = update.execute(&mut **tx).await?;
         Ok(result.rows_affected() > 0)
+    }
+}
+
+/// The statuses a job can still leave.
+const UNFINISHED: &[JobStatus] = &[JobStatus::Queued, JobStatus::Converting];
+
+/// A job's new status and the outcome columns that go with it.
+struct Transition<'a> {
+    status: JobStatus,
+    mp3_fid: Option<&'a str>,
+    duration_secs: Option<f64>,
+    error: Option<&'a str>,
+}
+
+impl Transition<'_> {
+    fn to(status: JobStatus) -> Self {
+        Self {
+            status,
+            mp3_fid: None,
+            duration_secs: None,
+            error: None,
+        }
     }
 }
 

@@ -42,14 +42,7 @@ pub struct Args {
     pub auth_url: Option<String>,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            max_upload_bytes: 2 << 30,
-            auth_url: None,
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 pub const NAME: &str = "media";
 

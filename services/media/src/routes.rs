@@ -17,7 +17,7 @@ use axum::{
 use contracts::media::{VIDEO, VideoMessage};
 use http::{HeaderMap, header};
 use identity::Caller;
-use platform::Problem;
+use platform::{Problem, problem::PROBLEM_JSON};
 use serde::Serialize;
 use storage::blob::BlobStore;
 use utoipa::ToSchema;
@@ -165,6 +165,15 @@ impl utoipa::PartialSchema for UploadForm {
 
 impl ToSchema for UploadForm {}
 
+/// The refusal every media route gives a caller without a valid token (for the OpenAPI
+/// description; the `Caller` extractor answers it).
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "describes the answer; the extractor builds it")]
+enum Unauthenticated {
+    #[response(status = 401, description = "No valid Bearer token", content_type = PROBLEM_JSON)]
+    Refused(Problem),
+}
+
 /// Upload a video to convert to MP3. The answer comes once the whole file is stored;
 /// the job then goes `queued → converting → done | failed` (`GET /jobs/{id}`) and the
 /// uploader gets an email when it ends.
@@ -177,7 +186,7 @@ impl ToSchema for UploadForm {}
         (status = 200, description = "Stored and queued: the job as JSON when `Accept` names `application/json`, otherwise the reference system's `success!`",
             content((Uploaded = "application/json"), (String = "text/plain"))),
         (status = 400, description = "Not multipart/form-data, no file part or more than one, an empty file, a text field over 64 KiB, or malformed framing", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 408, description = "The body arrived too slowly", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the upload limit (the problem's `limit_bytes` says it)", body = Problem, content_type = "application/problem+json"),
     )
@@ -300,7 +309,7 @@ struct JobsPage {
         (status = 400, description = "`limit` outside 1 to 500", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`all=true` from someone who is not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`before` is not one of your jobs (or of anyone's, with `all=true`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     )
 )]
 async fn list_jobs(
@@ -364,7 +373,7 @@ async fn list_jobs(
     params(("id" = String, Path, description = "The job id (from the upload's answer)")),
     responses(
         (status = 200, description = "The job", body = Job),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 404, description = "No such job, or not yours (the two are one answer)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -395,7 +404,7 @@ async fn get_job(
         (status = 200, description = "The whole MP3", body = Vec<u8>, content_type = "audio/mpeg"),
         (status = 206, description = "The requested range", body = Vec<u8>, content_type = "audio/mpeg"),
         (status = 400, description = "No `fid`, or an empty one", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 404, description = "No such file, or not yours", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "The range is outside the file; `Content-Range: bytes */SIZE`"),
     )
@@ -442,7 +451,7 @@ async fn download_mp3(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "An endless event stream", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No valid Bearer token", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     )
 )]
 async fn stream_jobs(State(state): State<Arc<MediaState>>, caller: Caller) -> Response {

@@ -29,13 +29,7 @@ pub struct Args {
     pub blocked_words: Vec<String>,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            blocked_words: vec!["orange".to_owned()],
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 pub const NAME: &str = "moderation";
 

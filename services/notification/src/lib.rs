@@ -60,15 +60,7 @@ pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 
 const DEFAULT_FROM: &str = "Flotilla <noreply@flotilla.invalid>";
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            smtp_url: None,
-            mail_from: DEFAULT_FROM.to_owned(),
-            public_url: None,
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 pub const NAME: &str = "notification";
 

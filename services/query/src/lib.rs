@@ -58,13 +58,7 @@ pub struct Args {
     pub query_log_poll: Duration,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Self {
-            query_log_poll: Duration::from_secs(2),
-        }
-    }
-}
+platform::default_from_flags!(Args);
 
 pub const NAME: &str = "query";
 

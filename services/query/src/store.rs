@@ -262,9 +262,10 @@ impl ViewStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE query_state SET log_seq = 0, version = version + 1 WHERE id = 1")
+        sqlx::query("UPDATE query_state SET log_seq = 0 WHERE id = 1")
             .execute(&mut *tx)
             .await?;
+        bump_version(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -410,7 +411,19 @@ mod tests {
             0,
             "not applied again"
         );
+        assert_eq!(store.log_cursor().await.expect("cursor"), 1);
+        let version = store.version().await.expect("version");
         store.clear().await.expect("cleared");
+        assert_eq!(
+            store.log_cursor().await.expect("cursor"),
+            0,
+            "the log is read again"
+        );
+        assert_eq!(
+            store.version().await.expect("version"),
+            version + 1,
+            "readers see that the view changed"
+        );
         assert!(
             !inbox
                 .contains(&db, crate::GROUP, "PostCreated:p1")

@@ -11,10 +11,6 @@ use std::process::Command;
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::DecoderOptions;
 use symphonia::core::errors::Error;
-use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
-use symphonia::core::meta::MetadataOptions;
-use symphonia::core::probe::Hint;
 
 /// ffmpeg from PATH. Locally a missing ffmpeg skips the test (returns `None`); under
 /// `CI=true` it is a failure, because CI must exercise the real thing.
@@ -72,17 +68,7 @@ pub struct Decoded {
 /// are removed, as a player would), panicking if any frame is unreadable.
 pub fn decode_mp3(path: &Path) -> Decoded {
     let file = std::fs::File::open(path).expect("open mp3");
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    hint.with_extension("mp3");
-    let options = FormatOptions {
-        enable_gapless: true,
-        ..Default::default()
-    };
-    let mut format = symphonia::default::get_probe()
-        .format(&hint, stream, &options, &MetadataOptions::default())
-        .expect("the output is an MP3")
-        .format;
+    let mut format = converter::open_mp3(Box::new(file)).expect("the output is an MP3");
     let track = format.default_track().expect("an audio track").clone();
     assert_eq!(
         track.codec_params.codec,
