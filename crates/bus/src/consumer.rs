@@ -18,20 +18,15 @@ use crate::{Attempt, BusError, EventBus, Message, Nack, Subscription};
 /// crashing) — the consumer itself keeps running. Delivery is at least once: services
 /// consume through a [`crate::Runner`], which makes a handler's effects idempotent with
 /// the [`crate::Inbox`].
+#[derive(educe::Educe)]
+#[educe(Debug)]
 pub struct Consumer {
+    #[educe(Debug(ignore))]
     bus: Arc<dyn EventBus>,
     subscription: Subscription,
     concurrency: usize,
+    #[educe(Debug(ignore))]
     health: ConsumerHealth,
-}
-
-impl std::fmt::Debug for Consumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer")
-            .field("subscription", &self.subscription)
-            .field("concurrency", &self.concurrency)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Consumer {

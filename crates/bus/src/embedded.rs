@@ -504,6 +504,30 @@ enum Outcome {
     None,
 }
 
+impl Outcome {
+    /// Answers the command: with what it produced once its transaction committed, or
+    /// with `failure` when the transaction was rolled back.
+    fn answer(self, failure: Option<&str>) {
+        let failed = |message: &str| BusError::Embedded(message.to_owned());
+        fn send<T>(reply: Reply<T>, value: T, failure: Option<BusError>) {
+            let _ = reply.send(failure.map_or(Ok(value), Err));
+        }
+        let failure = failure.map(failed);
+        match self {
+            Outcome::Unit(reply) => send(reply, (), failure),
+            Outcome::Leased(reply, rows) => send(reply, rows, failure),
+            Outcome::Dead(reply, rows) => send(reply, rows, failure),
+            Outcome::Count(reply, n) => send(reply, n, failure),
+            Outcome::Refused(reply, error) => {
+                let _ = reply.send(Err(failure.unwrap_or(error)));
+            }
+            Outcome::Stats(reply, stats) => send(reply, stats, failure),
+            Outcome::Signals(reply, rows) => send(reply, rows, failure),
+            Outcome::None => {}
+        }
+    }
+}
+
 impl Writer {
     fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
         while let Some(first) = receiver.blocking_recv() {
@@ -551,30 +575,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 for outcome in outcomes {
-                    match outcome {
-                        Outcome::Unit(reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        Outcome::Leased(reply, rows) => {
-                            let _ = reply.send(Ok(rows));
-                        }
-                        Outcome::Dead(reply, rows) => {
-                            let _ = reply.send(Ok(rows));
-                        }
-                        Outcome::Count(reply, n) => {
-                            let _ = reply.send(Ok(n));
-                        }
-                        Outcome::Refused(reply, error) => {
-                            let _ = reply.send(Err(error));
-                        }
-                        Outcome::Stats(reply, stats) => {
-                            let _ = reply.send(Ok(stats));
-                        }
-                        Outcome::Signals(reply, rows) => {
-                            let _ = reply.send(Ok(rows));
-                        }
-                        Outcome::None => {}
-                    }
+                    outcome.answer(None);
                 }
                 woken.sort();
                 woken.dedup();
@@ -589,30 +590,7 @@ impl Writer {
                 let message = error.to_string();
                 tracing::error!(error = %message, "embedded bus transaction failed");
                 for outcome in outcomes {
-                    match outcome {
-                        Outcome::Unit(reply) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Leased(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Dead(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Count(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Refused(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Stats(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::Signals(reply, _) => {
-                            let _ = reply.send(Err(BusError::Embedded(message.clone())));
-                        }
-                        Outcome::None => {}
-                    }
+                    outcome.answer(Some(&message));
                 }
                 for command in pending {
                     command.fail(&message);

@@ -33,10 +33,11 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by embedded_bus_loses_no_acknowledged_publish_on_sigkill as a child process"]
 async fn child_publisher() {
-    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
+    let Some((bus, mut subscriber)) =
+        support::child_subscriber(CHILD_DIR, options(), ("orders", "order", 5)).await
+    else {
         return;
     };
-    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", 5).await;
     let mut held = Vec::new();
     let mut stdout = std::io::stdout();
     for round in 0u64.. {

@@ -88,10 +88,11 @@ async fn a_slow_handler_keeps_its_delivery_past_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by a_killed_consumer_s_delivery_is_leased_again as a child process"]
 async fn child_holder() {
-    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
+    let Some((_bus, mut subscriber)) =
+        support::child_subscriber(CHILD_DIR, options(), ("held", "work", 1)).await
+    else {
         return;
     };
-    let mut subscriber = support::subscribe(bus.as_ref(), "held", "work", 1).await;
     let delivery = subscriber.next().await.expect("open").expect("delivery");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "leased {}", delivery.message.id).expect("stdout");

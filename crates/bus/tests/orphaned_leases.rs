@@ -28,10 +28,11 @@ fn options() -> BusOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by the tests below as a child process"]
 async fn child_holding_leases() {
-    let Some(bus) = support::child_bus(CHILD_DIR, options()).await else {
+    let Some((bus, mut subscriber)) =
+        support::child_subscriber(CHILD_DIR, options(), ("orders", "order", HELD as u16)).await
+    else {
         return;
     };
-    let mut subscriber = support::subscribe(bus.as_ref(), "orders", "order", HELD as u16).await;
     for i in 0..HELD + 2 {
         bus.publish(Message::new("order", format!("order {i}")))
             .await

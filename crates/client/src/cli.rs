@@ -253,11 +253,7 @@ pub struct StatusArgs {
 
 /// Runs `flotilla status`.
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
-    let (client, _) = connect(
-        args.gateway.clone(),
-        args.token.clone(),
-        args.config.clone(),
-    )?;
+    let (client, _) = connect(args.gateway, args.token, args.config)?;
     loop {
         let view = client.system().await?;
         if args.json {
@@ -389,11 +385,7 @@ fn connect(
 }
 
 pub async fn run(args: ClientArgs) -> Result<(), CliError> {
-    let (client, config) = connect(
-        args.gateway.clone(),
-        args.token.clone(),
-        args.config.clone(),
-    )?;
+    let (client, config) = connect(args.gateway, args.token, args.config)?;
     match args.command {
         ClientCommand::Login {
             email,

@@ -270,34 +270,35 @@ macro_rules! checked_text {
 checked_text!(Title, "title");
 checked_text!(CommentText, "content");
 
-/// A new post as `POST /posts/create` (or `POST /posts`) takes it; other members of the
-/// body are ignored. Made only from a body whose title passed [`check_text`]. (Its
-/// OpenAPI schema is in `schema`, with the rules it is drawn from.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewPost {
-    pub title: Title,
+/// A request body of one checked text member: made only from a body whose member passed
+/// [`check_text`]; other members of the body are ignored. (Its OpenAPI schema is in
+/// `schema`, with the rules it is drawn from.)
+macro_rules! text_body {
+    ($(#[$doc:meta])* $name:ident { $member:ident: $text:ident }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name {
+            pub $member: $text,
+        }
+
+        impl TryFrom<serde_json::Value> for $name {
+            type Error = TextError;
+
+            fn try_from(body: serde_json::Value) -> Result<Self, TextError> {
+                $text::from_body(&body).map(|$member| $name { $member })
+            }
+        }
+    };
 }
 
-impl TryFrom<serde_json::Value> for NewPost {
-    type Error = TextError;
-
-    fn try_from(body: serde_json::Value) -> Result<Self, TextError> {
-        Title::from_body(&body).map(|title| NewPost { title })
-    }
+text_body! {
+    /// A new post as `POST /posts/create` (or `POST /posts`) takes it.
+    NewPost { title: Title }
 }
 
-/// A new comment as `POST /posts/{id}/comments` takes it; other members are ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewComment {
-    pub content: CommentText,
-}
-
-impl TryFrom<serde_json::Value> for NewComment {
-    type Error = TextError;
-
-    fn try_from(body: serde_json::Value) -> Result<Self, TextError> {
-        CommentText::from_body(&body).map(|content| NewComment { content })
-    }
+text_body! {
+    /// A new comment as `POST /posts/{id}/comments` takes it.
+    NewComment { content: CommentText }
 }
 
 /// An event as `POST /events` of the event bus takes it: an envelope whose type name and

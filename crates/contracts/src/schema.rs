@@ -114,23 +114,23 @@ fn string() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
 
+/// A string of 1 to `max_chars` characters matching `pattern`.
+fn string_of(max_chars: usize, pattern: impl Into<String>) -> ObjectBuilder {
+    string()
+        .min_length(Some(1))
+        .max_length(Some(max_chars))
+        .pattern(Some(pattern))
+}
+
 /// A title or a comment: 1 to 10,000 characters, at least one visible, no control
 /// character but tab and line breaks.
 pub fn text_schema(description: &str) -> ObjectBuilder {
-    string()
-        .description(Some(description))
-        .min_length(Some(1))
-        .max_length(Some(MAX_TEXT_CHARS))
-        .pattern(Some(text_pattern()))
+    string_of(MAX_TEXT_CHARS, text_pattern()).description(Some(description))
 }
 
 /// An id carried by an event: 1 to 64 visible characters.
 pub fn id_schema(description: &str) -> ObjectBuilder {
-    string()
-        .description(Some(description))
-        .min_length(Some(1))
-        .max_length(Some(MAX_ID_CHARS))
-        .pattern(Some(id_pattern()))
+    string_of(MAX_ID_CHARS, id_pattern()).description(Some(description))
 }
 
 fn status_schema() -> ObjectBuilder {
@@ -181,12 +181,7 @@ impl PartialSchema for EventEnvelope {
             ))
             .property(
                 "type",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(1))
-                    .max_length(Some(100))
-                    .pattern(Some(event_type_pattern()))
-                    .extensions(Some(not_one_of_the_blog_types())),
+                string_of(100, event_type_pattern()).extensions(Some(not_one_of_the_blog_types())),
             )
             .required("type")
             .property("data", ObjectBuilder::new().schema_type(SchemaType::AnyValue));
@@ -231,37 +226,35 @@ fn text_body(description: &str, member: &str, text: ObjectBuilder) -> RefOr<Sche
         .into()
 }
 
-impl PartialSchema for blog::NewPost {
-    fn schema() -> RefOr<Schema> {
-        text_body(
-            "A new post: `POST /posts/create` (or `POST /posts`). Other members are ignored.",
-            blog::Title::FIELD,
-            text_schema("The post's title"),
-        )
-    }
+/// The OpenAPI schema of a [`text_body`] request type of `blog`, named as the type.
+macro_rules! text_body_schema {
+    ($name:ident { $text:ident: $member:literal }, $description:literal) => {
+        impl PartialSchema for blog::$name {
+            fn schema() -> RefOr<Schema> {
+                text_body($description, blog::$text::FIELD, text_schema($member))
+            }
+        }
+
+        impl ToSchema for blog::$name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+        }
+    };
 }
 
-impl ToSchema for blog::NewPost {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "NewPost".into()
-    }
-}
-
-impl PartialSchema for blog::NewComment {
-    fn schema() -> RefOr<Schema> {
-        text_body(
-            "A new comment: `POST /posts/{id}/comments`. Other members are ignored.",
-            blog::CommentText::FIELD,
-            text_schema("The comment"),
-        )
-    }
-}
-
-impl ToSchema for blog::NewComment {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "NewComment".into()
-    }
-}
+text_body_schema!(
+    NewPost {
+        Title: "The post's title"
+    },
+    "A new post: `POST /posts/create` (or `POST /posts`). Other members are ignored."
+);
+text_body_schema!(
+    NewComment {
+        CommentText: "The comment"
+    },
+    "A new comment: `POST /posts/{id}/comments`. Other members are ignored."
+);
 
 #[cfg(test)]
 mod tests {

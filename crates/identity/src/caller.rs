@@ -123,26 +123,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Middleware (`axum::middleware::from_fn_with_state(verifier, require_caller)`): lets
-/// the request through only with a valid Bearer token, and records the [`Caller`] in the
-/// extensions for the handler (or the in-process service) behind it. The token stays
-/// in the headers, so a service reached over HTTP can check it again.
-pub async fn require_caller(
-    State(verifier): State<Verifier>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let checked = authenticate(&verifier, &mut request).await;
-    admit(checked, request, next).await
+/// An axum middleware (`axum::middleware::from_fn_with_state(verifier, NAME)`) that
+/// lets a request through only when `check(&verifier, &mut request)` passes, and else
+/// answers with its refusal.
+macro_rules! middleware {
+    ($(#[$doc:meta])* $name:ident => $check:ident) => {
+        $(#[$doc])*
+        pub async fn $name(
+            State(verifier): State<Verifier>,
+            mut request: Request,
+            next: Next,
+        ) -> Response {
+            match $check(&verifier, &mut request).await {
+                Ok(()) => next.run(request).await,
+                Err(refusal) => refusal,
+            }
+        }
+    };
 }
 
-/// The rest of the stack for `request` when it passed its check, else the refusal.
-async fn admit(checked: Result<(), Response>, request: Request, next: Next) -> Response {
-    match checked {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refusal,
-    }
-}
+middleware!(
+    /// Middleware (`axum::middleware::from_fn_with_state(verifier, require_caller)`): lets
+    /// the request through only with a valid Bearer token, and records the [`Caller`] in
+    /// the extensions for the handler (or the in-process service) behind it. The token
+    /// stays in the headers, so a service reached over HTTP can check it again.
+    require_caller => authenticate
+);
+
+middleware!(
+    /// Middleware (`axum::middleware::from_fn_with_state(verifier, require_admin)`): as
+    /// [`require_caller`], and the caller must be an admin (403 otherwise).
+    require_admin => authenticate_admin
+);
 
 /// What [`require_caller`] checks, as a function: with a valid Bearer token the
 /// [`Caller`] is put in `request`'s extensions; without one, the 401 problem to answer.
@@ -162,17 +174,6 @@ pub async fn authenticate(verifier: &Verifier, request: &mut Request) -> Result<
             Err(error.into_response())
         }
     }
-}
-
-/// Middleware (`axum::middleware::from_fn_with_state(verifier, require_admin)`): as
-/// [`require_caller`], and the caller must be an admin (403 otherwise).
-pub async fn require_admin(
-    State(verifier): State<Verifier>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let checked = authenticate_admin(&verifier, &mut request).await;
-    admit(checked, request, next).await
 }
 
 /// What [`require_admin`] checks, as a function: [`authenticate`], then 403 unless the

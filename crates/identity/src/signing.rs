@@ -28,20 +28,17 @@ pub enum KeyError {
 }
 
 /// The key tokens are signed with.
+#[derive(educe::Educe)]
+#[educe(Debug)]
 pub struct SigningKey {
     kid: String,
+    /// Never shown: the private key.
+    #[educe(Debug(ignore))]
     encoding: EncodingKey,
+    #[educe(Debug(ignore))]
     public: Jwk,
+    #[educe(Debug(ignore))]
     header: Header,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the private key.
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish()
-    }
 }
 
 impl SigningKey {
@@ -138,6 +135,13 @@ fn public_jwk(key: &ed25519_dalek::VerifyingKey) -> Result<Jwk, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_the_kid_and_nothing_of_the_keys() {
+        let (key, _) = SigningKey::generate().expect("generate");
+        let shown = format!("{key:?}");
+        assert_eq!(shown, format!("SigningKey {{ kid: {:?} }}", key.kid()));
+    }
 
     #[test]
     fn a_key_survives_its_pem_and_keeps_its_kid() {

@@ -235,21 +235,22 @@ mod tests {
             parse_listen_addr("0.0.0.0:8080"),
             Ok("0.0.0.0:8080".parse().expect("literal"))
         );
-        assert!(parse_listen_addr("[::1]:0").is_ok());
-        assert!(parse_listen_addr("localhost:0").is_ok());
-        assert!(parse_listen_addr("nonsense").is_err());
-        assert!(parse_listen_addr("127.0.0.1:99999").is_err());
+        for good in ["[::1]:0", "localhost:0"] {
+            assert!(parse_listen_addr(good).is_ok(), "{good}");
+        }
+        for bad in ["nonsense", "127.0.0.1:99999"] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn byte_sizes() {
-        assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_byte_size("2GiB"), Ok(2 << 30));
-        assert!(parse_byte_size("0").is_err());
-        assert!(parse_byte_size("12 parsecs").is_err());
-        assert!(parse_byte_size("-1").is_err());
-        assert!(parse_byte_size("99999999999999999999GiB").is_err());
+        for (text, bytes) in [("1048576", 1 << 20), ("64MiB", 64 << 20), ("2GiB", 2 << 30)] {
+            assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["0", "12 parsecs", "-1", "99999999999999999999GiB"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

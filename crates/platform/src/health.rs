@@ -18,12 +18,22 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
-/// `check` under `name`, as [`Readiness`] keeps it.
-fn named<F, Fut>(name: impl Into<String>, check: F) -> (String, Arc<CheckFn>)
+/// A readiness check: an async function answering `Err(reason)` while its dependency
+/// does not answer. Implemented by every such closure, so the bound is written once.
+pub trait Check: Fn() -> Self::Answer + Send + Sync + 'static {
+    type Answer: Future<Output = Result<(), String>> + Send + 'static;
+}
+
+impl<F, Fut> Check for F
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    type Answer = Fut;
+}
+
+/// `check` under `name`, as [`Readiness`] keeps it.
+fn named(name: impl Into<String>, check: impl Check) -> (String, Arc<CheckFn>) {
     (name.into(), Arc::new(move || check().boxed()))
 }
 
@@ -51,21 +61,13 @@ impl Readiness {
     }
 
     /// Adds a check; `Err` carries a short reason shown in `/readyz`.
-    pub fn with_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
-    {
+    pub fn with_check(mut self, name: impl Into<String>, check: impl Check) -> Self {
         self.checks.push(named(name, check));
         self
     }
 
     /// Adds a check that is reported but does not make the service unready.
-    pub fn with_degraded_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
-    {
+    pub fn with_degraded_check(mut self, name: impl Into<String>, check: impl Check) -> Self {
         self.degraded.push(named(name, check));
         self
     }

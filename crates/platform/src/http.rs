@@ -91,30 +91,18 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    serve_with_limits(
+    serve_on_threads(
         listener,
         service,
         shutdown,
         drain_timeout,
         ConnectionLimits::default(),
+        0,
     )
     .await
 }
 
-/// [`serve`] with explicit connection limits.
-pub async fn serve_with_limits(
-    listener: TcpListener,
-    service: impl Into<Entry>,
-    shutdown: CancellationToken,
-    drain_timeout: Duration,
-    limits: ConnectionLimits,
-) -> std::io::Result<()> {
-    AcceptLoop::new(service.into(), shutdown, drain_timeout, limits)
-        .run(listener)
-        .await
-}
-
-/// [`serve_with_limits`] on `threads` threads of their own, each an event loop (a
+/// [`serve`] with explicit connection limits, on `threads` threads of their own, each an event loop (a
 /// single-threaded runtime) accepting from the same listening socket and serving its
 /// connections to the end: a request, the upstream calls it makes and their connections
 /// stay on one thread, with no wake-ups across threads. For a proxy that is most of its
@@ -128,12 +116,12 @@ pub async fn serve_on_threads(
     limits: ConnectionLimits,
     threads: usize,
 ) -> std::io::Result<()> {
-    if threads == 0 {
-        return serve_with_limits(listener, service, shutdown, drain_timeout, limits).await;
-    }
-    let listener = listener.into_std()?;
     // One connection limit for all threads.
     let server = AcceptLoop::new(service.into(), shutdown, drain_timeout, limits);
+    if threads == 0 {
+        return server.run(listener).await;
+    }
+    let listener = listener.into_std()?;
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads {
         let listener = listener.try_clone()?;

@@ -68,19 +68,15 @@ const MAX_CACHED_LABEL_SETS: usize = 1024;
 
 /// `http_requests_total` and `http_request_duration_seconds` of one service, by route,
 /// method and status, with the metric handles of each label set cached.
+#[derive(educe::Educe)]
+#[educe(Debug)]
 pub struct RequestMetrics {
     service: &'static str,
     /// route → the handles of each (method, status) seen on it.
+    #[educe(Debug(ignore))]
     cache: RwLock<HashMap<Box<str>, Vec<RequestHandles>>>,
+    #[educe(Debug(ignore))]
     cached: AtomicUsize,
-}
-
-impl std::fmt::Debug for RequestMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestMetrics")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RequestMetrics {

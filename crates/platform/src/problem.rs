@@ -41,6 +41,31 @@ pub struct Problem {
     retry_after_secs: Option<u64>,
 }
 
+/// `Problem::NAME(detail)`: [`Problem::new`] with one status, for each status the
+/// services answer with by name.
+macro_rules! by_status {
+    ($($name:ident => $status:ident,)*) => {
+        impl Problem {
+            $(
+                #[doc = concat!("[`Problem::new`] with `", stringify!($status), "`.")]
+                pub fn $name(detail: impl Into<String>) -> Self {
+                    Self::new(StatusCode::$status, detail)
+                }
+            )*
+        }
+    };
+}
+
+by_status! {
+    bad_request => BAD_REQUEST,
+    unauthorized => UNAUTHORIZED,
+    forbidden => FORBIDDEN,
+    not_found => NOT_FOUND,
+    conflict => CONFLICT,
+    payload_too_large => PAYLOAD_TOO_LARGE,
+    service_unavailable => SERVICE_UNAVAILABLE,
+}
+
 impl Problem {
     /// A problem with the canonical reason phrase of `status` as its title.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -55,30 +80,6 @@ impl Problem {
         }
     }
 
-    pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, detail)
-    }
-
-    pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, detail)
-    }
-
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, detail)
-    }
-
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, detail)
-    }
-
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, detail)
-    }
-
-    pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, detail)
-    }
-
     /// 429 with a `Retry-After` header.
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
         Self::new(
@@ -86,10 +87,6 @@ impl Problem {
             format!("too many requests; retry after {retry_after_secs} s"),
         )
         .with_retry_after(retry_after_secs)
-    }
-
-    pub fn service_unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
 
     /// A 500 whose cause is logged but never shown to the client — or, when the cause is

@@ -11,7 +11,7 @@ use std::{
 use axum::{Router, routing::get, routing::post};
 use platform::{
     ServiceApp,
-    http::{ConnectionLimits, serve_with_limits},
+    http::{ConnectionLimits, serve_on_threads},
     service::HttpLimits,
 };
 use tokio_util::sync::CancellationToken;
@@ -53,12 +53,13 @@ async fn start_with(limits: ConnectionLimits) -> (SocketAddr, CancellationToken)
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(serve_with_limits(
+    tokio::spawn(serve_on_threads(
         listener,
         app.into_router(shutdown.clone()),
         shutdown.clone(),
         Duration::from_secs(1),
         limits,
+        0,
     ));
     (addr, shutdown)
 }

@@ -134,22 +134,18 @@ impl From<object_store::Error> for BlobError {
 }
 
 /// A place to keep blobs by key. Cheap to clone; clones share the store.
-#[derive(Clone)]
+#[derive(Clone, educe::Educe)]
+#[educe(Debug)]
 pub struct BlobStore {
+    #[educe(Debug(ignore))]
     store: Arc<dyn ObjectStore>,
     /// The same store when it is a local directory, to name a blob's file.
+    #[educe(Debug(ignore))]
     local: Option<Arc<LocalFileSystem>>,
     /// The URL it was opened from, for logs (it never carries credentials: those come
     /// from the environment).
+    #[educe(Debug(name(url)))]
     description: String,
-}
-
-impl std::fmt::Debug for BlobStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobStore")
-            .field("url", &self.description)
-            .finish()
-    }
 }
 
 impl BlobStore {
@@ -359,34 +355,23 @@ impl BlobStore {
 }
 
 /// A blob being read: its total size, the range being sent, and the bytes.
+#[derive(educe::Educe)]
+#[educe(Debug)]
 pub struct BlobRead {
     pub size: u64,
     pub range: Range<u64>,
+    #[educe(Debug(ignore))]
     pub stream: BoxStream<'static, Result<Bytes, BlobError>>,
-}
-
-impl std::fmt::Debug for BlobRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobRead")
-            .field("size", &self.size)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A blob being written. Call [`BlobWriter::finish`] to make it visible, or
 /// [`BlobWriter::abort`] to throw it away; dropping it also throws it away.
+#[derive(educe::Educe)]
+#[educe(Debug)]
 pub struct BlobWriter {
+    #[educe(Debug(ignore))]
     upload: WriteMultipart,
     written: u64,
-}
-
-impl std::fmt::Debug for BlobWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobWriter")
-            .field("written", &self.written)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BlobWriter {

@@ -127,48 +127,35 @@ pub(crate) async fn run(
 }
 
 async fn lock(conn: &mut PoolConnection<Any>, dialect: Dialect) -> Result<(), StorageError> {
-    match dialect {
+    let take = match dialect {
+        // Selected FROM the function because its `void` result has no `Any` type.
         Dialect::Postgres => {
-            // Selected FROM the function because its `void` result has no `Any` type.
-            sqlx::query(dialect.sql("SELECT 1 FROM pg_advisory_lock(?)"))
-                .bind(POSTGRES_LOCK_KEY)
-                .fetch_one(&mut **conn)
-                .await?;
-            Ok(())
+            sqlx::query(dialect.sql("SELECT 1 FROM pg_advisory_lock(?)")).bind(POSTGRES_LOCK_KEY)
         }
-        Dialect::MySql => {
-            let row = sqlx::query("SELECT GET_LOCK(?, ?)")
-                .bind(MYSQL_LOCK_NAME)
-                .bind(MYSQL_LOCK_WAIT_SECS)
-                .fetch_one(&mut **conn)
-                .await?;
-            match row.try_get::<Option<i64>, _>(0)? {
-                Some(1) => Ok(()),
-                _ => Err(StorageError::MigrationLock(format!(
-                    "another process held it for {MYSQL_LOCK_WAIT_SECS} s"
-                ))),
-            }
-        }
-        Dialect::Sqlite => Ok(()),
+        Dialect::MySql => sqlx::query("SELECT GET_LOCK(?, ?)")
+            .bind(MYSQL_LOCK_NAME)
+            .bind(MYSQL_LOCK_WAIT_SECS),
+        Dialect::Sqlite => return Ok(()),
+    };
+    let row = take.fetch_one(&mut **conn).await?;
+    // GET_LOCK answers 1 when it got the lock, 0 or NULL when it timed out.
+    if dialect == Dialect::MySql && row.try_get::<Option<i64>, _>(0)? != Some(1) {
+        return Err(StorageError::MigrationLock(format!(
+            "another process held it for {MYSQL_LOCK_WAIT_SECS} s"
+        )));
     }
+    Ok(())
 }
 
 async fn unlock(conn: &mut PoolConnection<Any>, dialect: Dialect) -> Result<(), StorageError> {
-    match dialect {
+    let release = match dialect {
         Dialect::Postgres => {
-            sqlx::query(dialect.sql("SELECT 1 FROM pg_advisory_unlock(?)"))
-                .bind(POSTGRES_LOCK_KEY)
-                .fetch_one(&mut **conn)
-                .await?;
+            sqlx::query(dialect.sql("SELECT 1 FROM pg_advisory_unlock(?)")).bind(POSTGRES_LOCK_KEY)
         }
-        Dialect::MySql => {
-            sqlx::query("SELECT RELEASE_LOCK(?)")
-                .bind(MYSQL_LOCK_NAME)
-                .fetch_one(&mut **conn)
-                .await?;
-        }
-        Dialect::Sqlite => {}
-    }
+        Dialect::MySql => sqlx::query("SELECT RELEASE_LOCK(?)").bind(MYSQL_LOCK_NAME),
+        Dialect::Sqlite => return Ok(()),
+    };
+    release.fetch_one(&mut **conn).await?;
     Ok(())
 }
 

@@ -1,5 +1,18 @@
 //! `?` → `$n` for PostgreSQL, skipping quoted text and comments.
 
+/// Copies the text quoted by `quote` (just read) to `out`, through its closing quote. A
+/// doubled quote inside is an escaped quote; this sees it as the end, and the caller's
+/// next call as an immediate restart, which copies it unchanged.
+fn copy_quoted(quote: char, chars: &mut impl Iterator<Item = char>, out: &mut String) {
+    out.push(quote);
+    for inner in chars.by_ref() {
+        out.push(inner);
+        if inner == quote {
+            break;
+        }
+    }
+}
+
 /// Rewrites each `?` placeholder of `sql` to `$1`, `$2`, … in order. A `?` inside a
 /// string literal, a quoted identifier or a comment is not a placeholder and is kept.
 /// (PostgreSQL's JSON `?` operators cannot be used in portable SQL; none of ours do.)
@@ -14,17 +27,7 @@ pub(crate) fn numbered(sql: &str) -> String {
                 out.push_str(&next.to_string());
                 next += 1;
             }
-            '\'' | '"' | '`' => {
-                out.push(c);
-                // A doubled quote inside is an escaped quote; the loop sees it as the
-                // end and an immediate restart, which copies it unchanged.
-                for inner in chars.by_ref() {
-                    out.push(inner);
-                    if inner == c {
-                        break;
-                    }
-                }
-            }
+            '\'' | '"' | '`' => copy_quoted(c, &mut chars, &mut out),
             '-' if chars.peek() == Some(&'-') => {
                 out.push(c);
                 for inner in chars.by_ref() {
@@ -69,13 +72,7 @@ pub(crate) fn statements(script: &str) -> Vec<String> {
             }
             '\'' | '"' | '`' => {
                 has_code = true;
-                current.push(c);
-                for inner in chars.by_ref() {
-                    current.push(inner);
-                    if inner == c {
-                        break;
-                    }
-                }
+                copy_quoted(c, &mut chars, &mut current);
             }
             '-' if chars.peek() == Some(&'-') => {
                 for inner in chars.by_ref() {

@@ -67,13 +67,11 @@ async fn on_each_backend(test: impl AsyncFn(&Database)) {
 /// `aggregate` (`COUNT(*)`, `MAX(version)`) over the migrations recorded for `notes`.
 async fn notes_migrations(db: &Database, aggregate: &str) -> i64 {
     let sql = format!("SELECT {aggregate} FROM flotilla_migrations WHERE service = ?");
-    sqlx::query(db.sql(sql))
+    sqlx::query_scalar(db.sql(sql))
         .bind("notes")
         .fetch_one(db.pool())
         .await
         .expect("recorded migrations")
-        .try_get(0)
-        .expect("integer")
 }
 
 #[tokio::test]
@@ -184,12 +182,10 @@ async fn a_failed_migration_is_not_recorded_and_transactions_roll_back() {
             .await
             .expect("insert in tx");
         tx.rollback().await.expect("rollback");
-        let count: i64 = sqlx::query("SELECT COUNT(*) FROM notes")
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
             .fetch_one(db.pool())
             .await
-            .expect("count")
-            .try_get(0)
-            .expect("integer");
+            .expect("count");
         assert_eq!(count, 0);
     })
     .await;
@@ -204,12 +200,10 @@ async fn sqlite_is_created_in_wal_mode() {
         .expect("connect creates the file");
     assert_eq!(db.dialect(), Dialect::Sqlite);
     assert!(path.exists());
-    let mode: String = sqlx::query("PRAGMA journal_mode")
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(db.pool())
         .await
-        .expect("pragma")
-        .try_get(0)
-        .expect("text");
+        .expect("pragma");
     assert_eq!(mode.to_lowercase(), "wal");
 }
 

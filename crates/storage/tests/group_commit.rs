@@ -50,6 +50,14 @@ async fn backends() -> Vec<Backend> {
     backends
 }
 
+/// Runs `test` on each backend's database, then closes and drops it.
+async fn on_each_backend(test: impl AsyncFn(Database)) {
+    for backend in backends().await {
+        test(backend.db.clone()).await;
+        backend.cleanup().await;
+    }
+}
+
 impl Backend {
     async fn cleanup(self) {
         self.db.close().await;
@@ -83,8 +91,7 @@ async fn ids(db: &Database) -> Vec<String> {
 
 #[tokio::test]
 async fn concurrent_writes_all_land_and_share_commits_on_sqlite() {
-    for backend in backends().await {
-        let db = backend.db.clone();
+    on_each_backend(async |db| {
         let before = db.group_stats();
         let writers: Vec<_> = (0..64)
             .map(|n| {
@@ -108,14 +115,13 @@ async fn concurrent_writes_all_land_and_share_commits_on_sqlite() {
             // 64 writers queued at once: far fewer commits than writes.
             assert!(commits <= 8, "{commits} commits for 64 writes");
         }
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_failed_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
-    for backend in backends().await {
-        let db = backend.db.clone();
+    on_each_backend(async |db| {
         let mut seed = db.write().await.expect("write");
         insert(&mut seed, &db, "taken").await.expect("insert");
         seed.commit().await.expect("commit");
@@ -144,14 +150,13 @@ async fn a_failed_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         assert!(bad.await.expect("join").is_err(), "the duplicate must fail");
         also_good.await.expect("join").expect("c commits");
         assert_eq!(ids(&db).await, ["a1", "a2", "c1", "taken"]);
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_abandoned_write_is_undone_whoever_comes_next() {
-    for backend in backends().await {
-        let db = backend.db.clone();
+    on_each_backend(async |db| {
         // Dropped with nobody waiting: undone by the next write.
         {
             let mut write = db.write().await.expect("write");
@@ -208,8 +213,8 @@ async fn an_abandoned_write_is_undone_whoever_comes_next() {
         insert(&mut after, &db, "z").await.expect("insert");
         after.commit().await.expect("commit");
         assert_eq!(ids(&db).await, ["after-drop", "w1", "w2", "x1", "z"]);
-        backend.cleanup().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -218,20 +223,16 @@ async fn sqlite_commits_wait_for_the_disk() {
     let url = format!("sqlite://{}", dir.path().join("sync.db").display());
     let db = Database::connect(&url).await.expect("connect");
     // FULL (2): a commit returns after the WAL's fsync, so it survives a power loss.
-    let level: i64 = sqlx::query("PRAGMA synchronous")
+    let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
         .fetch_one(db.pool())
         .await
-        .expect("pragma")
-        .try_get(0)
-        .expect("level");
+        .expect("pragma");
     assert_eq!(level, 2);
     let mut write = db.write().await.expect("write");
-    let level: i64 = sqlx::query("PRAGMA synchronous")
+    let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
         .fetch_one(&mut **write.tx().expect("tx"))
         .await
-        .expect("pragma")
-        .try_get(0)
-        .expect("level");
+        .expect("pragma");
     assert_eq!(level, 2);
     write.commit().await.expect("commit");
 }

@@ -368,19 +368,25 @@ mod tests {
         assert_eq!(absolute.to_string(), "/jobs");
     }
 
+    /// The names of `headers` left once the hop-by-hop ones are stripped.
+    fn stripped(headers: &[(&'static str, &'static str)]) -> Vec<String> {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut map);
+        map.keys().map(ToString::to_string).collect()
+    }
+
     #[test]
     fn hop_by_hop_headers_are_removed() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
-        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::AUTHORIZATION));
+        let left = stripped(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("upgrade", "websocket"),
+            ("authorization", "Bearer t"),
+        ]);
+        assert_eq!(left, ["authorization"]);
     }
 
     #[test]
@@ -412,13 +418,12 @@ mod tests {
 
     #[test]
     fn keep_alive_alone_leaves_only_the_connection_header_to_remove() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::CONTENT_TYPE));
+        let left = stripped(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "text/plain"),
+        ]);
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]

@@ -106,6 +106,30 @@ pub fn remote_stack(
         .service(Balancer::new(name, endpoints))
 }
 
+/// `$layer` wraps a service in `$service`: the layer's settings and shared state (cloned,
+/// so every copy of the stack shares them) beside the inner service. The same for each
+/// layer of the stack; what differs is each `$service`'s `Service` impl.
+macro_rules! layer_service {
+    ($layer:ident => $(#[$doc:meta])* $service:ident) => {
+        impl<S> Layer<S> for $layer {
+            type Service = $service<S>;
+            fn layer(&self, inner: S) -> $service<S> {
+                $service {
+                    layer: self.clone(),
+                    inner,
+                }
+            }
+        }
+
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $service<S> {
+            layer: $layer,
+            inner: S,
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 // Load shedding
 
@@ -124,21 +148,7 @@ impl ShedLayer {
     }
 }
 
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Shed<S> {
-    layer: ShedLayer,
-    inner: S,
-}
+layer_service!(ShedLayer => Shed);
 
 impl<S> Service<Request> for Shed<S>
 where
@@ -215,21 +225,7 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Retry<S> {
-    layer: RetryLayer,
-    inner: S,
-}
+layer_service!(RetryLayer => Retry);
 
 /// Safe to send twice: idempotent by method and no body that would have to be replayed.
 fn is_retryable(request: &Request) -> bool {
@@ -559,21 +555,7 @@ impl BreakerLayer {
     }
 }
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = CircuitBreaker<S>;
-    fn layer(&self, inner: S) -> CircuitBreaker<S> {
-        CircuitBreaker {
-            breaker: self.breaker.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct CircuitBreaker<S> {
-    breaker: Arc<Mutex<Breaker>>,
-    inner: S,
-}
+layer_service!(BreakerLayer => CircuitBreaker);
 
 fn lock(breaker: &Mutex<Breaker>) -> std::sync::MutexGuard<'_, Breaker> {
     match breaker.lock() {
@@ -619,11 +601,11 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let admission = lock(&self.breaker).admit(Instant::now());
+        let admission = lock(&self.layer.breaker).admit(Instant::now());
         let probe = match admission {
             Admission::Allowed { probe } => probe,
             Admission::Rejected { retry_after } => {
-                let name = lock(&self.breaker).name;
+                let name = lock(&self.layer.breaker).name;
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let response = Problem::service_unavailable(format!(
                     "the {name} service is failing; the gateway stops sending it requests for a moment"
@@ -637,7 +619,7 @@ where
         // The outcome first: should calling the inner service panic, it is recorded (as
         // a failure) while unwinding, and a probe's slot does not stay taken.
         let outcome = Outcome {
-            breaker: self.breaker.clone(),
+            breaker: self.layer.breaker.clone(),
             probe,
             settled: false,
         };
@@ -683,65 +665,52 @@ mod tests {
         }
     }
 
+    /// A breaker that has seen requests (no probes) at `at`, failed or not.
+    fn breaker_after(at: Instant, failed: &[bool]) -> Breaker {
+        let mut breaker = Breaker::new("t", settings());
+        for failed in failed {
+            breaker.record(at, false, *failed);
+        }
+        breaker
+    }
+
+    /// What `breaker` answers a request at `at`: `Some(probe)` when it lets it through,
+    /// `None` when it rejects it.
+    fn admitted(breaker: &mut Breaker, at: Instant) -> Option<bool> {
+        match breaker.admit(at) {
+            Admission::Allowed { probe } => Some(probe),
+            Admission::Rejected { .. } => None,
+        }
+    }
+
     #[test]
     fn breaker_opens_on_a_failure_ratio_and_closes_after_a_good_probe() {
-        let mut breaker = Breaker::new("t", settings());
         let t0 = Instant::now();
-        for _ in 0..2 {
-            breaker.record(t0, false, false);
-        }
-        breaker.record(t0, false, true);
-        assert!(
-            matches!(breaker.admit(t0), Admission::Allowed { probe: false }),
-            "3 < min requests"
-        );
+        let mut breaker = breaker_after(t0, &[false, false, true]);
+        assert_eq!(admitted(&mut breaker, t0), Some(false), "3 < min requests");
         breaker.record(t0, false, true);
         // 2 of 4 failed: open.
-        assert!(matches!(breaker.admit(t0), Admission::Rejected { .. }));
+        assert_eq!(admitted(&mut breaker, t0), None);
         let later = t0 + Duration::from_secs(6);
-        assert!(matches!(
-            breaker.admit(later),
-            Admission::Allowed { probe: true }
-        ));
-        assert!(
-            matches!(breaker.admit(later), Admission::Rejected { .. }),
-            "one probe at a time"
-        );
+        assert_eq!(admitted(&mut breaker, later), Some(true));
+        assert_eq!(admitted(&mut breaker, later), None, "one probe at a time");
         breaker.record(later, true, false);
-        assert!(matches!(
-            breaker.admit(later),
-            Admission::Allowed { probe: false }
-        ));
+        assert_eq!(admitted(&mut breaker, later), Some(false));
     }
 
     #[test]
     fn a_failed_probe_opens_again_and_a_slow_one_does_not_block_the_next() {
-        let mut breaker = Breaker::new("t", settings());
         let t0 = Instant::now();
-        for _ in 0..4 {
-            breaker.record(t0, false, true);
-        }
+        let mut breaker = breaker_after(t0, &[true; 4]);
         let later = t0 + Duration::from_secs(6);
-        assert!(matches!(
-            breaker.admit(later),
-            Admission::Allowed { probe: true }
-        ));
+        assert_eq!(admitted(&mut breaker, later), Some(true));
         // The probe is still out, for less than `open_for`: no second one.
-        assert!(matches!(
-            breaker.admit(later + Duration::from_secs(4)),
-            Admission::Rejected { .. }
-        ));
+        assert_eq!(admitted(&mut breaker, later + Duration::from_secs(4)), None);
         // Past `open_for` it is given up on, and another request probes.
         let much_later = later + Duration::from_secs(6);
-        assert!(matches!(
-            breaker.admit(much_later),
-            Admission::Allowed { probe: true }
-        ));
+        assert_eq!(admitted(&mut breaker, much_later), Some(true));
         breaker.record(much_later, true, true);
-        assert!(matches!(
-            breaker.admit(much_later),
-            Admission::Rejected { .. }
-        ));
+        assert_eq!(admitted(&mut breaker, much_later), None);
     }
 
     /// A request dropped before its answer (the route's timeout) counts as a failure, so an
@@ -765,20 +734,13 @@ mod tests {
 
     #[test]
     fn old_failures_leave_the_window() {
-        let mut breaker = Breaker::new("t", settings());
         let t0 = Instant::now();
-        for _ in 0..3 {
-            breaker.record(t0, false, true);
-        }
+        let mut breaker = breaker_after(t0, &[true; 3]);
         let later = t0 + Duration::from_secs(30);
-        for _ in 0..3 {
-            breaker.record(later, false, false);
+        for failed in [false, false, false, true] {
+            breaker.record(later, false, failed);
         }
-        breaker.record(later, false, true);
-        assert!(matches!(
-            breaker.admit(later),
-            Admission::Allowed { probe: false }
-        ));
+        assert_eq!(admitted(&mut breaker, later), Some(false));
     }
 
     #[test]

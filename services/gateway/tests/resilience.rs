@@ -609,7 +609,7 @@ async fn a_trickled_body_through_the_gateway_gets_408() {
         .await
         .expect("bind gateway");
     let gateway_addr = listener.local_addr().expect("address");
-    tokio::spawn(platform::http::serve_with_limits(
+    tokio::spawn(platform::http::serve_on_threads(
         listener,
         gateway::build(upstreams, &no_rate_limit()).into_entry(stop.clone()),
         stop.clone(),
@@ -618,6 +618,7 @@ async fn a_trickled_body_through_the_gateway_gets_408() {
             body_window: Duration::from_secs(1),
             ..platform::http::ConnectionLimits::default()
         },
+        0,
     ));
     tokio::time::sleep(Duration::from_millis(50)).await;
 

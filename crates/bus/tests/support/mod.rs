@@ -31,11 +31,18 @@ pub async fn open(dir: &Path, options: BusOptions) -> Arc<dyn EventBus> {
         .expect("open the embedded bus")
 }
 
-/// In the child process, the embedded bus in the directory the parent passed in `var`;
+/// In the child process, the embedded bus in the directory the parent passed in `var`,
+/// and a subscriber on it as `group` to `key` with `prefetch` deliveries in flight;
 /// `None` in an ordinary test run, where the child test has nothing to do.
-pub async fn child_bus(var: &str, options: BusOptions) -> Option<Arc<dyn EventBus>> {
+pub async fn child_subscriber(
+    var: &str,
+    options: BusOptions,
+    (group, key, prefetch): (&str, &str, u16),
+) -> Option<(Arc<dyn EventBus>, Subscriber)> {
     let dir = std::env::var(var).ok()?;
-    Some(open(Path::new(&dir), options).await)
+    let bus = open(Path::new(&dir), options).await;
+    let subscriber = subscribe(bus.as_ref(), group, key, prefetch).await;
+    Some((bus, subscriber))
 }
 
 /// `bus` subscribed as `group` to `key`, with `prefetch` deliveries in flight.
