@@ -186,8 +186,13 @@ struct Leased {
     message: Message,
 }
 
+/// What the tap is told once a publish has committed: run by the writer before it
+/// answers and before it wakes the consumers, so that a watcher sees a message published
+/// before anyone takes it.
+type OnCommit = Box<dyn FnOnce() + Send>;
+
 enum Command {
-    Publish(Vec<Message>, Reply<()>),
+    Publish(Vec<Message>, Option<OnCommit>, Reply<()>),
     Bind(String, Vec<String>, Reply<()>),
     Lease(String, usize, Reply<Vec<Leased>>),
     Ack(i64, Reply<()>),
@@ -238,7 +243,7 @@ impl Command {
     fn fail(self, error: &str) {
         let error = || BusError::Embedded(error.to_owned());
         match self {
-            Command::Publish(_, reply) | Command::Bind(_, _, reply) | Command::Ack(_, reply) => {
+            Command::Publish(_, _, reply) | Command::Bind(_, _, reply) | Command::Ack(_, reply) => {
                 let _ = reply.send(Err(error()));
             }
             Command::Nack { reply, .. } => {
@@ -494,6 +499,8 @@ struct Writer {
 /// What a command produced, answered after the commit.
 enum Outcome {
     Unit(Reply<()>),
+    /// A publish: its observer runs once the commit holds it.
+    Published(Reply<()>, Option<OnCommit>),
     Leased(Reply<Vec<Leased>>, Vec<Leased>),
     Dead(Reply<Vec<DeadLetter>>, Vec<DeadLetter>),
     Count(Reply<u64>, u64),
@@ -515,6 +522,14 @@ impl Outcome {
         let failure = failure.map(failed);
         match self {
             Outcome::Unit(reply) => send(reply, (), failure),
+            Outcome::Published(reply, observe) => {
+                if failure.is_none()
+                    && let Some(observe) = observe
+                {
+                    observe();
+                }
+                send(reply, (), failure);
+            }
             Outcome::Leased(reply, rows) => send(reply, rows, failure),
             Outcome::Dead(reply, rows) => send(reply, rows, failure),
             Outcome::Count(reply, n) => send(reply, n, failure),
@@ -622,7 +637,7 @@ impl Writer {
         woken: &mut Vec<String>,
     ) -> Result<Outcome, rusqlite::Error> {
         Ok(match command {
-            Command::Publish(messages, reply) => {
+            Command::Publish(messages, observe, reply) => {
                 // Like a mandatory publish to an exchange: a message no group is bound
                 // to is refused, not confirmed and dropped, so an outbox keeps it.
                 if let Some(unbound) = messages.iter().find(|m| !self.bound(&m.routing_key)) {
@@ -634,7 +649,7 @@ impl Writer {
                 for message in &messages {
                     self.publish(message, woken)?;
                 }
-                Outcome::Unit(reply)
+                Outcome::Published(reply, observe)
             }
             Command::Bind(group, patterns, reply) => {
                 for pattern in patterns {
@@ -1106,16 +1121,20 @@ impl EventBus for EmbeddedBus {
 
     fn publish_all(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
-            // Kept for the tap only while someone watches.
-            let observed = self.shared.tap.watched().then(|| messages.clone());
-            let started = now_ms();
+            // Told to the tap (only while someone watches) by the writer, after the
+            // commit and before the consumers are woken.
+            let observe = self.shared.tap.watched().then(|| {
+                let (tap, service) = (self.shared.tap.clone(), self.service.clone());
+                let (observed, started) = (messages.clone(), now_ms());
+                Box::new(move || {
+                    for message in &observed {
+                        tap.published(message, service.as_deref(), started);
+                    }
+                }) as OnCommit
+            });
             self.shared
-                .call(|reply| Command::Publish(messages, reply))
-                .await?;
-            for message in observed.iter().flatten() {
-                (self.shared.tap).published(message, self.service.as_deref(), started);
-            }
-            Ok(())
+                .call(|reply| Command::Publish(messages, observe, reply))
+                .await
         })
     }
 
@@ -1434,7 +1453,7 @@ mod tests {
     #[test]
     fn only_publishes_and_user_changes_wait_for_the_disk() {
         let (reply, _) = oneshot::channel();
-        assert!(Command::Publish(Vec::new(), reply).must_survive_power_loss());
+        assert!(Command::Publish(Vec::new(), None, reply).must_survive_power_loss());
         let (reply, _) = oneshot::channel();
         assert!(Command::Bind("g".into(), Vec::new(), reply).must_survive_power_loss());
         let (reply, _) = oneshot::channel();

@@ -186,7 +186,7 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
         for message in [&good, &poison, &flaky] {
             bus.publish(message.clone()).await.expect("published");
         }
-        let mut seen: Vec<(String, Outcome, Option<String>)> = Vec::new();
+        let mut seen: Vec<(String, Outcome, Option<String>, i64)> = Vec::new();
         let done = tokio::time::timeout(PATIENCE, async {
             // good: published, delivered, handled; poison: published, delivered,
             // dead-lettered; flaky: published, delivered, retried, delivered,
@@ -202,16 +202,21 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
                             .publisher
                             .clone()
                             .or_else(|| observation.group.clone()),
+                        observation.at_ms,
                     ));
                 }
             }
         })
         .await;
         assert!(done.is_ok(), "{}: saw only {seen:?}", bus.backend());
+        // In time order, as the system map shows them. A publish is observed when the
+        // broker confirms it, and RabbitMQ may deliver before it confirms, so arrival
+        // order can put a delivery first; the publish's time is when it started.
+        seen.sort_by_key(|(_, outcome, _, at_ms)| (*at_ms, *outcome != Outcome::Published));
         let of = |id: &str| -> Vec<Outcome> {
             seen.iter()
-                .filter(|(m, _, _)| m == id)
-                .map(|(_, o, _)| *o)
+                .filter(|(m, _, _, _)| m == id)
+                .map(|(_, o, _, _)| *o)
                 .collect()
         };
         use Outcome::{DeadLettered, Delivered, Handled, Published, Retried};
@@ -221,7 +226,7 @@ async fn the_tap_sees_publishes_and_every_kind_of_settlement_in_order() {
             of(&flaky.id),
             [Published, Delivered, Retried, Delivered, DeadLettered]
         );
-        for (_, outcome, who) in &seen {
+        for (_, outcome, who, _) in &seen {
             let expected = if *outcome == Outcome::Published {
                 "tester"
             } else {
