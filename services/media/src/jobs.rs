@@ -145,7 +145,21 @@ impl JobStore {
         limit: i64,
         before: Option<&Job>,
     ) -> Result<Vec<Job>, StorageError> {
-        self.list(Some(owner_id), limit, before).await
+        // (created_at, id) orders the listing; the page after `before` is a range of it.
+        let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
+        let rows = sqlx::query(self.db.sql(format!(
+            "SELECT {COLUMNS} FROM media_jobs WHERE owner_id = ? \
+             AND (created_at < ? OR (created_at = ? AND id < ?)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?"
+        )))
+        .bind(owner_id)
+        .bind(created_at)
+        .bind(created_at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     /// Every user's jobs (an admin's listing), newest first, paged like
@@ -155,38 +169,18 @@ impl JobStore {
         limit: i64,
         before: Option<&Job>,
     ) -> Result<Vec<Job>, StorageError> {
-        self.list(None, limit, before).await
-    }
-
-    /// The jobs of `owner_id` (every user's without one), paged as the listings are.
-    async fn list(
-        &self,
-        owner_id: Option<&str>,
-        limit: i64,
-        before: Option<&Job>,
-    ) -> Result<Vec<Job>, StorageError> {
-        // (created_at, id) orders the listing; the page after `before` is a range of it.
         let (created_at, id) = before.map_or((i64::MAX, ""), |job| (job.created_at, &job.job_id));
-        let of_owner = if owner_id.is_some() {
-            "owner_id = ? AND"
-        } else {
-            ""
-        };
-        let mut select = sqlx::query(self.db.sql(format!(
-            "SELECT {COLUMNS} FROM media_jobs WHERE {of_owner} \
-             (created_at < ? OR (created_at = ? AND id < ?)) \
+        let rows = sqlx::query(self.db.sql(format!(
+            "SELECT {COLUMNS} FROM media_jobs \
+             WHERE (created_at < ? OR (created_at = ? AND id < ?)) \
              ORDER BY created_at DESC, id DESC LIMIT ?"
-        )));
-        if let Some(owner_id) = owner_id {
-            select = select.bind(owner_id);
-        }
-        let rows = select
-            .bind(created_at)
-            .bind(created_at)
-            .bind(id)
-            .bind(limit)
-            .fetch_all(self.db.pool())
-            .await?;
+        )))
+        .bind(created_at)
+        .bind(created_at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
         rows.iter().map(job_from_row).collect()
     }
 
@@ -208,8 +202,17 @@ impl JobStore {
         tx: &mut Transaction<'static, Any>,
         job_id: &str,
     ) -> Result<bool, StorageError> {
-        let to = Transition::to(JobStatus::Converting);
-        self.transition(tx, job_id, &[JobStatus::Queued], to).await
+        let result =
+            sqlx::query(self.db.sql(
+                "UPDATE media_jobs SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+            ))
+            .bind(JobStatus::Converting.as_str())
+            .bind(now())
+            .bind(job_id)
+            .bind(JobStatus::Queued.as_str())
+            .execute(&mut **tx)
+            .await?;
+        Ok(result.rows_affected() > 0)
     }
 
     /// `queued | converting → done` with the MP3's fid.
@@ -220,12 +223,20 @@ impl JobStore {
         mp3_fid: &str,
         duration_secs: Option<f64>,
     ) -> Result<bool, StorageError> {
-        let to = Transition {
-            mp3_fid: Some(mp3_fid),
-            duration_secs,
-            ..Transition::to(JobStatus::Done)
-        };
-        self.transition(tx, job_id, UNFINISHED, to).await
+        let result = sqlx::query(self.db.sql(
+            "UPDATE media_jobs SET status = ?, mp3_fid = ?, duration_secs = ?, error = NULL, \
+             updated_at = ? WHERE id = ? AND status IN (?, ?)",
+        ))
+        .bind(JobStatus::Done.as_str())
+        .bind(mp3_fid)
+        .bind(duration_secs)
+        .bind(now())
+        .bind(job_id)
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Converting.as_str())
+        .execute(&mut **tx)
+        .await?;
+        Ok(result.rows_affected() > 0)
     }
 
     /// `queued | converting → failed` with the reason.
@@ -235,61 +246,19 @@ impl JobStore {
         job_id: &str,
         error: &str,
     ) -> Result<bool, StorageError> {
-        let to = Transition {
-            error: Some(error),
-            ..Transition::to(JobStatus::Failed)
-        };
-        self.transition(tx, job_id, UNFINISHED, to).await
-    }
-
-    /// Moves the job to `to` (with its outcome columns) if its status is one of `from`;
-    /// false when it is not (a late or repeated outcome), so statuses only move forward.
-    /// The outcome columns are written on every move: a job that has not ended has none.
-    async fn transition(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        job_id: &str,
-        from: &[JobStatus],
-        to: Transition<'_>,
-    ) -> Result<bool, StorageError> {
-        let from_placeholders = vec!["?"; from.len()].join(", ");
-        let mut update = sqlx::query(self.db.sql(format!(
-            "UPDATE media_jobs SET status = ?, mp3_fid = ?, duration_secs = ?, error = ?, \
-             updated_at = ? WHERE id = ? AND status IN ({from_placeholders})"
-        )))
-        .bind(to.status.as_str())
-        .bind(to.mp3_fid)
-        .bind(to.duration_secs)
-        .bind(to.error)
+        let result = sqlx::query(self.db.sql(
+            "UPDATE media_jobs SET status = ?, error = ?, updated_at = ? \
+             WHERE id = ? AND status IN (?, ?)",
+        ))
+        .bind(JobStatus::Failed.as_str())
+        .bind(error)
         .bind(now())
-        .bind(job_id);
-        for status in from {
-            update = update.bind(status.as_str());
-        }
-        let result = update.execute(&mut **tx).await?;
+        .bind(job_id)
+        .bind(JobStatus::Queued.as_str())
+        .bind(JobStatus::Converting.as_str())
+        .execute(&mut **tx)
+        .await?;
         Ok(result.rows_affected() > 0)
-    }
-}
-
-/// The statuses a job can still leave.
-const UNFINISHED: &[JobStatus] = &[JobStatus::Queued, JobStatus::Converting];
-
-/// A job's new status and the outcome columns that go with it.
-struct Transition<'a> {
-    status: JobStatus,
-    mp3_fid: Option<&'a str>,
-    duration_secs: Option<f64>,
-    error: Option<&'a str>,
-}
-
-impl Transition<'_> {
-    fn to(status: JobStatus) -> Self {
-        Self {
-            status,
-            mp3_fid: None,
-            duration_secs: None,
-            error: None,
-        }
     }
 }
 
@@ -389,6 +358,79 @@ mod tests {
         assert_eq!(job.error, None);
         let found = store.find_by_mp3("mp3-j1").await.expect("find");
         assert_eq!(found.map(|job| job.job_id), Some("j1".to_owned()));
+    }
+
+    /// Every status move, mixed as the consumers mix them (a failure's NULL duration
+    /// beside a done job's number), on each backend: a statement shared by moves that
+    /// bind different types would fail on PostgreSQL, whose prepared statements keep the
+    /// parameter types of their first use. PostgreSQL and MariaDB when
+    /// `FLOTILLA_TEST_POSTGRES_URL` / `FLOTILLA_TEST_MYSQL_URL` are set (required under CI).
+    #[tokio::test]
+    async fn every_move_works_on_every_backend() {
+        let (_dir, sqlite) = store().await;
+        let mut stores = vec![(None, sqlite)];
+        for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
+            let Some(server) = test_kit::real_server_url(var) else {
+                continue;
+            };
+            let scratch = storage::scratch::ScratchDatabase::create(&server)
+                .await
+                .expect("scratch database");
+            let db = Database::connect(scratch.url()).await.expect("connects");
+            db.migrate("media", MIGRATIONS).await.expect("migrates");
+            stores.push((Some(scratch), JobStore::new(db)));
+        }
+        for (scratch, store) in stores {
+            let backend = store.database().dialect();
+            for id in ["failed", "done", "direct"] {
+                insert(&store, id, "u1").await;
+            }
+            for _ in 0..2 {
+                // Twice: the second round runs on statements the first one prepared.
+                let mut tx = store.database().begin().await.expect("begin");
+                store
+                    .mark_converting(&mut tx, "failed")
+                    .await
+                    .expect("converting");
+                store
+                    .mark_failed(&mut tx, "failed", "no audio")
+                    .await
+                    .expect("failed");
+                store
+                    .mark_converting(&mut tx, "done")
+                    .await
+                    .expect("converting");
+                store
+                    .mark_done(&mut tx, "done", "mp3-done", Some(3.5))
+                    .await
+                    .expect("done");
+                store
+                    .mark_done(&mut tx, "direct", "mp3-direct", None)
+                    .await
+                    .expect("done");
+                tx.commit().await.expect("commit");
+            }
+            let job = |id: &'static str| {
+                let store = &store;
+                async move { store.get(id).await.expect("get").expect("exists") }
+            };
+            let failed = job("failed").await;
+            assert_eq!(failed.status, JobStatus::Failed, "{backend}");
+            assert_eq!(failed.error.as_deref(), Some("no audio"), "{backend}");
+            let done = job("done").await;
+            assert_eq!(done.status, JobStatus::Done, "{backend}");
+            assert_eq!(done.duration_secs, Some(3.5), "{backend}");
+            let direct = job("direct").await;
+            assert_eq!(direct.mp3_fid.as_deref(), Some("mp3-direct"), "{backend}");
+            assert_eq!(direct.duration_secs, None, "{backend}");
+            if let Some(scratch) = scratch {
+                store.database().close().await;
+                scratch
+                    .drop_database()
+                    .await
+                    .expect("drop scratch database");
+            }
+        }
     }
 
     #[tokio::test]
