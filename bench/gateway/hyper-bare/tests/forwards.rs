@@ -1,5 +1,6 @@
-//! The bare proxy forwards every request to its one upstream and keeps the upstream
-//! connection for the next request (the keepalive pool the benchmark relies on), and
+//! The bare proxy, with either client and either runtime, forwards every request to its
+//! one upstream and keeps the upstream connection for the next request (the keepalive
+//! pool the benchmark relies on), and
 //! answers 502 when the upstream is unreachable, and refuses arguments it cannot use. Standard library only: a real upstream socket, the
 //! real binary.
 
@@ -100,13 +101,15 @@ fn get(stream: &mut TcpStream, path: &str) -> String {
 
 #[test]
 fn forwards_to_the_upstream_over_one_kept_connection() {
-    for runtime in ["steal", "nosteal"] {
-        forwards_over_one_connection(runtime);
+    for client in ["legacy", "conn"] {
+        for runtime in ["steal", "nosteal"] {
+            forwards_over_one_connection(runtime, client);
+        }
     }
 }
 
 /// Starts the proxy in front of `upstream`; returns it and a connection to it.
-fn proxy(upstream: SocketAddr, runtime: &str) -> (Proxy, TcpStream) {
+fn proxy(upstream: SocketAddr, runtime: &str, client: &str) -> (Proxy, TcpStream) {
     let port = free_port();
     let child = Command::new(BINARY)
         .args([
@@ -114,6 +117,7 @@ fn proxy(upstream: SocketAddr, runtime: &str) -> (Proxy, TcpStream) {
             upstream.to_string(),
             "1".into(),
             runtime.into(),
+            client.into(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -134,9 +138,9 @@ fn proxy(upstream: SocketAddr, runtime: &str) -> (Proxy, TcpStream) {
     (proxy, stream)
 }
 
-fn forwards_over_one_connection(runtime: &str) {
+fn forwards_over_one_connection(runtime: &str, client: &str) {
     let (upstream, accepted) = upstream();
-    let (_proxy, mut stream) = proxy(upstream, runtime);
+    let (_proxy, mut stream) = proxy(upstream, runtime, client);
     for i in 0..5 {
         assert_eq!(
             get(&mut stream, &format!("/posts/{i}")),
@@ -144,7 +148,7 @@ fn forwards_over_one_connection(runtime: &str) {
         );
     }
     // Sequential requests reuse the pooled upstream connection.
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "{runtime}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "{runtime} {client}");
 }
 
 #[test]
@@ -153,14 +157,14 @@ fn answers_502_when_the_upstream_is_unreachable() {
     let gone = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    for runtime in ["steal", "nosteal"] {
-        let (_proxy, mut stream) = proxy(gone, runtime);
+    for (runtime, client) in [("steal", "legacy"), ("nosteal", "conn")] {
+        let (_proxy, mut stream) = proxy(gone, runtime, client);
         write!(stream, "GET /posts HTTP/1.1\r\nhost: bench\r\n\r\n").expect("send");
         let mut status = String::new();
         BufReader::new(stream)
             .read_line(&mut status)
             .expect("status line");
-        assert!(status.starts_with("HTTP/1.1 502"), "{runtime}: {status}");
+        assert!(status.starts_with("HTTP/1.1 502"), "{client}: {status}");
     }
 }
 
@@ -174,7 +178,8 @@ fn refuses_arguments_it_cannot_use() {
         vec!["127.0.0.1:1", "127.0.0.1:2", "0"],
         vec!["127.0.0.1:1", "127.0.0.1:2", "many"],
         vec!["127.0.0.1:1", "127.0.0.1:2", "1", "sometimes"],
-        vec!["127.0.0.1:1", "127.0.0.1:2", "1", "steal", "more"],
+        vec!["127.0.0.1:1", "127.0.0.1:2", "1", "steal", "sometimes"],
+        vec!["127.0.0.1:1", "127.0.0.1:2", "1", "steal", "conn", "more"],
     ] {
         let out = Command::new(BINARY).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
