@@ -2,8 +2,10 @@
 # Reverse proxies side by side in front of the same trivial upstream, measured in the same
 # run on the same machine with wrk (-t2): nginx and HAProxy (1 and 2 workers/threads), the
 # flotilla gateway (1 and 2 HTTP threads), a bare Pingora proxy (1 and 2 threads,
-# bench/gateway/pingora-bare) and a bare hyper proxy (1 and 2 threads, one runtime per
-# thread as the gateway's, bench/gateway/hyper-bare: the ceiling of the gateway's engine).
+# bench/gateway/pingora-bare) and a bare hyper proxy (1 and 2 threads, bench/gateway/hyper-bare:
+# the ceiling of the gateway's engine, run as the gateway runs hyper — one runtime per
+# thread, hyper's client connections in a per-thread pool; with --instructions also
+# counted with hyper-util's legacy client).
 # The upstream is an nginx `return 200` of its own (one
 # worker per CPU), so no proxy's figure depends on what serving the upstream costs it.
 # Rounds alternate between the proxies (the order reversed every other round); each cell
@@ -125,7 +127,7 @@ for t in 1 2; do
   echo $! >"$work/pingora$t.pid"
 
   port=$((port + 1)); add "hyper$t" "hyper $(awk -F'"' '/^name = "hyper"/ {getline; print $2}' bench/gateway/hyper-bare/Cargo.lock), bare" "$t" "$port"
-  "$hyper" "127.0.0.1:$port" "127.0.0.1:$upstream" "$t" nosteal >"$work/hyper$t.log" 2>&1 &
+  "$hyper" "127.0.0.1:$port" "127.0.0.1:$upstream" "$t" nosteal conn >"$work/hyper$t.log" 2>&1 &
   echo $! >"$work/hyper$t.pid"
 done
 for i in "${!names[@]}"; do wait_up "${names[$i]}" "${ports[$i]}" /posts; done
@@ -198,7 +200,8 @@ if [ -n "$instructions" ]; then
   instr[haproxy]=$(bench/gateway/instructions-haproxy.sh "127.0.0.1:$upstream" | count)
   instr[gateway]=$(bench/gateway/instructions.sh "$up" "$flotilla" | count)
   instr[pingora]=$(bench/gateway/instructions-pingora.sh "127.0.0.1:$upstream" "$pingora" | count)
-  instr[hyper]=$(bench/gateway/instructions-hyper.sh "127.0.0.1:$upstream" "$hyper" nosteal | count)
+  instr[hyper]=$(bench/gateway/instructions-hyper.sh "127.0.0.1:$upstream" "$hyper" nosteal conn | count)
+  instr[hyperlegacy]=$(bench/gateway/instructions-hyper.sh "127.0.0.1:$upstream" "$hyper" nosteal legacy | count)
 fi
 
 # Aggregate: min / median / max over the rounds of each proxy and connection count.
@@ -263,8 +266,9 @@ MD
     echo
     echo "| proxy | instructions per request | vs nginx |"
     echo "|---|---:|---:|"
-    for p in nginx haproxy pingora hyper gateway; do
-      awk -v l="$(label_of $p)" -v i="${instr[$p]}" -v n="${instr[nginx]}" 'BEGIN {printf "| %s | %d | %.2f× |\n", l, i, i / n}'
+    for p in nginx haproxy pingora hyper hyperlegacy gateway; do
+      if [ $p = hyperlegacy ]; then l="$(label_of hyper) with hyper-util's legacy client"; else l=$(label_of $p); fi
+      awk -v l="$l" -v i="${instr[$p]}" -v n="${instr[nginx]}" 'BEGIN {printf "| %s | %d | %.2f× |\n", l, i, i / n}'
     done
   fi
   echo
