@@ -25,6 +25,8 @@ NGINX
 }
 nginx_conf() {
   local dir=$1 upstream=$2 proxy=$3 serve=${4:-} workers=${5:-1} trivial=""
+  # The directory first: the redirection below opens DIR/nginx.conf before nginx_head runs.
+  mkdir -p "$dir"
   if [ -n "$serve" ]; then
     trivial="server { listen 127.0.0.1:$serve; location / { return 200 \"ok\"; } }"
   fi
@@ -47,6 +49,7 @@ NGINX
 }
 nginx_upstream_conf() {
   local dir=$1 port=$2 workers=$3
+  mkdir -p "$dir"
   {
     nginx_head "$dir" "$workers"
     cat <<NGINX

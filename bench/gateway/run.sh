@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Reverse proxies side by side in front of the same trivial upstream, measured in the same
 # run on the same machine with wrk (-t2): nginx and HAProxy (1 and 2 workers/threads), the
-# flotilla gateway (1 and 2 HTTP threads) and a bare Pingora proxy (1 and 2 threads,
-# bench/gateway/pingora-bare). The upstream is an nginx `return 200` of its own (one
+# flotilla gateway (1 and 2 HTTP threads), a bare Pingora proxy (1 and 2 threads,
+# bench/gateway/pingora-bare) and a bare hyper proxy (1 and 2 threads, bench/gateway/hyper-bare:
+# the ceiling of the gateway's engine, run as the gateway runs hyper — one runtime per
+# thread, hyper's client connections in a per-thread pool; with --instructions also
+# counted with hyper-util's legacy client).
+# The upstream is an nginx `return 200` of its own (one
 # worker per CPU), so no proxy's figure depends on what serving the upstream costs it.
 # Rounds alternate between the proxies (the order reversed every other round); each cell
 # is min / median / max over the rounds. Also each proxy's RSS (idle and peak under load)
@@ -23,7 +27,8 @@
 # Knobs: FLOTILLA_BINARY (default: cargo build --release -p flotilla, then
 # target/release/flotilla; FLOTILLA_BENCH_NO_BUILD=1 uses that binary as it is),
 # PINGORA_BARE_BINARY (default: built here from bench/gateway/pingora-bare into
-# target/pingora-bare, outside the workspace).
+# target/pingora-bare, outside the workspace), HYPER_BARE_BINARY (default: built here
+# from bench/gateway/hyper-bare into target/hyper-bare, likewise).
 # Needs: nginx, haproxy, wrk, cmake (apt; installed here if missing), valgrind for
 # --instructions. Run it under `nice -n 19` on a shared machine (it did for BENCHMARKS.md).
 set -euo pipefail
@@ -75,6 +80,12 @@ if [ -z "$pingora" ]; then
     --target-dir "$target_dir/pingora-bare"
   pingora=$target_dir/pingora-bare/release/pingora-bare
 fi
+hyper=${HYPER_BARE_BINARY:-}
+if [ -z "$hyper" ]; then
+  cargo build --release -q --manifest-path bench/gateway/hyper-bare/Cargo.toml \
+    --target-dir "$target_dir/hyper-bare"
+  hyper=$target_dir/hyper-bare/release/hyper-bare
+fi
 
 # shellcheck source=bench/gateway/nginx-conf.sh
 source bench/gateway/nginx-conf.sh
@@ -114,6 +125,10 @@ for t in 1 2; do
   port=$((port + 1)); add "pingora$t" "Pingora $(awk -F'"' '/^name = "pingora-proxy"/ {getline; print $2}' bench/gateway/pingora-bare/Cargo.lock), bare" "$t" "$port"
   "$pingora" "127.0.0.1:$port" "127.0.0.1:$upstream" "$t" >"$work/pingora$t.log" 2>&1 &
   echo $! >"$work/pingora$t.pid"
+
+  port=$((port + 1)); add "hyper$t" "hyper $(awk -F'"' '/^name = "hyper"/ {getline; print $2}' bench/gateway/hyper-bare/Cargo.lock), bare" "$t" "$port"
+  "$hyper" "127.0.0.1:$port" "127.0.0.1:$upstream" "$t" nosteal conn >"$work/hyper$t.log" 2>&1 &
+  echo $! >"$work/hyper$t.pid"
 done
 for i in "${!names[@]}"; do wait_up "${names[$i]}" "${ports[$i]}" /posts; done
 # nginx's PID file names the master (stopped by `nginx -s stop` in cleanup, not by PID).
@@ -185,6 +200,8 @@ if [ -n "$instructions" ]; then
   instr[haproxy]=$(bench/gateway/instructions-haproxy.sh "127.0.0.1:$upstream" | count)
   instr[gateway]=$(bench/gateway/instructions.sh "$up" "$flotilla" | count)
   instr[pingora]=$(bench/gateway/instructions-pingora.sh "127.0.0.1:$upstream" "$pingora" | count)
+  instr[hyper]=$(bench/gateway/instructions-hyper.sh "127.0.0.1:$upstream" "$hyper" nosteal conn | count)
+  instr[hyperlegacy]=$(bench/gateway/instructions-hyper.sh "127.0.0.1:$upstream" "$hyper" nosteal legacy | count)
 fi
 
 # Aggregate: min / median / max over the rounds of each proxy and connection count.
@@ -213,7 +230,7 @@ label_of() { local i; for i in "${!names[@]}"; do [ "${names[$i]%[12]}" = "$1" ]
 {
   model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   cat <<MD
-## Gateway vs nginx, HAProxy and bare Pingora (reverse proxy, keepalive upstream)
+## Gateway vs nginx, HAProxy, bare Pingora and bare hyper (reverse proxy, keepalive upstream)
 
 \`bench/gateway/run.sh --duration $duration --rounds $rounds --connections $connections${instructions:+ --instructions}\`,
 $started, $cores cores ($model), load average $load_before before and $load_after after.
@@ -230,14 +247,14 @@ MD
     echo
     echo "| proxy | threads | requests/s | p50 | p99 | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | RSS idle / peak | wrk timeouts |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F'\t' -v c="$c" -v nl="$(label_of nginx)" -v hl="$(label_of haproxy)" -v gl="$(label_of gateway)" -v pl="$(label_of pingora)" '
+    awk -F'\t' -v c="$c" -v nl="$(label_of nginx)" -v hl="$(label_of haproxy)" -v gl="$(label_of gateway)" -v pl="$(label_of pingora)" -v yl="$(label_of hyper)" '
       NR == 1 || $3 != c {next}
       {n++; p[n] = $1; t[n] = $2; rmin[n] = $5; r[n] = $6; rmax[n] = $7; p50[n] = $8; qmin[n] = $9; q[n] = $10; qmax[n] = $11; idle[n] = $12; peak[n] = $13; err[n] = $14
        if ($1 == "nginx") {nr[$2] = $6; nq[$2] = $10} if ($1 == "haproxy") {hr[$2] = $6; hq[$2] = $10}}
       END {
-        label["nginx"] = nl; label["haproxy"] = hl; label["gateway"] = gl; label["pingora"] = pl
-        split("nginx haproxy pingora gateway", want, " ")
-        for (w = 1; w <= 4; w++) for (th = 1; th <= 2; th++) for (i = 1; i <= n; i++) if (p[i] == want[w] && t[i] == th)
+        label["nginx"] = nl; label["haproxy"] = hl; label["gateway"] = gl; label["pingora"] = pl; label["hyper"] = yl
+        split("nginx haproxy pingora hyper gateway", want, " ")
+        for (w = 1; w <= 5; w++) for (th = 1; th <= 2; th++) for (i = 1; i <= n; i++) if (p[i] == want[w] && t[i] == th)
           printf "| %s | %d | %.0f (%.0f–%.0f) | %.2f ms | %.2f ms (%.2f–%.2f) | %.2f× | %.2f× | %.2f× | %.2f× | %.1f / %.1f MiB | %d |\n",
             label[p[i]], t[i], r[i], rmin[i], rmax[i], p50[i], q[i], qmin[i], qmax[i],
             r[i] / nr[t[i]], r[i] / hr[t[i]], q[i] / nq[t[i]], q[i] / hq[t[i]], idle[i] / 1024, peak[i] / 1024, err[i]
@@ -249,8 +266,9 @@ MD
     echo
     echo "| proxy | instructions per request | vs nginx |"
     echo "|---|---:|---:|"
-    for p in nginx haproxy pingora gateway; do
-      awk -v l="$(label_of $p)" -v i="${instr[$p]}" -v n="${instr[nginx]}" 'BEGIN {printf "| %s | %d | %.2f× |\n", l, i, i / n}'
+    for p in nginx haproxy pingora hyper hyperlegacy gateway; do
+      if [ $p = hyperlegacy ]; then l="$(label_of hyper) with hyper-util's legacy client"; else l=$(label_of $p); fi
+      awk -v l="$l" -v i="${instr[$p]}" -v n="${instr[nginx]}" 'BEGIN {printf "| %s | %d | %.2f× |\n", l, i, i / n}'
     done
   fi
   echo
