@@ -10,9 +10,20 @@
 //! Durability and speed: every write goes through one writer thread that owns the
 //! connection and commits whatever has queued up meanwhile in one transaction (group
 //! commit), so a burst of publishes, leases and acks costs one WAL fsync, not one each. A
-//! publish is answered only after its transaction commits, in WAL mode with
-//! `synchronous=FULL` by default, so an acknowledged publish survives `kill -9` and power
-//! loss.
+//! publish is answered only once its transaction is on disk (by default; `synchronous=
+//! normal` in the URL answers at the commit), so an acknowledged publish survives `kill -9`
+//! and power loss.
+//!
+//! The fsync is not in the consumers' way: the writer commits without it, lets consumers
+//! take the message at once and hands the answers that must wait for the disk to a
+//! syncer thread, which fsyncs the write-ahead log — once for every batch committed
+//! meanwhile — and then answers. A consumer may so apply a message before the bus has it
+//! on disk. That is safe: if the power goes before the fsync, the bus loses the message
+//! and the consumer's acknowledgement together, but its publisher was never answered, so
+//! it publishes the same message id again (an outbox has not marked it sent) and the
+//! consumer's inbox, which committed the effect with its own fsync, takes it as a
+//! duplicate. Nothing is lost and nothing applied twice; the event reaches its consumer
+//! an fsync sooner on every hop.
 //!
 //! Delivery: a consumer *leases* up to `prefetch` deliveries (attempt count +1, lease
 //! until now + `lease`). Ack deletes the delivery; nack sets it available again after the
@@ -328,7 +339,7 @@ impl EmbeddedBus {
         }
         let path_for_open = key.clone();
         let (conn, open_lock) = tokio::task::spawn_blocking(move || {
-            let conn = open_connection(&path_for_open, synchronous)?;
+            let conn = open_connection(&path_for_open)?;
             let open_lock = OpenLock::acquire(&path_for_open, || release_orphaned_leases(&conn))?;
             Ok::<_, BusError>((conn, open_lock))
         })
@@ -344,8 +355,10 @@ impl EmbeddedBus {
             retry: options.retry.clone(),
             lease_ms: i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX),
             wakeups: wakeups.clone(),
-            synchronous,
-            at_full: synchronous == Synchronous::Full,
+            syncer: match synchronous {
+                Synchronous::Full => Some(spawn_syncer(&key)?),
+                Synchronous::Normal => None,
+            },
         };
         std::thread::Builder::new()
             .name("bus-writer".into())
@@ -427,7 +440,7 @@ pub enum Synchronous {
     Normal,
 }
 
-fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, BusError> {
+fn open_connection(path: &Path) -> Result<Connection, BusError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -452,16 +465,45 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
             Err(error) => return Err(error.into()),
         }
     }
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        },
-    )?;
+    // FULL for the schema (creating the file and its log durably), then NORMAL: with
+    // `Synchronous::Full` the syncer thread fsyncs the log before a publish is answered.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
+}
+
+/// Starts the thread that makes committed batches durable: it takes every batch's
+/// waiting answers queued since its last fsync, fsyncs the write-ahead log once (any
+/// descriptor of the file syncs what SQLite wrote through its own) and answers them —
+/// with the error, if the fsync failed, so their publishers try again.
+fn spawn_syncer(path: &Path) -> Result<std::sync::mpsc::Sender<Vec<Outcome>>, BusError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<Outcome>>();
+    std::thread::Builder::new()
+        .name("bus-syncer".into())
+        .spawn(move || {
+            while let Ok(mut waiting) = receiver.recv() {
+                while let Ok(more) = receiver.try_recv() {
+                    waiting.extend(more);
+                }
+                #[cfg(test)]
+                let _held = tests::SYNC_GATE.lock();
+                let synced = std::fs::File::open(&wal).and_then(|file| file.sync_data());
+                let failure = synced.err().map(|error| {
+                    let message = format!("cannot fsync {}: {error}", wal.display());
+                    tracing::error!(error = %message, "embedded bus");
+                    message
+                });
+                for outcome in waiting {
+                    outcome.answer(failure.as_deref());
+                }
+            }
+        })
+        .map_err(|e| BusError::Embedded(format!("cannot start the syncer thread: {e}")))?;
+    Ok(sender)
 }
 
 /// Makes every leased delivery available again; called only when no other process has
@@ -491,9 +533,9 @@ struct Writer {
     retry: RetryPolicy,
     lease_ms: i64,
     wakeups: Wakeups,
-    /// How the file was opened; with `Full`, whether the connection is at FULL right now.
-    synchronous: Synchronous,
-    at_full: bool,
+    /// With `synchronous=full`: where the answers that must wait for the disk go (the
+    /// connection itself commits at NORMAL; see the module's documentation).
+    syncer: Option<std::sync::mpsc::Sender<Vec<Outcome>>>,
 }
 
 /// What a command produced, answered after the commit.
@@ -561,36 +603,46 @@ impl Writer {
 
     fn run_batch(&mut self, batch: Vec<Command>) {
         let mut woken: Vec<String> = Vec::new();
+        // Each command's outcome, and whether its answer waits for the disk.
         let mut outcomes = Vec::with_capacity(batch.len());
-        // Only what must survive a power loss waits for the disk: a batch of nothing but
-        // leases and acknowledgements commits without an fsync (WAL with NORMAL: a crash
-        // keeps it, a power loss may drop it, never corrupts). Losing one is harmless —
-        // a lost lease is leased again, a lost ack redelivers a message its consumer's
-        // inbox already holds — and the next synced commit makes it durable anyway. So
-        // a consumer does not wait on an fsync to take a message or to let it go.
-        let full = self.synchronous == Synchronous::Full
-            && batch.iter().any(Command::must_survive_power_loss);
         let mut pending = batch.into_iter();
         let result = (|| -> Result<(), rusqlite::Error> {
-            if full != self.at_full {
-                self.conn.pragma_update(
-                    None,
-                    "synchronous",
-                    if full { "FULL" } else { "NORMAL" },
-                )?;
-                self.at_full = full;
-            }
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.refresh_bindings()?;
             for command in pending.by_ref() {
-                outcomes.push(self.apply(command, &mut woken)?);
+                // Only what must survive a power loss waits for the fsync. Leases and
+                // acknowledgements are answered at the commit (a crash keeps them, a
+                // power loss may drop them, never corrupts): a lost lease is leased
+                // again, a lost ack redelivers a message its consumer's inbox already
+                // holds, and the next fsync makes them durable anyway.
+                let durable = command.must_survive_power_loss();
+                outcomes.push((self.apply(command, &mut woken)?, durable));
             }
             self.conn.execute_batch("COMMIT")
         })();
         match result {
             Ok(()) => {
-                for outcome in outcomes {
-                    outcome.answer(None);
+                let mut after_sync = Vec::new();
+                for (mut outcome, durable) in outcomes {
+                    // The tap hears of a publish before anyone can take it.
+                    if let Outcome::Published(_, observe) = &mut outcome
+                        && let Some(observe) = observe.take()
+                    {
+                        observe();
+                    }
+                    if durable && self.syncer.is_some() {
+                        after_sync.push(outcome);
+                    } else {
+                        outcome.answer(None);
+                    }
+                }
+                if !after_sync.is_empty()
+                    && let Some(syncer) = &self.syncer
+                    && let Err(unsent) = syncer.send(after_sync)
+                {
+                    for outcome in unsent.0 {
+                        outcome.answer(Some("the bus's syncer thread is gone"));
+                    }
                 }
                 woken.sort();
                 woken.dedup();
@@ -604,7 +656,7 @@ impl Writer {
                 self.data_version = -1;
                 let message = error.to_string();
                 tracing::error!(error = %message, "embedded bus transaction failed");
-                for outcome in outcomes {
+                for (outcome, _) in outcomes {
                     outcome.answer(Some(&message));
                 }
                 for command in pending {
@@ -1447,6 +1499,54 @@ impl Consuming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by a test to stop the syncer thread before its fsync.
+    pub(super) static SYNC_GATE: Mutex<()> = Mutex::new(());
+
+    /// A consumer takes a published message at once; the publisher is answered only
+    /// after the syncer's fsync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The gate is held across awaits on purpose: it stops another thread, not this task.
+    #[allow(clippy::await_holding_lock)]
+    async fn consumers_do_not_wait_for_the_fsync_but_publishers_do() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bus = Arc::new(
+            EmbeddedBus::open(
+                &dir.path().join("bus.db"),
+                BusOptions::default(),
+                Synchronous::Full,
+            )
+            .await
+            .expect("open"),
+        );
+        let mut subscriber = bus
+            .subscribe(Subscription::new("g", "k"))
+            .await
+            .expect("subscribe");
+        let gate = SYNC_GATE.lock().expect("gate");
+        let publishing = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(Message::new("k", "hello")).await }
+        });
+        let delivery = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+            .await
+            .expect("delivered before the fsync")
+            .expect("a delivery")
+            .expect("no error");
+        assert_eq!(delivery.message.body.as_ref(), b"hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !publishing.is_finished(),
+            "the publish was answered before its fsync"
+        );
+        drop(gate);
+        tokio::time::timeout(Duration::from_secs(10), publishing)
+            .await
+            .expect("answered after the fsync")
+            .expect("join")
+            .expect("published");
+        delivery.ack().await.expect("ack");
+    }
 
     /// What a publisher or a user is answered about waits for the disk; what only moves
     /// a message along between consumer and bus does not.

@@ -262,14 +262,21 @@ impl OutboxRelay {
             Dialect::Sqlite => "",
             Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
         };
-        let mut tx = self.db.begin().await?;
-        let rows = sqlx::query(dialect.sql(format!(
+        // SQLite: no transaction around the read (one hand-off to its worker thread, not
+        // three); nothing is held while publishing anyway (below).
+        let mut tx = match dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres | Dialect::MySql => Some(self.db.begin().await?),
+        };
+        let select = sqlx::query(dialect.sql(format!(
             "SELECT seq, message_id, routing_key, headers, body, created_at FROM bus_outbox
              WHERE sent_at IS NULL ORDER BY seq LIMIT {}{lock}",
             self.batch
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
+        )));
+        let rows = match tx.as_mut() {
+            Some(tx) => select.fetch_all(&mut **tx).await?,
+            None => select.fetch_all(self.db.pool()).await?,
+        };
         let mut seqs = Vec::with_capacity(rows.len());
         let mut messages = Vec::with_capacity(rows.len());
         let mut oldest = None;
@@ -292,7 +299,9 @@ impl OutboxRelay {
             metrics::gauge!("bus_outbox_lag", "outbox" => self.name.clone()).set(rows.len() as f64);
         }
         if messages.is_empty() {
-            tx.rollback().await?;
+            if let Some(tx) = tx {
+                tx.rollback().await?;
+            }
             return Ok(0);
         }
         let count = messages.len();
@@ -301,13 +310,6 @@ impl OutboxRelay {
         // meanwhile (always, under steady writes), and holding the write lock instead
         // stalls every writer of the service for the publish's fsync. One process relays
         // a SQLite file, so nothing else publishes these rows in between.
-        let mut tx = match dialect {
-            Dialect::Sqlite => {
-                tx.rollback().await?;
-                None
-            }
-            Dialect::Postgres | Dialect::MySql => Some(tx),
-        };
         let (published, refused) = self.publish_in_order(messages).await;
         if published == 0 {
             return Err(refused.unwrap_or(BusError::Closed));

@@ -126,6 +126,13 @@ async fn a_failed_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         insert(&mut seed, &db, "taken").await.expect("insert");
         seed.commit().await.expect("commit");
 
+        // Alone, a write has no savepoint of its own (the batch is its transaction):
+        // undoing it must still leave nothing, and the next write must find a clean slot.
+        let mut alone = db.write().await.expect("write");
+        insert(&mut alone, &db, "alone").await.expect("insert");
+        assert!(insert(&mut alone, &db, "taken").await.is_err(), "duplicate");
+        alone.rollback().await.expect("rollback");
+
         let gate = Arc::new(tokio::sync::Barrier::new(3));
         let spawn = |ids: &'static [&'static str]| {
             let db = db.clone();
