@@ -34,15 +34,20 @@
 //! and neither settled nor dropped — this process renews its lease every third of
 //! `lease`, so a handler may take as long as it needs (a long conversion) without its
 //! message going to a second consumer; a process that dies stops renewing, and its
-//! deliveries are leased again once `lease` has passed. Consumers in this process are
-//! woken at once by publishes; other processes sharing the file notice within the poll
-//! interval.
+//! deliveries are leased again once `lease` has passed. A consumer with nothing to do
+//! leaves its lease request parked in the writer, which answers it in the very
+//! transaction that publishes to its group — no wake-up and second round trip between
+//! publish and delivery; work published by another process sharing the file, or whose
+//! retry delay has passed, is found by the poll of the parked requests.
 //! Opening the same file twice in one process shares one writer.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock, Weak},
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -63,8 +68,8 @@ use crate::{
 
 /// How many queued commands one transaction may take.
 const MAX_BATCH: usize = 2048;
-/// How often an idle consumer looks for work published by another process or whose
-/// retry delay has passed.
+/// How often parked lease requests are tried again, for work published by another
+/// process or whose retry delay has passed.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Lease renewals per lease period: two may be late or lost before a lease lapses.
 const RENEWALS_PER_LEASE: u32 = 3;
@@ -205,7 +210,12 @@ type OnCommit = Box<dyn FnOnce() + Send>;
 enum Command {
     Publish(Vec<Message>, Option<OnCommit>, Reply<()>),
     Bind(String, Vec<String>, Reply<()>),
+    /// Up to this many deliveries of the group; when none is available the request waits
+    /// in the writer (parked) and is answered as soon as a publish — or, for those of
+    /// other processes and retries coming due, the next poll — makes some available.
     Lease(String, usize, Reply<Vec<Leased>>),
+    /// Try the parked lease requests again (see [`POLL_INTERVAL`]).
+    Poll,
     Ack(i64, Reply<()>),
     /// Extend the leases of these (delivery id, attempt)s still held by this process.
     Renew(Vec<(i64, i64)>),
@@ -239,6 +249,7 @@ impl Command {
         !matches!(
             self,
             Command::Lease(..)
+                | Command::Poll
                 | Command::Ack(..)
                 | Command::Renew(..)
                 | Command::Release(..)
@@ -281,7 +292,7 @@ impl Command {
             Command::Signals(_, _, reply) => {
                 let _ = reply.send(Err(error()));
             }
-            Command::Maintain | Command::Release(..) | Command::Renew(_) => {}
+            Command::Maintain | Command::Poll | Command::Release(..) | Command::Renew(_) => {}
         }
     }
 }
@@ -348,6 +359,7 @@ impl EmbeddedBus {
 
         let (commands, receiver) = mpsc::channel(16 * 1024);
         let wakeups: Wakeups = Arc::default();
+        let parked_count = Arc::new(AtomicUsize::new(0));
         let mut writer = Writer {
             conn,
             bindings: Vec::new(),
@@ -359,6 +371,8 @@ impl EmbeddedBus {
                 Synchronous::Full => Some(spawn_syncer(&key)?),
                 Synchronous::Normal => None,
             },
+            parked: Vec::new(),
+            parked_count: parked_count.clone(),
         };
         std::thread::Builder::new()
             .name("bus-writer".into())
@@ -385,10 +399,18 @@ impl EmbeddedBus {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             let mut renew = tokio::time::interval(renew_every);
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let command = tokio::select! {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => Command::Maintain,
+                    _ = poll.tick() => {
+                        if parked_count.load(Ordering::Relaxed) == 0 {
+                            continue;
+                        }
+                        Command::Poll
+                    }
                     _ = renew.tick() => {
                         let held: Vec<(i64, i64)> = match held.lock() {
                             Ok(held) => held.iter().copied().collect(),
@@ -536,6 +558,17 @@ struct Writer {
     /// With `synchronous=full`: where the answers that must wait for the disk go (the
     /// connection itself commits at NORMAL; see the module's documentation).
     syncer: Option<std::sync::mpsc::Sender<Vec<Outcome>>>,
+    /// Lease requests waiting for a delivery, and how many there are (for the poll).
+    parked: Vec<Parked>,
+    parked_count: Arc<AtomicUsize>,
+}
+
+/// A consumer waiting for deliveries of its group: it is answered in the transaction
+/// that publishes one, without another round trip from consumer to writer.
+struct Parked {
+    group: String,
+    max: usize,
+    reply: Reply<Vec<Leased>>,
 }
 
 /// What a command produced, answered after the commit.
@@ -606,10 +639,12 @@ impl Writer {
         // Each command's outcome, and whether its answer waits for the disk.
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut pending = batch.into_iter();
+        let mut poll = false;
         let result = (|| -> Result<(), rusqlite::Error> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.refresh_bindings()?;
             for command in pending.by_ref() {
+                poll |= matches!(command, Command::Poll);
                 // Only what must survive a power loss waits for the fsync. Leases and
                 // acknowledgements are answered at the commit (a crash keeps them, a
                 // power loss may drop them, never corrupts): a lost lease is leased
@@ -618,22 +653,35 @@ impl Writer {
                 let durable = command.must_survive_power_loss();
                 outcomes.push((self.apply(command, &mut woken)?, durable));
             }
+            self.serve_parked(&woken, poll, &mut outcomes)?;
             self.conn.execute_batch("COMMIT")
         })();
+        self.parked_count
+            .store(self.parked.len(), Ordering::Relaxed);
         match result {
             Ok(()) => {
                 let mut after_sync = Vec::new();
-                for (mut outcome, durable) in outcomes {
-                    // The tap hears of a publish before anyone can take it.
-                    if let Outcome::Published(_, observe) = &mut outcome
+                let mut unclaimed = Vec::new();
+                // The tap hears of a publish before anyone can take it (a parked lease
+                // below may hand it out in this very answer).
+                for (outcome, _) in &mut outcomes {
+                    if let Outcome::Published(_, observe) = outcome
                         && let Some(observe) = observe.take()
                     {
                         observe();
                     }
-                    if durable && self.syncer.is_some() {
-                        after_sync.push(outcome);
-                    } else {
-                        outcome.answer(None);
+                }
+                for (outcome, durable) in outcomes {
+                    match outcome {
+                        // A lease whose consumer has gone meanwhile (it stopped while
+                        // parked) goes back at once, not when the lease runs out.
+                        Outcome::Leased(reply, rows) => {
+                            if let Err(Ok(rows)) = reply.send(Ok(rows)) {
+                                unclaimed.extend(rows);
+                            }
+                        }
+                        outcome if durable && self.syncer.is_some() => after_sync.push(outcome),
+                        outcome => outcome.answer(None),
                     }
                 }
                 if !after_sync.is_empty()
@@ -649,6 +697,7 @@ impl Writer {
                 for group in &woken {
                     wake(&self.wakeups, group);
                 }
+                self.unlease(&unclaimed);
             }
             Err(error) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -722,8 +771,14 @@ impl Writer {
             }
             Command::Lease(group, max, reply) => {
                 let rows = self.lease(&group, max)?;
-                Outcome::Leased(reply, rows)
+                if rows.is_empty() {
+                    self.parked.push(Parked { group, max, reply });
+                    Outcome::None
+                } else {
+                    Outcome::Leased(reply, rows)
+                }
             }
+            Command::Poll => Outcome::None,
             Command::Ack(delivery_id, reply) => {
                 let seq: Option<i64> = self
                     .conn
@@ -861,6 +916,56 @@ impl Writer {
     }
 
     /// Whether some group's pattern matches `routing_key`.
+    /// Leases, in this transaction, for the parked requests of the groups this batch
+    /// published to (all of them on a poll); those still without a delivery stay parked.
+    fn serve_parked(
+        &mut self,
+        woken: &[String],
+        all: bool,
+        outcomes: &mut Vec<(Outcome, bool)>,
+    ) -> Result<(), rusqlite::Error> {
+        let mut waiting = std::mem::take(&mut self.parked).into_iter();
+        while let Some(parked) = waiting.next() {
+            if parked.reply.is_closed() {
+                continue;
+            }
+            if !all && !woken.contains(&parked.group) {
+                self.parked.push(parked);
+                continue;
+            }
+            match self.lease(&parked.group, parked.max) {
+                Ok(rows) if rows.is_empty() => self.parked.push(parked),
+                Ok(rows) => outcomes.push((Outcome::Leased(parked.reply, rows), false)),
+                Err(error) => {
+                    self.parked.push(parked);
+                    self.parked.extend(waiting);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands back deliveries leased to a consumer that was gone by the answer: available
+    /// again at once, the attempt not counted (it never reached a handler).
+    fn unlease(&mut self, rows: &[Leased]) {
+        for row in rows {
+            let released = self
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts - 1, lease_until = 0
+                     WHERE id = ?1 AND attempts = ?2",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![row.delivery_id, row.attempts])
+                });
+            if let Err(error) = released {
+                tracing::warn!(%error, delivery = row.delivery_id,
+                    "cannot hand back a lease; it is available again when it runs out");
+            }
+        }
+    }
+
     fn bound(&self, routing_key: &str) -> bool {
         self.bindings
             .iter()
@@ -1409,13 +1514,11 @@ struct Consuming {
     window: Arc<Semaphore>,
     prefetch: usize,
     buffered: VecDeque<Delivery>,
-    wakeups: watch::Receiver<u64>,
 }
 
 fn subscriber(shared: Arc<Shared>, subscription: Subscription) -> Subscriber {
     let prefetch = usize::from(subscription.prefetch.max(1));
     let state = Consuming {
-        wakeups: subscribe_wakeups(&shared.wakeups, &subscription.group),
         shared,
         group: subscription.group,
         window: Arc::new(Semaphore::new(prefetch)),
@@ -1451,9 +1554,8 @@ impl Consuming {
                     Err(_) => break,
                 }
             }
-            // Mark the wakeups seen *before* looking, so a publish that commits after
-            // the lease is not missed.
-            self.wakeups.borrow_and_update();
+            // Answered once there is something: the writer parks the request until a
+            // publish (or a poll) brings deliveries of the group.
             let group = self.group.clone();
             let wanted = permits.len();
             let rows = self
@@ -1461,11 +1563,6 @@ impl Consuming {
                 .call(|reply| Command::Lease(group, wanted, reply))
                 .await?;
             if rows.is_empty() {
-                drop(permits);
-                tokio::select! {
-                    _ = self.wakeups.changed() => {}
-                    () = tokio::time::sleep(POLL_INTERVAL) => {}
-                }
                 continue;
             }
             if let Ok(mut held) = self.shared.held.lock() {
@@ -1545,6 +1642,46 @@ mod tests {
             .expect("answered after the fsync")
             .expect("join")
             .expect("published");
+        delivery.ack().await.expect("ack");
+    }
+
+    /// A consumer that stops while its lease request is parked does not take the next
+    /// message with it: another consumer of the group gets it at once, not when a lease
+    /// (here 60 s) would have run out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_request_of_a_consumer_that_stopped_takes_nothing() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let options = BusOptions {
+            lease: Duration::from_secs(60),
+            ..BusOptions::default()
+        };
+        let bus = EmbeddedBus::open(&dir.path().join("bus.db"), options, Synchronous::Full)
+            .await
+            .expect("open");
+        let mut gone = bus
+            .subscribe(Subscription::new("g", "k"))
+            .await
+            .expect("subscribe");
+        // Its request parks in the writer (nothing to take yet), then the consumer goes.
+        let waited = tokio::time::timeout(Duration::from_millis(300), gone.next()).await;
+        assert!(waited.is_err(), "nothing was published yet");
+        drop(gone);
+        bus.publish(Message::new("k", "for whoever is there"))
+            .await
+            .expect("publish");
+        let mut next = bus
+            .subscribe(Subscription::new("g", "k"))
+            .await
+            .expect("subscribe");
+        let delivery = tokio::time::timeout(Duration::from_secs(5), next.next())
+            .await
+            .expect("delivered at once")
+            .expect("a delivery")
+            .expect("no error");
+        assert_eq!(
+            delivery.attempt, 1,
+            "the stopped consumer's request took no attempt"
+        );
         delivery.ack().await.expect("ack");
     }
 
