@@ -329,10 +329,12 @@ impl OutboxRelay {
                 tx.commit().await?;
             }
             None => {
-                // Joins the service's group commit instead of paying an fsync of its own.
-                let mut write = self.db.write().await?;
+                // Joins the service's group commit instead of paying an fsync of its own,
+                // and does not wait for one: a mark lost to a power loss only publishes
+                // the same message ids again, which their consumers' inboxes absorb.
+                let mut write = self.db.write_lazy().await?;
                 update.execute(&mut **write.tx()?).await?;
-                write.commit().await?;
+                drop(write.commit_lazy().await?);
             }
         }
         match refused {
