@@ -61,8 +61,6 @@ mod open_lock;
 
 use open_lock::OpenLock;
 
-use storage::sync::Syncer;
-
 use crate::{
     BusError, BusOptions, DeadLetter, Delivery, EventBus, Message, Nack, RetryPolicy, Subscriber,
     Subscription, delivery::Settle, now_ms, topic_matches,
@@ -370,9 +368,7 @@ impl EmbeddedBus {
             lease_ms: i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX),
             wakeups: wakeups.clone(),
             syncer: match synchronous {
-                Synchronous::Full => Some(Syncer::start(&key, "bus-syncer").map_err(|e| {
-                    BusError::Embedded(format!("cannot start the syncer thread: {e}"))
-                })?),
+                Synchronous::Full => Some(spawn_syncer(&key)?),
                 Synchronous::Normal => None,
             },
             parked: Vec::new(),
@@ -499,6 +495,39 @@ fn open_connection(path: &Path) -> Result<Connection, BusError> {
     Ok(conn)
 }
 
+/// Starts the thread that makes committed batches durable: it takes every batch's
+/// waiting answers queued since its last fsync, fsyncs the write-ahead log once (any
+/// descriptor of the file syncs what SQLite wrote through its own) and answers them —
+/// with the error, if the fsync failed, so their publishers try again.
+fn spawn_syncer(path: &Path) -> Result<std::sync::mpsc::Sender<Vec<Outcome>>, BusError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<Outcome>>();
+    std::thread::Builder::new()
+        .name("bus-syncer".into())
+        .spawn(move || {
+            while let Ok(mut waiting) = receiver.recv() {
+                while let Ok(more) = receiver.try_recv() {
+                    waiting.extend(more);
+                }
+                #[cfg(test)]
+                let _held = tests::SYNC_GATE.lock();
+                let synced = std::fs::File::open(&wal).and_then(|file| file.sync_data());
+                let failure = synced.err().map(|error| {
+                    let message = format!("cannot fsync {}: {error}", wal.display());
+                    tracing::error!(error = %message, "embedded bus");
+                    message
+                });
+                for outcome in waiting {
+                    outcome.answer(failure.as_deref());
+                }
+            }
+        })
+        .map_err(|e| BusError::Embedded(format!("cannot start the syncer thread: {e}")))?;
+    Ok(sender)
+}
+
 /// Makes every leased delivery available again; called only when no other process has
 /// the bus open (see [`open_lock`]), so every lease is one of a process that is gone.
 /// Like a lease that expired, the attempt still counts, so a message that keeps killing
@@ -528,7 +557,7 @@ struct Writer {
     wakeups: Wakeups,
     /// With `synchronous=full`: where the answers that must wait for the disk go (the
     /// connection itself commits at NORMAL; see the module's documentation).
-    syncer: Option<Syncer>,
+    syncer: Option<std::sync::mpsc::Sender<Vec<Outcome>>>,
     /// Lease requests waiting for a delivery, and how many there are (for the poll).
     parked: Vec<Parked>,
     parked_count: Arc<AtomicUsize>,
@@ -657,14 +686,11 @@ impl Writer {
                 }
                 if !after_sync.is_empty()
                     && let Some(syncer) = &self.syncer
+                    && let Err(unsent) = syncer.send(after_sync)
                 {
-                    syncer.after_sync(Box::new(move |failure| {
-                        #[cfg(test)]
-                        let _held = tests::SYNC_GATE.lock();
-                        for outcome in after_sync {
-                            outcome.answer(failure);
-                        }
-                    }));
+                    for outcome in unsent.0 {
+                        outcome.answer(Some("the bus's syncer thread is gone"));
+                    }
                 }
                 woken.sort();
                 woken.dedup();

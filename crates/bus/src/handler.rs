@@ -39,7 +39,7 @@ use std::{sync::Arc, time::Duration};
 use serde::de::DeserializeOwned;
 use sqlx::{Any, Transaction};
 use std::future::Future;
-use storage::{Database, Durable, StorageError};
+use storage::{Database, StorageError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -167,18 +167,6 @@ pub trait Handler: Send + Sync + 'static {
         event: &Self::Event,
         delivered: &Delivered,
     ) -> impl Future<Output = Result<Vec<Message>, Self::Error>> + Send;
-
-    /// Whether handling the same message again — after a power loss undid a commit that
-    /// was not yet on disk — causes messages with the same ids (derived from their
-    /// content or from the message handled), so that their consumers' inboxes take a
-    /// second copy as a duplicate. Then the runner hands the caused messages on at the
-    /// commit, before its fsync, and acknowledges the message only once the commit is on
-    /// disk: an event crosses the service an fsync sooner. A handler that causes nothing
-    /// may say `true` as well. Default `false`: the commit is on disk before anything
-    /// leaves.
-    fn stable_ids(&self) -> bool {
-        false
-    }
 
     /// After the commit of a message applied for the first time (not a duplicate).
     fn after_commit(&self, _event: Self::Event) -> impl Future<Output = ()> + Send {
@@ -368,16 +356,11 @@ impl<H: Handler> Runner<H> {
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_secs(2));
                         }
-                        Ok((Handled::Applied, durable)) => {
+                        Ok(Handled::Applied) => {
                             self.handler.after_commit(event).await;
-                            durable.wait().await.map_err(transient)?;
                             return Ok(Handled::Applied);
                         }
-                        Ok((handled, durable)) => {
-                            durable.wait().await.map_err(transient)?;
-                            return Ok(handled);
-                        }
-                        Err(nack) => return Err(nack),
+                        other => return other,
                     }
                 }
             }
@@ -385,27 +368,20 @@ impl<H: Handler> Runner<H> {
     }
 
     /// In one transaction: the inbox record, then (unless already recorded) `apply` when
-    /// `apply` is set, and the caused messages in the outbox. Returns once the commit is
-    /// visible, with what to wait on before the acknowledgement: the commit's fsync
-    /// ([`Handler::stable_ids`]), or nothing (the commit waited for it).
+    /// `apply` is set, and the caused messages in the outbox.
     async fn commit(
         &self,
         event: &H::Event,
         delivered: &Delivered,
         mut caused: Vec<Message>,
         apply: bool,
-    ) -> Result<(Handled, Durable), Nack> {
+    ) -> Result<Handled, Nack> {
         let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
-            return Ok((Handled::Applied, Durable::default()));
+            return Ok(Handled::Applied);
         };
         // Shares its commit with the other deliveries and requests writing at once
         // (group commit); acknowledged only once that commit is on disk.
-        let mut write = if self.handler.stable_ids() {
-            db.write_lazy().await
-        } else {
-            db.write().await
-        }
-        .map_err(transient)?;
+        let mut write = db.write().await.map_err(transient)?;
         let tx = write.tx().map_err(transient)?;
         if !inbox
             .record(tx, &self.group, &delivered.message_id)
@@ -413,10 +389,8 @@ impl<H: Handler> Runner<H> {
             .map_err(transient)?
         {
             tracing::debug!(group = %self.group, message_id = %delivered.message_id, "already applied; skipped");
-            // Committed (nothing) rather than rolled back: the acknowledgement waits for
-            // the batch that holds the first copy's commit, which may not be on disk yet.
-            let durable = write.commit_lazy().await.map_err(transient)?;
-            return Ok((Handled::Duplicate, durable));
+            write.rollback().await.map_err(transient)?;
+            return Ok(Handled::Duplicate);
         }
         if apply {
             match self.handler.apply(tx, event, delivered).await {
@@ -440,17 +414,11 @@ impl<H: Handler> Runner<H> {
                 outbox.enqueue(tx, message).await.map_err(transient)?;
             }
         }
-        let mut durable = write.commit_lazy().await.map_err(transient)?;
-        if !self.handler.stable_ids() {
-            // What it caused leaves only once the commit is on disk (a batch a lazy
-            // write opened commits before its fsync).
-            durable.wait().await.map_err(transient)?;
-            durable = Durable::default();
-        }
+        write.commit().await.map_err(transient)?;
         if let Some(outbox) = outbox {
             outbox.committed();
         }
-        Ok((Handled::Applied, durable))
+        Ok(Handled::Applied)
     }
 
     /// Past the last attempt: applied (the inbox knows) → settled; otherwise the
@@ -486,11 +454,7 @@ impl<H: Handler> Runner<H> {
                 publish(bus.as_ref(), caused).await?;
                 Ok(Handled::Applied)
             }
-            StoreKind::Database { .. } => {
-                let (handled, durable) = self.commit(&event, delivered, caused, false).await?;
-                durable.wait().await.map_err(transient)?;
-                Ok(handled)
-            }
+            StoreKind::Database { .. } => self.commit(&event, delivered, caused, false).await,
         }
     }
 }

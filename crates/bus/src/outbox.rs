@@ -329,12 +329,10 @@ impl OutboxRelay {
                 tx.commit().await?;
             }
             None => {
-                // Joins the service's group commit instead of paying an fsync of its own,
-                // and does not wait for one: a mark lost to a power loss only publishes
-                // the same message ids again, which their consumers' inboxes absorb.
-                let mut write = self.db.write_lazy().await?;
+                // Joins the service's group commit instead of paying an fsync of its own.
+                let mut write = self.db.write().await?;
                 update.execute(&mut **write.tx()?).await?;
-                drop(write.commit_lazy().await?);
+                write.commit().await?;
             }
         }
         match refused {

@@ -21,28 +21,16 @@
 //!
 //! The commit itself runs in a task of its own, so a caller that goes away (a client that
 //! hangs up) can neither leave a batch half-committed nor strand the others waiting on it.
-//!
-//! *Committed before durable* ([`Database::write_lazy`](crate::Database::write_lazy)): a
-//! consumer whose effects may be redone after a power loss (its message is acknowledged
-//! only once they are durable, and what it causes carries ids that a second run repeats)
-//! need not wait for the fsync to go on. A batch such a write opens commits at
-//! `synchronous=NORMAL`; [`Write::commit_lazy`] returns at the commit, with a [`Durable`]
-//! to wait on, and a [`Syncer`] thread fsyncs the log off the writer's way. A durable
-//! write that joins such a batch is answered after that fsync, as always only once it
-//! is on disk. The pool's one connection is set back to `FULL` as it is released, so
-//! every other write on it keeps its own fsync.
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use std::sync::atomic::AtomicBool;
-
 use sqlx::{Any, AnyPool, AssertSqlSafe, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use crate::{StorageError, sync::Syncer};
+use crate::StorageError;
 
 /// The transaction a [`Write`] works in.
 pub type Tx = Transaction<'static, Any>;
@@ -58,9 +46,6 @@ type Outcome = Option<Result<(), String>>;
 #[derive(Debug)]
 pub(crate) struct Batches {
     pool: AnyPool,
-    /// Present when batches may commit before their fsync (a SQLite file on a pool of
-    /// one connection).
-    relax: Option<Relax>,
     slot: Arc<Mutex<Slot>>,
     /// Writers waiting for the slot: while there are some, a finished write leaves the
     /// commit to them.
@@ -68,14 +53,6 @@ pub(crate) struct Batches {
     /// Writes committed, and the commits that carried them.
     writes: AtomicU64,
     commits: AtomicU64,
-}
-
-/// How lazy writes are made durable: the log's fsync thread, and whether the pool's one
-/// connection is at `synchronous=NORMAL` right now (set back to FULL on its release).
-#[derive(Debug)]
-pub(crate) struct Relax {
-    pub(crate) syncer: Syncer,
-    pub(crate) relaxed: Arc<AtomicBool>,
 }
 
 /// How much group commit saved: writes committed and the commits that carried them.
@@ -98,11 +75,7 @@ struct Batch {
     /// The write that was dropped before it finished: rolled back by the next one to take
     /// the slot.
     abandoned: Option<Savepoint>,
-    /// Committed at `synchronous=NORMAL`: durable only after the syncer's fsync.
-    relaxed: bool,
-    /// The commit, and its fsync (the same moment unless `relaxed`).
     outcome: watch::Sender<Outcome>,
-    durable: watch::Sender<Outcome>,
 }
 
 /// Where a write began: a savepoint of its own, or — the first write of a batch — the
@@ -114,10 +87,9 @@ enum Savepoint {
 }
 
 impl Batches {
-    pub(crate) fn new(pool: AnyPool, relax: Option<Relax>) -> Arc<Self> {
+    pub(crate) fn new(pool: AnyPool) -> Arc<Self> {
         Arc::new(Self {
             pool,
-            relax,
             slot: Arc::new(Mutex::new(Slot::default())),
             waiting: AtomicUsize::new(0),
             writes: AtomicU64::new(0),
@@ -132,7 +104,7 @@ impl Batches {
         }
     }
 
-    async fn write(self: &Arc<Self>, lazy: bool) -> Result<Write, StorageError> {
+    async fn write(self: &Arc<Self>) -> Result<Write, StorageError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let slot = self.slot.clone().lock_owned().await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -140,7 +112,7 @@ impl Batches {
             batches: self.clone(),
             slot: Some(slot),
         };
-        let savepoint = turn.start(lazy).await?;
+        let savepoint = turn.start().await?;
         Ok(Write {
             inner: Inner::Batched { turn, savepoint },
         })
@@ -163,47 +135,18 @@ impl Turn {
         self.slot()?.batch.as_mut().ok_or_else(finished)
     }
 
-    /// Cleans up after an abandoned write, opens a batch if there is none (committing
-    /// before its fsync when a lazy write opens it), and sets this write's savepoint
-    /// (none for the batch's first write).
-    async fn start(&mut self, lazy: bool) -> Result<Savepoint, StorageError> {
+    /// Cleans up after an abandoned write, opens a batch if there is none, and sets this
+    /// write's savepoint (none for the batch's first write).
+    async fn start(&mut self) -> Result<Savepoint, StorageError> {
         self.roll_back_abandoned().await?;
-        let batches = self.batches.clone();
+        let pool = self.batches.pool.clone();
         let slot = self.slot()?;
         if slot.batch.is_none() {
-            let relax = batches.relax.as_ref().filter(|_| lazy);
-            let tx = match relax {
-                Some(relax) => {
-                    // One statement to the connection's thread for both. The flag is set
-                    // once the connection is ours (set earlier, the release of its
-                    // previous user would take it); the release after the batch sets the
-                    // connection back to FULL (see `Database::connect_with`).
-                    let begun = batches
-                        .pool
-                        .begin_with("PRAGMA synchronous = NORMAL; BEGIN")
-                        .await;
-                    match begun {
-                        Ok(tx) => {
-                            relax.relaxed.store(true, Ordering::SeqCst);
-                            tx
-                        }
-                        Err(error) => {
-                            // The connection may have been lowered before BEGIN failed.
-                            let _ =
-                                execute_on_pool(&batches.pool, "PRAGMA synchronous = FULL").await;
-                            return Err(error.into());
-                        }
-                    }
-                }
-                None => batches.pool.begin().await?,
-            };
             slot.batch = Some(Batch {
-                tx,
+                tx: pool.begin().await?,
                 writes: 0,
                 abandoned: None,
-                relaxed: relax.is_some(),
                 outcome: watch::Sender::new(None),
-                durable: watch::Sender::new(None),
             });
         }
         let alone = slot.batch.as_ref().is_some_and(|batch| batch.writes == 0);
@@ -246,11 +189,15 @@ impl Turn {
     /// Ends this write's part: its savepoint is released (`keep`) or rolled back, then
     /// the batch is committed if nobody waits to add to it. Returns the batch's outcome
     /// to wait for.
-    async fn finish(&mut self, savepoint: Savepoint, keep: bool) -> Result<Outcomes, StorageError> {
+    async fn finish(
+        &mut self,
+        savepoint: Savepoint,
+        keep: bool,
+    ) -> Result<watch::Receiver<Outcome>, StorageError> {
         if savepoint == Savepoint::Whole && !keep {
             // Undoing the batch's only write: the whole transaction goes.
             let slot = self.slot()?;
-            let outcome = slot.batch.take().map(|batch| Outcomes::of(&batch));
+            let outcome = slot.batch.take().map(|batch| batch.outcome.subscribe());
             self.hand_on();
             return outcome.ok_or_else(finished);
         }
@@ -264,7 +211,7 @@ impl Turn {
         if keep {
             batch.writes += 1;
         }
-        let outcome = Outcomes::of(batch);
+        let outcome = batch.outcome.subscribe();
         self.hand_on();
         Ok(outcome)
     }
@@ -290,9 +237,7 @@ impl Turn {
             let Batch {
                 tx,
                 writes,
-                relaxed,
                 outcome,
-                durable,
                 ..
             } = batch;
             let result = if writes == 0 {
@@ -305,20 +250,8 @@ impl Turn {
                 }
                 committed
             };
-            let result = result.map_err(|e| e.to_string());
-            outcome.send_replace(Some(result.clone()));
-            // The next batch may start while this one's log is being synced.
+            outcome.send_replace(Some(result.map_err(|e| e.to_string())));
             drop(slot);
-            match (&result, &batches.relax) {
-                (Ok(()), Some(relax)) if relaxed && writes > 0 => {
-                    relax.syncer.after_sync(Box::new(move |failure| {
-                        durable.send_replace(Some(failure.map_or(Ok(()), |f| Err(f.to_owned()))));
-                    }));
-                }
-                _ => {
-                    durable.send_replace(Some(result));
-                }
-            }
         });
     }
 
@@ -327,7 +260,6 @@ impl Turn {
             && let Some(batch) = slot.batch.take()
         {
             batch.outcome.send_replace(Some(Err(error.to_string())));
-            batch.durable.send_replace(Some(Err(error.to_string())));
             // Dropping the transaction rolls it back.
         }
     }
@@ -387,8 +319,8 @@ impl Write {
         })
     }
 
-    pub(crate) async fn batched(batches: &Arc<Batches>, lazy: bool) -> Result<Self, StorageError> {
-        batches.write(lazy).await
+    pub(crate) async fn batched(batches: &Arc<Batches>) -> Result<Self, StorageError> {
+        batches.write().await
     }
 
     /// The transaction to run this write's statements on: `.execute(&mut **write.tx()?)`.
@@ -399,33 +331,26 @@ impl Write {
         }
     }
 
-    /// Makes this write durable: returns once the transaction holding it has committed
-    /// and is on disk.
+    /// Makes this write durable: returns once the transaction holding it has committed.
     pub async fn commit(self) -> Result<(), StorageError> {
-        self.commit_lazy().await?.wait().await
-    }
-
-    /// Commits this write and returns as soon as the commit is visible, with what to
-    /// wait on for it to be on disk. The same as [`commit`](Self::commit) unless the
-    /// write came from [`Database::write_lazy`](crate::Database::write_lazy) and opened
-    /// its batch.
-    pub async fn commit_lazy(self) -> Result<Durable, StorageError> {
         match self.inner {
-            Inner::Own(tx) => {
-                tx.commit().await?;
-                Ok(Durable(None))
-            }
+            Inner::Own(tx) => Ok(tx.commit().await?),
             Inner::Batched {
                 mut turn,
                 savepoint,
             } => {
-                let Outcomes {
-                    mut committed,
-                    durable,
-                } = turn.finish(savepoint, true).await?;
+                let mut outcome = turn.finish(savepoint, true).await?;
                 drop(turn);
-                settled(&mut committed).await?;
-                Ok(Durable(Some(durable)))
+                let settled = outcome
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| batch_lost())?
+                    .clone();
+                match settled {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(reason)) => Err(StorageError::GroupCommit(reason)),
+                    None => Err(batch_lost()),
+                }
             }
         }
     }
@@ -442,49 +367,6 @@ impl Write {
                 Ok(())
             }
         }
-    }
-}
-
-/// A batch's two outcomes, as a write in it waits for them.
-struct Outcomes {
-    committed: watch::Receiver<Outcome>,
-    durable: watch::Receiver<Outcome>,
-}
-
-impl Outcomes {
-    fn of(batch: &Batch) -> Self {
-        Self {
-            committed: batch.outcome.subscribe(),
-            durable: batch.durable.subscribe(),
-        }
-    }
-}
-
-/// A committed write on its way to the disk ([`Write::commit_lazy`]); the default is one
-/// that is there already.
-#[derive(Debug, Default)]
-pub struct Durable(Option<watch::Receiver<Outcome>>);
-
-impl Durable {
-    /// Returns once the write is on disk (at once if it was at its commit).
-    pub async fn wait(self) -> Result<(), StorageError> {
-        match self.0 {
-            None => Ok(()),
-            Some(mut durable) => settled(&mut durable).await,
-        }
-    }
-}
-
-async fn settled(outcome: &mut watch::Receiver<Outcome>) -> Result<(), StorageError> {
-    let settled = outcome
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| batch_lost())?
-        .clone();
-    match settled {
-        Some(Ok(())) => Ok(()),
-        Some(Err(reason)) => Err(StorageError::GroupCommit(reason)),
-        None => Err(batch_lost()),
     }
 }
 
@@ -511,101 +393,9 @@ async fn end_savepoint(tx: &mut Tx, savepoint: Savepoint, keep: bool) -> Result<
     execute(tx, format!("RELEASE SAVEPOINT w{n}")).await
 }
 
-async fn execute_on_pool(pool: &AnyPool, sql: &'static str) -> Result<(), StorageError> {
-    use sqlx::Executor;
-    pool.execute(sql).await?;
-    Ok(())
-}
-
 async fn execute(tx: &mut Tx, sql: String) -> Result<(), StorageError> {
     use sqlx::Executor;
     // The statement is built here from a counter, never from input.
     tx.execute(AssertSqlSafe(sql)).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use crate::{Database, PoolSettings, sync::tests::GATE};
-
-    async fn database(dir: &tempfile::TempDir) -> Database {
-        let url = format!("sqlite://{}", dir.path().join("lazy.db").display());
-        let db = Database::connect_with(&url, &PoolSettings::fair_writers(&url))
-            .await
-            .expect("connect");
-        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .expect("table");
-        db
-    }
-
-    async fn insert(db: &Database, write: &mut crate::Write, id: &str) {
-        sqlx::query("INSERT INTO t (id) VALUES (?)")
-            .bind(id.to_owned())
-            .execute(&mut **write.tx().expect("tx"))
-            .await
-            .expect("insert");
-        let _ = db;
-    }
-
-    /// A lazy write is committed (visible) before its fsync and durable only after it;
-    /// a durable write that joins its batch is answered only after the fsync; and the
-    /// connection is back at `synchronous=FULL` for everyone else.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    // The gate is held across awaits on purpose: it stops the syncer thread.
-    #[allow(clippy::await_holding_lock)]
-    async fn a_lazy_write_is_visible_at_its_commit_and_durable_after_the_fsync() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let db = database(&dir).await;
-        let gate = GATE.lock().expect("gate");
-
-        let mut lazy = db.write_lazy().await.expect("write");
-        insert(&db, &mut lazy, "lazy").await;
-        // A durable write queues behind it and joins its batch.
-        let joining = tokio::spawn({
-            let db = db.clone();
-            async move {
-                let mut write = db.write().await.expect("write");
-                insert(&db, &mut write, "durable").await;
-                write.commit().await
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let durable = tokio::time::timeout(Duration::from_secs(10), lazy.commit_lazy())
-            .await
-            .expect("committed without the fsync")
-            .expect("commit");
-        let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE id = 'lazy'")
-            .fetch_one(db.pool())
-            .await
-            .expect("count");
-        assert_eq!(visible, 1, "visible at the commit");
-        let waiting = tokio::spawn(durable.wait());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!waiting.is_finished(), "durable before the fsync");
-        assert!(
-            !joining.is_finished(),
-            "a durable write answered before the fsync"
-        );
-
-        drop(gate);
-        tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .expect("durable after the fsync")
-            .expect("join")
-            .expect("durable");
-        tokio::time::timeout(Duration::from_secs(10), joining)
-            .await
-            .expect("answered after the fsync")
-            .expect("join")
-            .expect("committed");
-        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(db.pool())
-            .await
-            .expect("pragma");
-        assert_eq!(level, 2, "the connection is back at FULL");
-    }
 }

@@ -22,16 +22,15 @@ mod group;
 mod migrate;
 mod placeholders;
 pub mod scratch;
-pub mod sync;
 
-use std::{borrow::Cow, str::FromStr, sync::atomic::Ordering, time::Duration};
+use std::{borrow::Cow, str::FromStr, time::Duration};
 
 use sqlx::{
     Any, AnyPool, AssertSqlSafe, ConnectOptions, Executor, SqlSafeStr, SqlStr, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use group::{Durable, GroupStats, Tx, Write};
+pub use group::{GroupStats, Tx, Write};
 pub use migrate::{Migration, MigrationSql};
 
 /// What can go wrong talking to a database.
@@ -220,14 +219,6 @@ impl Database {
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1));
         let in_memory = dialect == Dialect::Sqlite && url.contains(":memory:");
         let busy_ms = settings.sqlite_busy_timeout.as_millis();
-        // Lazy writes (see `group.rs`) need the file's log and a pool of one connection,
-        // whose synchronous level they lower for a batch and is raised again here, on
-        // release, before anyone else can use the connection.
-        let relax = match (dialect, in_memory, settings.max_connections) {
-            (Dialect::Sqlite, false, 1) => Some(relax_for(&url).map_err(connect_error)?),
-            _ => None,
-        };
-        let relaxed = relax.as_ref().map(|relax| relax.relaxed.clone());
         let pool = AnyPoolOptions::new()
             // Every connection to an in-memory SQLite database is a different database.
             .max_connections(if in_memory {
@@ -236,15 +227,6 @@ impl Database {
                 settings.max_connections
             })
             .acquire_timeout(settings.acquire_timeout)
-            .after_release(move |conn, _| {
-                let relaxed = relaxed.clone();
-                Box::pin(async move {
-                    if relaxed.is_some_and(|relaxed| relaxed.swap(false, Ordering::SeqCst)) {
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                    }
-                    Ok(true)
-                })
-            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -267,8 +249,7 @@ impl Database {
             enable_wal(&pool).await.map_err(connect_error)?;
         }
         tracing::debug!(%dialect, "database connected");
-        let batches =
-            (dialect == Dialect::Sqlite).then(|| group::Batches::new(pool.clone(), relax));
+        let batches = (dialect == Dialect::Sqlite).then(|| group::Batches::new(pool.clone()));
         Ok(Self {
             pool,
             dialect,
@@ -303,19 +284,7 @@ impl Database {
     /// this database's pool or on another write: on SQLite it holds the only writer.
     pub async fn write(&self) -> Result<Write, StorageError> {
         match &self.batches {
-            Some(batches) => Write::batched(batches, false).await,
-            None => Write::own(&self.pool).await,
-        }
-    }
-
-    /// A write whose [`Write::commit_lazy`] may return before the commit is on disk, for
-    /// a consumer that acknowledges its message only after [`Durable::wait`] and whose
-    /// effects, redone after a power loss, come out the same: it goes on at the commit
-    /// instead of after the fsync. On servers, and on a SQLite pool of more than one
-    /// connection, it is an ordinary [`write`](Self::write).
-    pub async fn write_lazy(&self) -> Result<Write, StorageError> {
-        match &self.batches {
-            Some(batches) => Write::batched(batches, true).await,
+            Some(batches) => Write::batched(batches).await,
             None => Write::own(&self.pool).await,
         }
     }
@@ -349,16 +318,6 @@ impl Database {
 
 /// `sqlite://path` opens an existing file only; services expect their file to be
 /// created on first start, which is `mode=rwc`.
-/// The fsync thread for the SQLite file `url` names.
-fn relax_for(url: &str) -> Result<group::Relax, sqlx::Error> {
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
-    let syncer = sync::Syncer::start(options.get_filename(), "sqlite-syncer")?;
-    Ok(group::Relax {
-        syncer,
-        relaxed: std::sync::Arc::default(),
-    })
-}
-
 fn sqlite_url_creating_file(url: &str) -> String {
     if url.contains(":memory:") || url.contains("mode=") {
         return url.to_owned();

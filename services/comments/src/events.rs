@@ -30,11 +30,6 @@ impl Handler for CommentEvents {
             .with_prefetch(128)
     }
 
-    /// `CommentUpdated` carries an id derived from the comment and its status.
-    fn stable_ids(&self) -> bool {
-        true
-    }
-
     fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
         bus::decode_json(message)
     }

@@ -119,11 +119,6 @@ impl bus::Handler for LogEvents {
     type Event = Envelope;
     type Error = bus::HandlerError;
 
-    /// It causes nothing.
-    fn stable_ids(&self) -> bool {
-        true
-    }
-
     fn subscription(&self) -> bus::Subscription {
         bus::Subscription::new(GROUP, blog::ALL_EVENTS).with_prefetch(128)
     }

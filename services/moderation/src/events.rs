@@ -22,11 +22,6 @@ impl Handler for Moderation {
         Subscription::new(GROUP, blog::routing_key(blog::COMMENT_CREATED)).with_prefetch(128)
     }
 
-    /// `CommentModerated` carries an id derived from the comment and its verdict.
-    fn stable_ids(&self) -> bool {
-        true
-    }
-
     fn decode(&self, message: &Message) -> Result<BlogEvent, String> {
         bus::decode_json(message)
     }

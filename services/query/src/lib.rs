@@ -224,11 +224,6 @@ impl bus::Handler for ViewEvents {
     type Event = BlogEvent;
     type Error = bus::HandlerError;
 
-    /// It causes nothing.
-    fn stable_ids(&self) -> bool {
-        true
-    }
-
     fn subscription(&self) -> bus::Subscription {
         bus::Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
             .also(blog::routing_key(blog::COMMENT_CREATED))
