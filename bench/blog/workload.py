@@ -245,6 +245,8 @@ def main():
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--creates-only", action="store_true",
                         help="only the creates phase (for the client's own ceiling)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the event latency samples (to compare two builds)")
     args = parser.parse_args()
     base = args.base.rstrip("/")
 
@@ -255,6 +257,10 @@ def main():
         return
     print(f"  latency: {args.samples} samples", file=sys.stderr)
     result["latency"] = latency(base, args.samples)
+    if args.latency_only:
+        json.dump(result, sys.stdout)
+        print()
+        return
     print(f"  races: {args.races}, {args.clients} at a time", file=sys.stderr)
     result["races"] = races(base, args.races, args.clients)
     print(f"  reads: wrk -c{args.clients} {args.seconds}s", file=sys.stderr)
