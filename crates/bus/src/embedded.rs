@@ -1658,10 +1658,12 @@ mod tests {
         let bus = EmbeddedBus::open(&dir.path().join("bus.db"), options, Synchronous::Full)
             .await
             .expect("open");
-        let mut gone = bus
-            .subscribe(Subscription::new("g", "k"))
-            .await
-            .expect("subscribe");
+        let subscribe = || async {
+            bus.subscribe(Subscription::new("g", "k"))
+                .await
+                .expect("subscribe")
+        };
+        let mut gone = subscribe().await;
         // Its request parks in the writer (nothing to take yet), then the consumer goes.
         let waited = tokio::time::timeout(Duration::from_millis(300), gone.next()).await;
         assert!(waited.is_err(), "nothing was published yet");
@@ -1669,10 +1671,7 @@ mod tests {
         bus.publish(Message::new("k", "for whoever is there"))
             .await
             .expect("publish");
-        let mut next = bus
-            .subscribe(Subscription::new("g", "k"))
-            .await
-            .expect("subscribe");
+        let mut next = subscribe().await;
         let delivery = tokio::time::timeout(Duration::from_secs(5), next.next())
             .await
             .expect("delivered at once")
