@@ -915,7 +915,6 @@ impl Writer {
         })
     }
 
-    /// Whether some group's pattern matches `routing_key`.
     /// Leases, in this transaction, for the parked requests of the groups this batch
     /// published to (all of them on a poll); those still without a delivery stay parked.
     fn serve_parked(
@@ -966,6 +965,7 @@ impl Writer {
         }
     }
 
+    /// Whether some group's pattern matches `routing_key`.
     fn bound(&self, routing_key: &str) -> bool {
         self.bindings
             .iter()

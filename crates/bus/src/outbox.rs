@@ -446,6 +446,30 @@ impl Inbox {
         Ok(row.is_some())
     }
 
+    /// Which of `message_ids` the inbox holds for `consumer`, in one query per 200 ids
+    /// (a catch-up that must skip what was applied already, without a write each).
+    pub async fn held<'a>(
+        &self,
+        db: &Database,
+        consumer: &str,
+        message_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashSet<String>, BusError> {
+        let ids: Vec<&str> = message_ids.into_iter().collect();
+        let mut held = std::collections::HashSet::new();
+        for chunk in ids.chunks(200) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let mut query = sqlx::query_scalar::<_, String>(self.dialect.sql(format!(
+                "SELECT message_id FROM bus_inbox WHERE consumer = ? AND message_id IN ({placeholders})"
+            )))
+            .bind(consumer.to_owned());
+            for id in chunk {
+                query = query.bind((*id).to_owned());
+            }
+            held.extend(query.fetch_all(db.pool()).await?);
+        }
+        Ok(held)
+    }
+
     /// Forgets ids processed before `age` ago (after which a redelivery is implausible).
     pub async fn prune(&self, db: &Database, age: Duration) -> Result<u64, BusError> {
         let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);

@@ -132,33 +132,35 @@ impl ViewStore {
         events: &[(String, BlogEvent)],
         last_seq: i64,
     ) -> Result<usize, StorageError> {
-        // Nearly always the consumer has applied every event already: find those with
-        // one read on the reader's connection instead of one write each, so the catch-up
-        // holds the writer only to move the cursor. (An event the consumer applies in
-        // between is still recorded once: the inbox below has the last word.)
-        // Only the events the view folds in: its consumer is not subscribed to the rest
-        // (`CommentModerated`), so its inbox never holds them.
+        // Only the events the view folds in (its consumer is not subscribed to
+        // `CommentModerated`, so its inbox never holds them), and of those only the ones
+        // its consumer has not applied already — nearly always none: found with one read
+        // on the reader's connection instead of one write each, so the catch-up holds the
+        // writer only to move the cursor. (An event the consumer applies in between is
+        // still recorded once: the inbox below has the last word.)
         let events: Vec<&(String, BlogEvent)> = events
             .iter()
             .filter(|(_, event)| !matches!(event, BlogEvent::CommentModerated(_)))
             .collect();
-        let known = self.known(&events).await?;
+        let inbox = bus::Inbox::new(&self.db);
+        let known = inbox
+            .held(
+                &self.reader,
+                crate::GROUP,
+                events.iter().map(|(id, _)| id.as_str()),
+            )
+            .await
+            .map_err(storage_error)?;
         let mut write = self.db.write().await?;
         let tx = write.tx()?;
         let mut applied = 0;
-        let inbox = bus::Inbox::new(&self.db);
         for (message_id, event) in events.into_iter().filter(|(id, _)| !known.contains(id)) {
             // The log is not a delivery (there is nothing to acknowledge), but its events
             // share the consumer's inbox, so each is folded in once however it arrives.
-            let recorded =
-                inbox
-                    .record(tx, crate::GROUP, message_id)
-                    .await
-                    .map_err(|e| match e {
-                        bus::BusError::Database(e) => StorageError::Sqlx(e),
-                        bus::BusError::Storage(e) => e,
-                        other => StorageError::Sqlx(sqlx::Error::Protocol(other.to_string())),
-                    })?;
+            let recorded = inbox
+                .record(tx, crate::GROUP, message_id)
+                .await
+                .map_err(storage_error)?;
             if recorded {
                 self.apply_in(tx, event).await?;
                 applied += 1;
@@ -179,26 +181,6 @@ impl ViewStore {
         .await?;
         write.commit().await?;
         Ok(applied)
-    }
-
-    /// The message ids in `events` this view's inbox holds already.
-    async fn known(
-        &self,
-        events: &[&(String, BlogEvent)],
-    ) -> Result<std::collections::HashSet<String>, StorageError> {
-        let mut known = std::collections::HashSet::new();
-        for chunk in events.chunks(200) {
-            let placeholders = vec!["?"; chunk.len()].join(", ");
-            let mut query = sqlx::query_scalar::<_, String>(self.reader.sql(format!(
-                "SELECT message_id FROM bus_inbox WHERE consumer = ? AND message_id IN ({placeholders})"
-            )))
-            .bind(crate::GROUP);
-            for (id, _) in chunk {
-                query = query.bind(id.clone());
-            }
-            known.extend(query.fetch_all(self.reader.pool()).await?);
-        }
-        Ok(known)
     }
 
     /// Applies a delivered (or pushed) event inside the runner's transaction, which
@@ -360,6 +342,15 @@ impl ViewStore {
             }
         }
         Ok(view)
+    }
+}
+
+/// The inbox's error as the store's.
+fn storage_error(error: bus::BusError) -> StorageError {
+    match error {
+        bus::BusError::Database(e) => StorageError::Sqlx(e),
+        bus::BusError::Storage(e) => e,
+        other => StorageError::Sqlx(sqlx::Error::Protocol(other.to_string())),
     }
 }
 
