@@ -410,11 +410,15 @@ impl<H: Handler> Runner<H> {
                     self.group
                 )));
             };
+            // In one request with the write's end.
+            let mut statements = db.statements();
             for message in caused {
-                outbox.enqueue(tx, message).await.map_err(transient)?;
+                outbox.stage(&mut statements, message).map_err(transient)?;
             }
+            write.commit_with(statements).await.map_err(transient)?;
+        } else {
+            write.commit().await.map_err(transient)?;
         }
-        write.commit().await.map_err(transient)?;
         if let Some(outbox) = outbox {
             outbox.committed();
         }

@@ -25,7 +25,7 @@ use std::{
 };
 
 use sqlx::{AnyConnection, Row};
-use storage::{Database, Dialect, Migration, StorageError};
+use storage::{Database, Dialect, Migration, Statements, StorageError};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -104,19 +104,35 @@ impl Outbox {
         message: &Message,
     ) -> Result<(), BusError> {
         let headers = serde_json::to_string(&message.headers).map_err(BusError::Encode)?;
-        sqlx::query(self.dialect.sql(
-            "INSERT INTO bus_outbox (message_id, routing_key, headers, body, created_at) VALUES (?, ?, ?, ?, ?)",
-        ))
-        .bind(message.id.clone())
-        .bind(message.routing_key.clone())
-        .bind(headers)
-        .bind(message.body.to_vec())
-        .bind(now_ms())
-        .execute(conn)
-        .await?;
+        sqlx::query(self.dialect.sql(ENQUEUE))
+            .bind(message.id.clone())
+            .bind(message.routing_key.clone())
+            .bind(headers)
+            .bind(message.body.to_vec())
+            .bind(now_ms())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds `message` to `statements`, to go into the outbox with the write's other
+    /// statements ([`storage::Write::commit_with`]): the same as [`enqueue`](Self::enqueue),
+    /// without a request of its own.
+    pub fn stage(&self, statements: &mut Statements, message: &Message) -> Result<(), BusError> {
+        let headers = serde_json::to_string(&message.headers).map_err(BusError::Encode)?;
+        statements
+            .push(ENQUEUE)
+            .bind(message.id.clone())
+            .bind(message.routing_key.clone())
+            .bind(headers)
+            .bind(message.body.to_vec())
+            .bind(now_ms());
         Ok(())
     }
 }
+
+/// A message into the outbox.
+const ENQUEUE: &str = "INSERT INTO bus_outbox (message_id, routing_key, headers, body, created_at) VALUES (?, ?, ?, ?, ?)";
 
 /// The sending side of a service's transactional outbox, as every producing service
 /// uses it: [`enqueue`](Self::enqueue) inside the transaction that makes the change,
@@ -170,6 +186,15 @@ impl OutboxPublisher {
         message: impl Into<Message>,
     ) -> Result<(), BusError> {
         self.outbox.enqueue(conn, &message.into()).await
+    }
+
+    /// Adds `message` to the outbox statements of a write; see [`Outbox::stage`].
+    pub fn stage(
+        &self,
+        statements: &mut Statements,
+        message: impl Into<Message>,
+    ) -> Result<(), BusError> {
+        self.outbox.stage(statements, &message.into())
     }
 
     /// Call after committing a transaction that enqueued messages.

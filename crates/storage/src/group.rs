@@ -27,10 +27,10 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use sqlx::{Any, AnyPool, AssertSqlSafe, Transaction};
+use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use crate::StorageError;
+use crate::{Dialect, StorageError, statements::Statements};
 
 /// The transaction a [`Write`] works in.
 pub type Tx = Transaction<'static, Any>;
@@ -65,7 +65,6 @@ pub struct GroupStats {
 #[derive(Debug, Default)]
 struct Slot {
     batch: Option<Batch>,
-    savepoints: u64,
 }
 
 #[derive(Debug)]
@@ -75,6 +74,10 @@ struct Batch {
     /// The write that was dropped before it finished: rolled back by the next one to take
     /// the slot.
     abandoned: Option<Savepoint>,
+    /// A savepoint already set for the next writer: a write that ends while another waits
+    /// sets it in the same statement that releases its own, so a writer under load pays
+    /// one hand-off to SQLite's thread for the two.
+    ready: bool,
     outcome: watch::Sender<Outcome>,
 }
 
@@ -83,7 +86,10 @@ struct Batch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Savepoint {
     Whole,
-    Named(u64),
+    /// The savepoint `w`: writers' savepoints never nest (one is released before the
+    /// next is set), so one name does, and the statements that set and end it are the
+    /// same text every time (SQLite prepares them once).
+    Named,
 }
 
 impl Batches {
@@ -105,9 +111,9 @@ impl Batches {
     }
 
     async fn write(self: &Arc<Self>) -> Result<Write, StorageError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting::new(self);
         let slot = self.slot.clone().lock_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        waiting.admitted();
         let mut turn = Turn {
             batches: self.clone(),
             slot: Some(slot),
@@ -116,6 +122,50 @@ impl Batches {
         Ok(Write {
             inner: Inner::Batched { turn, savepoint },
         })
+    }
+}
+
+/// A writer waiting for the slot, counted in [`Batches::waiting`] until it is let in. If
+/// it gives up first (its task is cancelled), the writer before it may have left the
+/// batch's commit to it: a task takes the slot and commits unless somebody else waits.
+struct Waiting {
+    batches: Option<Arc<Batches>>,
+}
+
+impl Waiting {
+    fn new(batches: &Arc<Batches>) -> Self {
+        batches.waiting.fetch_add(1, Ordering::SeqCst);
+        Self {
+            batches: Some(batches.clone()),
+        }
+    }
+
+    fn admitted(mut self) {
+        if let Some(batches) = self.batches.take() {
+            batches.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(batches) = self.batches.take() else {
+            return;
+        };
+        batches.waiting.fetch_sub(1, Ordering::SeqCst);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let slot = batches.slot.clone().lock_owned().await;
+            let mut turn = Turn {
+                batches,
+                slot: Some(slot),
+            };
+            if turn.roll_back_abandoned().await.is_ok() {
+                turn.hand_on();
+            }
+        });
     }
 }
 
@@ -146,21 +196,23 @@ impl Turn {
                 tx: pool.begin().await?,
                 writes: 0,
                 abandoned: None,
+                ready: false,
                 outcome: watch::Sender::new(None),
             });
         }
-        let alone = slot.batch.as_ref().is_some_and(|batch| batch.writes == 0);
-        let savepoint = if alone {
+        let (ready, alone) = slot.batch.as_mut().map_or((false, false), |batch| {
+            (std::mem::take(&mut batch.ready), batch.writes == 0)
+        });
+        let savepoint = if alone && !ready {
             Savepoint::Whole
         } else {
-            slot.savepoints += 1;
-            Savepoint::Named(slot.savepoints)
+            Savepoint::Named
         };
         // The batch was opened above when missing.
         let batch = self.batch()?;
         batch.abandoned = Some(savepoint);
-        if let Savepoint::Named(n) = savepoint {
-            execute(&mut batch.tx, format!("SAVEPOINT w{n}")).await?;
+        if savepoint == Savepoint::Named && !ready {
+            execute(&mut batch.tx, "SAVEPOINT w").await?;
         }
         Ok(savepoint)
     }
@@ -176,7 +228,10 @@ impl Turn {
             // rolls it back, and nobody waits on its outcome.
             Some(Savepoint::Whole) => slot.batch = None,
             Some(savepoint) => {
-                if let Err(error) = end_savepoint(&mut batch.tx, savepoint, false).await {
+                let undo = Statements::new(Dialect::Sqlite);
+                if let Err(error) =
+                    end_savepoint(&mut batch.tx, savepoint, false, false, undo).await
+                {
                     // The batch cannot be trusted any more: fail everyone in it.
                     self.fail_batch(&error);
                     return Err(error);
@@ -193,6 +248,7 @@ impl Turn {
         &mut self,
         savepoint: Savepoint,
         keep: bool,
+        last: Option<Statements>,
     ) -> Result<watch::Receiver<Outcome>, StorageError> {
         if savepoint == Savepoint::Whole && !keep {
             // Undoing the batch's only write: the whole transaction goes.
@@ -201,13 +257,38 @@ impl Turn {
             self.hand_on();
             return outcome.ok_or_else(finished);
         }
+        // Somebody waits and the batch has room: set their savepoint along with ending
+        // this one (a waiter that gives up leaves it unused, which costs nothing).
+        let waiting = self.batches.waiting.load(Ordering::SeqCst) > 0;
+        let slot = self.slot()?;
+        let room = slot
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.writes + usize::from(keep) < MOST_PER_BATCH);
+        let next = waiting && room;
         let batch = self.batch()?;
-        if let Err(error) = end_savepoint(&mut batch.tx, savepoint, keep).await {
+        if let Some(last) = last {
+            // This write's last statements go with the savepoint's end. If they fail, the
+            // write is undone (its savepoint is still open: SQLite stopped at the error).
+            if let Err(error) = end_savepoint(&mut batch.tx, savepoint, keep, next, last).await {
+                Box::pin(self.finish(savepoint, false, None)).await?;
+                return Err(error);
+            }
+        } else if let Err(error) = end_savepoint(
+            &mut batch.tx,
+            savepoint,
+            keep,
+            next,
+            Statements::new(Dialect::Sqlite),
+        )
+        .await
+        {
             self.fail_batch(&error);
             return Err(error);
         }
         let batch = self.batch()?;
         batch.abandoned = None;
+        batch.ready = next;
         if keep {
             batch.writes += 1;
         }
@@ -333,13 +414,30 @@ impl Write {
 
     /// Makes this write durable: returns once the transaction holding it has committed.
     pub async fn commit(self) -> Result<(), StorageError> {
+        self.commit_with(None).await
+    }
+
+    /// Runs `last` — this write's last statements — and makes the write durable, as
+    /// [`commit`](Self::commit) does. On SQLite the statements go in one request
+    /// together with the end of the write's savepoint: a write made only of statements
+    /// costs one hand-off to SQLite's thread. If they fail, the write is undone.
+    pub async fn commit_with(
+        self,
+        last: impl Into<Option<Statements>>,
+    ) -> Result<(), StorageError> {
+        let last = last.into().filter(|last| !last.is_empty());
         match self.inner {
-            Inner::Own(tx) => Ok(tx.commit().await?),
+            Inner::Own(mut tx) => {
+                if let Some(last) = last {
+                    last.execute(&mut tx).await?;
+                }
+                Ok(tx.commit().await?)
+            }
             Inner::Batched {
                 mut turn,
                 savepoint,
             } => {
-                let mut outcome = turn.finish(savepoint, true).await?;
+                let mut outcome = turn.finish(savepoint, true, last).await?;
                 drop(turn);
                 let settled = outcome
                     .wait_for(Option::is_some)
@@ -363,7 +461,7 @@ impl Write {
                 mut turn,
                 savepoint,
             } => {
-                turn.finish(savepoint, false).await?;
+                turn.finish(savepoint, false, None).await?;
                 Ok(())
             }
         }
@@ -378,24 +476,37 @@ fn batch_lost() -> StorageError {
     StorageError::GroupCommit("the batch's commit was interrupted".to_owned())
 }
 
-/// Releases `savepoint`, keeping what was done since (`keep`), or undoes it first. The
-/// batch's first write has no savepoint: kept, there is nothing to release (undone, see
-/// [`Turn::finish`]). Released at once rather than left open for the batch's `COMMIT`:
-/// an open savepoint makes SQLite copy every page a later write touches into its
-/// statement journal, which measured slower than the statement saved.
-async fn end_savepoint(tx: &mut Tx, savepoint: Savepoint, keep: bool) -> Result<(), StorageError> {
-    let Savepoint::Named(n) = savepoint else {
-        return Ok(());
-    };
-    if !keep {
-        execute(tx, format!("ROLLBACK TO SAVEPOINT w{n}")).await?;
+/// Releases `savepoint`, keeping what was done since (`keep`), or undoes it first, and
+/// sets the savepoint `next` for the writer after — all in one statement string, one
+/// hand-off to SQLite's thread. The batch's first write has no savepoint: kept, there is
+/// nothing to release (undone, see [`Turn::finish`]). Released at once rather than left
+/// open for the batch's `COMMIT`: an open savepoint makes SQLite copy every page a later
+/// write touches into its statement journal, which measured slower than the statement
+/// saved.
+async fn end_savepoint(
+    tx: &mut Tx,
+    savepoint: Savepoint,
+    keep: bool,
+    next: bool,
+    mut statements: Statements,
+) -> Result<(), StorageError> {
+    if savepoint == Savepoint::Named {
+        if !keep {
+            statements.push_plain("ROLLBACK TO SAVEPOINT w");
+        }
+        statements.push_plain("RELEASE SAVEPOINT w");
     }
-    execute(tx, format!("RELEASE SAVEPOINT w{n}")).await
+    if next {
+        statements.push_plain("SAVEPOINT w");
+    }
+    if statements.is_empty() {
+        return Ok(());
+    }
+    statements.execute(tx).await
 }
 
-async fn execute(tx: &mut Tx, sql: String) -> Result<(), StorageError> {
+async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), StorageError> {
     use sqlx::Executor;
-    // The statement is built here from a counter, never from input.
-    tx.execute(AssertSqlSafe(sql)).await?;
+    tx.execute(sql).await?;
     Ok(())
 }

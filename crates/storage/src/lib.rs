@@ -22,6 +22,7 @@ mod group;
 mod migrate;
 mod placeholders;
 pub mod scratch;
+mod statements;
 
 use std::{borrow::Cow, str::FromStr, time::Duration};
 
@@ -32,6 +33,7 @@ use sqlx::{
 
 pub use group::{GroupStats, Tx, Write};
 pub use migrate::{Migration, MigrationSql};
+pub use statements::Statements;
 
 /// What can go wrong talking to a database.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,9 @@ impl Database {
                 settings.max_connections
             })
             .acquire_timeout(settings.acquire_timeout)
+            // A SQLite connection is a file in this process, not a socket that can go
+            // stale: pinging it before every use is a needless hand-off to its thread.
+            .test_before_acquire(dialect != Dialect::Sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -287,6 +292,12 @@ impl Database {
             Some(batches) => Write::batched(batches).await,
             None => Write::own(&self.pool).await,
         }
+    }
+
+    /// Statements to run as one request, on a write ([`Write::commit_with`]) or a
+    /// connection ([`Statements::execute`]).
+    pub fn statements(&self) -> Statements {
+        Statements::new(self.dialect)
     }
 
     /// On SQLite, how many writes [`write`](Self::write) committed in how many commits.

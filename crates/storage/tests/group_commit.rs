@@ -224,6 +224,108 @@ async fn an_abandoned_write_is_undone_whoever_comes_next() {
     .await;
 }
 
+/// `commit_with`: a write made of statements sent as one request. Its statements land
+/// together; when one fails, none of them stays and the writes around it in the batch
+/// are not touched.
+#[tokio::test]
+async fn statements_committed_as_one_land_together_or_not_at_all() {
+    on_each_backend(async |db| {
+        let entries = |ids: &[&'static str]| {
+            let mut statements = db.statements();
+            for id in ids {
+                statements
+                    .push("INSERT INTO entries (id, body) VALUES (?, ?)")
+                    .bind(*id)
+                    .bind(format!("body of {id}"));
+            }
+            statements
+        };
+        let mut before = db.write().await.expect("write");
+        insert(&mut before, &db, "a-before").await.expect("insert");
+        // Queue the others behind `before` so they share its batch on SQLite.
+        let both = tokio::spawn({
+            let db = db.clone();
+            let statements = entries(&["b1", "b2"]);
+            async move { db.write().await?.commit_with(statements).await }
+        });
+        // The second statement repeats the first one's key: the write fails whole.
+        let failing = tokio::spawn({
+            let db = db.clone();
+            let statements = entries(&["c1", "c1"]);
+            async move { db.write().await?.commit_with(statements).await }
+        });
+        let after = tokio::spawn({
+            let db = db.clone();
+            let statements = entries(&["d1"]);
+            async move { db.write().await?.commit_with(statements).await }
+        });
+        tokio::task::yield_now().await;
+        before.commit().await.expect("commit");
+        both.await.expect("join").expect("both statements commit");
+        assert!(
+            failing.await.expect("join").is_err(),
+            "a duplicate key fails"
+        );
+        after.await.expect("join").expect("the write after commits");
+        assert_eq!(
+            ids(&db).await,
+            ["a-before", "b1", "b2", "d1"],
+            "{:?}",
+            db.dialect()
+        );
+        // A value that cannot be bound is an error too, before anything runs.
+        let mut nothing = db.statements();
+        nothing.bind(1_i64);
+        let write = db.write().await.expect("write");
+        assert!(write.commit_with(nothing).await.is_err());
+        assert_eq!(ids(&db).await.len(), 4);
+    })
+    .await;
+}
+
+/// A writer that gives up while waiting for its turn (a client that hangs up under load)
+/// must not stall the ones around it: the write before it still commits, and so does
+/// every write after.
+#[tokio::test]
+async fn a_writer_that_gives_up_waiting_for_its_turn_stalls_nobody() {
+    on_each_backend(async |db| {
+        let within = std::time::Duration::from_secs(10);
+        let mut first = db.write().await.expect("write");
+        insert(&mut first, &db, "first").await.expect("insert");
+        let gave_up = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut write = db.write().await?;
+                insert(&mut write, &db, "never").await?;
+                write.commit().await
+            }
+        });
+        // Let it queue behind `first`, then cancel it while it waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        gave_up.abort();
+        assert!(gave_up.await.is_err(), "aborted");
+        tokio::time::timeout(within, first.commit())
+            .await
+            .expect("the write before it commits")
+            .expect("commit");
+        for id in ["second", "third"] {
+            let write = async {
+                let mut write = db.write().await?;
+                insert(&mut write, &db, id).await?;
+                write.commit().await
+            };
+            tokio::time::timeout(within, write)
+                .await
+                .expect("a later write commits")
+                .expect("commit");
+        }
+        assert_eq!(ids(&db).await, ["first", "second", "third"]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sqlite_commits_wait_for_the_disk() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -125,9 +125,11 @@ impl CommentStore {
             post_id: post_id.to_owned(),
             status: CommentStatus::Pending,
         });
-        self.publisher.enqueue(tx, &event).await?;
         let comments = list_in(tx, self.db.dialect(), post_id).await?;
-        write.commit().await?;
+        // The event goes in with the write's end, in one request.
+        let mut statements = self.db.statements();
+        self.publisher.stage(&mut statements, &event)?;
+        write.commit_with(statements).await?;
         self.publisher.committed();
         Ok(comments)
     }

@@ -63,23 +63,19 @@ impl PostStore {
         };
         // A write shares its commit with the others arriving at once (group commit):
         // the 201 goes out only after the commit that holds it is on disk.
-        let mut write = self.db.write().await?;
-        let tx = write.tx()?;
-        sqlx::query(
-            self.db
-                .sql("INSERT INTO posts (id, title, created_at) VALUES (?, ?, ?)"),
-        )
-        .bind(&post.id)
-        .bind(&post.title)
-        .bind(unix_now())
-        .execute(&mut **tx)
-        .await?;
+        let mut statements = self.db.statements();
+        statements
+            .push("INSERT INTO posts (id, title, created_at) VALUES (?, ?, ?)")
+            .bind(&post.id)
+            .bind(&post.title)
+            .bind(unix_now());
         let event = BlogEvent::PostCreated(PostCreated {
             id: post.id.clone(),
             title: post.title.clone(),
         });
-        self.publisher.enqueue(tx, &event).await?;
-        write.commit().await?;
+        self.publisher.stage(&mut statements, &event)?;
+        // One request to the database for the post, its event and the write's end.
+        self.db.write().await?.commit_with(statements).await?;
         self.publisher.committed();
         Ok(post)
     }
