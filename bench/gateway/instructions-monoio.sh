@@ -6,8 +6,8 @@
 # BINARY defaults to target/monoio-bare/release/monoio-bare, built by
 #   cargo build --release --manifest-path bench/gateway/monoio-bare/Cargo.toml \
 #     --target-dir target/monoio-bare
-# The driver defaults to legacy (epoll): valgrind does not run io_uring, so that is the
-# one counted. The upstream serves `GET /posts` (bench/gateway/run.sh's nginx upstream
+# The driver defaults to legacy (epoll); `uring` is counted too (valgrind runs io_uring;
+# what the kernel does for it is not counted, as for any system call). The upstream serves `GET /posts` (bench/gateway/run.sh's nginx upstream
 # will do).
 set -euo pipefail
 upstream=$1 binary=${2:-target/monoio-bare/release/monoio-bare} driver=${3:-legacy}

@@ -12,7 +12,7 @@
 //! THREADS (default 1) event loops of monoio's thread-per-core runtime, each accepting from
 //! the same listening socket with a connector (so a pool) of its own: the model of
 //! hyper-bare's `nosteal` and of the flotilla gateway's HTTP threads. The driver is
-//! monoio's `legacy` one (epoll, the default: valgrind does not run io_uring) or `uring`
+//! monoio's `legacy` one (epoll, the default) or `uring`
 //! (io_uring, what monoio is made for). Timers are enabled, as monolake has them.
 //!
 //! One difference from hyper-bare that is monoio-transports' design, not ours: its HTTP/1
