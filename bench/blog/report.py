@@ -30,6 +30,7 @@ def main():
     races = results["params"]["races"]
     rows = [
         ("creates/s: `POST /posts/create`, wrk, 16 connections", ("creates", "rps"), 0, "", "higher"),
+        ("created and visible/s: those posts ÷ the time until `GET /posts` held them all", ("creates", "visible_rps"), 0, "", "higher"),
         ("reads/s: `GET /posts` (the whole view), wrk, 16 connections", ("reads", "rps"), 0, "", "higher"),
         (f"race comments lost, of {races} acknowledged create-then-comment races", ("races", "lost"), 0, "", "lower"),
         ("post created → visible in `GET /posts`, p50", ("latency", "post_visible_ms", "p50"), 1, "ms", "lower"),
@@ -79,6 +80,11 @@ def main():
                 bad = run.get(phase, {}).get("non_2xx", 0) + run.get(phase, {}).get("socket_errors", 0)
                 if bad:
                     errors.append(f"round {round_no}, {system}: {bad} {phase} answered non-2xx or failed")
+            made = run.get("creates", {})
+            created = made.get("requests", 0) - made.get("non_2xx", 0)
+            if "visible" in made and made["visible"] < created:
+                errors.append(f"round {round_no}, {system}: {created - made['visible']} of {created} "
+                              f"created posts never became visible")
             failed = sum((run.get("races", {}).get("failed") or {}).values())
             if failed:
                 errors.append(f"round {round_no}, {system}: {failed} races failed before their comment's 201")

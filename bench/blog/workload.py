@@ -17,7 +17,10 @@ this order, on a fresh system:
 3. reads: wrk, CLIENTS connections, `GET /posts` (the view now holds RACES + SAMPLES
    posts) for SECONDS;
 4. creates: wrk, CLIENTS connections, `POST /posts/create` with a JSON body (a Lua
-   script sets method, body and header) for SECONDS.
+   script sets method, body and header) for SECONDS; then the view is read every 0.5 s
+   until it holds every created post (or stops growing), which gives the rate at which
+   posts were created *and* made visible — a system whose consumers fall behind its
+   writes answers creates faster than it can carry them through.
 
 wrk is the client for throughput (python threads cannot saturate a fast server); its
 non-2xx answers and socket errors are reported, not hidden.
@@ -236,6 +239,38 @@ def wrk(url, seconds, clients, lua=None):
     }
 
 
+def view_size(client):
+    status, payload = client.call("GET", "/posts")
+    return len(json.loads(payload)) if status == 200 else None
+
+
+def creates(base, seconds, clients):
+    """wrk's creates, then how long until the view holds them all."""
+    reader = Client(base)
+    before = view_size(reader) or 0
+    started = time.perf_counter()
+    result = wrk(f"{base}/posts/create", seconds, clients, WRK_LUA)
+    created = result["requests"] - result["non_2xx"]
+    expected, size = before + created, before
+    last_size, last_change = None, time.perf_counter()
+    deadline = time.perf_counter() + 30 * SETTLE_TIMEOUT
+    while time.perf_counter() < deadline:
+        size = view_size(reader) or size
+        if size >= expected:
+            break
+        if size != last_size:
+            last_size, last_change = size, time.perf_counter()
+        elif time.perf_counter() - last_change > 5 * SETTLE_QUIET:
+            break
+        time.sleep(0.5)
+    visible_after = time.perf_counter() - started
+    result["visible"] = size - before
+    result["visible_after_s"] = round(visible_after, 2)
+    # Created and visible per second: the posts the view holds over the time until it held them.
+    result["visible_rps"] = round((size - before) / visible_after, 1) if visible_after > 0 else 0.0
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base")
@@ -247,12 +282,18 @@ def main():
                         help="only the creates phase (for the client's own ceiling)")
     parser.add_argument("--latency-only", action="store_true",
                         help="only the event latency samples (to compare two builds)")
+    parser.add_argument("--creates-visible-only", action="store_true",
+                        help="only the creates, and the time until the view holds them")
     args = parser.parse_args()
     base = args.base.rstrip("/")
 
     result = {}
     if args.creates_only:
         json.dump(wrk(f"{base}/posts/create", args.seconds, args.clients, WRK_LUA), sys.stdout)
+        print()
+        return
+    if args.creates_visible_only:
+        json.dump(creates(base, args.seconds, args.clients), sys.stdout)
         print()
         return
     print(f"  latency: {args.samples} samples", file=sys.stderr)
@@ -266,7 +307,7 @@ def main():
     print(f"  reads: wrk -c{args.clients} {args.seconds}s", file=sys.stderr)
     result["reads"] = wrk(f"{base}/posts", args.seconds, args.clients)
     print(f"  creates: wrk -c{args.clients} {args.seconds}s", file=sys.stderr)
-    result["creates"] = wrk(f"{base}/posts/create", args.seconds, args.clients, WRK_LUA)
+    result["creates"] = creates(base, args.seconds, args.clients)
     json.dump(result, sys.stdout)
     print()
 
