@@ -39,7 +39,7 @@ use std::{sync::Arc, time::Duration};
 use serde::de::DeserializeOwned;
 use sqlx::{Any, Transaction};
 use std::future::Future;
-use storage::{Database, StorageError};
+use storage::{Database, Statements, StorageError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -167,6 +167,22 @@ pub trait Handler: Send + Sync + 'static {
         event: &Self::Event,
         delivered: &Delivered,
     ) -> impl Future<Output = Result<Vec<Message>, Self::Error>> + Send;
+
+    /// What the runner calls: [`apply`](Self::apply), with `last` — statements the
+    /// runner sends with the end of the write, in one request (on SQLite every statement
+    /// sent alone is a hand-off to its thread while the other writers wait). A handler
+    /// whose changes need no answer from the database puts them in `last` instead of
+    /// running them; they run after everything it runs in `tx`, in the order pushed.
+    /// By default, `apply`.
+    fn apply_with_last(
+        &self,
+        tx: &mut Tx,
+        _last: &mut Statements,
+        event: &Self::Event,
+        delivered: &Delivered,
+    ) -> impl Future<Output = Result<Vec<Message>, Self::Error>> + Send {
+        self.apply(tx, event, delivered)
+    }
 
     /// After the commit of a message applied for the first time (not a duplicate).
     fn after_commit(&self, _event: Self::Event) -> impl Future<Output = ()> + Send {
@@ -392,8 +408,13 @@ impl<H: Handler> Runner<H> {
             write.rollback().await.map_err(transient)?;
             return Ok(Handled::Duplicate);
         }
+        let mut last = db.statements();
         if apply {
-            match self.handler.apply(tx, event, delivered).await {
+            match self
+                .handler
+                .apply_with_last(tx, &mut last, event, delivered)
+                .await
+            {
                 Ok(messages) => caused.extend(messages),
                 Err(error) => {
                     write.rollback().await.map_err(transient)?;
@@ -411,14 +432,11 @@ impl<H: Handler> Runner<H> {
                 )));
             };
             // In one request with the write's end.
-            let mut statements = db.statements();
             for message in caused {
-                outbox.stage(&mut statements, message).map_err(transient)?;
+                outbox.stage(&mut last, message).map_err(transient)?;
             }
-            write.commit_with(statements).await.map_err(transient)?;
-        } else {
-            write.commit().await.map_err(transient)?;
         }
+        write.commit_with(last).await.map_err(transient)?;
         if let Some(outbox) = outbox {
             outbox.committed();
         }

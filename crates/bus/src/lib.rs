@@ -104,6 +104,7 @@ pub use message::{
 };
 pub use outbox::{Inbox, Outbox, OutboxPublisher, OutboxRelay, migrations as outbox_migrations};
 pub use push::{IgnorePushes, PushError, PushTarget};
+pub use storage::Statements;
 
 /// What can go wrong on the bus.
 #[derive(Debug, thiserror::Error)]

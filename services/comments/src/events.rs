@@ -43,6 +43,16 @@ impl Handler for CommentEvents {
         self.store.apply(tx, event).await
     }
 
+    async fn apply_with_last(
+        &self,
+        tx: &mut Tx,
+        last: &mut bus::Statements,
+        event: &BlogEvent,
+        _delivered: &Delivered,
+    ) -> Result<Vec<Message>, CommentError> {
+        self.store.apply_with_last(tx, last, event).await
+    }
+
     async fn after_commit(&self, event: BlogEvent) {
         if matches!(event, BlogEvent::PostCreated(_)) {
             self.post_learned.notify_waiters();

@@ -5,7 +5,7 @@ use contracts::blog::{
     PostCreated,
 };
 use sqlx::{Any, Row, Transaction};
-use storage::{Database, Dialect, Migration, StorageError};
+use storage::{Database, Dialect, Migration, Statements, StorageError};
 
 use bus::OutboxPublisher as Publisher;
 
@@ -146,22 +146,34 @@ impl CommentStore {
         tx: &mut Transaction<'static, Any>,
         event: &BlogEvent,
     ) -> Result<Vec<bus::Message>, CommentError> {
+        let mut last = self.db.statements();
+        let caused = self.apply_with_last(tx, &mut last, event).await?;
+        last.execute(tx).await?;
+        Ok(caused)
+    }
+
+    /// [`apply`](Self::apply), leaving the changes that need no answer from the database
+    /// in `last`, for the runner to send with the end of its write.
+    pub async fn apply_with_last(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        last: &mut Statements,
+        event: &BlogEvent,
+    ) -> Result<Vec<bus::Message>, CommentError> {
         match event {
             BlogEvent::PostCreated(PostCreated { id, .. }) => {
-                if !is_known(tx, self.db.dialect(), id).await? {
-                    sqlx::query(
-                        self.db
-                            .sql("INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?)"),
-                    )
-                    .bind(id)
-                    .bind(unix_now())
-                    .execute(&mut **tx)
-                    .await?;
-                }
+                // Learned once: a post already known stays as it was.
+                last.push(if self.db.dialect() == Dialect::MySql {
+                    "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON DUPLICATE KEY UPDATE id = id"
+                } else {
+                    "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+                })
+                .bind(id.clone())
+                .bind(unix_now());
                 Ok(Vec::new())
             }
             BlogEvent::CommentModerated(moderated) => Ok(self
-                .apply_moderation(tx, moderated)
+                .apply_moderation(tx, last, moderated)
                 .await?
                 .into_iter()
                 .collect()),
@@ -174,6 +186,7 @@ impl CommentStore {
     async fn apply_moderation(
         &self,
         tx: &mut Transaction<'static, Any>,
+        last: &mut Statements,
         moderated: &CommentModerated,
     ) -> Result<Option<bus::Message>, CommentError> {
         let row = sqlx::query(
@@ -190,11 +203,9 @@ impl CommentStore {
         };
         let post_id: String = row.try_get("post_id")?;
         let content: String = row.try_get("content")?;
-        sqlx::query(self.db.sql("UPDATE comments SET status = ? WHERE id = ?"))
+        last.push("UPDATE comments SET status = ? WHERE id = ?")
             .bind(moderated.status.as_str())
-            .bind(&moderated.id)
-            .execute(&mut **tx)
-            .await?;
+            .bind(moderated.id.clone());
         let event = BlogEvent::CommentUpdated(CommentUpdated {
             id: moderated.id.clone(),
             status: moderated.status,

@@ -133,8 +133,23 @@ impl bus::Handler for LogEvents {
         envelope: &Envelope,
         delivered: &bus::Delivered,
     ) -> Result<Vec<bus::Message>, bus::HandlerError> {
+        let mut last = self.log.database().statements();
+        let caused = self
+            .apply_with_last(tx, &mut last, envelope, delivered)
+            .await?;
+        last.execute(tx).await?;
+        Ok(caused)
+    }
+
+    async fn apply_with_last(
+        &self,
+        tx: &mut bus::Tx,
+        last: &mut bus::Statements,
+        envelope: &Envelope,
+        delivered: &bus::Delivered,
+    ) -> Result<Vec<bus::Message>, bus::HandlerError> {
         let message = &delivered.message_id;
-        match self.log.record(tx, message, envelope).await? {
+        match self.log.record(tx, last, message, envelope).await? {
             Recorded::Parked => {
                 tracing::debug!(%message, "event parked until its cause is in the log");
             }

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use contracts::blog::{BlogEvent, Envelope};
 use sqlx::{Any, Row, Transaction};
-use storage::{Database, Migration, StorageError};
+use storage::{Database, Migration, Statements, StorageError};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(
@@ -150,10 +150,13 @@ impl EventLog {
         &self.db
     }
 
-    /// Records the event of message `message_id` inside `tx`.
+    /// Records the event of message `message_id` inside `tx`: the reads run there, the
+    /// writes go into `last`, to run after them in the same transaction (with the end of
+    /// the consumer's write, one request — see [`bus::Handler::apply_with_last`]).
     pub async fn record(
         &self,
         tx: &mut Transaction<'static, Any>,
+        last: &mut Statements,
         message_id: &str,
         envelope: &Envelope,
     ) -> Result<Recorded, StorageError> {
@@ -179,27 +182,24 @@ impl EventLog {
         if let Some(needs) = needs
             && !self.is_provided(tx, &needs).await?
         {
-            sqlx::query(self.db.sql(
+            last.push(
                 "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at) VALUES (?, ?, ?, ?, ?)",
-            ))
-            .bind(message_id)
-            .bind(&needs)
-            .bind(&envelope.event_type)
-            .bind(&data)
-            .bind(unix_millis())
-            .execute(&mut **tx)
-            .await?;
+            )
+            .bind(message_id.to_owned())
+            .bind(needs)
+            .bind(envelope.event_type.clone())
+            .bind(data)
+            .bind(unix_millis());
             return Ok(Recorded::Parked);
         }
-        self.append(
-            tx,
+        append(
+            last,
             message_id,
             &envelope.event_type,
             &data,
             provides.as_deref(),
-        )
-        .await?;
-        let released = self.release(tx, provides).await?;
+        );
+        let released = self.release(tx, last, provides).await?;
         Ok(Recorded::Appended { released })
     }
 
@@ -215,39 +215,11 @@ impl EventLog {
         Ok(row.is_some())
     }
 
-    async fn append(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        message_id: &str,
-        event_type: &str,
-        data: &str,
-        provides: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
-        let next: i64 = sqlx::query(
-            self.db
-                .sql("SELECT COALESCE(MAX(seq), 0) + 1 FROM event_log"),
-        )
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get(0)?;
-        sqlx::query(self.db.sql(
-            "INSERT INTO event_log (seq, message_id, event_type, data, provides, appended_at) VALUES (?, ?, ?, ?, ?, ?)",
-        ))
-        .bind(next)
-        .bind(message_id)
-        .bind(event_type)
-        .bind(data)
-        .bind(provides)
-        .bind(unix_millis())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
     /// Appends the parked events waiting for `provided`, then those waiting for them.
     async fn release(
         &self,
         tx: &mut Transaction<'static, Any>,
+        last: &mut Statements,
         provided: Option<String>,
     ) -> Result<usize, StorageError> {
         let mut released = 0;
@@ -268,15 +240,9 @@ impl EventLog {
                     data: serde_json::from_str(&data).unwrap_or_default(),
                 };
                 let (_, provides) = causality(&envelope);
-                self.append(tx, &message_id, &event_type, &data, provides.as_deref())
-                    .await?;
-                sqlx::query(
-                    self.db
-                        .sql("DELETE FROM event_log_parked WHERE message_id = ?"),
-                )
-                .bind(&message_id)
-                .execute(&mut **tx)
-                .await?;
+                append(last, &message_id, &event_type, &data, provides.as_deref());
+                last.push("DELETE FROM event_log_parked WHERE message_id = ?")
+                    .bind(message_id);
                 released += 1;
                 keys.extend(provides);
             }
@@ -357,4 +323,118 @@ fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Appends an event at the next sequence number, found by the statement itself when it
+/// runs (appends are serialised by `event_log_writer`, and run in the order pushed).
+fn append(
+    last: &mut Statements,
+    message_id: &str,
+    event_type: &str,
+    data: &str,
+    provides: Option<&str>,
+) {
+    last.push(
+        "INSERT INTO event_log (seq, message_id, event_type, data, provides, appended_at) \
+         SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM event_log",
+    )
+    .bind(message_id.to_owned())
+    .bind(event_type.to_owned())
+    .bind(data.to_owned())
+    .bind(provides.map(str::to_owned))
+    .bind(unix_millis());
+}
+
+#[cfg(test)]
+mod tests {
+    use contracts::blog::{CommentCreated, CommentStatus, PostCreated};
+    use storage::scratch::ScratchDatabase;
+
+    use super::*;
+
+    /// A comment recorded before its post waits, parked, and is appended right after the
+    /// post; the sequence numbers stay dense and a repeat is a duplicate — with the
+    /// writes run as the consumer runs them, after the reads, with the write's end.
+    #[tokio::test]
+    async fn a_comment_before_its_post_waits_and_follows_it_on_every_backend() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut urls = vec![(
+            format!("sqlite://{}", dir.path().join("log.db").display()),
+            None,
+        )];
+        for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
+            if let Some(server) = test_kit::real_server_url(var) {
+                let scratch = ScratchDatabase::create(&server).await.expect("scratch");
+                urls.push((scratch.url().to_owned(), Some(scratch)));
+            }
+        }
+        for (url, scratch) in urls {
+            let db = Database::connect(&url).await.expect("connect");
+            db.migrate("event-bus", MIGRATIONS).await.expect("migrate");
+            let log = EventLog::new(db.clone());
+            let record = async |id: &str, event: &BlogEvent| {
+                let mut write = db.write().await.expect("write");
+                let mut last = db.statements();
+                let recorded = log
+                    .record(
+                        write.tx().expect("tx"),
+                        &mut last,
+                        id,
+                        &Envelope::from(event),
+                    )
+                    .await
+                    .expect("record");
+                write.commit_with(last).await.expect("commit");
+                recorded
+            };
+            let post = BlogEvent::PostCreated(PostCreated {
+                id: "p1".into(),
+                title: "Hello".into(),
+            });
+            let comment = BlogEvent::CommentCreated(CommentCreated {
+                id: "c1".into(),
+                post_id: "p1".into(),
+                content: "first".into(),
+                status: CommentStatus::Pending,
+            });
+            let other = BlogEvent::PostCreated(PostCreated {
+                id: "p0".into(),
+                title: "Earlier".into(),
+            });
+            assert_eq!(
+                record("m0", &other).await,
+                Recorded::Appended { released: 0 }
+            );
+            assert_eq!(record("m2", &comment).await, Recorded::Parked, "{url}");
+            assert_eq!(record("m2", &comment).await, Recorded::Duplicate);
+            assert_eq!(
+                record("m1", &post).await,
+                Recorded::Appended { released: 1 }
+            );
+            assert_eq!(record("m1", &post).await, Recorded::Duplicate);
+            let page = log.read_page(0, 10, 1 << 20).await.expect("page");
+            let order: Vec<(i64, &str)> = page
+                .events
+                .iter()
+                .map(|e| (e.seq, e.event_type.as_str()))
+                .collect();
+            assert_eq!(
+                order,
+                [
+                    (1, "PostCreated"),
+                    (2, "PostCreated"),
+                    (3, "CommentCreated")
+                ],
+                "{}",
+                db.dialect()
+            );
+            db.close().await;
+            if let Some(scratch) = scratch {
+                scratch
+                    .drop_database()
+                    .await
+                    .expect("drop scratch database");
+            }
+        }
+    }
 }

@@ -245,6 +245,17 @@ impl bus::Handler for ViewEvents {
         Ok(Vec::new())
     }
 
+    async fn apply_with_last(
+        &self,
+        _tx: &mut bus::Tx,
+        last: &mut bus::Statements,
+        event: &BlogEvent,
+        _delivered: &bus::Delivered,
+    ) -> Result<Vec<bus::Message>, bus::HandlerError> {
+        self.store.apply_last(last, event);
+        Ok(Vec::new())
+    }
+
     async fn after_commit(&self, event: BlogEvent) {
         // No receiver is not an error: nobody is watching.
         let _ = self.changes.send(Change::Applied(Arc::new(event)));

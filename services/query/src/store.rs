@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use contracts::blog::{BlogEvent, CommentStatus};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
-use storage::{Database, Dialect, Migration, StorageError};
+use storage::{Database, Dialect, Migration, Statements, StorageError};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(
@@ -153,6 +153,7 @@ impl ViewStore {
             .map_err(storage_error)?;
         let mut write = self.db.write().await?;
         let tx = write.tx()?;
+        let mut last = self.db.statements();
         let mut applied = 0;
         for (message_id, event) in events.into_iter().filter(|(id, _)| !known.contains(id)) {
             // The log is not a delivery (there is nothing to acknowledge), but its events
@@ -162,24 +163,19 @@ impl ViewStore {
                 .await
                 .map_err(storage_error)?;
             if recorded {
-                self.apply_in(tx, event).await?;
+                self.change(&mut last, event);
                 applied += 1;
             }
         }
         // A new version only when the view changed: a bump makes every reader render
         // the whole view again.
-        let bump = if applied > 0 {
-            ", version = version + 1"
+        last.push(if applied > 0 {
+            "UPDATE query_state SET log_seq = ?, version = version + 1 WHERE id = 1"
         } else {
-            ""
-        };
-        sqlx::query(self.db.sql(format!(
-            "UPDATE query_state SET log_seq = ?{bump} WHERE id = 1"
-        )))
-        .bind(last_seq)
-        .execute(&mut **tx)
-        .await?;
-        write.commit().await?;
+            "UPDATE query_state SET log_seq = ? WHERE id = 1"
+        })
+        .bind(last_seq);
+        write.commit_with(last).await?;
         Ok(applied)
     }
 
@@ -190,71 +186,59 @@ impl ViewStore {
         tx: &mut Transaction<'static, Any>,
         event: &BlogEvent,
     ) -> Result<(), StorageError> {
-        self.apply_in(tx, event).await?;
-        bump_version(tx).await?;
-        Ok(())
+        let mut last = self.db.statements();
+        self.apply_last(&mut last, event);
+        last.execute(tx).await
     }
 
-    async fn apply_in(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        event: &BlogEvent,
-    ) -> Result<(), StorageError> {
-        let dialect = self.db.dialect();
+    /// [`apply`](Self::apply) as statements for the runner to send with the end of its
+    /// write ([`bus::Handler::apply_with_last`]): folding an event in needs no answer
+    /// from the database, so it costs the consumer no request of its own.
+    pub fn apply_last(&self, last: &mut Statements, event: &BlogEvent) {
+        self.change(last, event);
+        last.push("UPDATE query_state SET version = version + 1 WHERE id = 1");
+    }
+
+    /// The view's change for `event`, whatever arrived before it: a post or comment
+    /// already there is kept (a `CommentUpdated` may overtake its `CommentCreated`, and
+    /// the newer status stays), an update of a comment not yet there inserts it.
+    fn change(&self, last: &mut Statements, event: &BlogEvent) {
+        let mysql = self.db.dialect() == Dialect::MySql;
         match event {
             BlogEvent::PostCreated(post) => {
-                if !exists(tx, dialect, POST_EXISTS, &post.id).await? {
-                    sqlx::query(
-                        self.db
-                            .sql("INSERT INTO query_posts (id, title) VALUES (?, ?)"),
-                    )
-                    .bind(&post.id)
-                    .bind(&post.title)
-                    .execute(&mut **tx)
-                    .await?;
-                }
+                last.push(if mysql {
+                    "INSERT INTO query_posts (id, title) VALUES (?, ?) ON DUPLICATE KEY UPDATE id = id"
+                } else {
+                    "INSERT INTO query_posts (id, title) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+                })
+                .bind(post.id.clone())
+                .bind(post.title.clone());
             }
             BlogEvent::CommentCreated(comment) => {
-                // Already there means a CommentUpdated overtook it: keep the newer status.
-                if !exists(tx, dialect, COMMENT_EXISTS, &comment.id).await? {
-                    insert_comment(
-                        tx,
-                        dialect,
-                        &comment.id,
-                        &comment.post_id,
-                        &comment.content,
-                        comment.status,
-                    )
-                    .await?;
-                }
+                last.push(if mysql {
+                    "INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = id"
+                } else {
+                    "INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+                })
+                .bind(comment.id.clone())
+                .bind(comment.post_id.clone())
+                .bind(comment.content.clone())
+                .bind(comment.status.as_str());
             }
             BlogEvent::CommentUpdated(update) => {
-                if exists(tx, dialect, COMMENT_EXISTS, &update.id).await? {
-                    sqlx::query(
-                        self.db
-                            .sql("UPDATE query_comments SET status = ?, content = ? WHERE id = ?"),
-                    )
-                    .bind(update.status.as_str())
-                    .bind(&update.content)
-                    .bind(&update.id)
-                    .execute(&mut **tx)
-                    .await?;
+                last.push(if mysql {
+                    "INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE status = VALUES(status), content = VALUES(content)"
                 } else {
-                    insert_comment(
-                        tx,
-                        dialect,
-                        &update.id,
-                        &update.post_id,
-                        &update.content,
-                        update.status,
-                    )
-                    .await?;
-                }
+                    "INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, content = excluded.content"
+                })
+                .bind(update.id.clone())
+                .bind(update.post_id.clone())
+                .bind(update.content.clone())
+                .bind(update.status.as_str());
             }
             // The course's query service ignores it too: CommentUpdated follows.
             BlogEvent::CommentModerated(_) => {}
         }
-        Ok(())
     }
 
     /// The last event-log sequence number folded in.
@@ -358,44 +342,6 @@ async fn bump_version(tx: &mut Transaction<'static, Any>) -> Result<(), sqlx::Er
     sqlx::query("UPDATE query_state SET version = version + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
-    Ok(())
-}
-
-const POST_EXISTS: &str = "SELECT 1 FROM query_posts WHERE id = ?";
-const COMMENT_EXISTS: &str = "SELECT 1 FROM query_comments WHERE id = ?";
-
-/// Whether `sql` (one of the `*_EXISTS` queries) finds `id`.
-async fn exists(
-    tx: &mut Transaction<'static, Any>,
-    dialect: Dialect,
-    sql: &'static str,
-    id: &str,
-) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query(dialect.sql(sql))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.is_some())
-}
-
-async fn insert_comment(
-    tx: &mut Transaction<'static, Any>,
-    dialect: Dialect,
-    id: &str,
-    post_id: &str,
-    content: &str,
-    status: CommentStatus,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        dialect
-            .sql("INSERT INTO query_comments (id, post_id, content, status) VALUES (?, ?, ?, ?)"),
-    )
-    .bind(id)
-    .bind(post_id)
-    .bind(content)
-    .bind(status.as_str())
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 
