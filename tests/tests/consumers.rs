@@ -106,7 +106,6 @@ impl<H: Handler> Handler for Probe<H> {
         event: &H::Event,
         delivered: &Delivered,
     ) -> Result<Vec<Message>, Self::Error> {
-        self.applied.fetch_add(1, Ordering::SeqCst);
         let caused = self
             .inner
             .apply(tx, event, delivered)
@@ -118,7 +117,29 @@ impl<H: Handler> Handler for Probe<H> {
         Ok(caused)
     }
 
+    // The runner's way in: the consumer's own, with the statements it leaves for the end.
+    async fn apply_with_last(
+        &self,
+        tx: &mut Tx,
+        last: &mut bus::Statements,
+        event: &H::Event,
+        delivered: &Delivered,
+    ) -> Result<Vec<Message>, Self::Error> {
+        let caused = self
+            .inner
+            .apply_with_last(tx, last, event, delivered)
+            .await
+            .map_err(ProbeError::Inner)?;
+        if self.fail {
+            return Err(ProbeError::Injected);
+        }
+        Ok(caused)
+    }
+
+    // Applied = committed: a redelivery may run `apply` again, but its writes are undone
+    // with its inbox record, and it never gets here.
     fn after_commit(&self, event: H::Event) -> impl std::future::Future<Output = ()> + Send {
+        self.applied.fetch_add(1, Ordering::SeqCst);
         self.inner.after_commit(event)
     }
 

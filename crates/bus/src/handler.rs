@@ -159,8 +159,12 @@ pub trait Handler: Send + Sync + 'static {
         Duration::ZERO
     }
 
-    /// Applies the event in `tx`, once per message id; returns the messages it causes
-    /// (enqueued in the same transaction). Not called on a [`Store::keyed`].
+    /// Applies the event in `tx`; returns the messages it causes (enqueued in the same
+    /// transaction). What it writes commits once per message id: a redelivered message
+    /// may be applied again, but its inbox record then fails on its key and the whole
+    /// write is undone, so keep effects outside the database in
+    /// [`effect`](Self::effect) and [`after_commit`](Self::after_commit). Not called on
+    /// a [`Store::keyed`].
     fn apply(
         &self,
         tx: &mut Tx,
@@ -383,8 +387,10 @@ impl<H: Handler> Runner<H> {
         }
     }
 
-    /// In one transaction: the inbox record, then (unless already recorded) `apply` when
-    /// `apply` is set, and the caused messages in the outbox.
+    /// In one transaction: `apply` when `apply` is set, then — sent with the write's end,
+    /// in one request — the inbox record, the handler's last statements and the caused
+    /// messages in the outbox. An inbox record already there (a message applied before)
+    /// fails the write, which is undone whole: a duplicate.
     async fn commit(
         &self,
         event: &H::Event,
@@ -399,16 +405,11 @@ impl<H: Handler> Runner<H> {
         // (group commit); acknowledged only once that commit is on disk.
         let mut write = db.write().await.map_err(transient)?;
         let tx = write.tx().map_err(transient)?;
-        if !inbox
-            .record(tx, &self.group, &delivered.message_id)
-            .await
-            .map_err(transient)?
-        {
-            tracing::debug!(group = %self.group, message_id = %delivered.message_id, "already applied; skipped");
-            write.rollback().await.map_err(transient)?;
-            return Ok(Handled::Duplicate);
-        }
+        // The inbox record goes first among the statements sent with the write's end: a
+        // message applied before fails there on its key, and everything this write did
+        // is undone (see `duplicate_or`).
         let mut last = db.statements();
+        inbox.stage(&mut last, &self.group, &delivered.message_id);
         if apply {
             match self
                 .handler
@@ -418,7 +419,8 @@ impl<H: Handler> Runner<H> {
                 Ok(messages) => caused.extend(messages),
                 Err(error) => {
                     write.rollback().await.map_err(transient)?;
-                    return Err(nack(error));
+                    // A redelivered message may fail in `apply` because it was applied.
+                    return self.duplicate_or(delivered, nack(error)).await;
                 }
             }
         }
@@ -436,11 +438,29 @@ impl<H: Handler> Runner<H> {
                 outbox.stage(&mut last, message).map_err(transient)?;
             }
         }
-        write.commit_with(last).await.map_err(transient)?;
+        if let Err(error) = write.commit_with(last).await {
+            return self.duplicate_or(delivered, transient(error)).await;
+        }
         if let Some(outbox) = outbox {
             outbox.committed();
         }
         Ok(Handled::Applied)
+    }
+
+    /// After a failed write (undone whole): a duplicate if the inbox holds the message
+    /// — applied by an earlier delivery — else `failure`.
+    async fn duplicate_or(&self, delivered: &Delivered, failure: Nack) -> Result<Handled, Nack> {
+        let StoreKind::Database { db, inbox, .. } = &self.store.kind else {
+            return Err(failure);
+        };
+        match inbox.contains(db, &self.group, &delivered.message_id).await {
+            Ok(true) => {
+                tracing::debug!(group = %self.group, message_id = %delivered.message_id, "already applied; skipped");
+                Ok(Handled::Duplicate)
+            }
+            Ok(false) => Err(failure),
+            Err(error) => Err(transient(error)),
+        }
     }
 
     /// Past the last attempt: applied (the inbox knows) → settled; otherwise the

@@ -45,8 +45,10 @@
 //! * **Transactional outbox** — write business rows and the outgoing message in one
 //!   transaction with [`Outbox::enqueue`]; an [`OutboxRelay`] publishes them in order and
 //!   marks them sent, retrying while the bus is away.
-//! * **Inbox** — [`Inbox::record`] inserts the message id in the same transaction as the
-//!   consumer's effects; `false` means "already processed, skip and ack".
+//! * **Inbox** — the message id is inserted in the same transaction as the consumer's
+//!   effects: [`Inbox::record`] says `false` for "already processed, skip and ack";
+//!   [`Inbox::stage`] (the runner's way) puts a plain insert with the write's last
+//!   statements, which fails on the key for a message processed before, undoing the write.
 //! * **Handlers** — services do not write that sequence themselves: a [`Handler`] says
 //!   what a message means, and a [`Runner`] (handler.rs) owns decoding, the transaction,
 //!   the inbox, the outbox, the commit, the acknowledgement and the retry mapping.

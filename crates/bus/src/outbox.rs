@@ -8,10 +8,13 @@
 //! and marks them sent. A crash between publish and mark re-publishes the same message id
 //! — harmless, because consumers deduplicate.
 //!
-//! *Inbox*: a consumer calls [`Inbox::record`] inside the transaction that applies a
-//! message's effects. It inserts `(consumer, message id)` into `bus_inbox`; `false` means
-//! the id was already processed, so the handler commits nothing and acks. Effect and
-//! "processed" mark commit together, so a redelivery never repeats an effect.
+//! *Inbox*: a consumer inserts `(consumer, message id)` into `bus_inbox` inside the
+//! transaction that applies a message's effects — with [`Inbox::record`] first (`false`:
+//! already processed, commit nothing and ack), or with [`Inbox::stage`] last, as the
+//! handler runner does (a plain insert: for an id processed before it fails on the key
+//! and the whole write is undone; [`Inbox::contains`] then tells the duplicate from a
+//! failure). Effect and "processed" mark commit together, so a redelivery never repeats
+//! an effect.
 //!
 //! Both tables come from [`migrations`]; apply them with the service's own:
 //! `db.migrate("bus", bus::outbox_migrations())`.
@@ -450,6 +453,19 @@ impl Inbox {
             .execute(conn)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds the record of `message_id` for `consumer` to a write's last statements
+    /// ([`storage::Write::commit_with`]), as a plain insert: if the inbox holds it
+    /// already, the write fails on the key and is undone whole, and
+    /// [`contains`](Self::contains) then tells a duplicate from a failure. One request
+    /// less than [`record`](Self::record) for every message that is not a duplicate —
+    /// nearly all of them.
+    pub fn stage(&self, last: &mut Statements, consumer: &str, message_id: &str) {
+        last.push("INSERT INTO bus_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?)")
+            .bind(consumer.to_owned())
+            .bind(message_id.to_owned())
+            .bind(now_ms());
     }
 
     /// Whether `consumer` recorded `message_id` (outside any transaction): how a
