@@ -486,7 +486,9 @@ async fn fast_call(state: &State, route: &'static Route, mut request: Request) -
         Guard::Admin => authenticate(&state.verifier, &mut request, true).await,
     };
     let mut response = match checked {
-        Ok(()) => match monoio::time::timeout(route.timeout, forward(state, request)).await {
+        // Boxed, as the gateway's fast path boxes its call: the wrappers around it (timer,
+        // trace scope, span) then move a pointer, not the upstream call's large future.
+        Ok(()) => match monoio::time::timeout(route.timeout, Box::pin(forward(state, request))).await {
             Ok(response) => response,
             Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "the upstream took too long", None),
         },
@@ -547,7 +549,7 @@ async fn handle(state: &State, peer: SocketAddr, mut request: Request) -> Respon
     let uri = request.uri().clone();
     request.extensions_mut().insert(request_id);
 
-    let mut response = trace_context::scope(current, fast_call(state, route, request))
+    let mut response = trace_context::scope(current, Box::pin(fast_call(state, route, request)))
         .instrument(span.clone())
         .await;
     let status = response.status();
