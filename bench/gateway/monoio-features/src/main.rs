@@ -420,7 +420,11 @@ fn problem(code: StatusCode, detail: &str, request_id: Option<&str>) -> Response
 
 /// `identity::authenticate` (and `_admin`), for monoio's request type: the same calls.
 #[inline(never)]
-async fn authenticate(verifier: &Verifier, request: &mut Request, admin: bool) -> Result<(), Response> {
+async fn authenticate(
+    verifier: &Verifier,
+    request: &mut Request,
+    admin: bool,
+) -> Result<(), Response> {
     request.extensions_mut().remove::<Caller>();
     let token = match identity::bearer_token(request.headers()) {
         Ok(token) => token,
@@ -439,7 +443,11 @@ async fn authenticate(verifier: &Verifier, request: &mut Request, admin: bool) -
             let is_admin = caller.admin;
             request.extensions_mut().insert(caller);
             if admin && !is_admin {
-                return Err(problem(StatusCode::FORBIDDEN, "only an admin may do this", None));
+                return Err(problem(
+                    StatusCode::FORBIDDEN,
+                    "only an admin may do this",
+                    None,
+                ));
             }
             Ok(())
         }
@@ -464,7 +472,11 @@ async fn forward(state: &State, mut request: Request) -> Response {
     let mut connection = match state.upstream.connect(state.addr).await {
         Ok(connection) => connection,
         Err(_) => {
-            return problem(StatusCode::SERVICE_UNAVAILABLE, "the upstream is unavailable", None)
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream is unavailable",
+                None,
+            )
         }
     };
     match connection.send_request(request).await {
@@ -473,7 +485,11 @@ async fn forward(state: &State, mut request: Request) -> Response {
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body)
         }
-        (Err(_), _) => problem(StatusCode::BAD_GATEWAY, "the upstream could not be reached", None),
+        (Err(_), _) => problem(
+            StatusCode::BAD_GATEWAY,
+            "the upstream could not be reached",
+            None,
+        ),
     }
 }
 
@@ -488,10 +504,16 @@ async fn fast_call(state: &State, route: &'static Route, mut request: Request) -
     let mut response = match checked {
         // Boxed, as the gateway's fast path boxes its call: the wrappers around it (timer,
         // trace scope, span) then move a pointer, not the upstream call's large future.
-        Ok(()) => match monoio::time::timeout(route.timeout, Box::pin(forward(state, request))).await {
-            Ok(response) => response,
-            Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "the upstream took too long", None),
-        },
+        Ok(()) => {
+            match monoio::time::timeout(route.timeout, Box::pin(forward(state, request))).await {
+                Ok(response) => response,
+                Err(_) => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the upstream took too long",
+                    None,
+                ),
+            }
+        }
         Err(refusal) => refusal,
     };
     static VARY: HeaderValue = HeaderValue::from_static(
@@ -638,7 +660,12 @@ struct Shared {
     metrics: Arc<RequestMetrics>,
 }
 
-async fn serve(listener: TcpListener, addr: SocketAddr, shared: Shared, stop: Option<Arc<AtomicBool>>) {
+async fn serve(
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Shared,
+    stop: Option<Arc<AtomicBool>>,
+) {
     if let Some(stop) = stop {
         monoio::spawn(async move {
             loop {

@@ -152,7 +152,11 @@ fn proxy(upstream: SocketAddr, driver: &str, metrics: bool) -> Option<(Proxy, Tc
             driver.into(),
         ])
         .env("MONOIO_FEATURES_TOKEN_FILE", &token_file)
-        .stdout(if metrics { Stdio::piped() } else { Stdio::null() })
+        .stdout(if metrics {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped());
     if metrics {
         command.env("MONOIO_FEATURES_PRINT_METRICS", "1");
@@ -162,7 +166,12 @@ fn proxy(upstream: SocketAddr, driver: &str, metrics: bool) -> Option<(Proxy, Tc
     let stream = loop {
         if let Some(exit) = proxy.0.try_wait().expect("wait") {
             let mut stderr = String::new();
-            let _ = proxy.0.stderr.take().expect("stderr").read_to_string(&mut stderr);
+            let _ = proxy
+                .0
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr);
             assert_eq!(driver, "uring", "the proxy exited ({exit}): {stderr}");
             eprintln!("skipped: io_uring is not available here ({exit}): {stderr}");
             return None;
@@ -191,7 +200,11 @@ fn forwards_as_the_gateway_does() {
         // A guarded route without a token: refused before the upstream is called.
         let refused = send(&mut stream, "GET /jobs/7 HTTP/1.1\r\nhost: bench\r\n");
         assert_eq!(refused.status, 401, "{driver}");
-        assert_eq!(refused.header("www-authenticate"), Some("Bearer"), "{driver}");
+        assert_eq!(
+            refused.header("www-authenticate"),
+            Some("Bearer"),
+            "{driver}"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "{driver}");
         // A bad token: refused too.
         let forged = send(
@@ -211,20 +224,35 @@ fn forwards_as_the_gateway_does() {
             );
             assert_eq!(answer.status, 200, "{driver}: {}", answer.body);
             let seen = &answer.body;
-            assert!(seen.starts_with(&format!("GET /jobs/{i}?x=1 HTTP/1.1\r\n")), "{seen}");
+            assert!(
+                seen.starts_with(&format!("GET /jobs/{i}?x=1 HTTP/1.1\r\n")),
+                "{seen}"
+            );
             assert!(seen.contains(&format!("host: {upstream}\r\n")), "{seen}");
             assert!(seen.contains("x-forwarded-host: bench\r\n"), "{seen}");
             assert!(seen.contains("x-forwarded-proto: http\r\n"), "{seen}");
-            assert!(seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\r\n"), "{seen}");
+            assert!(
+                seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\r\n"),
+                "{seen}"
+            );
             assert!(!seen.contains("connection:"), "{seen}");
             assert!(!seen.contains("x-hop"), "{seen}");
-            assert!(seen.contains(&format!("authorization: bearer {}", token.to_ascii_lowercase())), "{seen}");
+            assert!(
+                seen.contains(&format!(
+                    "authorization: bearer {}",
+                    token.to_ascii_lowercase()
+                )),
+                "{seen}"
+            );
             // The trace continued: same trace id, a span id of the gateway's.
             let forwarded = seen
                 .lines()
                 .find_map(|l| l.strip_prefix("traceparent: "))
                 .expect("traceparent");
-            assert!(forwarded.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{forwarded}");
+            assert!(
+                forwarded.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{forwarded}"
+            );
             assert!(!forwarded.contains("b7ad6b7169203331"), "{forwarded}");
             // A request id was made, sent on and echoed.
             let id = answer.header("x-request-id").expect("x-request-id");
@@ -238,10 +266,17 @@ fn forwards_as_the_gateway_does() {
             assert_eq!(answer.header("keep-alive"), None, "{driver}");
         }
         // An open route needs no token; a client's well-formed request id is kept.
-        let open = send(&mut stream, "GET /posts HTTP/1.1\r\nhost: bench\r\nx-request-id: abc-1\r\n");
+        let open = send(
+            &mut stream,
+            "GET /posts HTTP/1.1\r\nhost: bench\r\nx-request-id: abc-1\r\n",
+        );
         assert_eq!(open.status, 200, "{driver}");
         assert_eq!(open.header("x-request-id"), Some("abc-1"));
-        assert!(open.body.contains("x-request-id: abc-1\r\n"), "{}", open.body);
+        assert!(
+            open.body.contains("x-request-id: abc-1\r\n"),
+            "{}",
+            open.body
+        );
         // No row names it: 404, the upstream not called.
         let unknown = send(&mut stream, "GET /nowhere HTTP/1.1\r\nhost: bench\r\n");
         assert_eq!(unknown.status, 404, "{driver}");
@@ -261,9 +296,15 @@ fn counts_requests_by_route_method_and_status() {
         );
         assert_eq!(answer.status, 200);
     }
-    assert_eq!(send(&mut stream, "GET /download HTTP/1.1\r\nhost: bench\r\n").status, 401);
+    assert_eq!(
+        send(&mut stream, "GET /download HTTP/1.1\r\nhost: bench\r\n").status,
+        401
+    );
     let pid = proxy.0.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     let mut text = String::new();
     proxy
         .0
@@ -285,7 +326,10 @@ fn counts_requests_by_route_method_and_status() {
     };
     assert_eq!(line("/jobs/{id}", "200").as_deref(), Some("3"), "{text}");
     assert_eq!(line("/download", "401").as_deref(), Some("1"), "{text}");
-    assert!(text.contains("http_request_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket{"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -301,6 +345,9 @@ fn refuses_arguments_it_cannot_use() {
     ] {
         let out = Command::new(BINARY).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage"),
+            "{args:?}"
+        );
     }
 }
