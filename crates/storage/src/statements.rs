@@ -49,14 +49,8 @@ impl Statements {
     /// Adds a statement, with `?` placeholders (made right for the dialect as
     /// [`Dialect::sql`] does); its values follow with [`bind`](Self::bind).
     pub fn push(&mut self, sql: &'static str) -> &mut Self {
-        let sql = self.dialect.sql(sql).as_str().to_owned();
-        match (self.dialect, self.parts.last_mut()) {
-            (Dialect::Sqlite, Some((joined, _))) => {
-                joined.push_str(";\n");
-                joined.push_str(&sql);
-            }
-            _ => self.parts.push((sql, AnyArguments::default())),
-        }
+        let sql = self.dialect.sql(sql);
+        self.push_plain(sql.as_str());
         self
     }
 
@@ -76,7 +70,8 @@ impl Statements {
         self
     }
 
-    /// Appends statements that take no values (the write's own savepoint handling).
+    /// Appends SQL as it is: to the one string on SQLite, as a statement of its own on
+    /// servers. Also the write's own savepoint handling, which binds no values.
     pub(crate) fn push_plain(&mut self, sql: &str) {
         match (self.dialect, self.parts.last_mut()) {
             (Dialect::Sqlite, Some((joined, _))) => {
