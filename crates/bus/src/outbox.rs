@@ -343,24 +343,25 @@ impl OutboxRelay {
             return Err(refused.unwrap_or(BusError::Closed));
         }
         seqs.truncate(published);
-        let placeholders = vec!["?"; seqs.len()].join(", ");
-        let mut update = sqlx::query(dialect.sql(format!(
-            "UPDATE bus_outbox SET sent_at = ? WHERE seq IN ({placeholders})"
-        )))
-        .bind(now_ms());
-        for seq in seqs {
-            update = update.bind(seq);
+        let mut update = self.db.statements();
+        // Runs of consecutive sequence numbers (the usual batch is one) as ranges: one
+        // statement text whatever the batch's size, so it is prepared once.
+        for (first, last) in runs(&seqs) {
+            update
+                .push("UPDATE bus_outbox SET sent_at = ? WHERE seq BETWEEN ? AND ?")
+                .bind(now_ms())
+                .bind(first)
+                .bind(last);
         }
         match tx.take() {
             Some(mut tx) => {
-                update.execute(&mut *tx).await?;
+                update.execute(&mut tx).await?;
                 tx.commit().await?;
             }
             None => {
-                // Joins the service's group commit instead of paying an fsync of its own.
-                let mut write = self.db.write().await?;
-                update.execute(&mut **write.tx()?).await?;
-                write.commit().await?;
+                // Joins the service's group commit instead of paying an fsync of its own,
+                // in one request with the write's end.
+                self.db.write().await?.commit_with(update).await?;
             }
         }
         match refused {
@@ -408,6 +409,18 @@ impl OutboxRelay {
         .await?;
         Ok(())
     }
+}
+
+/// `seqs` (ascending) as runs of consecutive numbers: `[1, 2, 3, 7]` → `(1, 3), (7, 7)`.
+fn runs(seqs: &[i64]) -> Vec<(i64, i64)> {
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &seq in seqs {
+        match runs.last_mut() {
+            Some((_, last)) if seq == *last + 1 => *last = seq,
+            _ => runs.push((seq, seq)),
+        }
+    }
+    runs
 }
 
 /// Records processed message ids inside a consumer's transaction.
@@ -519,5 +532,17 @@ impl Inbox {
             .execute(db.pool())
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn sent_rows_are_marked_in_runs_of_consecutive_numbers() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[4]), vec![(4, 4)]);
+        assert_eq!(runs(&[1, 2, 3, 7, 9, 10]), vec![(1, 3), (7, 7), (9, 10)]);
     }
 }

@@ -19,6 +19,15 @@
 //! - no timer: a batch is exactly the writes that queued up while the previous one was
 //!   working or committing, so one writer alone commits at once and pays no delay.
 //!
+//! The shared transaction has a connection of its own (a second pool of one), so reads on
+//! the database's pool never queue behind a write, and it is never idle between batches:
+//! the commit and the next `BEGIN` go in one request (`COMMIT; BEGIN`), and the next write
+//! finds its transaction open. A deferred `BEGIN` that has run nothing holds no lock and
+//! no snapshot. The write that ends a batch sends its last statements, its savepoint's
+//! release and the commit together: a write alone is one request to SQLite's thread
+//! (plus its reads), where it was three (`BEGIN`, the write, `COMMIT`). If its statements
+//! fail, only it is undone and the rest of its batch still commits.
+//!
 //! The commit itself runs in a task of its own, so a caller that goes away (a client that
 //! hangs up) can neither leave a batch half-committed nor strand the others waiting on it.
 
@@ -28,7 +37,7 @@ use std::sync::{
 };
 
 use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 use crate::{Dialect, StorageError, statements::Statements};
 
@@ -46,6 +55,10 @@ type Outcome = Option<Result<(), String>>;
 #[derive(Debug)]
 pub(crate) struct Batches {
     pool: AnyPool,
+    /// The pool is this shared transaction's own connection: a commit begins the next
+    /// transaction in the same request (`COMMIT; BEGIN`), so the next write finds it
+    /// open. Not on an in-memory database, whose one connection the pool shares.
+    keep_open: bool,
     slot: Arc<Mutex<Slot>>,
     /// Writers waiting for the slot: while there are some, a finished write leaves the
     /// commit to them.
@@ -65,6 +78,9 @@ pub struct GroupStats {
 #[derive(Debug, Default)]
 struct Slot {
     batch: Option<Batch>,
+    /// The transaction begun with the last commit (`keep_open`), for the next batch. A
+    /// deferred `BEGIN` that has run nothing holds no lock and no snapshot.
+    spare: Option<Tx>,
 }
 
 #[derive(Debug)]
@@ -93,9 +109,10 @@ enum Savepoint {
 }
 
 impl Batches {
-    pub(crate) fn new(pool: AnyPool) -> Arc<Self> {
+    pub(crate) fn new(pool: AnyPool, keep_open: bool) -> Arc<Self> {
         Arc::new(Self {
             pool,
+            keep_open,
             slot: Arc::new(Mutex::new(Slot::default())),
             waiting: AtomicUsize::new(0),
             writes: AtomicU64::new(0),
@@ -107,6 +124,17 @@ impl Batches {
         GroupStats {
             writes: self.writes.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends the transaction kept open and closes this transaction's own connection.
+    pub(crate) async fn close(&self) {
+        let mut slot = self.slot.lock().await;
+        slot.batch = None;
+        slot.spare = None;
+        drop(slot);
+        if self.keep_open {
+            self.pool.close().await;
         }
     }
 
@@ -192,8 +220,12 @@ impl Turn {
         let pool = self.batches.pool.clone();
         let slot = self.slot()?;
         if slot.batch.is_none() {
+            let tx = match slot.spare.take() {
+                Some(tx) => tx,
+                None => pool.begin().await?,
+            };
             slot.batch = Some(Batch {
-                tx: pool.begin().await?,
+                tx,
                 writes: 0,
                 abandoned: None,
                 ready: false,
@@ -242,20 +274,19 @@ impl Turn {
     }
 
     /// Ends this write's part: its savepoint is released (`keep`) or rolled back, then
-    /// the batch is committed if nobody waits to add to it. Returns the batch's outcome
-    /// to wait for.
+    /// the batch is committed if nobody waits to add to it. Returns what to wait for.
     async fn finish(
         &mut self,
         savepoint: Savepoint,
         keep: bool,
         last: Option<Statements>,
-    ) -> Result<watch::Receiver<Outcome>, StorageError> {
+    ) -> Result<Settled, StorageError> {
         if savepoint == Savepoint::Whole && !keep {
             // Undoing the batch's only write: the whole transaction goes.
             let slot = self.slot()?;
             let outcome = slot.batch.take().map(|batch| batch.outcome.subscribe());
             self.hand_on();
-            return outcome.ok_or_else(finished);
+            return outcome.map(Settled::Batch).ok_or_else(finished);
         }
         // Somebody waits and the batch has room: set their savepoint along with ending
         // this one (a waiter that gives up leaves it unused, which costs nothing).
@@ -266,6 +297,19 @@ impl Turn {
             .as_ref()
             .is_some_and(|batch| batch.writes + usize::from(keep) < MOST_PER_BATCH);
         let next = waiting && room;
+        if keep && !next {
+            // Nobody to leave the commit to (or the batch is full): this write's end and
+            // the batch's commit go in one request.
+            let slot = self.slot.take().ok_or_else(finished)?;
+            let (reply, settled) = oneshot::channel();
+            let mine = Mine {
+                savepoint,
+                last: last.unwrap_or_else(|| Statements::new(Dialect::Sqlite)),
+                reply,
+            };
+            commit_in_task(self.batches.clone(), slot, Some(mine));
+            return Ok(Settled::Own(settled));
+        }
         let batch = self.batch()?;
         if let Some(last) = last {
             // This write's last statements go with the savepoint's end. If they fail, the
@@ -294,13 +338,13 @@ impl Turn {
         }
         let outcome = batch.outcome.subscribe();
         self.hand_on();
-        Ok(outcome)
+        Ok(Settled::Batch(outcome))
     }
 
     /// Lets the next writer in, or — nobody waiting, or the batch full — commits the
     /// batch in a task that holds the slot until the commit is durable.
     fn hand_on(&mut self) {
-        let Some(mut slot) = self.slot.take() else {
+        let Some(slot) = self.slot.take() else {
             return;
         };
         let full = slot
@@ -310,30 +354,9 @@ impl Turn {
         if self.batches.waiting.load(Ordering::SeqCst) > 0 && !full {
             return; // the guard drops: the next writer's turn
         }
-        let Some(batch) = slot.batch.take() else {
-            return;
-        };
-        let batches = self.batches.clone();
-        tokio::spawn(async move {
-            let Batch {
-                tx,
-                writes,
-                outcome,
-                ..
-            } = batch;
-            let result = if writes == 0 {
-                tx.rollback().await
-            } else {
-                let committed = tx.commit().await;
-                if committed.is_ok() {
-                    batches.commits.fetch_add(1, Ordering::Relaxed);
-                    batches.writes.fetch_add(writes as u64, Ordering::Relaxed);
-                }
-                committed
-            };
-            outcome.send_replace(Some(result.map_err(|e| e.to_string())));
-            drop(slot);
-        });
+        if slot.batch.is_some() {
+            commit_in_task(self.batches.clone(), slot, None);
+        }
     }
 
     fn fail_batch(&mut self, error: &StorageError) {
@@ -437,17 +460,22 @@ impl Write {
                 mut turn,
                 savepoint,
             } => {
-                let mut outcome = turn.finish(savepoint, true, last).await?;
+                let settled = turn.finish(savepoint, true, last).await?;
                 drop(turn);
-                let settled = outcome
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| batch_lost())?
-                    .clone();
                 match settled {
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(reason)) => Err(StorageError::GroupCommit(reason)),
-                    None => Err(batch_lost()),
+                    Settled::Own(reply) => reply.await.map_err(|_| batch_lost())?,
+                    Settled::Batch(mut outcome) => {
+                        let settled = outcome
+                            .wait_for(Option::is_some)
+                            .await
+                            .map_err(|_| batch_lost())?
+                            .clone();
+                        match settled {
+                            Some(Ok(())) => Ok(()),
+                            Some(Err(reason)) => Err(StorageError::GroupCommit(reason)),
+                            None => Err(batch_lost()),
+                        }
+                    }
                 }
             }
         }
@@ -465,6 +493,182 @@ impl Write {
                 Ok(())
             }
         }
+    }
+}
+
+/// What a finished write waits for.
+enum Settled {
+    /// The commit of the batch it is in, done by a later writer or a task.
+    Batch(watch::Receiver<Outcome>),
+    /// Its own end, sent with the batch's commit ([`commit_in_task`]): its statements
+    /// may fail while the rest of the batch commits.
+    Own(oneshot::Receiver<Result<(), StorageError>>),
+}
+
+/// The write that commits its batch: its savepoint, its last statements, and where its
+/// own result goes.
+struct Mine {
+    savepoint: Savepoint,
+    last: Statements,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Commits the batch in `slot` — with the end of `mine`, the write that asked, in the
+/// same request — in a task that holds the slot until the commit is durable, so a
+/// caller that goes away can neither leave a batch half-committed nor strand the
+/// writers in it.
+fn commit_in_task(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, mine: Option<Mine>) {
+    let Some(batch) = slot.batch.take() else {
+        if let Some(mine) = mine {
+            let _ = mine.reply.send(Err(finished()));
+        }
+        return;
+    };
+    tokio::spawn(async move {
+        let Batch {
+            tx,
+            writes,
+            outcome,
+            ..
+        } = batch;
+        let (mine, reply) = match mine {
+            Some(Mine {
+                savepoint,
+                last,
+                reply,
+            }) => (Some((savepoint, last)), Some(reply)),
+            None => (None, None),
+        };
+        let settlement = batches.settle(tx, writes, mine).await;
+        if settlement.result.is_ok() && settlement.writes > 0 {
+            batches.commits.fetch_add(1, Ordering::Relaxed);
+            batches
+                .writes
+                .fetch_add(settlement.writes as u64, Ordering::Relaxed);
+        }
+        slot.spare = settlement.spare;
+        if let Some(reply) = reply {
+            let own = match settlement.own {
+                Some(own) => own,
+                None => settlement.result.clone().map_err(StorageError::GroupCommit),
+            };
+            let _ = reply.send(own);
+        }
+        outcome.send_replace(Some(settlement.result));
+        drop(slot);
+    });
+}
+
+/// How a batch ended.
+struct Settlement {
+    /// For every write in the batch.
+    result: Result<(), String>,
+    /// For the write that committed it, when that differs (its own statements failed).
+    own: Option<Result<(), StorageError>>,
+    /// The next transaction, begun with the commit.
+    spare: Option<Tx>,
+    /// Writes the commit made durable.
+    writes: usize,
+}
+
+impl Batches {
+    /// Ends `mine` (when given) and commits the batch `tx` holding `writes` other writes;
+    /// with `keep_open`, in one request that also begins the next transaction.
+    async fn settle(
+        &self,
+        mut tx: Tx,
+        mut writes: usize,
+        mine: Option<(Savepoint, Statements)>,
+    ) -> Settlement {
+        let mut own = None;
+        if let Some((savepoint, mut last)) = mine {
+            if savepoint == Savepoint::Named {
+                last.push_plain("RELEASE SAVEPOINT w");
+            }
+            if self.keep_open {
+                last.push_plain("COMMIT");
+                last.push_plain("BEGIN");
+            }
+            match last.execute(&mut tx).await {
+                Ok(()) if self.keep_open => {
+                    return Settlement {
+                        result: Ok(()),
+                        own: None,
+                        spare: Some(tx),
+                        writes: writes + 1,
+                    };
+                }
+                Ok(()) => writes += 1,
+                Err(error) => {
+                    // SQLite stopped at the error. In this write's statements, its
+                    // savepoint is still open: undo it, and the rest of the batch commits.
+                    // The batch's first write (no savepoint) was all the batch held; a
+                    // failed commit leaves nothing either.
+                    let undone = savepoint == Savepoint::Named
+                        && execute(&mut tx, "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w")
+                            .await
+                            .is_ok();
+                    if !undone {
+                        let result = Err(error.to_string());
+                        return Settlement {
+                            result,
+                            own: Some(Err(error)),
+                            spare: self.recover(tx).await,
+                            writes: 0,
+                        };
+                    }
+                    own = Some(Err(error));
+                }
+            }
+        }
+        let result = if writes == 0 {
+            // Every write in the batch was undone.
+            return Settlement {
+                result: Ok(()),
+                own,
+                spare: self.recover(tx).await,
+                writes: 0,
+            };
+        } else if self.keep_open {
+            match execute(&mut tx, "COMMIT; BEGIN").await {
+                Ok(()) => {
+                    return Settlement {
+                        result: Ok(()),
+                        own,
+                        spare: Some(tx),
+                        writes,
+                    };
+                }
+                Err(error) => {
+                    return Settlement {
+                        result: Err(error.to_string()),
+                        own,
+                        spare: self.recover(tx).await,
+                        writes: 0,
+                    };
+                }
+            }
+        } else {
+            tx.commit().await.map_err(|e| e.to_string())
+        };
+        Settlement {
+            result,
+            own,
+            spare: None,
+            writes,
+        }
+    }
+
+    /// Rolls back whatever `tx` holds; returns it begun again for the next batch
+    /// (`keep_open`). sqlx counts it as open whatever SQLite did (a failed `COMMIT` may
+    /// have ended it), so it is made open before it is dropped, or its connection would
+    /// take the next `BEGIN` for a nested one.
+    async fn recover(&self, mut tx: Tx) -> Option<Tx> {
+        if execute(&mut tx, "ROLLBACK; BEGIN").await.is_err() {
+            // Nothing was open: the ROLLBACK failed, and the BEGIN after it never ran.
+            let _ = execute(&mut tx, "BEGIN").await;
+        }
+        self.keep_open.then_some(tx)
     }
 }
 

@@ -162,10 +162,12 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
-    /// Settings for a service whose writes come in bursts: on SQLite a single connection.
+    /// Settings for a service whose writes come in bursts: on SQLite a single connection
+    /// for the pool (writes through [`Database::write`] have one more of their own).
     /// SQLite has one writer at a time and its busy handler sleeps and retries rather
     /// than queueing, which under load starves some writers for seconds; with one
-    /// connection they queue fairly in the pool. Servers get the default pool.
+    /// connection the pool's own writes (pruning, rebuilds) queue fairly. Servers get the
+    /// default pool.
     pub fn fair_writers(url: &str) -> Self {
         let sqlite = Dialect::from_url(url).is_ok_and(|d| d == Dialect::Sqlite);
         Self {
@@ -221,13 +223,49 @@ impl Database {
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1));
         let in_memory = dialect == Dialect::Sqlite && url.contains(":memory:");
         let busy_ms = settings.sqlite_busy_timeout.as_millis();
-        let pool = AnyPoolOptions::new()
-            // Every connection to an in-memory SQLite database is a different database.
-            .max_connections(if in_memory {
-                1
-            } else {
-                settings.max_connections
-            })
+        // Every connection to an in-memory SQLite database is a different database.
+        let max_connections = if in_memory {
+            1
+        } else {
+            settings.max_connections
+        };
+        let pool = Self::pool_options(dialect, settings, max_connections, busy_ms)
+            .connect_with(options.clone())
+            .await
+            .map_err(connect_error)?;
+        if dialect == Dialect::Sqlite && !in_memory {
+            enable_wal(&pool).await.map_err(connect_error)?;
+        }
+        tracing::debug!(%dialect, "database connected");
+        // SQLite's shared write transaction gets a connection of its own (a file's
+        // database only: an in-memory one exists on its one connection), so it can keep
+        // the next transaction begun while other queries use the pool.
+        let batches = match dialect {
+            Dialect::Sqlite if in_memory => Some(group::Batches::new(pool.clone(), false)),
+            Dialect::Sqlite => {
+                let writer = Self::pool_options(dialect, settings, 1, busy_ms)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_error)?;
+                Some(group::Batches::new(writer, true))
+            }
+            Dialect::Postgres | Dialect::MySql => None,
+        };
+        Ok(Self {
+            pool,
+            dialect,
+            batches,
+        })
+    }
+
+    fn pool_options(
+        dialect: Dialect,
+        settings: &PoolSettings,
+        max_connections: u32,
+        busy_ms: u128,
+    ) -> AnyPoolOptions {
+        AnyPoolOptions::new()
+            .max_connections(max_connections)
             .acquire_timeout(settings.acquire_timeout)
             // A SQLite connection is a file in this process, not a socket that can go
             // stale: pinging it before every use is a needless hand-off to its thread.
@@ -247,19 +285,6 @@ impl Database {
                     Ok(())
                 })
             })
-            .connect_with(options)
-            .await
-            .map_err(connect_error)?;
-        if dialect == Dialect::Sqlite && !in_memory {
-            enable_wal(&pool).await.map_err(connect_error)?;
-        }
-        tracing::debug!(%dialect, "database connected");
-        let batches = (dialect == Dialect::Sqlite).then(|| group::Batches::new(pool.clone()));
-        Ok(Self {
-            pool,
-            dialect,
-            batches,
-        })
     }
 
     /// The pool, for queries: `sqlx::query(db.sql("…")).bind(…).fetch_one(db.pool())`.
@@ -323,6 +348,9 @@ impl Database {
 
     /// Closes every connection (waits for those in use to be returned).
     pub async fn close(&self) {
+        if let Some(batches) = &self.batches {
+            batches.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -348,3 +348,81 @@ async fn sqlite_commits_wait_for_the_disk() {
     assert_eq!(level, 2);
     write.commit().await.expect("commit");
 }
+
+/// The write that ends its batch sends its last statements with the batch's commit. When
+/// they fail, only that write is undone: the batch's other writes commit, a write alone
+/// leaves nothing, and the connection is as good as before for every later write (a
+/// failed request must not leave SQLite's transaction and sqlx's count of it apart).
+#[tokio::test]
+async fn the_write_that_ends_a_batch_can_fail_alone() {
+    on_each_backend(async |db| {
+        let duplicate = |id: &'static str| {
+            let mut statements = db.statements();
+            for _ in 0..2 {
+                statements
+                    .push("INSERT INTO entries (id, body) VALUES (?, ?)")
+                    .bind(id)
+                    .bind("twice");
+            }
+            statements
+        };
+        // Behind a write in progress, so on SQLite it is the batch's last writer.
+        let mut first = db.write().await.expect("write");
+        insert(&mut first, &db, "kept").await.expect("insert");
+        let failing = tokio::spawn({
+            let db = db.clone();
+            let statements = duplicate("twice-in-batch");
+            async move { db.write().await?.commit_with(statements).await }
+        });
+        tokio::task::yield_now().await;
+        first
+            .commit()
+            .await
+            .expect("the batch's other write commits");
+        assert!(
+            failing.await.expect("join").is_err(),
+            "a duplicate key fails"
+        );
+        // Alone: nothing else is in its transaction.
+        let alone = db.write().await.expect("write");
+        assert!(alone.commit_with(duplicate("twice-alone")).await.is_err());
+        // Later writes, alone and together, land and are seen from the pool.
+        for round in 0..3 {
+            let mut write = db.write().await.expect("write");
+            insert(&mut write, &db, &format!("later-{round}"))
+                .await
+                .expect("insert");
+            write.commit().await.expect("commit");
+        }
+        assert_eq!(
+            ids(&db).await,
+            ["kept", "later-0", "later-1", "later-2"],
+            "{:?}",
+            db.dialect()
+        );
+    })
+    .await;
+}
+
+/// A write in progress holds the writer's transaction, not the pool: a read on the pool
+/// goes ahead and sees what is committed (on SQLite the shared transaction has a
+/// connection of its own; WAL readers do not wait for the writer).
+#[tokio::test]
+async fn reads_do_not_wait_for_a_write_in_progress() {
+    on_each_backend(async |db| {
+        let mut committed = db.write().await.expect("write");
+        insert(&mut committed, &db, "committed")
+            .await
+            .expect("insert");
+        committed.commit().await.expect("commit");
+        let mut open = db.write().await.expect("write");
+        insert(&mut open, &db, "in-progress").await.expect("insert");
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), ids(&db))
+            .await
+            .expect("the read waited for the write");
+        assert_eq!(read, ["committed"], "{:?}", db.dialect());
+        open.commit().await.expect("commit");
+        assert_eq!(ids(&db).await, ["committed", "in-progress"]);
+    })
+    .await;
+}

@@ -105,17 +105,21 @@ impl CommentStore {
         let mut write = self.db.write().await?;
         let tx = write.tx()?;
         let id = uuid::Uuid::now_v7().to_string();
-        sqlx::query(self.db.sql(
-            "INSERT INTO comments (id, post_id, content, status, created_at) VALUES (?, ?, ?, ?, ?)",
+        // Inserted only for a post this service knows (its id is the key: one row or
+        // none), in one request instead of an insert and a check.
+        let inserted = sqlx::query(self.db.sql(
+            "INSERT INTO comments (id, post_id, content, status, created_at) \
+             SELECT ?, ?, ?, ?, ? FROM comments_known_posts WHERE id = ?",
         ))
         .bind(&id)
         .bind(post_id)
         .bind(&content)
         .bind(CommentStatus::Pending.as_str())
         .bind(unix_now())
+        .bind(post_id)
         .execute(&mut **tx)
         .await?;
-        if !is_known(tx, self.db.dialect(), post_id).await? {
+        if inserted.rows_affected() == 0 {
             write.rollback().await?;
             return Err(CommentError::UnknownPost(post_id.to_owned()));
         }
