@@ -434,15 +434,19 @@ impl<H: Handler> Runner<H> {
                 )));
             };
             // In one request with the write's end.
-            for message in caused {
-                outbox.stage(&mut last, message).map_err(transient)?;
+            for message in &caused {
+                outbox
+                    .stage(&mut last, message.clone())
+                    .map_err(transient)?;
             }
         }
         if let Err(error) = write.commit_with(last).await {
             return self.duplicate_or(delivered, transient(error)).await;
         }
-        if let Some(outbox) = outbox {
-            outbox.committed();
+        if let Some(outbox) = outbox
+            && !caused.is_empty()
+        {
+            outbox.committed_with(caused);
         }
         Ok(Handled::Applied)
     }

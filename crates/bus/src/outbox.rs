@@ -204,6 +204,13 @@ impl OutboxPublisher {
     pub fn committed(&self) {
         self.relay.wake();
     }
+
+    /// Call after committing a transaction that staged `messages` (and nothing else
+    /// for the outbox): on SQLite the relay publishes them as they are, without reading
+    /// them back; see [`OutboxRelay::hand`].
+    pub fn committed_with(&self, messages: Vec<Message>) {
+        self.relay.hand(messages);
+    }
 }
 
 /// Publishes a database's outbox: in order, in batches, retrying while the bus is away.
@@ -219,6 +226,16 @@ pub struct OutboxRelay {
     name: String,
     /// The last batch stopped at a message the bus refused.
     refused: Arc<AtomicBool>,
+    /// Messages handed over at their commit ([`hand`](Self::hand)), not yet published.
+    handed: Arc<std::sync::Mutex<Handed>>,
+}
+
+/// What the relay was told since it last looked.
+#[derive(Debug, Default)]
+struct Handed {
+    messages: Vec<Message>,
+    /// Something was committed that was not handed over: read the outbox.
+    read: bool,
 }
 
 impl OutboxRelay {
@@ -231,12 +248,40 @@ impl OutboxRelay {
             keep_sent: Duration::from_secs(3600),
             name: name.into(),
             refused: Arc::default(),
+            handed: Arc::default(),
         }
     }
 
     /// Call after committing a transaction that enqueued messages, to publish them now
     /// instead of at the next poll.
     pub fn wake(&self) {
+        if let Ok(mut handed) = self.handed.lock() {
+            handed.read = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Call after committing a transaction that staged exactly `messages`: on SQLite,
+    /// whose outbox only this process relays, they are published as handed over and
+    /// then marked sent — no read of the outbox between a commit and its publish. The
+    /// rows stay the record: whatever is not published and marked this way (the bus
+    /// refused it, the process died) the next read of the outbox finds (at the latest
+    /// the relay's poll), and a message published twice is taken once by its consumers'
+    /// inboxes. On servers, where replicas share the outbox, it is [`wake`](Self::wake).
+    pub fn hand(&self, messages: Vec<Message>) {
+        if self.db.dialect() != Dialect::Sqlite || messages.is_empty() {
+            return self.wake();
+        }
+        match self.handed.lock() {
+            // A relay that is behind (a slow or absent bus) holds at most a batch in
+            // memory; past that the outbox's rows are the queue, read when it catches up.
+            Ok(mut handed) if handed.messages.len() + messages.len() > self.batch => {
+                handed.messages = Vec::new();
+                handed.read = true;
+            }
+            Ok(mut handed) => handed.messages.extend(messages),
+            Err(_) => return self.wake(),
+        }
         self.wake.notify_one();
     }
 
@@ -250,6 +295,29 @@ impl OutboxRelay {
         let mut failures = 0u32;
         let mut last_prune = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            let handed = match self.handed.lock() {
+                Ok(mut handed) => std::mem::take(&mut *handed),
+                Err(_) => Handed::default(),
+            };
+            if !handed.messages.is_empty() {
+                match self.relay_handed(handed.messages).await {
+                    // All of them out and marked, and nothing else committed meanwhile:
+                    // no read of the outbox needed.
+                    Ok(true) if !handed.read => {
+                        failures = 0;
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = self.wake.notified() => {}
+                            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(relay = %self.name, %error, "handed messages left to the outbox's next read");
+                    }
+                }
+            }
             let wait = match self.relay_once().await {
                 Ok(n) => {
                     failures = 0;
@@ -367,6 +435,31 @@ impl OutboxRelay {
         match refused {
             Some(error) => Err(error),
             None => Ok(count),
+        }
+    }
+
+    /// Publishes messages handed over at their commit ([`hand`](Self::hand)) and marks
+    /// their rows sent. `true` when every one was published.
+    async fn relay_handed(&self, messages: Vec<Message>) -> Result<bool, BusError> {
+        let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+        let count = ids.len();
+        let (published, refused) = self.publish_in_order(messages).await;
+        if published > 0 {
+            let mut update = self.db.statements();
+            let sent_at = now_ms();
+            // Among the unsent rows only (the index on `sent_at, seq`): few, however
+            // long the outbox keeps what it sent.
+            for id in ids.into_iter().take(published) {
+                update
+                    .push("UPDATE bus_outbox SET sent_at = ? WHERE sent_at IS NULL AND message_id = ?")
+                    .bind(sent_at)
+                    .bind(id);
+            }
+            self.db.write().await?.commit_with(update).await?;
+        }
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(published == count),
         }
     }
 

@@ -191,6 +191,7 @@ conformance!(
     headers_and_ids_survive_the_trip,
     crash_looping_message_is_dead_lettered,
     a_message_no_group_is_bound_to_waits_in_the_outbox,
+    messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the_outbox,
     a_consumer_that_died_on_the_last_attempt_gets_the_message_once_more_exhausted,
     a_requeued_delivery_comes_back_as_the_same_attempt_even_the_last,
 );
@@ -337,6 +338,74 @@ async fn a_message_no_group_is_bound_to_waits_in_the_outbox(backend: &Backend) {
             .is_err(),
         "the first message was published again"
     );
+    db.close().await;
+}
+
+/// `OutboxPublisher::committed_with`: on SQLite the relay publishes the messages handed
+/// to it at their commit without reading them back, and marks their rows sent. One the
+/// bus refuses (nobody bound yet) stays in the outbox, and the relay's own read of the
+/// outbox publishes it once a group is bound; the one that went out is not sent again.
+async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the_outbox(
+    backend: &Backend,
+) {
+    let (bound_key, late_key) = (unique("handed"), unique("handed-late"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("service.db").display()
+    ))
+    .await
+    .expect("database");
+    let tasks = tokio_util::task::TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let publisher =
+        bus::OutboxPublisher::start("shop", &db, backend.bus.clone(), &tasks, shutdown.clone())
+            .await
+            .expect("publisher");
+    let counter = OutboxRelay::new("shop-backlog", db.clone(), backend.bus.clone());
+    let mut early = backend
+        .bus
+        .subscribe(Subscription::new(backend.group("handed-early"), &bound_key))
+        .await
+        .expect("subscribe");
+    let first = Message::new(&bound_key, "first");
+    let waiting = Message::new(&late_key, "waiting");
+    let mut statements = db.statements();
+    for message in [&first, &waiting] {
+        publisher
+            .stage(&mut statements, message.clone())
+            .expect("stage");
+    }
+    db.write()
+        .await
+        .expect("write")
+        .commit_with(statements)
+        .await
+        .expect("commit");
+    publisher.committed_with(vec![first.clone(), waiting.clone()]);
+    let delivery = next(&mut early).await;
+    assert_eq!(delivery.message.id, first.id);
+    delivery.ack().await.expect("ack");
+    wait_for(|| async { counter.backlog().await.expect("backlog") == 1 }).await;
+
+    let mut late = backend
+        .bus
+        .subscribe(Subscription::new(backend.group("handed-late"), &late_key))
+        .await
+        .expect("subscribe");
+    let delivery = next(&mut late).await;
+    assert_eq!(delivery.message.id, waiting.id);
+    delivery.ack().await.expect("ack");
+    wait_for(|| async { counter.backlog().await.expect("backlog") == 0 }).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), early.next())
+            .await
+            .is_err(),
+        "the handed message was published again"
+    );
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
     db.close().await;
 }
 

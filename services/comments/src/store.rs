@@ -132,9 +132,10 @@ impl CommentStore {
         let comments = list_in(tx, self.db.dialect(), post_id).await?;
         // The event goes in with the write's end, in one request.
         let mut statements = self.db.statements();
-        self.publisher.stage(&mut statements, &event)?;
+        let message = bus::Message::from(&event);
+        self.publisher.stage(&mut statements, message.clone())?;
         write.commit_with(statements).await?;
-        self.publisher.committed();
+        self.publisher.committed_with(vec![message]);
         Ok(comments)
     }
 

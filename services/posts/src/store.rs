@@ -73,10 +73,11 @@ impl PostStore {
             id: post.id.clone(),
             title: post.title.clone(),
         });
-        self.publisher.stage(&mut statements, &event)?;
+        let message = bus::Message::from(&event);
+        self.publisher.stage(&mut statements, message.clone())?;
         // One request to the database for the post, its event and the write's end.
         self.db.write().await?.commit_with(statements).await?;
-        self.publisher.committed();
+        self.publisher.committed_with(vec![message]);
         Ok(post)
     }
 
