@@ -294,45 +294,62 @@ impl OutboxRelay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut last_prune = tokio::time::Instant::now();
+        // Unsent rows may be waiting in the outbox (at start, after a failure, when
+        // something was committed without being handed over, while a read returns full
+        // batches): until a read finds them all published, only reads publish, in order,
+        // and messages handed over meanwhile are left to them.
+        let mut backlog = true;
+        // And the outbox is read at least this often whatever is handed over: a row
+        // committed without a word to the relay is found as it would be without the
+        // handing over.
+        let mut last_read = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let handed = match self.handed.lock() {
                 Ok(mut handed) => std::mem::take(&mut *handed),
-                Err(_) => Handed::default(),
+                Err(_) => Handed {
+                    messages: Vec::new(),
+                    read: true,
+                },
             };
-            if !handed.messages.is_empty() {
+            backlog |= handed.read || last_read.elapsed() >= Duration::from_millis(200);
+            let mut wait = None;
+            if !backlog && !handed.messages.is_empty() {
                 match self.relay_handed(handed.messages).await {
-                    // All of them out and marked, and nothing else committed meanwhile:
-                    // no read of the outbox needed.
-                    Ok(true) if !handed.read => {
+                    Ok(true) => {
                         failures = 0;
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = self.wake.notified() => {}
-                            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        }
-                        continue;
+                        wait = Some(Duration::from_millis(200));
                     }
-                    Ok(_) => {}
+                    Ok(false) => backlog = true,
                     Err(error) => {
                         tracing::debug!(relay = %self.name, %error, "handed messages left to the outbox's next read");
+                        backlog = true;
                     }
                 }
             }
-            let wait = match self.relay_once().await {
-                Ok(n) => {
-                    failures = 0;
-                    if n == self.batch {
-                        continue;
+            let wait = if let Some(wait) = wait {
+                wait
+            } else {
+                last_read = tokio::time::Instant::now();
+                match self.relay_once().await {
+                    Ok(n) if n == self.batch => {
+                        failures = 0;
+                        backlog = true;
+                        Duration::ZERO
                     }
-                    Duration::from_millis(200)
-                }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let wait = Duration::from_millis(100)
-                        .saturating_mul(2u32.saturating_pow(failures.min(6)))
-                        .min(Duration::from_secs(5));
-                    tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "outbox relay cannot publish");
-                    wait
+                    Ok(_) => {
+                        failures = 0;
+                        backlog = false;
+                        Duration::from_millis(200)
+                    }
+                    Err(error) => {
+                        backlog = true;
+                        failures = failures.saturating_add(1);
+                        let wait = Duration::from_millis(100)
+                            .saturating_mul(2u32.saturating_pow(failures.min(6)))
+                            .min(Duration::from_secs(5));
+                        tracing::warn!(relay = %self.name, %error, retry_in = ?wait, "outbox relay cannot publish");
+                        wait
+                    }
                 }
             };
             if last_prune.elapsed() > Duration::from_secs(60) {
@@ -340,6 +357,9 @@ impl OutboxRelay {
                 if let Err(error) = self.prune().await {
                     tracing::warn!(relay = %self.name, %error, "cannot prune the outbox");
                 }
+            }
+            if wait.is_zero() {
+                continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -491,16 +511,38 @@ impl OutboxRelay {
         Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
     }
 
+    /// Deletes sent rows older than `keep_sent`. On SQLite in slices, each a write of its
+    /// own through the service's group commit: a delete on the pool's connection would
+    /// wait on the file's lock behind the writers (and hold that connection meanwhile),
+    /// and one delete of everything would hold the writers up.
     async fn prune(&self) -> Result<(), BusError> {
+        const SLICE: u64 = 1000;
         let cutoff = now_ms() - i64::try_from(self.keep_sent.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query(
-            self.db
-                .sql("DELETE FROM bus_outbox WHERE sent_at IS NOT NULL AND sent_at < ?"),
-        )
-        .bind(cutoff)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
+        if self.db.dialect() != Dialect::Sqlite {
+            sqlx::query(
+                self.db
+                    .sql("DELETE FROM bus_outbox WHERE sent_at IS NOT NULL AND sent_at < ?"),
+            )
+            .bind(cutoff)
+            .execute(self.db.pool())
+            .await?;
+            return Ok(());
+        }
+        loop {
+            let mut write = self.db.write().await?;
+            let deleted = sqlx::query(
+                "DELETE FROM bus_outbox WHERE seq IN (SELECT seq FROM bus_outbox \
+                 WHERE sent_at IS NOT NULL AND sent_at < ? ORDER BY seq LIMIT 1000)",
+            )
+            .bind(cutoff)
+            .execute(&mut **write.tx()?)
+            .await?
+            .rows_affected();
+            write.commit().await?;
+            if deleted < SLICE {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -403,6 +403,44 @@ async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the
             .is_err(),
         "the handed message was published again"
     );
+
+    // A row committed without a word to the relay goes out although messages are handed
+    // over all the time: the relay still reads its outbox.
+    let silent = Message::new(&bound_key, "silent");
+    let mut tx = db.begin().await.expect("begin");
+    Outbox::new(&db)
+        .enqueue(&mut tx, &silent)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let busy = Message::new(&bound_key, "busy");
+            let mut statements = db.statements();
+            publisher
+                .stage(&mut statements, busy.clone())
+                .expect("stage");
+            db.write()
+                .await
+                .expect("write")
+                .commit_with(statements)
+                .await
+                .expect("commit");
+            publisher.committed_with(vec![busy]);
+            while let Ok(Some(Ok(delivery))) =
+                tokio::time::timeout(Duration::from_millis(20), early.next()).await
+            {
+                seen.push(delivery.message.id.clone());
+                delivery.ack().await.expect("ack");
+            }
+            if seen.contains(&silent.id) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the silent row never went out");
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;

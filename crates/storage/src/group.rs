@@ -68,6 +68,20 @@ pub(crate) struct Batches {
     commits: AtomicU64,
 }
 
+impl Drop for Batches {
+    fn drop(&mut self) {
+        // The transaction kept open holds a connection; returning it to its pool needs a
+        // runtime. Without one (the process is ending) it is let go as it is: a
+        // deferred `BEGIN` that ran nothing holds nothing.
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Ok(mut slot) = self.slot.try_lock()
+        {
+            std::mem::forget(slot.spare.take());
+            std::mem::forget(slot.batch.take());
+        }
+    }
+}
+
 /// How much group commit saved: writes committed and the commits that carried them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupStats {
@@ -250,15 +264,20 @@ impl Turn {
     }
 
     async fn roll_back_abandoned(&mut self) -> Result<(), StorageError> {
+        let batches = self.batches.clone();
         let slot = self.slot()?;
         let Some(batch) = slot.batch.as_mut() else {
             return Ok(());
         };
         match batch.abandoned.take() {
             None => {}
-            // The batch held nothing but the abandoned write: dropping its transaction
-            // rolls it back, and nobody waits on its outcome.
-            Some(Savepoint::Whole) => slot.batch = None,
+            // The batch held nothing but the abandoned write: rolling its transaction
+            // back undoes it, and nobody waits on its outcome.
+            Some(Savepoint::Whole) => {
+                if let Some(batch) = slot.batch.take() {
+                    slot.spare = batches.recover(batch.tx).await;
+                }
+            }
             Some(savepoint) => {
                 let undo = Statements::new(Dialect::Sqlite);
                 if let Err(error) =
@@ -283,10 +302,11 @@ impl Turn {
     ) -> Result<Settled, StorageError> {
         if savepoint == Savepoint::Whole && !keep {
             // Undoing the batch's only write: the whole transaction goes.
-            let slot = self.slot()?;
-            let outcome = slot.batch.take().map(|batch| batch.outcome.subscribe());
-            self.hand_on();
-            return outcome.map(Settled::Batch).ok_or_else(finished);
+            let mut slot = self.slot.take().ok_or_else(finished)?;
+            let batch = slot.batch.take().ok_or_else(finished)?;
+            let outcome = batch.outcome.subscribe();
+            discard(self.batches.clone(), slot, batch.tx);
+            return Ok(Settled::Batch(outcome));
         }
         // Somebody waits and the batch has room: set their savepoint along with ending
         // this one (a waiter that gives up leaves it unused, which costs nothing).
@@ -364,7 +384,7 @@ impl Turn {
             && let Some(batch) = slot.batch.take()
         {
             batch.outcome.send_replace(Some(Err(error.to_string())));
-            // Dropping the transaction rolls it back.
+            discard(self.batches.clone(), slot, batch.tx);
         }
     }
 }
@@ -559,6 +579,21 @@ fn commit_in_task(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, mine: 
     });
 }
 
+/// Rolls back a batch's transaction in a task that holds the slot meanwhile, and keeps
+/// the transaction begun again for the next batch. Never by dropping it: sqlx's own
+/// rollback on drop fails when SQLite already ended the transaction (a full disk, an I/O
+/// error), and the connection then takes every later `BEGIN` for a nested savepoint
+/// ([`Batches::recover`]).
+fn discard(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, tx: Tx) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // no runtime left: the process is ending, and the connection with it
+    };
+    runtime.spawn(async move {
+        slot.spare = batches.recover(tx).await;
+        drop(slot);
+    });
+}
+
 /// How a batch ended.
 struct Settlement {
     /// For every write in the batch.
@@ -664,9 +699,12 @@ impl Batches {
     /// have ended it), so it is made open before it is dropped, or its connection would
     /// take the next `BEGIN` for a nested one.
     async fn recover(&self, mut tx: Tx) -> Option<Tx> {
-        if execute(&mut tx, "ROLLBACK; BEGIN").await.is_err() {
+        if execute(&mut tx, "ROLLBACK; BEGIN").await.is_err()
             // Nothing was open: the ROLLBACK failed, and the BEGIN after it never ran.
-            let _ = execute(&mut tx, "BEGIN").await;
+            && execute(&mut tx, "BEGIN").await.is_err()
+        {
+            // Neither: leave it to sqlx's own rollback, and begin afresh next time.
+            return None;
         }
         self.keep_open.then_some(tx)
     }

@@ -163,11 +163,13 @@ pub struct PoolSettings {
 
 impl PoolSettings {
     /// Settings for a service whose writes come in bursts: on SQLite a single connection
-    /// for the pool (writes through [`Database::write`] have one more of their own).
+    /// for the pool; writes through [`Database::write`] have one more of their own.
     /// SQLite has one writer at a time and its busy handler sleeps and retries rather
-    /// than queueing, which under load starves some writers for seconds; with one
-    /// connection the pool's own writes (pruning, rebuilds) queue fairly. Servers get the
-    /// default pool.
+    /// than queueing, which under load starves a writer for seconds: so the busy paths
+    /// write through [`Database::write`] (requests, consumers, the outbox relay and its
+    /// pruning), and the pool's own writes are the rare ones (sign-ups, the notification
+    /// ledger, migrations, a rebuild of the view), which wait on the file's lock. Servers
+    /// get the default pool.
     pub fn fair_writers(url: &str) -> Self {
         let sqlite = Dialect::from_url(url).is_ok_and(|d| d == Dialect::Sqlite);
         Self {
