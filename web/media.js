@@ -14,6 +14,17 @@ const STATUS_TEXT = {
   failed: "failed",
 };
 
+// How far along a job is: it only moves forward (queued → converting → done or failed).
+const PROGRESS = { queued: 0, converting: 1, done: 2, failed: 2 };
+
+// Whether `job` is an older copy than `shown`: an earlier update, or one of the same
+// second (updated_at is in seconds) that is less far along — a listing or a fetch
+// answered before an event that overtook it.
+function isOlder(job, shown) {
+  if (job.updated_at !== shown.updated_at) return job.updated_at < shown.updated_at;
+  return (PROGRESS[job.status] ?? 0) < (PROGRESS[shown.status] ?? 0);
+}
+
 // job id → { job, row, parts }
 const rows = new Map();
 let stream = null;
@@ -79,8 +90,8 @@ function upsert(job) {
     rows.set(job.job_id, entry);
     $("jobs").prepend(entry.row);
     updateEmpty();
-  } else if (entry.job.updated_at > job.updated_at) {
-    return; // an older copy of the job (a listing raced with an event)
+  } else if (isOlder(job, entry.job)) {
+    return; // an older copy of the job (a listing or a fetch raced with an event)
   }
   entry.job = job;
   const p = entry.parts;
