@@ -279,12 +279,7 @@ async fn a_message_no_group_is_bound_to_waits_in_the_outbox(backend: &Backend) {
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("service.db").display()
-    ))
-    .await
-    .expect("database");
+    let db = service_db(&dir).await;
     db.migrate("bus", bus::outbox_migrations())
         .await
         .expect("bus migrations");
@@ -350,12 +345,7 @@ async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the
 ) {
     let (bound_key, late_key) = (unique("handed"), unique("handed-late"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("service.db").display()
-    ))
-    .await
-    .expect("database");
+    let db = service_db(&dir).await;
     let tasks = tokio_util::task::TaskTracker::new();
     let shutdown = CancellationToken::new();
     let publisher =
@@ -370,19 +360,7 @@ async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the
         .expect("subscribe");
     let first = Message::new(&bound_key, "first");
     let waiting = Message::new(&late_key, "waiting");
-    let mut statements = db.statements();
-    for message in [&first, &waiting] {
-        publisher
-            .stage(&mut statements, message.clone())
-            .expect("stage");
-    }
-    db.write()
-        .await
-        .expect("write")
-        .commit_with(statements)
-        .await
-        .expect("commit");
-    publisher.committed_with(vec![first.clone(), waiting.clone()]);
+    commit_and_hand(&db, &publisher, vec![first.clone(), waiting.clone()]).await;
     let delivery = next(&mut early).await;
     assert_eq!(delivery.message.id, first.id);
     delivery.ack().await.expect("ack");
@@ -416,18 +394,7 @@ async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the
     let mut seen = Vec::new();
     let found = tokio::time::timeout(PATIENCE, async {
         loop {
-            let busy = Message::new(&bound_key, "busy");
-            let mut statements = db.statements();
-            publisher
-                .stage(&mut statements, busy.clone())
-                .expect("stage");
-            db.write()
-                .await
-                .expect("write")
-                .commit_with(statements)
-                .await
-                .expect("commit");
-            publisher.committed_with(vec![busy]);
+            commit_and_hand(&db, &publisher, vec![Message::new(&bound_key, "busy")]).await;
             while let Ok(Some(Ok(delivery))) =
                 tokio::time::timeout(Duration::from_millis(20), early.next()).await
             {
@@ -445,6 +412,34 @@ async fn messages_handed_to_the_relay_at_their_commit_go_out_once_or_wait_in_the
     tasks.close();
     tasks.wait().await;
     db.close().await;
+}
+
+/// A service's SQLite database in `dir`.
+async fn service_db(dir: &tempfile::TempDir) -> Database {
+    Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("service.db").display()
+    ))
+    .await
+    .expect("database")
+}
+
+/// Stages `messages` in one write, commits it and hands them to the relay, as a
+/// producing service does.
+async fn commit_and_hand(db: &Database, publisher: &bus::OutboxPublisher, messages: Vec<Message>) {
+    let mut statements = db.statements();
+    for message in &messages {
+        publisher
+            .stage(&mut statements, message.clone())
+            .expect("stage");
+    }
+    db.write()
+        .await
+        .expect("write")
+        .commit_with(statements)
+        .await
+        .expect("commit");
+    publisher.committed_with(messages);
 }
 
 /// A message whose handler crashes every time (never settles) must not be redelivered
