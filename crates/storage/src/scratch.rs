@@ -59,9 +59,22 @@ impl ScratchDatabase {
             _ => format!("DROP DATABASE IF EXISTS {}", self.name),
         };
         let mut conn = AnyConnection::connect(&self.server_url).await?;
-        sqlx::raw_sql(AssertSqlSafe(statement))
-            .execute(&mut conn)
-            .await?;
+        // A session the test closed a moment ago may still be ending on the server, and
+        // FORCE may only end it for a role allowed to signal backends: try again shortly.
+        let mut attempt = 0;
+        loop {
+            match sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(_) if attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         conn.close().await?;
         Ok(())
     }
