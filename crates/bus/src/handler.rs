@@ -188,6 +188,21 @@ pub trait Handler: Send + Sync + 'static {
         self.apply(tx, event, delivered)
     }
 
+    /// Applies the event with statements alone, when that needs no answer from the
+    /// database: pushes them to `last` and returns `Some` with the messages it causes.
+    /// The runner then sends them with the other statement-only writes arriving at once,
+    /// in one request ([`storage::Database::commit_statements`]). `None` (the default,
+    /// and nothing pushed): applied in a transaction by
+    /// [`apply_with_last`](Self::apply_with_last).
+    fn apply_statements(
+        &self,
+        _last: &mut Statements,
+        _event: &Self::Event,
+        _delivered: &Delivered,
+    ) -> Option<Result<Vec<Message>, Self::Error>> {
+        None
+    }
+
     /// After the commit of a message applied for the first time (not a duplicate).
     fn after_commit(&self, _event: Self::Event) -> impl Future<Output = ()> + Send {
         async {}
@@ -401,27 +416,37 @@ impl<H: Handler> Runner<H> {
         let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
             return Ok(Handled::Applied);
         };
-        // Shares its commit with the other deliveries and requests writing at once
-        // (group commit); acknowledged only once that commit is on disk.
-        let mut write = db.write().await.map_err(transient)?;
-        let tx = write.tx().map_err(transient)?;
         // The inbox record goes first among the statements sent with the write's end: a
         // message applied before fails there on its key, and everything this write did
         // is undone (see `duplicate_or`).
         let mut last = db.statements();
         inbox.stage(&mut last, &self.group, &delivered.message_id);
+        // Shares its commit with the other deliveries and requests writing at once
+        // (group commit); acknowledged only once that commit is on disk. A write of
+        // statements alone needs no transaction of its own until it is sent.
+        let mut write = None;
         if apply {
-            match self
-                .handler
-                .apply_with_last(tx, &mut last, event, delivered)
-                .await
-            {
-                Ok(messages) => caused.extend(messages),
-                Err(error) => {
-                    write.rollback().await.map_err(transient)?;
-                    // A redelivered message may fail in `apply` because it was applied.
-                    return self.duplicate_or(delivered, nack(error)).await;
+            let applied = match self.handler.apply_statements(&mut last, event, delivered) {
+                Some(applied) => applied,
+                None => {
+                    let mut open = db.write().await.map_err(transient)?;
+                    let tx = open.tx().map_err(transient)?;
+                    let applied = self
+                        .handler
+                        .apply_with_last(tx, &mut last, event, delivered)
+                        .await;
+                    if applied.is_ok() {
+                        write = Some(open);
+                    } else {
+                        open.rollback().await.map_err(transient)?;
+                    }
+                    applied
                 }
+            };
+            match applied {
+                Ok(messages) => caused.extend(messages),
+                // A redelivered message may fail in `apply` because it was applied.
+                Err(error) => return self.duplicate_or(delivered, nack(error)).await,
             }
         }
         if !caused.is_empty() {
@@ -440,7 +465,11 @@ impl<H: Handler> Runner<H> {
                     .map_err(transient)?;
             }
         }
-        if let Err(error) = write.commit_with(last).await {
+        let committed = match write {
+            Some(write) => write.commit_with(last).await,
+            None => db.commit_statements(last).await,
+        };
+        if let Err(error) = committed {
             return self.duplicate_or(delivered, transient(error)).await;
         }
         if let Some(outbox) = outbox

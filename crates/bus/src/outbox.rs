@@ -448,8 +448,8 @@ impl OutboxRelay {
             }
             None => {
                 // Joins the service's group commit instead of paying an fsync of its own,
-                // in one request with the write's end.
-                self.db.write().await?.commit_with(update).await?;
+                // sent with the other statement-only writes.
+                self.db.commit_statements(update).await?;
             }
         }
         match refused {
@@ -475,7 +475,7 @@ impl OutboxRelay {
                     .bind(sent_at)
                     .bind(id);
             }
-            self.db.write().await?.commit_with(update).await?;
+            self.db.commit_statements(update).await?;
         }
         match refused {
             Some(error) => Err(error),

@@ -32,7 +32,7 @@
 //! hangs up) can neither leave a batch half-committed nor strand the others waiting on it.
 
 use std::sync::{
-    Arc,
+    Arc, PoisonError,
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
@@ -66,6 +66,25 @@ pub(crate) struct Batches {
     /// Writes committed, and the commits that carried them.
     writes: AtomicU64,
     commits: AtomicU64,
+    /// Statement-only writes sent to SQLite in one request with others.
+    joined: AtomicU64,
+    /// Writes made only of statements, waiting to go to SQLite together
+    /// ([`Batches::commit_statements`]).
+    queue: std::sync::Mutex<Queue>,
+}
+
+/// Statement-only writes waiting for the task that sends them.
+#[derive(Debug, Default)]
+struct Queue {
+    entries: Vec<Queued>,
+    /// A task is on its way to the slot and takes what is queued when it gets there.
+    leading: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    statements: Statements,
+    reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
 impl Drop for Batches {
@@ -82,11 +101,14 @@ impl Drop for Batches {
     }
 }
 
-/// How much group commit saved: writes committed and the commits that carried them.
+/// How much group commit saved: writes committed, the commits that carried them, and the
+/// statement-only writes that went to SQLite in one request with others
+/// ([`Database::commit_statements`](crate::Database::commit_statements)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupStats {
     pub writes: u64,
     pub commits: u64,
+    pub joined: u64,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +153,8 @@ impl Batches {
             waiting: AtomicUsize::new(0),
             writes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+            queue: std::sync::Mutex::new(Queue::default()),
         })
     }
 
@@ -138,6 +162,7 @@ impl Batches {
         GroupStats {
             writes: self.writes.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
         }
     }
 
@@ -149,6 +174,103 @@ impl Batches {
         drop(slot);
         if self.keep_open {
             self.pool.close().await;
+        }
+    }
+
+    /// A write made only of `statements` (no read whose answer decides what it writes):
+    /// queued, and sent together with the others queued meanwhile in one request, as one
+    /// write of the batch — one hand-off to SQLite's thread for all of them, where each
+    /// write is one of its own. If any of them fails, the lot is undone and each is sent
+    /// again alone, so one write's failure is its own. Returns once the commit holding
+    /// it is durable, as [`Write::commit`] does; a caller that goes away does not take
+    /// its write back.
+    pub(crate) async fn commit_statements(
+        self: &Arc<Self>,
+        statements: Statements,
+    ) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.entries.push(Queued { statements, reply });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            // A task of its own: the writes it carries must not depend on one caller.
+            tokio::spawn(self.clone().lead());
+        }
+        answer.await.map_err(|_| batch_lost())?
+    }
+
+    /// Takes the slot, then what is queued by then (at most a batch's worth), and sends
+    /// it as one write.
+    fn lead(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.lead_now())
+    }
+
+    async fn lead_now(self: Arc<Self>) {
+        let write = self.write().await;
+        let entries = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let take = queue.entries.len().min(MOST_PER_BATCH);
+            let entries: Vec<Queued> = queue.entries.drain(..take).collect();
+            queue.leading = !queue.entries.is_empty();
+            if queue.leading {
+                // Waits for the slot behind this one, counted as waiting: this write
+                // leaves the batch's commit to it.
+                tokio::spawn(self.clone().lead());
+            }
+            entries
+        };
+        let write = match write {
+            Ok(write) => write,
+            Err(error) => {
+                let reason = error.to_string();
+                for entry in entries {
+                    let _ = entry
+                        .reply
+                        .send(Err(StorageError::GroupCommit(reason.clone())));
+                }
+                return;
+            }
+        };
+        let count = entries.len();
+        if count <= 1 {
+            match entries.into_iter().next() {
+                Some(entry) => {
+                    let _ = entry.reply.send(write.commit_with(entry.statements).await);
+                }
+                None => {
+                    let _ = write.rollback().await;
+                }
+            }
+            return;
+        }
+        let mut all = Statements::new(Dialect::Sqlite);
+        for entry in &entries {
+            all.append(&entry.statements);
+        }
+        match write.commit_with(all).await {
+            Ok(()) => {
+                self.writes.fetch_add(count as u64 - 1, Ordering::Relaxed);
+                self.joined.fetch_add(count as u64, Ordering::Relaxed);
+                for entry in entries {
+                    let _ = entry.reply.send(Ok(()));
+                }
+            }
+            Err(_) => {
+                // Undone whole (or its batch failed, and nothing of it is on disk): each
+                // again alone, so the one that failed fails by itself.
+                for entry in entries {
+                    let batches = self.clone();
+                    tokio::spawn(async move {
+                        let result = match batches.write().await {
+                            Ok(write) => write.commit_with(entry.statements).await,
+                            Err(error) => Err(error),
+                        };
+                        let _ = entry.reply.send(result);
+                    });
+                }
+            }
         }
     }
 

@@ -321,6 +321,18 @@ impl Database {
         }
     }
 
+    /// A write made only of `statements` — nothing it writes depends on a read — made
+    /// durable as [`Write::commit_with`] does. On SQLite the statement-only writes
+    /// arriving together go to SQLite's thread as one request (see
+    /// `crates/storage/src/group.rs`); if one fails, it fails alone. A caller that goes
+    /// away before the answer does not take the write back.
+    pub async fn commit_statements(&self, statements: Statements) -> Result<(), StorageError> {
+        match &self.batches {
+            Some(batches) => batches.commit_statements(statements).await,
+            None => Write::own(&self.pool).await?.commit_with(statements).await,
+        }
+    }
+
     /// Statements to run as one request, on a write ([`Write::commit_with`]) or a
     /// connection ([`Statements::execute`]).
     pub fn statements(&self) -> Statements {

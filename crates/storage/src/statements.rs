@@ -82,6 +82,28 @@ impl Statements {
         }
     }
 
+    /// Adds a copy of `other`'s statements and values after these (group commit sends
+    /// several writes' statements as one request, and keeps each to send again alone).
+    pub(crate) fn append(&mut self, other: &Statements) {
+        if let Some(error) = &other.error {
+            self.error.get_or_insert_with(|| error.clone());
+        }
+        for (sql, arguments) in &other.parts {
+            match (self.dialect, self.parts.last_mut()) {
+                (Dialect::Sqlite, Some((joined, mine))) => {
+                    joined.push_str(";\n");
+                    joined.push_str(sql);
+                    mine.values.0.extend(arguments.values.0.iter().cloned());
+                }
+                _ => {
+                    let mut copy = AnyArguments::default();
+                    copy.values.0.extend(arguments.values.0.iter().cloned());
+                    self.parts.push((sql.clone(), copy));
+                }
+            }
+        }
+    }
+
     /// No statement, and no binding that failed.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty() && self.error.is_none()

@@ -426,3 +426,94 @@ async fn reads_do_not_wait_for_a_write_in_progress() {
     })
     .await;
 }
+
+/// Writes made only of statements, arriving together, go to SQLite as one request; each
+/// is still all-or-nothing on its own: one that fails half-way leaves nothing and the
+/// others land.
+#[tokio::test]
+async fn statement_only_writes_go_together_and_one_that_fails_fails_alone() {
+    on_each_backend(async |db| {
+        let mut seed = db.write().await.expect("write");
+        insert(&mut seed, &db, "taken").await.expect("insert");
+        seed.commit().await.expect("commit");
+        let before = db.group_stats();
+
+        let writers: Vec<_> = (0..40)
+            .map(|n| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut statements = db.statements();
+                    statements
+                        .push("INSERT INTO entries (id, body) VALUES (?, ?)")
+                        .bind(format!("s{n:02}"))
+                        .bind("first".to_owned());
+                    // Write 7's second statement collides with the seed.
+                    let second = if n == 7 {
+                        "taken".to_owned()
+                    } else {
+                        format!("s{n:02}b")
+                    };
+                    statements
+                        .push("INSERT INTO entries (id, body) VALUES (?, ?)")
+                        .bind(second)
+                        .bind("second".to_owned());
+                    db.commit_statements(statements).await
+                })
+            })
+            .collect();
+        for (n, writer) in writers.into_iter().enumerate() {
+            let result = writer.await.expect("join");
+            assert_eq!(result.is_err(), n == 7, "write {n}: {result:?}");
+        }
+        let mut expected: Vec<String> = (0..40)
+            .filter(|n| *n != 7)
+            .flat_map(|n| [format!("s{n:02}"), format!("s{n:02}b")])
+            .collect();
+        expected.push("taken".to_owned());
+        expected.sort();
+        assert_eq!(ids(&db).await, expected, "{:?}", db.dialect());
+
+        if let (Some(before), Some(after)) = (before, db.group_stats()) {
+            assert_eq!(
+                after.writes - before.writes,
+                39,
+                "the failed one is not counted"
+            );
+            // Queued while the first took the slot: sent together, then — one of them
+            // failing — each again alone.
+            assert!(
+                after.joined == before.joined,
+                "a lot with a failure is not counted"
+            );
+        }
+
+        // Without a failure, a lot that arrives together is counted as one request.
+        let before = db.group_stats();
+        let writers: Vec<_> = (0..16)
+            .map(|n| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut statements = db.statements();
+                    statements
+                        .push("INSERT INTO entries (id, body) VALUES (?, ?)")
+                        .bind(format!("t{n:02}"))
+                        .bind("together".to_owned());
+                    db.commit_statements(statements).await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("join").expect("write commits");
+        }
+        assert_eq!(ids(&db).await.len(), expected.len() + 16);
+        if let (Some(before), Some(after)) = (before, db.group_stats()) {
+            assert_eq!(after.writes - before.writes, 16);
+            assert!(
+                after.joined - before.joined >= 15,
+                "{} of 16 writes sent with others",
+                after.joined - before.joined
+            );
+        }
+    })
+    .await;
+}

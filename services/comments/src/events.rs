@@ -53,6 +53,15 @@ impl Handler for CommentEvents {
         self.store.apply_with_last(tx, last, event).await
     }
 
+    fn apply_statements(
+        &self,
+        last: &mut bus::Statements,
+        event: &BlogEvent,
+        _delivered: &Delivered,
+    ) -> Option<Result<Vec<Message>, CommentError>> {
+        self.store.apply_statements(last, event).map(Ok)
+    }
+
     async fn after_commit(&self, event: BlogEvent) {
         if matches!(event, BlogEvent::PostCreated(_)) {
             self.post_learned.notify_waiters();

@@ -166,6 +166,23 @@ impl CommentStore {
         event: &BlogEvent,
     ) -> Result<Vec<bus::Message>, CommentError> {
         match event {
+            BlogEvent::CommentModerated(moderated) => Ok(self
+                .apply_moderation(tx, last, moderated)
+                .await?
+                .into_iter()
+                .collect()),
+            _ => Ok(self.apply_statements(last, event).unwrap_or_default()),
+        }
+    }
+
+    /// The events applied with statements alone (no read): their statements pushed to
+    /// `last`, and the events they cause; `None` for one that needs a transaction.
+    pub fn apply_statements(
+        &self,
+        last: &mut Statements,
+        event: &BlogEvent,
+    ) -> Option<Vec<bus::Message>> {
+        match event {
             BlogEvent::PostCreated(PostCreated { id, .. }) => {
                 // Learned once: a post already known stays as it was.
                 last.push(if self.db.dialect() == Dialect::MySql {
@@ -175,15 +192,11 @@ impl CommentStore {
                 })
                 .bind(id.clone())
                 .bind(unix_now());
-                Ok(Vec::new())
+                Some(Vec::new())
             }
-            BlogEvent::CommentModerated(moderated) => Ok(self
-                .apply_moderation(tx, last, moderated)
-                .await?
-                .into_iter()
-                .collect()),
+            BlogEvent::CommentModerated(_) => None,
             // Our own events come back to us only through a push; nothing to do.
-            BlogEvent::CommentCreated(_) | BlogEvent::CommentUpdated(_) => Ok(Vec::new()),
+            BlogEvent::CommentCreated(_) | BlogEvent::CommentUpdated(_) => Some(Vec::new()),
         }
     }
 

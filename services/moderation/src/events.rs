@@ -2,7 +2,7 @@
 //! [`bus::Runner`] commits the inbox record and the `CommentModerated` decision (outbox)
 //! together.
 
-use bus::{Delivered, Handler, HandlerError, Message, Subscription, Tx};
+use bus::{Delivered, Handler, HandlerError, Message, Statements, Subscription, Tx};
 use contracts::blog::{self, BlogEvent};
 
 /// The consumer group of this service.
@@ -32,9 +32,26 @@ impl Handler for Moderation {
         event: &BlogEvent,
         _delivered: &Delivered,
     ) -> Result<Vec<Message>, HandlerError> {
+        Ok(self.decide(event))
+    }
+
+    /// A decision reads nothing: the runner sends its inbox record and outbox row with
+    /// the other statement-only writes.
+    fn apply_statements(
+        &self,
+        _last: &mut Statements,
+        event: &BlogEvent,
+        _delivered: &Delivered,
+    ) -> Option<Result<Vec<Message>, HandlerError>> {
+        Some(Ok(self.decide(event)))
+    }
+}
+
+impl Moderation {
+    fn decide(&self, event: &BlogEvent) -> Vec<Message> {
         let BlogEvent::CommentCreated(comment) = event else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
-        Ok(vec![Message::from(&self.moderator.moderate(comment))])
+        vec![Message::from(&self.moderator.moderate(comment))]
     }
 }

@@ -75,8 +75,9 @@ impl PostStore {
         });
         let message = bus::Message::from(&event);
         self.publisher.stage(&mut statements, message.clone())?;
-        // One request to the database for the post, its event and the write's end.
-        self.db.write().await?.commit_with(statements).await?;
+        // Statements only: sent to the database with the other creates arriving at once,
+        // in one request.
+        self.db.commit_statements(statements).await?;
         self.publisher.committed_with(vec![message]);
         Ok(post)
     }

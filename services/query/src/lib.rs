@@ -256,6 +256,16 @@ impl bus::Handler for ViewEvents {
         Ok(Vec::new())
     }
 
+    fn apply_statements(
+        &self,
+        last: &mut bus::Statements,
+        event: &BlogEvent,
+        _delivered: &bus::Delivered,
+    ) -> Option<Result<Vec<bus::Message>, bus::HandlerError>> {
+        self.store.apply_last(last, event);
+        Some(Ok(Vec::new()))
+    }
+
     async fn after_commit(&self, event: BlogEvent) {
         // No receiver is not an error: nobody is watching.
         let _ = self.changes.send(Change::Applied(Arc::new(event)));
