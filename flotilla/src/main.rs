@@ -10,6 +10,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use flotilla::{ServeArgs, UpArgs};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than the C library's allocator: its thread-local free lists take the
+/// lock contention and chunk coalescing out of the request and event paths, which
+/// allocate from both runtime threads and SQLite's (BENCHMARKS.md, the blog's write path).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "flotilla",

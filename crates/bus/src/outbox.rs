@@ -469,11 +469,22 @@ impl OutboxRelay {
             let sent_at = now_ms();
             // Among the unsent rows only (the index on `sent_at, seq`): few, however
             // long the outbox keeps what it sent.
-            for id in ids.into_iter().take(published) {
+            let ids: Vec<String> = ids.into_iter().take(published).collect();
+            if self.db.dialect() == Dialect::Sqlite {
+                // One statement text however many were published, so SQLite's
+                // connection prepares it once and the requests it joins
+                // (`commit_statements`) keep few shapes.
                 update
-                    .push("UPDATE bus_outbox SET sent_at = ? WHERE sent_at IS NULL AND message_id = ?")
+                    .push("UPDATE bus_outbox SET sent_at = ? WHERE sent_at IS NULL AND message_id IN (SELECT value FROM json_each(?))")
                     .bind(sent_at)
-                    .bind(id);
+                    .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()));
+            } else {
+                for id in ids {
+                    update
+                        .push("UPDATE bus_outbox SET sent_at = ? WHERE sent_at IS NULL AND message_id = ?")
+                        .bind(sent_at)
+                        .bind(id);
+                }
             }
             self.db.commit_statements(update).await?;
         }

@@ -245,6 +245,12 @@ impl Batches {
             }
             return;
         }
+        // Alike writes side by side (concurrent writes have no order among them; one
+        // caller's next write waits for this one): sqlx keeps a request's statements
+        // prepared under its whole text, so fewer shapes mean fewer statements prepared
+        // again.
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.statements.text().cmp(b.statements.text()));
         let mut all = Statements::new(Dialect::Sqlite);
         for entry in &entries {
             all.append(&entry.statements);

@@ -104,6 +104,11 @@ impl Statements {
         }
     }
 
+    /// The text of the first statement string (on SQLite, all of it).
+    pub(crate) fn text(&self) -> &str {
+        self.parts.first().map_or("", |(sql, _)| sql.as_str())
+    }
+
     /// No statement, and no binding that failed.
     pub fn is_empty(&self) -> bool {
         self.parts.is_empty() && self.error.is_none()
