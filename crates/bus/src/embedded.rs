@@ -472,6 +472,14 @@ fn open_connection(path: &Path) -> Result<Connection, BusError> {
     // Another process (the CLI, a second `serve`) may hold the write lock for a moment.
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // A statement whose bound value decides whether a partial index applies (`lease_until
+    // <= ?` against `deliveries_leased`) is otherwise prepared again whenever that value
+    // changes — every lease, a clock reading. The plan does not need it: those queries
+    // name the index's condition themselves.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     let mut attempt = 0;
     // Switching to WAL needs exclusive access for an instant; retry if another process
     // is opening the file at the same time.
