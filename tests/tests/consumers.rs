@@ -136,6 +136,22 @@ impl<H: Handler> Handler for Probe<H> {
         Ok(caused)
     }
 
+    // The statement-only path (`Database::commit_statements`) of the handlers that have
+    // one: the view, comments' known posts, moderation.
+    fn apply_statements(
+        &self,
+        last: &mut bus::Statements,
+        event: &H::Event,
+        delivered: &Delivered,
+    ) -> Option<Result<Vec<Message>, Self::Error>> {
+        let applied = self.inner.apply_statements(last, event, delivered)?;
+        Some(match applied {
+            Ok(_) if self.fail => Err(ProbeError::Injected),
+            Ok(caused) => Ok(caused),
+            Err(error) => Err(ProbeError::Inner(error)),
+        })
+    }
+
     // Applied = committed: a redelivery may run `apply` again, but its writes are undone
     // with its inbox record, and it never gets here.
     fn after_commit(&self, event: H::Event) -> impl std::future::Future<Output = ()> + Send {

@@ -28,6 +28,16 @@
 //! (plus its reads), where it was three (`BEGIN`, the write, `COMMIT`). If its statements
 //! fail, only it is undone and the rest of its batch still commits.
 //!
+//! A write made only of statements (`Database::commit_statements`: a post's create, the
+//! relay's marking, a consumer that reads nothing) does not take a turn of its own: it is
+//! queued, and one task ([`Leader`]) takes the slot, takes what is queued by then — all up
+//! to 16, above that a multiple of 8, at most what the batch has room for — and sends them, alike
+//! ones side by side, as one write of the batch inside a savepoint: one request for all.
+//! If their statements fail, the lot is undone and each is sent again alone; if the
+//! commit fails, all are told so and none is tried again. The task runs on the runtime
+//! the database was opened on, and one stopped before it took the queue fails what is
+//! queued rather than leaving it to nobody.
+//!
 //! The commit itself runs in a task of its own, so a caller that goes away (a client that
 //! hangs up) can neither leave a batch half-committed nor strand the others waiting on it.
 
@@ -37,7 +47,10 @@ use std::sync::{
 };
 
 use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
+use tokio::{
+    runtime::Handle,
+    sync::{Mutex, OwnedMutexGuard, oneshot, watch},
+};
 
 use crate::{Dialect, StorageError, statements::Statements};
 
@@ -71,6 +84,8 @@ pub(crate) struct Batches {
     /// Writes made only of statements, waiting to go to SQLite together
     /// ([`Batches::commit_statements`]).
     queue: std::sync::Mutex<Queue>,
+    /// The runtime the database was opened on, for the tasks that send the queue.
+    runtime: Option<Handle>,
 }
 
 /// Statement-only writes waiting for the task that sends them.
@@ -85,6 +100,142 @@ struct Queue {
 struct Queued {
     statements: Statements,
     reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// The task that sends what is queued. While [`Queue::leading`] is set exactly one
+/// leader has yet to take the queue; one dropped before it did (its runtime ended) fails
+/// what is queued rather than leaving it to nobody.
+struct Leader {
+    batches: Arc<Batches>,
+    waiting: Option<Waiting>,
+    drained: bool,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.drained {
+            return;
+        }
+        let entries = {
+            let mut queue = self
+                .batches
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.leading = false;
+            std::mem::take(&mut queue.entries)
+        };
+        for entry in entries {
+            let _ = entry.reply.send(Err(StorageError::GroupCommit(
+                "the task sending this write was stopped before it ran".to_owned(),
+            )));
+        }
+    }
+}
+
+impl Leader {
+    /// Takes the slot, then what is queued by then, and sends it as one write.
+    async fn run(mut self) {
+        let batches = self.batches.clone();
+        let write = match self.waiting.take() {
+            Some(waiting) => batches.write_after(waiting).await,
+            None => batches.write().await,
+        };
+        let room = match &write {
+            Ok(write) => write.room(),
+            Err(_) => MOST_PER_BATCH,
+        };
+        let (entries, more) = {
+            let mut queue = batches.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            // At most what the batch has room for, and above 16 a multiple of 8: a
+            // request's text is its writes' texts in a row, and sqlx keeps its prepared
+            // statements under that whole text, so few sizes keep few of them (the rest
+            // of the queue is the next leader's, in the same batch).
+            let take = lot_size(queue.entries.len().min(room));
+            let entries: Vec<Queued> = queue.entries.drain(..take).collect();
+            queue.leading = !queue.entries.is_empty();
+            (entries, queue.leading)
+        };
+        self.drained = true;
+        if more {
+            batches.spawn_leader();
+        }
+        let mut write = match write {
+            Ok(write) => write,
+            Err(error) => {
+                let reason = error.to_string();
+                for entry in entries {
+                    let _ = entry
+                        .reply
+                        .send(Err(StorageError::GroupCommit(reason.clone())));
+                }
+                return;
+            }
+        };
+        let count = entries.len();
+        if count <= 1 {
+            match entries.into_iter().next() {
+                Some(entry) => {
+                    let _ = entry.reply.send(write.commit_with(entry.statements).await);
+                }
+                None => {
+                    let _ = write.rollback().await;
+                }
+            }
+            return;
+        }
+        // Alike writes side by side (concurrent writes have no order among them; one
+        // caller's next write waits for this one), for the same reason as the sizes.
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.statements.text().cmp(b.statements.text()));
+        let mut all = Statements::new(Dialect::Sqlite);
+        // Always in a savepoint, even as the batch's first write: a failure in the
+        // statements is then undone alone and known to be theirs (see below).
+        write.open_savepoint(&mut all);
+        for entry in &entries {
+            all.append(&entry.statements);
+        }
+        write.counts_as(count);
+        match write.commit_with(all).await {
+            Ok(()) => {
+                batches.joined.fetch_add(count as u64, Ordering::Relaxed);
+                for entry in entries {
+                    let _ = entry.reply.send(Ok(()));
+                }
+            }
+            // A statement failed and the lot was undone (nothing of it committed): each
+            // again alone, so the one that failed fails by itself.
+            Err(StorageError::Sqlx(error)) => {
+                tracing::debug!(%error, writes = count, "a write sent with others failed; each again alone");
+                for entry in entries {
+                    let batches = batches.clone();
+                    tokio::spawn(async move {
+                        let result = match batches.write().await {
+                            Ok(write) => write.commit_with(entry.statements).await,
+                            Err(error) => Err(error),
+                        };
+                        let _ = entry.reply.send(result);
+                    });
+                }
+            }
+            // The commit failed, or how it ended is unknown: the same answer for all,
+            // never a second try of writes that may be on disk.
+            Err(error) => {
+                let reason = error.to_string();
+                for entry in entries {
+                    let _ = entry
+                        .reply
+                        .send(Err(StorageError::GroupCommit(reason.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// How many of `n` queued writes go in one request: all up to 16, above that the
+/// largest multiple of 8 — 22 sizes in all.
+fn lot_size(n: usize) -> usize {
+    if n <= 16 { n } else { n - n % 8 }
 }
 
 impl Drop for Batches {
@@ -155,6 +306,7 @@ impl Batches {
             commits: AtomicU64::new(0),
             joined: AtomicU64::new(0),
             queue: std::sync::Mutex::new(Queue::default()),
+            runtime: Handle::try_current().ok(),
         })
     }
 
@@ -180,10 +332,10 @@ impl Batches {
     /// A write made only of `statements` (no read whose answer decides what it writes):
     /// queued, and sent together with the others queued meanwhile in one request, as one
     /// write of the batch — one hand-off to SQLite's thread for all of them, where each
-    /// write is one of its own. If any of them fails, the lot is undone and each is sent
-    /// again alone, so one write's failure is its own. Returns once the commit holding
-    /// it is durable, as [`Write::commit`] does; a caller that goes away does not take
-    /// its write back.
+    /// write is one of its own. If the statements of any of them fail, the lot is undone
+    /// and each is sent again alone, so one write's failure is its own. Returns once the
+    /// commit holding it is durable, as [`Write::commit`] does; a caller that goes away
+    /// does not take its write back.
     pub(crate) async fn commit_statements(
         self: &Arc<Self>,
         statements: Statements,
@@ -195,98 +347,43 @@ impl Batches {
             !std::mem::replace(&mut queue.leading, true)
         };
         if lead {
-            // A task of its own: the writes it carries must not depend on one caller.
-            tokio::spawn(self.clone().lead());
+            self.spawn_leader();
         }
         answer.await.map_err(|_| batch_lost())?
     }
 
-    /// Takes the slot, then what is queued by then (at most a batch's worth), and sends
-    /// it as one write.
-    fn lead(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(self.lead_now())
-    }
-
-    async fn lead_now(self: Arc<Self>) {
-        let write = self.write().await;
-        let entries = {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let take = queue.entries.len().min(MOST_PER_BATCH);
-            let entries: Vec<Queued> = queue.entries.drain(..take).collect();
-            queue.leading = !queue.entries.is_empty();
-            if queue.leading {
-                // Waits for the slot behind this one, counted as waiting: this write
-                // leaves the batch's commit to it.
-                tokio::spawn(self.clone().lead());
-            }
-            entries
+    /// Starts the task that takes the queue to SQLite: counted as waiting for the slot
+    /// from now (a write that finishes meanwhile leaves the batch's commit to it), and
+    /// run on the runtime the database was opened on, not the caller's, which may end
+    /// first (the HTTP threads' own runtimes). A task of its own: the writes it carries
+    /// must not depend on one caller.
+    fn spawn_leader(self: &Arc<Self>) {
+        let leader = Leader {
+            waiting: Some(Waiting::new(self)),
+            batches: self.clone(),
+            drained: false,
         };
-        let write = match write {
-            Ok(write) => write,
-            Err(error) => {
-                let reason = error.to_string();
-                for entry in entries {
-                    let _ = entry
-                        .reply
-                        .send(Err(StorageError::GroupCommit(reason.clone())));
-                }
-                return;
-            }
-        };
-        let count = entries.len();
-        if count <= 1 {
-            match entries.into_iter().next() {
-                Some(entry) => {
-                    let _ = entry.reply.send(write.commit_with(entry.statements).await);
-                }
-                None => {
-                    let _ = write.rollback().await;
-                }
-            }
-            return;
-        }
-        // Alike writes side by side (concurrent writes have no order among them; one
-        // caller's next write waits for this one): sqlx keeps a request's statements
-        // prepared under its whole text, so fewer shapes mean fewer statements prepared
-        // again.
-        let mut entries = entries;
-        entries.sort_by(|a, b| a.statements.text().cmp(b.statements.text()));
-        let mut all = Statements::new(Dialect::Sqlite);
-        for entry in &entries {
-            all.append(&entry.statements);
-        }
-        match write.commit_with(all).await {
-            Ok(()) => {
-                self.writes.fetch_add(count as u64 - 1, Ordering::Relaxed);
-                self.joined.fetch_add(count as u64, Ordering::Relaxed);
-                for entry in entries {
-                    let _ = entry.reply.send(Ok(()));
-                }
-            }
-            Err(_) => {
-                // Undone whole (or its batch failed, and nothing of it is on disk): each
-                // again alone, so the one that failed fails by itself.
-                for entry in entries {
-                    let batches = self.clone();
-                    tokio::spawn(async move {
-                        let result = match batches.write().await {
-                            Ok(write) => write.commit_with(entry.statements).await,
-                            Err(error) => Err(error),
-                        };
-                        let _ = entry.reply.send(result);
-                    });
-                }
-            }
+        let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(leader.run());
+        match self.runtime.clone().or_else(|| Handle::try_current().ok()) {
+            // On a runtime that has shut down the task is dropped, and with it the
+            // leader, which fails what is queued.
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(task),
         }
     }
 
     async fn write(self: &Arc<Self>) -> Result<Write, StorageError> {
-        let waiting = Waiting::new(self);
+        self.write_after(Waiting::new(self)).await
+    }
+
+    /// [`write`](Self::write) for a writer already counted as waiting.
+    async fn write_after(self: &Arc<Self>, waiting: Waiting) -> Result<Write, StorageError> {
         let slot = self.slot.clone().lock_owned().await;
         waiting.admitted();
         let mut turn = Turn {
             batches: self.clone(),
             slot: Some(slot),
+            weight: 1,
         };
         let savepoint = turn.start().await?;
         Ok(Write {
@@ -331,6 +428,7 @@ impl Drop for Waiting {
             let mut turn = Turn {
                 batches,
                 slot: Some(slot),
+                weight: 1,
             };
             if turn.roll_back_abandoned().await.is_ok() {
                 turn.hand_on();
@@ -344,6 +442,9 @@ impl Drop for Waiting {
 struct Turn {
     batches: Arc<Batches>,
     slot: Option<OwnedMutexGuard<Slot>>,
+    /// The writes this turn carries (more than one for statement-only writes sent
+    /// together): what it takes of the batch's room.
+    weight: usize,
 }
 
 impl Turn {
@@ -439,11 +540,12 @@ impl Turn {
         // Somebody waits and the batch has room: set their savepoint along with ending
         // this one (a waiter that gives up leaves it unused, which costs nothing).
         let waiting = self.batches.waiting.load(Ordering::SeqCst) > 0;
+        let weight = if keep { self.weight } else { 0 };
         let slot = self.slot()?;
         let room = slot
             .batch
             .as_ref()
-            .is_some_and(|batch| batch.writes + usize::from(keep) < MOST_PER_BATCH);
+            .is_some_and(|batch| batch.writes + weight < MOST_PER_BATCH);
         let next = waiting && room;
         if keep && !next {
             // Nobody to leave the commit to (or the batch is full): this write's end and
@@ -453,6 +555,7 @@ impl Turn {
             let mine = Mine {
                 savepoint,
                 last: last.unwrap_or_else(|| Statements::new(Dialect::Sqlite)),
+                weight: self.weight,
                 reply,
             };
             commit_in_task(self.batches.clone(), slot, Some(mine));
@@ -478,11 +581,12 @@ impl Turn {
             self.fail_batch(&error);
             return Err(error);
         }
+        let weight = self.weight;
         let batch = self.batch()?;
         batch.abandoned = None;
         batch.ready = next;
         if keep {
-            batch.writes += 1;
+            batch.writes += weight;
         }
         let outcome = batch.outcome.subscribe();
         self.hand_on();
@@ -536,6 +640,7 @@ impl Drop for Turn {
             let mut turn = Turn {
                 batches,
                 slot: Some(slot),
+                weight: 1,
             };
             if turn.roll_back_abandoned().await.is_ok() {
                 turn.hand_on();
@@ -580,6 +685,40 @@ impl Write {
         match &mut self.inner {
             Inner::Own(tx) => Ok(tx),
             Inner::Batched { turn, .. } => Ok(&mut turn.batch()?.tx),
+        }
+    }
+
+    /// How many more writes the batch this write is in has room for (at least one).
+    pub(crate) fn room(&self) -> usize {
+        match &self.inner {
+            Inner::Own(_) => MOST_PER_BATCH,
+            Inner::Batched { turn, .. } => {
+                let used = turn
+                    .slot
+                    .as_deref()
+                    .and_then(|slot| slot.batch.as_ref())
+                    .map_or(0, |batch| batch.writes);
+                MOST_PER_BATCH.saturating_sub(used).max(1)
+            }
+        }
+    }
+
+    /// Sets this write's savepoint at the start of `statements` if it has none (the
+    /// batch's first write), so that its statements failing is undone alone and told
+    /// apart from its batch's commit failing.
+    pub(crate) fn open_savepoint(&mut self, statements: &mut Statements) {
+        if let Inner::Batched { savepoint, .. } = &mut self.inner
+            && *savepoint == Savepoint::Whole
+        {
+            statements.push_plain("SAVEPOINT w");
+            *savepoint = Savepoint::Named;
+        }
+    }
+
+    /// This write carries `writes` writes (sent together): what it takes of the batch.
+    pub(crate) fn counts_as(&mut self, writes: usize) {
+        if let Inner::Batched { turn, .. } = &mut self.inner {
+            turn.weight = writes.max(1);
         }
     }
 
@@ -658,6 +797,7 @@ enum Settled {
 struct Mine {
     savepoint: Savepoint,
     last: Statements,
+    weight: usize,
     reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
@@ -683,8 +823,9 @@ fn commit_in_task(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, mine: 
             Some(Mine {
                 savepoint,
                 last,
+                weight,
                 reply,
-            }) => (Some((savepoint, last)), Some(reply)),
+            }) => (Some((savepoint, last, weight)), Some(reply)),
             None => (None, None),
         };
         let settlement = batches.settle(tx, writes, mine).await;
@@ -741,10 +882,10 @@ impl Batches {
         &self,
         mut tx: Tx,
         mut writes: usize,
-        mine: Option<(Savepoint, Statements)>,
+        mine: Option<(Savepoint, Statements, usize)>,
     ) -> Settlement {
         let mut own = None;
-        if let Some((savepoint, mut last)) = mine {
+        if let Some((savepoint, mut last, weight)) = mine {
             if savepoint == Savepoint::Named {
                 last.push_plain("RELEASE SAVEPOINT w");
             }
@@ -758,10 +899,10 @@ impl Batches {
                         result: Ok(()),
                         own: None,
                         spare: Some(tx),
-                        writes: writes + 1,
+                        writes: writes + weight,
                     };
                 }
-                Ok(()) => writes += 1,
+                Ok(()) => writes += weight,
                 Err(error) => {
                     // SQLite stopped at the error. In this write's statements, its
                     // savepoint is still open: undo it, and the rest of the batch commits.
@@ -773,9 +914,17 @@ impl Batches {
                             .is_ok();
                     if !undone {
                         let result = Err(error.to_string());
+                        // In a savepoint, a failure that cannot be undone is the
+                        // commit's (or after it): not this write's statements, and
+                        // perhaps on disk. The batch's first write cannot tell.
+                        let own = if savepoint == Savepoint::Named {
+                            StorageError::GroupCommit(error.to_string())
+                        } else {
+                            error
+                        };
                         return Settlement {
                             result,
-                            own: Some(Err(error)),
+                            own: Some(Err(own)),
                             spare: self.recover(tx).await,
                             writes: 0,
                         };

@@ -325,7 +325,14 @@ impl Database {
     /// durable as [`Write::commit_with`] does. On SQLite the statement-only writes
     /// arriving together go to SQLite's thread as one request (see
     /// `crates/storage/src/group.rs`); if one fails, it fails alone. A caller that goes
-    /// away before the answer does not take the write back.
+    /// away before the answer does not take the write back: once called, the write
+    /// happens (a request whose client hangs up still creates its post). As with
+    /// [`write`](Self::write), don't call it while holding a [`Write`] of this database:
+    /// on SQLite it waits for the writer that `Write` holds. An error that is not the
+    /// statements' own (`StorageError::GroupCommit`: the commit failed, or how it ended
+    /// is unknown) is never retried here, so a write may be on disk although its caller
+    /// was told otherwise — make writes whose retry matters idempotent by a key, as every
+    /// caller here is (a post's id, an inbox record, `sent_at IS NULL`).
     pub async fn commit_statements(&self, statements: Statements) -> Result<(), StorageError> {
         match &self.batches {
             Some(batches) => batches.commit_statements(statements).await,
