@@ -125,11 +125,19 @@ impl Drop for Leader {
             queue.leading = false;
             std::mem::take(&mut queue.entries)
         };
-        for entry in entries {
-            let _ = entry.reply.send(Err(StorageError::GroupCommit(
-                "the task sending this write was stopped before it ran".to_owned(),
-            )));
-        }
+        fail_all(
+            entries,
+            "the task sending this write was stopped before it ran",
+        );
+    }
+}
+
+/// Answers every one of `entries` with the same failure.
+fn fail_all(entries: Vec<Queued>, reason: &str) {
+    for entry in entries {
+        let _ = entry
+            .reply
+            .send(Err(StorageError::GroupCommit(reason.to_owned())));
     }
 }
 
@@ -162,15 +170,7 @@ impl Leader {
         }
         let mut write = match write {
             Ok(write) => write,
-            Err(error) => {
-                let reason = error.to_string();
-                for entry in entries {
-                    let _ = entry
-                        .reply
-                        .send(Err(StorageError::GroupCommit(reason.clone())));
-                }
-                return;
-            }
+            Err(error) => return fail_all(entries, &error.to_string()),
         };
         let count = entries.len();
         if count <= 1 {
@@ -220,14 +220,7 @@ impl Leader {
             }
             // The commit failed, or how it ended is unknown: the same answer for all,
             // never a second try of writes that may be on disk.
-            Err(error) => {
-                let reason = error.to_string();
-                for entry in entries {
-                    let _ = entry
-                        .reply
-                        .send(Err(StorageError::GroupCommit(reason.clone())));
-                }
-            }
+            Err(error) => fail_all(entries, &error.to_string()),
         }
     }
 }

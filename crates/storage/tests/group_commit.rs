@@ -486,14 +486,9 @@ async fn statement_only_writes_go_together_and_one_that_fails_fails_alone() {
         let writers: Vec<_> = (0..16)
             .map(|n| {
                 let db = db.clone();
-                tokio::spawn(async move {
-                    let mut statements = db.statements();
-                    statements
-                        .push("INSERT INTO entries (id, body) VALUES (?, ?)")
-                        .bind(format!("t{n:02}"))
-                        .bind("together".to_owned());
-                    db.commit_statements(statements).await
-                })
+                tokio::spawn(
+                    async move { db.commit_statements(entry(&db, &format!("t{n:02}"))).await },
+                )
             })
             .collect();
         for writer in writers {
