@@ -30,9 +30,10 @@
 //!
 //! A write made only of statements (`Database::commit_statements`: a post's create, the
 //! relay's marking, a consumer that reads nothing) does not take a turn of its own: it is
-//! queued, and one task ([`Leader`]) takes the slot, takes what is queued by then — all up
-//! to 16, above that a multiple of 8, at most what the batch has room for — and sends them, alike
-//! ones side by side, as one write of the batch inside a savepoint: one request for all.
+//! queued, and one task ([`Leader`]) takes the slot, takes what is queued by then — all
+//! up to 16, above that a multiple of 8, at most what the batch has room for — and sends
+//! them, alike ones side by side, as one write of the batch inside a savepoint: one
+//! request for all.
 //! If their statements fail, the lot is undone and each is sent again alone; if the
 //! commit fails, all are told so and none is tried again. The task runs on the runtime
 //! the database was opened on, and one stopped before it took the queue fails what is
@@ -107,7 +108,6 @@ struct Queued {
 /// what is queued rather than leaving it to nobody.
 struct Leader {
     batches: Arc<Batches>,
-    waiting: Option<Waiting>,
     drained: bool,
 }
 
@@ -142,13 +142,11 @@ fn fail_all(entries: Vec<Queued>, reason: &str) {
 }
 
 impl Leader {
-    /// Takes the slot, then what is queued by then, and sends it as one write.
-    async fn run(mut self) {
+    /// Takes the slot (counted as `waiting` until then), then what is queued by then,
+    /// and sends it as one write.
+    async fn run(mut self, waiting: Waiting) {
         let batches = self.batches.clone();
-        let write = match self.waiting.take() {
-            Some(waiting) => batches.write_after(waiting).await,
-            None => batches.write().await,
-        };
+        let write = batches.write_after(waiting).await;
         let room = match &write {
             Ok(write) => write.room(),
             Err(_) => MOST_PER_BATCH,
@@ -352,11 +350,11 @@ impl Batches {
     /// must not depend on one caller.
     fn spawn_leader(self: &Arc<Self>) {
         let leader = Leader {
-            waiting: Some(Waiting::new(self)),
             batches: self.clone(),
             drained: false,
         };
-        let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(leader.run());
+        let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(leader.run(Waiting::new(self)));
         match self.runtime.clone().or_else(|| Handle::try_current().ok()) {
             // On a runtime that has shut down the task is dropped, and with it the
             // leader, which fails what is queued.

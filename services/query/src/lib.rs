@@ -245,17 +245,8 @@ impl bus::Handler for ViewEvents {
         Ok(Vec::new())
     }
 
-    async fn apply_with_last(
-        &self,
-        _tx: &mut bus::Tx,
-        last: &mut bus::Statements,
-        event: &BlogEvent,
-        _delivered: &bus::Delivered,
-    ) -> Result<Vec<bus::Message>, bus::HandlerError> {
-        self.store.apply_last(last, event);
-        Ok(Vec::new())
-    }
-
+    // Folding an event in reads nothing: the runner sends these statements with the
+    // other deliveries' (`apply` is for the trait's other callers).
     fn apply_statements(
         &self,
         last: &mut bus::Statements,
