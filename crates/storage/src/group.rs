@@ -146,6 +146,7 @@ impl Leader {
     /// and sends it as one write.
     async fn run(mut self, waiting: Waiting) {
         let batches = self.batches.clone();
+        tokio::task::yield_now().await;
         let write = batches.write_after(waiting).await;
         let room = match &write {
             Ok(write) => write.room(),

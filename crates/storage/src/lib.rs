@@ -279,8 +279,12 @@ impl Database {
                         // acknowledged write survives a power loss, not only a crash.
                         // Writers share commits ([`Database::write`]), so the fsync is
                         // paid once per batch, not once per request.
+                        // temp_store MEMORY: the statement journals a batch's savepoints
+                        // keep (a copy of each page a write changes, so it can be undone
+                        // alone) stay in memory, where past 64 KiB they went to a file in
+                        // /var/tmp — a write per page, for data that lives one batch.
                         let pragmas = format!(
-                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON"
+                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY"
                         );
                         conn.execute(sqlx::raw_sql(AssertSqlSafe(pragmas))).await?;
                     }
