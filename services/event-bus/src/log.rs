@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use contracts::blog::{BlogEvent, Envelope};
 use sqlx::{Any, Row, Transaction};
-use storage::{Database, Migration, Statements, StorageError};
+use storage::{Database, Dialect, Migration, Statements, StorageError};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(
@@ -164,23 +164,51 @@ impl EventLog {
         // `event_log_writer`, which takes SQLite's write lock (so the reads below are not
         // of a stale snapshot) and a row lock on PostgreSQL and MySQL (so an event parked
         // by one transaction cannot be missed by another that appends its cause).
-        sqlx::query("UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1")
-            .execute(&mut **tx)
-            .await?;
-        let seen = sqlx::query(self.db.sql(
-            "SELECT 1 FROM event_log WHERE message_id = ? UNION ALL SELECT 1 FROM event_log_parked WHERE message_id = ?",
-        ))
+        // Then one read answers everything the common case needs: seen before, its
+        // cause in the log, events waiting for it. On SQLite the lock and the read go
+        // in one request to its thread; a server takes them one after the other.
+        let (needs, provides) = causality(envelope);
+        let facts = sqlx::query(self.db.sql(match self.db.dialect() {
+            Dialect::Sqlite => {
+                "UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1; \
+                 SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
+                     OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
+                 CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
+                 CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
+            }
+            Dialect::Postgres | Dialect::MySql => {
+                sqlx::query("UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1")
+                    .execute(&mut **tx)
+                    .await?;
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
+                     OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
+                 CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
+                 CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
+            }
+        }))
         .bind(message_id)
         .bind(message_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if seen.is_some() {
+        .bind(needs.as_deref())
+        .bind(provides.as_deref())
+        // All rows: sqlx's first row of a request of several statements is not looked
+        // for past the first statement.
+        .fetch_all(&mut **tx)
+        .await?
+        .pop()
+        .ok_or(sqlx::Error::RowNotFound)?;
+        let flag = |i: usize| -> Result<bool, sqlx::Error> {
+            Ok(facts
+                .try_get::<i64, _>(i)
+                .or_else(|_| facts.try_get::<i32, _>(i).map(i64::from))?
+                != 0)
+        };
+        let (seen, caused, waited_for) = (flag(0)?, flag(1)?, flag(2)?);
+        if seen {
             return Ok(Recorded::Duplicate);
         }
-        let (needs, provides) = causality(envelope);
         let data = envelope.data.to_string();
         if let Some(needs) = needs
-            && !self.is_provided(tx, &needs).await?
+            && !caused
         {
             last.push(
                 "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at) VALUES (?, ?, ?, ?, ?)",
@@ -199,23 +227,14 @@ impl EventLog {
             &data,
             provides.as_deref(),
         );
-        let released = self.release(tx, last, provides).await?;
+        let released = if waited_for {
+            self.release(tx, last, provides).await?
+        } else {
+            0
+        };
         Ok(Recorded::Appended { released })
     }
 
-    async fn is_provided(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        key: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let row = sqlx::query(self.db.sql("SELECT 1 FROM event_log WHERE provides = ?"))
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(row.is_some())
-    }
-
-    /// Appends the parked events waiting for `provided`, then those waiting for them.
     async fn release(
         &self,
         tx: &mut Transaction<'static, Any>,
