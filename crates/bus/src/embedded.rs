@@ -71,8 +71,6 @@ const MAX_BATCH: usize = 2048;
 /// How often parked lease requests are tried again, for work published by another
 /// process or whose retry delay has passed.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
-/// How long a transaction of acknowledgements alone waits for other commands to join it.
-const ACK_COMPANY: Duration = Duration::from_micros(500);
 /// Lease renewals per lease period: two may be late or lost before a lease lapses.
 const RENEWALS_PER_LEASE: u32 = 3;
 
@@ -647,22 +645,11 @@ impl Writer {
     fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
         while let Some(first) = receiver.blocking_recv() {
             let mut batch = vec![first];
-            let take = |batch: &mut Vec<Command>, receiver: &mut mpsc::Receiver<Command>| {
-                while batch.len() < MAX_BATCH {
-                    match receiver.try_recv() {
-                        Ok(command) => batch.push(command),
-                        Err(_) => break,
-                    }
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
                 }
-            };
-            take(&mut batch, &mut receiver);
-            // Nothing but acknowledgements: they wait a moment for company. Under load
-            // they came as half of all transactions, each writing its pages to the WAL
-            // for a few deleted rows; the next publish or lease takes them along. No
-            // one waits on an acknowledgement but the consumer's slot.
-            if batch.len() < MAX_BATCH && batch.iter().all(|c| matches!(c, Command::Ack(..))) {
-                std::thread::sleep(ACK_COMPANY);
-                take(&mut batch, &mut receiver);
             }
             self.run_batch(batch);
         }
