@@ -668,11 +668,21 @@ impl Writer {
             // again per batch was a third of this thread's parsing.
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             self.refresh_bindings()?;
-            // The batch's acknowledgements, settled together after its other commands
-            // (an acknowledged delivery is one nothing else in the batch can take).
+            // The batch's acknowledgements, settled together: before the first command
+            // that could see them unsettled (a count, a publish of the same id, a nack
+            // or a replay), else after the rest. A lease takes an acknowledged delivery
+            // only if its lease had run out, as it would have before the ack came.
             let mut acks = Vec::new();
             for command in pending.by_ref() {
                 poll |= matches!(command, Command::Poll);
+                if !acks.is_empty()
+                    && !matches!(
+                        command,
+                        Command::Ack(..) | Command::Lease(..) | Command::Renew(..) | Command::Poll
+                    )
+                {
+                    self.ack_all(&std::mem::take(&mut acks))?;
+                }
                 // Only what must survive a power loss waits for the fsync. Leases and
                 // acknowledgements are answered at the commit (a crash keeps them, a
                 // power loss may drop them, never corrupts): a lost lease is leased
@@ -1852,6 +1862,51 @@ mod tests {
             .await
             .expect("acked");
         assert_eq!(messages(), (0, 0), "every group settled every message");
+    }
+
+    /// Acknowledgements settle before a count sent right behind them, in the same
+    /// transaction of the writer: commands keep their order though a batch settles its
+    /// acknowledgements together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledgements_count_for_the_command_right_behind_them() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bus = EmbeddedBus::open(
+            &dir.path().join("bus.db"),
+            BusOptions::default(),
+            Synchronous::Full,
+        )
+        .await
+        .expect("open");
+        let mut subscriber = bus
+            .subscribe(Subscription::new("g", "k").with_prefetch(64))
+            .await
+            .expect("subscribe");
+        for round in 0..20 {
+            bus.publish_all(
+                (0..8)
+                    .map(|i| Message::new("k", format!("{round}-{i}")))
+                    .collect(),
+            )
+            .await
+            .expect("publish");
+            let mut deliveries = Vec::new();
+            for _ in 0..8 {
+                deliveries.push(
+                    tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+                        .await
+                        .expect("delivered")
+                        .expect("a delivery")
+                        .expect("no error"),
+                );
+            }
+            // Polled in this order, the acknowledgements are queued before the count.
+            let (acked, depth) = tokio::join!(
+                futures::future::try_join_all(deliveries.into_iter().map(Delivery::ack)),
+                bus.queue_depth("g"),
+            );
+            acked.expect("acked");
+            assert_eq!(depth.expect("depth"), Some(0), "round {round}");
+        }
     }
 
     /// What a publisher or a user is answered about waits for the disk; what only moves
