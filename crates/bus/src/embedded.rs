@@ -189,19 +189,10 @@ pub fn decode_headers(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-/// Numbers as a JSON array, for `json_each(?)`: one statement, prepared once, for any
+/// Values as a JSON array, for `json_each(?)`: one statement, prepared once, for any
 /// number of rows.
-fn json_numbers(numbers: &[i64]) -> String {
-    let mut text = String::with_capacity(numbers.len() * 8 + 2);
-    text.push('[');
-    for (i, n) in numbers.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&n.to_string());
-    }
-    text.push(']');
-    text
+fn json<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
 }
 
 fn open_files() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
@@ -689,14 +680,7 @@ impl Writer {
                 // again, a lost ack redelivers a message its consumer's inbox already
                 // holds, and the next fsync makes them durable anyway.
                 let durable = command.must_survive_power_loss();
-                let outcome = match command {
-                    Command::Ack(delivery_id, reply) => {
-                        acks.push(delivery_id);
-                        Outcome::Unit(reply)
-                    }
-                    command => self.apply(command, &mut woken)?,
-                };
-                outcomes.push((outcome, durable));
+                outcomes.push((self.apply(command, &mut woken, &mut acks)?, durable));
             }
             self.ack_all(&acks)?;
             self.serve_parked(&woken, poll, &mut outcomes)?;
@@ -779,10 +763,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Applies `command`, but for an acknowledgement, which goes to `acks` for the
+    /// batch to settle with the others ([`Writer::ack_all`]).
     fn apply(
         &mut self,
         command: Command,
         woken: &mut Vec<String>,
+        acks: &mut Vec<i64>,
     ) -> Result<Outcome, rusqlite::Error> {
         Ok(match command {
             Command::Publish(messages, observe, reply) => {
@@ -827,7 +814,7 @@ impl Writer {
             }
             Command::Poll => Outcome::None,
             Command::Ack(delivery_id, reply) => {
-                self.ack_all(&[delivery_id])?;
+                acks.push(delivery_id);
                 Outcome::Unit(reply)
             }
             Command::Nack {
@@ -1113,7 +1100,7 @@ impl Writer {
                 "SELECT seq, msg_id, routing_key, headers, body FROM messages
                  WHERE seq IN (SELECT value FROM json_each(?1))",
             )?
-            .query_map(params![json_numbers(&seqs)], |row| {
+            .query_map(params![json(&seqs)], |row| {
                 let headers: String = row.get(3)?;
                 Ok((
                     row.get::<_, i64>(0)?,
@@ -1224,7 +1211,7 @@ impl Writer {
             .execute(params![group, attempts, reason, now_ms(), seq])?;
         tracing::warn!(%group, seq, attempts, %reason, "message dead-lettered");
         metrics::counter!("bus_dead_lettered_total", "group" => group).increment(1);
-        self.release_message(seq, 1)
+        self.release_messages(&BTreeMap::from([(seq, 1)]))
     }
 
     /// Settles these deliveries as done: deletes them, and releases their messages —
@@ -1239,55 +1226,35 @@ impl Writer {
             .prepare_cached(
                 "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1)) RETURNING seq",
             )?
-            .query_map(params![json_numbers(delivery_ids)], |row| row.get(0))?
+            .query_map(params![json(delivery_ids)], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         let mut owed: BTreeMap<i64, i64> = BTreeMap::new();
         for seq in seqs {
             *owed.entry(seq).or_default() += 1;
         }
-        match owed.len() {
-            0 => Ok(()),
-            1 => {
-                let (seq, groups) = owed.pop_first().unwrap_or_default();
-                self.release_message(seq, groups)
-            }
-            _ => {
-                // `[[seq, groups], …]`: how many groups fewer owe each message.
-                let pairs = owed
-                    .iter()
-                    .map(|(seq, groups)| format!("[{seq},{groups}]"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let pairs = format!("[{pairs}]");
-                self.conn
-                    .prepare_cached(
-                        "UPDATE messages SET pending = pending - owed.groups
-                         FROM (SELECT value ->> 0 AS seq, value ->> 1 AS groups FROM json_each(?1)) AS owed
-                         WHERE messages.seq = owed.seq",
-                    )?
-                    .execute(params![pairs])?;
-                let seqs: Vec<i64> = owed.into_keys().collect();
-                self.conn
-                    .prepare_cached(
-                        "DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?1)) AND pending <= 0",
-                    )?
-                    .execute(params![json_numbers(&seqs)])?;
-                Ok(())
-            }
-        }
+        self.release_messages(&owed)
     }
 
-    /// `groups` groups fewer owe message `seq`; when none is left it is deleted.
-    fn release_message(&mut self, seq: i64, groups: i64) -> Result<(), rusqlite::Error> {
-        let deleted = self
-            .conn
-            .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND pending <= ?2")?
-            .execute(params![seq, groups])?;
-        if deleted == 0 {
-            self.conn
-                .prepare_cached("UPDATE messages SET pending = pending - ?2 WHERE seq = ?1")?
-                .execute(params![seq, groups])?;
+    /// For each (message, groups): that many groups fewer owe the message; one no group
+    /// owes any more is deleted. Two statements whatever the number.
+    fn release_messages(&mut self, owed: &BTreeMap<i64, i64>) -> Result<(), rusqlite::Error> {
+        if owed.is_empty() {
+            return Ok(());
         }
+        let pairs: Vec<[i64; 2]> = owed.iter().map(|(&seq, &groups)| [seq, groups]).collect();
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET pending = pending - owed.groups
+                 FROM (SELECT value ->> 0 AS seq, value ->> 1 AS groups FROM json_each(?1)) AS owed
+                 WHERE messages.seq = owed.seq",
+            )?
+            .execute(params![json(&pairs)])?;
+        let seqs: Vec<i64> = owed.keys().copied().collect();
+        self.conn
+            .prepare_cached(
+                "DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?1)) AND pending <= 0",
+            )?
+            .execute(params![json(&seqs)])?;
         Ok(())
     }
 
@@ -1799,6 +1766,21 @@ mod tests {
         delivery.ack().await.expect("ack");
     }
 
+    /// The next `n` deliveries of `subscriber`.
+    async fn take(subscriber: &mut Subscriber, n: usize) -> Vec<Delivery> {
+        let mut deliveries = Vec::with_capacity(n);
+        for _ in 0..n {
+            deliveries.push(
+                tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+                    .await
+                    .expect("delivered")
+                    .expect("a delivery")
+                    .expect("no error"),
+            );
+        }
+        deliveries
+    }
+
     /// Acknowledgements settled together — of several groups, for the same messages, in
     /// one transaction — delete a message only once every group bound to it has
     /// settled it, and then delete it.
@@ -1837,15 +1819,7 @@ mod tests {
         };
         let mut deliveries = Vec::new();
         for subscriber in &mut groups {
-            for _ in 0..40 {
-                deliveries.push(
-                    tokio::time::timeout(Duration::from_secs(10), subscriber.next())
-                        .await
-                        .expect("delivered")
-                        .expect("a delivery")
-                        .expect("no error"),
-                );
-            }
+            deliveries.extend(take(subscriber, 40).await);
         }
         // Group c keeps its deliveries of the first half: those messages stay, owed once.
         let kept: Vec<Delivery> = deliveries
@@ -1889,16 +1863,7 @@ mod tests {
             )
             .await
             .expect("publish");
-            let mut deliveries = Vec::new();
-            for _ in 0..8 {
-                deliveries.push(
-                    tokio::time::timeout(Duration::from_secs(10), subscriber.next())
-                        .await
-                        .expect("delivered")
-                        .expect("a delivery")
-                        .expect("no error"),
-                );
-            }
+            let deliveries = take(&mut subscriber, 8).await;
             // Polled in this order, the acknowledgements are queued before the count.
             let (acked, depth) = tokio::join!(
                 futures::future::try_join_all(deliveries.into_iter().map(Delivery::ack)),

@@ -26,6 +26,25 @@ use contracts::blog::{BlogEvent, Envelope};
 use sqlx::{Any, Row, Transaction};
 use storage::{Database, Dialect, Migration, Statements, StorageError};
 
+/// What recording an event reads, in one row: seen before (as appended or parked), its
+/// cause in the log, events parked waiting for it — 1 or 0 each. Binds: the message id
+/// twice, the key it needs, the key it provides.
+macro_rules! facts {
+    () => {
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
+             OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
+         CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
+         CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
+    };
+}
+
+/// An integer column, whichever width the dialect gives it (PostgreSQL's are 32-bit
+/// for small expressions).
+fn integer(row: &sqlx::any::AnyRow, column: usize) -> Result<i64, sqlx::Error> {
+    row.try_get::<i64, _>(column)
+        .or_else(|_| row.try_get::<i32, _>(column).map(i64::from))
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration::portable(
         1,
@@ -169,21 +188,15 @@ impl EventLog {
         // in one request to its thread; a server takes them one after the other.
         let (needs, provides) = causality(envelope);
         let facts = sqlx::query(self.db.sql(match self.db.dialect() {
-            Dialect::Sqlite => {
-                "UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1; \
-                 SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
-                     OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
-                 CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
-                 CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
-            }
+            Dialect::Sqlite => concat!(
+                "UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1; ",
+                facts!()
+            ),
             Dialect::Postgres | Dialect::MySql => {
                 sqlx::query("UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1")
                     .execute(&mut **tx)
                     .await?;
-                "SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
-                     OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
-                 CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
-                 CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
+                facts!()
             }
         }))
         .bind(message_id)
@@ -196,12 +209,7 @@ impl EventLog {
         .await?
         .pop()
         .ok_or(sqlx::Error::RowNotFound)?;
-        let flag = |i: usize| -> Result<bool, sqlx::Error> {
-            Ok(facts
-                .try_get::<i64, _>(i)
-                .or_else(|_| facts.try_get::<i32, _>(i).map(i64::from))?
-                != 0)
-        };
+        let flag = |i: usize| integer(&facts, i).map(|n| n != 0);
         let (seen, caused, waited_for) = (flag(0)?, flag(1)?, flag(2)?);
         if seen {
             return Ok(Recorded::Duplicate);
@@ -235,6 +243,7 @@ impl EventLog {
         Ok(Recorded::Appended { released })
     }
 
+    /// Appends the parked events waiting for `provided`, then those waiting for them.
     async fn release(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -298,9 +307,7 @@ impl EventLog {
                 break;
             }
             // PostgreSQL's LENGTH is an INTEGER, SQLite's and MySQL's a BIGINT.
-            let size = row
-                .try_get::<i64, _>(1)
-                .or_else(|_| row.try_get::<i32, _>(1).map(i64::from))?;
+            let size = integer(row, 1)?;
             chars = chars.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
             count += 1;
             last = Some(row.try_get::<i64, _>(0)?);
