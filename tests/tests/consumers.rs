@@ -597,3 +597,125 @@ async fn every_consumer_applies_once_and_acks_only_with_its_inbox_record_on_post
     };
     on(Some(server)).await;
 }
+
+/// The event log's consumer ([`Handler::batched`]) records what arrives at once in
+/// batches — one lock-row update for many deliveries — each message once, in causal
+/// order though every comment is published before its post; a message applied before
+/// it is delivered is a duplicate and the others of its batch are still recorded.
+async fn log_burst(server: Option<String>) {
+    let mut backend = Backend::new(server).await;
+    let db = backend
+        .database("event-bus", event_bus::log::MIGRATIONS)
+        .await;
+    let log = event_bus::log::EventLog::new(db.clone());
+    let runner = Arc::new(Runner::new(
+        Store::database(&db).await.expect("store"),
+        event_bus::LogEvents { log: log.clone() },
+    ));
+    let scalar = async |sql: &'static str| -> i64 {
+        let row = sqlx::query(sql).fetch_one(db.pool()).await.expect(sql);
+        row.try_get::<i64, _>(0)
+            .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+            .expect(sql)
+    };
+    let burst = |from: usize, to: usize| -> Vec<Message> {
+        (from..to)
+            .flat_map(|i| {
+                let post = format!("p{i}");
+                [
+                    Message::from(&BlogEvent::CommentCreated(CommentCreated {
+                        id: format!("c{i}"),
+                        post_id: post.clone(),
+                        content: "hello".into(),
+                        status: CommentStatus::Pending,
+                    })),
+                    Message::from(&BlogEvent::PostCreated(PostCreated {
+                        id: post,
+                        title: "t".into(),
+                    })),
+                ]
+            })
+            .collect()
+    };
+    let recorded = async |count: i64| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (logged, inbox) = (
+                scalar("SELECT COUNT(*) FROM event_log").await,
+                scalar("SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'event-bus'").await,
+            );
+            if logged == count && inbox == count {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{logged} logged and {inbox} in the inbox of {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+
+    // A burst of 200 deliveries, published in one transaction once the consumer has
+    // bound its group (until then the bus refuses them as unroutable).
+    let _health = runner.clone().serve(
+        backend.bus.clone(),
+        &backend.tasks,
+        backend.shutdown.clone(),
+    );
+    let first = burst(0, 100);
+    let locks_before = scalar("SELECT appends FROM event_log_writer").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(error) = backend.bus.publish_all(first.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    recorded(200).await;
+    let locks = scalar("SELECT appends FROM event_log_writer").await - locks_before;
+    assert!(
+        locks < 100,
+        "200 deliveries took the lock {locks} times: not batched"
+    );
+
+    // Then one applied before it is delivered, among new ones.
+    let mut second = burst(100, 110);
+    let early = second[1].clone();
+    assert_eq!(runner.handle(&early, FIRST).await, Ok(Handled::Applied));
+    second.push(early.clone());
+    backend.bus.publish_all(second).await.expect("publish");
+    recorded(220).await;
+
+    assert_eq!(log.parked().await.expect("parked"), 0);
+    let page = log.read_page(0, 1000, 1 << 20).await.expect("page");
+    let mut posts = std::collections::HashMap::new();
+    for event in &page.events {
+        match event.event_type.as_str() {
+            "PostCreated" => {
+                posts.insert(event.data["id"].as_str().expect("id").to_owned(), event.seq);
+            }
+            _ => {
+                let post = event.data["postId"].as_str().expect("postId");
+                assert!(
+                    posts.contains_key(post),
+                    "comment {} (seq {}) before its post",
+                    event.data["id"],
+                    event.seq
+                );
+            }
+        }
+    }
+    assert_eq!(posts.len(), 110, "every post once");
+    backend.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_log_records_a_burst_in_batches_once_each_on_sqlite() {
+    log_burst(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_log_records_a_burst_in_batches_once_each_on_postgres() {
+    let Some(server) = test_support::real_server_url("FLOTILLA_TEST_POSTGRES_URL") else {
+        return;
+    };
+    log_burst(Some(server)).await;
+}

@@ -206,6 +206,34 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// Whether the runner may apply several deliveries in one write
+    /// ([`apply_batch`](Self::apply_batch)): for a handler whose writes are serial anyway
+    /// (the blog's event log takes a lock row), so one read and one request serve all
+    /// the deliveries that queued up meanwhile instead of a turn each. Deliveries from
+    /// the bus only; pushed ones ([`Runner::push`]) go one by one.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Applies `events` in order in `tx`, as [`apply_with_last`](Self::apply_with_last)
+    /// would one after the other (by default, exactly that); returns the messages each
+    /// causes, in the same order. If it fails, or the write does, nothing of the batch is
+    /// kept and each delivery is applied alone.
+    fn apply_batch(
+        &self,
+        tx: &mut Tx,
+        last: &mut Statements,
+        events: &[(&Self::Event, &Delivered)],
+    ) -> impl Future<Output = Result<Vec<Vec<Message>>, Self::Error>> + Send {
+        async move {
+            let mut caused = Vec::with_capacity(events.len());
+            for (event, delivered) in events {
+                caused.push(self.apply_with_last(tx, last, event, delivered).await?);
+            }
+            Ok(caused)
+        }
+    }
+
     /// After the commit of a message applied for the first time (not a duplicate).
     fn after_commit(&self, _event: Self::Event) -> impl Future<Output = ()> + Send {
         async {}
@@ -324,10 +352,24 @@ impl<H: Handler> Runner<H> {
             Consumer::new(bus, self.handler.subscription()).concurrency(self.handler.concurrency());
         let health = consumer.health();
         let group = self.group.clone();
+        // A handler that applies deliveries in batches gets the task that gathers them.
+        let batches = (self.handler.batched()
+            && matches!(self.store.kind, StoreKind::Database { .. }))
+        .then(|| {
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            tasks.spawn(self.clone().apply_batches(receiver));
+            sender
+        });
         let runner = self;
         let task = consumer.run_attempts(shutdown, move |message, attempt| {
             let runner = runner.clone();
-            async move { runner.handle(&message, attempt).await.map(|_| ()) }
+            let batches = batches.clone();
+            async move {
+                runner
+                    .handle_via(&message, attempt, batches.as_ref())
+                    .await
+                    .map(|_| ())
+            }
         });
         tasks.spawn(async move {
             if let Err(error) = task.await {
@@ -340,8 +382,18 @@ impl<H: Handler> Runner<H> {
     /// Handles one message as delivered for the `attempt`-th time; `Err` says how to
     /// settle it. The bus's deliveries and pushed events both come through here.
     pub async fn handle(&self, message: &Message, attempt: Attempt) -> Result<Handled, Nack> {
+        self.handle_via(message, attempt, None).await
+    }
+
+    /// [`handle`](Self::handle), through the batches of [`apply_batches`] when given.
+    async fn handle_via(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        batches: Option<&BatchQueue<H::Event>>,
+    ) -> Result<Handled, Nack> {
         let started = std::time::Instant::now();
-        let outcome = self.handle_timed(message, attempt).await;
+        let outcome = self.handle_timed(message, attempt, batches).await;
         let label = match &outcome {
             Ok(Handled::Applied) => "applied",
             Ok(Handled::Duplicate) => "duplicate",
@@ -362,7 +414,12 @@ impl<H: Handler> Runner<H> {
         self.handle(message, Attempt { number: 1, max: 1 }).await
     }
 
-    async fn handle_timed(&self, message: &Message, attempt: Attempt) -> Result<Handled, Nack> {
+    async fn handle_timed(
+        &self,
+        message: &Message,
+        attempt: Attempt,
+        batches: Option<&BatchQueue<H::Event>>,
+    ) -> Result<Handled, Nack> {
         let event = self.handler.decode(message).map_err(Nack::Reject)?;
         let delivered = Delivered {
             message_id: message.id.clone(),
@@ -372,11 +429,32 @@ impl<H: Handler> Runner<H> {
         if attempt.is_exhausted() {
             return self.settle_exhausted(event, &delivered).await;
         }
-        let caused = self
+        let mut caused = self
             .handler
             .effect(&event, &delivered)
             .await
             .map_err(nack)?;
+        let mut event = event;
+        if let Some(batches) = batches {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let queued = Queued {
+                event,
+                delivered: delivered.clone(),
+                caused,
+                reply,
+            };
+            (event, caused) = match batches.send(queued) {
+                Err(tokio::sync::mpsc::error::SendError(queued)) => (queued.event, queued.caused),
+                Ok(()) => match answer.await {
+                    Ok(Batched::Applied(event)) => {
+                        self.handler.after_commit(event).await;
+                        return Ok(Handled::Applied);
+                    }
+                    Ok(Batched::Alone(event, caused)) => (event, caused),
+                    Err(_) => return Err(transient("the batch it was in stopped")),
+                },
+            };
+        }
         match &self.store.kind {
             StoreKind::Keyed(bus) => {
                 publish(bus.as_ref(), caused).await?;
@@ -483,6 +561,109 @@ impl<H: Handler> Runner<H> {
         Ok(Handled::Applied)
     }
 
+    /// Applies the deliveries queued by [`handle_via`](Self::handle_via) in batches: one
+    /// write for every delivery that queued up while the last batch was applied (at most
+    /// [`MOST_PER_BATCH`]): their inbox records, the handler's
+    /// [`apply_batch`](Handler::apply_batch) and their caused messages, sent with the
+    /// write's end in one request; the next batch is what queued up until that commit
+    /// was durable. If anything of a batch fails — a duplicate's
+    /// inbox record, the handler, the commit — it is undone whole and each of its
+    /// deliveries is applied alone, which tells a duplicate from a failure.
+    async fn apply_batches(
+        self: Arc<Self>,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued<H::Event>>,
+    ) {
+        let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
+            return;
+        };
+        while let Some(first) = queue.recv().await {
+            let write = db.write().await;
+            let mut entries = vec![first];
+            while entries.len() < MOST_PER_BATCH {
+                match queue.try_recv() {
+                    Ok(entry) => entries.push(entry),
+                    Err(_) => break,
+                }
+            }
+            let mut write = match write {
+                Ok(write) => write,
+                Err(error) => {
+                    tracing::debug!(group = %self.group, %error, "no batch; each delivery alone");
+                    alone(entries);
+                    continue;
+                }
+            };
+            let mut last = db.statements();
+            for entry in &entries {
+                inbox.stage(&mut last, &self.group, &entry.delivered.message_id);
+            }
+            let applied = match write.tx() {
+                Ok(tx) => {
+                    let events: Vec<(&H::Event, &Delivered)> = entries
+                        .iter()
+                        .map(|entry| (&entry.event, &entry.delivered))
+                        .collect();
+                    self.handler
+                        .apply_batch(tx, &mut last, &events)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let staged = applied.and_then(|caused| {
+                if caused.len() != entries.len() {
+                    return Err("the handler answered for another number of events".to_owned());
+                }
+                let mut all = Vec::new();
+                for (entry, caused) in entries.iter_mut().zip(caused) {
+                    entry.caused.extend(caused);
+                    all.extend(entry.caused.iter().cloned());
+                }
+                if !all.is_empty() {
+                    let outbox = outbox.as_ref().ok_or_else(|| {
+                        format!(
+                            "consumer group {} has no outbox for the messages it causes",
+                            self.group
+                        )
+                    })?;
+                    for message in &all {
+                        outbox
+                            .stage(&mut last, message.clone())
+                            .map_err(|error| error.to_string())?;
+                    }
+                }
+                Ok(all)
+            });
+            let caused = match staged {
+                Ok(caused) => caused,
+                Err(error) => {
+                    tracing::debug!(group = %self.group, %error, deliveries = entries.len(),
+                        "a batch failed; each delivery alone");
+                    let _ = write.rollback().await;
+                    alone(entries);
+                    continue;
+                }
+            };
+            match write.commit_with(last).await {
+                Ok(()) => {
+                    if let Some(outbox) = outbox
+                        && !caused.is_empty()
+                    {
+                        outbox.committed_with(caused);
+                    }
+                    for entry in entries {
+                        let _ = entry.reply.send(Batched::Applied(entry.event));
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(group = %self.group, %error, deliveries = entries.len(),
+                        "a batch's write failed; each delivery alone");
+                    alone(entries);
+                }
+            }
+        }
+    }
+
     /// After a failed write (undone whole): a duplicate if the inbox holds the message
     /// — applied by an earlier delivery — else `failure`.
     async fn duplicate_or(&self, delivered: &Delivered, failure: Nack) -> Result<Handled, Nack> {
@@ -534,6 +715,35 @@ impl<H: Handler> Runner<H> {
             }
             StoreKind::Database { .. } => self.commit(&event, delivered, caused, false).await,
         }
+    }
+}
+
+/// Deliveries a batch applies at most ([`Handler::apply_batch`]).
+pub const MOST_PER_BATCH: usize = 64;
+
+/// Where a delivery goes to be applied in a batch.
+type BatchQueue<E> = tokio::sync::mpsc::UnboundedSender<Queued<E>>;
+
+/// A delivery waiting for its batch, with the messages its effect caused.
+struct Queued<E> {
+    event: E,
+    delivered: Delivered,
+    caused: Vec<Message>,
+    reply: tokio::sync::oneshot::Sender<Batched<E>>,
+}
+
+/// How a delivery's batch ended.
+enum Batched<E> {
+    /// Applied and durable.
+    Applied(E),
+    /// Not applied: apply it alone (with the messages its effect caused).
+    Alone(E, Vec<Message>),
+}
+
+/// Sends each of `entries` back to be applied alone.
+fn alone<E>(entries: Vec<Queued<E>>) {
+    for entry in entries {
+        let _ = entry.reply.send(Batched::Alone(entry.event, entry.caused));
     }
 }
 

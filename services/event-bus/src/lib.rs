@@ -148,17 +148,47 @@ impl bus::Handler for LogEvents {
         envelope: &Envelope,
         delivered: &bus::Delivered,
     ) -> Result<Vec<bus::Message>, bus::HandlerError> {
-        let message = &delivered.message_id;
-        match self.log.record(tx, last, message, envelope).await? {
-            Recorded::Parked => {
-                tracing::debug!(%message, "event parked until its cause is in the log");
-            }
-            Recorded::Appended { released } if released > 0 => {
-                tracing::debug!(%message, released, "parked events released");
-            }
-            Recorded::Appended { .. } | Recorded::Duplicate => {}
-        }
+        let recorded = self
+            .log
+            .record(tx, last, &delivered.message_id, envelope)
+            .await?;
+        trace(&delivered.message_id, recorded);
         Ok(Vec::new())
+    }
+
+    /// Appends are serial (the lock row), so the deliveries that queue up meanwhile are
+    /// recorded together: one read and one request for all of them.
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut bus::Tx,
+        last: &mut bus::Statements,
+        events: &[(&Envelope, &bus::Delivered)],
+    ) -> Result<Vec<Vec<bus::Message>>, bus::HandlerError> {
+        let batch: Vec<(&str, &Envelope)> = events
+            .iter()
+            .map(|(envelope, delivered)| (delivered.message_id.as_str(), *envelope))
+            .collect();
+        let recorded = self.log.record_batch(tx, last, &batch).await?;
+        for ((message, _), recorded) in batch.iter().zip(recorded) {
+            trace(message, recorded);
+        }
+        Ok(vec![Vec::new(); events.len()])
+    }
+}
+
+fn trace(message: &str, recorded: Recorded) {
+    match recorded {
+        Recorded::Parked => {
+            tracing::debug!(%message, "event parked until its cause is in the log");
+        }
+        Recorded::Appended { released } if released > 0 => {
+            tracing::debug!(%message, released, "parked events released");
+        }
+        Recorded::Appended { .. } | Recorded::Duplicate => {}
     }
 }
 

@@ -20,23 +20,11 @@
 //! dialect, so sequence numbers are dense and increase in commit order: a reader paging
 //! with `?after=SEQ` never skips an event that commits later with a smaller number.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use contracts::blog::{BlogEvent, Envelope};
 use sqlx::{Any, Row, Transaction};
 use storage::{Database, Dialect, Migration, Statements, StorageError};
-
-/// What recording an event reads, in one row: seen before (as appended or parked), its
-/// cause in the log, events parked waiting for it — 1 or 0 each. Binds: the message id
-/// twice, the key it needs, the key it provides.
-macro_rules! facts {
-    () => {
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE message_id = ?) \
-             OR EXISTS (SELECT 1 FROM event_log_parked WHERE message_id = ?) THEN 1 ELSE 0 END, \
-         CASE WHEN EXISTS (SELECT 1 FROM event_log WHERE provides = ?) THEN 1 ELSE 0 END, \
-         CASE WHEN EXISTS (SELECT 1 FROM event_log_parked WHERE waits_for = ?) THEN 1 ELSE 0 END"
-    };
-}
 
 /// An integer column, whichever width the dialect gives it (PostgreSQL's are 32-bit
 /// for small expressions).
@@ -155,6 +143,21 @@ fn causality(envelope: &Envelope) -> (Option<String>, Option<String>) {
     }
 }
 
+/// What a batch's recording knows, from its read and from the events before.
+#[derive(Debug, Default)]
+struct Known {
+    /// Message ids appended or parked.
+    seen: HashSet<String>,
+    /// Keys in the log.
+    provided: HashSet<String>,
+    /// Keys that events parked before this batch wait for.
+    waited_for: HashSet<String>,
+    /// Events parked in this batch, by the key they wait for (their index).
+    parked_here: HashMap<String, Vec<usize>>,
+    /// Events parked before this batch that it appended.
+    released: HashSet<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventLog {
     db: Database,
@@ -179,100 +182,210 @@ impl EventLog {
         message_id: &str,
         envelope: &Envelope,
     ) -> Result<Recorded, StorageError> {
+        let recorded = self
+            .record_batch(tx, last, &[(message_id, envelope)])
+            .await?;
+        Ok(recorded.into_iter().next().unwrap_or(Recorded::Duplicate))
+    }
+
+    /// Records `events` (message id, event) in order, as [`record`](Self::record) would
+    /// one after the other, with one read for all of them: the consumer's batches
+    /// ([`bus::Handler::apply_batch`]). What an event of the batch provides counts for
+    /// the events after it, and one parked in the batch is released by a later one.
+    pub async fn record_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        last: &mut Statements,
+        events: &[(&str, &Envelope)],
+    ) -> Result<Vec<Recorded>, StorageError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let causes: Vec<(Option<String>, Option<String>)> = events
+            .iter()
+            .map(|(_, envelope)| causality(envelope))
+            .collect();
+        let mut known = self.facts(tx, events, &causes).await?;
+        let mut recorded = Vec::with_capacity(events.len());
+        for (index, ((message_id, envelope), (needs, provides))) in
+            events.iter().zip(&causes).enumerate()
+        {
+            if !known.seen.insert((*message_id).to_owned()) {
+                recorded.push(Recorded::Duplicate);
+                continue;
+            }
+            let data = envelope.data.to_string();
+            if let Some(needs) = needs
+                && !known.provided.contains(needs)
+            {
+                last.push(
+                    "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind((*message_id).to_owned())
+                .bind(needs.clone())
+                .bind(envelope.event_type.clone())
+                .bind(data)
+                .bind(unix_millis());
+                known
+                    .parked_here
+                    .entry(needs.clone())
+                    .or_default()
+                    .push(index);
+                recorded.push(Recorded::Parked);
+                continue;
+            }
+            append(
+                last,
+                message_id,
+                &envelope.event_type,
+                &data,
+                provides.as_deref(),
+            );
+            let released = match provides {
+                Some(key) => {
+                    self.release(tx, last, key, events, &causes, &mut known)
+                        .await?
+                }
+                None => 0,
+            };
+            recorded.push(Recorded::Appended { released });
+        }
+        Ok(recorded)
+    }
+
+    /// Takes the writer lock, then reads in one query what recording `events` needs to
+    /// know: which were seen before (appended or parked), which of their causes are in
+    /// the log, and which keys they provide have parked events waiting. On SQLite the
+    /// lock and the read go in one request to its thread; a server takes them one after
+    /// the other. Each list is as long as the batch, rounded up to a power of two (the
+    /// first entry repeated), so a few statement texts serve every batch size.
+    async fn facts(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[(&str, &Envelope)],
+        causes: &[(Option<String>, Option<String>)],
+    ) -> Result<Known, StorageError> {
         // Recording is serial: every transaction first writes the one row of
         // `event_log_writer`, which takes SQLite's write lock (so the reads below are not
         // of a stale snapshot) and a row lock on PostgreSQL and MySQL (so an event parked
         // by one transaction cannot be missed by another that appends its cause).
-        // Then one read answers everything the common case needs: seen before, its
-        // cause in the log, events waiting for it. On SQLite the lock and the read go
-        // in one request to its thread; a server takes them one after the other.
-        let (needs, provides) = causality(envelope);
-        let facts = sqlx::query(self.db.sql(match self.db.dialect() {
-            Dialect::Sqlite => concat!(
-                "UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1; ",
-                facts!()
-            ),
+        const LOCK: &str = "UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1";
+        let width = events.len().next_power_of_two();
+        let list = vec!["?"; width].join(", ");
+        let read = format!(
+            "SELECT 0, message_id FROM event_log WHERE message_id IN ({list}) \
+             UNION ALL SELECT 0, message_id FROM event_log_parked WHERE message_id IN ({list}) \
+             UNION ALL SELECT 1, provides FROM event_log WHERE provides IN ({list}) \
+             UNION ALL SELECT 2, waits_for FROM event_log_parked WHERE waits_for IN ({list}) GROUP BY waits_for"
+        );
+        let sql = match self.db.dialect() {
+            Dialect::Sqlite => format!("{LOCK}; {read}"),
             Dialect::Postgres | Dialect::MySql => {
-                sqlx::query("UPDATE event_log_writer SET appends = appends + 1 WHERE id = 1")
-                    .execute(&mut **tx)
-                    .await?;
-                facts!()
+                sqlx::query(LOCK).execute(&mut **tx).await?;
+                read
             }
-        }))
-        .bind(message_id)
-        .bind(message_id)
-        .bind(needs.as_deref())
-        .bind(provides.as_deref())
+        };
+        // Padding: a key no event has (keys are `post:…`, `comment:…`, `moderated:…`).
+        let padded = |values: Vec<&str>| -> Vec<String> {
+            let first = values.first().copied().unwrap_or("");
+            (0..width)
+                .map(|i| values.get(i).copied().unwrap_or(first).to_owned())
+                .collect()
+        };
+        let ids = padded(events.iter().map(|(id, _)| *id).collect());
+        let needs = padded(
+            causes
+                .iter()
+                .map(|(n, _)| n.as_deref().unwrap_or(""))
+                .collect(),
+        );
+        let provides = padded(
+            causes
+                .iter()
+                .map(|(_, p)| p.as_deref().unwrap_or(""))
+                .collect(),
+        );
+        let mut query = sqlx::query(self.db.sql(sql));
+        for list in [&ids, &ids, &needs, &provides] {
+            for value in list {
+                query = query.bind(value.clone());
+            }
+        }
         // All rows: sqlx's first row of a request of several statements is not looked
         // for past the first statement.
-        .fetch_all(&mut **tx)
-        .await?
-        .pop()
-        .ok_or(sqlx::Error::RowNotFound)?;
-        let flag = |i: usize| integer(&facts, i).map(|n| n != 0);
-        let (seen, caused, waited_for) = (flag(0)?, flag(1)?, flag(2)?);
-        if seen {
-            return Ok(Recorded::Duplicate);
+        let rows = query.fetch_all(&mut **tx).await?;
+        let mut known = Known::default();
+        for row in rows {
+            let key: Option<String> = row.try_get(1)?;
+            let Some(key) = key else { continue };
+            match integer(&row, 0)? {
+                0 => known.seen.insert(key),
+                1 => known.provided.insert(key),
+                _ => known.waited_for.insert(key),
+            };
         }
-        let data = envelope.data.to_string();
-        if let Some(needs) = needs
-            && !caused
-        {
-            last.push(
-                "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(message_id.to_owned())
-            .bind(needs)
-            .bind(envelope.event_type.clone())
-            .bind(data)
-            .bind(unix_millis());
-            return Ok(Recorded::Parked);
-        }
-        append(
-            last,
-            message_id,
-            &envelope.event_type,
-            &data,
-            provides.as_deref(),
-        );
-        let released = if waited_for {
-            self.release(tx, last, provides).await?
-        } else {
-            0
-        };
-        Ok(Recorded::Appended { released })
+        Ok(known)
     }
 
-    /// Appends the parked events waiting for `provided`, then those waiting for them.
+    /// Appends the events waiting for `provided` — parked before this batch or in it —
+    /// then those waiting for them, and so on.
     async fn release(
         &self,
         tx: &mut Transaction<'static, Any>,
         last: &mut Statements,
-        provided: Option<String>,
+        provided: &str,
+        events: &[(&str, &Envelope)],
+        causes: &[(Option<String>, Option<String>)],
+        known: &mut Known,
     ) -> Result<usize, StorageError> {
         let mut released = 0;
-        let mut keys: VecDeque<String> = provided.into_iter().collect();
-        while let Some(key) = keys.pop_front() {
-            let rows = sqlx::query(self.db.sql(
-                "SELECT message_id, event_type, data FROM event_log_parked WHERE waits_for = ? ORDER BY parked_at, message_id",
-            ))
-            .bind(&key)
-            .fetch_all(&mut **tx)
-            .await?;
-            for row in rows {
-                let message_id: String = row.try_get("message_id")?;
-                let event_type: String = row.try_get("event_type")?;
-                let data: String = row.try_get("data")?;
-                let envelope = Envelope {
-                    event_type: event_type.clone(),
-                    data: serde_json::from_str(&data).unwrap_or_default(),
-                };
-                let (_, provides) = causality(&envelope);
-                append(last, &message_id, &event_type, &data, provides.as_deref());
+        // The first key's waiters before this batch are known from the batch's read;
+        // the keys of events released after it are looked up.
+        let mut keys: VecDeque<(String, bool)> =
+            VecDeque::from([(provided.to_owned(), known.waited_for.contains(provided))]);
+        while let Some((key, look)) = keys.pop_front() {
+            known.provided.insert(key.clone());
+            if look {
+                let rows = sqlx::query(self.db.sql(
+                    "SELECT message_id, event_type, data FROM event_log_parked WHERE waits_for = ? ORDER BY parked_at, message_id",
+                ))
+                .bind(&key)
+                .fetch_all(&mut **tx)
+                .await?;
+                for row in rows {
+                    let message_id: String = row.try_get("message_id")?;
+                    if !known.released.insert(message_id.clone()) {
+                        continue;
+                    }
+                    let event_type: String = row.try_get("event_type")?;
+                    let data: String = row.try_get("data")?;
+                    let envelope = Envelope {
+                        event_type: event_type.clone(),
+                        data: serde_json::from_str(&data).unwrap_or_default(),
+                    };
+                    let (_, provides) = causality(&envelope);
+                    append(last, &message_id, &event_type, &data, provides.as_deref());
+                    last.push("DELETE FROM event_log_parked WHERE message_id = ?")
+                        .bind(message_id);
+                    released += 1;
+                    keys.extend(provides.map(|key| (key, true)));
+                }
+            }
+            // Parked by this batch: their rows are among the statements still to run.
+            for index in known.parked_here.remove(&key).unwrap_or_default() {
+                let (message_id, envelope) = events[index];
+                let provides = causes[index].1.clone();
+                append(
+                    last,
+                    message_id,
+                    &envelope.event_type,
+                    &envelope.data.to_string(),
+                    provides.as_deref(),
+                );
                 last.push("DELETE FROM event_log_parked WHERE message_id = ?")
-                    .bind(message_id);
+                    .bind(message_id.to_owned());
                 released += 1;
-                keys.extend(provides);
+                keys.extend(provides.map(|key| (key, true)));
             }
         }
         Ok(released)
@@ -373,7 +486,9 @@ fn append(
 
 #[cfg(test)]
 mod tests {
-    use contracts::blog::{CommentCreated, CommentStatus, PostCreated};
+    use contracts::blog::{
+        CommentCreated, CommentModerated, CommentStatus, CommentUpdated, PostCreated,
+    };
     use storage::scratch::ScratchDatabase;
 
     use super::*;
@@ -453,6 +568,128 @@ mod tests {
                 ],
                 "{}",
                 db.dialect()
+            );
+            db.close().await;
+            if let Some(scratch) = scratch {
+                scratch
+                    .drop_database()
+                    .await
+                    .expect("drop scratch database");
+            }
+        }
+    }
+    /// One batch recorded as its events would be one by one: an event parked in the
+    /// batch is released by a later one, an event parked before the batch by one of
+    /// the batch's (and what it releases in turn), a repeat inside the batch or of a
+    /// parked event is a duplicate, and the log comes out in causal order.
+    #[tokio::test]
+    async fn a_batch_records_in_causal_order_with_what_it_releases_on_every_backend() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut urls = vec![(
+            format!("sqlite://{}", dir.path().join("log.db").display()),
+            None,
+        )];
+        for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
+            if let Some(server) = test_kit::real_server_url(var) {
+                let scratch = ScratchDatabase::create(&server).await.expect("scratch");
+                urls.push((scratch.url().to_owned(), Some(scratch)));
+            }
+        }
+        let post = |id: &str| {
+            Envelope::from(&BlogEvent::PostCreated(PostCreated {
+                id: id.into(),
+                title: format!("post {id}"),
+            }))
+        };
+        let comment = CommentCreated {
+            id: "c1".into(),
+            post_id: "p1".into(),
+            content: "first".into(),
+            status: CommentStatus::Pending,
+        };
+        let moderated = Envelope::from(&BlogEvent::CommentModerated(CommentModerated {
+            id: "c1".into(),
+            post_id: "p1".into(),
+            status: CommentStatus::Approved,
+            content: "first".into(),
+        }));
+        let updated = Envelope::from(&BlogEvent::CommentUpdated(CommentUpdated {
+            id: "c1".into(),
+            status: CommentStatus::Approved,
+            post_id: "p1".into(),
+            content: "first".into(),
+        }));
+        let comment = Envelope::from(&BlogEvent::CommentCreated(comment));
+        let (p1, p2) = (post("p1"), post("p2"));
+        for (url, scratch) in urls {
+            let db = Database::connect(&url).await.expect("connect");
+            db.migrate("event-bus", MIGRATIONS).await.expect("migrate");
+            let log = EventLog::new(db.clone());
+            let record = async |events: &[(&str, &Envelope)]| {
+                let mut write = db.write().await.expect("write");
+                let mut last = db.statements();
+                let recorded = log
+                    .record_batch(write.tx().expect("tx"), &mut last, events)
+                    .await
+                    .expect("record");
+                write.commit_with(last).await.expect("commit");
+                recorded
+            };
+            // Before the batch: the moderation, parked for its comment.
+            assert_eq!(record(&[("m-mod", &moderated)]).await, [Recorded::Parked]);
+            let recorded = record(&[
+                ("m-upd", &updated),
+                ("m-c1", &comment),
+                ("m-p1", &p1),
+                ("m-p1", &p1),
+                ("m-mod", &moderated),
+                ("m-p2", &p2),
+            ])
+            .await;
+            assert_eq!(
+                recorded,
+                [
+                    Recorded::Parked,
+                    Recorded::Parked,
+                    Recorded::Appended { released: 3 },
+                    Recorded::Duplicate,
+                    Recorded::Duplicate,
+                    Recorded::Appended { released: 0 },
+                ],
+                "{}",
+                db.dialect()
+            );
+            let page = log.read_page(0, 10, 1 << 20).await.expect("page");
+            let order: Vec<(i64, &str)> = page
+                .events
+                .iter()
+                .map(|e| (e.seq, e.event_type.as_str()))
+                .collect();
+            assert_eq!(
+                order,
+                [
+                    (1, "PostCreated"),
+                    (2, "CommentCreated"),
+                    (3, "CommentModerated"),
+                    (4, "CommentUpdated"),
+                    (5, "PostCreated"),
+                ],
+                "{}",
+                db.dialect()
+            );
+            assert_eq!(log.parked().await.expect("parked"), 0, "{}", db.dialect());
+            // A batch of repeats only: nothing more.
+            assert_eq!(
+                record(&[("m-c1", &comment), ("m-p2", &p2)]).await,
+                [Recorded::Duplicate, Recorded::Duplicate]
+            );
+            assert_eq!(
+                log.read_page(0, 10, 1 << 20)
+                    .await
+                    .expect("page")
+                    .events
+                    .len(),
+                5
             );
             db.close().await;
             if let Some(scratch) = scratch {
