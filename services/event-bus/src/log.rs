@@ -493,11 +493,18 @@ mod tests {
 
     use super::*;
 
-    /// A comment recorded before its post waits, parked, and is appended right after the
-    /// post; the sequence numbers stay dense and a repeat is a duplicate — with the
-    /// writes run as the consumer runs them, after the reads, with the write's end.
-    #[tokio::test]
-    async fn a_comment_before_its_post_waits_and_follows_it_on_every_backend() {
+    /// The log's sequence numbers and event types, in order.
+    async fn order(log: &EventLog) -> Vec<String> {
+        let page = log.read_page(0, 10, 1 << 20).await.expect("page");
+        page.events
+            .into_iter()
+            .map(|e| format!("{} {}", e.seq, e.event_type))
+            .collect()
+    }
+
+    /// Runs `test` on a fresh log in SQLite, and in PostgreSQL and MySQL where the
+    /// environment names their servers.
+    async fn on_every_backend(test: impl AsyncFn(&Database, &EventLog)) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut urls = vec![(
             format!("sqlite://{}", dir.path().join("log.db").display()),
@@ -512,7 +519,23 @@ mod tests {
         for (url, scratch) in urls {
             let db = Database::connect(&url).await.expect("connect");
             db.migrate("event-bus", MIGRATIONS).await.expect("migrate");
-            let log = EventLog::new(db.clone());
+            test(&db, &EventLog::new(db.clone())).await;
+            db.close().await;
+            if let Some(scratch) = scratch {
+                scratch
+                    .drop_database()
+                    .await
+                    .expect("drop scratch database");
+            }
+        }
+    }
+
+    /// A comment recorded before its post waits, parked, and is appended right after the
+    /// post; the sequence numbers stay dense and a repeat is a duplicate — with the
+    /// writes run as the consumer runs them, after the reads, with the write's end.
+    #[tokio::test]
+    async fn a_comment_before_its_post_waits_and_follows_it_on_every_backend() {
+        on_every_backend(async |db, log| {
             let record = async |id: &str, event: &BlogEvent| {
                 let mut write = db.write().await.expect("write");
                 let mut last = db.statements();
@@ -546,37 +569,26 @@ mod tests {
                 record("m0", &other).await,
                 Recorded::Appended { released: 0 }
             );
-            assert_eq!(record("m2", &comment).await, Recorded::Parked, "{url}");
+            assert_eq!(
+                record("m2", &comment).await,
+                Recorded::Parked,
+                "{}",
+                db.dialect()
+            );
             assert_eq!(record("m2", &comment).await, Recorded::Duplicate);
             assert_eq!(
                 record("m1", &post).await,
                 Recorded::Appended { released: 1 }
             );
             assert_eq!(record("m1", &post).await, Recorded::Duplicate);
-            let page = log.read_page(0, 10, 1 << 20).await.expect("page");
-            let order: Vec<(i64, &str)> = page
-                .events
-                .iter()
-                .map(|e| (e.seq, e.event_type.as_str()))
-                .collect();
             assert_eq!(
-                order,
-                [
-                    (1, "PostCreated"),
-                    (2, "PostCreated"),
-                    (3, "CommentCreated")
-                ],
+                order(log).await,
+                ["1 PostCreated", "2 PostCreated", "3 CommentCreated"],
                 "{}",
                 db.dialect()
             );
-            db.close().await;
-            if let Some(scratch) = scratch {
-                scratch
-                    .drop_database()
-                    .await
-                    .expect("drop scratch database");
-            }
-        }
+        })
+        .await;
     }
     /// One batch recorded as its events would be one by one: an event parked in the
     /// batch is released by a later one, an event parked before the batch by one of
@@ -584,17 +596,6 @@ mod tests {
     /// parked event is a duplicate, and the log comes out in causal order.
     #[tokio::test]
     async fn a_batch_records_in_causal_order_with_what_it_releases_on_every_backend() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut urls = vec![(
-            format!("sqlite://{}", dir.path().join("log.db").display()),
-            None,
-        )];
-        for var in ["FLOTILLA_TEST_POSTGRES_URL", "FLOTILLA_TEST_MYSQL_URL"] {
-            if let Some(server) = test_kit::real_server_url(var) {
-                let scratch = ScratchDatabase::create(&server).await.expect("scratch");
-                urls.push((scratch.url().to_owned(), Some(scratch)));
-            }
-        }
         let post = |id: &str| {
             Envelope::from(&BlogEvent::PostCreated(PostCreated {
                 id: id.into(),
@@ -621,10 +622,7 @@ mod tests {
         }));
         let comment = Envelope::from(&BlogEvent::CommentCreated(comment));
         let (p1, p2) = (post("p1"), post("p2"));
-        for (url, scratch) in urls {
-            let db = Database::connect(&url).await.expect("connect");
-            db.migrate("event-bus", MIGRATIONS).await.expect("migrate");
-            let log = EventLog::new(db.clone());
+        on_every_backend(async |db, log| {
             let record = async |events: &[(&str, &Envelope)]| {
                 let mut write = db.write().await.expect("write");
                 let mut last = db.statements();
@@ -659,20 +657,14 @@ mod tests {
                 "{}",
                 db.dialect()
             );
-            let page = log.read_page(0, 10, 1 << 20).await.expect("page");
-            let order: Vec<(i64, &str)> = page
-                .events
-                .iter()
-                .map(|e| (e.seq, e.event_type.as_str()))
-                .collect();
             assert_eq!(
-                order,
+                order(log).await,
                 [
-                    (1, "PostCreated"),
-                    (2, "CommentCreated"),
-                    (3, "CommentModerated"),
-                    (4, "CommentUpdated"),
-                    (5, "PostCreated"),
+                    "1 PostCreated",
+                    "2 CommentCreated",
+                    "3 CommentModerated",
+                    "4 CommentUpdated",
+                    "5 PostCreated",
                 ],
                 "{}",
                 db.dialect()
@@ -691,13 +683,7 @@ mod tests {
                     .len(),
                 5
             );
-            db.close().await;
-            if let Some(scratch) = scratch {
-                scratch
-                    .drop_database()
-                    .await
-                    .expect("drop scratch database");
-            }
-        }
+        })
+        .await;
     }
 }
