@@ -206,6 +206,7 @@ impl<'a> Table<'a> {
             .iter()
             .map(|route| ProxyRoute {
                 route: *route,
+                pattern: Pattern::new(route.pattern),
                 upstream: match self.upstreams.remote_stack(route.upstream) {
                     Some(stack) => Direct::Remote(stack),
                     None => Direct::Service(upstream_of(self.upstreams, route.upstream)),
@@ -270,6 +271,8 @@ impl std::fmt::Debug for Proxy {
 
 struct ProxyRoute {
     route: Route,
+    /// The route's pattern, split once (matching runs for every request).
+    pattern: Pattern<'static>,
     upstream: Direct,
 }
 
@@ -298,7 +301,7 @@ impl FastPath for Proxy {
         let method = request.method();
         self.routes
             .iter()
-            .position(|r| r.route.methods.allow(method) && matches(r.route.pattern, path))
+            .position(|r| r.route.methods.allow(method) && r.pattern.matches(path))
             .map(|index| MatchedRoute {
                 pattern: self.routes[index].route.pattern,
                 index,
@@ -306,11 +309,12 @@ impl FastPath for Proxy {
     }
 
     fn call(&self, matched: MatchedRoute, mut request: Request) -> BoxFuture<'static, Response> {
-        let Some(ProxyRoute { route, upstream }) = self.routes.get(matched.index) else {
+        let Some(row) = self.routes.get(matched.index) else {
             return Box::pin(std::future::ready(
                 Problem::not_found("no such route").into_response(),
             ));
         };
+        let (route, upstream) = (&row.route, &row.upstream);
         if !self.proxies.is_empty() {
             platform::forwarded::adopt_client(&mut request, &self.proxies);
         }
@@ -400,22 +404,54 @@ impl Methods {
 }
 
 /// Whether `path` matches `pattern`, whose `{name}` segments match one non-empty segment
-/// (as the router matches). Runs against every row per request: no allocation, and a
-/// pattern without parameters is one comparison.
+/// (as the router matches).
 fn matches(pattern: &str, path: &str) -> bool {
-    let Some(open) = pattern.find('{') else {
-        return pattern == path;
-    };
-    let Some(close) = pattern[open..].find('}').map(|i| open + i) else {
-        return false;
-    };
-    let (prefix, suffix) = (&pattern[..open], &pattern[close + 1..]);
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return false;
-    };
-    // The parameter runs to the next `/` (or the end); what follows must match too.
-    let end = rest.find('/').unwrap_or(rest.len());
-    end > 0 && matches(suffix, &rest[end..])
+    Pattern::new(pattern).matches(path)
+}
+
+/// A route pattern split at its first `{name}` segment, once, so that matching a path
+/// against it searches nothing in the pattern: it runs against every row per request,
+/// and a pattern without parameters is one comparison.
+#[derive(Debug, Clone, Copy)]
+enum Pattern<'a> {
+    /// No parameter: the path must be the pattern.
+    Literal(&'a str),
+    /// What comes before the first parameter, and the pattern after it.
+    Parameter { prefix: &'a str, suffix: &'a str },
+    /// A `{` without its `}`: matches nothing.
+    Unclosed,
+}
+
+impl<'a> Pattern<'a> {
+    fn new(pattern: &'a str) -> Self {
+        let Some(open) = pattern.find('{') else {
+            return Self::Literal(pattern);
+        };
+        match pattern[open..].find('}').map(|i| open + i) {
+            Some(close) => Self::Parameter {
+                prefix: &pattern[..open],
+                suffix: &pattern[close + 1..],
+            },
+            None => Self::Unclosed,
+        }
+    }
+
+    /// No allocation.
+    fn matches(&self, path: &str) -> bool {
+        match *self {
+            Self::Literal(pattern) => pattern == path,
+            Self::Parameter { prefix, suffix } => {
+                let Some(rest) = path.strip_prefix(prefix) else {
+                    return false;
+                };
+                // The parameter runs to the next `/` (or the end); what follows must
+                // match too.
+                let end = rest.find('/').unwrap_or(rest.len());
+                end > 0 && matches(suffix, &rest[end..])
+            }
+            Self::Unclosed => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +470,7 @@ mod tests {
         assert!(matches("/posts/{id}/comments", "/posts/p%201/comments"));
         assert!(!matches("/posts/{id}/comments", "/posts//comments"));
         assert!(matches("/.well-known/jwks.json", "/.well-known/jwks.json"));
+        assert!(!matches("/jobs/{id", "/jobs/{id"));
     }
 
     #[test]
