@@ -104,7 +104,7 @@ where
         let service = self.service;
         let metrics = self.metrics.clone();
 
-        let request_id = accept_or_make_request_id(&mut request);
+        let (request_id, echoed_id) = accept_or_make_request_id(&mut request);
         let incoming = request
             .headers()
             .get(&TRACEPARENT_HEADER)
@@ -151,7 +151,6 @@ where
         }
         let current = std::sync::Arc::from(traceparent.0.as_str());
         request.extensions_mut().insert(traceparent);
-        let echoed_id = request.headers().get(&REQUEST_ID_HEADER).cloned();
         let path_is_probe =
             is_probe(request.uri().path()) || request.headers().contains_key(ROUTINE_HEADER);
         let uri = request.uri().clone();
@@ -163,16 +162,16 @@ where
         Box::pin(async move {
             let Ok(mut response) = future.instrument(span.clone()).await;
             if crate::problem::is_error(&response) {
-                let id = echoed_id.as_ref().and_then(|id| id.to_str().ok());
+                let id = echoed_id.to_str().ok();
                 response = crate::problem::to_problem(response, id, &method, uri.path()).await;
             }
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
             let route_label = route.as_str();
             metrics.record(&method, route_label, status, elapsed);
-            if let Some(id) = echoed_id {
-                response.headers_mut().insert(REQUEST_ID_HEADER.clone(), id);
-            }
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER.clone(), echoed_id);
             if exporting {
                 record_outcome(&span, status);
             }
@@ -219,23 +218,21 @@ impl RouteLabel {
 }
 
 /// Keeps a well-formed incoming `x-request-id`, else makes one and sets the header (so an
-/// in-process or remote upstream reuses it).
-fn accept_or_make_request_id(request: &mut Request) -> RequestId {
-    if let Some(id) = request
-        .headers()
-        .get(&REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_acceptable_request_id(v))
+/// in-process or remote upstream reuses it). Returns the id and the request's
+/// `x-request-id` value after that, which the response echoes.
+fn accept_or_make_request_id(request: &mut Request) -> (RequestId, HeaderValue) {
+    if let Some(value) = request.headers().get(&REQUEST_ID_HEADER)
+        && let Some(id) = value.to_str().ok().filter(|v| is_acceptable_request_id(v))
     {
-        return RequestId(id.to_owned());
+        return (RequestId(id.to_owned()), value.clone());
     }
     let id = new_request_id();
     let header = HeaderValue::from_maybe_shared(Bytes::from(id.clone()))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     request
         .headers_mut()
-        .insert(REQUEST_ID_HEADER.clone(), header);
-    RequestId(id)
+        .insert(REQUEST_ID_HEADER.clone(), header.clone());
+    (RequestId(id), header)
 }
 
 /// A UUID v4 from a thread-local generator (unique, not secret; no system call).
