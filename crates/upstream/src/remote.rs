@@ -265,10 +265,11 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too (`keep-alive` and `close` are
-    // options, not names, and usually all there is).
+    // options, not names, and usually all there is: such a value is not split).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
+        .filter(|v| !is_connection_option(v))
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -285,6 +286,12 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether a `Connection` value is only the option `keep-alive` or `close`.
+fn is_connection_option(value: &HeaderValue) -> bool {
+    let value = value.as_bytes().trim_ascii();
+    value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
 }
 
 /// The client's address as a header value; IPv4 written directly (this runs per request).
@@ -424,6 +431,21 @@ mod tests {
             ("content-type", "text/plain"),
         ]);
         assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn connection_options_name_no_header() {
+        // `close` and `keep-alive` in `Connection` are options, in any case and spacing,
+        // not names of headers to remove.
+        for value in ["close", " Close ", "KEEP-ALIVE", "keep-alive, close"] {
+            let mut map = http::HeaderMap::new();
+            map.insert(header::CONNECTION, HeaderValue::from_static(value));
+            map.insert("close", HeaderValue::from_static("1"));
+            map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            strip_hop_by_hop(&mut map);
+            let left: Vec<_> = map.keys().map(ToString::to_string).collect();
+            assert_eq!(left, ["close"], "{value}");
+        }
     }
 
     #[test]
