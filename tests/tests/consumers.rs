@@ -688,16 +688,17 @@ async fn log_burst(server: Option<String>) {
     let page = log.read_page(0, 1000, 1 << 20).await.expect("page");
     let mut posts = std::collections::HashMap::new();
     for event in &page.events {
+        let data: serde_json::Value = serde_json::from_str(event.data.get()).expect("data");
         match event.event_type.as_str() {
             "PostCreated" => {
-                posts.insert(event.data["id"].as_str().expect("id").to_owned(), event.seq);
+                posts.insert(data["id"].as_str().expect("id").to_owned(), event.seq);
             }
             _ => {
-                let post = event.data["postId"].as_str().expect("postId");
+                let post = data["postId"].as_str().expect("postId");
                 assert!(
                     posts.contains_key(post),
                     "comment {} (seq {}) before its post",
-                    event.data["id"],
+                    data["id"],
                     event.seq
                 );
             }

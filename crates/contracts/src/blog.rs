@@ -116,6 +116,20 @@ pub struct CommentUpdated {
     pub content: String,
 }
 
+/// [`BlogEvent::message_id`] from an event's type, its `id` and (for a decision) its
+/// `status`, without decoding the rest of it: what a reader of the log needs to tell
+/// which events it has applied. `None` for a type that is not a blog event, or a decision
+/// without a status.
+pub fn message_id_of(event_type: &str, id: &str, status: Option<&str>) -> Option<String> {
+    match (event_type, status) {
+        (POST_CREATED | COMMENT_CREATED, _) => Some(format!("{event_type}:{id}")),
+        (COMMENT_MODERATED | COMMENT_UPDATED, Some(status)) => {
+            Some(format!("{event_type}:{id}:{status}"))
+        }
+        _ => None,
+    }
+}
+
 /// One blog event in its `{"type", "data"}` envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -142,16 +156,13 @@ impl BlogEvent {
     /// includes its status: a comment moderated again with another outcome is a new
     /// event, the same outcome twice is not.
     pub fn message_id(&self) -> String {
-        match self {
-            BlogEvent::PostCreated(e) => format!("{POST_CREATED}:{}", e.id),
-            BlogEvent::CommentCreated(e) => format!("{COMMENT_CREATED}:{}", e.id),
-            BlogEvent::CommentModerated(e) => {
-                format!("{COMMENT_MODERATED}:{}:{}", e.id, e.status.as_str())
-            }
-            BlogEvent::CommentUpdated(e) => {
-                format!("{COMMENT_UPDATED}:{}:{}", e.id, e.status.as_str())
-            }
-        }
+        let (id, status) = match self {
+            BlogEvent::PostCreated(e) => (&e.id, None),
+            BlogEvent::CommentCreated(e) => (&e.id, None),
+            BlogEvent::CommentModerated(e) => (&e.id, Some(e.status.as_str())),
+            BlogEvent::CommentUpdated(e) => (&e.id, Some(e.status.as_str())),
+        };
+        message_id_of(self.event_type(), id, status).unwrap_or_default()
     }
 
     /// The envelope as JSON text, the body of a bus message.
@@ -501,6 +512,43 @@ mod tests {
                 .into_string(),
             "fine"
         );
+    }
+
+    #[test]
+    fn message_ids_are_the_same_from_an_event_and_from_its_id_fields() {
+        let events = [
+            json!({"type": "PostCreated", "data": {"id": "p1", "title": "T"}}),
+            json!({"type": "CommentCreated", "data": {"id": "c1", "postId": "p1", "content": "x", "status": "pending"}}),
+            json!({"type": "CommentModerated", "data": {"id": "c1", "postId": "p1", "content": "x", "status": "rejected"}}),
+            json!({"type": "CommentUpdated", "data": {"id": "c1", "postId": "p1", "content": "x", "status": "approved"}}),
+        ];
+        let mut ids = Vec::new();
+        for value in events {
+            let event: BlogEvent = serde_json::from_value(value.clone()).expect("an event");
+            let status = value["data"]["status"].as_str();
+            let decision = matches!(
+                event,
+                BlogEvent::CommentModerated(_) | BlogEvent::CommentUpdated(_)
+            );
+            let from_fields = message_id_of(
+                event.event_type(),
+                value["data"]["id"].as_str().expect("id"),
+                status.filter(|_| decision),
+            );
+            assert_eq!(from_fields.as_deref(), Some(event.message_id().as_str()));
+            ids.push(event.message_id());
+        }
+        assert_eq!(
+            ids,
+            [
+                "PostCreated:p1",
+                "CommentCreated:c1",
+                "CommentModerated:c1:rejected",
+                "CommentUpdated:c1:approved"
+            ]
+        );
+        assert_eq!(message_id_of("Other", "x", None), None);
+        assert_eq!(message_id_of(COMMENT_MODERATED, "c1", None), None);
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub const MIGRATIONS: &[Migration] = &[
 
 /// One entry of the log, as `GET /events` shows it: the course's `{"type", "data"}`
 /// plus its sequence number, for paging.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LoggedEvent {
     /// The event's place in the log, from 1.
     #[schema(minimum = 1)]
@@ -98,12 +98,14 @@ pub struct LoggedEvent {
     /// `CommentUpdated`, or another type published to `POST /events`).
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The event's fields (see docs/API.md).
-    pub data: serde_json::Value,
+    /// The event's fields (see docs/API.md), as they were stored: JSON text, passed on
+    /// without being parsed into a tree and written out again.
+    #[schema(value_type = Object)]
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 /// One page of the log.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct LogPage {
     pub events: Vec<LoggedEvent>,
     /// Whether events follow the last one.
@@ -438,11 +440,11 @@ impl EventLog {
         let events = rows
             .into_iter()
             .map(|row| {
-                let data: String = row.try_get("data")?;
+                let data: &str = row.try_get("data")?;
                 Ok(LoggedEvent {
                     seq: row.try_get("seq")?,
                     event_type: row.try_get("event_type")?,
-                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                    data: raw_data(data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
@@ -482,6 +484,12 @@ fn append(
     .bind(data.to_owned())
     .bind(provides.map(str::to_owned))
     .bind(unix_millis());
+}
+
+/// Stored event data as it goes out: the text itself when it is JSON (it always is when
+/// written by [`EventLog::record`]), otherwise the text as a JSON string.
+fn raw_data(data: &str) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+    serde_json::from_str(data).or_else(|_| serde_json::value::to_raw_value(data))
 }
 
 #[cfg(test)]

@@ -8,8 +8,13 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use contracts::blog::{BlogEvent, Envelope};
+use std::borrow::Cow;
+
+use contracts::blog::{
+    BlogEvent, COMMENT_MODERATED, COMMENT_UPDATED, EVENT_TYPES, Envelope, message_id_of,
+};
 use http::{Request, Response, StatusCode};
+use serde_json::value::RawValue;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
 /// How the log is reached: anything that answers HTTP requests for the event-bus routes.
@@ -31,19 +36,72 @@ pub enum EventLogError {
     Request(#[from] http::Error),
 }
 
-/// One entry of `GET /events`.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct LogEntry {
-    pub seq: i64,
-    #[serde(flatten)]
-    pub envelope: Envelope,
+/// One page of `GET /events` as it came, read entry by entry ([`LogPage::entries`]):
+/// nothing of an event's data is decoded until someone asks for it.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    body: axum::body::Bytes,
 }
 
-impl LogEntry {
+impl LogPage {
+    /// The page's entries, borrowing their texts and data from the page.
+    pub fn entries(&self) -> Result<Vec<LogEntry<'_>>, EventLogError> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+/// One entry of `GET /events`: its place in the log, its type and its data as JSON text.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LogEntry<'a> {
+    pub seq: i64,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+/// The fields a blog event's message id is made of ([`contracts::blog::message_id_of`]).
+#[derive(serde::Deserialize)]
+struct IdFields<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
+impl LogEntry<'_> {
+    /// The message id every copy of this event has, read from its id fields alone;
+    /// `None` for a type that is not a blog event or data without them. It is the id
+    /// [`event`](Self::event) gives whenever that decodes.
+    pub fn message_id(&self) -> Option<String> {
+        let fields: IdFields = serde_json::from_str(self.data?.get()).ok()?;
+        let decision = [COMMENT_MODERATED, COMMENT_UPDATED].contains(&&*self.event_type);
+        message_id_of(
+            &self.event_type,
+            &fields.id,
+            fields.status.as_deref().filter(|_| decision),
+        )
+    }
+
     /// The blog event and the message id every copy of it has; `None` for types the
     /// view does not use, or data that does not fit its type.
     pub fn event(&self) -> Option<(String, BlogEvent)> {
-        match self.envelope.blog_event() {
+        if !EVENT_TYPES.contains(&&*self.event_type) {
+            return None;
+        }
+        let data = match self.data.map(|data| serde_json::from_str(data.get())) {
+            Some(Ok(data)) => data,
+            Some(Err(error)) => {
+                tracing::warn!(seq = self.seq, %error, "log entry skipped: malformed data");
+                return None;
+            }
+            None => serde_json::Value::Null,
+        };
+        let envelope = Envelope {
+            event_type: self.event_type.clone().into_owned(),
+            data,
+        };
+        match envelope.blog_event() {
             Ok(Some(event)) => Some((event.message_id(), event)),
             Ok(None) => None,
             Err(error) => {
@@ -87,7 +145,7 @@ impl EventLogClient {
     }
 
     /// Up to `limit` entries after sequence number `after`.
-    pub async fn read(&self, after: i64, limit: u32) -> Result<Vec<LogEntry>, EventLogError> {
+    pub async fn read(&self, after: i64, limit: u32) -> Result<LogPage, EventLogError> {
         let request = Request::get(format!("/events?after={after}&limit={limit}"))
             .header(http::header::ACCEPT, "application/json")
             .header(platform::observe::ROUTINE_HEADER, "1")
@@ -99,6 +157,49 @@ impl EventLogClient {
         let body = axum::body::to_bytes(response.into_body(), MAX_PAGE_BYTES)
             .await
             .map_err(|e| EventLogError::Body(e.to_string()))?;
-        Ok(serde_json::from_slice(&body)?)
+        Ok(LogPage { body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_tells_its_message_id_without_decoding_and_decodes_to_the_same() {
+        let page = LogPage {
+            body: axum::body::Bytes::from_static(
+                br#"[
+                {"seq": 1, "type": "PostCreated", "data": {"id": "p\"1", "title": "T"}},
+                {"seq": 2, "type": "CommentCreated", "data": {"id": "c1", "postId": "p\"1", "content": "x", "status": "pending"}},
+                {"seq": 3, "type": "CommentModerated", "data": {"status": "rejected", "id": "c1", "postId": "p\"1", "content": "x"}},
+                {"seq": 4, "type": "CommentUpdated", "data": {"id": "c1", "postId": "p\"1", "content": "x", "status": "approved"}},
+                {"seq": 5, "type": "Other", "data": {"id": "o1"}},
+                {"seq": 6, "type": "PostCreated", "data": {"title": "no id"}},
+                {"seq": 7, "type": "PostCreated"}
+            ]"#,
+            ),
+        };
+        let entries = page.entries().expect("a page");
+        let ids: Vec<_> = entries.iter().map(LogEntry::message_id).collect();
+        assert_eq!(
+            ids,
+            [
+                Some("PostCreated:p\"1".to_owned()),
+                Some("CommentCreated:c1".to_owned()),
+                Some("CommentModerated:c1:rejected".to_owned()),
+                Some("CommentUpdated:c1:approved".to_owned()),
+                None,
+                None,
+                None,
+            ]
+        );
+        for (entry, id) in entries.iter().zip(&ids) {
+            assert_eq!(entry.event().map(|(id, _)| id), *id, "entry {}", entry.seq);
+        }
+        let bad = LogPage {
+            body: axum::body::Bytes::from_static(b"{\"seq\": 1}"),
+        };
+        assert!(bad.entries().is_err(), "not a list");
     }
 }

@@ -125,6 +125,18 @@ impl ViewStore {
         Ok(())
     }
 
+    /// Which of `message_ids` the view has folded in already: its inbox, read on the
+    /// reader's connection.
+    pub async fn applied<'a>(
+        &self,
+        message_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashSet<String>, StorageError> {
+        bus::Inbox::new(&self.db)
+            .held(&self.reader, crate::GROUP, message_ids)
+            .await
+            .map_err(storage_error)
+    }
+
     /// Applies a page of the event log and moves the cursor to `last_seq`, atomically.
     /// Returns how many events were new to this view.
     pub async fn apply_log_page(
@@ -142,15 +154,10 @@ impl ViewStore {
             .iter()
             .filter(|(_, event)| !matches!(event, BlogEvent::CommentModerated(_)))
             .collect();
+        let known = self
+            .applied(events.iter().map(|(id, _)| id.as_str()))
+            .await?;
         let inbox = bus::Inbox::new(&self.db);
-        let known = inbox
-            .held(
-                &self.reader,
-                crate::GROUP,
-                events.iter().map(|(id, _)| id.as_str()),
-            )
-            .await
-            .map_err(storage_error)?;
         let mut write = self.db.write().await?;
         let tx = write.tx()?;
         let mut last = self.db.statements();
