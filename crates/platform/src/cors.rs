@@ -52,6 +52,13 @@ pub struct Cors<S> {
     cors: tower_http::cors::Cors<S>,
 }
 
+impl<S> Cors<S> {
+    /// The service inside.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.cors.get_mut()
+    }
+}
+
 type AddVary<B, E> = fn(Result<Response<B>, E>) -> Result<Response<B>, E>;
 type Varied<F, B, E> = Map<F, AddVary<B, E>>;
 

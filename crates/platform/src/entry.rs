@@ -78,7 +78,10 @@ impl Entry {
         cors: Option<CorsLayer>,
         fast: Arc<dyn FastPath>,
     ) -> Self {
-        let call = FastCall { path: fast.clone() };
+        let call = FastCall {
+            path: fast.clone(),
+            route: None,
+        };
         let cors = cors.map(crate::cors::CorsLayer::new);
         let stack = ObserveLayer::new(service).layer(tower::util::option_layer(cors).layer(call));
         Self {
@@ -105,15 +108,25 @@ impl Service<Request> for Entry {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         if let Some((path, stack)) = &mut self.fast
             && let Some(route) = path.route(&request)
         {
-            request.extensions_mut().insert(route);
-            return Either::Right(stack.call(request));
+            // The route goes to both ends of the stack directly rather than in the
+            // request's extensions, whose map would grow for it.
+            fast_call_of(stack).route = Some(route);
+            return Either::Right(stack.call_on_route(request, route.pattern));
         }
         // A router is always ready.
         Either::Left(self.router.call(request))
+    }
+}
+
+/// The innermost service of `stack`.
+fn fast_call_of(stack: &mut FastStack) -> &mut FastCall {
+    match stack.get_mut() {
+        tower::util::Either::Left(cors) => cors.get_mut(),
+        tower::util::Either::Right(call) => call,
     }
 }
 
@@ -123,6 +136,10 @@ impl Service<Request> for Entry {
 #[derive(Clone)]
 pub struct FastCall {
     path: Arc<dyn FastPath>,
+    /// The route of the request the stack is called with next: set by [`Entry`] just
+    /// before it calls the stack, whose layers call this service at once (or answer
+    /// themselves, a CORS preflight).
+    route: Option<MatchedRoute>,
 }
 
 impl Service<Request> for FastCall {
@@ -139,10 +156,11 @@ impl Service<Request> for FastCall {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let path = &self.path;
+        let route = self.route.take();
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            match request.extensions().get::<MatchedRoute>().copied() {
+            match route {
                 Some(route) => path.call(route, request),
-                // Only `Entry` calls this, after inserting the route.
+                // Only `Entry` calls this, after setting the route.
                 None => Box::pin(std::future::ready(
                     crate::Problem::not_found("no such route").into_response(),
                 )),
@@ -157,4 +175,90 @@ impl Service<Request> for FastCall {
 
 fn answer_panic(outcome: std::thread::Result<Response>) -> Result<Response, Infallible> {
     Ok(outcome.unwrap_or_else(crate::problem::panic_to_problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// Serves `GET /fast-test/...` (numbered by its second segment) and nothing else.
+    #[derive(Debug)]
+    struct Numbered;
+
+    impl FastPath for Numbered {
+        fn route(&self, request: &Request) -> Option<MatchedRoute> {
+            let id = request.uri().path().strip_prefix("/fast-test/")?;
+            Some(MatchedRoute {
+                pattern: "/fast-test/{id}",
+                index: id.parse().ok()?,
+            })
+        }
+
+        fn call(&self, route: MatchedRoute, _request: Request) -> BoxFuture<'static, Response> {
+            Box::pin(std::future::ready(
+                format!("fast {}", route.index).into_response(),
+            ))
+        }
+    }
+
+    async fn answer(entry: &Entry, request: Request) -> (http::StatusCode, String) {
+        let response = entry.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(path: &str) -> Request {
+        Request::get(path).body(Body::empty()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_fast_request_reaches_its_own_route_and_is_counted_under_its_pattern() {
+        let router = Router::new().route("/routed", axum::routing::get(|| async { "routed" }));
+        let cors = CorsLayer::new()
+            .allow_origin(http::HeaderValue::from_static("http://localhost:3000"))
+            .allow_methods([http::Method::GET]);
+        let entry = Entry::with_fast_path(router, "fast-test", Some(cors), Arc::new(Numbered));
+        let preflight = Request::options("/fast-test/9")
+            .header("origin", "http://localhost:3000")
+            .header("access-control-request-method", "GET")
+            .body(Body::empty())
+            .expect("request");
+        // One connection's entry in turn: a preflight the CORS layer answers itself
+        // leaves no route behind for the next request.
+        let mut entry = entry;
+        for (request, expected) in [
+            (get("/fast-test/1"), "fast 1"),
+            (preflight, ""),
+            (get("/fast-test/2"), "fast 2"),
+            (get("/routed"), "routed"),
+            (get("/fast-test/3"), "fast 3"),
+        ] {
+            let response = entry.call(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            assert!(status.is_success(), "{status} for {expected:?}");
+            assert_eq!(String::from_utf8_lossy(&body), expected);
+        }
+        assert_eq!(answer(&entry, get("/fast-test/4")).await.1, "fast 4");
+        let rendered = crate::metrics::handle().render();
+        let counted: u64 = rendered
+            .lines()
+            .filter(|line| {
+                line.starts_with("http_requests_total{")
+                    && line.contains("service=\"fast-test\"")
+                    && line.contains("method=\"GET\"")
+                    && line.contains("route=\"/fast-test/{id}\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(counted, 4, "{rendered}");
+    }
 }

@@ -41,8 +41,8 @@ use crate::{
     telemetry::export_under,
 };
 
-/// The route a fast path matched (request extension): the pattern is the route label of
-/// the request's metrics and span, as axum's `MatchedPath` is for routed requests.
+/// The route a fast path matched: the pattern is the route label of the request's
+/// metrics and span, as axum's `MatchedPath` is for routed requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatchedRoute {
     /// The route's pattern, e.g. `/jobs/{id}`.
@@ -99,7 +99,38 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = RouteLabel::of(&request);
+        self.observe(request, route)
+    }
+}
+
+impl<S> Observe<S> {
+    /// The service inside.
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S> Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// [`Service::call`] for a request that a fast path matched to the route `pattern`.
+    pub(crate) fn call_on_route(
+        &mut self,
+        request: Request,
+        pattern: &'static str,
+    ) -> <Self as Service<Request>>::Future {
+        self.observe(request, RouteLabel::Fast(pattern))
+    }
+
+    fn observe(
+        &mut self,
+        mut request: Request,
+        route: RouteLabel,
+    ) -> <Self as Service<Request>>::Future {
         let started = Instant::now();
         let service = self.service;
         let metrics = self.metrics.clone();
@@ -112,7 +143,6 @@ where
             .and_then(TraceContext::parse);
         let exporting = crate::telemetry::exporting();
         let method = request.method().clone();
-        let route = RouteLabel::of(&request);
         let route_label = route.as_str();
 
         // Without export the trace id is known now (continued, or a new random one);
@@ -197,14 +227,11 @@ enum RouteLabel {
 }
 
 impl RouteLabel {
+    /// The router's match, if any (a fast path's is given to [`Observe::call_on_route`]).
     fn of(request: &Request) -> Self {
-        let extensions = request.extensions();
-        if let Some(route) = extensions.get::<MatchedRoute>() {
-            Self::Fast(route.pattern)
-        } else if let Some(path) = extensions.get::<MatchedPath>() {
-            Self::Routed(path.clone())
-        } else {
-            Self::Unmatched
+        match request.extensions().get::<MatchedPath>() {
+            Some(path) => Self::Routed(path.clone()),
+            None => Self::Unmatched,
         }
     }
 
