@@ -100,7 +100,7 @@ pub struct LoggedEvent {
     pub event_type: String,
     /// The event's fields (see docs/API.md), as they were stored: JSON text, passed on
     /// without being parsed into a tree and written out again.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub data: Box<serde_json::value::RawValue>,
 }
 
