@@ -10,9 +10,7 @@ use std::convert::Infallible;
 use axum::body::Body;
 use std::borrow::Cow;
 
-use contracts::blog::{
-    BlogEvent, COMMENT_MODERATED, COMMENT_UPDATED, EVENT_TYPES, Envelope, message_id_of,
-};
+use contracts::blog::{BlogEvent, EVENT_TYPES, Envelope, message_id_of};
 use http::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 use tower::{ServiceExt, util::BoxCloneSyncService};
@@ -75,12 +73,7 @@ impl LogEntry<'_> {
     /// [`event`](Self::event) gives whenever that decodes.
     pub fn message_id(&self) -> Option<String> {
         let fields: IdFields = serde_json::from_str(self.data?.get()).ok()?;
-        let decision = [COMMENT_MODERATED, COMMENT_UPDATED].contains(&&*self.event_type);
-        message_id_of(
-            &self.event_type,
-            &fields.id,
-            fields.status.as_deref().filter(|_| decision),
-        )
+        message_id_of(&self.event_type, &fields.id, fields.status.as_deref())
     }
 
     /// The blog event and the message id every copy of it has; `None` for types the
@@ -89,19 +82,17 @@ impl LogEntry<'_> {
         if !EVENT_TYPES.contains(&&*self.event_type) {
             return None;
         }
-        let data = match self.data.map(|data| serde_json::from_str(data.get())) {
-            Some(Ok(data)) => data,
-            Some(Err(error)) => {
-                tracing::warn!(seq = self.seq, %error, "log entry skipped: malformed data");
-                return None;
+        let data = self.data.map_or(Ok(serde_json::Value::Null), |data| {
+            serde_json::from_str(data.get())
+        });
+        let event = data.and_then(|data| {
+            Envelope {
+                event_type: self.event_type.clone().into_owned(),
+                data,
             }
-            None => serde_json::Value::Null,
-        };
-        let envelope = Envelope {
-            event_type: self.event_type.clone().into_owned(),
-            data,
-        };
-        match envelope.blog_event() {
+            .blog_event()
+        });
+        match event {
             Ok(Some(event)) => Some((event.message_id(), event)),
             Ok(None) => None,
             Err(error) => {

@@ -138,31 +138,27 @@ impl ViewStore {
     }
 
     /// Applies a page of the event log and moves the cursor to `last_seq`, atomically.
-    /// Returns how many events were new to this view.
+    /// Returns how many events were new to this view. The caller leaves out what
+    /// [`applied`](Self::applied) says the view holds already — nearly always all of
+    /// it, found with one read on the reader's connection instead of one write each, so
+    /// the catch-up holds the writer only to move the cursor. (An event the consumer
+    /// applies in between is still recorded once: the inbox below has the last word.)
     pub async fn apply_log_page(
         &self,
         events: &[(String, BlogEvent)],
         last_seq: i64,
     ) -> Result<usize, StorageError> {
-        // Only the events the view folds in (its consumer is not subscribed to
-        // `CommentModerated`, so its inbox never holds them), and of those only the ones
-        // its consumer has not applied already — nearly always none: found with one read
-        // on the reader's connection instead of one write each, so the catch-up holds the
-        // writer only to move the cursor. (An event the consumer applies in between is
-        // still recorded once: the inbox below has the last word.)
-        let events: Vec<&(String, BlogEvent)> = events
-            .iter()
-            .filter(|(_, event)| !matches!(event, BlogEvent::CommentModerated(_)))
-            .collect();
-        let known = self
-            .applied(events.iter().map(|(id, _)| id.as_str()))
-            .await?;
         let inbox = bus::Inbox::new(&self.db);
         let mut write = self.db.write().await?;
         let tx = write.tx()?;
         let mut last = self.db.statements();
         let mut applied = 0;
-        for (message_id, event) in events.into_iter().filter(|(id, _)| !known.contains(id)) {
+        // Only the events the view folds in: its consumer is not subscribed to
+        // `CommentModerated`, so its inbox never holds them.
+        let events = events
+            .iter()
+            .filter(|(_, event)| !matches!(event, BlogEvent::CommentModerated(_)));
+        for (message_id, event) in events {
             // The log is not a delivery (there is nothing to acknowledge), but its events
             // share the consumer's inbox, so each is folded in once however it arrives.
             let recorded = inbox
