@@ -133,6 +133,13 @@ fn main() -> ExitCode {
         },
     };
     private_files();
+    // Before any thread starts, so that every thread inherits it.
+    let sched = match &cli.command {
+        Command::Serve(args) => Some(args.server.sched_policy),
+        Command::Up(args) => Some(args.server.sched_policy),
+        _ => None,
+    }
+    .map(|policy| (policy, platform::sched::apply(policy)));
     platform::tls::install_crypto_provider();
     // The `service.name` of exported spans, unless OTEL_SERVICE_NAME names it.
     let telemetry = platform::telemetry::init(&match &cli.command {
@@ -140,6 +147,9 @@ fn main() -> ExitCode {
             .map_or_else(|| "flotilla".to_owned(), |name| name.get_name().to_owned()),
         _ => "flotilla".to_owned(),
     });
+    if let Some((policy, Err(error))) = &sched {
+        tracing::warn!(?policy, %error, "FLOTILLA_SCHED_POLICY not applied; the kernel's default policy stays");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

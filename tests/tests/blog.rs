@@ -477,6 +477,7 @@ async fn spawn_unthrottled(dir: &Path) -> (flotilla::Running, Blog) {
             http_threads: None,
             http_max_connections_per_client: None,
             http_body_timeout: std::time::Duration::from_secs(10),
+            sched_policy: platform::sched::Policy::default(),
         },
         services: Default::default(),
     };

@@ -29,6 +29,7 @@ async fn serve(
             http_threads: None,
             http_max_connections_per_client: None,
             http_body_timeout: std::time::Duration::from_secs(10),
+            sched_policy: platform::sched::Policy::default(),
         },
         database_url: Some(database_url.to_owned()),
         gateway,

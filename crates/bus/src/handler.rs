@@ -323,6 +323,22 @@ pub struct Runner<H> {
     handler: H,
     store: Store,
     group: String,
+    metrics: std::sync::OnceLock<RunnerMetrics>,
+}
+
+/// The handles of the runner's metrics for its group, looked up once: every delivery
+/// records two, and looking a labelled metric up builds and hashes its key each time.
+/// Taken at the first delivery, so a recorder installed at start-up is the one used.
+struct RunnerMetrics {
+    applied: metrics::Counter,
+    duplicate: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl std::fmt::Debug for RunnerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunnerMetrics")
+    }
 }
 
 impl<H: Handler> Runner<H> {
@@ -332,7 +348,21 @@ impl<H: Handler> Runner<H> {
             handler,
             store,
             group,
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    fn metrics(&self) -> &RunnerMetrics {
+        self.metrics.get_or_init(|| {
+            let counter = |outcome: &'static str| {
+                metrics::counter!("bus_handled_total", "group" => self.group.clone(), "outcome" => outcome)
+            };
+            RunnerMetrics {
+                applied: counter("applied"),
+                duplicate: counter("duplicate"),
+                seconds: metrics::histogram!("bus_handle_seconds", "group" => self.group.clone()),
+            }
+        })
     }
 
     pub fn handler(&self) -> &H {
@@ -394,17 +424,25 @@ impl<H: Handler> Runner<H> {
     ) -> Result<Handled, Nack> {
         let started = std::time::Instant::now();
         let outcome = self.handle_timed(message, attempt, batches).await;
-        let label = match &outcome {
-            Ok(Handled::Applied) => "applied",
-            Ok(Handled::Duplicate) => "duplicate",
-            Err(Nack::Retry(_)) => "retried",
-            Err(Nack::Reject(_)) => "rejected",
-            Err(Nack::Requeue(_)) => "requeued",
+        let handles = self.metrics();
+        let failed = match &outcome {
+            Ok(Handled::Applied) => {
+                handles.applied.increment(1);
+                None
+            }
+            Ok(Handled::Duplicate) => {
+                handles.duplicate.increment(1);
+                None
+            }
+            Err(Nack::Retry(_)) => Some("retried"),
+            Err(Nack::Reject(_)) => Some("rejected"),
+            Err(Nack::Requeue(_)) => Some("requeued"),
         };
-        metrics::counter!("bus_handled_total", "group" => self.group.clone(), "outcome" => label)
-            .increment(1);
-        metrics::histogram!("bus_handle_seconds", "group" => self.group.clone())
-            .record(started.elapsed().as_secs_f64());
+        if let Some(label) = failed {
+            metrics::counter!("bus_handled_total", "group" => self.group.clone(), "outcome" => label)
+                .increment(1);
+        }
+        handles.seconds.record(started.elapsed().as_secs_f64());
         outcome
     }
 

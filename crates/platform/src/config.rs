@@ -36,6 +36,12 @@ pub struct ServerArgs {
     #[arg(long, env = "FLOTILLA_HTTP_BODY_TIMEOUT", default_value = "10s",
           value_parser = parse_duration)]
     pub http_body_timeout: std::time::Duration,
+
+    /// Linux scheduling policy of the process's threads: `batch` (SCHED_BATCH) lets a
+    /// thread that wakes wait for the running one instead of preempting it — less
+    /// switching under load, the same CPU share; `other` is the kernel's default.
+    #[arg(long, env = "FLOTILLA_SCHED_POLICY", value_enum, default_value_t = crate::sched::Policy::Batch)]
+    pub sched_policy: crate::sched::Policy,
 }
 
 /// `HOST:PORT`, where HOST may be a name (`localhost:8080`) or an IP address.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod problem;
+pub mod sched;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

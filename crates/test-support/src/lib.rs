@@ -132,6 +132,7 @@ pub fn server_args(data_dir: &Path) -> ServerArgs {
         http_threads: None,
         http_max_connections_per_client: None,
         http_body_timeout: std::time::Duration::from_secs(10),
+        sched_policy: platform::sched::Policy::default(),
     }
 }
 
