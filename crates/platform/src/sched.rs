@@ -9,8 +9,8 @@
 //! threads that want throughput, not wake-up latency — lets a woken thread wait for the
 //! running one to block or use up its slice instead; the CPU shares and nice values stay
 //! as they were. On an idle CPU a woken thread runs at once under either policy, so a
-//! lone request waits no longer. Measured (BENCHMARKS.md, the blog's write path): six
-//! in seven preemptions gone, 5–10 % less CPU per created post.
+//! lone request waits no longer. Measured (BENCHMARKS.md, "Fewer preemptions"): five in
+//! six preemptions gone, about 5 % less CPU per created post.
 //!
 //! Set before the first thread is spawned, the policy is inherited by every thread the
 //! process starts (the runtime's, sqlx's, the bus's). Needs no privilege.
