@@ -720,3 +720,92 @@ async fn the_event_log_records_a_burst_in_batches_once_each_on_postgres() {
     };
     log_burst(Some(server)).await;
 }
+
+/// A consumer whose handler applies by statements alone (the view) handles the
+/// deliveries that come together in one write (`Runner::handle_many`): 200 posts
+/// published at once are each applied once; a message applied before it is delivered
+/// fails its batch's write, and that batch goes one by one — a duplicate for it,
+/// applied for the others. (What handling them together saves is measured in
+/// BENCHMARKS.md, not here.)
+async fn view_burst(server: Option<String>) {
+    let mut backend = Backend::new(server).await;
+    let db = backend.database("query-burst", &[]).await;
+    let view = query::store::ViewStore::open(db.clone(), db.clone())
+        .await
+        .expect("view");
+    let (changes, _) = tokio::sync::broadcast::channel(16);
+    let runner = Arc::new(Runner::new(
+        Store::database(&db).await.expect("store"),
+        query::ViewEvents {
+            store: view,
+            changes,
+        },
+    ));
+    let scalar = async |sql: &'static str| -> i64 {
+        let row = sqlx::query(sql).fetch_one(db.pool()).await.expect(sql);
+        row.try_get::<i64, _>(0)
+            .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+            .expect(sql)
+    };
+    let posts = |from: usize, to: usize| -> Vec<Message> {
+        (from..to)
+            .map(|i| {
+                Message::from(&BlogEvent::PostCreated(PostCreated {
+                    id: format!("p{i}"),
+                    title: "t".into(),
+                }))
+            })
+            .collect()
+    };
+    let applied = async |count: i64| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (rows, inbox) = (
+                scalar("SELECT COUNT(*) FROM query_posts").await,
+                scalar("SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'query'").await,
+            );
+            if rows == count && inbox == count {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{rows} posts in the view and {inbox} in the inbox of {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+
+    let _health = runner.clone().serve(
+        backend.bus.clone(),
+        &backend.tasks,
+        backend.shutdown.clone(),
+    );
+    let first = posts(0, 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(error) = backend.bus.publish_all(first.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    applied(200).await;
+    // One applied before it is delivered, among new ones.
+    let mut second = posts(200, 220);
+    let early = second[7].clone();
+    assert_eq!(runner.handle(&early, FIRST).await, Ok(Handled::Applied));
+    second.push(early);
+    backend.bus.publish_all(second).await.expect("publish");
+    applied(220).await;
+    backend.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_view_applies_a_burst_and_a_duplicate_among_it_once_each_on_sqlite() {
+    view_burst(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_view_applies_a_burst_and_a_duplicate_among_it_once_each_on_postgres() {
+    let Some(server) = test_support::real_server_url("FLOTILLA_TEST_POSTGRES_URL") else {
+        return;
+    };
+    view_burst(Some(server)).await;
+}

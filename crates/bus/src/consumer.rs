@@ -88,6 +88,137 @@ impl Consumer {
         tokio::spawn(self.consume(shutdown, Arc::new(handler)))
     }
 
+    /// As [`Consumer::run_attempts`], but the handler gets every delivery that is ready
+    /// at once (up to `most`), as one call, and answers for each in order: one task per
+    /// batch instead of one per delivery.
+    pub fn run_batches<F, Fut>(
+        self,
+        shutdown: CancellationToken,
+        most: usize,
+        handler: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Vec<Ready>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<(), Nack>>> + Send + 'static,
+    {
+        tokio::spawn(self.consume_batches(shutdown, most.max(1), Arc::new(handler)))
+    }
+
+    async fn consume_batches<F, Fut>(
+        self,
+        shutdown: CancellationToken,
+        most: usize,
+        handler: Arc<F>,
+    ) where
+        F: Fn(Vec<Ready>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<(), Nack>>> + Send + 'static,
+    {
+        use futures::FutureExt as _;
+        let group = self.subscription.group.clone();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        'subscribe: while !shutdown.is_cancelled() {
+            let mut subscriber = tokio::select! {
+                () = shutdown.cancelled() => break,
+                subscribed = self.bus.subscribe(self.subscription.clone()) => match subscribed {
+                    Ok(subscriber) => subscriber,
+                    Err(error) => {
+                        let permanent = matches!(error, BusError::Topology(_));
+                        tracing::warn!(%group, %error, "cannot subscribe; retrying");
+                        self.health.set(Some(SubscriptionFailure {
+                            group: group.clone(),
+                            error: error.to_string(),
+                            permanent,
+                        }));
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            backoff = Duration::from_millis(100);
+            self.health.set(None);
+            loop {
+                while let Some(done) = running.try_join_next() {
+                    if let Err(error) = done {
+                        tracing::error!(%group, %error, "message handler panicked; the deliveries will be redelivered");
+                    }
+                }
+                let slot = tokio::select! {
+                    () = shutdown.cancelled() => break 'subscribe,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break 'subscribe,
+                    },
+                };
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => break 'subscribe,
+                    next = subscriber.next() => next,
+                };
+                let mut batch = match first {
+                    Some(Ok(delivery)) => vec![delivery],
+                    Some(Err(error)) => {
+                        tracing::warn!(%group, %error, "consuming failed; subscribing again");
+                        tokio::time::sleep(backoff).await;
+                        continue 'subscribe;
+                    }
+                    None => continue 'subscribe,
+                };
+                // What else is ready now: a lease's deliveries come together.
+                let mut failed = false;
+                while batch.len() < most {
+                    match subscriber.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => batch.push(delivery),
+                        Some(Some(Err(_)) | None) => {
+                            failed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let items = batch
+                    .iter()
+                    .map(|delivery| Ready::of(&group, delivery))
+                    .collect();
+                let handled = handler(items);
+                let group_of_batch = group.clone();
+                running.spawn(async move {
+                    let _slot = slot;
+                    let outcomes = handled.await;
+                    let settled = batch.into_iter().zip(outcomes).map(|(delivery, outcome)| {
+                        let group = &group_of_batch;
+                        async move {
+                            let id = delivery.message.id.clone();
+                            let settled = match outcome {
+                                Ok(()) => delivery.ack().await,
+                                Err(nack) => {
+                                    tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
+                                    delivery.nack(nack).await
+                                }
+                            };
+                            if let Err(error) = settled {
+                                tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
+                            }
+                        }
+                    });
+                    futures::future::join_all(settled).await;
+                });
+                if failed {
+                    continue 'subscribe;
+                }
+            }
+        }
+        while let Some(done) = running.join_next().await {
+            if let Err(error) = done {
+                tracing::error!(%group, %error, "message handler panicked during shutdown");
+            }
+        }
+    }
+
     async fn consume<F, Fut>(self, shutdown: CancellationToken, handler: Arc<F>)
     where
         F: Fn(Message, Attempt) -> Fut + Send + Sync + 'static,
@@ -155,16 +286,7 @@ impl Consumer {
                 let handler = handler.clone();
                 let group = group.clone();
                 // The handler runs in the message's trace (see `crate::trace`).
-                let span = tracing::info_span!(
-                    "message",
-                    %group,
-                    routing_key = %delivery.message.routing_key,
-                    message_id = %delivery.message.id,
-                    attempt = delivery.attempt,
-                    trace_id = tracing::field::Empty,
-                    otel.name = %format_args!("{} process", delivery.message.routing_key),
-                    otel.kind = "consumer",
-                );
+                let span = message_span(&group, &delivery);
                 let traceparent = crate::trace::for_delivery(&span, delivery.message.traceparent());
                 if let Some(trace_id) = crate::trace::trace_id(&traceparent) {
                     span.record("trace_id", trace_id);
@@ -199,6 +321,51 @@ impl Consumer {
             }
         }
     }
+}
+
+/// A delivery handed to a batch handler ([`Consumer::run_batches`]): the message, its
+/// attempt, and the `message` span and trace context its handling runs in — the same
+/// as one handled alone gets (see `crate::trace`).
+pub struct Ready {
+    pub message: Message,
+    pub attempt: Attempt,
+    pub span: tracing::Span,
+    pub traceparent: Arc<str>,
+}
+
+impl Ready {
+    fn of(group: &str, delivery: &crate::Delivery) -> Self {
+        let span = message_span(group, delivery);
+        let traceparent = crate::trace::for_delivery(&span, delivery.message.traceparent());
+        if let Some(trace_id) = crate::trace::trace_id(&traceparent) {
+            span.record("trace_id", trace_id);
+        }
+        Self {
+            message: delivery.message.clone(),
+            attempt: delivery.attempt(),
+            span,
+            traceparent: traceparent.into(),
+        }
+    }
+
+    /// `work` in this delivery's span and trace context.
+    pub fn within<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        crate::trace::scope(self.traceparent.clone(), work).instrument(self.span.clone())
+    }
+}
+
+/// The span a delivery is handled in.
+fn message_span(group: &str, delivery: &crate::Delivery) -> tracing::Span {
+    tracing::info_span!(
+        "message",
+        %group,
+        routing_key = %delivery.message.routing_key,
+        message_id = %delivery.message.id,
+        attempt = delivery.attempt,
+        trace_id = tracing::field::Empty,
+        otel.name = %format_args!("{} process", delivery.message.routing_key),
+        otel.kind = "consumer",
+    )
 }
 
 /// A consumer group of this process that cannot subscribe right now.

@@ -391,6 +391,20 @@ impl<H: Handler> Runner<H> {
             sender
         });
         let runner = self;
+        if batches.is_none() && matches!(runner.store.kind, StoreKind::Database { .. }) {
+            // Every delivery ready at once in one call: one task and, when each is applied
+            // by statements alone, one write for all of them.
+            let task = consumer.run_batches(shutdown, MOST_PER_BATCH, move |items| {
+                let runner = runner.clone();
+                async move { runner.handle_many(items).await }
+            });
+            tasks.spawn(async move {
+                if let Err(error) = task.await {
+                    tracing::error!(%group, %error, "a consumer stopped abnormally");
+                }
+            });
+            return health;
+        }
         let task = consumer.run_attempts(shutdown, move |message, attempt| {
             let runner = runner.clone();
             let batches = batches.clone();
@@ -407,6 +421,87 @@ impl<H: Handler> Runner<H> {
             }
         });
         health
+    }
+
+    /// Handles deliveries that came together: in one write when each is a first attempt
+    /// whose handler applies it by statements alone, else one by one (concurrently, so
+    /// their writes still share commits).
+    async fn handle_many(&self, items: Vec<crate::Ready>) -> Vec<Result<(), Nack>> {
+        if items.len() > 1
+            && let Some(outcomes) = self.apply_together(&items).await
+        {
+            return outcomes;
+        }
+        futures::future::join_all(items.iter().map(|item| {
+            item.within(async move {
+                self.handle_via(&item.message, item.attempt, None)
+                    .await
+                    .map(|_| ())
+            })
+        }))
+        .await
+    }
+
+    /// `items` applied in one write — their inbox records, the handler's statements and
+    /// the messages they cause — or `None` (nothing written) when one of them needs more
+    /// than that (an exhausted attempt, an undecodable body, a handler that reads) or the
+    /// write fails (a duplicate's inbox record fails it whole): then each goes alone.
+    async fn apply_together(&self, items: &[crate::Ready]) -> Option<Vec<Result<(), Nack>>> {
+        let StoreKind::Database { db, inbox, outbox } = &self.store.kind else {
+            return None;
+        };
+        let started = std::time::Instant::now();
+        let mut last = db.statements();
+        let mut events = Vec::with_capacity(items.len());
+        let mut caused = Vec::new();
+        for item in items {
+            if item.attempt.is_exhausted() {
+                return None;
+            }
+            // In the delivery's span and trace, so the messages it causes continue it.
+            let (event, mine) = item
+                .within(async {
+                    let event = self.handler.decode(&item.message).ok()?;
+                    let delivered = Delivered {
+                        message_id: item.message.id.clone(),
+                        routing_key: item.message.routing_key.clone(),
+                        attempt: item.attempt,
+                    };
+                    let mut mine = self.handler.effect(&event, &delivered).await.ok()?;
+                    inbox.stage(&mut last, &self.group, &delivered.message_id);
+                    mine.extend(
+                        self.handler
+                            .apply_statements(&mut last, &event, &delivered)?
+                            .ok()?,
+                    );
+                    Some((event, mine))
+                })
+                .await?;
+            caused.extend(mine);
+            events.push(event);
+        }
+        if !caused.is_empty() {
+            let outbox = outbox.as_ref()?;
+            for message in &caused {
+                outbox.stage(&mut last, message.clone()).ok()?;
+            }
+        }
+        db.commit_statements(last).await.ok()?;
+        if let Some(outbox) = outbox
+            && !caused.is_empty()
+        {
+            outbox.committed_with(caused);
+        }
+        let handles = self.metrics();
+        let seconds = started.elapsed().as_secs_f64();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (event, item) in events.into_iter().zip(items) {
+            item.within(self.handler.after_commit(event)).await;
+            handles.applied.increment(1);
+            handles.seconds.record(seconds);
+            outcomes.push(Ok(()));
+        }
+        Some(outcomes)
     }
 
     /// Handles one message as delivered for the `attempt`-th time; `Err` says how to
