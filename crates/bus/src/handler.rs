@@ -391,7 +391,13 @@ impl<H: Handler> Runner<H> {
             sender
         });
         let runner = self;
-        if batches.is_none() && matches!(runner.store.kind, StoreKind::Database { .. }) {
+        // Only for handlers that did not ask for a concurrency of their own: a batch's
+        // deliveries that go one by one run concurrently, which a handler that wants
+        // them in order (media, 1) or few at once (notification's emails, 4) must not get.
+        if batches.is_none()
+            && runner.handler.concurrency() == CONSUMER_CONCURRENCY
+            && matches!(runner.store.kind, StoreKind::Database { .. })
+        {
             // Every delivery ready at once in one call: one task and, when each is applied
             // by statements alone, one write for all of them.
             let task = consumer.run_batches(shutdown, MOST_PER_BATCH, move |items| {
@@ -467,13 +473,14 @@ impl<H: Handler> Runner<H> {
                         routing_key: item.message.routing_key.clone(),
                         attempt: item.attempt,
                     };
-                    let mut mine = self.handler.effect(&event, &delivered).await.ok()?;
                     inbox.stage(&mut last, &self.group, &delivered.message_id);
-                    mine.extend(
-                        self.handler
-                            .apply_statements(&mut last, &event, &delivered)?
-                            .ok()?,
-                    );
+                    // A handler that reads goes one by one before any effect runs.
+                    let applied = self
+                        .handler
+                        .apply_statements(&mut last, &event, &delivered)?
+                        .ok()?;
+                    let mut mine = self.handler.effect(&event, &delivered).await.ok()?;
+                    mine.extend(applied);
                     Some((event, mine))
                 })
                 .await?;
