@@ -4,11 +4,14 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Attempt, BusError, EventBus, Message, Nack, Subscription};
+use crate::{Attempt, BusError, Delivery, EventBus, Message, Nack, Subscription};
 
 /// Runs a handler for every delivery of one subscription.
 ///
@@ -85,12 +88,48 @@ impl Consumer {
         F: Fn(Message, Attempt) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Nack>> + Send + 'static,
     {
-        tokio::spawn(self.consume(shutdown, Arc::new(handler)))
+        let group = self.subscription.group.clone();
+        tokio::spawn(self.consume(shutdown, 1, move |batch, slot, running| {
+            for delivery in batch {
+                let group = group.clone();
+                // The handler runs in the message's trace (see `crate::trace`).
+                let span = message_span(&group, &delivery);
+                let traceparent =
+                    crate::trace::for_delivery(&span, delivery.message.traceparent());
+                if let Some(trace_id) = crate::trace::trace_id(&traceparent) {
+                    span.record("trace_id", trace_id);
+                }
+                let handled = crate::trace::scope(
+                    traceparent.into(),
+                    handler(delivery.message.clone(), delivery.attempt()),
+                );
+                let slot = slot.clone();
+                running.spawn(
+                    async move {
+                        let _slot = slot;
+                        let id = delivery.message.id.clone();
+                        let settled = match handled.await {
+                            Ok(()) => delivery.ack().await,
+                            Err(nack) => {
+                                tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
+                                delivery.nack(nack).await
+                            }
+                        };
+                        if let Err(error) = settled {
+                            // Unsettled means redelivered later; the inbox makes that harmless.
+                            tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        }))
     }
 
     /// As [`Consumer::run_attempts`], but the handler gets every delivery that is ready
     /// at once (up to `most`), as one call, and answers for each in order: one task per
-    /// batch instead of one per delivery.
+    /// batch instead of one per delivery, and the batch's acknowledgements sent to the
+    /// bus as one request ([`Delivery::ack_all`]).
     pub fn run_batches<F, Fut>(
         self,
         shutdown: CancellationToken,
@@ -101,129 +140,57 @@ impl Consumer {
         F: Fn(Vec<Ready>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Result<(), Nack>>> + Send + 'static,
     {
-        tokio::spawn(self.consume_batches(shutdown, most.max(1), Arc::new(handler)))
+        let group = self.subscription.group.clone();
+        tokio::spawn(self.consume(shutdown, most.max(1), move |batch, slot, running| {
+            let items = batch
+                .iter()
+                .map(|delivery| Ready::of(&group, delivery))
+                .collect();
+            let handled = handler(items);
+            let group = group.clone();
+            running.spawn(async move {
+                let _slot = slot;
+                let outcomes = handled.await;
+                let mut done = Vec::with_capacity(batch.len());
+                let mut failed = Vec::new();
+                for (delivery, outcome) in batch.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(()) => done.push(delivery),
+                        Err(nack) => {
+                            let id = delivery.message.id.clone();
+                            tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
+                            failed.push(async move { (id, delivery.nack(nack).await) });
+                        }
+                    }
+                }
+                let count = done.len();
+                let (acked, nacked) = futures::future::join(
+                    Delivery::ack_all(done),
+                    futures::future::join_all(failed),
+                )
+                .await;
+                if let Err(error) = acked {
+                    // Unsettled means redelivered later; the inbox makes that harmless.
+                    tracing::warn!(%group, deliveries = count, %error, "cannot settle deliveries");
+                }
+                for (id, settled) in nacked {
+                    if let Err(error) = settled {
+                        tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
+                    }
+                }
+            });
+        }))
     }
 
-    async fn consume_batches<F, Fut>(
-        self,
-        shutdown: CancellationToken,
-        most: usize,
-        handler: Arc<F>,
-    ) where
-        F: Fn(Vec<Ready>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Result<(), Nack>>> + Send + 'static,
+    /// The loop of every consumer: subscribes (again, with backoff, after a failure),
+    /// takes a slot of `concurrency`, waits for a delivery, adds what else is ready at
+    /// once up to `most`, and hands them to `dispatch` with the slot, which spawns their
+    /// handling on `running`. On shutdown it waits for what is running.
+    async fn consume<D>(self, shutdown: CancellationToken, most: usize, mut dispatch: D)
+    where
+        D: FnMut(Vec<Delivery>, Arc<OwnedSemaphorePermit>, &mut JoinSet<()>) + Send + 'static,
     {
         use futures::FutureExt as _;
-        let group = self.subscription.group.clone();
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut running = JoinSet::new();
-        let mut backoff = Duration::from_millis(100);
-        'subscribe: while !shutdown.is_cancelled() {
-            let mut subscriber = tokio::select! {
-                () = shutdown.cancelled() => break,
-                subscribed = self.bus.subscribe(self.subscription.clone()) => match subscribed {
-                    Ok(subscriber) => subscriber,
-                    Err(error) => {
-                        let permanent = matches!(error, BusError::Topology(_));
-                        tracing::warn!(%group, %error, "cannot subscribe; retrying");
-                        self.health.set(Some(SubscriptionFailure {
-                            group: group.clone(),
-                            error: error.to_string(),
-                            permanent,
-                        }));
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                },
-            };
-            backoff = Duration::from_millis(100);
-            self.health.set(None);
-            loop {
-                while let Some(done) = running.try_join_next() {
-                    if let Err(error) = done {
-                        tracing::error!(%group, %error, "message handler panicked; the deliveries will be redelivered");
-                    }
-                }
-                let slot = tokio::select! {
-                    () = shutdown.cancelled() => break 'subscribe,
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break 'subscribe,
-                    },
-                };
-                let first = tokio::select! {
-                    () = shutdown.cancelled() => break 'subscribe,
-                    next = subscriber.next() => next,
-                };
-                let mut batch = match first {
-                    Some(Ok(delivery)) => vec![delivery],
-                    Some(Err(error)) => {
-                        tracing::warn!(%group, %error, "consuming failed; subscribing again");
-                        tokio::time::sleep(backoff).await;
-                        continue 'subscribe;
-                    }
-                    None => continue 'subscribe,
-                };
-                // What else is ready now: a lease's deliveries come together.
-                let mut failed = false;
-                while batch.len() < most {
-                    match subscriber.next().now_or_never() {
-                        Some(Some(Ok(delivery))) => batch.push(delivery),
-                        Some(Some(Err(_)) | None) => {
-                            failed = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let items = batch
-                    .iter()
-                    .map(|delivery| Ready::of(&group, delivery))
-                    .collect();
-                let handled = handler(items);
-                let group_of_batch = group.clone();
-                running.spawn(async move {
-                    let _slot = slot;
-                    let outcomes = handled.await;
-                    let settled = batch.into_iter().zip(outcomes).map(|(delivery, outcome)| {
-                        let group = &group_of_batch;
-                        async move {
-                            let id = delivery.message.id.clone();
-                            let settled = match outcome {
-                                Ok(()) => delivery.ack().await,
-                                Err(nack) => {
-                                    tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
-                                    delivery.nack(nack).await
-                                }
-                            };
-                            if let Err(error) = settled {
-                                tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
-                            }
-                        }
-                    });
-                    futures::future::join_all(settled).await;
-                });
-                if failed {
-                    continue 'subscribe;
-                }
-            }
-        }
-        while let Some(done) = running.join_next().await {
-            if let Err(error) = done {
-                tracing::error!(%group, %error, "message handler panicked during shutdown");
-            }
-        }
-    }
-
-    async fn consume<F, Fut>(self, shutdown: CancellationToken, handler: Arc<F>)
-    where
-        F: Fn(Message, Attempt) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Nack>> + Send + 'static,
-    {
         let group = self.subscription.group.clone();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut running = JoinSet::new();
@@ -260,7 +227,7 @@ impl Consumer {
                 // Reap finished handlers so the set does not grow; a panic is logged.
                 while let Some(done) = running.try_join_next() {
                     if let Err(error) = done {
-                        tracing::error!(%group, %error, "message handler panicked; the delivery will be redelivered");
+                        tracing::error!(%group, %error, "message handler panicked; its deliveries will be redelivered");
                     }
                 }
                 let slot = tokio::select! {
@@ -270,12 +237,12 @@ impl Consumer {
                         Err(_) => break 'subscribe,
                     },
                 };
-                let delivery = tokio::select! {
+                let first = tokio::select! {
                     () = shutdown.cancelled() => break 'subscribe,
                     next = subscriber.next() => next,
                 };
-                let delivery = match delivery {
-                    Some(Ok(delivery)) => delivery,
+                let mut batch = match first {
+                    Some(Ok(delivery)) => vec![delivery],
                     Some(Err(error)) => {
                         tracing::warn!(%group, %error, "consuming failed; subscribing again");
                         tokio::time::sleep(backoff).await;
@@ -283,36 +250,28 @@ impl Consumer {
                     }
                     None => continue 'subscribe,
                 };
-                let handler = handler.clone();
-                let group = group.clone();
-                // The handler runs in the message's trace (see `crate::trace`).
-                let span = message_span(&group, &delivery);
-                let traceparent = crate::trace::for_delivery(&span, delivery.message.traceparent());
-                if let Some(trace_id) = crate::trace::trace_id(&traceparent) {
-                    span.record("trace_id", trace_id);
-                }
-                let handled = crate::trace::scope(
-                    traceparent.into(),
-                    handler(delivery.message.clone(), delivery.attempt()),
-                );
-                running.spawn(
-                    async move {
-                        let _slot = slot;
-                        let id = delivery.message.id.clone();
-                        let settled = match handled.await {
-                            Ok(()) => delivery.ack().await,
-                            Err(nack) => {
-                                tracing::warn!(%group, message_id = %id, ?nack, "message handling failed");
-                                delivery.nack(nack).await
-                            }
-                        };
-                        if let Err(error) = settled {
-                            // Unsettled means redelivered later; the inbox makes that harmless.
-                            tracing::warn!(%group, message_id = %id, %error, "cannot settle a delivery");
+                // What else is ready now: a lease's deliveries come together.
+                let mut ended = None;
+                while batch.len() < most {
+                    match subscriber.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => batch.push(delivery),
+                        Some(next) => {
+                            ended = Some(next);
+                            break;
                         }
+                        None => break,
                     }
-                    .instrument(span),
-                );
+                }
+                dispatch(batch, Arc::new(slot), &mut running);
+                match ended {
+                    Some(Some(Err(error))) => {
+                        tracing::warn!(%group, %error, "consuming failed; subscribing again");
+                        tokio::time::sleep(backoff).await;
+                        continue 'subscribe;
+                    }
+                    Some(_) => continue 'subscribe,
+                    None => {}
+                }
             }
         }
         while let Some(done) = running.join_next().await {

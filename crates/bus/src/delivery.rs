@@ -12,6 +12,27 @@ use crate::{Attempt, BusError, Message, Nack};
 pub(crate) trait Settle: Send + Sync {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>>;
     fn nack(self: Box<Self>, nack: Nack) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// Acks this delivery and `others` together. By default one by one; a backend that
+    /// can settle many in one request (the embedded bus) does so for those of its own.
+    fn ack_with(
+        self: Box<Self>,
+        others: Vec<Box<dyn Settle>>,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
+        let all = std::iter::once(self.ack()).chain(others.into_iter().map(|other| other.ack()));
+        let all: Vec<_> = all.collect();
+        Box::pin(async move {
+            futures::future::join_all(all)
+                .await
+                .into_iter()
+                .collect::<Result<(), BusError>>()
+        })
+    }
+
+    /// The embedded bus's own handle, for [`Settle::ack_with`].
+    fn as_embedded(&mut self) -> Option<&mut crate::embedded::EmbeddedSettle> {
+        None
+    }
 }
 
 /// A message handed to a consumer. Settle it with [`Delivery::ack`] once its effects
@@ -51,6 +72,56 @@ impl Delivery {
         let (message, group) = (self.message, self.group);
         self.settle.ack().await?;
         (self.held.tap).settled(&message, &group, self.attempt, self.max_attempts, None);
+        Ok(())
+    }
+
+    /// [`Delivery::ack`] for each of `deliveries`, in one request to the bus where the
+    /// backend can (the embedded bus: one command for the lot, where one each cost a
+    /// hand-off and a reply per delivery). `Err` if any could not be settled; the
+    /// unsettled ones are redelivered later, which the consumer's inbox makes harmless.
+    pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
+        let mut deliveries = deliveries.into_iter();
+        let Some(first) = deliveries.next() else {
+            return Ok(());
+        };
+        let mut settles = Vec::with_capacity(deliveries.len());
+        let mut settled = Vec::with_capacity(deliveries.len() + 1);
+        settled.push((
+            first.message,
+            first.group,
+            first.attempt,
+            first.max_attempts,
+            first.held,
+        ));
+        for delivery in deliveries {
+            settles.push(delivery.settle);
+            settled.push((
+                delivery.message,
+                delivery.group,
+                delivery.attempt,
+                delivery.max_attempts,
+                delivery.held,
+            ));
+        }
+        first.settle.ack_with(settles).await?;
+        let mut counted: Option<(&str, u64)> = None;
+        for (message, group, attempt, max_attempts, held) in &settled {
+            held.tap
+                .settled(message, group, *attempt, *max_attempts, None);
+            match &mut counted {
+                Some((counting, n)) if *counting == group.as_str() => *n += 1,
+                _ => {
+                    if let Some((counting, n)) = counted.take() {
+                        metrics::counter!("bus_acked_total", "group" => counting.to_owned())
+                            .increment(n);
+                    }
+                    counted = Some((group.as_str(), 1));
+                }
+            }
+        }
+        if let Some((counting, n)) = counted {
+            metrics::counter!("bus_acked_total", "group" => counting.to_owned()).increment(n);
+        }
         Ok(())
     }
 

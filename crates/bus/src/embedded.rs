@@ -222,7 +222,8 @@ enum Command {
     Lease(String, usize, Reply<Vec<Leased>>),
     /// Try the parked lease requests again (see [`POLL_INTERVAL`]).
     Poll,
-    Ack(i64, Reply<()>),
+    /// These deliveries are done.
+    Ack(Vec<i64>, Reply<()>),
     /// Extend the leases of these (delivery id, attempt)s still held by this process.
     Renew(Vec<(i64, i64)>),
     /// An unsettled delivery was dropped (its handler failed or panicked): make it
@@ -813,8 +814,8 @@ impl Writer {
                 }
             }
             Command::Poll => Outcome::None,
-            Command::Ack(delivery_id, reply) => {
-                acks.push(delivery_id);
+            Command::Ack(delivery_ids, reply) => {
+                acks.extend(delivery_ids);
                 Outcome::Unit(reply)
             }
             Command::Nack {
@@ -1541,7 +1542,7 @@ impl EventBus for EmbeddedBus {
     }
 }
 
-struct EmbeddedSettle {
+pub(crate) struct EmbeddedSettle {
     shared: Arc<Shared>,
     delivery_id: i64,
     attempt: i64,
@@ -1570,9 +1571,43 @@ impl Settle for EmbeddedSettle {
         self.settled = true;
         Box::pin(async move {
             self.shared
-                .call(|reply| Command::Ack(self.delivery_id, reply))
+                .call(|reply| Command::Ack(vec![self.delivery_id], reply))
                 .await
         })
+    }
+
+    fn ack_with(
+        mut self: Box<Self>,
+        others: Vec<Box<dyn Settle>>,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
+        self.settled = true;
+        let mut ids = Vec::with_capacity(others.len() + 1);
+        ids.push(self.delivery_id);
+        // Ours, of this bus, go in the one command; anything else is acked on its own.
+        let mut ours = Vec::with_capacity(others.len());
+        let mut foreign = Vec::new();
+        for mut other in others {
+            match other.as_embedded() {
+                Some(settle) if Arc::ptr_eq(&settle.shared, &self.shared) => {
+                    settle.settled = true;
+                    ids.push(settle.delivery_id);
+                    ours.push(other);
+                }
+                _ => foreign.push(other.ack()),
+            }
+        }
+        Box::pin(async move {
+            let acked = self.shared.call(|reply| Command::Ack(ids, reply)).await;
+            // The handles (and their prefetch slots) go once the acks are answered.
+            drop(ours);
+            let others = futures::future::join_all(foreign).await;
+            acked?;
+            others.into_iter().collect()
+        })
+    }
+
+    fn as_embedded(&mut self) -> Option<&mut EmbeddedSettle> {
+        Some(self)
     }
 
     fn nack(mut self: Box<Self>, nack: Nack) -> BoxFuture<'static, Result<(), BusError>> {
@@ -1781,6 +1816,66 @@ mod tests {
         deliveries
     }
 
+    /// `Delivery::ack_all` settles a batch in one command to its bus, and acks the
+    /// deliveries of another bus among them on their own: every message is gone from
+    /// both files, and the freed prefetch slots take the next deliveries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ack_all_settles_its_own_together_and_another_bus_s_alone() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (one_path, other_path) = (dir.path().join("one.db"), dir.path().join("other.db"));
+        let one = EmbeddedBus::open(&one_path, BusOptions::default(), Synchronous::Full)
+            .await
+            .expect("open");
+        let other = EmbeddedBus::open(&other_path, BusOptions::default(), Synchronous::Full)
+            .await
+            .expect("open");
+        let mut from_one = one
+            .subscribe(Subscription::new("g", "k").with_prefetch(8))
+            .await
+            .expect("subscribe");
+        let mut from_other = other
+            .subscribe(Subscription::new("g", "k").with_prefetch(8))
+            .await
+            .expect("subscribe");
+        for bus in [&one, &other] {
+            bus.publish_all(
+                (0..12)
+                    .map(|i| Message::new("k", format!("m{i}")))
+                    .collect(),
+            )
+            .await
+            .expect("publish");
+        }
+        Delivery::ack_all(Vec::new())
+            .await
+            .expect("nothing to settle");
+        // The prefetch windows are full: 8 of each, mixed, in one call.
+        let mut batch = take(&mut from_one, 8).await;
+        batch.splice(1..1, take(&mut from_other, 8).await);
+        Delivery::ack_all(batch).await.expect("acked together");
+        // The slots are free again: the last 4 of each come, and go the same way.
+        let mut rest = take(&mut from_other, 4).await;
+        rest.extend(take(&mut from_one, 4).await);
+        Delivery::ack_all(rest).await.expect("acked together");
+        for path in [&one_path, &other_path] {
+            let (messages, deliveries): (i64, i64) = Connection::open(path)
+                .and_then(|conn| {
+                    conn.query_row(
+                        "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM deliveries)",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                })
+                .expect("count");
+            assert_eq!(
+                (messages, deliveries),
+                (0, 0),
+                "{}: every delivery settled",
+                path.display()
+            );
+        }
+    }
+
     /// Acknowledgements settled together — of several groups, for the same messages, in
     /// one transaction — delete a message only once every group bound to it has
     /// settled it, and then delete it.
@@ -1897,7 +1992,7 @@ mod tests {
         let (reply, _) = oneshot::channel();
         assert!(!Command::Lease("g".into(), 8, reply).must_survive_power_loss());
         let (reply, _) = oneshot::channel();
-        assert!(!Command::Ack(1, reply).must_survive_power_loss());
+        assert!(!Command::Ack(vec![1], reply).must_survive_power_loss());
         assert!(!Command::Renew(vec![(1, 1)]).must_survive_power_loss());
         assert!(!Command::Release(1, 1).must_survive_power_loss());
     }

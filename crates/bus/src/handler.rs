@@ -394,15 +394,16 @@ impl<H: Handler> Runner<H> {
         // Only for handlers that did not ask for a concurrency of their own: a batch's
         // deliveries that go one by one run concurrently, which a handler that wants
         // them in order (media, 1) or few at once (notification's emails, 4) must not get.
-        if batches.is_none()
-            && runner.handler.concurrency() == CONSUMER_CONCURRENCY
+        if runner.handler.concurrency() == CONSUMER_CONCURRENCY
             && matches!(runner.store.kind, StoreKind::Database { .. })
         {
             // Every delivery ready at once in one call: one task and, when each is applied
-            // by statements alone, one write for all of them.
+            // by statements alone (or by a batched handler's queue), one write for all
+            // of them.
             let task = consumer.run_batches(shutdown, MOST_PER_BATCH, move |items| {
                 let runner = runner.clone();
-                async move { runner.handle_many(items).await }
+                let batches = batches.clone();
+                async move { runner.handle_many(items, batches.as_ref()).await }
             });
             tasks.spawn(async move {
                 if let Err(error) = task.await {
@@ -432,15 +433,23 @@ impl<H: Handler> Runner<H> {
     /// Handles deliveries that came together: in one write when each is a first attempt
     /// whose handler applies it by statements alone, else one by one (concurrently, so
     /// their writes still share commits).
-    async fn handle_many(&self, items: Vec<crate::Ready>) -> Vec<Result<(), Nack>> {
-        if items.len() > 1
+    ///
+    /// A batched handler's deliveries go through its queue ([`apply_batches`]), which
+    /// writes them together.
+    async fn handle_many(
+        &self,
+        items: Vec<crate::Ready>,
+        batches: Option<&BatchQueue<H::Event>>,
+    ) -> Vec<Result<(), Nack>> {
+        if batches.is_none()
+            && items.len() > 1
             && let Some(outcomes) = self.apply_together(&items).await
         {
             return outcomes;
         }
         futures::future::join_all(items.iter().map(|item| {
             item.within(async move {
-                self.handle_via(&item.message, item.attempt, None)
+                self.handle_via(&item.message, item.attempt, batches)
                     .await
                     .map(|_| ())
             })
