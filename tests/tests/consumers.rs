@@ -598,6 +598,33 @@ async fn every_consumer_applies_once_and_acks_only_with_its_inbox_record_on_post
     on(Some(server)).await;
 }
 
+/// The one number `sql` selects (an `INTEGER` or a PostgreSQL `int4`).
+async fn scalar(db: &Database, sql: &'static str) -> i64 {
+    let row = sqlx::query(sql).fetch_one(db.pool()).await.expect(sql);
+    row.try_get::<i64, _>(0)
+        .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+        .expect(sql)
+}
+
+/// Waits (at most 30 s) until each of the `counts` queries selects `count`.
+async fn counts_reach<const N: usize>(db: &Database, counts: [&'static str; N], count: i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut now = Vec::with_capacity(N);
+        for sql in counts {
+            now.push(scalar(db, sql).await);
+        }
+        if now.iter().all(|&n| n == count) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now:?} of {count} for {counts:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// The event log's consumer ([`Handler::batched`]) records what arrives at once in
 /// batches — one lock-row update for many deliveries — each message once, in causal
 /// order though every comment is published before its post; a message applied before
@@ -612,12 +639,6 @@ async fn log_burst(server: Option<String>) {
         Store::database(&db).await.expect("store"),
         event_bus::LogEvents { log: log.clone() },
     ));
-    let scalar = async |sql: &'static str| -> i64 {
-        let row = sqlx::query(sql).fetch_one(db.pool()).await.expect(sql);
-        row.try_get::<i64, _>(0)
-            .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
-            .expect(sql)
-    };
     let burst = |from: usize, to: usize| -> Vec<Message> {
         (from..to)
             .flat_map(|i| {
@@ -638,21 +659,15 @@ async fn log_burst(server: Option<String>) {
             .collect()
     };
     let recorded = async |count: i64| {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let (logged, inbox) = (
-                scalar("SELECT COUNT(*) FROM event_log").await,
-                scalar("SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'event-bus'").await,
-            );
-            if logged == count && inbox == count {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{logged} logged and {inbox} in the inbox of {count}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        counts_reach(
+            &db,
+            [
+                "SELECT COUNT(*) FROM event_log",
+                "SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'event-bus'",
+            ],
+            count,
+        )
+        .await;
     };
 
     // A burst of 200 deliveries, published in one transaction once the consumer has
@@ -663,14 +678,14 @@ async fn log_burst(server: Option<String>) {
         backend.shutdown.clone(),
     );
     let first = burst(0, 100);
-    let locks_before = scalar("SELECT appends FROM event_log_writer").await;
+    let locks_before = scalar(&db, "SELECT appends FROM event_log_writer").await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while let Err(error) = backend.bus.publish_all(first.clone()).await {
         assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     recorded(200).await;
-    let locks = scalar("SELECT appends FROM event_log_writer").await - locks_before;
+    let locks = scalar(&db, "SELECT appends FROM event_log_writer").await - locks_before;
     assert!(
         locks < 100,
         "200 deliveries took the lock {locks} times: not batched"
@@ -741,12 +756,6 @@ async fn view_burst(server: Option<String>) {
             changes,
         },
     ));
-    let scalar = async |sql: &'static str| -> i64 {
-        let row = sqlx::query(sql).fetch_one(db.pool()).await.expect(sql);
-        row.try_get::<i64, _>(0)
-            .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
-            .expect(sql)
-    };
     let posts = |from: usize, to: usize| -> Vec<Message> {
         (from..to)
             .map(|i| {
@@ -758,21 +767,15 @@ async fn view_burst(server: Option<String>) {
             .collect()
     };
     let applied = async |count: i64| {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let (rows, inbox) = (
-                scalar("SELECT COUNT(*) FROM query_posts").await,
-                scalar("SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'query'").await,
-            );
-            if rows == count && inbox == count {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{rows} posts in the view and {inbox} in the inbox of {count}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        counts_reach(
+            &db,
+            [
+                "SELECT COUNT(*) FROM query_posts",
+                "SELECT COUNT(*) FROM bus_inbox WHERE consumer = 'query'",
+            ],
+            count,
+        )
+        .await;
     };
 
     let _health = runner.clone().serve(

@@ -377,3 +377,136 @@ impl ConsumerHealth {
         move || futures::future::ready(health.check())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::embedded::{EmbeddedBus, Synchronous};
+
+    async fn bus(dir: &tempfile::TempDir) -> Arc<dyn EventBus> {
+        Arc::new(
+            EmbeddedBus::open(
+                &dir.path().join("bus.db"),
+                crate::BusOptions::default(),
+                Synchronous::Full,
+            )
+            .await
+            .expect("open"),
+        )
+    }
+
+    /// Publishes `n` messages `m0`… once the group is bound (until then they are
+    /// unroutable), in one transaction: they are ready together.
+    async fn burst(bus: &Arc<dyn EventBus>, n: usize) {
+        let messages: Vec<Message> = (0..n).map(|i| Message::new("k", format!("m{i}"))).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Err(error) = bus.publish_all(messages.clone()).await {
+            assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn until<F: Future<Output = bool>>(what: &str, done: impl Fn() -> F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done().await {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A consumer of concurrency one (media's) handles a burst one delivery at a time,
+    /// in the order published, though a lease hands it many at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_of_one_handles_a_burst_in_order_one_at_a_time() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bus = bus(&dir).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let shutdown = CancellationToken::new();
+        let task = Consumer::new(bus.clone(), Subscription::new("g", "k").with_prefetch(64)).run(
+            shutdown.clone(),
+            {
+                let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+                move |message| {
+                    let (seen, running, most) = (seen.clone(), running.clone(), most.clone());
+                    async move {
+                        most.fetch_max(
+                            running.fetch_add(1, Ordering::SeqCst) + 1,
+                            Ordering::SeqCst,
+                        );
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.push(String::from_utf8_lossy(&message.body).into_owned());
+                        }
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }
+            },
+        );
+        burst(&bus, 100).await;
+        until("every delivery handled", || async {
+            seen.lock().map_or(0, |s| s.len()) >= 100
+        })
+        .await;
+        shutdown.cancel();
+        task.await.expect("the consumer ends");
+        let expected: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        assert_eq!(
+            *seen.lock().expect("seen"),
+            expected,
+            "in the order published"
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one at a time");
+    }
+
+    /// A batch consumer gets what is ready at once in one call (more than one delivery
+    /// per call for a burst, never more than `most`), each delivery once, and its
+    /// acknowledgements settle them all: nothing is delivered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_consumer_gets_a_burst_in_batches_and_settles_each_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bus = bus(&dir).await;
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let task = Consumer::new(bus.clone(), Subscription::new("g", "k").with_prefetch(128))
+            .concurrency(4)
+            .run_batches(shutdown.clone(), 16, {
+                let (sizes, handled) = (sizes.clone(), handled.clone());
+                move |items: Vec<Ready>| {
+                    let (sizes, handled) = (sizes.clone(), handled.clone());
+                    async move {
+                        if let Ok(mut sizes) = sizes.lock() {
+                            sizes.push(items.len());
+                        }
+                        handled.fetch_add(items.len(), Ordering::SeqCst);
+                        items.iter().map(|_| Ok(())).collect()
+                    }
+                }
+            });
+        burst(&bus, 200).await;
+        until("every delivery handled", || async {
+            handled.load(Ordering::SeqCst) >= 200
+        })
+        .await;
+        until("every delivery settled", || async {
+            bus.group_stats("g")
+                .await
+                .is_ok_and(|stats| stats.depth == Some(0))
+        })
+        .await;
+        shutdown.cancel();
+        task.await.expect("the consumer ends");
+        let sizes = sizes.lock().expect("sizes").clone();
+        assert_eq!(
+            handled.load(Ordering::SeqCst),
+            200,
+            "each delivery once: {sizes:?}"
+        );
+        assert!(sizes.iter().all(|&n| (1..=16).contains(&n)), "{sizes:?}");
+        assert!(sizes.len() < 200, "one call per delivery: {sizes:?}");
+    }
+}
