@@ -29,8 +29,9 @@ pub(crate) trait Settle: Send + Sync {
         })
     }
 
-    /// The embedded bus's own handle, for [`Settle::ack_with`].
-    fn as_embedded(&mut self) -> Option<&mut crate::embedded::EmbeddedSettle> {
+    /// The backend's own handle, for its [`Settle::ack_with`] to recognise its kind
+    /// among `others` (a backend that batches answers `Some(self)`).
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
 }

@@ -1542,7 +1542,7 @@ impl EventBus for EmbeddedBus {
     }
 }
 
-pub(crate) struct EmbeddedSettle {
+struct EmbeddedSettle {
     shared: Arc<Shared>,
     delivery_id: i64,
     attempt: i64,
@@ -1587,7 +1587,10 @@ impl Settle for EmbeddedSettle {
         let mut ours = Vec::with_capacity(others.len());
         let mut foreign = Vec::new();
         for mut other in others {
-            match other.as_embedded() {
+            match other
+                .as_any()
+                .and_then(|other| other.downcast_mut::<EmbeddedSettle>())
+            {
                 Some(settle) if Arc::ptr_eq(&settle.shared, &self.shared) => {
                     settle.settled = true;
                     ids.push(settle.delivery_id);
@@ -1606,7 +1609,7 @@ impl Settle for EmbeddedSettle {
         })
     }
 
-    fn as_embedded(&mut self) -> Option<&mut EmbeddedSettle> {
+    fn as_any(&mut self) -> Option<&mut dyn std::any::Any> {
         Some(self)
     }
 
