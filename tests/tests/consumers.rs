@@ -606,6 +606,16 @@ async fn scalar(db: &Database, sql: &'static str) -> i64 {
         .expect(sql)
 }
 
+/// Publishes `messages` in one transaction once the consumer has bound its group
+/// (until then the bus refuses them as unroutable; at most 10 s).
+async fn publish_once_bound(backend: &Backend, messages: Vec<Message>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(error) = backend.bus.publish_all(messages.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most 30 s) until each of the `counts` queries selects `count`.
 async fn counts_reach<const N: usize>(db: &Database, counts: [&'static str; N], count: i64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -677,13 +687,8 @@ async fn log_burst(server: Option<String>) {
         &backend.tasks,
         backend.shutdown.clone(),
     );
-    let first = burst(0, 100);
     let locks_before = scalar(&db, "SELECT appends FROM event_log_writer").await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Err(error) = backend.bus.publish_all(first.clone()).await {
-        assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    publish_once_bound(&backend, burst(0, 100)).await;
     recorded(200).await;
     let locks = scalar(&db, "SELECT appends FROM event_log_writer").await - locks_before;
     assert!(
@@ -783,12 +788,7 @@ async fn view_burst(server: Option<String>) {
         &backend.tasks,
         backend.shutdown.clone(),
     );
-    let first = posts(0, 200);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while let Err(error) = backend.bus.publish_all(first.clone()).await {
-        assert!(tokio::time::Instant::now() < deadline, "publish: {error}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    publish_once_bound(&backend, posts(0, 200)).await;
     applied(200).await;
     // One applied before it is delivered, among new ones.
     let mut second = posts(200, 220);

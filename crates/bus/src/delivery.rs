@@ -81,47 +81,28 @@ impl Delivery {
     /// hand-off and a reply per delivery). `Err` if any could not be settled; the
     /// unsettled ones are redelivered later, which the consumer's inbox makes harmless.
     pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BusError> {
-        let mut deliveries = deliveries.into_iter();
-        let Some(first) = deliveries.next() else {
+        let (settles, settled): (Vec<_>, Vec<_>) = deliveries
+            .into_iter()
+            .map(|d| {
+                (
+                    d.settle,
+                    (d.message, d.group, d.attempt, d.max_attempts, d.held),
+                )
+            })
+            .unzip();
+        let mut settles = settles.into_iter();
+        let Some(first) = settles.next() else {
             return Ok(());
         };
-        let mut settles = Vec::with_capacity(deliveries.len());
-        let mut settled = Vec::with_capacity(deliveries.len() + 1);
-        settled.push((
-            first.message,
-            first.group,
-            first.attempt,
-            first.max_attempts,
-            first.held,
-        ));
-        for delivery in deliveries {
-            settles.push(delivery.settle);
-            settled.push((
-                delivery.message,
-                delivery.group,
-                delivery.attempt,
-                delivery.max_attempts,
-                delivery.held,
-            ));
-        }
-        first.settle.ack_with(settles).await?;
-        let mut counted: Option<(&str, u64)> = None;
+        first.ack_with(settles.collect()).await?;
         for (message, group, attempt, max_attempts, held) in &settled {
             held.tap
                 .settled(message, group, *attempt, *max_attempts, None);
-            match &mut counted {
-                Some((counting, n)) if *counting == group.as_str() => *n += 1,
-                _ => {
-                    if let Some((counting, n)) = counted.take() {
-                        metrics::counter!("bus_acked_total", "group" => counting.to_owned())
-                            .increment(n);
-                    }
-                    counted = Some((group.as_str(), 1));
-                }
-            }
         }
-        if let Some((counting, n)) = counted {
-            metrics::counter!("bus_acked_total", "group" => counting.to_owned()).increment(n);
+        // One counter update per run of a group (a consumer's batch is one group).
+        for run in settled.chunk_by(|a, b| a.1 == b.1) {
+            metrics::counter!("bus_acked_total", "group" => run[0].1.clone())
+                .increment(run.len() as u64);
         }
         Ok(())
     }

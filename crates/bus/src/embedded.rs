@@ -1567,13 +1567,8 @@ impl Drop for EmbeddedSettle {
 }
 
 impl Settle for EmbeddedSettle {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
-        self.settled = true;
-        Box::pin(async move {
-            self.shared
-                .call(|reply| Command::Ack(vec![self.delivery_id], reply))
-                .await
-        })
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BusError>> {
+        self.ack_with(Vec::new())
     }
 
     fn ack_with(

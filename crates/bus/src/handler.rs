@@ -394,34 +394,29 @@ impl<H: Handler> Runner<H> {
         // Only for handlers that did not ask for a concurrency of their own: a batch's
         // deliveries that go one by one run concurrently, which a handler that wants
         // them in order (media, 1) or few at once (notification's emails, 4) must not get.
-        if runner.handler.concurrency() == CONSUMER_CONCURRENCY
+        let task = if runner.handler.concurrency() == CONSUMER_CONCURRENCY
             && matches!(runner.store.kind, StoreKind::Database { .. })
         {
             // Every delivery ready at once in one call: one task and, when each is applied
             // by statements alone (or by a batched handler's queue), one write for all
             // of them.
-            let task = consumer.run_batches(shutdown, MOST_PER_BATCH, move |items| {
+            consumer.run_batches(shutdown, MOST_PER_BATCH, move |items| {
                 let runner = runner.clone();
                 let batches = batches.clone();
                 async move { runner.handle_many(items, batches.as_ref()).await }
-            });
-            tasks.spawn(async move {
-                if let Err(error) = task.await {
-                    tracing::error!(%group, %error, "a consumer stopped abnormally");
+            })
+        } else {
+            consumer.run_attempts(shutdown, move |message, attempt| {
+                let runner = runner.clone();
+                let batches = batches.clone();
+                async move {
+                    runner
+                        .handle_via(&message, attempt, batches.as_ref())
+                        .await
+                        .map(|_| ())
                 }
-            });
-            return health;
-        }
-        let task = consumer.run_attempts(shutdown, move |message, attempt| {
-            let runner = runner.clone();
-            let batches = batches.clone();
-            async move {
-                runner
-                    .handle_via(&message, attempt, batches.as_ref())
-                    .await
-                    .map(|_| ())
-            }
-        });
+            })
+        };
         tasks.spawn(async move {
             if let Err(error) = task.await {
                 tracing::error!(%group, %error, "a consumer stopped abnormally");
