@@ -391,7 +391,14 @@ impl OutboxRelay {
         )));
         let rows = match tx.as_mut() {
             Some(tx) => select.fetch_all(&mut **tx).await?,
-            None => select.fetch_all(self.db.pool()).await?,
+            None => {
+                let rows = select.fetch_all(self.db.pool()).await?;
+                // What was read is on disk before it is published: on SQLite a batch is
+                // visible from its commit, a moment before its sync, and a message out
+                // for a write a power loss then undid would be a ghost.
+                self.db.durable().await?;
+                rows
+            }
         };
         let mut seqs = Vec::with_capacity(rows.len());
         let mut messages = Vec::with_capacity(rows.len());

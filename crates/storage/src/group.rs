@@ -39,6 +39,16 @@
 //! the database was opened on, and one stopped before it took the queue fails what is
 //! queued rather than leaving it to nobody.
 //!
+//! On a database file the shared transaction commits at `synchronous = NORMAL` — SQLite
+//! writes the batch to its write-ahead log and returns — and [`Syncer`] makes it durable:
+//! the slot goes to the next batch at once, and the batch's writers are answered after
+//! an `fdatasync` of the log that began after their commit. Each commit starts its sync
+//! at once, beside any still running, so a write waits for one sync, not for an earlier
+//! batch's and then its own (measured: BENCHMARKS.md, "The sync beside the next batch").
+//! A batch is visible to readers from its commit, a moment before its sync: a reader
+//! that passes on what it read (the outbox relay) waits for
+//! [`Database::durable`](crate::Database::durable) first.
+//!
 //! The commit itself runs in a task of its own, so a caller that goes away (a client that
 //! hangs up) can neither leave a batch half-committed nor strand the others waiting on it.
 
@@ -87,6 +97,80 @@ pub(crate) struct Batches {
     queue: std::sync::Mutex<Queue>,
     /// The runtime the database was opened on, for the tasks that send the queue.
     runtime: Option<Handle>,
+    /// On a database file: the shared transaction commits without waiting for the disk,
+    /// and a batch's writers are answered once this has synced the write-ahead log.
+    syncer: Option<Syncer>,
+}
+
+/// Makes the shared transaction's commits durable off its connection. The transaction
+/// commits at `synchronous = NORMAL` (SQLite writes the WAL, no fsync), the slot goes to
+/// the next batch at once, and a batch's writers are answered after an `fdatasync` of
+/// the WAL file that began after their commit. Each commit starts its own sync at once,
+/// beside any still running, and is answered when one that began after it has returned:
+/// a write waits for one sync, never for the end of an earlier one and then its own.
+/// Nothing is acknowledged before it is on disk.
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    wal: std::path::PathBuf,
+    /// Commits made, and the most that a finished sync covers.
+    committed: AtomicU64,
+    synced: AtomicU64,
+}
+
+impl Syncer {
+    /// For the database file at `path` (its log is `path-wal`).
+    pub(crate) fn new(path: &std::path::Path) -> Self {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Self {
+            wal: wal.into(),
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a commit that returned; its number, for [`Syncer::sync_through`].
+    fn committed(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The number of the last commit that returned.
+    pub(crate) fn last(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Returns once commit number `commit` is on disk.
+    pub(crate) async fn sync_through(&self, commit: u64) -> Result<(), String> {
+        if self.synced.load(Ordering::Acquire) >= commit {
+            return Ok(());
+        }
+        // Every commit counted by now has written its frames: the sync covers them.
+        let covers = self.committed.load(Ordering::Acquire);
+        // Opened for each sync, not kept: SQLite deletes the log when its last
+        // connection closes and starts a new file, which a kept descriptor would miss.
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || sync_log(&wal))
+            .await
+            .map_err(|error| format!("the write-ahead log's sync stopped: {error}"))?
+            .map_err(|error| format!("cannot sync the write-ahead log: {error}"))?;
+        self.synced.fetch_max(covers, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// `fdatasync` of the log at `wal`: any descriptor of the file syncs what SQLite wrote
+/// through its own. No log means none was needed: SQLite removes it only after copying
+/// it into the database file and syncing that.
+fn sync_log(wal: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    let _held = tests::SYNC_GATE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match std::fs::File::open(wal) {
+        Ok(file) => file.sync_data(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Statement-only writes waiting for the task that sends them.
@@ -288,7 +372,7 @@ enum Savepoint {
 }
 
 impl Batches {
-    pub(crate) fn new(pool: AnyPool, keep_open: bool) -> Arc<Self> {
+    pub(crate) fn new(pool: AnyPool, keep_open: bool, syncer: Option<Syncer>) -> Arc<Self> {
         Arc::new(Self {
             pool,
             keep_open,
@@ -299,7 +383,20 @@ impl Batches {
             joined: AtomicU64::new(0),
             queue: std::sync::Mutex::new(Queue::default()),
             runtime: Handle::try_current().ok(),
+            syncer,
         })
+    }
+
+    /// Returns once every commit made so far is on disk (at once without a syncer:
+    /// each commit was).
+    pub(crate) async fn durable(&self) -> Result<(), StorageError> {
+        match &self.syncer {
+            Some(syncer) => syncer
+                .sync_through(syncer.last())
+                .await
+                .map_err(StorageError::GroupCommit),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn stats(&self) -> GroupStats {
@@ -820,14 +917,26 @@ fn commit_in_task(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, mine: 
             }) => (Some((savepoint, last, weight)), Some(reply)),
             None => (None, None),
         };
-        let settlement = batches.settle(tx, writes, mine).await;
-        if settlement.result.is_ok() && settlement.writes > 0 {
+        let mut settlement = batches.settle(tx, writes, mine).await;
+        let committed = settlement.result.is_ok() && settlement.writes > 0;
+        if committed {
             batches.commits.fetch_add(1, Ordering::Relaxed);
             batches
                 .writes
                 .fetch_add(settlement.writes as u64, Ordering::Relaxed);
         }
-        slot.spare = settlement.spare;
+        slot.spare = settlement.spare.take();
+        if let Some(syncer) = batches.syncer.as_ref().filter(|_| committed) {
+            // The next batch may work while this one's commit goes to the disk.
+            let commit = syncer.committed();
+            drop(slot);
+            if let Err(error) = syncer.sync_through(commit).await {
+                tracing::error!(%error, "a committed batch could not be made durable");
+                settlement.result = Err(error);
+            }
+        } else {
+            drop(slot);
+        }
         if let Some(reply) = reply {
             let own = match settlement.own {
                 Some(own) => own,
@@ -836,7 +945,6 @@ fn commit_in_task(batches: Arc<Batches>, mut slot: OwnedMutexGuard<Slot>, mine: 
             let _ = reply.send(own);
         }
         outcome.send_replace(Some(settlement.result));
-        drop(slot);
     });
 }
 
@@ -1020,4 +1128,97 @@ async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), StorageError> {
     use sqlx::Executor;
     tx.execute(sql).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Database;
+
+    /// Held by a test to stop every sync before its `fdatasync`.
+    pub(super) static SYNC_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The shared transaction commits at NORMAL, the pool's connections at FULL; a batch
+    /// is visible from its commit, but its writers — and `durable` — are answered only
+    /// after the sync of the log that began after it; a write after it is not held up
+    /// by that sync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The gate is held across awaits on purpose: it stops the syncs, not this task.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_write_is_answered_after_the_sync_that_began_after_its_commit() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("sync.db").display());
+        let db = Database::connect(&url).await.expect("connect");
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .expect("create");
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(db.pool())
+            .await
+            .expect("pragma");
+        assert_eq!(level, 2, "the pool commits at FULL");
+        let mut write = db.write().await.expect("write");
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **write.tx().expect("tx"))
+            .await
+            .expect("pragma");
+        assert_eq!(level, 1, "the shared transaction commits at NORMAL");
+        drop(write);
+
+        let insert = |id: &'static str| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut statements = db.statements();
+                statements.push("INSERT INTO t (id) VALUES (?)").bind(id);
+                db.commit_statements(statements).await
+            })
+        };
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM t")
+                .fetch_one(db.pool())
+                .await
+                .expect("count")
+        };
+        let gate = SYNC_GATE.lock().expect("gate");
+        let first = insert("a");
+        // Committed and visible, but not answered while its sync cannot run.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while count().await < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the write commits");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!first.is_finished(), "answered before its sync");
+        let durable = tokio::spawn({
+            let db = db.clone();
+            async move { db.durable().await }
+        });
+        // The next write commits while the first one's sync is held.
+        let second = insert("b");
+        while count().await < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the next write commits"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!durable.is_finished(), "durable before the sync");
+        assert!(!second.is_finished(), "the second answered before its sync");
+        drop(gate);
+        for write in [first, second] {
+            tokio::time::timeout(Duration::from_secs(10), write)
+                .await
+                .expect("answered after the sync")
+                .expect("the task ran")
+                .expect("committed");
+        }
+        tokio::time::timeout(Duration::from_secs(10), durable)
+            .await
+            .expect("durable after the sync")
+            .expect("the task ran")
+            .expect("synced");
+    }
 }

@@ -231,7 +231,7 @@ impl Database {
         } else {
             settings.max_connections
         };
-        let pool = Self::pool_options(dialect, settings, max_connections, busy_ms)
+        let pool = Self::pool_options(dialect, settings, max_connections, busy_ms, "FULL")
             .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
@@ -243,13 +243,24 @@ impl Database {
         // database only: an in-memory one exists on its one connection), so it can keep
         // the next transaction begun while other queries use the pool.
         let batches = match dialect {
-            Dialect::Sqlite if in_memory => Some(group::Batches::new(pool.clone(), false)),
+            Dialect::Sqlite if in_memory => Some(group::Batches::new(pool.clone(), false, None)),
             Dialect::Sqlite => {
-                let writer = Self::pool_options(dialect, settings, 1, busy_ms)
+                // The shared transaction commits without an fsync; its syncer makes each
+                // batch durable before its writers are answered, while the next batch
+                // works (`group.rs`, `Syncer`). Every other connection commits at FULL.
+                let file: String =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&pool)
+                        .await
+                        .map_err(connect_error)?;
+                let syncer =
+                    (!file.is_empty()).then(|| group::Syncer::new(std::path::Path::new(&file)));
+                let synchronous = if syncer.is_some() { "NORMAL" } else { "FULL" };
+                let writer = Self::pool_options(dialect, settings, 1, busy_ms, synchronous)
                     .connect_with(options)
                     .await
                     .map_err(connect_error)?;
-                Some(group::Batches::new(writer, true))
+                Some(group::Batches::new(writer, true, syncer))
             }
             Dialect::Postgres | Dialect::MySql => None,
         };
@@ -265,6 +276,7 @@ impl Database {
         settings: &PoolSettings,
         max_connections: u32,
         busy_ms: u128,
+        synchronous: &'static str,
     ) -> AnyPoolOptions {
         AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -278,13 +290,15 @@ impl Database {
                         // FULL: a commit returns once the WAL is on disk, so an
                         // acknowledged write survives a power loss, not only a crash.
                         // Writers share commits ([`Database::write`]), so the fsync is
-                        // paid once per batch, not once per request.
+                        // paid once per batch, not once per request; the shared
+                        // transaction's own connection commits at NORMAL and its syncer
+                        // makes each batch durable before answering its writers.
                         // temp_store MEMORY: the statement journals a batch's savepoints
                         // keep (a copy of each page a write changes, so it can be undone
                         // alone) stay in memory, where past 64 KiB they went to a file in
                         // /var/tmp — a write per page, for data that lives one batch.
                         let pragmas = format!(
-                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY"
+                            "PRAGMA busy_timeout = {busy_ms}; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY"
                         );
                         conn.execute(sqlx::raw_sql(AssertSqlSafe(pragmas))).await?;
                     }
@@ -311,6 +325,17 @@ impl Database {
     /// `commit()`. Run statements on it with `.execute(&mut *tx)`.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StorageError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Returns once every write committed so far is on disk. Writes are answered only
+    /// then anyway; this is for a reader that passes on what it read (the outbox relay
+    /// publishing rows): on SQLite a batch is visible to readers from its commit, a
+    /// moment before its sync.
+    pub async fn durable(&self) -> Result<(), StorageError> {
+        match &self.batches {
+            Some(batches) => batches.durable().await,
+            None => Ok(()),
+        }
     }
 
     /// A write to make durable with [`Write::commit`]: the way request handlers and
