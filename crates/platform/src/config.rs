@@ -37,10 +37,10 @@ pub struct ServerArgs {
           value_parser = parse_duration)]
     pub http_body_timeout: std::time::Duration,
 
-    /// Linux scheduling policy of the process's threads: `batch` (SCHED_BATCH) lets a
-    /// thread that wakes wait for the running one instead of preempting it — less
-    /// switching under load, the same CPU share; `other` is the kernel's default.
-    #[arg(long, env = "FLOTILLA_SCHED_POLICY", value_enum, default_value_t = crate::sched::Policy::Batch)]
+    /// Linux scheduling policy of the process's threads: `other` is the kernel's default;
+    /// `batch` (SCHED_BATCH) lets a thread that wakes wait for the running one instead of
+    /// preempting it — less switching under load, later answers.
+    #[arg(long, env = "FLOTILLA_SCHED_POLICY", value_enum, default_value_t = crate::sched::Policy::Other)]
     pub sched_policy: crate::sched::Policy,
 }
 

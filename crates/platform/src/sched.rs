@@ -12,6 +12,14 @@
 //! lone request waits no longer. Measured (BENCHMARKS.md, "Fewer preemptions"): five in
 //! six preemptions gone, about 5 % less CPU per created post.
 //!
+//! Since a write's commit is answered by the sync of its database's log on a thread of
+//! its own (`crates/storage/src/group.rs`), that thread's wake-up decides how soon the
+//! write is answered, and `SCHED_BATCH` delays it: measured again (BENCHMARKS.md, "The
+//! sync beside the next batch"), the kernel's default made more creates a second in
+//! every one of nine alternating pairs (+1 to +5 %) for 2–4 µs more CPU each. So
+//! `SCHED_OTHER` is the default again, and `batch` is there for a host where the
+//! switches cost more than the wake-ups.
+//!
 //! Set before the first thread is spawned, the policy is inherited by every thread the
 //! process starts (the runtime's, sqlx's, the bus's). Needs no privilege.
 
@@ -19,9 +27,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Policy {
     /// `SCHED_BATCH`: a thread that wakes does not preempt the running one.
-    #[default]
     Batch,
     /// `SCHED_OTHER`: the kernel's default.
+    #[default]
     Other,
 }
 
