@@ -584,6 +584,10 @@ struct Parked {
     group: String,
     max: usize,
     reply: Reply<Vec<Leased>>,
+    /// Deliveries a publish of this transaction made leased to this request at once
+    /// ([`Writer::publish`]): answered at the commit, without a lease's search of the
+    /// group's deliveries and read of their messages.
+    handed: Vec<Leased>,
 }
 
 /// What a command produced, answered after the commit.
@@ -732,6 +736,11 @@ impl Writer {
             }
             Err(error) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                // What publishes of this transaction handed to parked requests is gone
+                // with it; they wait on.
+                for parked in &mut self.parked {
+                    parked.handed.clear();
+                }
                 // A binding added in the failed transaction is gone again.
                 self.data_version = -1;
                 let message = error.to_string();
@@ -807,7 +816,12 @@ impl Writer {
             Command::Lease(group, max, reply) => {
                 let rows = self.lease(&group, max)?;
                 if rows.is_empty() {
-                    self.parked.push(Parked { group, max, reply });
+                    self.parked.push(Parked {
+                        group,
+                        max,
+                        reply,
+                        handed: Vec::new(),
+                    });
                     Outcome::None
                 } else {
                     Outcome::Leased(reply, rows)
@@ -953,6 +967,13 @@ impl Writer {
     ) -> Result<(), rusqlite::Error> {
         let mut waiting = std::mem::take(&mut self.parked).into_iter();
         while let Some(parked) = waiting.next() {
+            if !parked.handed.is_empty() {
+                // A consumer gone meanwhile gets them back at the answer (`unclaimed`).
+                let mut parked = parked;
+                let rows = std::mem::take(&mut parked.handed);
+                outcomes.push((Outcome::Leased(parked.reply, rows), false));
+                continue;
+            }
             if parked.reply.is_closed() {
                 continue;
             }
@@ -1039,11 +1060,40 @@ impl Writer {
             return Ok(());
         }
         let seq = self.conn.last_insert_rowid();
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO deliveries (group_name, seq, available_at) VALUES (?1, ?2, ?3)",
-        )?;
         for group in groups {
-            insert.execute(params![group, seq, now])?;
+            // A consumer of the group waiting with room (parked: nothing was available
+            // to it) takes the delivery leased as it is made: what a lease in this
+            // transaction would give it, without searching the group's deliveries and
+            // reading the message back.
+            let waiting = self.parked.iter_mut().find(|parked| {
+                parked.group == group
+                    && parked.handed.len() < parked.max
+                    && !parked.reply.is_closed()
+            });
+            match waiting {
+                Some(parked) => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO deliveries (group_name, seq, available_at, attempts, lease_until)
+                             VALUES (?1, ?2, ?3, 1, ?4)",
+                        )?
+                        .execute(params![group, seq, now, now.saturating_add(self.lease_ms)])?;
+                    parked.handed.push(Leased {
+                        delivery_id: self.conn.last_insert_rowid(),
+                        attempts: 1,
+                        message: message.clone(),
+                    });
+                    metrics::counter!("bus_delivered_total", "group" => group.to_owned())
+                        .increment(1);
+                }
+                None => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT INTO deliveries (group_name, seq, available_at) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![group, seq, now])?;
+                }
+            }
             woken.push(group.to_owned());
         }
         Ok(())
@@ -1797,6 +1847,56 @@ mod tests {
             "the stopped consumer's request took no attempt"
         );
         delivery.ack().await.expect("ack");
+    }
+
+    /// A consumer waiting when a batch is published takes, leased as they are made, as
+    /// many deliveries as it has room for, in order; the rest wait, available, for its
+    /// next request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_consumer_takes_what_it_has_room_for_from_the_publish_itself() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bus = EmbeddedBus::open(
+            &dir.path().join("bus.db"),
+            BusOptions::default(),
+            Synchronous::Full,
+        )
+        .await
+        .expect("open");
+        let mut subscriber = bus
+            .subscribe(Subscription::new("g", "k").with_prefetch(2))
+            .await
+            .expect("subscribe");
+        // Its request parks in the writer: nothing to take yet.
+        let waited = tokio::time::timeout(Duration::from_millis(300), subscriber.next()).await;
+        assert!(waited.is_err(), "nothing was published yet");
+        bus.publish_all((0..5).map(|i| Message::new("k", format!("m{i}"))).collect())
+            .await
+            .expect("publish");
+        let first = take(&mut subscriber, 2).await;
+        let bodies = |deliveries: &[Delivery]| -> Vec<String> {
+            deliveries
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+                .collect()
+        };
+        assert_eq!(bodies(&first), ["m0", "m1"]);
+        assert!(first.iter().all(|d| d.attempt == 1));
+        let stats = bus.group_stats("g").await.expect("stats");
+        assert_eq!(
+            (stats.depth, stats.in_flight, stats.dead_letters),
+            (Some(3), Some(2), Some(0)),
+            "(waiting, leased, dead)"
+        );
+        Delivery::ack_all(first).await.expect("ack");
+        // (Two at a time: the prefetch window.)
+        let next = take(&mut subscriber, 2).await;
+        assert_eq!(bodies(&next), ["m2", "m3"]);
+        Delivery::ack_all(next).await.expect("ack");
+        let last = take(&mut subscriber, 1).await;
+        assert_eq!(bodies(&last), ["m4"]);
+        Delivery::ack_all(last).await.expect("ack");
+        let stats = bus.group_stats("g").await.expect("stats");
+        assert_eq!((stats.depth, stats.in_flight), (Some(0), Some(0)));
     }
 
     /// The next `n` deliveries of `subscriber`.
