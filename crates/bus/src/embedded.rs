@@ -1855,13 +1855,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_consumer_takes_what_it_has_room_for_from_the_publish_itself() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let bus = EmbeddedBus::open(
-            &dir.path().join("bus.db"),
-            BusOptions::default(),
-            Synchronous::Full,
-        )
-        .await
-        .expect("open");
+        let bus = open_default(dir.path()).await;
         let mut subscriber = bus
             .subscribe(Subscription::new("g", "k").with_prefetch(2))
             .await
@@ -1897,6 +1891,17 @@ mod tests {
         Delivery::ack_all(last).await.expect("ack");
         let stats = bus.group_stats("g").await.expect("stats");
         assert_eq!((stats.depth, stats.in_flight), (Some(0), Some(0)));
+    }
+
+    /// A bus file in `dir` with the default options, synced as `flotilla up` syncs it.
+    async fn open_default(dir: &Path) -> EmbeddedBus {
+        EmbeddedBus::open(
+            &dir.join("bus.db"),
+            BusOptions::default(),
+            Synchronous::Full,
+        )
+        .await
+        .expect("open")
     }
 
     /// The next `n` deliveries of `subscriber`.
@@ -2037,13 +2042,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn acknowledgements_count_for_the_command_right_behind_them() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let bus = EmbeddedBus::open(
-            &dir.path().join("bus.db"),
-            BusOptions::default(),
-            Synchronous::Full,
-        )
-        .await
-        .expect("open");
+        let bus = open_default(dir.path()).await;
         let mut subscriber = bus
             .subscribe(Subscription::new("g", "k").with_prefetch(64))
             .await
