@@ -966,10 +966,9 @@ impl Writer {
         outcomes: &mut Vec<(Outcome, bool)>,
     ) -> Result<(), rusqlite::Error> {
         let mut waiting = std::mem::take(&mut self.parked).into_iter();
-        while let Some(parked) = waiting.next() {
+        while let Some(mut parked) = waiting.next() {
             if !parked.handed.is_empty() {
                 // A consumer gone meanwhile gets them back at the answer (`unclaimed`).
-                let mut parked = parked;
                 let rows = std::mem::take(&mut parked.handed);
                 outcomes.push((Outcome::Leased(parked.reply, rows), false));
                 continue;
