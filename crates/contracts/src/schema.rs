@@ -1,13 +1,12 @@
 //! JSON Schemas of the blog's inputs and events that say exactly what the services
 //! accept: the patterns are built from the same predicates the services check
-//! ([`blog::check_text`], the id and event-type rules), so every string the OpenAPI
+//! ([`blog::check_text`], the id and event-type rules) — kept as text in
+//! `schema/kept_patterns.rs`, which a test rebuilds and compares — so every string the OpenAPI
 //! document allows is accepted and every other one is refused (Schemathesis checks both
 //! ways). A hand-written regex would drift from Unicode's general categories.
 //!
 //! Patterns are ECMA-262 / Python-compatible: BMP characters as `\uXXXX`, characters
 //! beyond it as themselves.
-
-use std::{fmt::Write as _, sync::OnceLock};
 
 use utoipa::{
     PartialSchema, ToSchema,
@@ -20,83 +19,26 @@ use utoipa::{
 
 use crate::blog::{self, MAX_ID_CHARS, MAX_TEXT_CHARS};
 
-/// `c` as it appears in a regex character class.
-fn class_char(out: &mut String, c: char) {
-    if (c as u32) <= 0xFFFF {
-        let _ = write!(out, "\\u{:04X}", c as u32);
-    } else {
-        out.push(c);
-    }
-}
-
-/// A character class body (without brackets) of every character for which `pick` holds,
-/// as ranges.
-fn class_of(pick: impl Fn(char) -> bool) -> String {
-    let mut out = String::new();
-    let mut run: Option<(char, char)> = None;
-    let flush = |out: &mut String, run: Option<(char, char)>| {
-        if let Some((first, last)) = run {
-            class_char(out, first);
-            if last != first {
-                out.push('-');
-                class_char(out, last);
-            }
-        }
-    };
-    for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
-        if pick(c) {
-            run = match run {
-                Some((first, last)) if last as u32 + 1 == c as u32 => Some((first, c)),
-                other => {
-                    flush(&mut out, other);
-                    Some((c, c))
-                }
-            };
-        }
-    }
-    flush(&mut out, run);
-    out
-}
-
-/// Control characters a title or comment may not hold (all but tab, LF, CR).
-fn forbidden_control(c: char) -> bool {
-    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
-}
+// The patterns themselves, kept as text: building them walks every Unicode scalar value
+// through the predicates (≈ 40 ms of every start-up that builds the API descriptions).
+// `the_kept_patterns_are_built_from_the_predicates` rebuilds them and fails on any
+// difference; `FLOTILLA_REGENERATE=1` makes it write the file anew.
+mod kept_patterns;
 
 /// The pattern of [`blog::check_text`]: no forbidden control character, at least one
 /// visible one.
 pub fn text_pattern() -> &'static str {
-    static PATTERN: OnceLock<String> = OnceLock::new();
-    PATTERN.get_or_init(|| {
-        let allowed = format!("[^{}]", class_of(forbidden_control));
-        let visible = format!(
-            "[^{}]",
-            class_of(|c| blog::is_invisible(c) || forbidden_control(c))
-        );
-        format!("^{allowed}*{visible}{allowed}*$")
-    })
+    kept_patterns::TEXT
 }
 
 /// The pattern of a post or comment id in an event: visible characters only.
 pub fn id_pattern() -> &'static str {
-    static PATTERN: OnceLock<String> = OnceLock::new();
-    PATTERN.get_or_init(|| {
-        format!(
-            "^[^{}]*$",
-            class_of(|c| blog::is_invisible(c) || c.is_control())
-        )
-    })
+    kept_patterns::ID
 }
 
 /// The pattern of an event type name ([`blog::is_valid_event_type`]).
 pub fn event_type_pattern() -> &'static str {
-    static PATTERN: OnceLock<String> = OnceLock::new();
-    PATTERN.get_or_init(|| {
-        format!(
-            "^[^{}]*$",
-            class_of(|c| matches!(c, '.' | '*' | '#') || c.is_whitespace() || c.is_control())
-        )
-    })
+    kept_patterns::EVENT_TYPE
 }
 
 /// `"not": {"enum": [the four blog types]}`. utoipa's builders have no `not`; its
@@ -258,6 +200,8 @@ text_body_schema!(
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     /// The characters of a class body written by [`class_of`], as ranges.
@@ -289,6 +233,111 @@ mod tests {
             }
         }
         folded
+    }
+
+    /// `c` as it appears in a regex character class.
+    fn class_char(out: &mut String, c: char) {
+        if (c as u32) <= 0xFFFF {
+            let _ = write!(out, "\\u{:04X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+
+    /// A character class body (without brackets) of every character for which `pick`
+    /// holds, as ranges.
+    fn class_of(pick: impl Fn(char) -> bool) -> String {
+        let mut out = String::new();
+        let mut run: Option<(char, char)> = None;
+        let flush = |out: &mut String, run: Option<(char, char)>| {
+            if let Some((first, last)) = run {
+                class_char(out, first);
+                if last != first {
+                    out.push('-');
+                    class_char(out, last);
+                }
+            }
+        };
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            if pick(c) {
+                run = match run {
+                    Some((first, last)) if last as u32 + 1 == c as u32 => Some((first, c)),
+                    other => {
+                        flush(&mut out, other);
+                        Some((c, c))
+                    }
+                };
+            }
+        }
+        flush(&mut out, run);
+        out
+    }
+
+    /// Control characters a title or comment may not hold (all but tab, LF, CR).
+    fn forbidden_control(c: char) -> bool {
+        c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+    }
+
+    /// The three patterns as the predicates make them today.
+    fn built_patterns() -> [(&'static str, String); 3] {
+        let allowed = format!("[^{}]", class_of(forbidden_control));
+        let visible = format!(
+            "[^{}]",
+            class_of(|c| blog::is_invisible(c) || forbidden_control(c))
+        );
+        [
+            ("TEXT", format!("^{allowed}*{visible}{allowed}*$")),
+            (
+                "ID",
+                format!(
+                    "^[^{}]*$",
+                    class_of(|c| blog::is_invisible(c) || c.is_control())
+                ),
+            ),
+            (
+                "EVENT_TYPE",
+                format!(
+                    "^[^{}]*$",
+                    class_of(|c| matches!(c, '.' | '*' | '#')
+                        || c.is_whitespace()
+                        || c.is_control())
+                ),
+            ),
+        ]
+    }
+
+    /// The kept patterns are exactly what the predicates build (a new Unicode version in
+    /// the standard library or `unicode-properties` changes them): with
+    /// `FLOTILLA_REGENERATE=1` the file is written anew instead.
+    #[test]
+    fn the_kept_patterns_are_built_from_the_predicates() {
+        let built = built_patterns();
+        if std::env::var_os("FLOTILLA_REGENERATE").is_some() {
+            let mut file = String::from(
+                "//! The JSON Schema patterns of the blog's text, ids and event types, built by\n\
+                 //! `schema::tests::built_patterns` from the predicates the services check. Do not\n\
+                 //! edit: `FLOTILLA_REGENERATE=1 cargo test -p contracts kept_patterns` writes it.\n\n",
+            );
+            for (name, pattern) in &built {
+                let _ = writeln!(file, "pub(super) const {name}: &str = {pattern:?};");
+            }
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/schema/kept_patterns.rs"),
+                file,
+            )
+            .expect("written");
+        }
+        let kept = [
+            kept_patterns::TEXT,
+            kept_patterns::ID,
+            kept_patterns::EVENT_TYPE,
+        ];
+        for ((name, built), kept) in built.iter().zip(kept) {
+            assert!(
+                built == kept,
+                "the kept {name} pattern is out of date: run FLOTILLA_REGENERATE=1 cargo test -p contracts kept_patterns"
+            );
+        }
     }
 
     /// The pattern and the predicate it was built from agree on every character
