@@ -27,9 +27,12 @@ flotilla_binary
 [ -d bench/blog/original/node_modules ] || (cd bench/blog/original && npm ci --no-audit --no-fund --silent >/dev/null)
 
 now() { date +%s.%N; }
-rss_kib() { awk '/VmRSS/ {s += $2} END {print s + 0}' "$@" 2>/dev/null || echo 0; }
+# Resident memory of the processes whose status files are given, summed: all of it, and
+# its anonymous part (RssAnon: the heap and stacks, the processes' own memory; the rest is
+# pages of their executables and libraries, which the kernel shares and can drop).
+rss_kib() { awk '/^VmRSS/ {s += $2} /^RssAnon/ {a += $2} END {print s + 0, a + 0}' "$@" 2>/dev/null || echo 0 0; }
 
-flotilla() { # -> "seconds rss_kib"
+flotilla() { # -> "seconds rss_kib anon_kib"
   rm -rf "$work/data"
   local started ready rss
   started=$(now)
@@ -46,7 +49,7 @@ flotilla() { # -> "seconds rss_kib"
   echo "$(awk -v a="$started" -v b="$ready" 'BEGIN {printf "%.3f", b - a}') $rss"
 }
 
-original() { # -> "seconds rss_kib"
+original() { # -> "seconds rss_kib anon_kib"
   rm -rf "$work/original"; mkdir -p "$work/original"; chmod 755 "$work/original"
   local started ready rss pids
   started=$(now)
@@ -66,9 +69,9 @@ before=$(python3 bench/tools/machine.py)
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then order="flotilla original"; else order="original flotilla"; fi
   for system in $order; do
-    read -r seconds rss <<<"$("$system")"
-    echo "round $round: $system ready in $seconds s, idle RSS $rss KiB" >&2
-    echo "$system $seconds $rss" >>"$work/rounds.txt"
+    read -r seconds rss anon <<<"$("$system")"
+    echo "round $round: $system ready in $seconds s, idle RSS $rss KiB (anonymous $anon KiB)" >&2
+    echo "$system $seconds $rss $anon" >>"$work/rounds.txt"
   done
 done
 after=$(python3 bench/tools/machine.py)
@@ -79,11 +82,12 @@ sys.path.insert(0, os.path.join("bench", "tools"))
 from machine import describe
 from spread import cell, spread
 path, rounds, idle, before, after, results = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:7]
-data = {"flotilla": {"seconds": [], "rss_mib": []}, "original": {"seconds": [], "rss_mib": []}}
+data = {s: {"seconds": [], "rss_mib": [], "anon_mib": []} for s in ("flotilla", "original")}
 for line in open(path):
-    system, seconds, rss = line.split()
+    system, seconds, rss, anon = line.split()
     data[system]["seconds"].append(float(seconds))
     data[system]["rss_mib"].append(int(rss) / 1024)
+    data[system]["anon_mib"].append(int(anon) / 1024)
 if results:
     with open(results, "w") as f:
         json.dump({"bench": "startup", "rounds": rounds, "idle_s": idle, **data}, f)
@@ -91,10 +95,14 @@ print(f"`bench/startup.sh {rounds} {idle}` — {describe(json.loads(before), jso
       f"{rounds} alternating rounds, median (min–max).")
 print()
 print("| system | start-up until ready | resident memory after "
-      f"{idle} s idle |")
-print("|---|---:|---:|")
-print(f"| `flotilla up` (every service, one process, fresh data directory; until it prints \"ready\") "
-      f"| {cell(data['flotilla']['seconds'], 2, 's')} | {cell(data['flotilla']['rss_mib'], 1, 'MiB')} |")
-print(f"| the course's original blog (five Node services + nginx; until the origin answers `GET /posts`) "
-      f"| {cell(data['original']['seconds'], 2, 's')} | {cell(data['original']['rss_mib'], 1, 'MiB')} |")
+      f"{idle} s idle | of it anonymous (`RssAnon`: the processes' own) |")
+print("|---|---:|---:|---:|")
+def row(system, label):
+    d = data[system]
+    print(f"| {label} | {cell(d['seconds'], 2, 's')} | {cell(d['rss_mib'], 1, 'MiB')} | {cell(d['anon_mib'], 1, 'MiB')} |")
+row("flotilla", "`flotilla up` (every service, one process, fresh data directory; until it prints \"ready\")")
+row("original", "the course's original blog (five Node services + nginx; until the origin answers `GET /posts`)")
+print()
+print("Resident memory counts the pages of the executables and libraries mapped in (shared, and dropped "
+      "by the kernel under pressure) besides the processes' own memory, the anonymous column.")
 PY
