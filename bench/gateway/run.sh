@@ -21,7 +21,8 @@
 #   DIR/gateway.tsv   one row per proxy and connection count (tab-separated, header row):
 #     proxy threads connections rounds rps_min rps_median rps_max p50_ms_median
 #     p99_ms_min p99_ms_median p99_ms_max rss_idle_kib rss_peak_kib socket_errors
-#     instructions_per_request (socket_errors: wrk's, summed over the rounds — timeouts)
+#     instructions_per_request rss_idle_anon_kib (socket_errors: wrk's, summed over the
+#     rounds — timeouts; rss_idle_anon_kib: the idle RSS's RssAnon, the proxy's own memory)
 #   DIR/rounds.tsv    every wrk run: proxy threads connections round rps p50_ms p99_ms
 #     rss_peak_kib socket_errors
 # Knobs: FLOTILLA_BINARY (default: cargo build --release -p flotilla, then
@@ -145,6 +146,14 @@ rss_kib() { # PID -> RSS of it and its children (nginx: master + workers), KiB
   done
   echo "$total"
 }
+anon_kib() { # PID -> RssAnon (the process's own memory, without mapped files) of it and its children, KiB
+  local total=0 p r
+  for p in "$1" $(pgrep -P "$1" || true); do
+    r=$(awk '/RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${r:-0}))
+  done
+  echo "$total"
+}
 ms() { # percentile label -> its latency in ms from wrk's --latency table
   awk -v p="$1" '$1==p {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out"
 }
@@ -167,8 +176,11 @@ run_wrk() { # index connections seconds -> "req/s p50_ms p99_ms peak_rss_kib soc
   echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out") $(ms 50%) $(ms 99%) $peak ${errors:-0}"
 }
 
-declare -A idle_rss
-for i in "${!names[@]}"; do idle_rss[${names[$i]}]=$(rss_kib "$(pid_of "${names[$i]}")"); done
+declare -A idle_rss idle_anon
+for i in "${!names[@]}"; do
+  idle_rss[${names[$i]}]=$(rss_kib "$(pid_of "${names[$i]}")")
+  idle_anon[${names[$i]}]=$(anon_kib "$(pid_of "${names[$i]}")")
+done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 
@@ -205,7 +217,7 @@ if [ -n "$instructions" ]; then
 fi
 
 # Aggregate: min / median / max over the rounds of each proxy and connection count.
-printf 'proxy\tthreads\tconnections\trounds\trps_min\trps_median\trps_max\tp50_ms_median\tp99_ms_min\tp99_ms_median\tp99_ms_max\trss_idle_kib\trss_peak_kib\tsocket_errors\tinstructions_per_request\n' >"$out/gateway.tsv"
+printf 'proxy\tthreads\tconnections\trounds\trps_min\trps_median\trps_max\tp50_ms_median\tp99_ms_min\tp99_ms_median\tp99_ms_max\trss_idle_kib\trss_peak_kib\tsocket_errors\tinstructions_per_request\trss_idle_anon_kib\n' >"$out/gateway.tsv"
 stats() { # column of rounds.tsv, proxy, threads, connections -> "min median max"
   awk -F'\t' -v col="$1" -v p="$2" -v t="$3" -v c="$4" 'NR > 1 && $1 == p && $2 == t && $3 == c {print $col}' "$out/rounds.tsv" |
     sort -g | awk '{v[NR] = $1} END {m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print v[1], m, v[NR]}'
@@ -219,8 +231,9 @@ for c in ${connections//,/ }; do
     read -r _ _ peak <<<"$(stats 8 "$p" "$t" "$c")"
     errors=$(awk -F'\t' -v p="$p" -v t="$t" -v c="$c" 'NR > 1 && $1 == p && $2 == t && $3 == c {e += $9} END {print e + 0}' "$out/rounds.tsv")
     in=""; [ "$t" = 1 ] && in=${instr[$p]:-}
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$t" "$c" "$rounds" \
-      "$rmin" "$rmed" "$rmax" "$p50" "$qmin" "$qmed" "$qmax" "${idle_rss[${names[$i]}]}" "$peak" "$errors" "$in" >>"$out/gateway.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$t" "$c" "$rounds" \
+      "$rmin" "$rmed" "$rmax" "$p50" "$qmin" "$qmed" "$qmax" "${idle_rss[${names[$i]}]}" "$peak" "$errors" "$in" \
+      "${idle_anon[${names[$i]}]}" >>"$out/gateway.tsv"
   done
 done
 
@@ -238,26 +251,28 @@ wrk -t2 -d${duration}s, $rounds alternating rounds; each cell is the median, wit
 Every proxy is in front of the same trivial upstream, an nginx \`return 200\` in a process of its own
 ($cores workers); client, proxies and upstream share the cores. Ratios compare medians with nginx and
 HAProxy with as many workers/threads (req/s: higher is better; p99: lower is better). RSS of the whole
-proxy (nginx: master + workers), idle before the rounds and peak under load. wrk timeouts: requests
+proxy (nginx: master + workers), idle before the rounds and peak under load; in brackets the idle
+figure's anonymous part (\`RssAnon\`: the process's own memory; the rest is pages of its executable
+and libraries, shared and droppable). wrk timeouts: requests
 without an answer within 2 s, summed over the rounds.
 MD
   for c in ${connections//,/ }; do
     echo
     echo "**$c connections**"
     echo
-    echo "| proxy | threads | requests/s | p50 | p99 | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | RSS idle / peak | wrk timeouts |"
+    echo "| proxy | threads | requests/s | p50 | p99 | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | RSS idle (own) / peak | wrk timeouts |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v c="$c" -v nl="$(label_of nginx)" -v hl="$(label_of haproxy)" -v gl="$(label_of gateway)" -v pl="$(label_of pingora)" -v yl="$(label_of hyper)" '
       NR == 1 || $3 != c {next}
-      {n++; p[n] = $1; t[n] = $2; rmin[n] = $5; r[n] = $6; rmax[n] = $7; p50[n] = $8; qmin[n] = $9; q[n] = $10; qmax[n] = $11; idle[n] = $12; peak[n] = $13; err[n] = $14
+      {n++; p[n] = $1; t[n] = $2; rmin[n] = $5; r[n] = $6; rmax[n] = $7; p50[n] = $8; qmin[n] = $9; q[n] = $10; qmax[n] = $11; idle[n] = $12; peak[n] = $13; err[n] = $14; anon[n] = $16
        if ($1 == "nginx") {nr[$2] = $6; nq[$2] = $10} if ($1 == "haproxy") {hr[$2] = $6; hq[$2] = $10}}
       END {
         label["nginx"] = nl; label["haproxy"] = hl; label["gateway"] = gl; label["pingora"] = pl; label["hyper"] = yl
         split("nginx haproxy pingora hyper gateway", want, " ")
         for (w = 1; w <= 5; w++) for (th = 1; th <= 2; th++) for (i = 1; i <= n; i++) if (p[i] == want[w] && t[i] == th)
-          printf "| %s | %d | %.0f (%.0f–%.0f) | %.2f ms | %.2f ms (%.2f–%.2f) | %.2f× | %.2f× | %.2f× | %.2f× | %.1f / %.1f MiB | %d |\n",
+          printf "| %s | %d | %.0f (%.0f–%.0f) | %.2f ms | %.2f ms (%.2f–%.2f) | %.2f× | %.2f× | %.2f× | %.2f× | %.1f (%.1f) / %.1f MiB | %d |\n",
             label[p[i]], t[i], r[i], rmin[i], rmax[i], p50[i], q[i], qmin[i], qmax[i],
-            r[i] / nr[t[i]], r[i] / hr[t[i]], q[i] / nq[t[i]], q[i] / hq[t[i]], idle[i] / 1024, peak[i] / 1024, err[i]
+            r[i] / nr[t[i]], r[i] / hr[t[i]], q[i] / nq[t[i]], q[i] / hq[t[i]], idle[i] / 1024, anon[i] / 1024, peak[i] / 1024, err[i]
       }' "$out/gateway.tsv"
   done
   if [ -n "$instructions" ]; then

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -904,6 +904,68 @@ async fn the_event_bus_port_pages_its_log_and_limits_events() {
         Some("</events?after=1504&limit=1000>; rel=\"next\"")
     );
     bus.stop().await.expect("clean stop");
+}
+
+/// `GET /events?wait=S` at the end of the log answers as soon as an event is appended,
+/// an empty page after S seconds if none is, and refuses a wait above 20 s.
+#[tokio::test]
+async fn a_reader_at_the_end_of_the_log_waits_for_the_next_event() {
+    let system = spawn_system().await;
+    let blog = Blog::of(&system);
+    let first = create_post(&blog, "/posts/create", "first").await;
+    let end = loop {
+        let log = get_json(&blog, "/events").await;
+        if let Some(last) = log.as_array().and_then(|events| events.last()) {
+            assert_eq!(last["data"]["id"], first.as_str(), "{log}");
+            break last["seq"].as_i64().expect("seq");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Nothing follows: the page is empty, after the wait and not before it.
+    let asked = Instant::now();
+    let page = get_json(&blog, &format!("/events?after={end}&wait=1")).await;
+    assert_eq!(page, json!([]));
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // A reader waiting up to 20 s is answered by the next append, with it.
+    let waiting = {
+        let blog = Blog::of(&system);
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let page = get_json(&blog, &format!("/events?after={end}&wait=20")).await;
+            (page, asked.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "answered before anything was appended"
+    );
+    let second = create_post(&blog, "/posts/create", "second").await;
+    let (page, waited) = waiting.await.expect("the reader");
+    assert_eq!(page[0]["type"], "PostCreated", "{page}");
+    assert_eq!(page[0]["data"]["id"], second.as_str(), "{page}");
+    assert_eq!(page[0]["seq"], end + 1, "{page}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "woken by the append: {waited:?}"
+    );
+
+    for bad in ["/events?wait=21", "/events?wait=-1", "/events?wait=x"] {
+        let response = blog.client.get(blog.url(bad)).send().await.expect("sent");
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+    }
+    system.stop().await.expect("clean stop");
 }
 
 #[tokio::test]

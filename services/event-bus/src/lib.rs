@@ -16,11 +16,14 @@
 //!   [`log`]). It answers one page: `?after=SEQ&limit=N`, at most [`MAX_PAGE_EVENTS`]
 //!   events (the default) and about [`PAGE_BYTES`] characters of event data, with a `Link:
 //!   rel="next"` header while more follow, so no answer grows with the log. The query
-//!   service rebuilds its view by following the pages.
+//!   service rebuilds its view by following the pages. `&wait=S` (up to [`MAX_WAIT`])
+//!   makes a read at the end of the log wait until an event is appended, S seconds at
+//!   most, instead of answering an empty page at once: a reader tails the log without
+//!   polling it.
 
 pub mod log;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -59,6 +62,14 @@ pub const MAX_PAGE_EVENTS: u32 = 1_000;
 /// published through `POST /events` are at most [`MAX_EVENT_BYTES`]).
 pub const PAGE_BYTES: usize = 1024 * 1024;
 
+/// The longest `?wait=` of `GET /events`: below the 30 s every server and the gateway
+/// give a request.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a read waiting at the end of the log looks again, for events appended by
+/// another instance of this service (whose commits do not wake this one's readers).
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
 /// The longest message id the bus's inbox tables keep.
 const MAX_MESSAGE_ID: usize = 64;
 
@@ -69,6 +80,8 @@ pub const GROUP: &str = "event-bus";
 struct AppState {
     log: EventLog,
     bus: Arc<dyn bus::EventBus>,
+    /// Ends the waits of `GET /events?wait=` when the service stops.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Builds the service; `flotilla up`, `flotilla serve event-bus` and tests all call this.
@@ -87,7 +100,12 @@ pub async fn build(context: &ServiceContext, _args: &Args) -> anyhow::Result<Ser
     );
     let consumer = Arc::new(runner).serve(bus.clone(), &context.tasks, context.shutdown.clone());
     let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
-    let (routes, _) = api().with_state(AppState { log, bus }).split_for_parts();
+    let state = AppState {
+        log,
+        bus,
+        shutdown: context.shutdown.clone(),
+    };
+    let (routes, _) = api().with_state(state).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
@@ -178,6 +196,12 @@ impl bus::Handler for LogEvents {
         }
         Ok(vec![Vec::new(); events.len()])
     }
+
+    // Once per event applied for the first time: readers waiting at the end of the log
+    // read again (an event that was parked wakes them too; they find nothing new).
+    async fn after_commit(&self, _event: Envelope) {
+        self.log.committed_appends();
+    }
 }
 
 fn trace(message: &str, recorded: Recorded) {
@@ -192,8 +216,8 @@ fn trace(message: &str, recorded: Recorded) {
     }
 }
 
-/// `?after=SEQ&limit=N`: events with a sequence number above SEQ, at most N.
-/// `?after=SEQ&limit=N`: the events after sequence number SEQ, at most N of them.
+/// `?after=SEQ&limit=N&wait=S`: the events after sequence number SEQ, at most N of
+/// them, waiting up to S seconds for one if there are none yet.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
@@ -203,6 +227,11 @@ struct Page {
     /// about 1 MiB of event data.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// When no event follows `after` yet: wait up to this many seconds (0 to 20; 0, the
+    /// default, answers at once) and answer as soon as one is appended — an empty page
+    /// only when none was. Tails the log without polling it.
+    #[param(minimum = 0, maximum = 20)]
+    wait: Option<u64>,
 }
 
 /// The blog's event log, in order, in pages (`Link: rel="next"` when more follow).
@@ -212,7 +241,7 @@ struct Page {
     responses(
         (status = 200, description = "Events in log order", body = Vec<LoggedEvent>,
             headers(("Link" = String, description = "`</events?after=SEQ&limit=N>; rel=\"next\"` when more events follow"))),
-        (status = 400, description = "`limit` outside 1 to 1,000, or a parameter that is not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`limit` outside 1 to 1,000, `wait` above 20, or a parameter that is not a number", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn read_events(
@@ -223,8 +252,12 @@ async fn read_events(
     if !(1..=MAX_PAGE_EVENTS).contains(&limit) {
         return Err(ApiError::Limit);
     }
+    let wait = Duration::from_secs(page.wait.unwrap_or(0));
+    if wait > MAX_WAIT {
+        return Err(ApiError::Wait);
+    }
     let after = page.after.unwrap_or(0);
-    let page = state.log.read_page(after, limit, PAGE_BYTES).await?;
+    let page = read_or_wait(&state, after, limit, wait).await?;
     let next = page
         .more
         .then(|| page.events.last().map(|event| event.seq))
@@ -238,6 +271,35 @@ async fn read_events(
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// The page after `after`; if it is empty, the first non-empty one within `wait` (woken
+/// by this process's appends, and looking again every [`WAIT_RECHECK`] for other
+/// instances'), else the empty one.
+async fn read_or_wait(
+    state: &AppState,
+    after: i64,
+    limit: u32,
+    wait: Duration,
+) -> Result<LogPage, ApiError> {
+    // Subscribed before the read: an append committed after it is seen as a change.
+    let mut appends = state.log.appends();
+    let mut page = state.log.read_page(after, limit, PAGE_BYTES).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while page.events.is_empty() && tokio::time::Instant::now() < deadline {
+        let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+        tokio::select! {
+            changed = appends.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(recheck) => {}
+            () = state.shutdown.cancelled() => break,
+        }
+        page = state.log.read_page(after, limit, PAGE_BYTES).await?;
+    }
+    Ok(page)
 }
 
 /// Publish an event on the bus (the course's event bus): it is logged and delivered to
@@ -281,6 +343,8 @@ async fn publish_event(
 enum ApiError {
     #[error("'limit' must be 1 to {MAX_PAGE_EVENTS}")]
     Limit,
+    #[error("'wait' must be 0 to {} seconds", MAX_WAIT.as_secs())]
+    Wait,
     #[error(transparent)]
     Log(#[from] storage::StorageError),
     #[error(transparent)]
@@ -292,7 +356,7 @@ enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Limit => Problem::bad_request(self.to_string()),
+            ApiError::Limit | ApiError::Wait => Problem::bad_request(self.to_string()),
             ApiError::Bus(_) => Problem::service_unavailable(self.to_string()),
             other => Problem::internal(&other),
         }

@@ -163,11 +163,31 @@ struct Known {
 #[derive(Debug, Clone)]
 pub struct EventLog {
     db: Database,
+    /// Counts the commits that appended through this value (or a clone of it), for
+    /// readers waiting at the end of the log ([`EventLog::appends`]).
+    appended: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl EventLog {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            appended: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Tells the readers waiting in [`appends`](Self::appends) that a commit appended
+    /// events: call it once the transaction that recorded them has committed.
+    pub fn committed_appends(&self) {
+        self.appended
+            .send_modify(|commits| *commits = commits.wrapping_add(1));
+    }
+
+    /// Changes when a commit through this log (in this process) appended events: a
+    /// reader at the end of the log subscribes before it reads, then waits on it. Appends
+    /// by other processes sharing the database are not told here.
+    pub fn appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     pub fn database(&self) -> &Database {
