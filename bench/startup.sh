@@ -30,7 +30,7 @@ now() { date +%s.%N; }
 # Resident memory of the processes whose status files are given, summed: all of it, and
 # its anonymous part (RssAnon: the heap and stacks, the processes' own memory; the rest is
 # pages of their executables and libraries, which the kernel shares and can drop).
-rss_kib() { awk '/^VmRSS/ {s += $2} /^RssAnon/ {a += $2} END {print s + 0, a + 0}' "$@" 2>/dev/null || echo 0 0; }
+memory_kib() { awk '/^VmRSS/ {s += $2} /^RssAnon/ {a += $2} END {print s + 0, a + 0}' "$@" 2>/dev/null || echo 0 0; }
 
 flotilla() { # -> "seconds rss_kib anon_kib"
   rm -rf "$work/data"
@@ -43,7 +43,7 @@ flotilla() { # -> "seconds rss_kib anon_kib"
   ready=$(now)
   grep -q ready "$work/flotilla.out" || { echo "flotilla did not start" >&2; cat "$work/flotilla.err" >&2; return 1; }
   sleep "$idle"
-  rss=$(rss_kib "/proc/$(cat "$work/flotilla.pid")/status")
+  rss=$(memory_kib "/proc/$(cat "$work/flotilla.pid")/status")
   kill "$(cat "$work/flotilla.pid")"; wait "$(cat "$work/flotilla.pid")" 2>/dev/null || true
   rm -f "$work/flotilla.pid"
   echo "$(awk -v a="$started" -v b="$ready" 'BEGIN {printf "%.3f", b - a}') $rss"
@@ -59,7 +59,7 @@ original() { # -> "seconds rss_kib anon_kib"
   # The five services, nginx's master and its workers.
   pids=$(cat "$work/original"/original-*.pid)
   pids="$pids $(cat "$work/original/original-nginx.pid") $(pgrep -P "$(cat "$work/original/original-nginx.pid")" || true)"
-  rss=$(rss_kib $(for p in $pids; do echo "/proc/$p/status"; done))
+  rss=$(memory_kib $(for p in $pids; do echo "/proc/$p/status"; done))
   bench/blog/original/stop.sh "$work/original"
   echo "$(awk -v a="$started" -v b="$ready" 'BEGIN {printf "%.3f", b - a}') $rss"
 }

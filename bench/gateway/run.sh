@@ -138,22 +138,18 @@ for t in 1 2; do cp "$work/nginx$t/nginx.pid" "$work/nginx$t.master"; done
 pid_of() { # name -> the PID whose process tree is the proxy
   if [ -e "$work/$1.master" ]; then cat "$work/$1.master"; else cat "$work/$1.pid"; fi
 }
-rss_kib() { # PID -> RSS of it and its children (nginx: master + workers), KiB
+status_kib() { # FIELD PID -> that /proc/PID/status field summed over it and its children
+  # (nginx: master + workers), KiB. VmRSS: all it has resident; RssAnon: its own memory,
+  # without the pages of its executable and libraries.
   local total=0 p r
-  for p in "$1" $(pgrep -P "$1" || true); do
-    r=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+  for p in "$2" $(pgrep -P "$2" || true); do
+    r=$(awk -v f="$1:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
     total=$((total + ${r:-0}))
   done
   echo "$total"
 }
-anon_kib() { # PID -> RssAnon (the process's own memory, without mapped files) of it and its children, KiB
-  local total=0 p r
-  for p in "$1" $(pgrep -P "$1" || true); do
-    r=$(awk '/RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    total=$((total + ${r:-0}))
-  done
-  echo "$total"
-}
+rss_kib() { status_kib VmRSS "$1"; }
+anon_kib() { status_kib RssAnon "$1"; }
 ms() { # percentile label -> its latency in ms from wrk's --latency table
   awk -v p="$1" '$1==p {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out"
 }
