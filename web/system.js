@@ -146,12 +146,22 @@ function graph(view) {
     for (const p of q.published_by) add("service:" + p, "queue:" + q.group);
     for (const c of q.consumed_by) add("queue:" + q.group, "service:" + c);
   }
-  return { nodes, edges };
+  // A service fed over HTTP, not by a queue: the query service follows the event log.
+  // Drawn as an arrow back, like media-jobs → media: the reader sits in the column its
+  // routes give it, not one past the log (which would widen the blog's band).
+  const follows = new Set();
+  for (const s of view.services) {
+    for (const r of s.reads_from || []) {
+      add("service:" + r, "service:" + s.name);
+      follows.add("service:" + r + ">service:" + s.name);
+    }
+  }
+  return { nodes, edges, follows };
 }
 
 // Everything but sizes: columns, bands, order in a column, the lanes of long arrows.
 function structure(view) {
-  const { nodes, edges } = graph(view);
+  const { nodes, edges, follows } = graph(view);
   const out = new Map(nodes.map((n) => [n, []]));
   const into = new Map(nodes.map((n) => [n, []]));
   for (const [a, b] of edges) {
@@ -159,11 +169,13 @@ function structure(view) {
     into.get(b).push(a);
   }
   // 2. Back edges: those reaching a node still on the walk's stack.
-  const back = new Set();
+  //    A service following another's log is always one (see `graph`).
+  const back = new Set(follows);
   const mark = new Map(); // 1: on the stack, 2: done
   const visit = (n) => {
     mark.set(n, 1);
     for (const m of out.get(n)) {
+      if (follows.has(n + ">" + m)) continue;
       if (mark.get(m) === 1) back.add(n + ">" + m);
       else if (!mark.has(m)) visit(m);
     }
@@ -592,7 +604,16 @@ function message(m) {
   } else if (m.group) {
     const q = state.view?.queues.find((x) => x.group === m.group);
     const kind = { handled: "ok", retried: "warn", dead_lettered: "bad", requeued: "warn" }[m.outcome] || "ok";
-    for (const consumer of q?.consumed_by || []) flash("service:" + consumer, kind);
+    for (const consumer of q?.consumed_by || []) {
+      flash("service:" + consumer, kind);
+      // What the consumer made of it goes on to the services that read from it (the
+      // event log to the query service).
+      if (m.outcome === "handled") {
+        for (const s of state.view?.services || []) {
+          if ((s.reads_from || []).includes(consumer)) fly("service:" + consumer, "service:" + s.name, m);
+        }
+      }
+    }
     if (m.outcome === "dead_lettered") flash("queue:" + m.group, "bad");
   }
   logMessage(m);
@@ -613,6 +634,7 @@ function fly(from, to, m) {
     "aria-label": `message ${m.routing_key} ${m.message_id}`,
     "data-message": m.message_id,
     "data-routing-key": m.routing_key,
+    "data-edge": from + ">" + to,
     onclick: () => select("message", m.message_id),
   });
   $("system-map").append(dot);
@@ -712,6 +734,9 @@ function showDetails() {
       s.routes.length
         ? el("ul", { class: "plain mono" }, ...s.routes.map((r) => el("li", { text: r })))
         : el("p", { class: "muted", text: "None: it only works on messages." }),
+      ...(s.reads_from?.length
+        ? [el("h4", { text: "Reads from" }), el("p", { text: `${s.reads_from.join(", ")}, over HTTP: it follows the event log (GET /events?wait=) rather than a queue.` })]
+        : []),
       el("h4", { text: "Recent errors" }),
       s.recent_errors.length
         ? el(

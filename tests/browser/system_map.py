@@ -161,10 +161,11 @@ def main():
             readable(page, shot, "fresh")
 
             print("step: upload in another tab; the messages move", flush=True)
-            page.evaluate("""() => { window.__dots = [];
+            page.evaluate("""() => { window.__dots = []; window.__legs = [];
                 new MutationObserver((records) => { for (const r of records)
                   for (const n of r.addedNodes) if (n.classList && n.classList.contains('dot'))
-                    window.__dots.push(n.dataset.routingKey); })
+                    { window.__dots.push(n.dataset.routingKey);
+                      window.__legs.push(n.dataset.routingKey + ' ' + n.dataset.edge); } })
                 .observe(document.getElementById('system-map'), {childList: true}); }""")
             other = context.new_page()
             other.goto(base + "/")
@@ -200,6 +201,13 @@ def main():
                          "service:moderation>queue:comments", "queue:comments>service:comments"]:
                 expect(page.locator(f'#system-arrows [data-edge="{edge}"]')).to_have_count(
                     1, timeout=LIVE_TIMEOUT)
+            # The query service follows the event log: an arrow from event-bus, and the
+            # post's event travels along it once the log has it.
+            expect(page.locator('#system-arrows [data-edge="service:event-bus>service:query"]')).to_have_count(
+                1, timeout=LIVE_TIMEOUT)
+            page.wait_for_function(
+                "() => window.__legs.includes('blog.PostCreated service:event-bus>service:query')",
+                timeout=LIVE_TIMEOUT)
             readable(page, shot, "traffic")
             for width in (1280, 1600):
                 page.set_viewport_size({"width": width, "height": 1000})

@@ -118,6 +118,23 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
             .expect("routes")
             .contains(&json!("POST /upload"))
     );
+    // The query service follows the event log over HTTP: no queue of its own.
+    let query = view["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["name"] == "query")
+        .expect("query");
+    assert_eq!(query["reads_from"], json!(["event-bus"]), "{query}");
+    assert_eq!(query["consumes"], json!([]), "{query}");
+    assert!(
+        !view["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .any(|q| q["group"] == "query"),
+        "{view}"
+    );
 
     // The stream: an upload's messages in order, gateway → media → video → converter →
     // mp3 → notification.

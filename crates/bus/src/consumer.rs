@@ -313,6 +313,33 @@ impl Ready {
     }
 }
 
+/// The span in which `group` handles a message it did not take from the bus (the query
+/// service folding the event log): the `message` span a delivery of it would get, a
+/// child of `traceparent` (the context the message was published in) in the exported
+/// trace. Returns the span and its own trace context.
+pub fn processing_span(
+    group: &str,
+    routing_key: &str,
+    message_id: &str,
+    traceparent: Option<&str>,
+) -> (tracing::Span, Arc<str>) {
+    let span = tracing::info_span!(
+        "message",
+        %group,
+        %routing_key,
+        %message_id,
+        attempt = 1,
+        trace_id = tracing::field::Empty,
+        otel.name = %format_args!("{routing_key} process"),
+        otel.kind = "consumer",
+    );
+    let own = crate::trace::for_delivery(&span, traceparent);
+    if let Some(trace_id) = crate::trace::trace_id(&own) {
+        span.record("trace_id", trace_id);
+    }
+    (span, own.into())
+}
+
 /// The span a delivery is handled in.
 fn message_span(group: &str, delivery: &crate::Delivery) -> tracing::Span {
     tracing::info_span!(

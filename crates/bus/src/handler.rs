@@ -120,6 +120,9 @@ pub struct Delivered {
     pub message_id: String,
     pub routing_key: String,
     pub attempt: Attempt,
+    /// The W3C `traceparent` the message was published in, if it carries one: the work
+    /// that caused it (a handler that keeps the event keeps its cause's trace with it).
+    pub traceparent: Option<String>,
 }
 
 /// The transaction a handler applies its event in.
@@ -476,6 +479,7 @@ impl<H: Handler> Runner<H> {
                         message_id: item.message.id.clone(),
                         routing_key: item.message.routing_key.clone(),
                         attempt: item.attempt,
+                        traceparent: item.message.traceparent().map(str::to_owned),
                     };
                     inbox.stage(&mut last, &self.group, &delivered.message_id);
                     // A handler that reads goes one by one before any effect runs.
@@ -569,6 +573,7 @@ impl<H: Handler> Runner<H> {
             message_id: message.id.clone(),
             routing_key: message.routing_key.clone(),
             attempt,
+            traceparent: message.traceparent().map(str::to_owned),
         };
         if attempt.is_exhausted() {
             return self.settle_exhausted(event, &delivered).await;

@@ -94,7 +94,7 @@ use std::{fmt, pin::Pin, sync::Arc, task, time::Duration};
 use bytes::Bytes;
 use futures::{Stream, future::BoxFuture, stream::BoxStream};
 
-pub use consumer::{Consumer, ConsumerHealth, Ready, SubscriptionFailure};
+pub use consumer::{Consumer, ConsumerHealth, Ready, SubscriptionFailure, processing_span};
 pub use delivery::Delivery;
 pub use handler::{
     CONSUMER_CONCURRENCY, Delivered, Failure, Handled, Handler, HandlerError, Retry, Runner, Store,

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub use log::{EventLog, LogPage, LoggedEvent, Recorded};
+pub use log::{Arrival, EventLog, LogPage, LoggedEvent, Recorded};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -168,7 +168,7 @@ impl bus::Handler for LogEvents {
     ) -> Result<Vec<bus::Message>, bus::HandlerError> {
         let recorded = self
             .log
-            .record(tx, last, &delivered.message_id, envelope)
+            .record(tx, last, arrival(envelope, delivered))
             .await?;
         trace(&delivered.message_id, recorded);
         Ok(Vec::new())
@@ -186,13 +186,13 @@ impl bus::Handler for LogEvents {
         last: &mut bus::Statements,
         events: &[(&Envelope, &bus::Delivered)],
     ) -> Result<Vec<Vec<bus::Message>>, bus::HandlerError> {
-        let batch: Vec<(&str, &Envelope)> = events
+        let batch: Vec<Arrival<'_>> = events
             .iter()
-            .map(|(envelope, delivered)| (delivered.message_id.as_str(), *envelope))
+            .map(|(envelope, delivered)| arrival(envelope, delivered))
             .collect();
         let recorded = self.log.record_batch(tx, last, &batch).await?;
-        for ((message, _), recorded) in batch.iter().zip(recorded) {
-            trace(message, recorded);
+        for (event, recorded) in batch.iter().zip(recorded) {
+            trace(event.message_id, recorded);
         }
         Ok(vec![Vec::new(); events.len()])
     }
@@ -202,6 +202,11 @@ impl bus::Handler for LogEvents {
     async fn after_commit(&self, _event: Envelope) {
         self.log.committed_appends();
     }
+}
+
+/// A delivered event as the log keeps it: with its message's id and trace context.
+fn arrival<'a>(envelope: &'a Envelope, delivered: &'a bus::Delivered) -> Arrival<'a> {
+    Arrival::new(&delivered.message_id, envelope).in_trace(delivered.traceparent.as_deref())
 }
 
 fn trace(message: &str, recorded: Recorded) {

@@ -85,6 +85,16 @@ pub const MIGRATIONS: &[Migration] = &[
         "writer lock row",
         "INSERT INTO event_log_writer (id, appends) VALUES (1, 0)",
     ),
+    Migration::portable(
+        8,
+        "event log trace context",
+        "ALTER TABLE event_log ADD COLUMN traceparent VARCHAR(55) NULL",
+    ),
+    Migration::portable(
+        9,
+        "parked events trace context",
+        "ALTER TABLE event_log_parked ADD COLUMN traceparent VARCHAR(55) NULL",
+    ),
 ];
 
 /// One entry of the log, as `GET /events` shows it: the course's `{"type", "data"}`
@@ -102,6 +112,39 @@ pub struct LoggedEvent {
     /// without being parsed into a tree and written out again.
     #[schema(value_type = serde_json::Value)]
     pub data: Box<serde_json::value::RawValue>,
+    /// The W3C trace context the event was published in, when its message carried one:
+    /// a reader that acts on the event continues that trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
+}
+
+/// An event handed to the log: its message's id, the event, and the W3C `traceparent`
+/// the message was published in (kept beside the event, for the log's readers).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub message_id: &'a str,
+    pub envelope: &'a Envelope,
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> Arrival<'a> {
+    pub fn new(message_id: &'a str, envelope: &'a Envelope) -> Self {
+        Self {
+            message_id,
+            envelope,
+            traceparent: None,
+        }
+    }
+
+    /// In the trace `traceparent` names, if it is well-formed (a malformed one is not
+    /// kept: readers would only drop it).
+    pub fn in_trace(self, traceparent: Option<&'a str>) -> Self {
+        Self {
+            traceparent: traceparent.filter(|t| trace_context::TraceParent::parse(t).is_some()),
+            ..self
+        }
+    }
 }
 
 /// One page of the log.
@@ -194,23 +237,20 @@ impl EventLog {
         &self.db
     }
 
-    /// Records the event of message `message_id` inside `tx`: the reads run there, the
+    /// Records `event` inside `tx`: the reads run there, the
     /// writes go into `last`, to run after them in the same transaction (with the end of
     /// the consumer's write, one request — see [`bus::Handler::apply_with_last`]).
     pub async fn record(
         &self,
         tx: &mut Transaction<'static, Any>,
         last: &mut Statements,
-        message_id: &str,
-        envelope: &Envelope,
+        event: Arrival<'_>,
     ) -> Result<Recorded, StorageError> {
-        let recorded = self
-            .record_batch(tx, last, &[(message_id, envelope)])
-            .await?;
+        let recorded = self.record_batch(tx, last, &[event]).await?;
         Ok(recorded.into_iter().next().unwrap_or(Recorded::Duplicate))
     }
 
-    /// Records `events` (message id, event) in order, as [`record`](Self::record) would
+    /// Records `events` in order, as [`record`](Self::record) would
     /// one after the other, with one read for all of them: the consumer's batches
     /// ([`bus::Handler::apply_batch`]). What an event of the batch provides counts for
     /// the events after it, and one parked in the batch is released by a later one.
@@ -218,21 +258,24 @@ impl EventLog {
         &self,
         tx: &mut Transaction<'static, Any>,
         last: &mut Statements,
-        events: &[(&str, &Envelope)],
+        events: &[Arrival<'_>],
     ) -> Result<Vec<Recorded>, StorageError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let causes: Vec<(Option<String>, Option<String>)> = events
             .iter()
-            .map(|(_, envelope)| causality(envelope))
+            .map(|event| causality(event.envelope))
             .collect();
         let mut known = self.facts(tx, events, &causes).await?;
         let mut recorded = Vec::with_capacity(events.len());
-        for (index, ((message_id, envelope), (needs, provides))) in
-            events.iter().zip(&causes).enumerate()
-        {
-            if !known.seen.insert((*message_id).to_owned()) {
+        for (index, (event, (needs, provides))) in events.iter().zip(&causes).enumerate() {
+            let Arrival {
+                message_id,
+                envelope,
+                traceparent,
+            } = *event;
+            if !known.seen.insert(message_id.to_owned()) {
                 recorded.push(Recorded::Duplicate);
                 continue;
             }
@@ -241,13 +284,14 @@ impl EventLog {
                 && !known.provided.contains(needs)
             {
                 last.push(
-                    "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO event_log_parked (message_id, waits_for, event_type, data, parked_at, traceparent) VALUES (?, ?, ?, ?, ?, ?)",
                 )
-                .bind((*message_id).to_owned())
+                .bind(message_id.to_owned())
                 .bind(needs.clone())
                 .bind(envelope.event_type.clone())
                 .bind(data)
-                .bind(unix_millis());
+                .bind(unix_millis())
+                .bind(traceparent.map(str::to_owned));
                 known
                     .parked_here
                     .entry(needs.clone())
@@ -262,6 +306,7 @@ impl EventLog {
                 &envelope.event_type,
                 &data,
                 provides.as_deref(),
+                traceparent,
             );
             let released = match provides {
                 Some(key) => {
@@ -284,7 +329,7 @@ impl EventLog {
     async fn facts(
         &self,
         tx: &mut Transaction<'static, Any>,
-        events: &[(&str, &Envelope)],
+        events: &[Arrival<'_>],
         causes: &[(Option<String>, Option<String>)],
     ) -> Result<Known, StorageError> {
         // Recording is serial: every transaction first writes the one row of
@@ -314,7 +359,7 @@ impl EventLog {
                 .map(|i| values.get(i).copied().unwrap_or(first).to_owned())
                 .collect()
         };
-        let ids = padded(events.iter().map(|(id, _)| *id).collect());
+        let ids = padded(events.iter().map(|event| event.message_id).collect());
         let needs = padded(
             causes
                 .iter()
@@ -356,7 +401,7 @@ impl EventLog {
         tx: &mut Transaction<'static, Any>,
         last: &mut Statements,
         provided: &str,
-        events: &[(&str, &Envelope)],
+        events: &[Arrival<'_>],
         causes: &[(Option<String>, Option<String>)],
         known: &mut Known,
     ) -> Result<usize, StorageError> {
@@ -369,7 +414,7 @@ impl EventLog {
             known.provided.insert(key.clone());
             if look {
                 let rows = sqlx::query(self.db.sql(
-                    "SELECT message_id, event_type, data FROM event_log_parked WHERE waits_for = ? ORDER BY parked_at, message_id",
+                    "SELECT message_id, event_type, data, traceparent FROM event_log_parked WHERE waits_for = ? ORDER BY parked_at, message_id",
                 ))
                 .bind(&key)
                 .fetch_all(&mut **tx)
@@ -381,12 +426,20 @@ impl EventLog {
                     }
                     let event_type: String = row.try_get("event_type")?;
                     let data: String = row.try_get("data")?;
+                    let traceparent: Option<String> = row.try_get("traceparent")?;
                     let envelope = Envelope {
                         event_type: event_type.clone(),
                         data: serde_json::from_str(&data).unwrap_or_default(),
                     };
                     let (_, provides) = causality(&envelope);
-                    append(last, &message_id, &event_type, &data, provides.as_deref());
+                    append(
+                        last,
+                        &message_id,
+                        &event_type,
+                        &data,
+                        provides.as_deref(),
+                        traceparent.as_deref(),
+                    );
                     last.push("DELETE FROM event_log_parked WHERE message_id = ?")
                         .bind(message_id);
                     released += 1;
@@ -395,17 +448,18 @@ impl EventLog {
             }
             // Parked by this batch: their rows are among the statements still to run.
             for index in known.parked_here.remove(&key).unwrap_or_default() {
-                let (message_id, envelope) = events[index];
+                let event = events[index];
                 let provides = causes[index].1.clone();
                 append(
                     last,
-                    message_id,
-                    &envelope.event_type,
-                    &envelope.data.to_string(),
+                    event.message_id,
+                    &event.envelope.event_type,
+                    &event.envelope.data.to_string(),
                     provides.as_deref(),
+                    event.traceparent,
                 );
                 last.push("DELETE FROM event_log_parked WHERE message_id = ?")
-                    .bind(message_id.to_owned());
+                    .bind(event.message_id.to_owned());
                 released += 1;
                 keys.extend(provides.map(|key| (key, true)));
             }
@@ -451,7 +505,7 @@ impl EventLog {
             return Ok(LogPage::default());
         };
         let rows = sqlx::query(self.db.sql(
-            "SELECT seq, event_type, data FROM event_log WHERE seq > ? AND seq <= ? ORDER BY seq",
+            "SELECT seq, event_type, data, traceparent FROM event_log WHERE seq > ? AND seq <= ? ORDER BY seq",
         ))
         .bind(after)
         .bind(last)
@@ -465,6 +519,7 @@ impl EventLog {
                     seq: row.try_get("seq")?,
                     event_type: row.try_get("event_type")?,
                     data: raw_data(data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    traceparent: row.try_get("traceparent")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
@@ -494,16 +549,18 @@ fn append(
     event_type: &str,
     data: &str,
     provides: Option<&str>,
+    traceparent: Option<&str>,
 ) {
     last.push(
-        "INSERT INTO event_log (seq, message_id, event_type, data, provides, appended_at) \
-         SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ? FROM event_log",
+        "INSERT INTO event_log (seq, message_id, event_type, data, provides, appended_at, traceparent) \
+         SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ? FROM event_log",
     )
     .bind(message_id.to_owned())
     .bind(event_type.to_owned())
     .bind(data.to_owned())
     .bind(provides.map(str::to_owned))
-    .bind(unix_millis());
+    .bind(unix_millis())
+    .bind(traceparent.map(str::to_owned));
 }
 
 /// Stored event data as it goes out: the text itself when it is JSON (it always is when
@@ -520,6 +577,12 @@ mod tests {
     use storage::scratch::ScratchDatabase;
 
     use super::*;
+
+    /// A well-formed `traceparent` whose trace id spells `message_id` in hex.
+    fn trace_of(message_id: &str) -> String {
+        let hex: String = message_id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("00-{hex:0>32}-00f067aa0ba902b7-01")
+    }
 
     /// The log's sequence numbers and event types, in order.
     async fn order(log: &EventLog) -> Vec<String> {
@@ -571,8 +634,7 @@ mod tests {
                     .record(
                         write.tx().expect("tx"),
                         &mut last,
-                        id,
-                        &Envelope::from(event),
+                        Arrival::new(id, &Envelope::from(event)),
                     )
                     .await
                     .expect("record");
@@ -654,8 +716,17 @@ mod tests {
             let record = async |events: &[(&str, &Envelope)]| {
                 let mut write = db.write().await.expect("write");
                 let mut last = db.statements();
+                // Each event in a trace of its own (the message id's digits).
+                let traces: Vec<String> = events.iter().map(|(id, _)| trace_of(id)).collect();
+                let events: Vec<Arrival<'_>> = events
+                    .iter()
+                    .zip(&traces)
+                    .map(|((id, envelope), trace)| {
+                        Arrival::new(id, envelope).in_trace(Some(trace.as_str()))
+                    })
+                    .collect();
                 let recorded = log
-                    .record_batch(write.tx().expect("tx"), &mut last, events)
+                    .record_batch(write.tx().expect("tx"), &mut last, &events)
                     .await
                     .expect("record");
                 write.commit_with(last).await.expect("commit");
@@ -698,6 +769,19 @@ mod tests {
                 db.dialect()
             );
             assert_eq!(log.parked().await.expect("parked"), 0, "{}", db.dialect());
+            // Each keeps its message's trace context, through parking and release.
+            let traces: Vec<Option<String>> = log
+                .read_page(0, 10, 1 << 20)
+                .await
+                .expect("page")
+                .events
+                .into_iter()
+                .map(|e| e.traceparent)
+                .collect();
+            let expected: Vec<Option<String>> = ["m-p1", "m-c1", "m-mod", "m-upd", "m-p2"]
+                .map(|id| Some(trace_of(id)))
+                .into();
+            assert_eq!(traces, expected, "{}", db.dialect());
             // A batch of repeats only: nothing more.
             assert_eq!(
                 record(&[("m-c1", &comment), ("m-p2", &p2)]).await,

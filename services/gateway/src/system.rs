@@ -104,9 +104,28 @@ pub fn caption(service: &str) -> &'static str {
         "posts" => "Creates blog posts and announces each as a PostCreated event.",
         "comments" => "Takes comments on posts and sends them to moderation as events.",
         "moderation" => "Checks each new comment and announces the decision.",
-        "query" => "The blog's read model: builds the page everyone reads from the events.",
-        "event-bus" => "The blog's durable event log, which the read model can rebuild from.",
+        "query" => {
+            "The blog's read model: follows the event log and builds the page everyone reads."
+        }
+        "event-bus" => {
+            "The blog's durable event log, in causal order: the read model follows it and can rebuild from it."
+        }
         _ => "A service of the system.",
+    }
+}
+
+/// The services `service` takes its input from over HTTP rather than from a queue, among
+/// those `registered`. The query service follows the event-bus service's log when it is
+/// given one (`FLOTILLA_EVENT_BUS_URL`, or in `up`), and then consumes no group; without
+/// a log it consumes the `query` group like any other consumer.
+fn reads_from(service: &str, consumes: &[String], registered: &BTreeSet<String>) -> Vec<String> {
+    let follows_log = service == "query"
+        && !consumes.iter().any(|group| group == "query")
+        && registered.contains("event-bus");
+    if follows_log {
+        vec!["event-bus".to_owned()]
+    } else {
+        Vec::new()
     }
 }
 
@@ -229,6 +248,9 @@ pub struct ServiceView {
     pub consumes: Vec<String>,
     /// Routing keys it was seen publishing.
     pub publishes: Vec<String>,
+    /// Services whose HTTP API it takes its input from instead of a queue: the query
+    /// service follows the event-bus service's log (`GET /events?wait=`).
+    pub reads_from: Vec<String>,
     /// Its latest failed messages (retried, dead-lettered), newest first.
     pub recent_errors: Vec<ErrorView>,
 }
@@ -640,6 +662,7 @@ impl Inner {
             });
         }
         let mut services = Vec::new();
+        let registered: BTreeSet<String> = by_service.keys().cloned().collect();
         for (name, entries) in by_service {
             let consumes: Vec<String> = queues
                 .iter()
@@ -681,13 +704,14 @@ impl Inner {
                 requests_per_s,
                 error_ratio,
                 p99_ms,
-                consumes,
                 publishes: watched
                     .publishers
                     .iter()
                     .filter(|(_, who)| who.contains(&name))
                     .map(|(key, _)| key.clone())
                     .collect(),
+                reads_from: reads_from(&name, &consumes, &registered),
+                consumes,
                 recent_errors,
                 name,
             });

@@ -48,7 +48,8 @@ impl LogPage {
     }
 }
 
-/// One entry of `GET /events`: its place in the log, its type and its data as JSON text.
+/// One entry of `GET /events`: its place in the log, its type, its data as JSON text and
+/// its trace context.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct LogEntry<'a> {
     pub seq: i64,
@@ -56,6 +57,9 @@ pub struct LogEntry<'a> {
     pub event_type: Cow<'a, str>,
     #[serde(borrow, default)]
     pub data: Option<&'a RawValue>,
+    /// The trace context the event was published in, if the log kept one.
+    #[serde(borrow, default)]
+    pub traceparent: Option<Cow<'a, str>>,
 }
 
 /// The fields a blog event's message id is made of ([`contracts::blog::message_id_of`]).
@@ -135,9 +139,10 @@ impl EventLogClient {
         ))
     }
 
-    /// Up to `limit` entries after sequence number `after`.
-    pub async fn read(&self, after: i64, limit: u32) -> Result<LogPage, EventLogError> {
-        let request = Request::get(format!("/events?after={after}&limit={limit}"))
+    /// Up to `limit` entries after sequence number `after`; at the end of the log, waits
+    /// up to `wait` seconds for one to be appended (`GET /events?wait=`).
+    pub async fn read(&self, after: i64, limit: u32, wait: u64) -> Result<LogPage, EventLogError> {
+        let request = Request::get(format!("/events?after={after}&limit={limit}&wait={wait}"))
             .header(http::header::ACCEPT, "application/json")
             .header(platform::observe::ROUTINE_HEADER, "1")
             .body(Body::empty())?;

@@ -1,16 +1,21 @@
 //! The blog's read model, as the course's query service: `GET /posts` answers
 //! `{"<id>": {"id", "title", "comments": [{"id", "content", "status"}]}}`, built only
-//! from events — `PostCreated`, `CommentCreated`, `CommentUpdated` consumed from the bus
-//! as group `query`, or pushed to `POST /events`.
+//! from events — `PostCreated`, `CommentCreated`, `CommentUpdated` read from the
+//! event-bus service's durable log, or pushed to `POST /events`.
 //!
-//! The view is stored (it survives restarts) and is rebuilt from the event-bus
-//! service's durable log whenever it is behind it: the store keeps a cursor into the
-//! log, and a follower reads `GET /events?after=CURSOR` at start (the service is ready
-//! only once caught up) and then every `--query-log-poll`. An empty store — a new
-//! instance, a deleted file, `flotilla query rebuild` — has cursor 0 and so replays the
-//! whole log. Replayed and delivered copies of an event carry the same message id and
-//! are applied once (see [`store`]). The follower also repairs the view if a delivery
-//! to this group was ever lost: the log is the source of truth.
+//! The view is stored (it survives restarts) and follows the log: the store keeps a
+//! cursor into it, and a follower reads `GET /events?after=CURSOR` until the end (the
+//! service is ready only once caught up), then `GET /events?after=CURSOR&wait=15`, which
+//! the event-bus service answers as soon as an event is appended. Each page is folded
+//! into the view in one write with the cursor moved to its end; every change the fold
+//! makes can be made twice without effect, so a page folded again after a crash changes
+//! nothing. An empty store — a new instance, a deleted file, `flotilla query rebuild` —
+//! has cursor 0 and so replays the whole log. The log is in causal order (a comment
+//! after its post), so the view never sees an effect before its cause.
+//!
+//! Without a log (`serve query` with no `FLOTILLA_EVENT_BUS_URL`) the service consumes
+//! the events from the bus as group `query` instead, through the handler runner's inbox,
+//! and its view cannot be rebuilt.
 //!
 //! `GET /posts?limit=N&after=ID` pages through posts in creation order; without
 //! parameters the whole map is returned, as the course's client expects, rendered a
@@ -48,17 +53,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use event_log::{EventLogClient, EventLogError, EventLogService};
 pub use store::{View, ViewStore};
 
-/// Settings of the service: flags, each with a `FLOTILLA_*` variable.
-#[derive(Debug, Clone, clap::Args)]
+/// Settings of the service: none of its own (`FLOTILLA_EVENT_BUS_URL`, where the log is,
+/// is `serve`'s).
+#[derive(Debug, Clone, Default, clap::Args)]
 #[group(id = "query-args")]
-pub struct Args {
-    /// How often the view is compared with the event-bus service's log and caught up.
-    #[arg(long, env = "FLOTILLA_QUERY_LOG_POLL", default_value = "2s",
-          value_parser = platform::config::parse_duration)]
-    pub query_log_poll: Duration,
-}
-
-platform::default_from_flags!(Args);
+pub struct Args {}
 
 pub const NAME: &str = "query";
 
@@ -110,7 +109,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
 /// serve query` an HTTP client for `FLOTILLA_EVENT_BUS_URL`.
 pub async fn build_with_event_log(
     context: &ServiceContext,
-    args: &Args,
+    _args: &Args,
     event_log: Option<EventLogClient>,
 ) -> anyhow::Result<ServiceApp> {
     let db = backbone::database(context, NAME).await?;
@@ -118,11 +117,6 @@ pub async fn build_with_event_log(
     // for the writer.
     let reader = storage::Database::connect(&context.database_url_for(NAME)).await?;
     let store = ViewStore::open(db.clone(), reader).await?;
-    let bus = bus::connect(
-        &context.bus_url_or_embedded(),
-        bus::BusOptions::for_service(NAME),
-    )
-    .await?;
     let (changes, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
     let events = Arc::new(bus::Runner::new(
         bus::Store::database(&db).await?,
@@ -131,41 +125,52 @@ pub async fn build_with_event_log(
             changes: changes.clone(),
         },
     ));
-    let consumer = events
-        .clone()
-        .serve(bus, &context.tasks, context.shutdown.clone());
     let caught_up = Arc::new(AtomicBool::new(false));
-    match event_log {
+    // The view follows the event log; only without one does it consume the events from
+    // the bus itself (and then cannot be rebuilt).
+    let consumer = match event_log {
         Some(log) => {
             let follower = follow_log(
                 store.clone(),
                 changes.clone(),
                 log,
                 caught_up.clone(),
-                args.query_log_poll,
                 context.shutdown.clone(),
             );
             context.tasks.spawn(follower);
+            None
         }
         None => {
             tracing::warn!(
-                "no event log configured (FLOTILLA_EVENT_BUS_URL): the view cannot be rebuilt"
+                "no event log configured (FLOTILLA_EVENT_BUS_URL): the view consumes the bus as group {GROUP} and cannot be rebuilt"
             );
             caught_up.store(true, Ordering::Release);
+            let bus = bus::connect(
+                &context.bus_url_or_embedded(),
+                bus::BusOptions::for_service(NAME),
+            )
+            .await?;
+            Some(
+                events
+                    .clone()
+                    .serve(bus, &context.tasks, context.shutdown.clone()),
+            )
         }
-    }
-    let readiness = backbone::readiness(&db)
-        .with_check("event-log", move || {
-            let caught_up = caught_up.load(Ordering::Acquire);
-            async move {
-                if caught_up {
-                    Ok(())
-                } else {
-                    Err("catching up with the event log".to_owned())
-                }
+    };
+    let readiness = backbone::readiness(&db).with_check("event-log", move || {
+        let caught_up = caught_up.load(Ordering::Acquire);
+        async move {
+            if caught_up {
+                Ok(())
+            } else {
+                Err("catching up with the event log".to_owned())
             }
-        })
-        .with_check("consumers", consumer.check_fn());
+        }
+    });
+    let readiness = match consumer {
+        Some(consumer) => readiness.with_check("consumers", consumer.check_fn()),
+        None => readiness,
+    };
     let state = AppState {
         store,
         events,
@@ -263,41 +268,43 @@ impl bus::Handler for ViewEvents {
     }
 }
 
-/// Folds in what the log has beyond the store's cursor, then keeps doing so.
+/// How long one read of the follower waits at the end of the log for the next event
+/// (`GET /events?wait=`), within the event-bus service's limit.
+const LOG_WAIT_SECONDS: u64 = 15;
+
+/// Folds in what the log has beyond the store's cursor (the service is ready once it
+/// has), then follows it: each read waits at the end of the log for the next append,
+/// so an event is in the view a moment after the event-bus service logged it.
 async fn follow_log(
     store: ViewStore,
     changes: Changes,
     log: EventLogClient,
     caught_up: Arc<AtomicBool>,
-    interval: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut first = true;
+    let mut folded = 0;
     while !shutdown.is_cancelled() {
-        match catch_up(&store, &log).await {
-            Ok(applied) => {
-                if first || applied > 0 {
-                    tracing::info!(applied, "view caught up with the event log");
-                }
-                if applied > 0 {
-                    // Events this instance's consumer did not see (another replica's
-                    // deliveries, a lost one): watchers read the view again.
-                    let _ = changes.send(Change::Resync);
-                }
-                first = false;
+        let ready = caught_up.load(Ordering::Acquire);
+        let wait = if ready { LOG_WAIT_SECONDS } else { 0 };
+        let step = tokio::select! {
+            () = shutdown.cancelled() => break,
+            step = fold_next_page(&store, &log, wait, Some(&changes)) => step,
+        };
+        match step {
+            Ok(Some(applied)) => folded += applied,
+            Ok(None) if !ready => {
+                tracing::info!(applied = folded, "view caught up with the event log");
                 caught_up.store(true, Ordering::Release);
             }
+            Ok(None) => {}
             // At start the event-bus service may not be up yet (serve mode): keep trying.
-            Err(error) => tracing::warn!(%error, "cannot read the event log"),
-        }
-        let pause = if caught_up.load(Ordering::Acquire) {
-            interval
-        } else {
-            interval.min(Duration::from_millis(500))
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(pause) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the event log");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
         }
     }
 }
@@ -305,33 +312,61 @@ async fn follow_log(
 /// Reads the log from the store's cursor to its end; returns how many events were new.
 async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usize> {
     let mut applied = 0;
-    loop {
-        let cursor = store.log_cursor().await?;
-        let page = log.read(cursor, LOG_PAGE).await?;
-        let entries = page.entries()?;
-        let Some(last) = entries.last().map(|entry| entry.seq) else {
-            return Ok(applied);
-        };
-        // Nearly every event is one this instance's consumer applied already: they are
-        // told by their ids alone, and only the others are decoded. (`CommentModerated`
-        // is not folded into the view: `ViewStore::apply_log_page`.)
-        let entries: Vec<_> = entries
-            .iter()
-            .filter(|entry| entry.event_type != contracts::blog::COMMENT_MODERATED)
-            .map(|entry| (entry.message_id(), entry))
-            .collect();
-        let held = store
-            .applied(entries.iter().filter_map(|(id, _)| id.as_deref()))
-            .await?;
-        let events: Vec<_> = entries
-            .into_iter()
-            .filter(|(id, _)| id.as_ref().is_none_or(|id| !held.contains(id)))
-            .filter_map(|(_, entry)| entry.event())
-            .collect();
-        applied += store.apply_log_page(&events, last).await?;
-        // A short page is not the end: the log also ends a page at a size. Only an
-        // empty one is.
+    while let Some(page) = fold_next_page(store, log, 0, None).await? {
+        applied += page;
     }
+    Ok(applied)
+}
+
+/// Folds the page of the log after the store's cursor into the view, waiting up to
+/// `wait` seconds at the end of the log; `None` when the page was empty. The live
+/// streams are told each event of a small page, and to read the view again after a
+/// large one (a catch-up).
+async fn fold_next_page(
+    store: &ViewStore,
+    log: &EventLogClient,
+    wait: u64,
+    changes: Option<&Changes>,
+) -> anyhow::Result<Option<usize>> {
+    let cursor = store.log_cursor().await?;
+    let page = log.read(cursor, LOG_PAGE, wait).await?;
+    let entries = page.entries()?;
+    // A short page is not the end: the log also ends a page at a size. Only an empty
+    // one is.
+    let Some(last) = entries.last().map(|entry| entry.seq) else {
+        return Ok(None);
+    };
+    // `CommentModerated` is not folded into the view (the course's query service
+    // ignores it too: `CommentUpdated` follows).
+    // Each event is folded in a span of the `query` group, as a delivery of it would be,
+    // so the trace of the request that caused it goes on into the view.
+    let (spans, events): (Vec<tracing::Span>, Vec<BlogEvent>) = entries
+        .iter()
+        .filter(|entry| entry.event_type != contracts::blog::COMMENT_MODERATED)
+        .filter_map(|entry| {
+            let (message_id, event) = entry.event()?;
+            let (span, _) = bus::processing_span(
+                GROUP,
+                &blog::routing_key(&entry.event_type),
+                &message_id,
+                entry.traceparent.as_deref(),
+            );
+            Some((span, event))
+        })
+        .unzip();
+    let applied = store.fold_log_page(&events, last).await?;
+    drop(spans);
+    if let Some(changes) = changes {
+        // No receiver is not an error: nobody is watching.
+        if events.len() <= LIVE_BUFFER / 2 {
+            for event in events {
+                let _ = changes.send(Change::Applied(Arc::new(event)));
+            }
+        } else {
+            let _ = changes.send(Change::Resync);
+        }
+    }
+    Ok(Some(applied))
 }
 
 /// `?limit=N&after=ID`: at most N posts created after post ID.
