@@ -498,7 +498,8 @@ function drawBox(key, width, spec) {
 // between its words, not in the middle of one.
 function breakable(node, text) {
   if (node.textContent === text) return;
-  const parts = text.split(/(?<=\.)(?=\w)/);
+  // After a dot, and between the words of a CamelCase name (blog.Comment·Moderated).
+  const parts = text.split(/(?<=\.)(?=\w)|(?<=[a-z])(?=[A-Z])/);
   node.replaceChildren(...parts.flatMap((part, i) => (i ? [el("wbr"), part] : [part])));
 }
 

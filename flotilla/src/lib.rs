@@ -38,10 +38,10 @@ impl ServiceName {
         ServiceName::Converter,
         ServiceName::Notification,
         ServiceName::Posts,
+        // Before the comments and query services, which follow its log.
+        ServiceName::EventBus,
         ServiceName::Comments,
         ServiceName::Moderation,
-        // Before the query service, which reads its log at start.
-        ServiceName::EventBus,
         ServiceName::Query,
     ];
 }
@@ -460,6 +460,14 @@ pub async fn up(mut args: UpArgs, shutdown: CancellationToken) -> anyhow::Result
                     .map(query::EventLogClient::new);
                 query::build_with_event_log(&context, &args.services.query, log).await?
             }
+            // The comments service learns posts from the same log.
+            ServiceName::Comments => {
+                let log = upstreams
+                    .get(event_bus::NAME)
+                    .cloned()
+                    .map(comments::EventLogClient::new);
+                comments::build_with_event_log(&context, &args.services.comments, log).await?
+            }
             _ => build_service(name, &context, &args.services, None).await?,
         };
         upstreams = upstreams.in_process(app.name, app.into_router(shutdown.clone()));
@@ -723,7 +731,14 @@ async fn build_service(
         ServiceName::Converter => converter::build(context, &args.converter).await?,
         ServiceName::Notification => notification::build(context, &args.notification).await?,
         ServiceName::Posts => posts::build(context, &args.posts).await?,
-        ServiceName::Comments => comments::build(context, &args.comments).await?,
+        ServiceName::Comments => {
+            // Learns posts from the event log at FLOTILLA_EVENT_BUS_URL, as the query
+            // service reads it; without one, from the bus.
+            let log = gateway_args
+                .and_then(|urls| urls.event_bus_url.clone())
+                .map(|url| comments::EventLogClient::remote(url, None));
+            comments::build_with_event_log(context, &args.comments, log).await?
+        }
         ServiceName::Moderation => moderation::build(context, &args.moderation).await?,
         ServiceName::Query => {
             // Over HTTP to FLOTILLA_EVENT_BUS_URL, through the query service's own

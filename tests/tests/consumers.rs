@@ -458,6 +458,8 @@ async fn every_consumer(backend: &mut Backend) {
     let make = || comments::events::CommentEvents {
         store: comment_store.clone(),
         post_learned: learned.clone(),
+        // Posts from the bus (and pushes), as without an event log.
+        posts_from_log: false,
     };
     let post = BlogEvent::PostCreated(PostCreated {
         id: "p1".into(),

@@ -118,21 +118,34 @@ async fn the_system_map_in_up_lists_streams_and_replays() {
             .expect("routes")
             .contains(&json!("POST /upload"))
     );
-    // The query service follows the event log over HTTP: no queue of its own.
-    let query = view["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["name"] == "query")
-        .expect("query");
+    // The query and comments services follow the event log over HTTP: the query has no
+    // queue of its own, the comments' queue carries only moderation decisions.
+    let service = |name: &str| {
+        view["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {view}"))
+            .clone()
+    };
+    let query = service("query");
     assert_eq!(query["reads_from"], json!(["event-bus"]), "{query}");
     assert_eq!(query["consumes"], json!([]), "{query}");
-    assert!(
-        !view["queues"]
+    let comments = service("comments");
+    assert_eq!(comments["reads_from"], json!(["event-bus"]), "{comments}");
+    let queue = |group: &str| {
+        view["queues"]
             .as_array()
             .expect("queues")
             .iter()
-            .any(|q| q["group"] == "query"),
+            .find(|q| q["group"] == group)
+            .cloned()
+    };
+    assert_eq!(queue("query"), None, "{view}");
+    assert_eq!(
+        queue("comments").expect("the comments queue")["routing_keys"],
+        json!(["blog.CommentModerated"]),
         "{view}"
     );
 

@@ -3,6 +3,8 @@
 //! blog's `POST /events` endpoint (the course's push style) over any [`PushTarget`].
 //! Each service's `build()` calls these instead of repeating the sequence.
 
+pub mod event_log;
+
 use std::sync::Arc;
 
 use axum::{

@@ -289,7 +289,13 @@ impl System {
             ("moderation", "moderation"),
         ] {
             if !left_out.contains(&name) {
-                system.spawn(name, service, &[("FLOTILLA_AUTH_URL", auth.clone())]);
+                // The comments service learns posts from the event log, as in the
+                // manifests (deploy/k8s/base/comments.yaml).
+                let mut env = vec![("FLOTILLA_AUTH_URL", auth.clone())];
+                if service == "comments" {
+                    env.push(("FLOTILLA_EVENT_BUS_URL", event_bus.clone()));
+                }
+                system.spawn(name, service, &env);
             }
         }
         system.spawn(

@@ -1,5 +1,6 @@
 //! The events this service consumes (it publishes through [`bus::OutboxPublisher`]):
-//! `PostCreated` teaches it posts, `CommentModerated` applies decisions (and causes
+//! `PostCreated` teaches it posts (from the bus only when it has no event log to follow,
+//! see the crate's documentation), `CommentModerated` applies decisions (and causes
 //! `CommentUpdated`); the [`bus::Runner`] applies each once per message id.
 
 use std::sync::Arc;
@@ -18,6 +19,9 @@ pub struct CommentEvents {
     pub store: CommentStore,
     /// Woken whenever this process learns a post.
     pub post_learned: Arc<tokio::sync::Notify>,
+    /// Posts are learned from the event-bus service's log (the service's log follower),
+    /// so the group takes only `CommentModerated` from the bus.
+    pub posts_from_log: bool,
 }
 
 impl Handler for CommentEvents {
@@ -25,8 +29,12 @@ impl Handler for CommentEvents {
     type Error = CommentError;
 
     fn subscription(&self) -> Subscription {
+        let moderated = blog::routing_key(blog::COMMENT_MODERATED);
+        if self.posts_from_log {
+            return Subscription::new(GROUP, moderated).with_prefetch(128);
+        }
         Subscription::new(GROUP, blog::routing_key(blog::POST_CREATED))
-            .also(blog::routing_key(blog::COMMENT_MODERATED))
+            .also(moderated)
             .with_prefetch(128)
     }
 

@@ -7,15 +7,26 @@
 //!
 //! A comment on an unknown post is a 404. The service learns posts from `PostCreated`
 //! events into its own table instead of asking the posts service, so it keeps working
-//! while posts is down. The price is a short window after a post is created in which
-//! the event has not arrived yet; a request in that window waits for the event (woken
-//! as soon as it is applied, and re-checking the database for events applied by another
-//! replica) for at most `--comments-post-wait`, and only then answers 404.
+//! while posts is down. It reads them from the event-bus service's log, as the query
+//! service does (`GET /events?wait=`, answered as soon as an event is appended; a page
+//! learned in one write with the service's cursor into the log, and ready only once
+//! caught up), so a post costs the bus no delivery of its own; without a log (`serve
+//! comments` with no `FLOTILLA_EVENT_BUS_URL`) its consumer group takes `PostCreated`
+//! from the bus. The price is a short window after a post is created in which the event
+//! has not arrived yet; a request in that window waits for the event (woken as soon as
+//! it is learned, and re-checking the database for posts learned by another replica)
+//! for at most `--comments-post-wait`, and only then answers 404.
 
 pub mod events;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -29,6 +40,7 @@ use storage::StorageError;
 use tokio::sync::Notify;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub use backbone::event_log::EventLogClient;
 pub use store::{Comment, CommentError, CommentStore};
 
 /// Settings of the service: flags, each with a `FLOTILLA_*` variable.
@@ -59,8 +71,18 @@ struct AppState {
     post_wait: Duration,
 }
 
-/// Builds the service; `flotilla up`, `flotilla serve comments` and tests all call this.
+/// Builds the service with no event log to follow (posts are learned from the bus).
 pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<ServiceApp> {
+    build_with_event_log(context, args, None).await
+}
+
+/// Builds the service; `flotilla up` hands it the event-bus router in-process, `flotilla
+/// serve comments` an HTTP client for `FLOTILLA_EVENT_BUS_URL`.
+pub async fn build_with_event_log(
+    context: &ServiceContext,
+    args: &Args,
+    event_log: Option<EventLogClient>,
+) -> anyhow::Result<ServiceApp> {
     let db = backbone::database(context, NAME).await?;
     db.migrate(NAME, store::MIGRATIONS).await?;
     let (bus, publisher) = backbone::outbox(context, NAME, &db).await?;
@@ -68,6 +90,7 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let handler = events::CommentEvents {
         store: store.clone(),
         post_learned: Arc::new(Notify::new()),
+        posts_from_log: event_log.is_some(),
     };
     let post_learned = handler.post_learned.clone();
     let events = Arc::new(bus::Runner::new(
@@ -77,15 +100,123 @@ pub async fn build(context: &ServiceContext, args: &Args) -> anyhow::Result<Serv
     let consumer = events
         .clone()
         .serve(bus, &context.tasks, context.shutdown.clone());
+    let caught_up = Arc::new(AtomicBool::new(event_log.is_none()));
+    if let Some(log) = event_log {
+        context.tasks.spawn(follow_log(
+            store.clone(),
+            log,
+            post_learned.clone(),
+            caught_up.clone(),
+            context.shutdown.clone(),
+        ));
+    }
     let state = AppState {
         store,
         events,
         post_learned,
         post_wait: args.comments_post_wait,
     };
-    let readiness = backbone::readiness(&db).with_check("consumers", consumer.check_fn());
+    let readiness = backbone::readiness(&db)
+        .with_check("consumers", consumer.check_fn())
+        .with_check("event-log", move || {
+            let caught_up = caught_up.load(Ordering::Acquire);
+            async move {
+                if caught_up {
+                    Ok(())
+                } else {
+                    Err("catching up with the event log".to_owned())
+                }
+            }
+        });
     let (routes, _) = api().with_state(state).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
+}
+
+/// Events read from the log at most per page.
+const LOG_PAGE: u32 = 500;
+
+/// How long one read of the follower waits at the end of the log for the next event
+/// (`GET /events?wait=`), within the event-bus service's limit.
+const LOG_WAIT_SECONDS: u64 = 15;
+
+/// Learns the posts the log has beyond the store's cursor (the service is ready once it
+/// has), then follows it: each read waits at the end of the log for the next append.
+async fn follow_log(
+    store: CommentStore,
+    log: EventLogClient,
+    post_learned: Arc<Notify>,
+    caught_up: Arc<AtomicBool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut learned = 0;
+    while !shutdown.is_cancelled() {
+        let ready = caught_up.load(Ordering::Acquire);
+        let wait = if ready { LOG_WAIT_SECONDS } else { 0 };
+        let step = tokio::select! {
+            () = shutdown.cancelled() => break,
+            step = learn_next_page(&store, &log, wait) => step,
+        };
+        match step {
+            Ok(Some(posts)) => {
+                if posts > 0 {
+                    post_learned.notify_waiters();
+                }
+                learned += posts;
+            }
+            Ok(None) if !ready => {
+                tracing::info!(learned, "posts caught up with the event log");
+                caught_up.store(true, Ordering::Release);
+            }
+            Ok(None) => {}
+            // At start the event-bus service may not be up yet (serve mode): keep trying.
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the event log");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Learns the posts of the page of the log after the store's cursor, waiting up to
+/// `wait` seconds at the end of the log; `None` when the page was empty, else how many
+/// posts it held. Each is learned in a `message` span of this service's group, as a
+/// delivery of it would be, so a post's trace shows it.
+async fn learn_next_page(
+    store: &CommentStore,
+    log: &EventLogClient,
+    wait: u64,
+) -> anyhow::Result<Option<usize>> {
+    let cursor = store.log_cursor().await?;
+    let page = log.read(cursor, LOG_PAGE, wait).await?;
+    let entries = page.entries()?;
+    // A short page is not the end: the log also ends a page at a size. Only an empty
+    // one is.
+    let Some(last) = entries.last().map(|entry| entry.seq) else {
+        return Ok(None);
+    };
+    let (spans, posts): (Vec<tracing::Span>, Vec<String>) = entries
+        .iter()
+        .filter(|entry| entry.event_type == contracts::blog::POST_CREATED)
+        .filter_map(|entry| {
+            let (message_id, contracts::blog::BlogEvent::PostCreated(post)) = entry.event()? else {
+                return None;
+            };
+            let (span, _) = bus::processing_span(
+                events::GROUP,
+                &contracts::blog::routing_key(&entry.event_type),
+                &message_id,
+                entry.traceparent.as_deref(),
+            );
+            Some((span, post.id))
+        })
+        .unzip();
+    let ids: Vec<&str> = posts.iter().map(String::as_str).collect();
+    store.learn_from_log(&ids, last).await?;
+    drop(spans);
+    Ok(Some(posts.len()))
 }
 
 /// The routes with their descriptions (one source for the router and the OpenAPI).

@@ -34,6 +34,19 @@ pub const MIGRATIONS: &[Migration] = &[
         "comments by post",
         "CREATE INDEX comments_by_post ON comments (post_id, id)",
     ),
+    Migration::portable(
+        4,
+        "event log cursor",
+        "CREATE TABLE comments_log_cursor (
+            id SMALLINT NOT NULL PRIMARY KEY,
+            log_seq BIGINT NOT NULL
+        )",
+    ),
+    Migration::portable(
+        5,
+        "event log cursor row",
+        "INSERT INTO comments_log_cursor (id, log_seq) VALUES (1, 0)",
+    ),
 ];
 
 /// A comment as the course's client shows it.
@@ -83,6 +96,40 @@ impl CommentStore {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// How far into the event-bus service's log this service has learned posts: the
+    /// sequence number of the last event read.
+    pub async fn log_cursor(&self) -> Result<i64, StorageError> {
+        let row = sqlx::query("SELECT log_seq FROM comments_log_cursor WHERE id = 1")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Learns the posts of a page of the event log and moves the cursor to `last_seq`,
+    /// in one write. A post already known stays as it was, so a page read again (after
+    /// a crash before this commit, or by another replica) changes nothing twice.
+    pub async fn learn_from_log(&self, posts: &[&str], last_seq: i64) -> Result<(), StorageError> {
+        let mut last = self.db.statements();
+        let learned_at = unix_now();
+        for id in posts {
+            self.learn(&mut last, id, learned_at);
+        }
+        last.push("UPDATE comments_log_cursor SET log_seq = ? WHERE id = 1")
+            .bind(last_seq);
+        self.db.commit_statements(last).await
+    }
+
+    /// Knows post `id` from now on (once: a post already known stays as it was).
+    fn learn(&self, last: &mut Statements, id: &str, learned_at: i64) {
+        last.push(if self.db.dialect() == Dialect::MySql {
+            "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON DUPLICATE KEY UPDATE id = id"
+        } else {
+            "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
+        })
+        .bind(id.to_owned())
+        .bind(learned_at);
     }
 
     pub async fn post_is_known(&self, post_id: &str) -> Result<bool, StorageError> {
@@ -184,14 +231,7 @@ impl CommentStore {
     ) -> Option<Vec<bus::Message>> {
         match event {
             BlogEvent::PostCreated(PostCreated { id, .. }) => {
-                // Learned once: a post already known stays as it was.
-                last.push(if self.db.dialect() == Dialect::MySql {
-                    "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON DUPLICATE KEY UPDATE id = id"
-                } else {
-                    "INSERT INTO comments_known_posts (id, learned_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING"
-                })
-                .bind(id.clone())
-                .bind(unix_now());
+                self.learn(last, id, unix_now());
                 Some(Vec::new())
             }
             BlogEvent::CommentModerated(_) => None,

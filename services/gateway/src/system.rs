@@ -108,19 +108,26 @@ pub fn caption(service: &str) -> &'static str {
             "The blog's read model: follows the event log and builds the page everyone reads."
         }
         "event-bus" => {
-            "The blog's durable event log, in causal order: the read model follows it and can rebuild from it."
+            "The blog's durable event log, in causal order: the read model and comments follow it."
         }
         _ => "A service of the system.",
     }
 }
 
 /// The services `service` takes its input from over HTTP rather than from a queue, among
-/// those `registered`. The query service follows the event-bus service's log when it is
-/// given one (`FLOTILLA_EVENT_BUS_URL`, or in `up`), and then consumes no group; without
-/// a log it consumes the `query` group like any other consumer.
-fn reads_from(service: &str, consumes: &[String], registered: &BTreeSet<String>) -> Vec<String> {
-    let follows_log = service == "query"
-        && !consumes.iter().any(|group| group == "query")
+/// those `registered`. The query and comments services follow the event-bus service's
+/// log when they are given one (`FLOTILLA_EVENT_BUS_URL`, or in `up`), and then take no
+/// `PostCreated` from the bus; without a log their groups consume it like any other.
+fn reads_from(
+    service: &str,
+    routing_keys: &[&String],
+    registered: &BTreeSet<String>,
+) -> Vec<String> {
+    let post_created = contracts::blog::routing_key(contracts::blog::POST_CREATED);
+    let follows_log = matches!(service, "query" | "comments")
+        && !routing_keys
+            .iter()
+            .any(|pattern| bus::topic_matches(pattern, &post_created))
         && registered.contains("event-bus");
     if follows_log {
         vec!["event-bus".to_owned()]
@@ -248,8 +255,8 @@ pub struct ServiceView {
     pub consumes: Vec<String>,
     /// Routing keys it was seen publishing.
     pub publishes: Vec<String>,
-    /// Services whose HTTP API it takes its input from instead of a queue: the query
-    /// service follows the event-bus service's log (`GET /events?wait=`).
+    /// Services whose HTTP API it takes its input from instead of a queue: the query and
+    /// comments services follow the event-bus service's log (`GET /events?wait=`).
     pub reads_from: Vec<String>,
     /// Its latest failed messages (retried, dead-lettered), newest first.
     pub recent_errors: Vec<ErrorView>,
@@ -710,7 +717,15 @@ impl Inner {
                     .filter(|(_, who)| who.contains(&name))
                     .map(|(key, _)| key.clone())
                     .collect(),
-                reads_from: reads_from(&name, &consumes, &registered),
+                reads_from: reads_from(
+                    &name,
+                    &queues
+                        .iter()
+                        .filter(|q| q.consumed_by.contains(&name))
+                        .flat_map(|q| &q.routing_keys)
+                        .collect::<Vec<_>>(),
+                    &registered,
+                ),
                 consumes,
                 recent_errors,
                 name,

@@ -23,7 +23,6 @@
 //! A view whose rendering is small (at most [`KEPT_RENDERING_BYTES`]) is kept and reused
 //! while the view has not changed; a larger one is streamed every time.
 
-pub mod event_log;
 pub mod store;
 
 use std::{
@@ -50,7 +49,7 @@ use tokio::sync::Mutex;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub use event_log::{EventLogClient, EventLogError, EventLogService};
+pub use backbone::event_log::{self, EventLogClient, EventLogError, EventLogService};
 pub use store::{View, ViewStore};
 
 /// Settings of the service: none of its own (`FLOTILLA_EVENT_BUS_URL`, where the log is,

@@ -1,9 +1,10 @@
-//! The event-bus service's log, as the query service reads it: `GET /events?after=&limit=`
-//! through a tower service. In `flotilla up` that service is the event-bus's own router,
-//! called in-process; in `flotilla serve query` it is an HTTP client for
-//! `FLOTILLA_EVENT_BUS_URL` ([`EventLogClient::remote`]: the `upstream` crate's stack,
-//! the gateway's too, under the query service's own [`upstream::Policy`]). The query
-//! service never links the event-bus or the gateway crate.
+//! The event-bus service's log, as the services that follow it read it (the query service
+//! for its view, the comments service for the posts it knows): `GET
+//! /events?after=&limit=&wait=` through a tower service. In `flotilla up` that service is
+//! the event-bus's own router, called in-process; in `flotilla serve` it is an HTTP client
+//! for `FLOTILLA_EVENT_BUS_URL` ([`EventLogClient::remote`]: the `upstream` crate's stack,
+//! the gateway's too, under the reader's own [`upstream::Policy`]). No reader links the
+//! event-bus or the gateway crate.
 
 use std::convert::Infallible;
 
@@ -125,8 +126,8 @@ impl EventLogClient {
 
     /// The event-bus service at `url`, over HTTP through a resilience stack (endpoints
     /// re-resolved, load shed past 1024 requests in flight, retried on another endpoint,
-    /// a circuit breaker): [`upstream::Policy::default`], the query service's own. A
-    /// `registry` URL takes the instances `directory` lists.
+    /// a circuit breaker): [`upstream::Policy::default`], the reader's own. A `registry`
+    /// URL takes the instances `directory` lists.
     pub fn remote(
         url: upstream::UpstreamUrl,
         directory: Option<std::sync::Arc<bus::registry::Directory>>,
