@@ -465,6 +465,51 @@ async fn the_view_survives_a_restart_and_is_rebuilt_when_its_store_is_lost() {
         "rebuilt from the event log"
     );
     system.stop().await.expect("clean stop");
+
+    // The comments service forgets the posts it learned and its place in the log: it
+    // learns them again from the log before it is ready, so a comment on an old post
+    // is taken at once — not after `FLOTILLA_COMMENTS_POST_WAIT`, not a 404.
+    let comments = storage::Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("comments.db").display()
+    ))
+    .await
+    .expect("the comments database");
+    for forget in [
+        "DELETE FROM comments_known_posts",
+        "UPDATE comments_log_cursor SET log_seq = 0",
+    ] {
+        sqlx::query(forget)
+            .execute(comments.pool())
+            .await
+            .expect(forget);
+    }
+    comments.close().await;
+    let system = spawn_system_in(dir.path()).await;
+    let blog = Blog::of(&system);
+    let post = before
+        .as_object()
+        .and_then(|posts| posts.keys().next())
+        .expect("a post")
+        .clone();
+    let started = std::time::Instant::now();
+    let response = post_json(
+        &blog,
+        &format!("/posts/{post}/comments"),
+        json!({ "content": "after the replay" }),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        201,
+        "the post was learned again from the log"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ready means caught up: {:?}",
+        started.elapsed()
+    );
+    system.stop().await.expect("clean stop");
 }
 
 /// `flotilla up` without the per-client rate limit: 32 clients from one address are

@@ -158,6 +158,122 @@ impl EventLogClient {
     }
 }
 
+/// A page of the log as a follower takes it ([`EventLogClient::take`]).
+#[derive(Debug)]
+pub struct Taken {
+    /// The page's last sequence number: the follower's cursor once it has folded the page.
+    pub last_seq: i64,
+    /// The blog events of the page it asked for, in log order.
+    pub events: Vec<BlogEvent>,
+    /// A `message` span per event, of the follower's group and a child of the context
+    /// the event was published in ([`bus::processing_span`]), as a delivery of it would
+    /// get: they end when the page is dropped, once folded, so a request's trace goes on
+    /// into what the follower made of its events.
+    pub spans: Vec<tracing::Span>,
+}
+
+impl EventLogClient {
+    /// The page after `after` ([`read`](Self::read), waiting up to `wait` seconds at
+    /// the end), with the blog events whose type `wanted` accepts decoded, each in a span
+    /// of consumer group `group`; `None` for an empty page. A short page is not the end
+    /// (the log also ends a page at a size): only an empty one is.
+    pub async fn take(
+        &self,
+        after: i64,
+        limit: u32,
+        wait: u64,
+        group: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Option<Taken>, EventLogError> {
+        let page = self.read(after, limit, wait).await?;
+        let entries = page.entries()?;
+        let Some(last_seq) = entries.last().map(|entry| entry.seq) else {
+            return Ok(None);
+        };
+        let (spans, events) = entries
+            .iter()
+            .filter(|entry| wanted(&entry.event_type))
+            .filter_map(|entry| {
+                let (message_id, event) = entry.event()?;
+                let (span, _) = bus::processing_span(
+                    group,
+                    &contracts::blog::routing_key(&entry.event_type),
+                    &message_id,
+                    entry.traceparent.as_deref(),
+                );
+                Some((span, event))
+            })
+            .unzip();
+        Ok(Some(Taken {
+            last_seq,
+            events,
+            spans,
+        }))
+    }
+}
+
+/// The readiness check of a follower (as `event-log`): ready once [`follow`] has caught
+/// up with the log.
+pub fn caught_up_check(
+    caught_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl platform::health::Check {
+    move || {
+        std::future::ready(if caught_up.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("catching up with the event log".to_owned())
+        })
+    }
+}
+
+/// How long one read of a follower waits at the end of the log for the next event
+/// (`GET /events?wait=`), within the event-bus service's limit.
+pub const FOLLOW_WAIT_SECONDS: u64 = 15;
+
+/// Follows the log for a reader until `shutdown`: `step(wait)` reads the page after the
+/// reader's cursor — waiting up to `wait` seconds at the end of the log — and folds it
+/// in, returning how many events it took, or `None` for an empty page. First it reads
+/// without waiting until a page is empty (a short page is not the end: the log also ends
+/// a page at a size), then sets `caught_up` (the reader's readiness) and from then on
+/// waits at the end of the log, so an event reaches the reader a moment after it was
+/// logged and an idle system reads once every [`FOLLOW_WAIT_SECONDS`]. A failed read
+/// (at start the event-bus service may not be up yet) is tried again after 500 ms.
+pub async fn follow<F, Fut>(
+    reader: &'static str,
+    caught_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut step: F,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<usize>>>,
+{
+    use std::sync::atomic::Ordering;
+    let mut taken = 0;
+    while !shutdown.is_cancelled() {
+        let ready = caught_up.load(Ordering::Acquire);
+        let wait = if ready { FOLLOW_WAIT_SECONDS } else { 0 };
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            outcome = step(wait) => outcome,
+        };
+        match outcome {
+            Ok(Some(events)) => taken += events,
+            Ok(None) if !ready => {
+                tracing::info!(reader, taken, "caught up with the event log");
+                caught_up.store(true, Ordering::Release);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(reader, %error, "cannot read the event log");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

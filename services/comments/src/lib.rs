@@ -21,10 +21,7 @@ pub mod events;
 pub mod store;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -101,14 +98,24 @@ pub async fn build_with_event_log(
         .clone()
         .serve(bus, &context.tasks, context.shutdown.clone());
     let caught_up = Arc::new(AtomicBool::new(event_log.is_none()));
+    let (caught_up_flag, shutdown) = (caught_up.clone(), context.shutdown.clone());
     if let Some(log) = event_log {
-        context.tasks.spawn(follow_log(
-            store.clone(),
-            log,
-            post_learned.clone(),
-            caught_up.clone(),
-            context.shutdown.clone(),
-        ));
+        // Learns the posts the log has beyond the store's cursor (ready once it has),
+        // then follows it, waking the requests that wait for a post just created.
+        let (store, post_learned) = (store.clone(), post_learned.clone());
+        context.tasks.spawn(async move {
+            backbone::event_log::follow(NAME, caught_up_flag, shutdown, |wait| {
+                let (store, log, post_learned) = (&store, &log, &post_learned);
+                async move {
+                    let learned = learn_next_page(store, log, wait).await?;
+                    if learned.is_some_and(|posts| posts > 0) {
+                        post_learned.notify_waiters();
+                    }
+                    Ok(learned)
+                }
+            })
+            .await;
+        });
     }
     let state = AppState {
         store,
@@ -118,67 +125,13 @@ pub async fn build_with_event_log(
     };
     let readiness = backbone::readiness(&db)
         .with_check("consumers", consumer.check_fn())
-        .with_check("event-log", move || {
-            let caught_up = caught_up.load(Ordering::Acquire);
-            async move {
-                if caught_up {
-                    Ok(())
-                } else {
-                    Err("catching up with the event log".to_owned())
-                }
-            }
-        });
+        .with_check("event-log", backbone::event_log::caught_up_check(caught_up));
     let (routes, _) = api().with_state(state).split_for_parts();
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
 /// Events read from the log at most per page.
 const LOG_PAGE: u32 = 500;
-
-/// How long one read of the follower waits at the end of the log for the next event
-/// (`GET /events?wait=`), within the event-bus service's limit.
-const LOG_WAIT_SECONDS: u64 = 15;
-
-/// Learns the posts the log has beyond the store's cursor (the service is ready once it
-/// has), then follows it: each read waits at the end of the log for the next append.
-async fn follow_log(
-    store: CommentStore,
-    log: EventLogClient,
-    post_learned: Arc<Notify>,
-    caught_up: Arc<AtomicBool>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut learned = 0;
-    while !shutdown.is_cancelled() {
-        let ready = caught_up.load(Ordering::Acquire);
-        let wait = if ready { LOG_WAIT_SECONDS } else { 0 };
-        let step = tokio::select! {
-            () = shutdown.cancelled() => break,
-            step = learn_next_page(&store, &log, wait) => step,
-        };
-        match step {
-            Ok(Some(posts)) => {
-                if posts > 0 {
-                    post_learned.notify_waiters();
-                }
-                learned += posts;
-            }
-            Ok(None) if !ready => {
-                tracing::info!(learned, "posts caught up with the event log");
-                caught_up.store(true, Ordering::Release);
-            }
-            Ok(None) => {}
-            // At start the event-bus service may not be up yet (serve mode): keep trying.
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the event log");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
-    }
-}
 
 /// Learns the posts of the page of the log after the store's cursor, waiting up to
 /// `wait` seconds at the end of the log; `None` when the page was empty, else how many
@@ -190,32 +143,23 @@ async fn learn_next_page(
     wait: u64,
 ) -> anyhow::Result<Option<usize>> {
     let cursor = store.log_cursor().await?;
-    let page = log.read(cursor, LOG_PAGE, wait).await?;
-    let entries = page.entries()?;
-    // A short page is not the end: the log also ends a page at a size. Only an empty
-    // one is.
-    let Some(last) = entries.last().map(|entry| entry.seq) else {
+    let Some(page) = log
+        .take(cursor, LOG_PAGE, wait, events::GROUP, |event_type| {
+            event_type == contracts::blog::POST_CREATED
+        })
+        .await?
+    else {
         return Ok(None);
     };
-    let (spans, posts): (Vec<tracing::Span>, Vec<String>) = entries
+    let posts: Vec<&str> = page
+        .events
         .iter()
-        .filter(|entry| entry.event_type == contracts::blog::POST_CREATED)
-        .filter_map(|entry| {
-            let (message_id, contracts::blog::BlogEvent::PostCreated(post)) = entry.event()? else {
-                return None;
-            };
-            let (span, _) = bus::processing_span(
-                events::GROUP,
-                &contracts::blog::routing_key(&entry.event_type),
-                &message_id,
-                entry.traceparent.as_deref(),
-            );
-            Some((span, post.id))
+        .filter_map(|event| match event {
+            contracts::blog::BlogEvent::PostCreated(post) => Some(post.id.as_str()),
+            _ => None,
         })
-        .unzip();
-    let ids: Vec<&str> = posts.iter().map(String::as_str).collect();
-    store.learn_from_log(&ids, last).await?;
-    drop(spans);
+        .collect();
+    store.learn_from_log(&posts, page.last_seq).await?;
     Ok(Some(posts.len()))
 }
 

@@ -129,14 +129,16 @@ pub async fn build_with_event_log(
     // the bus itself (and then cannot be rebuilt).
     let consumer = match event_log {
         Some(log) => {
-            let follower = follow_log(
-                store.clone(),
-                changes.clone(),
-                log,
-                caught_up.clone(),
-                context.shutdown.clone(),
-            );
-            context.tasks.spawn(follower);
+            // Folds in what the log has beyond the store's cursor (ready once it has),
+            // then follows it: an event is in the view a moment after it was logged.
+            let (store, changes) = (store.clone(), changes.clone());
+            let (caught_up, shutdown) = (caught_up.clone(), context.shutdown.clone());
+            context.tasks.spawn(async move {
+                backbone::event_log::follow(NAME, caught_up, shutdown, |wait| {
+                    fold_next_page(&store, &log, wait, Some(&changes))
+                })
+                .await;
+            });
             None
         }
         None => {
@@ -156,16 +158,8 @@ pub async fn build_with_event_log(
             )
         }
     };
-    let readiness = backbone::readiness(&db).with_check("event-log", move || {
-        let caught_up = caught_up.load(Ordering::Acquire);
-        async move {
-            if caught_up {
-                Ok(())
-            } else {
-                Err("catching up with the event log".to_owned())
-            }
-        }
-    });
+    let readiness = backbone::readiness(&db)
+        .with_check("event-log", backbone::event_log::caught_up_check(caught_up));
     let readiness = match consumer {
         Some(consumer) => readiness.with_check("consumers", consumer.check_fn()),
         None => readiness,
@@ -267,47 +261,6 @@ impl bus::Handler for ViewEvents {
     }
 }
 
-/// How long one read of the follower waits at the end of the log for the next event
-/// (`GET /events?wait=`), within the event-bus service's limit.
-const LOG_WAIT_SECONDS: u64 = 15;
-
-/// Folds in what the log has beyond the store's cursor (the service is ready once it
-/// has), then follows it: each read waits at the end of the log for the next append,
-/// so an event is in the view a moment after the event-bus service logged it.
-async fn follow_log(
-    store: ViewStore,
-    changes: Changes,
-    log: EventLogClient,
-    caught_up: Arc<AtomicBool>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut folded = 0;
-    while !shutdown.is_cancelled() {
-        let ready = caught_up.load(Ordering::Acquire);
-        let wait = if ready { LOG_WAIT_SECONDS } else { 0 };
-        let step = tokio::select! {
-            () = shutdown.cancelled() => break,
-            step = fold_next_page(&store, &log, wait, Some(&changes)) => step,
-        };
-        match step {
-            Ok(Some(applied)) => folded += applied,
-            Ok(None) if !ready => {
-                tracing::info!(applied = folded, "view caught up with the event log");
-                caught_up.store(true, Ordering::Release);
-            }
-            Ok(None) => {}
-            // At start the event-bus service may not be up yet (serve mode): keep trying.
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the event log");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
-    }
-}
-
 /// Reads the log from the store's cursor to its end; returns how many events were new.
 async fn catch_up(store: &ViewStore, log: &EventLogClient) -> anyhow::Result<usize> {
     let mut applied = 0;
@@ -328,33 +281,18 @@ async fn fold_next_page(
     changes: Option<&Changes>,
 ) -> anyhow::Result<Option<usize>> {
     let cursor = store.log_cursor().await?;
-    let page = log.read(cursor, LOG_PAGE, wait).await?;
-    let entries = page.entries()?;
-    // A short page is not the end: the log also ends a page at a size. Only an empty
-    // one is.
-    let Some(last) = entries.last().map(|entry| entry.seq) else {
-        return Ok(None);
-    };
     // `CommentModerated` is not folded into the view (the course's query service
     // ignores it too: `CommentUpdated` follows).
-    // Each event is folded in a span of the `query` group, as a delivery of it would be,
-    // so the trace of the request that caused it goes on into the view.
-    let (spans, events): (Vec<tracing::Span>, Vec<BlogEvent>) = entries
-        .iter()
-        .filter(|entry| entry.event_type != contracts::blog::COMMENT_MODERATED)
-        .filter_map(|entry| {
-            let (message_id, event) = entry.event()?;
-            let (span, _) = bus::processing_span(
-                GROUP,
-                &blog::routing_key(&entry.event_type),
-                &message_id,
-                entry.traceparent.as_deref(),
-            );
-            Some((span, event))
+    let Some(page) = log
+        .take(cursor, LOG_PAGE, wait, GROUP, |event_type| {
+            event_type != contracts::blog::COMMENT_MODERATED
         })
-        .unzip();
-    let applied = store.fold_log_page(&events, last).await?;
-    drop(spans);
+        .await?
+    else {
+        return Ok(None);
+    };
+    let applied = store.fold_log_page(&page.events, page.last_seq).await?;
+    let events = page.events;
     if let Some(changes) = changes {
         // No receiver is not an error: nobody is watching.
         if events.len() <= LIVE_BUFFER / 2 {
