@@ -238,6 +238,8 @@ async fn drains_then_stops(served: Served, client: &reqwest::Client) {
 async fn on_threads_of_its_own_the_stack_serves_every_connection_and_drains() {
     let served = serve_on_threads(test_app(), 2).await;
     // A new connection per request: every one is accepted by one of the HTTP threads.
+    // (The client's TLS provider first: this test may run alone.)
+    platform::tls::install_crypto_provider();
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
