@@ -130,9 +130,6 @@ pub async fn build_with_event_log(
     Ok(ServiceApp::new(NAME, routes).with_readiness(readiness))
 }
 
-/// Events read from the log at most per page.
-const LOG_PAGE: u32 = 500;
-
 /// Learns the posts of the page of the log after the store's cursor, waiting up to
 /// `wait` seconds at the end of the log; `None` when the page was empty, else how many
 /// posts it held. Each is learned in a `message` span of this service's group, as a
@@ -144,9 +141,13 @@ async fn learn_next_page(
 ) -> anyhow::Result<Option<usize>> {
     let cursor = store.log_cursor().await?;
     let Some(page) = log
-        .take(cursor, LOG_PAGE, wait, events::GROUP, |event_type| {
-            event_type == contracts::blog::POST_CREATED
-        })
+        .take(
+            cursor,
+            backbone::event_log::FOLLOW_PAGE,
+            wait,
+            events::GROUP,
+            |event_type| event_type == contracts::blog::POST_CREATED,
+        )
         .await?
     else {
         return Ok(None);

@@ -114,19 +114,20 @@ pub fn caption(service: &str) -> &'static str {
     }
 }
 
-/// The services `service` takes its input from over HTTP rather than from a queue, among
-/// those `registered`. The query and comments services follow the event-bus service's
+/// The services `service` takes its input from over HTTP rather than from the queues it
+/// `consumed`, among those `registered`. The query and comments services follow the event-bus service's
 /// log when they are given one (`FLOTILLA_EVENT_BUS_URL`, or in `up`), and then take no
 /// `PostCreated` from the bus; without a log their groups consume it like any other.
 fn reads_from(
     service: &str,
-    routing_keys: &[&String],
+    consumed: &[&QueueView],
     registered: &BTreeSet<String>,
 ) -> Vec<String> {
     let post_created = contracts::blog::routing_key(contracts::blog::POST_CREATED);
     let follows_log = matches!(service, "query" | "comments")
-        && !routing_keys
+        && !consumed
             .iter()
+            .flat_map(|queue| &queue.routing_keys)
             .any(|pattern| bus::topic_matches(pattern, &post_created))
         && registered.contains("event-bus");
     if follows_log {
@@ -671,11 +672,11 @@ impl Inner {
         let mut services = Vec::new();
         let registered: BTreeSet<String> = by_service.keys().cloned().collect();
         for (name, entries) in by_service {
-            let consumes: Vec<String> = queues
+            let consumed: Vec<&QueueView> = queues
                 .iter()
                 .filter(|q| q.consumed_by.contains(&name))
-                .map(|q| q.group.clone())
                 .collect();
+            let consumes: Vec<String> = consumed.iter().map(|q| q.group.clone()).collect();
             let mut recent_errors: Vec<ErrorView> = consumes
                 .iter()
                 .flat_map(|g| watched.errors.get(g).cloned().unwrap_or_default())
@@ -717,15 +718,7 @@ impl Inner {
                     .filter(|(_, who)| who.contains(&name))
                     .map(|(key, _)| key.clone())
                     .collect(),
-                reads_from: reads_from(
-                    &name,
-                    &queues
-                        .iter()
-                        .filter(|q| q.consumed_by.contains(&name))
-                        .flat_map(|q| &q.routing_keys)
-                        .collect::<Vec<_>>(),
-                    &registered,
-                ),
+                reads_from: reads_from(&name, &consumed, &registered),
                 consumes,
                 recent_errors,
                 name,

@@ -63,10 +63,6 @@ pub const NAME: &str = "query";
 /// The consumer group of the view.
 pub const GROUP: &str = "query";
 
-/// Events asked from the log per request (the log may answer fewer: it pages by size
-/// too, so the follower reads until a page is empty).
-const LOG_PAGE: u32 = 500;
-
 /// Posts rendered per chunk of a streamed `GET /posts`.
 const POSTS_PER_CHUNK: u32 = 100;
 
@@ -284,9 +280,13 @@ async fn fold_next_page(
     // `CommentModerated` is not folded into the view (the course's query service
     // ignores it too: `CommentUpdated` follows).
     let Some(page) = log
-        .take(cursor, LOG_PAGE, wait, GROUP, |event_type| {
-            event_type != contracts::blog::COMMENT_MODERATED
-        })
+        .take(
+            cursor,
+            backbone::event_log::FOLLOW_PAGE,
+            wait,
+            GROUP,
+            |event_type| event_type != contracts::blog::COMMENT_MODERATED,
+        )
         .await?
     else {
         return Ok(None);

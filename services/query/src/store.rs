@@ -1,10 +1,10 @@
 //! The read model: posts with their comments, built only from events.
 //!
-//! Every apply is idempotent twice over: the message id goes into the bus inbox (as
-//! consumer `query`, the [`bus::Runner`]'s for deliveries and pushes, [`ViewStore::apply_log_page`]'s
-//! for the log) in the same transaction, and the writes themselves are keyed by the
-//! post's or comment's id, so a post or comment is stored once however many copies of
-//! its event arrive (bus delivery, push, log replay). Folding is order-independent: a
+//! Every change is keyed by the post's or comment's id, so a post or comment is stored
+//! once however many copies of its event arrive (a page of the log folded again, a
+//! push, a bus delivery); deliveries and pushes also go through the [`bus::Runner`]'s
+//! inbox as consumer `query`, and the log's pages are folded without it
+//! ([`ViewStore::fold_log_page`]). Folding is order-independent: a
 //! comment that arrives before its post is kept and shows once the post is there, and a
 //! `CommentUpdated` that overtakes its `CommentCreated` is not undone by it.
 //!
