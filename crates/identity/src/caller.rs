@@ -188,3 +188,41 @@ pub async fn authenticate_admin(
         _ => Err(Problem::forbidden("only an admin may do this").into_response()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with_authorization(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(value).expect("a header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn the_bearer_token_is_a_visible_ascii_value_after_the_scheme() {
+        let token = |value: &[u8]| bearer_token(&with_authorization(value)).map(str::to_owned);
+        assert_eq!(token(b"Bearer abc.def"), Ok("abc.def".to_owned()));
+        assert_eq!(token(b"bEaReR  abc "), Ok("abc".to_owned()));
+        assert_eq!(token(b"Bearer\tabc").ok(), None);
+        assert!(matches!(token(b"Basic abc"), Err(BearerError::NotBearer)));
+        assert!(matches!(token(b"Bearer "), Err(BearerError::NotBearer)));
+        // Bytes `HeaderValue::to_str` refuses (obs-text, and UTF-8 made of them).
+        assert!(matches!(
+            token(b"Bearer ab\xffc"),
+            Err(BearerError::NotBearer)
+        ));
+        assert!(matches!(
+            token("Bearer caf\u{e9}".as_bytes()),
+            Err(BearerError::NotBearer)
+        ));
+        assert!(matches!(
+            bearer_token(&HeaderMap::new()),
+            Err(BearerError::Missing)
+        ));
+    }
+}

@@ -73,7 +73,7 @@ struct Inner {
 
 struct KeyRing {
     /// Decoded once per key set: decompressing the point costs a field inversion.
-    by_kid: HashMap<String, VerifyingKey>,
+    by_kid: HashMap<String, VerifyingKey, foldhash::fast::RandomState>,
     fetched_at: Instant,
 }
 
@@ -154,10 +154,10 @@ impl Verifier {
     /// The claims of a token verified before, if it is still unexpired and the key that
     /// signed it is still trusted.
     fn remembered(&self, token: &str, ring: &KeyRing) -> Option<Claims> {
-        let entry = self.inner.verified.get(token)?;
-        let unexpired = entry.claims.exp.saturating_add(self.inner.leeway) >= unix_now();
-        let trusted = ring.by_kid.contains_key(&*entry.kid);
-        (unexpired && trusted).then_some(entry.claims)
+        self.inner.verified.get(token, |entry| {
+            entry.claims.exp.saturating_add(self.inner.leeway) >= unix_now()
+                && ring.by_kid.contains_key(&*entry.kid)
+        })
     }
 
     /// The signature and claims of a token whose header was found acceptable; a token
@@ -246,7 +246,7 @@ impl Verifier {
     }
 
     fn install(&self, keys: &JwkSet) {
-        let mut by_kid = HashMap::new();
+        let mut by_kid = HashMap::default();
         for jwk in &keys.keys {
             let Some(kid) = jwk.common.key_id.clone() else {
                 continue;
