@@ -72,9 +72,10 @@ const MAX_CACHED_LABEL_SETS: usize = 1024;
 #[educe(Debug)]
 pub struct RequestMetrics {
     service: &'static str,
-    /// route → the handles of each (method, status) seen on it.
+    /// route → the handles of each (method, status) seen on it. By route pattern (ours,
+    /// never a client's text), hashed with foldhash: this lookup runs on every request.
     #[educe(Debug(ignore))]
-    cache: RwLock<HashMap<Box<str>, Vec<RequestHandles>>>,
+    cache: RwLock<HashMap<Box<str>, Vec<RequestHandles>, foldhash::fast::RandomState>>,
     #[educe(Debug(ignore))]
     cached: AtomicUsize,
 }
@@ -85,7 +86,7 @@ impl RequestMetrics {
         let _ = handle();
         Self {
             service,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             cached: AtomicUsize::new(0),
         }
     }

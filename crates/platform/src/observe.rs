@@ -135,6 +135,10 @@ where
         let service = self.service;
         let metrics = self.metrics.clone();
 
+        // Room, made once, for the headers added on the way: the request id and the
+        // `traceparent` here, `X-Forwarded-For/-Host/-Proto` where a gateway forwards. The
+        // map a request arrives with is full, so each insert would grow it again.
+        request.headers_mut().reserve(5);
         let (request_id, echoed_id) = accept_or_make_request_id(&mut request);
         let incoming = request
             .headers()

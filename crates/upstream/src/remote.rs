@@ -342,22 +342,23 @@ pub fn append_client_address(request: &mut Request) {
 fn prepare_forwarded_headers(request: &mut Request, upstream_host: Option<HeaderValue>) {
     strip_hop_by_hop(request.headers_mut());
     append_client_address(request);
-    let original_host = request.headers().get(header::HOST).cloned();
     let headers = request.headers_mut();
+    // The client's `Host` comes back from the insert that replaces it: one lookup.
+    let original_host = match upstream_host {
+        Some(host) => headers.insert(header::HOST, host),
+        None => {
+            let host = headers.get(header::HOST).cloned();
+            // HTTP/1.1 needs a `Host`; an HTTP/1.0 client may not have sent one.
+            if host.is_none() {
+                headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+            }
+            host
+        }
+    };
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    match upstream_host {
-        Some(host) => {
-            headers.insert(header::HOST, host);
-        }
-        // HTTP/1.1 needs a `Host`; an HTTP/1.0 client may not have sent one.
-        None if !headers.contains_key(header::HOST) => {
-            headers.insert(header::HOST, HeaderValue::from_static("localhost"));
-        }
-        None => {}
-    }
 }
 
 #[cfg(test)]

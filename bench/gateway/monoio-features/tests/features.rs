@@ -1,4 +1,5 @@
-//! The monoio proxy with the gateway's features, with either driver: a guarded route needs
+//! The monoio proxy with the gateway's features, with either driver and either way of
+//! writing them (`full`, as the hyper gateway's layers do it, and `lean`): a guarded route needs
 //! the start-up token (401 without it, 200 with it); the upstream gets the gateway's
 //! forwarded head (hop-by-hop headers gone, `X-Forwarded-*`, its own `Host`, a request id,
 //! the continued `traceparent`); the client gets the request id echoed, `Vary`, no
@@ -61,6 +62,10 @@ fn serve(stream: TcpStream) {
         let mut request_body = vec![0; length];
         if reader.read_exact(&mut request_body).is_err() {
             return;
+        }
+        // A request for a path with `slow` in it is answered after 3 s.
+        if head.lines().next().is_some_and(|l| l.contains("slow")) {
+            std::thread::sleep(Duration::from_secs(3));
         }
         let answer = format!(
             "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: {}\r\n\r\n{head}",
@@ -140,7 +145,22 @@ fn send(stream: &mut TcpStream, head: &str) -> Answer {
 
 /// Starts the proxy in front of `upstream`; returns it, a connection to it and the
 /// start-up token, or None if the driver cannot run on this kernel.
-fn proxy(upstream: SocketAddr, driver: &str, metrics: bool) -> Option<(Proxy, TcpStream, String)> {
+fn proxy(
+    upstream: SocketAddr,
+    driver: &str,
+    layer: &str,
+    metrics: bool,
+) -> Option<(Proxy, TcpStream, String)> {
+    proxy_with(upstream, driver, layer, metrics, &[])
+}
+
+fn proxy_with(
+    upstream: SocketAddr,
+    driver: &str,
+    layer: &str,
+    metrics: bool,
+    env: &[(&str, &str)],
+) -> Option<(Proxy, TcpStream, String)> {
     let port = free_port();
     let token_file = std::env::temp_dir().join(format!("monoio-features-token-{port}"));
     let mut command = Command::new(BINARY);
@@ -150,8 +170,10 @@ fn proxy(upstream: SocketAddr, driver: &str, metrics: bool) -> Option<(Proxy, Tc
             upstream.to_string(),
             "1".into(),
             driver.into(),
+            layer.into(),
         ])
         .env("MONOIO_FEATURES_TOKEN_FILE", &token_file)
+        .envs(env.iter().copied())
         .stdout(if metrics {
             Stdio::piped()
         } else {
@@ -192,26 +214,32 @@ fn proxy(upstream: SocketAddr, driver: &str, metrics: bool) -> Option<(Proxy, Tc
 
 #[test]
 fn forwards_as_the_gateway_does() {
-    for driver in ["legacy", "uring"] {
+    for (driver, layer) in [
+        ("legacy", "full"),
+        ("uring", "full"),
+        ("legacy", "lean"),
+        ("uring", "lean"),
+    ] {
+        let label = format!("{driver}, {layer}");
         let (upstream, accepted) = upstream();
-        let Some((_proxy, mut stream, token)) = proxy(upstream, driver, false) else {
+        let Some((_proxy, mut stream, token)) = proxy(upstream, driver, layer, false) else {
             continue;
         };
         // A guarded route without a token: refused before the upstream is called.
         let refused = send(&mut stream, "GET /jobs/7 HTTP/1.1\r\nhost: bench\r\n");
-        assert_eq!(refused.status, 401, "{driver}");
+        assert_eq!(refused.status, 401, "{label}");
         assert_eq!(
             refused.header("www-authenticate"),
             Some("Bearer"),
-            "{driver}"
+            "{label}"
         );
-        assert_eq!(accepted.load(Ordering::SeqCst), 0, "{driver}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "{label}");
         // A bad token: refused too.
         let forged = send(
             &mut stream,
             &format!("GET /jobs/7 HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}x\r\n"),
         );
-        assert_eq!(forged.status, 401, "{driver}");
+        assert_eq!(forged.status, 401, "{label}");
         for i in 0..5 {
             let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
             let answer = send(
@@ -222,7 +250,7 @@ fn forwards_as_the_gateway_does() {
                      x-forwarded-for: 203.0.113.9\r\n"
                 ),
             );
-            assert_eq!(answer.status, 200, "{driver}: {}", answer.body);
+            assert_eq!(answer.status, 200, "{label}: {}", answer.body);
             let seen = &answer.body;
             assert!(
                 seen.starts_with(&format!("GET /jobs/{i}?x=1 HTTP/1.1\r\n")),
@@ -262,15 +290,15 @@ fn forwards_as_the_gateway_does() {
                 answer.header("vary"),
                 Some("origin, access-control-request-method, access-control-request-headers")
             );
-            assert_eq!(answer.header("connection"), None, "{driver}");
-            assert_eq!(answer.header("keep-alive"), None, "{driver}");
+            assert_eq!(answer.header("connection"), None, "{label}");
+            assert_eq!(answer.header("keep-alive"), None, "{label}");
         }
         // An open route needs no token; a client's well-formed request id is kept.
         let open = send(
             &mut stream,
             "GET /posts HTTP/1.1\r\nhost: bench\r\nx-request-id: abc-1\r\n",
         );
-        assert_eq!(open.status, 200, "{driver}");
+        assert_eq!(open.status, 200, "{label}");
         assert_eq!(open.header("x-request-id"), Some("abc-1"));
         assert!(
             open.body.contains("x-request-id: abc-1\r\n"),
@@ -279,16 +307,56 @@ fn forwards_as_the_gateway_does() {
         );
         // No row names it: 404, the upstream not called.
         let unknown = send(&mut stream, "GET /nowhere HTTP/1.1\r\nhost: bench\r\n");
-        assert_eq!(unknown.status, 404, "{driver}");
+        assert_eq!(unknown.status, 404, "{label}");
         // Sequential requests reuse the pooled upstream connection.
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "{driver}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "{label}");
+    }
+}
+
+#[test]
+fn an_upstream_slower_than_the_route_timeout_is_a_503_problem() {
+    for layer in ["full", "lean"] {
+        let (upstream, _) = upstream();
+        let (_proxy, mut stream, _) = proxy_with(
+            upstream,
+            "legacy",
+            layer,
+            false,
+            &[("MONOIO_FEATURES_ROUTE_TIMEOUT_MS", "300")],
+        )
+        .expect("legacy runs");
+        let started = Instant::now();
+        let answer = send(&mut stream, "GET /posts?slow=1 HTTP/1.1\r\nhost: bench\r\n");
+        let took = started.elapsed();
+        assert_eq!(answer.status, 503, "{layer}: {}", answer.body);
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{layer}"
+        );
+        assert!(
+            answer.body.contains("took too long"),
+            "{layer}: {}",
+            answer.body
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
+            "{layer}: answered after {took:?}"
+        );
     }
 }
 
 #[test]
 fn counts_requests_by_route_method_and_status() {
+    for layer in ["full", "lean"] {
+        counts_requests_with(layer);
+    }
+}
+
+fn counts_requests_with(layer: &str) {
     let (upstream, _) = upstream();
-    let (mut proxy, mut stream, token) = proxy(upstream, "legacy", true).expect("legacy runs");
+    let (mut proxy, mut stream, token) =
+        proxy(upstream, "legacy", layer, true).expect("legacy runs");
     for _ in 0..3 {
         let answer = send(
             &mut stream,
@@ -342,6 +410,7 @@ fn refuses_arguments_it_cannot_use() {
         vec!["127.0.0.1:1", "127.0.0.1:2", "0"],
         vec!["127.0.0.1:1", "127.0.0.1:2", "1", "sometimes"],
         vec!["127.0.0.1:1", "127.0.0.1:2", "1", "legacy", "more"],
+        vec!["127.0.0.1:1", "127.0.0.1:2", "1", "legacy", "lean", "more"],
     ] {
         let out = Command::new(BINARY).args(&args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
