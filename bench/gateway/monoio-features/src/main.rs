@@ -552,6 +552,20 @@ async fn exchange(state: &State, request: Request) -> Response {
     }
 }
 
+/// CORS's `Vary` on every answer (platform::cors).
+static VARY: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
+
+/// The route's timeout passed before the upstream's answer: 503 problem.
+fn too_long() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the upstream took too long",
+        None,
+    )
+}
+
 /// A 401 problem with its `WWW-Authenticate` challenge.
 fn unauthorized(detail: &str, challenge: &'static str) -> Response {
     let mut refusal = problem(StatusCode::UNAUTHORIZED, detail, None);
@@ -577,18 +591,11 @@ async fn fast_call(state: &State, route: &'static Route, mut request: Request) -
             let timeout = state.timeout.unwrap_or(route.timeout);
             match monoio::time::timeout(timeout, Box::pin(forward(state, request))).await {
                 Ok(response) => response,
-                Err(_) => problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the upstream took too long",
-                    None,
-                ),
+                Err(_) => too_long(),
             }
         }
         Err(refusal) => refusal,
     };
-    static VARY: HeaderValue = HeaderValue::from_static(
-        "origin, access-control-request-method, access-control-request-headers",
-    );
     response.headers_mut().append(header::VARY, VARY.clone());
     response
 }
@@ -846,11 +853,7 @@ async fn handle_lean(state: &State, client: &ClientAddress, mut request: Request
             };
             match outcome {
                 Ok(response) => response,
-                Err(_) => problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the upstream took too long",
-                    None,
-                ),
+                Err(_) => too_long(),
             }
         }
         Err(refusal) => refusal,
@@ -869,9 +872,6 @@ async fn handle_lean(state: &State, client: &ClientAddress, mut request: Request
     state
         .metrics
         .record(&method, route.pattern, status.as_u16(), elapsed);
-    static VARY: HeaderValue = HeaderValue::from_static(
-        "origin, access-control-request-method, access-control-request-headers",
-    );
     let headers = response.headers_mut();
     headers.reserve(2);
     headers.append(header::VARY, VARY.clone());
